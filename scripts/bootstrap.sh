@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs whatever `make test` and `make demo` need and is missing: Debian's PostgreSQL
+# server and client tools, python3-venv, then a .venv with the project and its test deps.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+have_initdb() {
+    command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1
+}
+have_initdb || need_apt+=(postgresql postgresql-contrib)
+command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
+command -v pgbench >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/pgbench >/dev/null 2>&1 \
+    || need_apt+=(postgresql-contrib)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then need_apt+=(python3-venv); fi
+if [ "${PGFUNNEL_NEED_PROMTOOL:-1}" = 1 ] && ! command -v promtool >/dev/null 2>&1; then
+    need_apt+=(prometheus)
+fi
+
+if [ ${#need_apt[@]} -gt 0 ]; then
+    if [ "$(id -u)" != 0 ]; then
+        echo "bootstrap: missing Debian packages: ${need_apt[*]} (run as root, or install them)" >&2
+        exit 1
+    fi
+    echo "bootstrap: installing ${need_apt[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+    # Debian starts a cluster of its own on install; the project never uses it.
+    if command -v pg_lsclusters >/dev/null 2>&1; then
+        pg_lsclusters -h 2>/dev/null | while read -r ver name _; do
+            pg_ctlcluster "$ver" "$name" stop >/dev/null 2>&1 || true
+        done
+    fi
+fi
+
+stamp=.venv/.pgfunnel-installed
+if [ ! -x .venv/bin/python ]; then
+    rm -rf .venv
+    python3 -m venv .venv
+fi
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+    .venv/bin/python -m pip install -q -e '.[test]'
+    touch "$stamp"
+fi

@@ -1,0 +1,1 @@
+"""Configuration: the pgbouncer.ini dialect, the settings table, userlist.txt."""

@@ -1,0 +1,1 @@
+"""Everything asyncio: listeners, client and server connections, the janitor tick."""

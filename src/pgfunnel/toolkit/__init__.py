@@ -1,0 +1,1 @@
+"""The 53300 toolkit: diagnose, reap, advise, check, alerts."""

@@ -1,0 +1,348 @@
+"""One client connection: startup and authentication, then forwarding to its linked server."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import socket
+from enum import Enum
+from typing import TYPE_CHECKING, cast
+
+from pgfunnel.pool.objects import Client, ClientState
+from pgfunnel.proto import messages as m
+from pgfunnel.proto import sqlstate as ss
+from pgfunnel.proto.auth import AuthFailed, ClientAuth
+from pgfunnel.proto.framing import (
+    CancelRequest,
+    GSSENCRequest,
+    MessageReader,
+    ProtocolViolation,
+    Scanner,
+    SSLRequest,
+    StartupMessage,
+    UnsupportedProtocol,
+    read_startup_packet,
+)
+from pgfunnel.proto.messages import ServerError
+from pgfunnel.proto.strings import Msg, Reason
+
+if TYPE_CHECKING:
+    from pgfunnel.net.app import App
+
+# Client -> server: messages that earn a ReadyForQuery, and Terminate.
+_WATCH = Scanner.table(report=b"QSFX")
+_X = m.TERMINATE
+_PENDING_PAUSE = 1 << 20  # stop reading a client that queued this much while it waits
+
+# The parameters a client may set at startup and that follow it from server to server.
+TRACKED_PARAMS = (
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "standard_conforming_strings",
+    "application_name",
+    "IntervalStyle",
+)
+_CANONICAL = {p.lower(): p for p in TRACKED_PARAMS}
+_ALWAYS_ACCEPTED = {"user", "database", "replication"}
+
+
+class Phase(Enum):
+    STARTUP = 1
+    AUTH = 2
+    WAIT_LOGIN = 3
+    FORWARD = 4
+    ADMIN = 5
+    CLOSED = 6
+
+
+class ClientConn(asyncio.Protocol):
+    __slots__ = (
+        "app",
+        "auth",
+        "buf",
+        "client",
+        "paused",
+        "pending",
+        "phase",
+        "reader",
+        "scanner",
+        "startup",
+        "transport",
+    )
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.transport: asyncio.Transport | None = None
+        self.phase = Phase.STARTUP
+        self.buf = bytearray()
+        self.reader = MessageReader(app.max_packet_size)
+        self.scanner = Scanner(_WATCH, app.max_packet_size)
+        self.pending = bytearray()  # what the client sent while it held no server
+        self.auth: ClientAuth | None = None
+        self.startup: dict[str, str] = {}
+        self.paused = False
+        self.client: Client = Client(self, "", 0, app.now())
+
+    # --- asyncio callbacks -------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        sock = transport.get_extra_info("socket")
+        client = self.client
+        if isinstance(peer, tuple):
+            client.addr, client.port = str(peer[0]), int(peer[1])
+            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        else:
+            client.addr, client.port = "unix", 0
+        local = transport.get_extra_info("sockname")
+        if isinstance(local, tuple):
+            client.local_addr = (str(local[0]), int(local[1]))
+        self.app.client_opened(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.phase is Phase.FORWARD:
+            self._forward(data)
+        elif self.phase is Phase.STARTUP:
+            self._startup_data(data)
+        elif self.phase is Phase.AUTH:
+            self._auth_data(data)
+        elif self.phase is Phase.ADMIN:
+            self._admin_data(data)
+        elif self.phase is Phase.WAIT_LOGIN:
+            self.buf += data  # pipelined before our ReadyForQuery; replayed after login
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if self.phase is not Phase.CLOSED:
+            self.phase = Phase.CLOSED
+            self.app.client_gone(self.client, Reason.CLIENT_EOF)
+
+    def pause_writing(self) -> None:
+        server = self.client.link
+        if server is not None and server.conn is not None and server.conn.transport is not None:
+            server.conn.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        server = self.client.link
+        if server is not None and server.conn is not None and server.conn.transport is not None:
+            server.conn.transport.resume_reading()
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and self.paused:
+            self.paused = False
+            self.transport.resume_reading()
+
+    # --- the hot path ------------------------------------------------------------------------
+    def _forward(self, data: bytes) -> None:
+        client = self.client
+        try:
+            events = self.scanner.feed(data)
+        except ProtocolViolation as exc:
+            self.fail(ServerError("FATAL", ss.PROTOCOL_VIOLATION, str(exc)), Reason.PROTOCOL)
+            return
+        if events is not None:
+            for kind, _, end in events:
+                if kind == _X:
+                    self._terminate(data[: end - 5])
+                    return
+                client.expect_rfq += 1
+        server = client.link
+        if server is not None:
+            server.conn.transport.write(data)
+            if events is not None:
+                server.query_start = self.app.now()
+            return
+        self.pending += data
+        if len(self.pending) > _PENDING_PAUSE:
+            self.pause_reading()
+        if client.state is ClientState.ACTIVE:
+            self.app.wants_server(client)
+
+    def _terminate(self, before: bytes) -> None:
+        """Terminate: pass on what came before it, then leave; the server stays pooled."""
+        client = self.client
+        if before:
+            if client.link is not None:
+                client.link.conn.transport.write(before)
+            else:
+                self.pending += before
+        self.close(Reason.CLIENT_CLOSE)
+
+    def flush_pending(self) -> bytes:
+        data = bytes(self.pending)
+        self.pending.clear()
+        if self.paused:
+            self.resume_reading()
+        return data
+
+    # --- startup and authentication ----------------------------------------------------------
+    def _startup_data(self, data: bytes) -> None:
+        self.buf += data
+        try:
+            parsed = read_startup_packet(self.buf)
+        except ProtocolViolation as exc:
+            self.fail(ServerError("FATAL", ss.PROTOCOL_VIOLATION, str(exc)), Reason.PROTOCOL)
+            return
+        if parsed is None:
+            return
+        packet, used = parsed
+        del self.buf[:used]
+        if isinstance(packet, SSLRequest | GSSENCRequest):
+            assert self.transport is not None
+            self.transport.write(b"N")  # TLS comes in a later issue: the client goes on in clear
+            if self.buf:
+                self._startup_data(b"")
+            return
+        if isinstance(packet, CancelRequest):
+            self.app.cancel(packet.pid, packet.key)
+            self.close(None)
+            return
+        if isinstance(packet, UnsupportedProtocol):
+            major, minor = packet.version >> 16, packet.version & 0xFFFF
+            msg = Msg.BAD_PROTOCOL.format(major=major, minor=minor)
+            self.fail(ServerError("FATAL", ss.FEATURE_NOT_SUPPORTED, msg), Reason.PROTOCOL)
+            return
+        assert isinstance(packet, StartupMessage)
+        self._startup(packet.params)
+
+    def _startup(self, params: dict[str, str]) -> None:
+        app = self.app
+        client = self.client
+        user = params.get("user", "")
+        if not user:
+            self.fail(ServerError("FATAL", ss.PROTOCOL_VIOLATION, Msg.NO_USER), Msg.NO_USER)
+            return
+        dbname = params.get("database") or user
+        client.username, client.dbname = user, dbname
+        ignored = app.ignore_startup_parameters
+        tracked: dict[str, str] = {}
+        for key, value in params.items():
+            canon = _CANONICAL.get(key.lower())
+            if canon is not None:
+                tracked[canon] = value
+            elif key not in _ALWAYS_ACCEPTED and key not in ignored:
+                msg = Msg.UNSUPPORTED_STARTUP.format(name=key)
+                self.fail(ServerError("FATAL", ss.PROTOCOL_VIOLATION, msg), msg)
+                return
+        if "replication" in params and params["replication"].lower() not in ("false", "off", "0"):
+            msg = Msg.UNSUPPORTED_STARTUP.format(name="replication")
+            self.fail(ServerError("FATAL", ss.PROTOCOL_VIOLATION, msg), msg)
+            return
+        if "application_name" in tracked:
+            client.app_name = tracked["application_name"]
+            if app.settings.application_name_add_host:
+                tracked["application_name"] = f"{client.app_name} - {client.addr}:{client.port}"
+        self.startup = tracked
+        app.log_client(client, "login attempt: db=%s user=%s tls=no", dbname, user)
+        verdict = app.admit(self, dbname, user)
+        if verdict is not None:
+            self.fail(verdict, verdict.message)
+            return
+        secret = app.userlist().get(user)
+        method = app.settings.auth_type
+        try:
+            self.auth = ClientAuth(method, user, secret)
+        except ValueError:
+            msg = f"auth_type {method} is not supported by pgfunnel yet"
+            self.fail(ServerError("FATAL", ss.FEATURE_NOT_SUPPORTED, msg), msg)
+            return
+        self.phase = Phase.AUTH
+        assert self.transport is not None
+        self.transport.write(self.auth.start())
+        if self.auth.done:
+            self._authenticated()
+
+    def _auth_data(self, data: bytes) -> None:
+        self.reader.feed(data)
+        auth = self.auth
+        assert auth is not None and self.transport is not None
+        try:
+            while not auth.done and (msg := self.reader.next()) is not None:
+                kind, payload = msg
+                if kind != m.PASSWORD:
+                    raise ProtocolViolation(f"expected a password message, got {chr(kind)!r}")
+                self.transport.write(auth.receive(payload))
+        except AuthFailed as exc:
+            err = ServerError("FATAL", ss.INVALID_PASSWORD, str(exc))
+            self.fail(err, str(exc))
+            return
+        except ProtocolViolation as exc:
+            self.fail(ServerError("FATAL", ss.PROTOCOL_VIOLATION, str(exc)), Reason.PROTOCOL)
+            return
+        if auth.done:
+            self._authenticated()
+
+    def _authenticated(self) -> None:
+        rest = self.reader.take_rest()
+        if rest:
+            self.buf += rest
+        self.phase = Phase.WAIT_LOGIN
+        self.app.authenticated(self)
+
+    def finish_login(self, welcome: dict[str, str]) -> None:
+        """Send the parameters, our cancel key and ReadyForQuery; then replay anything early."""
+        client = self.client
+        params = dict(welcome)
+        for name in TRACKED_PARAMS:
+            if name in self.startup:
+                params[name] = self.startup[name]
+            elif name == "application_name":
+                params[name] = ""
+        client.params = {name: params.get(name, "") for name in TRACKED_PARAMS}
+        pid = secrets.randbits(31)
+        key = secrets.randbits(31)
+        while (pid, key) in self.app.pooler.cancel_keys:
+            key = secrets.randbits(31)
+        client.cancel_key = (pid, key)
+        self.app.pooler.cancel_keys[(pid, key)] = client
+        out = [m.parameter_status(k, v) for k, v in params.items()]
+        out.append(m.backend_key_data(pid, key))
+        out.append(m.ready_for_query())
+        assert self.transport is not None
+        self.transport.write(b"".join(out))
+        self.phase = Phase.ADMIN if client.is_admin else Phase.FORWARD
+        early = bytes(self.buf)
+        self.buf.clear()
+        if early:
+            self.data_received(early)
+
+    # --- admin console -----------------------------------------------------------------------
+    def _admin_data(self, data: bytes) -> None:
+        self.reader.feed(data)
+        assert self.transport is not None
+        try:
+            while (msg := self.reader.next()) is not None:
+                kind, payload = msg
+                if kind == _X:
+                    self.close(Reason.CLIENT_CLOSE)
+                    return
+                out = self.app.admin.handle(self, kind, payload)
+                if out:
+                    self.transport.write(out)
+                if self.phase is Phase.CLOSED:
+                    return
+        except ProtocolViolation as exc:
+            self.fail(ServerError("FATAL", ss.PROTOCOL_VIOLATION, str(exc)), Reason.PROTOCOL)
+
+    # --- closing -----------------------------------------------------------------------------
+    def fail(self, error: ServerError, reason: str) -> None:
+        """Send a FATAL error and close: used for every refusal, so clients see why."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(error.encode(severity="FATAL"))
+        self.close(reason)
+
+    def close(self, reason: str | None) -> None:
+        if self.phase is Phase.CLOSED:
+            return
+        self.phase = Phase.CLOSED
+        if self.transport is not None:
+            self.transport.close()
+        self.app.client_gone(self.client, reason)

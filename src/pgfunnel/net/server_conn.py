@@ -1,0 +1,219 @@
+"""One server (backend) connection: login, then forwarding its bytes to the linked client."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, cast
+
+from pgfunnel.pool.objects import Server, ServerState
+from pgfunnel.proto import messages as m
+from pgfunnel.proto.auth import ServerAuthError
+from pgfunnel.proto.framing import MessageReader, ProtocolViolation, Scanner
+from pgfunnel.proto.login import LoginFailed, ServerLogin
+from pgfunnel.proto.strings import Reason
+
+if TYPE_CHECKING:
+    from pgfunnel.net.app import App
+
+# Server -> client: ReadyForQuery and ParameterStatus payloads matter; an ErrorResponse only
+# matters while the pooler runs its own queries or the server sits idle.
+_WATCH = Scanner.table(report=b"E", capture=b"ZS")
+_Z = m.READY_FOR_QUERY
+_S = m.PARAMETER_STATUS
+_E = m.ERROR_RESPONSE
+
+
+class ServerConn(asyncio.Protocol):
+    __slots__ = (
+        "app",
+        "internal_ok",
+        "login",
+        "peer",
+        "reader",
+        "scanner",
+        "server",
+        "transport",
+    )
+
+    def __init__(self, app: App, server: Server, login: ServerLogin, peer: str) -> None:
+        self.app = app
+        self.server = server
+        self.login: ServerLogin | None = login
+        self.reader = MessageReader()
+        self.scanner = Scanner(_WATCH)
+        self.transport: asyncio.Transport | None = None
+        self.internal_ok = True
+        self.peer = peer
+        server.conn = self
+
+    # --- asyncio callbacks -------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        assert self.login is not None
+        if self.server.state is ServerState.CLOSED:  # connect timeout fired meanwhile
+            transport.close()
+            return
+        self.transport.write(self.login.start())
+
+    def data_received(self, data: bytes) -> None:
+        if self.login is not None:
+            self._login_data(data)
+            return
+        server = self.server
+        try:
+            events = self.scanner.feed(data)
+        except ProtocolViolation as exc:
+            self.app.close_server(server, f"{Reason.PROTOCOL}: {exc}")
+            return
+        client = server.link
+        if server.internal:
+            self._internal_data(data, events)
+            return
+        if client is None:
+            self._idle_data(events)
+            return
+        client.conn.transport.write(data)
+        if events is not None:
+            self._account(events)
+
+    def _account(self, events: list[tuple[int, bytes | None, int]]) -> None:
+        """Count the ReadyForQuery messages forwarded to the linked client; release at the end."""
+        server = self.server
+        client = server.link
+        assert client is not None
+        saw_z = False
+        for kind, payload, _ in events:
+            if kind == _Z:
+                saw_z = True
+                client.expect_rfq -= 1
+                server.tx_status = payload  # type: ignore[assignment]
+            elif kind == _S:
+                self._param(payload, client.params)
+        if saw_z:
+            server.request_time = self.app.now()
+            if client.expect_rfq <= 0:
+                client.expect_rfq = 0
+                self.app.transaction_boundary(client, server)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        server = self.server
+        self.transport = None
+        if self.login is not None:
+            self.login = None
+            reason = f"connection lost during login: {exc}" if exc else Reason.SERVER_CLOSED
+            self.app.server_login_failed(server, None, reason)
+            return
+        self.app.server_gone(server, server.close_reason or Reason.SERVER_CLOSED)
+
+    def pause_writing(self) -> None:
+        client = self.server.link
+        if client is not None:
+            client.conn.pause_reading()
+
+    def resume_writing(self) -> None:
+        client = self.server.link
+        if client is not None:
+            client.conn.resume_reading()
+
+    # --- phases ------------------------------------------------------------------------------
+    def _login_data(self, data: bytes) -> None:
+        login = self.login
+        assert login is not None and self.transport is not None
+        self.reader.feed(data)
+        try:
+            while (msg := self.reader.next()) is not None:
+                reply = login.receive(*msg)
+                if reply:
+                    self.transport.write(reply)
+                if login.done:
+                    self.login = None
+                    rest = self.reader.take_rest()
+                    self.server.pid = login.result.pid
+                    self.server.key = login.result.key
+                    self.app.server_login_ok(self.server, login.result.params)
+                    if rest:
+                        self.data_received(rest)
+                    return
+        except LoginFailed as exc:
+            self.login = None
+            self.app.server_login_failed(self.server, exc.error, "")
+            self.transport.close()
+        except (ServerAuthError, ProtocolViolation, ValueError) as exc:
+            self.login = None
+            self.app.server_login_failed(self.server, None, f"login failed: {exc}")
+            self.transport.close()
+
+    def _param(self, payload: bytes | None, client_params: dict[str, str] | None) -> None:
+        if payload is None:
+            return
+        name, value = m.parse_parameter_status(payload)
+        self.server.params[name] = value
+        if client_params is not None and name in client_params:
+            client_params[name] = value  # the client SET it: it wants this value from now on
+
+    def _internal_data(
+        self, data: bytes, events: list[tuple[int, bytes | None, int]] | None
+    ) -> None:
+        """Swallow the answers to the pooler's own queries; pass on what follows them."""
+        server = self.server
+        if events is None:
+            return
+        for i, (kind, payload, end) in enumerate(events):
+            if kind == _E:
+                self.internal_ok = False
+            elif kind == _S:
+                self._param(payload, None)
+            elif kind == _Z:
+                server.tx_status = payload  # type: ignore[assignment]
+                server.internal -= 1
+                if server.internal == 0:
+                    ok, self.internal_ok = self.internal_ok, True
+                    rest = data[end:]
+                    self.app.internal_done(server, ok, rest, events[i + 1 :], end)
+                    return
+
+    def _idle_data(self, events: list[tuple[int, bytes | None, int]] | None) -> None:
+        """An unlinked server spoke: a parameter change is noted, an error means it is dying."""
+        if events is None:
+            return
+        for kind, payload, _ in events:
+            if kind == _S:
+                self._param(payload, None)
+            elif kind == _E:
+                self.server.ready = False
+                if self.server.state is ServerState.IDLE:
+                    self.app.close_server(self.server, Reason.SERVER_GONE)
+                return
+
+    def forward_rest(
+        self, data: bytes, events: list[tuple[int, bytes | None, int]], offset: int
+    ) -> None:
+        """After the pooler's own queries, the rest of the chunk belongs to the linked client."""
+        client = self.server.link
+        if client is None or not data:
+            return
+        client.conn.transport.write(data)
+        if events:
+            self._account(events)
+
+    def addresses(self) -> tuple[str, int, tuple[str, int]]:
+        """(server addr, port, (local addr, port)) for SHOW SERVERS."""
+        if self.transport is None:
+            return ("", 0, ("", 0))
+        peer = self.transport.get_extra_info("peername")
+        local = self.transport.get_extra_info("sockname")
+        if isinstance(peer, tuple):
+            loc = (str(local[0]), int(local[1])) if isinstance(local, tuple) else ("", 0)
+            return (str(peer[0]), int(peer[1]), loc)
+        return ("unix", 0, ("", 0))
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            if self.login is None:
+                self.transport.write(m.terminate())
+            self.transport.close()

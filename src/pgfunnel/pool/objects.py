@@ -1,0 +1,129 @@
+"""Client and server connection objects with their state enums (PgBouncer's vocabulary)."""
+
+from __future__ import annotations
+
+import itertools
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pgfunnel.pool.scheduler import Pool
+
+_ids = itertools.count(1)
+
+
+class ClientState(Enum):
+    """cl_* states; SHOW CLIENTS prints `value`."""
+
+    LOGIN = "login"  # authenticating, not yet in a pool's lists
+    WAITING_LOGIN = "waiting"  # authenticated, waiting for a first server to learn its parameters
+    ACTIVE = "active"  # logged in: linked to a server, or idle between transactions
+    WAITING = "waiting"  # queued for a server
+    CLOSED = "closed"
+
+
+class ServerState(Enum):
+    """sv_* states; SHOW SERVERS prints `value`."""
+
+    LOGIN = "login"
+    IDLE = "idle"
+    ACTIVE = "active"  # linked to a client
+    USED = "used"  # released, needs its reset query before reuse
+    TESTED = "tested"  # running server_reset_query / server_check_query / a rollback
+    CLOSED = "closed"
+
+
+class Client:
+    """One client connection as the scheduler sees it; `conn` is the net layer's object."""
+
+    __slots__ = (
+        "addr",
+        "app_name",
+        "cancel_key",
+        "close_reason",
+        "conn",
+        "connect_time",
+        "dbname",
+        "expect_rfq",
+        "id",
+        "is_admin",
+        "link",
+        "local_addr",
+        "params",
+        "pool",
+        "port",
+        "request_time",
+        "state",
+        "username",
+        "wait_start",
+        "xact_start",
+    )
+
+    def __init__(self, conn: Any, addr: str, port: int, now: float) -> None:
+        self.id = next(_ids)
+        self.conn = conn
+        self.addr = addr
+        self.port = port
+        self.local_addr: tuple[str, int] = ("", 0)
+        self.connect_time = now
+        self.request_time = now
+        self.wait_start = 0.0
+        self.xact_start = 0.0
+        self.state = ClientState.LOGIN
+        self.pool: Pool | None = None
+        self.link: Server | None = None
+        self.dbname = ""
+        self.username = ""
+        self.app_name = ""
+        self.params: dict[str, str] = {}
+        self.cancel_key = (0, 0)
+        self.expect_rfq = 0  # ReadyForQuery messages still owed for what the client sent
+        self.is_admin = False
+        self.close_reason = ""
+
+    def __repr__(self) -> str:
+        return f"C-{self.id:#x}"
+
+
+class Server:
+    """One server (backend) connection as the scheduler sees it."""
+
+    __slots__ = (
+        "close_reason",
+        "conn",
+        "connect_time",
+        "id",
+        "idle_since",
+        "internal",
+        "key",
+        "link",
+        "params",
+        "pid",
+        "pool",
+        "query_start",
+        "ready",
+        "request_time",
+        "state",
+        "tx_status",
+    )
+
+    def __init__(self, pool: Pool, now: float) -> None:
+        self.id = next(_ids)
+        self.pool = pool
+        self.conn: Any = None
+        self.connect_time = now
+        self.request_time = now
+        self.idle_since = now
+        self.query_start = 0.0
+        self.state = ServerState.LOGIN
+        self.link: Client | None = None
+        self.params: dict[str, str] = {}
+        self.pid = 0
+        self.key = 0
+        self.tx_status = b"I"  # from the last ReadyForQuery
+        self.internal = 0  # ReadyForQuery messages owed to the pooler's own queries
+        self.ready = True  # False once the server can no longer be trusted for reuse
+        self.close_reason = ""
+
+    def __repr__(self) -> str:
+        return f"S-{self.id:#x}"

@@ -1,0 +1,762 @@
+"""The pure pool scheduler: who gets which server, when to open or close one; time is passed in.
+
+Every decision returns a list of actions for the net layer to carry out; nothing here touches a
+socket or reads a clock. Objects move between states only through `_set_client_state` and
+`_set_server_state`, which keep the per-pool lists and counters right and refuse illegal moves.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from pgfunnel.pool.objects import Client, ClientState, Server, ServerState
+from pgfunnel.proto import sqlstate as ss
+from pgfunnel.proto.messages import ServerError
+from pgfunnel.proto.strings import Reason
+
+# --- actions ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Link:
+    """Give `server` to `client`: sync parameters, then flush what the client sent."""
+
+    client: Client
+    server: Server
+
+
+@dataclass(frozen=True)
+class Connect:
+    """Open a connection for `server` (in LOGIN state) and log it in."""
+
+    server: Server
+
+
+@dataclass(frozen=True)
+class RunQueries:
+    """Run the pooler's own queries on `server` (reset, check, rollback); report internal_done."""
+
+    server: Server
+    queries: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CloseServer:
+    server: Server
+    reason: str
+
+
+@dataclass(frozen=True)
+class CloseClient:
+    """Disconnect `client`, sending `error` first when there is one."""
+
+    client: Client
+    reason: str
+    error: ServerError | None = None
+
+
+@dataclass(frozen=True)
+class FinishLogin:
+    """The pool now knows its server parameters: complete this client's login."""
+
+    client: Client
+
+
+Action = Link | Connect | RunQueries | CloseServer | CloseClient | FinishLogin
+
+# --- settings the scheduler needs ------------------------------------------------------------
+
+
+@dataclass
+class PoolSettings:
+    """The resolved limits of one pool ([users] over [databases] over [pgbouncer], as PgBouncer)."""
+
+    pool_mode: str = "session"
+    pool_size: int = 20
+    min_pool_size: int = 0
+    reserve_pool_size: int = 0
+    reserve_pool_timeout: float = 5.0
+    max_db_connections: int = 0
+    max_user_connections: int = 0
+    server_lifetime: float = 3600.0
+    server_idle_timeout: float = 600.0
+    server_connect_timeout: float = 15.0
+    server_login_retry: float = 15.0
+    server_reset_query: str = "DISCARD ALL"
+    server_reset_query_always: bool = False
+    server_check_query: str = "select 1"
+    server_check_delay: float = 30.0
+    query_timeout: float = 0.0
+    query_wait_timeout: float = 120.0
+    client_idle_timeout: float = 0.0
+    idle_transaction_timeout: float = 0.0
+
+
+@dataclass
+class Database:
+    """A [databases] entry and the server connections all its pools hold."""
+
+    name: str
+    config: Any  # pgfunnel.config.loader.DatabaseConfig; Any keeps pool/ free of config types
+    server_count: int = 0
+    paused: bool = False
+    disabled: bool = False
+
+
+@dataclass
+class User:
+    name: str
+    config: Any = None  # UserConfig or None
+    server_count: int = 0
+
+
+@dataclass
+class Backoff:
+    """Login back-pressure of one pool after the server said "not now" (53300, restarts)."""
+
+    failures: int = 0
+    retry_at: float = 0.0
+    since: float = 0.0
+    error: ServerError | None = None  # the last transient refusal
+    granted: int | None = None  # servers the server let us keep when it refused the next one
+
+    @property
+    def active(self) -> bool:
+        return self.failures > 0
+
+
+class Pool:
+    """One (database, user) pool: its waiting clients (FIFO) and servers (idle reused LIFO)."""
+
+    def __init__(self, db: Database, user: User, settings: PoolSettings) -> None:
+        self.db = db
+        self.user = user
+        self.settings = settings
+        self.clients: dict[ClientState, dict[Client, None]] = {s: {} for s in ClientState}
+        self.waiting: deque[Client] = deque()  # FIFO of WAITING clients (may hold stale entries)
+        self.servers: dict[ServerState, dict[Server, None]] = {s: {} for s in ServerState}
+        self.welcome: dict[str, str] | None = None  # the server parameters new clients are shown
+        self.backoff = Backoff()
+        self.login_failed_until = 0.0  # non-transient failure: refuse new clients until then
+        self.login_error: ServerError | None = None
+        self.stats = PoolStats()
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.db.name, self.user.name)
+
+    def __repr__(self) -> str:
+        return f"{self.db.name}/{self.user.name}"
+
+    @property
+    def server_count(self) -> int:
+        s = self.servers
+        return (
+            len(s[ServerState.LOGIN])
+            + len(s[ServerState.IDLE])
+            + len(s[ServerState.ACTIVE])
+            + len(s[ServerState.USED])
+            + len(s[ServerState.TESTED])
+        )
+
+    def waiting_clients(self) -> Iterator[Client]:
+        for client in self.waiting:
+            if client.state is ClientState.WAITING and client.pool is self:
+                yield client
+
+    def oldest_wait(self, now: float) -> float:
+        for client in self.waiting_clients():
+            return now - client.wait_start
+        for client in self.clients[ClientState.WAITING_LOGIN]:
+            return now - client.wait_start
+        return 0.0
+
+    def demand(self) -> int:
+        """Servers wanted beyond those already coming: waiting clients minus logins in flight."""
+        return (
+            len(self.clients[ClientState.WAITING])
+            + len(self.clients[ClientState.WAITING_LOGIN])
+            - len(self.servers[ServerState.LOGIN])
+            - len(self.servers[ServerState.TESTED])
+        )
+
+
+@dataclass
+class PoolStats:
+    """Running totals for SHOW STATS and the metrics endpoint."""
+
+    xact_count: int = 0
+    query_count: int = 0
+    wait_time: float = 0.0
+    refused_53300: int = 0
+    login_failures: int = 0
+    timeouts: dict[str, int] = field(default_factory=dict)
+
+
+class IllegalStateChange(RuntimeError):
+    """A bug: an object was asked to move between states that have no edge between them."""
+
+
+_CLIENT_EDGES: dict[ClientState, frozenset[ClientState]] = {
+    ClientState.LOGIN: frozenset(
+        {ClientState.WAITING_LOGIN, ClientState.ACTIVE, ClientState.CLOSED}
+    ),
+    ClientState.WAITING_LOGIN: frozenset({ClientState.ACTIVE, ClientState.CLOSED}),
+    ClientState.ACTIVE: frozenset({ClientState.WAITING, ClientState.CLOSED}),
+    ClientState.WAITING: frozenset({ClientState.ACTIVE, ClientState.CLOSED}),
+    ClientState.CLOSED: frozenset(),
+}
+_SERVER_EDGES: dict[ServerState, frozenset[ServerState]] = {
+    ServerState.LOGIN: frozenset({ServerState.IDLE, ServerState.CLOSED}),
+    ServerState.IDLE: frozenset({ServerState.ACTIVE, ServerState.TESTED, ServerState.CLOSED}),
+    ServerState.ACTIVE: frozenset(
+        {ServerState.IDLE, ServerState.USED, ServerState.TESTED, ServerState.CLOSED}
+    ),
+    ServerState.USED: frozenset({ServerState.TESTED, ServerState.CLOSED}),
+    ServerState.TESTED: frozenset({ServerState.IDLE, ServerState.CLOSED}),
+    ServerState.CLOSED: frozenset(),
+}
+
+_BACKOFF_BASE = 0.05  # first retry after a transient refusal, doubled per failure
+
+
+class Pooler:
+    """All pools and the decisions over them. The net layer reports events; actions come back."""
+
+    def __init__(
+        self,
+        settings_for: Callable[[Database, User], PoolSettings],
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.settings_for = settings_for
+        self.rng = rng
+        self.pools: dict[tuple[str, str], Pool] = {}
+        self.databases: dict[str, Database] = {}
+        self.users: dict[str, User] = {}
+        self.cancel_keys: dict[tuple[int, int], Client] = {}
+
+    # --- objects -----------------------------------------------------------------------------
+    def get_pool(self, db: Database, user: User) -> Pool:
+        key = (db.name, user.name)
+        pool = self.pools.get(key)
+        if pool is None:
+            pool = Pool(db, user, self.settings_for(db, user))
+            self.pools[key] = pool
+        return pool
+
+    def all_clients(self) -> Iterator[Client]:
+        for pool in self.pools.values():
+            for state, members in pool.clients.items():
+                if state is not ClientState.CLOSED:
+                    yield from members
+
+    def all_servers(self) -> Iterator[Server]:
+        for pool in self.pools.values():
+            for state, members in pool.servers.items():
+                if state is not ServerState.CLOSED:
+                    yield from members
+
+    # --- the choke points --------------------------------------------------------------------
+    def _set_client_state(self, client: Client, new: ClientState, now: float) -> None:
+        old = client.state
+        if new not in _CLIENT_EDGES[old]:
+            raise IllegalStateChange(f"{client}: client {old.name} -> {new.name}")
+        pool = client.pool
+        if pool is not None:
+            pool.clients[old].pop(client, None)
+            if new is not ClientState.CLOSED:
+                pool.clients[new][client] = None
+            if new is ClientState.WAITING:
+                client.wait_start = now
+                pool.waiting.append(client)
+            elif old is ClientState.WAITING:
+                pool.stats.wait_time += now - client.wait_start
+        client.state = new
+
+    def _set_server_state(self, server: Server, new: ServerState, now: float) -> None:
+        old = server.state
+        if new not in _SERVER_EDGES[old]:
+            raise IllegalStateChange(f"{server}: server {old.name} -> {new.name}")
+        pool = server.pool
+        pool.servers[old].pop(server, None)
+        if new is ServerState.CLOSED:
+            pool.db.server_count -= 1
+            pool.user.server_count -= 1
+        else:
+            pool.servers[new][server] = None
+        if new is ServerState.IDLE:
+            server.idle_since = now
+        server.state = new
+
+    # --- clients -----------------------------------------------------------------------------
+    def client_authenticated(self, client: Client, pool: Pool, now: float) -> list[Action]:
+        """A client passed authentication: finish its login now, or once a server told us its
+        parameters (the pool has never logged in yet)."""
+        client.pool = pool
+        pool.clients[ClientState.LOGIN][client] = None
+        if pool.login_failed_until > now and pool.login_error is not None and not pool.welcome:
+            return [self._refuse_for_failed_login(client, pool, now)]
+        if pool.welcome is not None:
+            self._set_client_state(client, ClientState.ACTIVE, now)
+            return [FinishLogin(client)]
+        self._set_client_state(client, ClientState.WAITING_LOGIN, now)
+        client.wait_start = now
+        return self._launch(pool, now)
+
+    def _refuse_for_failed_login(self, client: Client, pool: Pool, now: float) -> CloseClient:
+        assert pool.login_error is not None
+        err = pool.login_error
+        return CloseClient(
+            client,
+            Reason.LOGIN_FAILING,
+            ServerError("FATAL", err.sqlstate, err.message, Reason.LOGIN_FAILING, err.hint),
+        )
+
+    def client_wants_server(self, client: Client, now: float) -> list[Action]:
+        """The client sent a query while holding no server."""
+        pool = client.pool
+        assert pool is not None
+        if client.link is not None or client.state is not ClientState.ACTIVE:
+            return []
+        if pool.login_failed_until > now and pool.login_error is not None:
+            if not pool.servers[ServerState.IDLE] and not pool.servers[ServerState.ACTIVE]:
+                return [self._refuse_for_failed_login(client, pool, now)]
+        client.request_time = now
+        if not pool.db.paused:
+            server = self._pick_idle(pool, now)
+            if server is not None:
+                self._link(client, server, now)
+                return [Link(client, server)]
+        self._set_client_state(client, ClientState.WAITING, now)
+        actions: list[Action] = []
+        if not pool.db.paused:
+            actions += self._check_or_launch(pool, now)
+        return actions
+
+    def client_closed(self, client: Client, now: float) -> list[Action]:
+        """The client went away (or we closed it). Its server, if any, is cleaned for reuse."""
+        if client.state is ClientState.CLOSED:
+            return []
+        self.cancel_keys.pop(client.cancel_key, None)
+        server = client.link
+        was_waiting_login = client.state is ClientState.WAITING_LOGIN
+        self._set_client_state(client, ClientState.CLOSED, now)
+        actions: list[Action] = []
+        if server is not None:
+            client.link = None
+            server.link = None
+            busy = client.expect_rfq > 0 or not server.ready
+            actions += self._reclaim(server, now, client_gone=True, busy=busy)
+        if was_waiting_login and client.pool is not None:
+            # Nothing to do: logins in flight still complete and warm the pool.
+            pass
+        return actions
+
+    # --- servers -----------------------------------------------------------------------------
+    def _pick_idle(self, pool: Pool, now: float) -> Server | None:
+        idle = pool.servers[ServerState.IDLE]
+        if not idle:
+            return None
+        s = pool.settings
+        # LIFO: the most recently used server is warmest and lets the others age out.
+        server = next(reversed(idle))
+        if s.server_check_query and now - server.idle_since >= s.server_check_delay > 0:
+            return None  # _check_or_launch checks it first
+        if s.server_check_query and s.server_check_delay == 0:
+            return None
+        return server
+
+    def _check_or_launch(self, pool: Pool, now: float) -> list[Action]:
+        s = pool.settings
+        idle = pool.servers[ServerState.IDLE]
+        if idle and s.server_check_query:
+            server = next(reversed(idle))
+            if now - server.idle_since >= s.server_check_delay:
+                self._set_server_state(server, ServerState.TESTED, now)
+                return [RunQueries(server, (s.server_check_query,))]
+        return self._launch(pool, now)
+
+    def _link(self, client: Client, server: Server, now: float) -> None:
+        if client.state is ClientState.WAITING:
+            self._set_client_state(client, ClientState.ACTIVE, now)
+        self._set_server_state(server, ServerState.ACTIVE, now)
+        client.link = server
+        server.link = client
+        server.request_time = now
+        server.query_start = now
+        client.request_time = now
+
+    def _limit(self, pool: Pool, now: float) -> int:
+        s = pool.settings
+        limit = s.pool_size
+        if s.reserve_pool_size and pool.oldest_wait(now) >= s.reserve_pool_timeout:
+            limit += s.reserve_pool_size
+        return limit
+
+    def _launch(self, pool: Pool, now: float) -> list[Action]:
+        """Open servers for waiting clients, within every limit that applies."""
+        actions: list[Action] = []
+        want = pool.demand()
+        while want > 0:
+            if not self._may_open(pool, now, actions):
+                break
+            actions.append(Connect(self._new_server(pool, now)))
+            want -= 1
+        return actions
+
+    def _may_open(self, pool: Pool, now: float, actions: list[Action]) -> bool:
+        s = pool.settings
+        if pool.db.disabled or pool.db.paused:
+            return False
+        bo = pool.backoff
+        if bo.active and (now < bo.retry_at or pool.servers[ServerState.LOGIN]):
+            return False  # under back-pressure: one probe at a time, on the backoff schedule
+        if pool.login_failed_until > now:
+            return False
+        if pool.server_count >= self._limit(pool, now):
+            return False
+        if s.max_db_connections and pool.db.server_count >= s.max_db_connections:
+            return self._evict(lambda p: p.db is pool.db and p is not pool, now, actions)
+        if s.max_user_connections and pool.user.server_count >= s.max_user_connections:
+            return self._evict(lambda p: p.user is pool.user and p is not pool, now, actions)
+        return True
+
+    def _evict(self, match: Callable[[Pool], bool], now: float, actions: list[Action]) -> bool:
+        """At a database/user cap: close the longest-idle server of a sibling pool to make room."""
+        best: Server | None = None
+        for other in self.pools.values():
+            if not match(other):
+                continue
+            for server in other.servers[ServerState.IDLE]:
+                if best is None or server.idle_since < best.idle_since:
+                    best = server
+                break  # dicts keep insertion order: the first idle one is the oldest
+        if best is None:
+            return False
+        actions.append(self._close_server(best, Reason.EVICTED, now))
+        return True
+
+    def _new_server(self, pool: Pool, now: float) -> Server:
+        server = Server(pool, now)
+        pool.servers[ServerState.LOGIN][server] = None
+        pool.db.server_count += 1
+        pool.user.server_count += 1
+        return server
+
+    def _close_server(self, server: Server, reason: str, now: float) -> CloseServer:
+        if server.state is not ServerState.CLOSED:
+            self._set_server_state(server, ServerState.CLOSED, now)
+        server.close_reason = reason
+        return CloseServer(server, reason)
+
+    def server_login_ok(self, server: Server, params: dict[str, str], now: float) -> list[Action]:
+        pool = server.pool
+        server.params = dict(params)
+        server.connect_time = now
+        bo = pool.backoff
+        if bo.active:
+            bo.failures = 0
+            bo.retry_at = now
+            if pool.server_count >= pool.settings.pool_size:
+                bo.granted = None
+            else:
+                bo.granted = pool.server_count
+        else:
+            bo.granted = None
+        pool.login_failed_until = 0.0
+        pool.login_error = None
+        actions: list[Action] = []
+        if pool.welcome is None:
+            pool.welcome = dict(params)
+        for client in list(pool.clients[ClientState.WAITING_LOGIN]):
+            self._set_client_state(client, ClientState.ACTIVE, now)
+            actions.append(FinishLogin(client))
+        self._set_server_state(server, ServerState.IDLE, now)
+        actions += self._hand_off(server, now)
+        if bo.failures == 0 and pool.backoff.granted is not None:
+            actions += self._launch(pool, now)  # take capacity back one probe at a time
+        return actions
+
+    def server_login_failed(
+        self, server: Server, error: ServerError | None, now: float, network: str = ""
+    ) -> list[Action]:
+        """A login failed: `error` is the server's ErrorResponse, or None for a network failure
+        (then `network` says what happened). Transient refusals become back-pressure."""
+        pool = server.pool
+        if server.state is not ServerState.CLOSED:
+            self._set_server_state(server, ServerState.CLOSED, now)
+        pool.stats.login_failures += 1
+        actions: list[Action] = []
+        if error is None or error.sqlstate in ss.TRANSIENT_LOGIN_STATES:
+            bo = pool.backoff
+            if not bo.active:
+                bo.since = now
+            bo.failures += 1
+            if error is None:
+                error = ServerError("FATAL", ss.CONNECTION_FAILURE, network or "server unreachable")
+            bo.error = error
+            if error.sqlstate == ss.TOO_MANY_CONNECTIONS:
+                pool.stats.refused_53300 += 1
+                bo.granted = pool.server_count
+            cap = max(pool.settings.server_login_retry, _BACKOFF_BASE)
+            delay = min(cap, _BACKOFF_BASE * 2 ** min(bo.failures - 1, 16))
+            bo.retry_at = now + delay * (0.5 + 0.5 * self.rng())  # jitter spreads the probes
+            return actions
+        # A refusal that waiting will not cure (bad password, no such database): tell everyone
+        # waiting now, and refuse new clients for server_login_retry, as PgBouncer does.
+        pool.login_error = error
+        pool.login_failed_until = now + pool.settings.server_login_retry
+        fatal = ServerError("FATAL", error.sqlstate, error.message, error.detail, error.hint)
+        for client in list(pool.clients[ClientState.WAITING_LOGIN]) + list(pool.waiting_clients()):
+            actions.append(CloseClient(client, Reason.LOGIN_FAILED, fatal))
+        return actions
+
+    def release_server(self, server: Server, now: float) -> list[Action]:
+        """The linked client finished its transaction (or statement): the server is free."""
+        client = server.link
+        pool = server.pool
+        if client is not None:
+            client.link = None
+            server.link = None
+        pool.stats.xact_count += 1
+        return self._reclaim(server, now, client_gone=False, busy=False)
+
+    def _reclaim(self, server: Server, now: float, client_gone: bool, busy: bool) -> list[Action]:
+        """A server lost its client: decide whether it is reusable, needs cleaning, or goes."""
+        pool = server.pool
+        s = pool.settings
+        if server.state is ServerState.CLOSED:
+            return []
+        if busy or not server.ready:
+            return [self._close_server(server, Reason.CLIENT_GONE_BUSY, now)]
+        if now - server.connect_time >= s.server_lifetime > 0:
+            return [self._close_server(server, Reason.LIFETIME, now), *self._launch(pool, now)]
+        queries: list[str] = []
+        if server.tx_status != b"I":
+            queries.append("ROLLBACK")
+        if s.server_reset_query and (
+            s.server_reset_query_always or (client_gone and s.pool_mode == "session")
+        ):
+            queries.append(s.server_reset_query)
+        if queries:
+            self._set_server_state(server, ServerState.TESTED, now)
+            return [RunQueries(server, tuple(queries))]
+        self._set_server_state(server, ServerState.IDLE, now)
+        return self._hand_off(server, now)
+
+    def internal_done(self, server: Server, ok: bool, now: float) -> list[Action]:
+        """The pooler's own queries on `server` finished; an error means the server goes."""
+        if server.state is ServerState.CLOSED:
+            return []
+        if not ok or server.tx_status != b"I":
+            return [
+                self._close_server(server, Reason.RESET_FAILED, now),
+                *self._launch(server.pool, now),
+            ]
+        self._set_server_state(server, ServerState.IDLE, now)
+        return self._hand_off(server, now)
+
+    def _hand_off(self, server: Server, now: float) -> list[Action]:
+        """An IDLE server goes straight to the first waiting client, if any."""
+        pool = server.pool
+        if pool.db.paused:
+            return []
+        while pool.waiting:
+            client = pool.waiting.popleft()
+            if client.state is not ClientState.WAITING or client.pool is not pool:
+                continue  # stale entry: the client left or was served already
+            self._link(client, server, now)
+            return [Link(client, server)]
+        return []
+
+    def server_closed(self, server: Server, reason: str, now: float) -> list[Action]:
+        """The server connection ended (it died, or we closed it)."""
+        pool = server.pool
+        actions: list[Action] = []
+        if server.state is ServerState.LOGIN:
+            return self.server_login_failed(server, None, now, reason)
+        client = server.link
+        if server.state is not ServerState.CLOSED:
+            self._set_server_state(server, ServerState.CLOSED, now)
+            server.close_reason = reason
+        if client is not None:
+            client.link = None
+            server.link = None
+            if client.state is not ClientState.CLOSED:
+                actions.append(
+                    CloseClient(
+                        client,
+                        Reason.SERVER_GONE,
+                        ServerError("FATAL", ss.CONNECTION_FAILURE, Reason.SERVER_GONE),
+                    )
+                )
+        if pool.demand() > 0:
+            actions += self._launch(pool, now)
+        return actions
+
+    def resume(self, db: Database, now: float) -> list[Action]:
+        db.paused = False
+        actions: list[Action] = []
+        for pool in self.pools.values():
+            if pool.db is db:
+                for server in list(pool.servers[ServerState.IDLE]):
+                    if server.state is ServerState.IDLE:
+                        actions += self._hand_off(server, now)
+                actions += self._launch(pool, now)
+        return actions
+
+    # --- the janitor -------------------------------------------------------------------------
+    def maint(self, now: float) -> list[Action]:
+        """Timeouts, lifetimes, warm pools and login retries: called a few times a second."""
+        actions: list[Action] = []
+        for pool in list(self.pools.values()):
+            actions += self._maint_pool(pool, now)
+        return actions
+
+    def _maint_pool(self, pool: Pool, now: float) -> list[Action]:
+        s = pool.settings
+        actions: list[Action] = []
+        # Waiting clients: query_wait_timeout, FIFO so the first one not expired ends the scan.
+        if s.query_wait_timeout > 0:
+            while pool.waiting:
+                client = pool.waiting[0]
+                if client.state is not ClientState.WAITING or client.pool is not pool:
+                    pool.waiting.popleft()
+                    continue
+                if now - client.wait_start < s.query_wait_timeout:
+                    break
+                pool.waiting.popleft()
+                actions.append(self._wait_timeout(client, pool, now))
+            for client in list(pool.clients[ClientState.WAITING_LOGIN]):
+                if now - client.wait_start >= s.query_wait_timeout:
+                    actions.append(self._wait_timeout(client, pool, now))
+        # Servers: connect timeout, lifetime, idle timeout.
+        for server in list(pool.servers[ServerState.LOGIN]):
+            if (
+                s.server_connect_timeout > 0
+                and now - server.connect_time >= s.server_connect_timeout
+            ):
+                actions.append(CloseServer(server, Reason.CONNECT_TIMEOUT))
+                actions += self.server_login_failed(server, None, now, Reason.CONNECT_TIMEOUT)
+        idle = pool.servers[ServerState.IDLE]
+        keep = s.min_pool_size
+        for server in list(idle):
+            total = pool.server_count
+            if s.server_lifetime > 0 and now - server.connect_time >= s.server_lifetime:
+                actions.append(self._close_server(server, Reason.LIFETIME, now))
+            elif (
+                s.server_idle_timeout > 0
+                and now - server.idle_since >= s.server_idle_timeout
+                and total > keep
+            ):
+                actions.append(self._close_server(server, Reason.IDLE_TIMEOUT, now))
+        # Linked servers: query_timeout and idle_transaction_timeout.
+        for server in list(pool.servers[ServerState.ACTIVE]):
+            linked = server.link
+            if linked is None:
+                continue
+            if s.query_timeout > 0 and linked.expect_rfq > 0:
+                if now - server.query_start >= s.query_timeout:
+                    actions += self._timeout_linked(linked, server, Reason.QUERY_TIMEOUT, now)
+                    continue
+            if (
+                s.idle_transaction_timeout > 0
+                and linked.expect_rfq == 0
+                and server.tx_status != b"I"
+                and now - server.request_time >= s.idle_transaction_timeout
+            ):
+                actions += self._timeout_linked(linked, server, Reason.IDLE_TX_TIMEOUT, now)
+        # Idle clients.
+        if s.client_idle_timeout > 0:
+            for client in list(pool.clients[ClientState.ACTIVE]):
+                if client.link is None and now - client.request_time >= s.client_idle_timeout:
+                    actions.append(
+                        CloseClient(
+                            client,
+                            Reason.CLIENT_IDLE_TIMEOUT,
+                            _pooler_error(Reason.CLIENT_IDLE_TIMEOUT),
+                        )
+                    )
+        # Warm pool (min_pool_size) and login retries under back-pressure.
+        if not pool.db.paused and not pool.db.disabled:
+            if pool.demand() > 0:
+                actions += self._launch(pool, now)
+            elif (
+                s.min_pool_size
+                and pool.server_count < s.min_pool_size
+                and pool.login_failed_until <= now
+                and (not pool.backoff.active or now >= pool.backoff.retry_at)
+                and not pool.servers[ServerState.LOGIN]
+            ):
+                if self._may_open(pool, now, actions):
+                    actions.append(Connect(self._new_server(pool, now)))
+        return actions
+
+    def _timeout_linked(
+        self, client: Client, server: Server, reason: str, now: float
+    ) -> list[Action]:
+        pool = server.pool
+        pool.stats.timeouts[reason] = pool.stats.timeouts.get(reason, 0) + 1
+        client.link = None
+        server.link = None
+        return [
+            self._close_server(server, reason, now),
+            CloseClient(client, reason, _pooler_error(reason)),
+        ]
+
+    def _wait_timeout(self, client: Client, pool: Pool, now: float) -> CloseClient:
+        """query_wait_timeout ran out. Under back-pressure the error names the server's limit."""
+        waited = now - client.wait_start
+        pool.stats.timeouts[Reason.QUERY_WAIT_TIMEOUT] = (
+            pool.stats.timeouts.get(Reason.QUERY_WAIT_TIMEOUT, 0) + 1
+        )
+        bo = pool.backoff
+        if bo.active and bo.error is not None:
+            err = bo.error
+            if err.sqlstate == ss.TOO_MANY_CONNECTIONS:
+                limit = ss.describe_53300(err.message)
+                return CloseClient(
+                    client,
+                    Reason.QUERY_WAIT_TIMEOUT,
+                    ServerError(
+                        "FATAL",
+                        ss.TOO_MANY_CONNECTIONS,
+                        f"no server connection available: the server refused new connections "
+                        f"({limit}) and this client waited {waited:.1f} s "
+                        f"(query_wait_timeout={pool.settings.query_wait_timeout:g})",
+                        detail=f"server said: {err.message}; the pool holds "
+                        f"{pool.server_count} of pool_size {pool.settings.pool_size}",
+                        hint=ss.hint_53300(err.message),
+                    ),
+                )
+            return CloseClient(
+                client,
+                Reason.QUERY_WAIT_TIMEOUT,
+                ServerError(
+                    "FATAL",
+                    err.sqlstate,
+                    f"no server connection available: cannot reach the server "
+                    f"({err.message}); this client waited {waited:.1f} s "
+                    f"(query_wait_timeout={pool.settings.query_wait_timeout:g})",
+                    hint="Check that PostgreSQL is running and reachable from the pooler.",
+                ),
+            )
+        return CloseClient(
+            client,
+            Reason.QUERY_WAIT_TIMEOUT,
+            _pooler_error(
+                Reason.QUERY_WAIT_TIMEOUT,
+                detail=f"waited {waited:.1f} s for one of pool_size={pool.settings.pool_size} "
+                "servers, all busy",
+                hint="Raise pool_size if the server has room, or find the clients holding "
+                "servers with SHOW CLIENTS.",
+            ),
+        )
+
+
+def _pooler_error(reason: str, detail: str | None = None, hint: str | None = None) -> ServerError:
+    return ServerError("FATAL", ss.PROTOCOL_VIOLATION, reason, detail, hint)

@@ -1,0 +1,310 @@
+"""Password exchanges, sans-IO: checking clients against userlist secrets, logging into servers."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+from scramp import ScramClient, ScramException, ScramMechanism
+
+from pgfunnel.proto import messages as m
+
+SCRAM = "SCRAM-SHA-256"
+_MECH = ScramMechanism(SCRAM)
+
+
+def md5_secret(user: str, password: str) -> str:
+    """PostgreSQL's stored md5 form: 'md5' + md5(password || user)."""
+    return "md5" + hashlib.md5((password + user).encode()).hexdigest()
+
+
+def md5_response(user: str, secret_or_password: str, salt: bytes) -> str:
+    """The md5 password message for a salt, from a plain password or an 'md5...' secret."""
+    inner = secret_or_password
+    if not (inner.startswith("md5") and len(inner) == 35):
+        inner = md5_secret(user, inner)
+    return "md5" + hashlib.md5(inner[3:].encode() + salt).hexdigest()
+
+
+@dataclass(frozen=True)
+class ScramSecret:
+    iterations: int
+    salt: bytes
+    stored_key: bytes
+    server_key: bytes
+
+
+def parse_scram_secret(secret: str) -> ScramSecret | None:
+    """'SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>' as PostgreSQL stores it."""
+    try:
+        mech, rest = secret.split("$", 1)
+        if mech != SCRAM:
+            return None
+        iter_salt, keys = rest.split("$", 1)
+        iterations, salt = iter_salt.split(":", 1)
+        stored, server = keys.split(":", 1)
+        return ScramSecret(
+            int(iterations),
+            base64.b64decode(salt, validate=True),
+            base64.b64decode(stored, validate=True),
+            base64.b64decode(server, validate=True),
+        )
+    except (ValueError, TypeError):
+        return None
+
+
+def secret_kind(secret: str) -> str:
+    if secret.startswith("md5") and len(secret) == 35:
+        return "md5"
+    if parse_scram_secret(secret) is not None:
+        return "scram"
+    return "plain"
+
+
+class AuthFailed(Exception):
+    """The client's password did not match; the message is the one PostgreSQL would send."""
+
+
+class ClientAuth:
+    """Checks one client's password: start() gives the request, receive() each reply.
+
+    `method` is the auth_type in force (trust, any, plain, md5, scram-sha-256) and `secret` the
+    user's userlist entry (None when the user has none). As PgBouncer does, md5 upgrades to SCRAM
+    when the stored secret is a SCRAM secret, since md5 cannot be checked against it.
+    """
+
+    def __init__(self, method: str, user: str, secret: str | None) -> None:
+        self.user = user
+        self.secret = secret
+        self.done = False
+        self.client_key: bytes | None = None  # recovered from SCRAM, for logging into servers
+        kind = secret_kind(secret) if secret is not None else None
+        if method in ("trust", "any"):
+            self.method = "trust"
+        elif (method == "md5" and kind == "scram") or method == "scram-sha-256":
+            self.method = "scram"
+        elif method in ("md5", "plain"):
+            self.method = method
+        else:
+            raise ValueError(f"unsupported auth_type {method!r}")
+        self._salt = secrets.token_bytes(4)
+        self._scram: _ScramServerExchange | None = None
+        self._scram_stage = 0
+
+    def start(self) -> bytes:
+        """The first message to send: AuthenticationOk for trust, else the password request."""
+        if self.method == "trust":
+            self.done = True
+            return m.auth_ok()
+        if self.method == "plain":
+            return m.auth_request(m.AUTH_CLEARTEXT)
+        if self.method == "md5":
+            return m.auth_request(m.AUTH_MD5, self._salt)
+        return m.auth_request(m.AUTH_SASL, m.cstr(SCRAM) + b"\0")
+
+    def _fail(self) -> AuthFailed:
+        return AuthFailed(f'password authentication failed for user "{self.user}"')
+
+    def receive(self, payload: bytes) -> bytes:
+        """Handle one PasswordMessage payload; returns bytes to send, raises AuthFailed."""
+        if self.secret is None:
+            raise self._fail()
+        if self.method == "plain":
+            given = payload.rstrip(b"\0").decode(errors="replace")
+            if not self._check_plain(given):
+                raise self._fail()
+            self.done = True
+            return m.auth_ok()
+        if self.method == "md5":
+            given = payload.rstrip(b"\0").decode(errors="replace")
+            if secret_kind(self.secret) == "scram":
+                raise self._fail()
+            expected = md5_response(self.user, self.secret, self._salt)
+            if not hmac.compare_digest(given, expected):
+                raise self._fail()
+            self.done = True
+            return m.auth_ok()
+        return self._scram_step(payload)
+
+    def _check_plain(self, given: str) -> bool:
+        assert self.secret is not None
+        kind = secret_kind(self.secret)
+        if kind == "plain":
+            return hmac.compare_digest(given, self.secret)
+        if kind == "md5":
+            return hmac.compare_digest(md5_secret(self.user, given), self.secret)
+        parsed = parse_scram_secret(self.secret)
+        assert parsed is not None
+        _, stored, _, _ = _MECH.make_auth_info(
+            given, iteration_count=parsed.iterations, salt=parsed.salt
+        )
+        return hmac.compare_digest(stored, parsed.stored_key)
+
+    def _auth_info(self) -> ScramSecret:
+        assert self.secret is not None
+        parsed = parse_scram_secret(self.secret)
+        if parsed is not None:
+            return parsed
+        if secret_kind(self.secret) == "md5":
+            raise self._fail()  # an md5 secret cannot answer a SCRAM exchange
+        salt, stored, server, iterations = _MECH.make_auth_info(self.secret, iteration_count=4096)
+        return ScramSecret(iterations, salt, stored, server)
+
+    def _scram_step(self, payload: bytes) -> bytes:
+        try:
+            if self._scram_stage == 0:
+                mech, _, rest = payload.partition(b"\0")
+                if mech.decode() != SCRAM or len(rest) < 4:
+                    raise self._fail()
+                data_len = m.read_i32(rest)
+                first = _ScramServerExchange(self._auth_info(), rest[4 : 4 + data_len].decode())
+                self._scram = first
+                self._scram_stage = 1
+                return m.auth_request(m.AUTH_SASL_CONTINUE, first.server_first.encode())
+            exchange = self._scram
+            assert isinstance(exchange, _ScramServerExchange)
+            final = exchange.finish(payload.decode())
+            self.client_key = exchange.client_key
+            self.done = True
+            return m.auth_request(m.AUTH_SASL_FINAL, final.encode()) + m.auth_ok()
+        except (UnicodeDecodeError, ValueError, KeyError) as exc:
+            raise self._fail() from exc
+
+
+def _hmac(key: bytes, text: str) -> bytes:
+    return hmac.new(key, text.encode(), hashlib.sha256).digest()
+
+
+class _ScramServerExchange:
+    """The server side of SCRAM-SHA-256 as PostgreSQL runs it (the username in the exchange is
+    empty and ignored; no channel binding since we offer no -PLUS mechanism)."""
+
+    def __init__(self, secret: ScramSecret, client_first: str) -> None:
+        self.secret = secret
+        if client_first.startswith(("n,", "y,")):
+            gs2_flag, authzid, bare = client_first.split(",", 2)
+        else:
+            raise ValueError("channel binding requested but not offered")
+        self.gs2_header = f"{gs2_flag},{authzid},"
+        self.client_first_bare = bare
+        attrs = dict(part.split("=", 1) for part in bare.split(",") if "=" in part)
+        client_nonce = attrs["r"]
+        if not client_nonce:
+            raise ValueError("empty client nonce")
+        self.nonce = client_nonce + base64.b64encode(secrets.token_bytes(18)).decode()
+        salt = base64.b64encode(secret.salt).decode()
+        self.server_first = f"r={self.nonce},s={salt},i={secret.iterations}"
+        self.client_key: bytes | None = None
+
+    def finish(self, client_final: str) -> str:
+        without_proof, _, proof_b64 = client_final.rpartition(",p=")
+        attrs = dict(part.split("=", 1) for part in without_proof.split(",") if "=" in part)
+        if attrs.get("r") != self.nonce:
+            raise ValueError("nonce mismatch")
+        if base64.b64decode(attrs.get("c", "")) != self.gs2_header.encode():
+            raise ValueError("channel binding mismatch")
+        auth_message = f"{self.client_first_bare},{self.server_first},{without_proof}"
+        signature = _hmac(self.secret.stored_key, auth_message)
+        proof = base64.b64decode(proof_b64, validate=True)
+        if len(proof) != len(signature):
+            raise ValueError("bad proof length")
+        client_key = bytes(a ^ b for a, b in zip(proof, signature, strict=True))
+        if not hmac.compare_digest(hashlib.sha256(client_key).digest(), self.secret.stored_key):
+            raise ValueError("wrong password")
+        self.client_key = client_key
+        server_signature = _hmac(self.secret.server_key, auth_message)
+        return "v=" + base64.b64encode(server_signature).decode()
+
+
+# --- logging into a server ------------------------------------------------------------------
+class ServerAuthError(Exception):
+    """The server asked for something we cannot answer (no password, unsupported method)."""
+
+
+class ServerAuth:
+    """Answers a server's authentication requests for one login."""
+
+    def __init__(self, user: str, password: str | None, client_key: bytes | None = None) -> None:
+        self.user = user
+        self.password = password
+        self.client_key = client_key
+        self._scram: ScramClient | _KeyScramClient | None = None
+
+    def respond(self, code: int, data: bytes) -> bytes | None:
+        """Bytes to send for an AuthenticationXXX request (None for AuthenticationOk)."""
+        if code == m.AUTH_OK:
+            return None
+        if code == m.AUTH_CLEARTEXT:
+            if self.password is None or secret_kind(self.password) != "plain":
+                raise ServerAuthError("server asked for a cleartext password; none is configured")
+            return m.password_message(m.cstr(self.password))
+        if code == m.AUTH_MD5:
+            if self.password is None or secret_kind(self.password) == "scram":
+                raise ServerAuthError("server asked for md5 auth; no usable password configured")
+            return m.password_message(m.cstr(md5_response(self.user, self.password, data[:4])))
+        if code == m.AUTH_SASL:
+            mechs = [x.decode() for x in data.split(b"\0") if x]
+            if SCRAM not in mechs:
+                raise ServerAuthError(f"server offers only SASL mechanisms {mechs}")
+            if self.password is not None and secret_kind(self.password) == "plain":
+                self._scram = ScramClient([SCRAM], self.user, self.password)
+            elif self.client_key is not None:
+                self._scram = _KeyScramClient(self.client_key)
+            else:
+                raise ServerAuthError("server asked for SCRAM; no plain password or SCRAM key")
+            first = self._scram.get_client_first().encode()
+            return m.sasl_initial_response(SCRAM, first)
+        if code == m.AUTH_SASL_CONTINUE:
+            if self._scram is None:
+                raise ServerAuthError("SASL continue before SASL start")
+            try:
+                self._scram.set_server_first(data.decode())
+                return m.password_message(self._scram.get_client_final().encode())
+            except ScramException as exc:
+                raise ServerAuthError(f"SCRAM exchange failed: {exc}") from exc
+        if code == m.AUTH_SASL_FINAL:
+            if self._scram is None:
+                raise ServerAuthError("SASL final before SASL start")
+            try:
+                self._scram.set_server_final(data.decode())
+            except ScramException as exc:
+                raise ServerAuthError(f"server's SCRAM signature did not verify: {exc}") from exc
+            return None
+        raise ServerAuthError(f"unsupported authentication request {code} from server")
+
+
+class _KeyScramClient:
+    """A SCRAM-SHA-256 client that proves itself with a ClientKey instead of a password."""
+
+    def __init__(self, client_key: bytes) -> None:
+        self.client_key = client_key
+        self.nonce = base64.b64encode(secrets.token_bytes(18)).decode()
+        self.first_bare = f"n=,r={self.nonce}"
+        self.auth_message = ""
+
+    def get_client_first(self) -> str:
+        return "n,," + self.first_bare
+
+    def set_server_first(self, server_first: str) -> None:
+        attrs = dict(part.split("=", 1) for part in server_first.split(","))
+        if not attrs.get("r", "").startswith(self.nonce):
+            raise ScramException("server nonce does not extend ours")
+        self.server_first = server_first
+        self.server_nonce = attrs["r"]
+
+    def get_client_final(self) -> str:
+        without_proof = f"c=biws,r={self.server_nonce}"
+        self.auth_message = f"{self.first_bare},{self.server_first},{without_proof}"
+        stored_key = hashlib.sha256(self.client_key).digest()
+        signature = hmac.new(stored_key, self.auth_message.encode(), hashlib.sha256).digest()
+        proof = bytes(a ^ b for a, b in zip(self.client_key, signature, strict=True))
+        return f"{without_proof},p={base64.b64encode(proof).decode()}"
+
+    def set_server_final(self, server_final: str) -> None:
+        # The server's signature needs ServerKey, which only the server side holds here; the
+        # server already proved itself by accepting a proof made from the shared secret.
+        if server_final.startswith("e="):
+            raise ScramException(server_final[2:])

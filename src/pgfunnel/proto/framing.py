@@ -1,0 +1,242 @@
+"""Message framing: a header scanner for forwarded byte streams and the startup-packet reader."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from pgfunnel.proto.messages import (
+    CANCEL_REQUEST_CODE,
+    GSSENC_REQUEST_CODE,
+    PROTOCOL_V3,
+    SSL_REQUEST_CODE,
+)
+
+_HDR = struct.Struct("!Bi")
+_I32 = struct.Struct("!i")
+
+# One event per message the owner asked about: (type, payload or None, end offset in the chunk).
+Event = tuple[int, bytes | None, int]
+
+
+class ProtocolViolation(Exception):
+    """The peer sent bytes that are not a v3 message stream (bad length, oversized packet)."""
+
+
+class Scanner:
+    """Walks message headers in a byte stream fed chunk by chunk, without copying bodies.
+
+    `watch` is a 256-entry table: 0 = ignore the message, 1 = report its type and end offset,
+    2 = also report its payload (assembled across chunks when split). The forwarding layer
+    writes each chunk on as it is and acts only on the events, so an ordinary DataRow costs one
+    header read and no allocation.
+    """
+
+    __slots__ = ("_capture", "_hdr", "_kind", "_max", "_skip", "watch")
+
+    def __init__(self, watch: bytes | bytearray, max_packet_size: int = 2**31 - 1) -> None:
+        if len(watch) != 256:
+            raise ValueError("watch table must have 256 entries")
+        self.watch = bytes(watch)
+        self._max = max_packet_size
+        self._skip = 0  # body bytes of the current message still to pass
+        self._kind = 0  # type of the message whose body is being passed
+        self._hdr = b""  # a header split across chunks
+        self._capture: bytearray | None = None  # payload being assembled (watch == 2)
+
+    @staticmethod
+    def table(report: bytes = b"", capture: bytes = b"") -> bytes:
+        t = bytearray(256)
+        for kind in report:
+            t[kind] = 1
+        for kind in capture:
+            t[kind] = 2
+        return bytes(t)
+
+    @property
+    def at_boundary(self) -> bool:
+        """True when everything fed so far ends exactly at a message boundary."""
+        return self._skip == 0 and not self._hdr
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Event] | None:
+        """Scan one chunk; returns the watched messages that ended in it, or None if none did."""
+        events: list[Event] | None = None
+        n = len(data)
+        pos = 0
+        skip = self._skip
+        if skip:
+            if skip > n:
+                self._skip = skip - n
+                if self._capture is not None:
+                    self._capture += data
+                return None
+            pos = skip
+            self._skip = 0
+            cap = self._capture
+            if cap is not None:
+                cap += data[:pos]
+                self._capture = None
+                events = [(self._kind, bytes(cap), pos)]
+            elif self.watch[self._kind]:
+                events = [(self._kind, None, pos)]
+        elif self._hdr:
+            need = 5 - len(self._hdr)
+            if n < need:
+                self._hdr += bytes(data)
+                return None
+            header = self._hdr + bytes(data[:need])
+            self._hdr = b""
+            kind, length = _HDR.unpack(header)
+            ev = self._start(kind, length, data, need, n)
+            if ev is not None:
+                events = [ev]
+            if self._skip:
+                return events
+            pos = need + length - 4
+
+        watch = self.watch
+        unpack = _HDR.unpack_from
+        while pos < n:
+            if n - pos < 5:
+                self._hdr = bytes(data[pos:])
+                return events
+            kind, length = unpack(data, pos)
+            end = pos + 1 + length
+            if length < 4 or length > self._max:
+                raise ProtocolViolation(self._violation(kind, length))
+            if end > n:
+                self._kind = kind
+                self._skip = end - n
+                if watch[kind] == 2:
+                    self._capture = bytearray(data[pos + 5 :])
+                return events
+            w = watch[kind]
+            if w:
+                ev = (kind, bytes(data[pos + 5 : end]) if w == 2 else None, end)
+                if events is None:
+                    events = [ev]
+                else:
+                    events.append(ev)
+            pos = end
+        return events
+
+    def _start(
+        self, kind: int, length: int, data: bytes | bytearray | memoryview, pos: int, n: int
+    ) -> Event | None:
+        """Begin a message whose header came split; returns its event if it ends in this chunk."""
+        if length < 4 or length > self._max:
+            raise ProtocolViolation(self._violation(kind, length))
+        body = length - 4
+        end = pos + body
+        if end > n:
+            self._kind = kind
+            self._skip = end - n
+            if self.watch[kind] == 2:
+                self._capture = bytearray(data[pos:])
+            return None
+        w = self.watch[kind]
+        if not w:
+            return None
+        return (kind, bytes(data[pos:end]) if w == 2 else None, end)
+
+    def _violation(self, kind: int, length: int) -> str:
+        if length > self._max:
+            return f"oversized packet: {length} bytes (max_packet_size={self._max})"
+        return f"bad packet header: type {kind!r} length {length}"
+
+
+class MessageReader:
+    """Collects whole messages from a stream for the login phases, where every message matters."""
+
+    __slots__ = ("_buf", "_max")
+
+    def __init__(self, max_packet_size: int = 2**31 - 1) -> None:
+        self._buf = bytearray()
+        self._max = max_packet_size
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+
+    def next(self) -> tuple[int, bytes] | None:
+        buf = self._buf
+        if len(buf) < 5:
+            return None
+        kind, length = _HDR.unpack_from(buf, 0)
+        if length < 4 or length > self._max:
+            raise ProtocolViolation(f"bad packet header: type {kind} length {length}")
+        if len(buf) < length + 1:
+            return None
+        payload = bytes(buf[5 : length + 1])
+        del buf[: length + 1]
+        return kind, payload
+
+    def take_rest(self) -> bytes:
+        rest = bytes(self._buf)
+        self._buf.clear()
+        return rest
+
+
+# --- the untyped first packet of a connection -----------------------------------------------
+@dataclass(frozen=True)
+class StartupMessage:
+    params: dict[str, str]
+
+
+@dataclass(frozen=True)
+class SSLRequest:
+    pass
+
+
+@dataclass(frozen=True)
+class GSSENCRequest:
+    pass
+
+
+@dataclass(frozen=True)
+class CancelRequest:
+    pid: int
+    key: int
+
+
+@dataclass(frozen=True)
+class UnsupportedProtocol:
+    version: int
+
+
+StartupPacket = StartupMessage | SSLRequest | GSSENCRequest | CancelRequest | UnsupportedProtocol
+
+MAX_STARTUP_PACKET = 10000  # PostgreSQL's own limit for a startup packet
+
+
+def read_startup_packet(buf: bytearray) -> tuple[StartupPacket, int] | None:
+    """Decode the first packet if it is complete: (packet, bytes consumed), else None."""
+    if len(buf) < 8:
+        return None
+    length = _I32.unpack_from(buf, 0)[0]
+    if length < 8 or length > MAX_STARTUP_PACKET:
+        raise ProtocolViolation(f"bad startup packet length {length}")
+    if len(buf) < length:
+        return None
+    code = _I32.unpack_from(buf, 4)[0]
+    if code == SSL_REQUEST_CODE:
+        return SSLRequest(), length
+    if code == GSSENC_REQUEST_CODE:
+        return GSSENCRequest(), length
+    if code == CANCEL_REQUEST_CODE:
+        if length != 16:
+            raise ProtocolViolation("bad cancel request length")
+        pid, key = struct.unpack_from("!ii", buf, 8)
+        return CancelRequest(pid, key), length
+    if code >> 16 != 3:
+        return UnsupportedProtocol(code), length
+    if code != PROTOCOL_V3 and code & 0xFFFF > 0:
+        # 3.x minor versions: we speak 3.0 and ignore _pq_ options, as PostgreSQL 15 does.
+        pass
+    parts = bytes(buf[8:length]).split(b"\0")
+    params: dict[str, str] = {}
+    for i in range(0, len(parts) - 1, 2):
+        key = parts[i].decode(errors="replace")
+        if not key:
+            break
+        params[key] = parts[i + 1].decode(errors="replace")
+    return StartupMessage(params), length

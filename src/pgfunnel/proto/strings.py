@@ -1,0 +1,49 @@
+"""Texts people grep for: disconnect reasons ("closing because: ...") and client error messages.
+
+Where PgBouncer has a text for the same event, it is PgBouncer's, so that dashboards, log
+alerts and runbooks written for PgBouncer keep matching.
+"""
+
+from __future__ import annotations
+
+
+class Reason:
+    """Disconnect reasons, logged as `closing because: <reason> (age=...)`."""
+
+    CLIENT_CLOSE = "client close request"
+    CLIENT_EOF = "client unexpected eof"
+    QUERY_WAIT_TIMEOUT = "query_wait_timeout"
+    CLIENT_IDLE_TIMEOUT = "client_idle_timeout"
+    CLIENT_LOGIN_TIMEOUT = "client_login_timeout"
+    IDLE_TX_TIMEOUT = "idle transaction timeout"
+    QUERY_TIMEOUT = "query timeout"
+    LIFETIME = "server lifetime over"
+    IDLE_TIMEOUT = "server idle timeout"
+    CONNECT_TIMEOUT = "connect timeout"
+    SERVER_GONE = "server conn crashed?"
+    SERVER_CLOSED = "server closed the connection unexpectedly"
+    CLIENT_GONE_BUSY = "client disconnected with query in progress"
+    RESET_FAILED = "server reset query failed"
+    EVICTED = "evicted"
+    MAX_CLIENT_CONN = "no more connections allowed (max_client_conn)"
+    LOGIN_FAILING = "server login has been failing, try again later (server_login_retry)"
+    LOGIN_FAILED = "server login failed"
+    LONG_TX = "Long transactions not allowed"
+    SHUTDOWN = "pgbouncer shutting down"
+    DB_REMOVED = "database configuration changed"
+    ADMIN_KILL = "admin console: KILL"
+    UNSUPPORTED_PKT = "unsupported pkt type"
+    PROTOCOL = "protocol error"
+
+
+class Msg:
+    """Client-facing error texts."""
+
+    NO_SUCH_DATABASE = "no such database: {db}"
+    NO_SUCH_USER = 'password authentication failed for user "{user}"'
+    ADMIN_DENIED = "not allowed"
+    SSL_UNSUPPORTED = "server does not support SSL, but SSL was required"
+    UNSUPPORTED_STARTUP = "unsupported startup parameter: {name}"
+    BAD_PROTOCOL = "unsupported frontend protocol {major}.{minor}: server supports 3.0"
+    NO_USER = "no username supplied"
+    ADMIN_EXTENDED = "the admin console supports only the simple query protocol"

@@ -35,3 +35,20 @@ def make_cluster() -> Iterator[Callable[..., Cluster]]:
     yield make
     for cluster in made:
         cluster.destroy()
+
+
+@pytest.fixture
+def funnel(pg: Cluster) -> Iterator[Callable[..., Any]]:
+    """Start pgfunnel processes in front of a cluster (the shared one unless given)."""
+    from tests.integration.harness import Funnel
+
+    started: list[Funnel] = []
+
+    def start(cluster: Cluster | None = None, **kwargs: Any) -> Funnel:
+        f = Funnel(cluster if cluster is not None else pg, **kwargs)
+        started.append(f)
+        return f.start()
+
+    yield start
+    for f in started:
+        f.stop()

@@ -158,7 +158,7 @@ class Console:
         idle = s[ServerState.IDLE]
         st = pool.settings
         used = 0
-        if st.server_check_query:
+        if st.server_check_query is not None:
             used = sum(1 for srv in idle if now - srv.idle_since >= st.server_check_delay)
         return [
             pool.db.name,

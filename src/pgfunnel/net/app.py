@@ -37,6 +37,7 @@ from pgfunnel.pool.scheduler import (
 )
 from pgfunnel.proto import messages as m
 from pgfunnel.proto import sqlstate as ss
+from pgfunnel.proto.auth import ScramSecret
 from pgfunnel.proto.login import ServerLogin
 from pgfunnel.proto.messages import ServerError
 from pgfunnel.proto.strings import Msg, Reason
@@ -75,6 +76,7 @@ class App:
         self._janitor: asyncio.TimerHandle | None = None
         # ClientKeys recovered from clients' SCRAM logins, to log into servers as them.
         self._scram_keys: dict[str, bytes] = {}
+        self.scram_derived: dict[str, ScramSecret] = {}  # plain userlist password -> secret
         self._apply_settings()
 
     def _apply_settings(self) -> None:
@@ -123,7 +125,14 @@ class App:
             server_login_retry=s.server_login_retry,
             server_reset_query=s.server_reset_query,
             server_reset_query_always=s.server_reset_query_always,
-            server_check_query=s.server_check_query,
+            # "<empty>" is PgBouncer's spelling for "send an empty query"; "" turns checks off.
+            server_check_query=(
+                None
+                if not s.server_check_query
+                else ""
+                if s.server_check_query == "<empty>"
+                else s.server_check_query
+            ),
             server_check_delay=s.server_check_delay,
             query_timeout=s.query_timeout,
             query_wait_timeout=s.query_wait_timeout,
@@ -469,7 +478,7 @@ class App:
                 os.unlink(path)
             srv = await self.loop.create_unix_server(lambda: ClientConn(self), path)
             with contextlib.suppress(OSError):
-                os.chmod(path, int(str(s.unix_socket_mode), 8) if s.unix_socket_mode else 0o777)
+                os.chmod(path, int(s.unix_socket_mode))
             self.servers_listening.append(srv)
         if not self.servers_listening:
             raise ConfigError(self.config.path, 0, "no listen_addr and no unix_socket_dir")

@@ -249,7 +249,7 @@ class ClientConn(asyncio.Protocol):
         secret = app.userlist().get(user)
         method = app.settings.auth_type
         try:
-            self.auth = ClientAuth(method, user, secret)
+            self.auth = ClientAuth(method, user, secret, app.scram_derived)
         except ValueError:
             msg = f"auth_type {method} is not supported by pgfunnel yet"
             self.fail(ServerError("FATAL", ss.FEATURE_NOT_SUPPORTED, msg), msg)

@@ -13,10 +13,10 @@ _ids = itertools.count(1)
 
 
 class ClientState(Enum):
-    """cl_* states; SHOW CLIENTS prints `value`."""
+    """cl_* states. Values must stay distinct: equal values would make Enum aliases."""
 
     LOGIN = "login"  # authenticating, not yet in a pool's lists
-    WAITING_LOGIN = "waiting"  # authenticated, waiting for a first server to learn its parameters
+    WAITING_LOGIN = "waiting_login"  # authenticated, waiting for a first server's parameters
     ACTIVE = "active"  # logged in: linked to a server, or idle between transactions
     WAITING = "waiting"  # queued for a server
     CLOSED = "closed"

@@ -88,7 +88,7 @@ class PoolSettings:
     server_login_retry: float = 15.0
     server_reset_query: str = "DISCARD ALL"
     server_reset_query_always: bool = False
-    server_check_query: str = "select 1"
+    server_check_query: str | None = ""  # None: no check; "": an empty query
     server_check_delay: float = 30.0
     query_timeout: float = 0.0
     query_wait_timeout: float = 120.0
@@ -364,16 +364,14 @@ class Pooler:
         s = pool.settings
         # LIFO: the most recently used server is warmest and lets the others age out.
         server = next(reversed(idle))
-        if s.server_check_query and now - server.idle_since >= s.server_check_delay > 0:
+        if s.server_check_query is not None and now - server.idle_since >= s.server_check_delay:
             return None  # _check_or_launch checks it first
-        if s.server_check_query and s.server_check_delay == 0:
-            return None
         return server
 
     def _check_or_launch(self, pool: Pool, now: float) -> list[Action]:
         s = pool.settings
         idle = pool.servers[ServerState.IDLE]
-        if idle and s.server_check_query:
+        if idle and s.server_check_query is not None:
             server = next(reversed(idle))
             if now - server.idle_since >= s.server_check_delay:
                 self._set_server_state(server, ServerState.TESTED, now)

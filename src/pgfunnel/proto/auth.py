@@ -76,8 +76,17 @@ class ClientAuth:
     when the stored secret is a SCRAM secret, since md5 cannot be checked against it.
     """
 
-    def __init__(self, method: str, user: str, secret: str | None) -> None:
+    def __init__(
+        self,
+        method: str,
+        user: str,
+        secret: str | None,
+        derived: dict[str, ScramSecret] | None = None,
+    ) -> None:
         self.user = user
+        # Plain passwords turned into SCRAM secrets, kept by the caller across logins: PBKDF2
+        # costs milliseconds, and a burst of reconnecting clients must not pay it each time.
+        self.derived = derived if derived is not None else {}
         self.secret = secret
         self.done = False
         self.client_key: bytes | None = None  # recovered from SCRAM, for logging into servers
@@ -150,8 +159,14 @@ class ClientAuth:
             return parsed
         if secret_kind(self.secret) == "md5":
             raise self._fail()  # an md5 secret cannot answer a SCRAM exchange
-        salt, stored, server, iterations = _MECH.make_auth_info(self.secret, iteration_count=4096)
-        return ScramSecret(iterations, salt, stored, server)
+        cached = self.derived.get(self.secret)
+        if cached is None:
+            salt, stored, server, iterations = _MECH.make_auth_info(
+                self.secret, iteration_count=4096
+            )
+            cached = ScramSecret(iterations, salt, stored, server)
+            self.derived[self.secret] = cached
+        return cached
 
     def _scram_step(self, payload: bytes) -> bytes:
         try:

@@ -295,6 +295,7 @@ class App:
     def server_login_failed(self, server: Server, error: ServerError | None, reason: str) -> None:
         if server.state is ServerState.CLOSED:
             return
+        server.close_reason = Reason.LOGIN_FAILED
         if error is not None:
             log.warning(
                 "S-%#x: %s/%s server login failed: %s %s",

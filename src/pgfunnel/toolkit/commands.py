@@ -1,0 +1,394 @@
+"""The toolkit commands' entry points: glue between parsed arguments, I/O and the pure planners."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from rich.console import Console
+
+from pgfunnel.toolkit import diagnose as dg
+from pgfunnel.toolkit import live, render
+from pgfunnel.toolkit import reap as rp
+from pgfunnel.toolkit.limits import classify_53300
+from pgfunnel.toolkit.units import format_age, parse_duration
+
+APP_DIAGNOSE = "pgfunnel diagnose"
+APP_REAP = "pgfunnel reap"
+
+
+def display_dsn(dsn: str | None) -> str:
+    """The DSN as it may be printed in a remedy: passwords dropped (libpq finds them elsewhere)."""
+    if not dsn:
+        return ""
+    text = re.sub(r"(?i)\s*\bpassword\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", "", dsn).strip()
+    text = re.sub(r"(://[^:/@\s]+):[^@\s]*@", r"\1@", text)
+    return f"'{text}'" if " " in text else text
+
+
+def _console(stream: TextIO | None = None) -> Console:
+    return Console(file=stream or sys.stdout, width=160, soft_wrap=False)
+
+
+# --- diagnose ------------------------------------------------------------------------------
+def diagnose_main(args: argparse.Namespace) -> int:
+    opts = dg.Options(
+        top=args.top,
+        show_queries=args.show_queries,
+        idle_in_transaction_warn_s=parse_duration(args.idle_in_transaction_warn),
+        idle_warn_s=parse_duration(args.idle_warn),
+        dsn_hint=display_dsn(args.dsn) or "",
+    )
+    while True:
+        report = diagnose_once(args, opts)
+        if args.format == "json":
+            print(json.dumps(report, indent=2, default=str))
+        else:
+            if args.watch:
+                print("\033[2J\033[H", end="")
+            render.diagnose(report, _console())
+        sys.stdout.flush()
+        if not args.watch:
+            return int(report["exit_code"])
+        time.sleep(args.watch)
+
+
+def diagnose_once(args: argparse.Namespace, opts: dg.Options) -> dict[str, Any]:
+    if args.from_file:
+        snap = live.load_snapshot_file(args.from_file)
+        if args.max_connections is not None:
+            snap.server.max_connections = args.max_connections
+        if args.superuser_reserved_connections is not None:
+            snap.server.superuser_reserved_connections = args.superuser_reserved_connections
+        if args.reserved_connections is not None:
+            snap.server.reserved_connections = args.reserved_connections
+        return dg.analyse(snap, opts, via="file")
+    hit = None
+    via = "dsn"
+    try:
+        conn = live.connect(args.dsn or "", APP_DIAGNOSE)
+    except live.ConnectError as exc:
+        hit = classify_53300(exc.message)
+        if hit is None or not args.reserved_dsn:
+            return dg.unreachable_report(hit, exc.message, via)
+        via = "reserved-dsn"
+        try:
+            conn = live.connect(args.reserved_dsn, APP_DIAGNOSE)
+        except live.ConnectError as exc2:
+            return dg.unreachable_report(classify_53300(exc2.message) or hit, exc2.message, via)
+    try:
+        snap = live.take_snapshot(conn)
+    finally:
+        conn.close()
+    if args.save_snapshot:
+        Path(args.save_snapshot).write_text(json.dumps(snap.to_dict(), indent=2, default=str))
+    pooler = None
+    if args.pooler:
+        try:
+            pooler = {
+                "pools": live.pooler_show(args.pooler, "SHOW POOLS"),
+                "databases": live.pooler_show(args.pooler, "SHOW DATABASES"),
+            }
+        except live.ConnectError as exc:
+            print(f"pgfunnel diagnose: pooler console: {exc.message}", file=sys.stderr)
+    return dg.analyse(snap, opts, connect_error=hit, pooler=pooler, via=via)
+
+
+# --- reap ----------------------------------------------------------------------------------
+def reap_filters(args: argparse.Namespace) -> rp.Filters:
+    return rp.Filters(
+        idle_in_transaction_s=_dur(args.idle_in_transaction),
+        idle_s=_dur(args.idle),
+        states={rp.parse_state(s) for s in args.state or []},
+        min_idle_age_s=_dur(args.min_idle_age),
+        min_xact_age_s=_dur(args.min_xact_age),
+        roles=list(args.role or []),
+        application=args.application,
+        databases=list(args.database or []),
+        client_cidrs=list(args.client or []),
+        include_superusers=args.include_superusers,
+        include_replication=args.include_replication,
+        include_tools=args.include_tools,
+        max_targets=args.max,
+        max_share=args.max_share,
+    )
+
+
+def _dur(text: str | None) -> float | None:
+    return parse_duration(text) if text is not None else None
+
+
+def reap_main(args: argparse.Namespace) -> int:
+    try:
+        filters = reap_filters(args)
+        filters.validate()
+    except ValueError as exc:
+        print(f"pgfunnel reap: {exc}", file=sys.stderr)
+        return 2
+    try:
+        conn = live.connect(args.dsn or "", APP_REAP)
+    except live.ConnectError as exc:
+        hit = classify_53300(exc.message)
+        print(f"pgfunnel reap: cannot connect: {exc.message}", file=sys.stderr)
+        if hit:
+            print(
+                f"limit hit: {hit.limit_setting}; use a reserved-slot DSN (superuser)",
+                file=sys.stderr,
+            )
+        return 3
+    audit = open(args.audit_log, "a") if args.audit_log else None  # noqa: SIM115
+    code = 0
+    try:
+        iteration = 0
+        while True:
+            iteration += 1
+            snap = live.take_snapshot(conn)
+            plan = rp.plan(snap, filters)
+            results: dict[int, bool] | None = None
+            if args.execute and plan.statement:
+                results = live.run_reap_statement(conn, plan.statement)
+            lines = audit_lines(plan, results, executed=args.execute)
+            if args.format == "json":
+                print(
+                    json.dumps(
+                        {**plan.as_dict(), "executed": args.execute, "audit": lines}, default=str
+                    )
+                )
+            else:
+                print_plan(plan, args.execute, _console())
+                for line in lines:
+                    print(json.dumps(line, default=str))
+            if audit:
+                for line in lines:
+                    audit.write(json.dumps(line, default=str) + "\n")
+                audit.flush()
+            sys.stdout.flush()
+            if plan.no_privilege:
+                code = 1
+            if not args.loop or (args.iterations and iteration >= args.iterations):
+                return code
+            time.sleep(args.loop)
+    finally:
+        conn.close()
+        if audit:
+            audit.close()
+
+
+def audit_lines(
+    plan: rp.Plan, results: dict[int, bool] | None, executed: bool
+) -> list[dict[str, Any]]:
+    now = dt.datetime.now(dt.UTC).isoformat()
+    out = []
+    for t in plan.targets:
+        brief = rp._brief(t.backend)
+        if not executed:
+            action = "would_terminate"
+        elif results is None or t.backend.pid not in results:
+            action = "spared_changed"  # state, age or backend changed since planning
+        else:
+            action = "terminated" if results[t.backend.pid] else "terminate_failed"
+        out.append(
+            {"ts": now, "tool": "pgfunnel reap", "action": action, **brief, "reason": t.reason}
+        )
+    for s in plan.skipped:
+        out.append(
+            {
+                "ts": now,
+                "tool": "pgfunnel reap",
+                "action": "skipped",
+                **rp._brief(s.backend),
+                "reason": s.reason,
+            }
+        )
+    for s in plan.no_privilege:
+        out.append(
+            {
+                "ts": now,
+                "tool": "pgfunnel reap",
+                "action": "no_privilege",
+                **rp._brief(s.backend),
+                "reason": s.reason,
+            }
+        )
+    return out
+
+
+def print_plan(plan: rp.Plan, executed: bool, console: Console) -> None:
+    verb = "Ending" if executed else "Would end (dry run; add --execute)"
+    rows = [
+        [
+            t.backend.pid,
+            t.backend.usename,
+            t.backend.datname,
+            t.backend.application_name,
+            t.backend.client_addr,
+            t.backend.state,
+            format_age(t.backend.state_age_s),
+            format_age(t.backend.xact_age_s),
+            t.reason,
+        ]
+        for t in plan.targets
+    ]
+    console.print(
+        render.table(
+            f"{verb}: {len(plan.targets)} session(s)",
+            ["pid", "user", "database", "application", "client", "state", "idle", "xact", "why"],
+            rows,
+        )
+    )
+    if plan.statement:
+        console.print("The statement (it re-checks every session at the moment of termination):")
+        console.print(plan.statement, markup=False, highlight=False, soft_wrap=True)
+    if plan.skipped:
+        console.print(
+            render.table(
+                "Left alone",
+                ["pid", "user", "application", "state", "why"],
+                [
+                    [
+                        s.backend.pid,
+                        s.backend.usename,
+                        s.backend.application_name,
+                        s.backend.state,
+                        s.reason,
+                    ]
+                    for s in plan.skipped
+                ],
+            )
+        )
+    if plan.no_privilege:
+        console.print(
+            render.table(
+                "Not ours to end (missing privilege)",
+                ["pid", "user", "application", "state", "needs"],
+                [
+                    [
+                        s.backend.pid,
+                        s.backend.usename,
+                        s.backend.application_name,
+                        s.backend.state,
+                        s.reason,
+                    ]
+                    for s in plan.no_privilege
+                ],
+            )
+        )
+    console.print("The durable fix:")
+    for line in plan.durable_fix:
+        console.print(f"  {line}", markup=False)
+
+
+# --- check ---------------------------------------------------------------------------------
+def check_main(args: argparse.Namespace) -> int:
+    from pgfunnel.toolkit import check as ck
+    from pgfunnel.toolkit import inputs as ip
+
+    try:
+        inp = ip.read_inputs(list(args.files), args.instance_class)
+        if args.max_connections is not None:
+            inp.supply.max_connections = args.max_connections
+            inp.supply.steps.append(f"max_connections = {args.max_connections} (--max-connections)")
+        if args.superuser_reserved_connections is not None:
+            inp.supply.superuser_reserved = args.superuser_reserved_connections
+        if args.reserved_connections is not None:
+            inp.supply.reserved = args.reserved_connections
+        if args.pooler_replicas is not None and inp.fleet.pooler is not None:
+            inp.fleet.pooler.replicas = args.pooler_replicas
+        if not inp.fleet.services and not inp.fleet.jobs:
+            raise ip.InputError("no services found in the inputs")
+        if inp.supply.usable is None:
+            raise ip.InputError(
+                "max_connections unknown: pass --max-connections, a postgresql.conf, Terraform or "
+                "an advise YAML with server.max_connections"
+            )
+    except (ip.InputError, ValueError, KeyError) as exc:
+        print(f"pgfunnel check: {exc}", file=sys.stderr)
+        return 2
+    result = ck.evaluate(inp.fleet, inp.supply, args.ratio)
+    result.notes.append(inp.redactor.summary())
+    if args.format == "json":
+        text = json.dumps(result.as_dict(), indent=2)
+    elif args.format == "sarif":
+        text = json.dumps(ck.to_sarif(result), indent=2)
+    else:
+        text = ck.render_text(result)
+    print(inp.redactor.mask(text), end="" if text.endswith("\n") else "\n")
+    return 0 if result.passed else 1
+
+
+# --- advise --------------------------------------------------------------------------------
+def advise_main(args: argparse.Namespace) -> int:
+    from pgfunnel.toolkit import advise as ad
+    from pgfunnel.toolkit import inputs as ip
+    from pgfunnel.toolkit.units import parse_size
+
+    try:
+        files = [args.fleet] + ([args.postgresql_conf] if args.postgresql_conf else [])
+        inp = ip.read_inputs(files, args.instance_class)
+        if args.max_connections is not None:
+            inp.supply.max_connections = args.max_connections
+            inp.supply.steps.append(f"max_connections = {args.max_connections} (--max-connections)")
+        server = inp.raw_fleet.get("server") or {}
+        if args.from_cgroup:
+            hw = ad.hardware_from_cgroup()
+        else:
+            ram = args.ram or server.get("ram")
+            cpus = args.cpus or server.get("cpus")
+            if ram is None or cpus is None:
+                raise ip.InputError(
+                    "give --ram and --cpus (or server.ram/cpus in the fleet YAML, "
+                    "or --from-cgroup beside the server)"
+                )
+            hw = ad.Hardware(parse_size(ram), int(cpus))
+        advice = ad.advise(
+            inp,
+            hw,
+            ratio=args.ratio,
+            backend_mem_mb=args.backend_mem_mb,
+            db_type=args.db_type,
+            pg_version=args.pg_version,
+        )
+    except (ip.InputError, ValueError, KeyError) as exc:
+        print(f"pgfunnel advise: {exc}", file=sys.stderr)
+        return 2
+    if args.out_dir:
+        out = Path(args.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "pgbouncer.ini").write_text(inp.redactor.mask(advice.pgbouncer_ini()))
+        (out / "alter_system.sql").write_text(inp.redactor.mask(advice.alter_system()))
+        conf_lines = [f"{r.name} = '{r.recommended}'  # {r.reason}" for r in advice.conf_rows]
+        (out / "postgresql.recommended.conf").write_text(
+            inp.redactor.mask("\n".join(conf_lines) + "\n")
+        )
+    if args.pgtune:
+        text = "".join(f"{k} = {v}\n" for k, v in advice.pgtune_rows)
+    elif args.format == "json":
+        text = json.dumps({**advice.as_dict(), "redacted": inp.redactor.counts}, indent=2) + "\n"
+    else:
+        text = ad.render_text(advice) + inp.redactor.summary() + "\n"
+    print(inp.redactor.mask(text), end="")
+    return 1 if advice.warnings or not advice.check.passed else 0
+
+
+# --- alerts --------------------------------------------------------------------------------
+def alerts_main(args: argparse.Namespace) -> int:
+    from pgfunnel.toolkit import alerts as al
+
+    opts = al.AlertOptions(
+        exporter=args.exporter,
+        idle_in_transaction_max_age_s=int(parse_duration(args.idle_in_transaction_age)),
+        dsn=display_dsn(args.dsn) if args.dsn else "$DSN",
+        include_pooler=not args.no_pooler,
+    )
+    text = al.render(opts)
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        print(text, end="")
+    return 0

@@ -1,0 +1,164 @@
+"""The thin I/O layer: one named connection, snapshots, pooler SHOW commands, the reap statement."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from pgfunnel.toolkit import sqlfiles
+from pgfunnel.toolkit.model import Backend, Database, Role, Server, Snapshot
+
+STATEMENT_TIMEOUT_MS = 5000
+CONNECT_TIMEOUT_S = 5
+
+
+class ConnectError(Exception):
+    """A connection attempt failed; `message` is the server's or libpq's text."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def connect(
+    dsn: str,
+    application_name: str,
+    statement_timeout_ms: int = STATEMENT_TIMEOUT_MS,
+) -> psycopg.Connection[dict[str, Any]]:
+    """One autocommit connection named `application_name`, its statements bounded in time."""
+    try:
+        conn = psycopg.connect(
+            dsn,
+            application_name=application_name,
+            connect_timeout=CONNECT_TIMEOUT_S,
+            autocommit=True,
+            row_factory=dict_row,
+        )
+    except psycopg.Error as exc:
+        raise ConnectError(str(exc)) from exc
+    conn.execute(f"SET statement_timeout = {int(statement_timeout_ms)}".encode())
+    conn.execute("SET lock_timeout = 1000")
+    return conn
+
+
+def take_snapshot(conn: psycopg.Connection[dict[str, Any]]) -> Snapshot:
+    """Reads everything diagnose and reap need in one read-only transaction (one stats snapshot)."""
+    with conn.transaction():
+        conn.execute("SET TRANSACTION READ ONLY")
+        srow = conn.execute(sqlfiles.load("server").encode()).fetchone()
+        assert srow is not None
+        server = Server(**srow)
+        version = server.server_version_num
+        backends = [Backend(**r) for r in conn.execute(sqlfiles.load("activity", version).encode())]
+        roles = [Role(**r) for r in conn.execute(sqlfiles.load("roles", version).encode())]
+        databases = [
+            Database(**r) for r in conn.execute(sqlfiles.load("databases", version).encode())
+        ]
+        settings = {
+            r["name"]: _setting_text(r["setting"], r["unit"])
+            for r in conn.execute(sqlfiles.load("settings", version).encode())
+        }
+        db_role = [
+            (r["rolname"], r["datname"], r["setting"])
+            for r in conn.execute(sqlfiles.load("db_role_settings", version).encode())
+        ]
+        stats: list[dict[str, Any]] | None = None
+        if version >= 140000:
+            stats = [
+                {k: (float(v) if isinstance(v, float) else v) for k, v in r.items()}
+                for r in conn.execute(sqlfiles.load("session_stats", version).encode())
+            ]
+    return Snapshot(server, backends, roles, databases, settings, db_role, stats, source="live")
+
+
+def _setting_text(value: str, unit: str | None) -> str:
+    if unit and value not in ("0", "-1"):
+        if unit == "ms":
+            return f"{value}ms"
+        if unit == "s":
+            return f"{value}s"
+        if unit == "min":
+            return f"{value}min"
+    return value
+
+
+def load_snapshot_file(path: str | Path, now: dt.datetime | None = None) -> Snapshot:
+    """A saved snapshot: pgfunnel's own JSON, a JSON array of pg_stat_activity rows, or CSV."""
+    text = Path(path).read_text(encoding="utf-8")
+    stripped = text.lstrip()
+    if stripped.startswith("{"):
+        data = json.loads(text)
+        if "backends" in data:
+            snap = Snapshot.from_dict(data)
+            snap.source = "file"
+            return _fill_ages(snap, now)
+        raise ValueError(f"{path}: JSON object without 'backends' (not a pgfunnel snapshot)")
+    rows: list[dict[str, Any]]
+    if stripped.startswith("["):
+        rows = list(json.loads(text))
+    else:
+        rows = list(csv.DictReader(io.StringIO(text)))
+        if not rows or "pid" not in rows[0]:
+            raise ValueError(
+                f"{path}: CSV without a header row naming pid (use \\copy ... CSV HEADER)"
+            )
+    backends = [Backend.from_row(r) for r in rows]
+    snap = Snapshot(Server(), backends, source="file")
+    return _fill_ages(snap, now)
+
+
+def _fill_ages(snap: Snapshot, now: dt.datetime | None) -> Snapshot:
+    """Ages relative to the snapshot's own clock, or the newest timestamp in it."""
+    if now is None:
+        now = snap.server.now
+    if now is None:
+        stamps = [
+            t
+            for b in snap.backends
+            for t in (b.state_change, b.query_start, b.backend_start, b.xact_start)
+            if t is not None
+        ]
+        now = max(stamps) if stamps else dt.datetime.now(dt.UTC)
+    snap.server.now = now
+    for b in snap.backends:
+        if b.state_age_s is None and b.state_change is not None:
+            b.state_age_s = (now - b.state_change).total_seconds()
+        if b.xact_age_s is None and b.xact_start is not None:
+            b.xact_age_s = (now - b.xact_start).total_seconds()
+    return snap
+
+
+def pooler_show(dsn: str, command: str) -> list[dict[str, str | None]]:
+    """Runs SHOW ... on a PgBouncer-compatible admin console with the simple query protocol."""
+    try:
+        conn = psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT_S, autocommit=True)
+    except psycopg.Error as exc:
+        raise ConnectError(str(exc)) from exc
+    try:
+        res = conn.pgconn.exec_(command.encode())
+        if res.status != psycopg.pq.ExecStatus.TUPLES_OK:
+            msg = (res.error_message or b"").decode(errors="replace").strip()
+            raise ConnectError(f"{command}: {msg}")
+        names = [(res.fname(i) or b"").decode() for i in range(res.nfields)]
+        out: list[dict[str, str | None]] = []
+        for row in range(res.ntuples):
+            values: dict[str, str | None] = {}
+            for col, name in enumerate(names):
+                raw = res.get_value(row, col)
+                values[name] = raw.decode() if raw is not None else None
+            out.append(values)
+        return out
+    finally:
+        conn.close()
+
+
+def run_reap_statement(conn: psycopg.Connection[dict[str, Any]], statement: str) -> dict[int, bool]:
+    """Executes the planned reap statement; pid -> terminated for the rows it still matched."""
+    return {int(r["pid"]): bool(r["terminated"]) for r in conn.execute(statement.encode())}

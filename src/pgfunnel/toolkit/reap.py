@@ -1,0 +1,270 @@
+"""Pure planning for `pgfunnel reap`: which sessions to end, in which order, with one statement."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from pgfunnel.toolkit import sqlfiles
+from pgfunnel.toolkit.model import IDLE, IDLE_IN_TX, IDLE_IN_TX_ABORTED, Backend, Snapshot
+from pgfunnel.toolkit.units import format_seconds_setting
+
+TOOL_APPS = re.compile(r"^(pg_dump|pg_dumpall|pg_basebackup|pg_restore|pg_upgrade|pg_rewind)\b")
+REPLICATION_APPS = re.compile(r"walreceiver|pg_receivewal|pg_recvlogical", re.I)
+STATE_NAMES = {
+    "idle": IDLE,
+    "idle-in-transaction": IDLE_IN_TX,
+    "idle in transaction": IDLE_IN_TX,
+    "aborted": IDLE_IN_TX_ABORTED,
+    "idle-in-transaction-aborted": IDLE_IN_TX_ABORTED,
+    "idle in transaction (aborted)": IDLE_IN_TX_ABORTED,
+}
+
+
+@dataclass
+class Filters:
+    """What to reap; every field narrows the selection. Ages are seconds."""
+
+    idle_in_transaction_s: float | None = None
+    idle_s: float | None = None
+    states: set[str] = field(default_factory=set)
+    min_idle_age_s: float | None = None
+    min_xact_age_s: float | None = None
+    roles: list[str] = field(default_factory=list)
+    application: str | None = None
+    databases: list[str] = field(default_factory=list)
+    client_cidrs: list[str] = field(default_factory=list)
+    include_superusers: bool = False
+    include_replication: bool = False
+    include_tools: bool = False
+    max_targets: int = 100
+    max_share: float = 0.5
+
+    def validate(self) -> None:
+        if self.idle_in_transaction_s is None and self.idle_s is None and not self.states:
+            raise ValueError(
+                "say what to reap: --idle-in-transaction AGE, --idle AGE, or --state STATE "
+                "with --min-idle-age AGE"
+            )
+        if self.states and self.min_idle_age_s is None:
+            raise ValueError("--state needs --min-idle-age (reap never ends fresh sessions)")
+        if "active" in self.states:
+            raise ValueError("reap never ends active sessions")
+        for cidr in self.client_cidrs:
+            ipaddress.ip_network(cidr, strict=False)
+        if self.application:
+            re.compile(self.application)
+        if not 0 < self.max_share <= 1:
+            raise ValueError("--max-share must be in (0, 1]")
+
+
+@dataclass
+class Target:
+    backend: Backend
+    reason: str
+    min_state_age_s: float
+    min_xact_age_s: float | None
+
+
+@dataclass
+class Skip:
+    backend: Backend
+    reason: str
+
+
+@dataclass
+class Plan:
+    targets: list[Target]
+    skipped: list[Skip]
+    no_privilege: list[Skip]
+    statement: str | None
+    durable_fix: list[str]
+    now: dt.datetime | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "targets": [
+                {
+                    **_brief(t.backend),
+                    "reason": t.reason,
+                    "min_state_age_s": t.min_state_age_s,
+                    "min_xact_age_s": t.min_xact_age_s,
+                }
+                for t in self.targets
+            ],
+            "skipped": [{**_brief(s.backend), "reason": s.reason} for s in self.skipped],
+            "no_privilege": [{**_brief(s.backend), "reason": s.reason} for s in self.no_privilege],
+            "statement": self.statement,
+            "durable_fix": self.durable_fix,
+        }
+
+
+def _brief(b: Backend) -> dict[str, Any]:
+    return {
+        "pid": b.pid,
+        "usename": b.usename,
+        "datname": b.datname,
+        "application_name": b.application_name,
+        "client_addr": b.client_addr,
+        "state": b.state,
+        "state_age_s": round(b.state_age_s, 3) if b.state_age_s is not None else None,
+        "xact_age_s": round(b.xact_age_s, 3) if b.xact_age_s is not None else None,
+        "backend_start": b.backend_start.isoformat() if b.backend_start else None,
+    }
+
+
+def _candidate(b: Backend, f: Filters) -> tuple[str, float] | None:
+    """Why `b` qualifies by state and age, and the age the statement must re-check."""
+    age = b.state_age_s
+    if age is None or b.state_change is None or b.backend_start is None:
+        return None
+    if b.state in (IDLE_IN_TX, IDLE_IN_TX_ABORTED) and f.idle_in_transaction_s is not None:
+        if age >= f.idle_in_transaction_s:
+            return (
+                f"{b.state} for over {format_seconds_setting(f.idle_in_transaction_s)}",
+                f.idle_in_transaction_s,
+            )
+    if b.state == IDLE and f.idle_s is not None and age >= f.idle_s:
+        return (f"idle for over {format_seconds_setting(f.idle_s)}", f.idle_s)
+    if b.state in f.states and f.min_idle_age_s is not None and age >= f.min_idle_age_s:
+        return (f"{b.state} for over {format_seconds_setting(f.min_idle_age_s)}", f.min_idle_age_s)
+    return None
+
+
+def _matches(b: Backend, f: Filters) -> bool:
+    if f.roles and b.usename not in f.roles:
+        return False
+    if f.databases and b.datname not in f.databases:
+        return False
+    if f.application and not re.search(f.application, b.application_name or ""):
+        return False
+    if f.client_cidrs:
+        if not b.client_addr:
+            return False
+        addr = ipaddress.ip_address(b.client_addr)
+        if not any(addr in ipaddress.ip_network(c, strict=False) for c in f.client_cidrs):
+            return False
+    return f.min_xact_age_s is None or (b.xact_age_s or 0) >= f.min_xact_age_s
+
+
+def _order_key(t: Target) -> tuple[int, float]:
+    b = t.backend
+    rank = {IDLE_IN_TX_ABORTED: 0, IDLE_IN_TX: 1, IDLE: 2}.get(b.state or "", 3)
+    return (rank, -(b.xact_age_s if b.xact_age_s is not None else (b.state_age_s or 0)))
+
+
+def plan(snap: Snapshot, f: Filters) -> Plan:
+    """Chooses the sessions to end; never our own pid, never a non-client backend."""
+    f.validate()
+    own = snap.server.own_pid
+    clients = [b for b in snap.backends if b.visible and b.is_client and b.pid != own]
+    app_totals = Counter(b.application_name or "" for b in clients)
+    chosen: list[Target] = []
+    skipped: list[Skip] = []
+    no_priv: list[Skip] = []
+    for b in clients:
+        cand = _candidate(b, f)
+        if cand is None or not _matches(b, f):
+            continue
+        reason, min_age = cand
+        if b.is_superuser and not f.include_superusers:
+            skipped.append(Skip(b, "superuser session (use --include-superusers)"))
+            continue
+        if (b.is_replication_role or REPLICATION_APPS.search(b.application_name or "")) and not (
+            f.include_replication
+        ):
+            skipped.append(Skip(b, "replication session (use --include-replication)"))
+            continue
+        if TOOL_APPS.search(b.application_name or "") and not f.include_tools:
+            skipped.append(Skip(b, f"{b.application_name} session (use --include-tools)"))
+            continue
+        if b.can_signal is False:
+            no_priv.append(
+                Skip(
+                    b,
+                    "superuser needed"
+                    if b.is_superuser
+                    else f"needs membership in {b.usename} or pg_signal_backend",
+                )
+            )
+            continue
+        chosen.append(Target(b, reason, min_age, f.min_xact_age_s))
+    chosen.sort(key=_order_key)
+    per_app: Counter[str] = Counter()
+    targets: list[Target] = []
+    for t in chosen:
+        app = t.backend.application_name or ""
+        allowed = max(1, math.floor(f.max_share * app_totals[app]))
+        if per_app[app] >= allowed:
+            skipped.append(
+                Skip(
+                    t.backend,
+                    f"share cap: already {per_app[app]} of {app_totals[app]} "
+                    f"'{app}' sessions (--max-share {f.max_share})",
+                )
+            )
+            continue
+        if len(targets) >= f.max_targets:
+            skipped.append(Skip(t.backend, f"--max {f.max_targets} reached"))
+            continue
+        per_app[app] += 1
+        targets.append(t)
+    return Plan(
+        targets,
+        skipped,
+        no_priv,
+        build_statement(targets),
+        durable_fix(targets, f),
+        snap.server.now,
+    )
+
+
+def _lit(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def build_statement(targets: list[Target]) -> str | None:
+    """The exact SQL that ends the targets, re-checking each one at the moment of termination."""
+    if not targets:
+        return None
+    rows = []
+    for t in targets:
+        b = t.backend
+        assert b.backend_start is not None and b.state_change is not None and b.state is not None
+        xact = f"{t.min_xact_age_s!r}::float8" if t.min_xact_age_s is not None else "NULL::float8"
+        rows.append(
+            f"        ({int(b.pid)}, {_lit(b.backend_start.isoformat())}::timestamptz, "
+            f"{_lit(b.state)}::text, {_lit(b.state_change.isoformat())}::timestamptz, "
+            f"{float(t.min_state_age_s)!r}::float8, {xact})"
+        )
+    return sqlfiles.load("reap").replace("{planned}", ",\n".join(rows))
+
+
+def durable_fix(targets: list[Target], f: Filters) -> list[str]:
+    """What stops the leak coming back, whatever reap does now."""
+    roles = sorted({t.backend.usename for t in targets if t.backend.usename}) or (
+        f.roles or ["<app_role>"]
+    )
+    iit = format_seconds_setting(f.idle_in_transaction_s or 60)
+    fix = [f"ALTER ROLE {r} SET idle_in_transaction_session_timeout = '{iit}';" for r in roles]
+    if f.idle_s is not None:
+        fix += [
+            f"ALTER ROLE {r} SET idle_session_timeout = '{format_seconds_setting(f.idle_s)}';"
+            for r in roles
+        ]
+    fix.append(
+        f"pgbouncer.ini / pgfunnel: idle_transaction_timeout = {int(f.idle_in_transaction_s or 60)}"
+    )
+    return fix
+
+
+def parse_state(name: str) -> str:
+    key = name.strip().lower()
+    if key not in STATE_NAMES:
+        raise ValueError(f"unknown state {name!r}: idle, idle-in-transaction, aborted")
+    return STATE_NAMES[key]

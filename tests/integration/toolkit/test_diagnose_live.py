@@ -1,0 +1,192 @@
+"""diagnose against a real server: full slots, 53300 refusals, limits, privileges, idle ages."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from pgfunnel.throwaway import Cluster
+from tests.integration.toolkit.helpers import run_cli, run_json, sessions, state_age, wait_for
+from tests.unit.toolkit.schema_check import validate_diagnose
+
+
+@pytest.fixture(scope="module")
+def small() -> Iterator[Cluster]:
+    """max_connections 10, 3 reserved for superusers: 7 usable slots."""
+    cluster = Cluster(max_connections=10)
+    cluster.start()
+    cluster.psql(
+        "CREATE ROLE app LOGIN PASSWORD 'app'; "
+        "CREATE ROLE nomon LOGIN PASSWORD 'nomon'; "
+        "CREATE ROLE capped LOGIN PASSWORD 'capped' CONNECTION LIMIT 1; "
+        "ALTER ROLE capped SET idle_in_transaction_session_timeout = '30s';"
+    )
+    cluster.psql("CREATE DATABASE tiny CONNECTION LIMIT 1")
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+def test_full_server_names_apps_limit_headroom_and_exits_2(small: Cluster, tmp_path: Path) -> None:
+    with sessions(small) as s:
+        for app, n in (("billing", 3), ("web", 2), ("worker", 2)):
+            for _ in range(n):
+                s.open(app=app)
+        app_dsn = small.dsn(user="app", password="app")
+        proc = run_cli("diagnose", app_dsn, "--reserved-dsn", small.dsn())
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        out = proc.stdout
+        for name in ("billing", "web", "worker"):
+            assert name in out
+        assert "remaining connection slots are reserved" in out
+        assert "superuser_reserved_connections" in out
+        assert "headroom: ordinary roles" in out
+
+        code, report = run_json("diagnose", app_dsn, "--reserved-dsn", small.dsn())
+        assert code == 2
+        validate_diagnose(report)
+        assert report["source"]["via"] == "reserved-dsn"
+        assert report["connect_error"]["kind"] == "superuser_reserved"
+        slots = report["slots"]
+        assert (slots["usable"], slots["used_by_client_backends"]) == (7, 7)
+        assert slots["headroom"] == {
+            "ordinary_roles": 0,
+            "reserved_connections_members": 0,
+            "superusers": 3,
+        }
+        apps = {a["application_name"]: a["count"] for a in report["holders"]["applications"]}
+        assert apps == {"billing": 3, "web": 2, "worker": 2}
+        assert report["findings"][0]["severity"] == "critical"
+
+
+def test_every_slot_taken_classifies_too_many_clients(small: Cluster) -> None:
+    with sessions(small) as s:
+        for _ in range(7):
+            s.open(app="hog")
+        for _ in range(3):
+            s.open(user="postgres", password="postgres", app="admin")
+        proc = run_cli(
+            "diagnose", small.dsn(user="app", password="app"), "--reserved-dsn", small.dsn()
+        )
+        assert proc.returncode == 2
+        assert "sorry, too many clients already" in proc.stdout
+        assert "max_connections" in proc.stdout
+        code, report = run_json("diagnose", small.dsn())
+        assert code == 2
+        validate_diagnose(report)
+        assert report["connect_error"]["kind"] == "max_connections"
+
+
+def test_role_and_database_limits_are_classified(small: Cluster) -> None:
+    with sessions(small) as s:
+        s.open(user="capped", password="capped", app="c")
+        code, report = run_json("diagnose", small.dsn(user="capped", password="capped"))
+        assert code == 2
+        assert report["connect_error"]["kind"] == "role"
+        assert report["connect_error"]["name"] == "capped"
+        s.open(dbname="tiny", app="t")
+        code, report = run_json("diagnose", small.dsn(user="app", password="app", dbname="tiny"))
+        assert code == 2
+        assert report["connect_error"]["kind"] == "database"
+        # A superuser is exempt from both limits: diagnose gets in and reports them.
+        code, report = run_json("diagnose", small.dsn())
+        validate_diagnose(report)
+        roles = {r["name"]: r for r in report["limits"]["roles"]}
+        assert (roles["capped"]["used"], roles["capped"]["limit"]) == (1, 1)
+        dbs = {d["name"]: d for d in report["limits"]["databases"]}
+        assert (dbs["tiny"]["used"], dbs["tiny"]["limit"]) == (1, 1)
+        ids = {f["id"] for f in report["findings"]}
+        assert "role-limit-reached:capped" in ids
+        assert "database-limit-reached:tiny" in ids
+        overrides = report["timeouts"]["overrides"]
+        assert {
+            "role": "capped",
+            "database": None,
+            "name": "idle_in_transaction_session_timeout",
+            "value": "30s",
+        } in overrides
+        assert report["session_stats"]
+
+
+def test_role_without_pg_monitor_counts_hidden_rows_as_unknown(small: Cluster) -> None:
+    with sessions(small) as s:
+        s.open(app="leaky", idle_in_tx=True)
+        s.open(app="web")
+        code, report = run_json("diagnose", small.dsn(user="nomon", password="nomon"))
+        validate_diagnose(report)
+        priv = report["privileges"]
+        assert priv["missing"] == ["pg_read_all_stats"]
+        assert priv["insufficient_privilege_rows"] >= 2
+        assert report["slots"]["unknown_backends"] >= 2
+        assert report["idle"]["summary"]["idle in transaction"]["count"] == 0
+        assert report["idle"]["summary"]["idle"]["count"] == 0
+        finding = next(f for f in report["findings"] if f["id"] == "missing-privilege")
+        assert "GRANT pg_monitor TO nomon;" in finding["remedy"]
+        assert code == 1
+
+
+def test_idle_in_transaction_aged_redacted_and_horizon(small: Cluster) -> None:
+    with sessions(small) as s:
+        conn = s.open(app="leaky")
+        conn.autocommit = False
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        conn.execute("SELECT 'secret-literal', 42 FROM pg_class LIMIT 1")
+        pid = conn.info.backend_pid
+        wait_for(lambda: state_age(small, pid) >= 1.0)
+        code, report = run_json("diagnose", small.dsn(), "--idle-in-transaction-warn", "1s")
+        validate_diagnose(report)
+        assert code == 1
+        row = next(x for x in report["idle"]["sessions"] if x["pid"] == pid)
+        assert row["state"] == "idle in transaction"
+        assert row["state_age_s"] >= 1.0 and row["xact_age_s"] >= 1.0
+        assert row["holds_xmin"] and row["holds_horizon"]
+        assert "secret-literal" not in row["query"] and "42" not in row["query"]
+        leak = next(f for f in report["findings"] if f["id"] == "idle-in-transaction")
+        assert any("reap" in r and "--idle-in-transaction 1s" in r for r in leak["remedy"])
+        assert "holds back the xmin horizon" in leak["detail"]
+        _, shown = run_json("diagnose", small.dsn(), "--show-queries")
+        row = next(x for x in shown["idle"]["sessions"] if x["pid"] == pid)
+        assert "'secret-literal'" in row["query"]
+
+
+def test_snapshot_round_trip_and_csv(small: Cluster, tmp_path: Path) -> None:
+    with sessions(small) as s:
+        s.open(app="billing")
+        s.open(app="billing", idle_in_tx=True)
+        snap = tmp_path / "snap.json"
+        run_cli("diagnose", small.dsn(), "--save-snapshot", str(snap))
+        code, report = run_json("diagnose", "--from-file", str(snap))
+        validate_diagnose(report)
+        assert report["source"]["kind"] == "file"
+        assert report["slots"]["used_by_client_backends"] == 2
+        csv_text = small.psql(
+            "COPY (SELECT * FROM pg_stat_activity) TO STDOUT WITH (FORMAT csv, HEADER)"
+        )
+        csv_file = tmp_path / "activity.csv"
+        csv_file.write_text(csv_text + "\n")
+    code, report = run_json("diagnose", "--from-file", str(csv_file))
+    validate_diagnose(report)
+    assert code == 3  # no max_connections in a bare pg_stat_activity
+    code, report = run_json("diagnose", "--from-file", str(csv_file), "--max-connections", "10")
+    apps = {a["application_name"]: a["count"] for a in report["holders"]["applications"]}
+    assert apps["billing"] == 2
+    assert report["slots"]["usable"] == 7
+
+
+def test_the_tool_names_itself_and_excludes_its_pid(small: Cluster) -> None:
+    with psycopg.connect(small.dsn()) as watcher:
+        _code, report = run_json("diagnose", small.dsn())
+        validate_diagnose(report)
+        own = report["server"]["own_pid"]
+        assert report["slots"]["own_connection"] == 1
+        assert report["slots"]["used_by_client_backends"] == 1  # the watcher only
+        assert all(
+            g["application_name"] != "pgfunnel diagnose" for g in report["holders"]["groups"]
+        )
+        assert own != watcher.info.backend_pid
+    assert json.dumps(report)

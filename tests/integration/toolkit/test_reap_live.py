@@ -1,0 +1,230 @@
+"""reap against a real server: exactly the old idle-in-transaction sessions die, nothing else."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from pgfunnel.throwaway import Cluster
+from pgfunnel.toolkit import live
+from pgfunnel.toolkit import reap as rp
+from tests.integration.toolkit.helpers import (
+    alive_pids,
+    run_cli,
+    sessions,
+    state_age,
+    state_of,
+    wait_for,
+)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Cluster]:
+    cluster = Cluster(max_connections=30)
+    cluster.start()
+    cluster.psql(
+        "CREATE ROLE app LOGIN PASSWORD 'app'; "
+        "CREATE ROLE other LOGIN PASSWORD 'other'; "
+        "CREATE ROLE reaper LOGIN PASSWORD 'reaper'; GRANT pg_read_all_stats TO reaper;"
+    )
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+def _audit(stdout: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+def test_execute_ends_exactly_the_old_idle_in_transaction_sessions(server: Cluster) -> None:
+    with sessions(server) as s:
+        old = [s.open(app="leaky", idle_in_tx=True).info.backend_pid for _ in range(2)]
+        aborted = s.open(app="broken", aborted=True).info.backend_pid
+        idle = s.open(app="web").info.backend_pid
+        su = s.open(user="postgres", password="postgres", app="psql", idle_in_tx=True)
+        superuser = su.info.backend_pid
+        dumper = s.open(app="pg_dump", idle_in_tx=True).info.backend_pid
+        for pid in [*old, aborted]:
+            wait_for(lambda pid=pid: state_age(server, pid) >= 8.0)
+        before = alive_pids(server)
+        dry = run_cli("reap", server.dsn(), "--idle-in-transaction", "8s", "--max-share", "1")
+        assert dry.returncode == 0, dry.stderr
+        assert "pg_terminate_backend" in dry.stdout
+        assert alive_pids(server) == before
+        # A transaction younger than the threshold, opened just before the real run. The
+        # threshold is generous so that a slow, loaded machine cannot age it past 8 s.
+        young = s.open(app="leaky", idle_in_tx=True).info.backend_pid
+        before = alive_pids(server)
+
+        proc = run_cli(
+            "reap", server.dsn(), "--execute", "--idle-in-transaction", "8s", "--max-share", "1"
+        )
+        assert proc.returncode == 0, proc.stderr
+        ended = set([*old, aborted])
+        wait_for(lambda: not (alive_pids(server) & ended))
+        assert alive_pids(server) == before - ended
+        assert {young, idle, superuser, dumper} <= alive_pids(server)
+        audit = _audit(proc.stdout)
+        terminated = [a["pid"] for a in audit if a["action"] == "terminated"]
+        assert terminated[0] == aborted  # aborted transactions go first
+        assert set(terminated) == ended
+        skipped = {a["pid"]: a["reason"] for a in audit if a["action"] == "skipped"}
+        assert "superuser" in str(skipped[superuser])
+        assert "pg_dump" in str(skipped[dumper])
+        assert "idle_in_transaction_session_timeout" in proc.stdout
+
+
+def test_session_that_turns_active_between_plan_and_kill_survives(server: Cluster) -> None:
+    with sessions(server) as s:
+        holder = s.open(user="postgres", password="postgres", app="lock-holder")
+        holder.execute("SELECT pg_advisory_lock(4242)")
+        victim = s.open(app="leaky", idle_in_tx=True)
+        pid = victim.info.backend_pid
+        wait_for(lambda: state_age(server, pid) >= 1.0)
+        conn = live.connect(server.dsn(), "pgfunnel reap")
+        try:
+            plan = rp.plan(
+                live.take_snapshot(conn), rp.Filters(idle_in_transaction_s=1, max_share=1)
+            )
+            assert [t.backend.pid for t in plan.targets] == [pid]
+            worker = threading.Thread(
+                target=lambda: victim.execute("SELECT pg_advisory_lock(4242)"), daemon=True
+            )
+            worker.start()
+            wait_for(lambda: state_of(server, pid) == "active")
+            assert plan.statement is not None
+            result = live.run_reap_statement(conn, plan.statement)
+            assert result == {}
+            assert pid in alive_pids(server)
+            holder.execute("SELECT pg_advisory_unlock(4242)")
+            worker.join(10)
+            # Idle in transaction again, with a new state_change: the old plan still spares it.
+            wait_for(lambda: state_of(server, pid) == "idle in transaction")
+            assert live.run_reap_statement(conn, plan.statement) == {}
+            assert pid in alive_pids(server)
+        finally:
+            conn.close()
+
+
+def test_reused_pid_is_never_killed(server: Cluster) -> None:
+    with sessions(server) as s:
+        pid = s.open(app="leaky", idle_in_tx=True).info.backend_pid
+        wait_for(lambda: state_age(server, pid) >= 1.0)
+        conn = live.connect(server.dsn(), "pgfunnel reap")
+        try:
+            snap = live.take_snapshot(conn)
+            target = next(b for b in snap.backends if b.pid == pid)
+            assert target.backend_start is not None
+            # The same pid with another backend_start is another session: pid reuse.
+            import datetime as dt
+
+            target.backend_start -= dt.timedelta(seconds=1)
+            plan = rp.plan(snap, rp.Filters(idle_in_transaction_s=1, max_share=1))
+            assert plan.statement is not None
+            assert live.run_reap_statement(conn, plan.statement) == {}
+            assert pid in alive_pids(server)
+        finally:
+            conn.close()
+
+
+def test_sessions_it_may_not_end_are_reported(server: Cluster) -> None:
+    with sessions(server) as s:
+        pid = s.open(
+            user="other", password="other", app="other-app", idle_in_tx=True
+        ).info.backend_pid
+        wait_for(lambda: state_age(server, pid) >= 1.0)
+        proc = run_cli(
+            "reap",
+            server.dsn(user="reaper", password="reaper"),
+            "--execute",
+            "--idle-in-transaction",
+            "1s",
+            "--max-share",
+            "1",
+        )
+        assert proc.returncode == 1
+        audit = _audit(proc.stdout)
+        assert [a["pid"] for a in audit if a["action"] == "no_privilege"] == [pid]
+        assert "pg_signal_backend" in proc.stdout
+        assert pid in alive_pids(server)
+
+
+def test_filters_and_share_cap_and_loop(server: Cluster) -> None:
+    with sessions(server) as s:
+        a = [s.open(app="svc-a", idle_in_tx=True).info.backend_pid for _ in range(4)]
+        b = s.open(app="svc-b", idle_in_tx=True).info.backend_pid
+        for pid in [*a, b]:
+            wait_for(lambda pid=pid: state_age(server, pid) >= 1.0)
+        proc = run_cli(
+            "reap",
+            server.dsn(),
+            "--idle-in-transaction",
+            "1s",
+            "--application",
+            "^svc-a$",
+            "--format",
+            "json",
+        )
+        plan = json.loads(proc.stdout)
+        assert len(plan["targets"]) == 2  # half of svc-a's 4 sessions
+        assert {t["pid"] for t in plan["targets"]} <= set(a)
+        assert sum(1 for x in plan["skipped"] if "share cap" in x["reason"]) == 2
+        proc = run_cli(
+            "reap",
+            server.dsn(),
+            "--execute",
+            "--idle-in-transaction",
+            "1s",
+            "--client",
+            "10.0.0.0/8",
+        )
+        assert "0 session(s)" in proc.stdout
+        proc = run_cli(
+            "reap",
+            server.dsn(),
+            "--execute",
+            "--idle-in-transaction",
+            "1s",
+            "--max",
+            "1",
+            "--max-share",
+            "1",
+            "--loop",
+            "0.2",
+            "--iterations",
+            "2",
+        )
+        ended = [x["pid"] for x in _audit(proc.stdout) if x["action"] == "terminated"]
+        assert len(ended) == 2
+        wait_for(lambda: not (alive_pids(server) & set(ended)))
+        assert len((set(a) | {b}) & alive_pids(server)) == 3
+
+
+def test_refuses_to_guess(server: Cluster) -> None:
+    proc = run_cli("reap", server.dsn())
+    assert proc.returncode == 2
+    assert "say what to reap" in proc.stderr
+    proc = run_cli("reap", server.dsn(), "--state", "active", "--min-idle-age", "1s")
+    assert proc.returncode == 2
+
+
+def test_the_reaper_never_reaps_itself(server: Cluster) -> None:
+    conn = live.connect(server.dsn(), "pgfunnel reap")
+    try:
+        conn.execute("BEGIN")
+        conn.execute("SELECT 1")
+        conn.execute("COMMIT")
+        snap = live.take_snapshot(conn)
+        assert all(b.pid != snap.server.own_pid for b in snap.backends)
+        with psycopg.connect(server.dsn()) as other:
+            assert other.execute(
+                "SELECT application_name FROM pg_stat_activity WHERE pid = %s",
+                (snap.server.own_pid,),
+            ).fetchone() == ("pgfunnel reap",)
+    finally:
+        conn.close()

@@ -1,0 +1,185 @@
+"""Pure planning without sockets: diagnose analysis on synthetic snapshots and reap plans."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from pgfunnel.toolkit import diagnose as dg
+from pgfunnel.toolkit import reap as rp
+from pgfunnel.toolkit.model import Backend, Database, Role, Server, Snapshot
+from pgfunnel.toolkit.pgtune import PgTuneInput, pgtune
+from tests.unit.toolkit.schema_check import validate_diagnose
+
+NOW = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
+
+
+def b(
+    pid: int,
+    state: str = "idle",
+    age: float = 10,
+    app: str = "web",
+    user: str = "app",
+    addr: str | None = "10.0.0.1",
+    **kw: object,
+) -> Backend:
+    start = NOW - dt.timedelta(seconds=age + 100)
+    change = NOW - dt.timedelta(seconds=age)
+    xact = change - dt.timedelta(seconds=5) if state.startswith("idle in") else None
+    return Backend(
+        pid=pid,
+        datname="shop",
+        usename=user,
+        application_name=app,
+        client_addr=addr,
+        backend_type="client backend",
+        state=state,
+        backend_start=start,
+        state_change=change,
+        xact_start=xact,
+        state_age_s=age,
+        xact_age_s=(NOW - xact).total_seconds() if xact else None,
+        query="SELECT 1",
+        is_superuser=kw.pop("is_superuser", False),
+        can_signal=kw.pop("can_signal", True),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def snap(backends: list[Backend], max_connections: int = 20, **server: object) -> Snapshot:
+    return Snapshot(
+        Server(
+            server_version="15.4",
+            server_version_num=150004,
+            max_connections=max_connections,
+            superuser_reserved_connections=3,
+            own_pid=999,
+            now=NOW,
+            current_user="postgres",
+            is_superuser=True,
+            **server,
+        ),  # type: ignore[arg-type]
+        backends,
+        roles=[Role("app", 10), Role("batch", 15), Role("postgres", -1, rolsuper=True)],
+        databases=[Database("shop", 20)],
+        settings={"idle_in_transaction_session_timeout": "0", "tcp_keepalives_idle": "0"},
+    )
+
+
+def test_usage_thresholds_and_exit_codes() -> None:
+    ok = dg.analyse(snap([b(i) for i in range(5)]))
+    assert ok["status"] in ("ok", "warning") and ok["slots"]["usable"] == 17
+    warn = dg.analyse(snap([b(i) for i in range(13)]))  # 13/17 = 76%
+    assert any(f["id"] == "slots-warning" for f in warn["findings"])
+    crit = dg.analyse(snap([b(i) for i in range(16)]))
+    assert crit["exit_code"] == 2 and crit["findings"][0]["id"] == "slots-critical"
+    for report in (ok, warn, crit):
+        validate_diagnose(report)
+
+
+def test_role_limits_share_and_superuser_exemption() -> None:
+    rows = [b(i, user="app") for i in range(9)] + [b(50 + i, user="postgres") for i in range(3)]
+    r = dg.analyse(snap(rows, max_connections=30))
+    ids = {f["id"] for f in r["findings"]}
+    assert "role-limit-near:app" in ids  # 9 of 10
+    assert "role-limits-oversubscribed" not in ids  # 25 <= 27
+    r2 = dg.analyse(snap(rows, max_connections=20))
+    assert "role-limits-oversubscribed" in {f["id"] for f in r2["findings"]}
+    roles = {x["name"]: x for x in r["limits"]["roles"]}
+    assert roles["postgres"]["exempt"] is True
+
+
+def test_pooler_in_front_is_detected() -> None:
+    rows = [b(i, app="pgbouncer", addr="10.0.0.9") for i in range(4)]
+    rows += [b(100 + i, app="", addr="10.0.0.7") for i in range(12)]
+    r = dg.analyse(snap(rows, max_connections=40))
+    reasons = {p["client_addr"]: p["reason"] for p in r["poolers"]}
+    assert reasons["10.0.0.9"] == "application_name names a pooler"
+    assert "backends from one address" in reasons["10.0.0.7"]
+    assert any(f["id"] == "pooler-in-front" for f in r["findings"])
+
+
+def test_hidden_rows_are_unknown_not_idle() -> None:
+    hidden = Backend(pid=7, usename="other", application_name="", query="<insufficient privilege>")
+    s = snap([b(1), hidden], can_read_all_stats=False)
+    r = dg.analyse(s)
+    assert r["slots"]["unknown_backends"] == 1
+    assert r["idle"]["summary"]["idle"]["count"] == 1
+    assert r["privileges"]["missing"] == ["pg_read_all_stats"]
+
+
+def test_pooler_console_rows() -> None:
+    pooler = {
+        "pools": [
+            {
+                "database": "shop",
+                "user": "app",
+                "cl_active": "10",
+                "cl_waiting": "4",
+                "sv_active": "20",
+                "sv_idle": "0",
+                "sv_used": "0",
+                "maxwait": "12",
+                "maxwait_us": "500000",
+                "pool_mode": "transaction",
+            }
+        ],
+        "databases": [{"name": "shop", "pool_size": "20", "max_connections": "0"}],
+    }
+    r = dg.analyse(snap([b(1)]), pooler=pooler)
+    validate_diagnose(r)
+    pool = r["pooler"]["pools"][0]
+    assert (pool["cl_waiting"], pool["maxwait_s"], pool["server_connections"]) == (4, 12.5, 20)
+    assert r["findings"][0]["severity"] == "critical"
+
+
+def test_reap_order_caps_and_exclusions() -> None:
+    rows = [
+        b(1, "idle in transaction", 100, app="a"),
+        b(2, "idle in transaction (aborted)", 50, app="a"),
+        b(3, "idle in transaction", 500, app="a"),
+        b(4, "idle", 9000, app="a"),
+        b(5, "idle in transaction", 600, app="psql", is_superuser=True),
+        b(6, "idle in transaction", 600, app="pg_dump"),
+        b(7, "idle in transaction", 600, app="other", can_signal=False),
+        b(8, "active", 600, app="a"),
+        b(999, "idle in transaction", 600, app="me"),
+        b(9, "idle in transaction", 5, app="a"),
+    ]
+    f = rp.Filters(idle_in_transaction_s=30, idle_s=3600, max_share=1)
+    plan = rp.plan(snap(rows), f)
+    assert [t.backend.pid for t in plan.targets] == [2, 3, 1, 4]
+    skipped = {s.backend.pid for s in plan.skipped}
+    assert skipped == {5, 6}
+    assert [s.backend.pid for s in plan.no_privilege] == [7]
+    assert plan.statement is not None and "(2, " in plan.statement and "999" not in plan.statement
+    capped = rp.plan(snap(rows), rp.Filters(idle_in_transaction_s=30, idle_s=3600, max_share=0.5))
+    assert [t.backend.pid for t in capped.targets] == [2, 3, 1]  # half of app a's 6 sessions
+    assert any("share cap" in s.reason and s.backend.pid == 4 for s in capped.skipped)
+    one = rp.plan(snap(rows), rp.Filters(idle_in_transaction_s=30, max_targets=1, max_share=1))
+    assert [t.backend.pid for t in one.targets] == [2]
+    only_b = rp.plan(
+        snap(rows), rp.Filters(idle_in_transaction_s=30, max_share=1, roles=["nobody"])
+    )
+    assert only_b.targets == [] and only_b.statement is None
+    cidr = rp.plan(
+        snap(rows), rp.Filters(idle_in_transaction_s=30, max_share=1, client_cidrs=["10.0.0.0/24"])
+    )
+    assert len(cidr.targets) == 3
+    with pytest.raises(ValueError):
+        rp.Filters().validate()
+
+
+def test_pgtune_reproduces_the_reference_numbers() -> None:
+    out = dict(pgtune(PgTuneInput(16 * 1024**3, 8, 200, "web", 18)))
+    assert out["work_mem"] == "20164kB"
+    assert (out["shared_buffers"], out["effective_cache_size"]) == ("4GB", "12GB")
+    assert (out["maintenance_work_mem"], out["wal_buffers"]) == ("1GB", "16MB")
+    assert out["max_parallel_workers_per_gather"] == "4"
+    assert out["io_method"] == "io_uring"
+    dw = dict(pgtune(PgTuneInput(64 * 1024**3, 16, None, "dw", 15)))
+    assert dw["max_connections"] == "40" and dw["max_parallel_workers_per_gather"] == "8"
+    assert dw["random_page_cost"] == "4" and dw["autovacuum_max_workers"] == "4"
+    small = dict(pgtune(PgTuneInput(2 * 1024**3, 2, 100, "oltp", 15)))
+    assert small["work_mem"] == "4854kB" and "max_worker_processes" not in small

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import pwd
+import resource
 import signal
 import sys
 import time
@@ -611,7 +612,26 @@ def serve_main(args: argparse.Namespace) -> int:
                 os.unlink(config.settings.pidfile)
 
 
+def _raise_fd_limit(config: Config) -> None:
+    """Each client and server is a file descriptor: lift the soft limit toward the hard one so
+    max_client_conn is reachable (Debian's default soft limit is 1024)."""
+    want = int(config.settings.max_client_conn) + 2 * int(config.settings.default_pool_size) + 64
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        if new < want:
+            log.warning(
+                "file descriptor limit %d is below what max_client_conn=%s needs (%d)",
+                new,
+                config.settings.max_client_conn,
+                want,
+            )
+
+
 def _run(config: Config) -> int:
+    _raise_fd_limit(config)
     try:
         import uvloop
 

@@ -71,6 +71,9 @@ class App:
         self.pooler = Pooler(self._pool_settings)
         self.admin = Console(self)
         self.admin_clients: dict[Client, None] = {}
+        self.logging_in: dict[ClientConn, None] = {}  # connections not yet authenticated
+        self._stats_at = loop.time()
+        self._stats_last: list[float] = [0, 0, 0, 0, 0, 0.0, 0]
         self.client_count = 0
         self.servers_listening: list[asyncio.AbstractServer] = []
         self._wall = time.time() - loop.time()
@@ -200,6 +203,7 @@ class App:
     # --- events from client connections ------------------------------------------------------
     def client_opened(self, conn: ClientConn) -> None:
         self.client_count += 1
+        self.logging_in[conn] = None  # oldest first: client_login_timeout scans from the front
 
     def admit(self, conn: ClientConn, dbname: str, user: str) -> ServerError | None:
         """Decide whether this startup may go on to authentication."""
@@ -222,6 +226,7 @@ class App:
         return None
 
     def authenticated(self, conn: ClientConn) -> None:
+        self.logging_in.pop(conn, None)
         client = conn.client
         if client.is_admin:
             self.admin_clients[client] = None
@@ -251,6 +256,7 @@ class App:
 
     def client_gone(self, client: Client, reason: str | None) -> None:
         self.client_count -= 1
+        self.logging_in.pop(client.conn, None)
         if reason:
             self._log_close(client, reason)
         if client.is_admin:
@@ -453,10 +459,52 @@ class App:
     # --- the janitor -------------------------------------------------------------------------
     def _tick(self) -> None:
         try:
-            self.apply(self.pooler.maint(self.now()))
+            now = self.now()
+            timeout = float(self.settings.client_login_timeout)
+            if timeout > 0:
+                for conn in list(self.logging_in):
+                    if now - conn.client.connect_time < timeout:
+                        break
+                    conn.fail(
+                        ServerError("FATAL", ss.PROTOCOL_VIOLATION, Reason.CLIENT_LOGIN_TIMEOUT),
+                        Reason.CLIENT_LOGIN_TIMEOUT,
+                    )
+            self.apply(self.pooler.maint(now))
+            period = float(self.settings.stats_period)
+            if period > 0 and now - self._stats_at >= period:
+                self._log_stats(now - self._stats_at)
+                self._stats_at = now
         except Exception:  # a bug in one tick must not stop every future timeout
             log.exception("janitor failed")
         self._janitor = self.loop.call_later(JANITOR_INTERVAL, self._tick)
+
+    def _log_stats(self, elapsed: float) -> None:
+        """PgBouncer's periodic `stats:` line, totals over all pools since the last one."""
+        totals = [0, 0, 0, 0, 0, 0.0, 0]
+        for pool in self.pooler.pools.values():
+            st = pool.stats
+            for i, v in enumerate(
+                (st.xact_count, st.query_count, st.bytes_in, st.bytes_out, st.wait_count)
+            ):
+                totals[i] += v
+            totals[5] += st.wait_time
+            totals[6] += st.refused_53300
+        last = self._stats_last
+        self._stats_last = totals
+        if not self.settings.log_stats:
+            return
+        d = [a - b for a, b in zip(totals, last, strict=True)]
+        waits = d[4] or 1
+        log.info(
+            "stats: %d xacts/s, %d queries/s, in %d B/s, out %d B/s, wait %d us, "
+            "server refusals (53300) %d",
+            d[0] / elapsed,
+            d[1] / elapsed,
+            d[2] / elapsed,
+            d[3] / elapsed,
+            d[5] / waits * 1e6,
+            d[6],
+        )
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:

@@ -155,6 +155,8 @@ class ClientConn(asyncio.Protocol):
                     return
                 client.expect_rfq += 1
         server = client.link
+        if client.pool is not None:
+            client.pool.stats.bytes_in += len(data)
         if server is not None:
             server.conn.transport.write(data)
             if events is not None:

@@ -74,6 +74,7 @@ class ServerConn(asyncio.Protocol):
             self._idle_data(events)
             return
         client.conn.transport.write(data)
+        server.pool.stats.bytes_out += len(data)
         if events is not None:
             self._account(events)
 
@@ -83,10 +84,14 @@ class ServerConn(asyncio.Protocol):
         client = server.link
         assert client is not None
         saw_z = False
+        stats = server.pool.stats
         for kind, payload, _ in events:
             if kind == _Z:
                 saw_z = True
                 client.expect_rfq -= 1
+                stats.query_count += 1
+                if payload == b"I":
+                    stats.xact_count += 1
                 server.tx_status = payload  # type: ignore[assignment]
             elif kind == _S:
                 self._param(payload, client.params)

@@ -191,7 +191,10 @@ class PoolStats:
 
     xact_count: int = 0
     query_count: int = 0
+    bytes_in: int = 0  # from clients
+    bytes_out: int = 0  # to clients
     wait_time: float = 0.0
+    wait_count: int = 0
     refused_53300: int = 0
     login_failures: int = 0
     timeouts: dict[str, int] = field(default_factory=dict)
@@ -275,6 +278,7 @@ class Pooler:
                 pool.waiting.append(client)
             elif old is ClientState.WAITING:
                 pool.stats.wait_time += now - client.wait_start
+                pool.stats.wait_count += 1
         client.state = new
 
     def _set_server_state(self, server: Server, new: ServerState, now: float) -> None:
@@ -516,11 +520,9 @@ class Pooler:
     def release_server(self, server: Server, now: float) -> list[Action]:
         """The linked client finished its transaction (or statement): the server is free."""
         client = server.link
-        pool = server.pool
         if client is not None:
             client.link = None
             server.link = None
-        pool.stats.xact_count += 1
         return self._reclaim(server, now, client_gone=False, busy=False)
 
     def _reclaim(self, server: Server, now: float, client_gone: bool, busy: bool) -> list[Action]:

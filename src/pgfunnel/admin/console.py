@@ -240,7 +240,7 @@ class Console:
         addr, port, local = ("", 0, ("", 0))
         if server.conn is not None:
             addr, port, local = server.conn.addresses()
-        state = "new" if server.state is ServerState.LOGIN else server.state.value
+        state = "new" if server.state is ServerState.LOGIN else server.state.label
         return [
             "S",
             server.pool.user.name,

@@ -20,7 +20,7 @@ from pgfunnel import __version__
 from pgfunnel.admin.console import Console
 from pgfunnel.config.ini import ConfigError
 from pgfunnel.config.loader import Config, DatabaseConfig, load_config
-from pgfunnel.net.client_conn import TRACKED_PARAMS, ClientConn
+from pgfunnel.net.client_conn import ClientConn
 from pgfunnel.net.server_conn import ServerConn
 from pgfunnel.pool.objects import Client, Server, ServerState
 from pgfunnel.pool.scheduler import (
@@ -414,15 +414,18 @@ class App:
     def _link(self, client: Client, server: Server) -> None:
         conn: ClientConn = client.conn
         sconn: ServerConn = server.conn
-        sets = []
-        for name in TRACKED_PARAMS:
-            want = client.params.get(name)
-            if want is not None and server.params.get(name) != want:
-                sets.append(f"SET {name} = {m.quote_literal(want)}")
-                server.params[name] = want
-        if sets:
-            server.internal += 1
-            sconn.write(m.query("; ".join(sets)))
+        wanted = client.params
+        if wanted != server.tracked:
+            have = server.tracked
+            sets = [
+                f"SET {name} = {m.quote_literal(value)}"
+                for name, value in wanted.items()
+                if have.get(name) != value
+            ]
+            server.tracked = dict(wanted)
+            if sets:
+                server.internal += 1
+                sconn.write(m.query("; ".join(sets)))
         data = conn.flush_pending()
         if data:
             sconn.write(data)

@@ -34,15 +34,7 @@ _WATCH = Scanner.table(report=b"QSFX")
 _X = m.TERMINATE
 _PENDING_PAUSE = 1 << 20  # stop reading a client that queued this much while it waits
 
-# The parameters a client may set at startup and that follow it from server to server.
-TRACKED_PARAMS = (
-    "client_encoding",
-    "DateStyle",
-    "TimeZone",
-    "standard_conforming_strings",
-    "application_name",
-    "IntervalStyle",
-)
+TRACKED_PARAMS = m.TRACKED_PARAMS
 _CANONICAL = {p.lower(): p for p in TRACKED_PARAMS}
 _ALWAYS_ACCEPTED = {"user", "database", "replication"}
 

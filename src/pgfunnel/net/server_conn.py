@@ -154,6 +154,8 @@ class ServerConn(asyncio.Protocol):
             return
         name, value = m.parse_parameter_status(payload)
         self.server.params[name] = value
+        if name in self.server.tracked:
+            self.server.tracked[name] = value
         if client_params is not None and name in client_params:
             client_params[name] = value  # the client SET it: it wants this value from now on
 

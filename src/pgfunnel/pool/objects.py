@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from enum import Enum
+from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -12,25 +12,34 @@ if TYPE_CHECKING:
 _ids = itertools.count(1)
 
 
-class ClientState(Enum):
-    """cl_* states. Values must stay distinct: equal values would make Enum aliases."""
+class ClientState(IntEnum):
+    """cl_* states. IntEnum because members key the per-pool dicts on the hot path and Enum's
+    hash is Python code; values must stay distinct (equal values would make aliases)."""
 
-    LOGIN = "login"  # authenticating, not yet in a pool's lists
-    WAITING_LOGIN = "waiting_login"  # authenticated, waiting for a first server's parameters
-    ACTIVE = "active"  # logged in: linked to a server, or idle between transactions
-    WAITING = "waiting"  # queued for a server
-    CLOSED = "closed"
+    LOGIN = 1  # authenticating, not yet in a pool's lists
+    WAITING_LOGIN = 2  # authenticated, waiting for a first server's parameters
+    ACTIVE = 3  # logged in: linked to a server, or idle between transactions
+    WAITING = 4  # queued for a server
+    CLOSED = 5
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
 
 
-class ServerState(Enum):
-    """sv_* states; SHOW SERVERS prints `value`."""
+class ServerState(IntEnum):
+    """sv_* states; SHOW SERVERS prints `label`."""
 
-    LOGIN = "login"
-    IDLE = "idle"
-    ACTIVE = "active"  # linked to a client
-    USED = "used"  # released, needs its reset query before reuse
-    TESTED = "tested"  # running server_reset_query / server_check_query / a rollback
-    CLOSED = "closed"
+    LOGIN = 1
+    IDLE = 2
+    ACTIVE = 3  # linked to a client
+    USED = 4  # released, needs its reset query before reuse
+    TESTED = 5  # running server_reset_query / server_check_query / a rollback
+    CLOSED = 6
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
 
 
 class Client:
@@ -104,6 +113,7 @@ class Server:
         "ready",
         "request_time",
         "state",
+        "tracked",
         "tx_status",
     )
 
@@ -118,6 +128,9 @@ class Server:
         self.state = ServerState.LOGIN
         self.link: Client | None = None
         self.params: dict[str, str] = {}
+        # The TRACKED_PARAMS subset of params, same keys as Client.params, so that "does this
+        # server already have the client's settings?" is one dict comparison.
+        self.tracked: dict[str, str] = {}
         self.pid = 0
         self.key = 0
         self.tx_status = b"I"  # from the last ReadyForQuery

@@ -15,7 +15,7 @@ from typing import Any
 
 from pgfunnel.pool.objects import Client, ClientState, Server, ServerState
 from pgfunnel.proto import sqlstate as ss
-from pgfunnel.proto.messages import ServerError
+from pgfunnel.proto.messages import TRACKED_PARAMS, ServerError
 from pgfunnel.proto.strings import Reason
 
 # --- actions ---------------------------------------------------------------------------------
@@ -144,6 +144,7 @@ class Pool:
         self.login_failed_until = 0.0  # non-transient failure: refuse new clients until then
         self.login_error: ServerError | None = None
         self.stats = PoolStats()
+        self.server_total = 0
 
     @property
     def key(self) -> tuple[str, str]:
@@ -154,14 +155,8 @@ class Pool:
 
     @property
     def server_count(self) -> int:
-        s = self.servers
-        return (
-            len(s[ServerState.LOGIN])
-            + len(s[ServerState.IDLE])
-            + len(s[ServerState.ACTIVE])
-            + len(s[ServerState.USED])
-            + len(s[ServerState.TESTED])
-        )
+        """Servers the pool holds in any state but CLOSED (kept by the state choke point)."""
+        return self.server_total
 
     def waiting_clients(self) -> Iterator[Client]:
         for client in self.waiting:
@@ -290,6 +285,7 @@ class Pooler:
         if new is ServerState.CLOSED:
             pool.db.server_count -= 1
             pool.user.server_count -= 1
+            pool.server_total -= 1
         else:
             pool.servers[new][server] = None
         if new is ServerState.IDLE:
@@ -447,6 +443,7 @@ class Pooler:
         pool.servers[ServerState.LOGIN][server] = None
         pool.db.server_count += 1
         pool.user.server_count += 1
+        pool.server_total += 1
         return server
 
     def _close_server(self, server: Server, reason: str, now: float) -> CloseServer:
@@ -458,6 +455,7 @@ class Pooler:
     def server_login_ok(self, server: Server, params: dict[str, str], now: float) -> list[Action]:
         pool = server.pool
         server.params = dict(params)
+        server.tracked = {name: params.get(name, "") for name in TRACKED_PARAMS}
         server.connect_time = now
         bo = pool.backoff
         if bo.active:

@@ -60,6 +60,44 @@ class Scanner:
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Event] | None:
         """Scan one chunk; returns the watched messages that ended in it, or None if none did."""
+        if self._skip or self._hdr:
+            return self._feed_resume(data)
+        return self._scan(data, 0, None)
+
+    def _scan(
+        self, data: bytes | bytearray | memoryview, pos: int, events: list[Event] | None
+    ) -> list[Event] | None:
+        """The hot loop: whole messages from `pos`, starting at a message boundary."""
+        n = len(data)
+        watch = self.watch
+        unpack = _HDR.unpack_from
+        limit = self._max
+        while pos < n:
+            if n - pos < 5:
+                self._hdr = bytes(data[pos:])
+                return events
+            kind, length = unpack(data, pos)
+            end = pos + 1 + length
+            if length < 4 or length > limit:
+                raise ProtocolViolation(self._violation(kind, length))
+            if end > n:
+                self._kind = kind
+                self._skip = end - n
+                if watch[kind] == 2:
+                    self._capture = bytearray(data[pos + 5 :])
+                return events
+            w = watch[kind]
+            if w:
+                ev = (kind, bytes(data[pos + 5 : end]) if w == 2 else None, end)
+                if events is None:
+                    events = [ev]
+                else:
+                    events.append(ev)
+            pos = end
+        return events
+
+    def _feed_resume(self, data: bytes | bytearray | memoryview) -> list[Event] | None:
+        """Finish a message (or header) that the previous chunk left open, then scan on."""
         events: list[Event] | None = None
         n = len(data)
         pos = 0
@@ -79,7 +117,7 @@ class Scanner:
                 events = [(self._kind, bytes(cap), pos)]
             elif self.watch[self._kind]:
                 events = [(self._kind, None, pos)]
-        elif self._hdr:
+        else:
             need = 5 - len(self._hdr)
             if n < need:
                 self._hdr += bytes(data)
@@ -93,32 +131,7 @@ class Scanner:
             if self._skip:
                 return events
             pos = need + length - 4
-
-        watch = self.watch
-        unpack = _HDR.unpack_from
-        while pos < n:
-            if n - pos < 5:
-                self._hdr = bytes(data[pos:])
-                return events
-            kind, length = unpack(data, pos)
-            end = pos + 1 + length
-            if length < 4 or length > self._max:
-                raise ProtocolViolation(self._violation(kind, length))
-            if end > n:
-                self._kind = kind
-                self._skip = end - n
-                if watch[kind] == 2:
-                    self._capture = bytearray(data[pos + 5 :])
-                return events
-            w = watch[kind]
-            if w:
-                ev = (kind, bytes(data[pos + 5 : end]) if w == 2 else None, end)
-                if events is None:
-                    events = [ev]
-                else:
-                    events.append(ev)
-            pos = end
-        return events
+        return self._scan(data, pos, events)
 
     def _start(
         self, kind: int, length: int, data: bytes | bytearray | memoryview, pos: int, n: int

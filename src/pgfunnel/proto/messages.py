@@ -42,6 +42,17 @@ COPY_DATA = ord("d")
 COPY_DONE = ord("c")
 COPY_FAIL = ord("f")
 
+# Startup parameters that belong to the client and follow it from server to server; the server
+# reports each with ParameterStatus when it changes (GUC_REPORT).
+TRACKED_PARAMS = (
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "standard_conforming_strings",
+    "application_name",
+    "IntervalStyle",
+)
+
 AUTH_OK = 0
 AUTH_CLEARTEXT = 3
 AUTH_MD5 = 5

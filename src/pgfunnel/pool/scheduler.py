@@ -123,6 +123,7 @@ class Backoff:
     since: float = 0.0
     error: ServerError | None = None  # the last transient refusal
     granted: int | None = None  # servers the server let us keep when it refused the next one
+    last_failure: float = 0.0
 
     @property
     def active(self) -> bool:
@@ -411,16 +412,21 @@ class Pooler:
         if pool.db.disabled or pool.db.paused:
             return False
         bo = pool.backoff
-        if bo.active and (now < bo.retry_at or pool.servers[ServerState.LOGIN]):
-            return False  # under back-pressure: one probe at a time, on the backoff schedule
+        if (bo.active or bo.granted is not None) and pool.servers[ServerState.LOGIN]:
+            return False  # under back-pressure or recovering from it: one probe at a time
+        if bo.active and now < bo.retry_at:
+            return False  # and only on the backoff schedule
         if pool.login_failed_until > now:
             return False
         if pool.server_count >= self._limit(pool, now):
             return False
-        if s.max_db_connections and pool.db.server_count >= s.max_db_connections:
-            return self._evict(lambda p: p.db is pool.db and p is not pool, now, actions)
-        if s.max_user_connections and pool.user.server_count >= s.max_user_connections:
-            return self._evict(lambda p: p.user is pool.user and p is not pool, now, actions)
+        db, user = pool.db, pool.user
+        if s.max_db_connections and db.server_count >= s.max_db_connections:
+            if not self._evict(lambda p: p.db is db and p is not pool, now, actions):
+                return False
+        if s.max_user_connections and user.server_count >= s.max_user_connections:
+            if not self._evict(lambda p: p.user is user and p is not pool, now, actions):
+                return False
         return True
 
     def _evict(self, match: Callable[[Pool], bool], now: float, actions: list[Action]) -> bool:
@@ -458,13 +464,13 @@ class Pooler:
         server.tracked = {name: params.get(name, "") for name in TRACKED_PARAMS}
         server.connect_time = now
         bo = pool.backoff
-        if bo.active:
-            bo.failures = 0
-            bo.retry_at = now
-            if pool.server_count >= pool.settings.pool_size:
-                bo.granted = None
-            else:
-                bo.granted = pool.server_count
+        recovering = bo.active or bo.granted is not None
+        bo.failures = 0
+        bo.retry_at = now
+        # While below pool_size after a refusal, keep probing one login at a time: a burst
+        # would mostly be refused again and push the next retry far out.
+        if recovering and pool.server_count < pool.settings.pool_size:
+            bo.granted = pool.server_count
         else:
             bo.granted = None
         pool.login_failed_until = 0.0
@@ -477,7 +483,7 @@ class Pooler:
             actions.append(FinishLogin(client))
         self._set_server_state(server, ServerState.IDLE, now)
         actions += self._hand_off(server, now)
-        if bo.failures == 0 and pool.backoff.granted is not None:
+        if bo.granted is not None:
             actions += self._launch(pool, now)  # take capacity back one probe at a time
         return actions
 
@@ -495,7 +501,11 @@ class Pooler:
             bo = pool.backoff
             if not bo.active:
                 bo.since = now
-            bo.failures += 1
+            # Logins that were already in flight when the last refusal came count with it:
+            # one burst refused together is one failure, not a dozen doublings of the delay.
+            if server.connect_time >= bo.last_failure or not bo.active:
+                bo.failures += 1
+            bo.last_failure = now
             if error is None:
                 error = ServerError("FATAL", ss.CONNECTION_FAILURE, network or "server unreachable")
             bo.error = error
@@ -530,7 +540,7 @@ class Pooler:
         if server.state is ServerState.CLOSED:
             return []
         if busy or not server.ready:
-            return [self._close_server(server, Reason.CLIENT_GONE_BUSY, now)]
+            return [self._close_server(server, server.close_reason or Reason.CLIENT_GONE_BUSY, now)]
         if now - server.connect_time >= s.server_lifetime > 0:
             return [self._close_server(server, Reason.LIFETIME, now), *self._launch(pool, now)]
         queries: list[str] = []

@@ -8,12 +8,30 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
-from scramp import ScramClient, ScramException, ScramMechanism
+from scramp.utils import saslprep
 
 from pgfunnel.proto import messages as m
 
 SCRAM = "SCRAM-SHA-256"
-_MECH = ScramMechanism(SCRAM)
+DEFAULT_ITERATIONS = 4096  # what PostgreSQL uses unless scram_iterations says otherwise
+
+
+def scram_keys(password: str, salt: bytes, iterations: int) -> tuple[bytes, bytes, bytes]:
+    """(ClientKey, StoredKey, ServerKey) for a password, as PostgreSQL derives them. Our own
+    PBKDF2 rather than scramp's, which refuses the iteration counts below 4096 that PostgreSQL
+    16's scram_iterations allows."""
+    try:
+        prepared = saslprep(password)
+    except Exception:  # PostgreSQL, too, falls back to the raw bytes when SASLprep fails
+        prepared = password
+    salted = hashlib.pbkdf2_hmac("sha256", prepared.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+    return client_key, hashlib.sha256(client_key).digest(), server_key
+
+
+class ScramError(Exception):
+    """A SCRAM exchange with a server went wrong."""
 
 
 def md5_secret(user: str, password: str) -> str:
@@ -91,6 +109,7 @@ class ClientAuth:
         self.done = False
         self.client_key: bytes | None = None  # recovered from SCRAM, for logging into servers
         kind = secret_kind(secret) if secret is not None else None
+        self.any_user = method == "any"
         if method in ("trust", "any"):
             self.method = "trust"
         elif (method == "md5" and kind == "scram") or method == "scram-sha-256":
@@ -104,8 +123,11 @@ class ClientAuth:
         self._scram_stage = 0
 
     def start(self) -> bytes:
-        """The first message to send: AuthenticationOk for trust, else the password request."""
+        """The first message to send: AuthenticationOk for trust, else the password request.
+        Raises AuthFailed for trust when the user is not in the auth file (PgBouncer's rule)."""
         if self.method == "trust":
+            if self.secret is None and not self.any_user:
+                raise self._fail()
             self.done = True
             return m.auth_ok()
         if self.method == "plain":
@@ -119,8 +141,8 @@ class ClientAuth:
 
     def receive(self, payload: bytes) -> bytes:
         """Handle one PasswordMessage payload; returns bytes to send, raises AuthFailed."""
-        if self.secret is None:
-            raise self._fail()
+        if not self.secret:
+            raise self._fail()  # no entry, or an empty password: never a match
         if self.method == "plain":
             given = payload.rstrip(b"\0").decode(errors="replace")
             if not self._check_plain(given):
@@ -147,9 +169,7 @@ class ClientAuth:
             return hmac.compare_digest(md5_secret(self.user, given), self.secret)
         parsed = parse_scram_secret(self.secret)
         assert parsed is not None
-        _, stored, _, _ = _MECH.make_auth_info(
-            given, iteration_count=parsed.iterations, salt=parsed.salt
-        )
+        _, stored, _ = scram_keys(given, parsed.salt, parsed.iterations)
         return hmac.compare_digest(stored, parsed.stored_key)
 
     def _auth_info(self) -> ScramSecret:
@@ -161,10 +181,9 @@ class ClientAuth:
             raise self._fail()  # an md5 secret cannot answer a SCRAM exchange
         cached = self.derived.get(self.secret)
         if cached is None:
-            salt, stored, server, iterations = _MECH.make_auth_info(
-                self.secret, iteration_count=4096
-            )
-            cached = ScramSecret(iterations, salt, stored, server)
+            salt = secrets.token_bytes(16)
+            _, stored, server = scram_keys(self.secret, salt, DEFAULT_ITERATIONS)
+            cached = ScramSecret(DEFAULT_ITERATIONS, salt, stored, server)
             self.derived[self.secret] = cached
         return cached
 
@@ -246,7 +265,7 @@ class ServerAuth:
         self.user = user
         self.password = password
         self.client_key = client_key
-        self._scram: ScramClient | _KeyScramClient | None = None
+        self._scram: _ScramClient | None = None
 
     def respond(self, code: int, data: bytes) -> bytes | None:
         """Bytes to send for an AuthenticationXXX request (None for AuthenticationOk)."""
@@ -265,9 +284,9 @@ class ServerAuth:
             if SCRAM not in mechs:
                 raise ServerAuthError(f"server offers only SASL mechanisms {mechs}")
             if self.password is not None and secret_kind(self.password) == "plain":
-                self._scram = ScramClient([SCRAM], self.user, self.password)
+                self._scram = _ScramClient(password=self.password)
             elif self.client_key is not None:
-                self._scram = _KeyScramClient(self.client_key)
+                self._scram = _ScramClient(client_key=self.client_key)
             else:
                 raise ServerAuthError("server asked for SCRAM; no plain password or SCRAM key")
             first = self._scram.get_client_first().encode()
@@ -278,26 +297,31 @@ class ServerAuth:
             try:
                 self._scram.set_server_first(data.decode())
                 return m.password_message(self._scram.get_client_final().encode())
-            except ScramException as exc:
+            except (ScramError, ValueError, KeyError) as exc:
                 raise ServerAuthError(f"SCRAM exchange failed: {exc}") from exc
         if code == m.AUTH_SASL_FINAL:
             if self._scram is None:
                 raise ServerAuthError("SASL final before SASL start")
             try:
                 self._scram.set_server_final(data.decode())
-            except ScramException as exc:
+            except (ScramError, ValueError, KeyError) as exc:
                 raise ServerAuthError(f"server's SCRAM signature did not verify: {exc}") from exc
             return None
         raise ServerAuthError(f"unsupported authentication request {code} from server")
 
 
-class _KeyScramClient:
-    """A SCRAM-SHA-256 client that proves itself with a ClientKey instead of a password."""
+class _ScramClient:
+    """The client side of SCRAM-SHA-256 towards a server, from a password or, for SCRAM
+    pass-through, from the ClientKey recovered from a client's own SCRAM login."""
 
-    def __init__(self, client_key: bytes) -> None:
+    def __init__(self, password: str | None = None, client_key: bytes | None = None) -> None:
+        self.password = password
         self.client_key = client_key
+        self.server_key: bytes | None = None
         self.nonce = base64.b64encode(secrets.token_bytes(18)).decode()
         self.first_bare = f"n=,r={self.nonce}"
+        self.server_first = ""
+        self.server_nonce = ""
         self.auth_message = ""
 
     def get_client_first(self) -> str:
@@ -305,21 +329,33 @@ class _KeyScramClient:
 
     def set_server_first(self, server_first: str) -> None:
         attrs = dict(part.split("=", 1) for part in server_first.split(","))
-        if not attrs.get("r", "").startswith(self.nonce):
-            raise ScramException("server nonce does not extend ours")
+        if not attrs.get("r", "").startswith(self.nonce) or attrs["r"] == self.nonce:
+            raise ScramError("server nonce does not extend ours")
         self.server_first = server_first
         self.server_nonce = attrs["r"]
+        if self.password is not None:
+            salt = base64.b64decode(attrs["s"])
+            iterations = int(attrs["i"])
+            if iterations < 1:
+                raise ScramError(f"bad iteration count {iterations}")
+            self.client_key, _, self.server_key = scram_keys(self.password, salt, iterations)
 
     def get_client_final(self) -> str:
+        assert self.client_key is not None
         without_proof = f"c=biws,r={self.server_nonce}"
         self.auth_message = f"{self.first_bare},{self.server_first},{without_proof}"
         stored_key = hashlib.sha256(self.client_key).digest()
-        signature = hmac.new(stored_key, self.auth_message.encode(), hashlib.sha256).digest()
+        signature = _hmac(stored_key, self.auth_message)
         proof = bytes(a ^ b for a, b in zip(self.client_key, signature, strict=True))
         return f"{without_proof},p={base64.b64encode(proof).decode()}"
 
     def set_server_final(self, server_final: str) -> None:
-        # The server's signature needs ServerKey, which only the server side holds here; the
-        # server already proved itself by accepting a proof made from the shared secret.
         if server_final.startswith("e="):
-            raise ScramException(server_final[2:])
+            raise ScramError(server_final[2:])
+        if self.server_key is None:
+            # Pass-through holds no ServerKey; the server already accepted a proof that only
+            # the shared secret could make.
+            return
+        expected = base64.b64encode(_hmac(self.server_key, self.auth_message)).decode()
+        if not hmac.compare_digest(server_final.removeprefix("v="), expected):
+            raise ScramError("server signature does not match")

@@ -3,8 +3,20 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
-from pgfunnel.toolkit import commands
+
+def _lazy(name: str) -> Callable[[argparse.Namespace], int]:
+    """Import the toolkit (psycopg, rich) only when a toolkit command runs: `pgfunnel serve`
+    starts faster without them."""
+
+    def run(args: argparse.Namespace) -> int:
+        from pgfunnel.toolkit import commands
+
+        result: int = getattr(commands, name)(args)
+        return result
+
+    return run
 
 
 def _positive_float(text: str) -> float:
@@ -65,7 +77,7 @@ def _diagnose(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="AGE",
         help="report idle sessions older than this (default 1h)",
     )
-    p.set_defaults(func=commands.diagnose_main)
+    p.set_defaults(func=_lazy("diagnose_main"))
 
 
 def _reap(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -121,7 +133,7 @@ def _reap(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--iterations", type=int, default=0, help="with --loop: stop after N rounds")
     p.add_argument("--audit-log", metavar="FILE", help="append the JSON audit lines to FILE")
     p.add_argument("--format", choices=("text", "json"), default="text")
-    p.set_defaults(func=commands.reap_main)
+    p.set_defaults(func=_lazy("reap_main"))
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -152,7 +164,7 @@ def _check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--pooler-replicas", type=int, help="replicas of the pooler in pgbouncer.ini")
     p.add_argument("--ratio", type=float, default=0.8, help="share of usable slots allowed (0.8)")
     p.add_argument("--format", choices=("text", "json", "sarif"), default="text")
-    p.set_defaults(func=commands.check_main)
+    p.set_defaults(func=_lazy("check_main"))
 
 
 def _advise(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -186,7 +198,7 @@ def _advise(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="write pgbouncer.ini, postgresql.recommended.conf, alter_system.sql",
     )
     p.add_argument("--format", choices=("text", "json"), default="text")
-    p.set_defaults(func=commands.advise_main)
+    p.set_defaults(func=_lazy("advise_main"))
 
 
 def _alerts(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -204,4 +216,4 @@ def _alerts(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--idle-in-transaction-age", default="5m")
     p.add_argument("--no-pooler", action="store_true", help="only the PostgreSQL rules")
     p.add_argument("-o", "--output", metavar="FILE")
-    p.set_defaults(func=commands.alerts_main)
+    p.set_defaults(func=_lazy("alerts_main"))

@@ -224,7 +224,7 @@ class Console:
             f"{link.id:#x}" if link is not None else "",
             0,
             "",
-            client.app_name,
+            client.params.get("application_name", client.app_name),
             0,
             client.id,
         ]

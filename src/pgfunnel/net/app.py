@@ -113,17 +113,22 @@ class App:
                     return v
             return None
 
+        def per_user(name: str) -> Any:
+            return getattr(uc, name, None)
+
         return PoolSettings(
             pool_mode=pick(getattr(uc, "pool_mode", None), dbc.pool_mode, s.pool_mode),
             pool_size=pick(dbc.pool_size, getattr(uc, "pool_size", None), s.default_pool_size),
             min_pool_size=pick(dbc.min_pool_size, s.min_pool_size),
-            reserve_pool_size=pick(dbc.reserve_pool, s.reserve_pool_size),
+            reserve_pool_size=pick(
+                dbc.reserve_pool, per_user("reserve_pool_size"), s.reserve_pool_size
+            ),
             reserve_pool_timeout=s.reserve_pool_timeout,
             max_db_connections=pick(dbc.max_db_connections, s.max_db_connections),
             max_user_connections=pick(
                 getattr(uc, "max_user_connections", None), s.max_user_connections
             ),
-            server_lifetime=s.server_lifetime,
+            server_lifetime=pick(dbc.server_lifetime, s.server_lifetime),
             server_idle_timeout=s.server_idle_timeout,
             server_connect_timeout=s.server_connect_timeout,
             server_login_retry=s.server_login_retry,
@@ -138,10 +143,12 @@ class App:
                 else s.server_check_query
             ),
             server_check_delay=s.server_check_delay,
-            query_timeout=s.query_timeout,
+            query_timeout=pick(per_user("query_timeout"), s.query_timeout),
             query_wait_timeout=s.query_wait_timeout,
-            client_idle_timeout=s.client_idle_timeout,
-            idle_transaction_timeout=s.idle_transaction_timeout,
+            client_idle_timeout=pick(per_user("client_idle_timeout"), s.client_idle_timeout),
+            idle_transaction_timeout=pick(
+                per_user("idle_transaction_timeout"), s.idle_transaction_timeout
+            ),
         )
 
     def database(self, name: str) -> Database | None:
@@ -324,8 +331,7 @@ class App:
 
     def server_gone(self, server: Server, reason: str) -> None:
         if server.state is ServerState.CLOSED and server.link is None:
-            self._log_server(server, "closing because: %s", server.close_reason or reason)
-            return
+            return  # whoever closed it logged why
         self._log_server(server, "closing because: %s", reason)
         self.apply(self.pooler.server_closed(server, reason, self.now()))
 
@@ -348,29 +354,29 @@ class App:
         if mode == "session":
             return
         if server.tx_status != b"I":
-            if mode == "statement":
-                err = ServerError("FATAL", ss.PROTOCOL_VIOLATION, Reason.LONG_TX)
-                server.ready = False
-                client.conn.fail(err, Reason.LONG_TX)
-            return
+            return  # statement mode never gets here: ServerConn stops at a 'T' first
         conn: ClientConn = client.conn
         if not conn.scanner.at_boundary or conn.pending:
             return  # half a message is on its way to this server: keep the link
         self.apply(self.pooler.release_server(server, self.now()))
 
+    def long_transaction(self, client: Client, server: Server) -> None:
+        """Statement pooling and the server opened a transaction: as PgBouncer, the client
+        gets the reason instead of that ReadyForQuery, and the server is not reused."""
+        server.ready = False
+        server.close_reason = Reason.LONG_TX
+        client.conn.fail(
+            ServerError("FATAL", ss.PROTOCOL_VIOLATION, Reason.LONG_TX), Reason.LONG_TX
+        )
+
     def internal_done(
-        self,
-        server: Server,
-        ok: bool,
-        rest: bytes,
-        events: list[tuple[int, bytes | None, int]],
-        offset: int,
+        self, server: Server, ok: bool, rest: bytes, events: list[tuple[int, bytes | None, int]]
     ) -> None:
         client = server.link
         if client is not None:
             if not ok:
                 log.warning("S-%#x: could not apply the client's parameters", server.id)
-            server.conn.forward_rest(rest, events, offset)
+            server.conn.forward_rest(rest, events)
             return
         self.apply(self.pooler.internal_done(server, ok, self.now()))
 
@@ -481,6 +487,18 @@ class App:
             log.exception("janitor failed")
         self._janitor = self.loop.call_later(JANITOR_INTERVAL, self._tick)
 
+    def _warm_forced_pools(self) -> None:
+        """As PgBouncer: a database with a forced user has a known pool before any client
+        arrives, so min_pool_size can open its servers at startup (the janitor does the work)."""
+        for name, dbc in self.config.databases.items():
+            if name == "*" or not dbc.user:
+                continue
+            db = self.database(name)
+            if db is not None:
+                pool = self.pooler.get_pool(db, self.user(dbc.user))
+                if pool.settings.min_pool_size:
+                    log.info("%s: keeping %d servers warm", pool, pool.settings.min_pool_size)
+
     def _log_stats(self, elapsed: float) -> None:
         """PgBouncer's periodic `stats:` line, totals over all pools since the last one."""
         totals = [0, 0, 0, 0, 0, 0.0, 0]
@@ -535,6 +553,7 @@ class App:
             self.servers_listening.append(srv)
         if not self.servers_listening:
             raise ConfigError(self.config.path, 0, "no listen_addr and no unix_socket_dir")
+        self._warm_forced_pools()
         self._janitor = self.loop.call_later(JANITOR_INTERVAL, self._tick)
         log.info("process up: pgfunnel %s, listening on %s port %d", __version__, addrs, port)
 

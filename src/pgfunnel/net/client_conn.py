@@ -230,10 +230,12 @@ class ClientConn(asyncio.Protocol):
             msg = Msg.UNSUPPORTED_STARTUP.format(name="replication")
             self.fail(ServerError("FATAL", ss.PROTOCOL_VIOLATION, msg), msg)
             return
-        if "application_name" in tracked:
+        client.app_name = tracked.get("application_name", "")
+        if app.settings.application_name_add_host:
+            # As PgBouncer: a client without a name is shown as "app".
+            name = client.app_name or "app"
+            tracked["application_name"] = f"{name} - {client.addr}:{client.port}"
             client.app_name = tracked["application_name"]
-            if app.settings.application_name_add_host:
-                tracked["application_name"] = f"{client.app_name} - {client.addr}:{client.port}"
         self.startup = tracked
         app.log_client(client, "login attempt: db=%s user=%s tls=no", dbname, user)
         verdict = app.admit(self, dbname, user)
@@ -250,7 +252,12 @@ class ClientConn(asyncio.Protocol):
             return
         self.phase = Phase.AUTH
         assert self.transport is not None
-        self.transport.write(self.auth.start())
+        try:
+            first = self.auth.start()
+        except AuthFailed as exc:
+            self.fail(ServerError("FATAL", ss.INVALID_PASSWORD, str(exc)), str(exc))
+            return
+        self.transport.write(first)
         if self.auth.done:
             self._authenticated()
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, cast
 
-from pgfunnel.pool.objects import Server, ServerState
+from pgfunnel.pool.objects import Client, Server, ServerState
 from pgfunnel.proto import messages as m
 from pgfunnel.proto.auth import ServerAuthError
-from pgfunnel.proto.framing import MessageReader, ProtocolViolation, Scanner
+from pgfunnel.proto.framing import Event, MessageReader, ProtocolViolation, Scanner
 from pgfunnel.proto.login import LoginFailed, ServerLogin
 from pgfunnel.proto.strings import Reason
 
@@ -73,6 +73,22 @@ class ServerConn(asyncio.Protocol):
         if client is None:
             self._idle_data(events)
             return
+        self._deliver(client, data, events)
+
+    def _deliver(self, client: Client, data: bytes, events: list[Event] | None) -> None:
+        """Forward server bytes to the linked client and account for its ReadyForQuerys."""
+        server = self.server
+        if events is not None and server.pool.settings.pool_mode == "statement":
+            answered = 0  # end of the last statement answered in full before the offender
+            for kind, payload, end in events:
+                if kind == _Z:
+                    if payload != b"I":
+                        # Drop the answer of the statement that opened the transaction: the
+                        # client gets the reason in its place, not a BEGIN that then breaks.
+                        client.conn.transport.write(data[:answered])
+                        self.app.long_transaction(client, server)
+                        return
+                    answered = end
         client.conn.transport.write(data)
         server.pool.stats.bytes_out += len(data)
         if events is not None:
@@ -177,7 +193,8 @@ class ServerConn(asyncio.Protocol):
                 if server.internal == 0:
                     ok, self.internal_ok = self.internal_ok, True
                     rest = data[end:]
-                    self.app.internal_done(server, ok, rest, events[i + 1 :], end)
+                    after = [(k, p, e - end) for k, p, e in events[i + 1 :]]
+                    self.app.internal_done(server, ok, rest, after)
                     return
 
     def _idle_data(self, events: list[tuple[int, bytes | None, int]] | None) -> None:
@@ -193,16 +210,12 @@ class ServerConn(asyncio.Protocol):
                     self.app.close_server(self.server, Reason.SERVER_GONE)
                 return
 
-    def forward_rest(
-        self, data: bytes, events: list[tuple[int, bytes | None, int]], offset: int
-    ) -> None:
+    def forward_rest(self, data: bytes, events: list[Event]) -> None:
         """After the pooler's own queries, the rest of the chunk belongs to the linked client."""
         client = self.server.link
         if client is None or not data:
             return
-        client.conn.transport.write(data)
-        if events:
-            self._account(events)
+        self._deliver(client, data, events or None)
 
     def addresses(self) -> tuple[str, int, tuple[str, int]]:
         """(server addr, port, (local addr, port)) for SHOW SERVERS."""

@@ -1,0 +1,524 @@
+"""Wire protocol through pgfunnel: simple/extended, COPY, notices, cancel, parameters, modes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import hashlib
+import re
+import secrets
+import socket
+import subprocess
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import psycopg
+import pytest
+from psycopg import errors
+
+from pgfunnel.throwaway import Cluster, pg_tool
+from tests.integration.harness import Funnel, backends, pgpass_env, wait_for
+
+TAG = secrets.token_hex(3)
+ROLE, ROLE_PW = f"pgf_proto_{TAG}", "proto-pw"
+TABLE = f"pgf_proto_t_{TAG}"
+COPY_TABLE = f"pgf_proto_copy_{TAG}"
+
+SOCKET_COLUMNS = [
+    "type",
+    "user",
+    "database",
+    "replication",
+    "state",
+    "addr",
+    "port",
+    "local_addr",
+    "local_port",
+    "connect_time",
+    "request_time",
+    "wait",
+    "wait_us",
+    "close_needed",
+    "ptr",
+    "link",
+    "remote_pid",
+    "tls",
+    "application_name",
+    "prepared_statements",
+    "id",
+]
+TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$")
+
+
+@pytest.fixture(scope="module")
+def role(pg: Cluster) -> Iterator[str]:
+    """A role of our own, so pg_stat_activity counts see only this module's backends."""
+    pg.psql(f"CREATE ROLE {ROLE} LOGIN SUPERUSER PASSWORD '{ROLE_PW}'")
+    pg.psql(f"CREATE TABLE {TABLE} (id int, note text); ALTER TABLE {TABLE} OWNER TO {ROLE}")
+    try:
+        yield ROLE
+    finally:
+        pg.psql(
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{ROLE}'",
+            check=False,
+        )
+        pg.psql(f"DROP TABLE IF EXISTS {TABLE}, {COPY_TABLE}", check=False)
+        pg.psql(f"DROP ROLE IF EXISTS {ROLE}", check=False)
+
+
+def _db(pg: Cluster, extra: str = "") -> str:
+    return f"host=127.0.0.1 port={pg.port} dbname=postgres user={ROLE} password={ROLE_PW} {extra}"
+
+
+@pytest.fixture(scope="module")
+def f(pg: Cluster, role: str) -> Iterator[Funnel]:
+    """The module's pooler: one [databases] entry per pool shape the tests need."""
+    funnel = Funnel(
+        pg,
+        settings={"ignore_startup_parameters": "extra_float_digits", "query_wait_timeout": 30},
+        databases={
+            "main": _db(pg),
+            "one": _db(pg, "pool_size=1"),
+            "sess": _db(pg, "pool_mode=session pool_size=1"),
+            "stmt": _db(pg, "pool_mode=statement"),
+        },
+    )
+    try:
+        yield funnel.start()
+    finally:
+        funnel.stop()
+    assert backends(pg, user=ROLE, state="idle in transaction") == 0
+
+
+def connect(f: Funnel, dbname: str = "main", **kwargs: Any) -> psycopg.Connection[Any]:
+    kwargs.setdefault("autocommit", True)
+    return psycopg.connect(f.dsn(dbname=dbname), prepare_threshold=None, **kwargs)
+
+
+def local_port(conn: psycopg.Connection[Any]) -> int:
+    with socket.fromfd(conn.fileno(), socket.AF_INET, socket.SOCK_STREAM) as sock:
+        return int(sock.getsockname()[1])
+
+
+def asyncpg_url(f: Funnel, dbname: str) -> str:
+    return f.url(db=dbname)
+
+
+# --- simple and extended protocol ------------------------------------------------------------
+def test_simple_query_protocol_returns_rows(f: Funnel) -> None:
+    with connect(f) as conn:
+        # No parameters: psycopg sends a simple Query message.
+        rows = conn.execute(
+            "SELECT g, g::text || 'x', g % 2 = 0 FROM generate_series(1, 1000) g"
+        ).fetchall()
+        with psycopg.ClientCursor(conn) as cur:  # client-side binding, still simple protocol
+            cur.execute("SELECT %s::int * 2, %s", (21, "it's"))
+            bound = cur.fetchone()
+    assert len(rows) == 1000
+    assert rows[0] == (1, "1x", False) and rows[-1] == (1000, "1000x", True)
+    assert bound == (42, "it's")
+
+
+def test_multi_statement_simple_query(f: Funnel) -> None:
+    with connect(f) as conn:
+        cur = conn.execute("SELECT 1; SELECT 'two'; SELECT 3::int + 0")
+        results = [cur.fetchall()]
+        while cur.nextset():
+            results.append(cur.fetchall())
+        assert results == [[(1,)], [("two",)], [(3,)]]
+        # A whole transaction in one Query message.
+        conn.execute(
+            f"BEGIN; INSERT INTO {TABLE} VALUES (1, 'multi'); "
+            f"INSERT INTO {TABLE} VALUES (2, 'multi'); COMMIT"
+        )
+    with connect(f) as other:
+        count = other.execute(f"SELECT count(*) FROM {TABLE} WHERE note = 'multi'").fetchone()
+    assert count == (2,)
+
+
+def test_extended_protocol_with_psycopg(f: Funnel) -> None:
+    with connect(f) as conn:
+        row = conn.execute(
+            "SELECT %s::int + %s, %s || 'x', %s::text IS NULL, %s::numeric * 2",
+            (40, 2, "abc", None, decimal.Decimal("1.25")),
+        ).fetchone()
+        assert row == (42, "abcx", True, decimal.Decimal("2.50"))
+        # executemany pipelines Parse/Bind/Execute with a single Sync at the end.
+        with conn.transaction():
+            conn.cursor().executemany(
+                f"INSERT INTO {TABLE} VALUES (%s, %s)", [(i, "many") for i in range(500)]
+            )
+        with conn.pipeline():
+            c1 = conn.execute("SELECT count(*) FROM " + TABLE + " WHERE note = %s", ("many",))
+            c2 = conn.execute("SELECT %s::text", ("piped",))
+        assert c1.fetchone() == (500,)
+        assert c2.fetchone() == ("piped",)
+
+
+async def test_extended_protocol_with_asyncpg_parameter_types(f: Funnel) -> None:
+    conn = await asyncpg.connect(asyncpg_url(f, "main"), statement_cache_size=0)
+    try:
+        when = dt.datetime(2024, 4, 19, 14, 21, 6, 654000, tzinfo=dt.UTC)
+        ident = uuid.uuid4()
+        values = (
+            7,
+            "héllo",
+            True,
+            2.5,
+            decimal.Decimal("12345.678"),
+            dt.date(2024, 2, 29),
+            when,
+            b"\x00\x01\xff",
+            ident,
+            [1, 2, 3],
+            None,
+        )
+        row = await conn.fetchrow(
+            "SELECT $1::int, $2::text, $3::bool, $4::float8, $5::numeric, $6::date,"
+            " $7::timestamptz, $8::bytea, $9::uuid, $10::int[], $11::text",
+            *values,
+        )
+        assert tuple(row) == values
+        async with conn.transaction():
+            await conn.executemany(
+                f"INSERT INTO {TABLE} VALUES ($1, $2)", [(i, "asyncpg") for i in range(100)]
+            )
+            total = await conn.fetchval(f"SELECT sum(id) FROM {TABLE} WHERE note = $1", "asyncpg")
+        assert total == sum(range(100))
+    finally:
+        await conn.close()
+
+
+# --- COPY, notices, errors -------------------------------------------------------------------
+def test_copy_in_and_out_100k_rows(f: Funnel, pg: Cluster) -> None:
+    lines = [f"{i}\t{hashlib.md5(str(i).encode()).hexdigest()}\n" for i in range(100_000)]
+    sent = "".join(lines).encode()
+    with connect(f) as conn:
+        conn.execute(f"CREATE TABLE {COPY_TABLE} (id int, payload text)")
+        cur = conn.cursor()
+        with cur.copy(f"COPY {COPY_TABLE} (id, payload) FROM STDIN") as copy:
+            for start in range(0, len(sent), 1 << 20):
+                copy.write(sent[start : start + (1 << 20)])
+        received = hashlib.sha256()
+        with cur.copy(f"COPY (SELECT id, payload FROM {COPY_TABLE} ORDER BY id) TO STDOUT") as copy:
+            for chunk in copy:
+                received.update(chunk)
+    assert received.hexdigest() == hashlib.sha256(sent).hexdigest()
+    # And the server holds exactly what was sent.
+    server_sum = pg.psql(
+        f"SELECT count(*) || ',' || sum(id) || ',' || md5(string_agg(payload, '' ORDER BY id))"
+        f" FROM {COPY_TABLE}"
+    )
+    expected_md5 = hashlib.md5("".join(line.split("\t")[1][:-1] for line in lines).encode())
+    assert server_sum == f"100000,{sum(range(100_000))},{expected_md5.hexdigest()}"
+
+
+def test_notice_reaches_the_client(f: Funnel) -> None:
+    notices: list[tuple[str | None, str | None]] = []
+    with connect(f) as conn:
+        conn.add_notice_handler(
+            lambda d: notices.append((d.severity_nonlocalized, d.message_primary))
+        )
+        conn.execute("DO $$BEGIN RAISE NOTICE 'hello from %', 'pgfunnel'; END$$")
+        with conn.transaction():
+            conn.execute("DO $$BEGIN RAISE WARNING 'careful'; END$$")
+    assert notices == [("NOTICE", "hello from pgfunnel"), ("WARNING", "careful")]
+
+
+def test_error_in_transaction_then_rollback_and_the_client_goes_on(f: Funnel, pg: Cluster) -> None:
+    with connect(f, autocommit=False) as conn:
+        conn.execute(f"INSERT INTO {TABLE} VALUES (-100, 'rolled back')")
+        with pytest.raises(errors.DivisionByZero) as info:
+            conn.execute("SELECT 1 / 0")
+        assert info.value.sqlstate == "22012"
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+        with pytest.raises(errors.InFailedSqlTransaction):
+            conn.execute("SELECT 1")
+        conn.rollback()
+        conn.execute(f"INSERT INTO {TABLE} VALUES (-101, 'committed')")
+        conn.commit()
+        with pytest.raises(errors.SyntaxError):
+            conn.execute("SELEC 1")
+        conn.rollback()
+        notes = conn.execute(
+            f"SELECT note FROM {TABLE} WHERE id IN (-100, -101) ORDER BY id"
+        ).fetchall()
+        conn.commit()
+    assert notes == [("committed",)]
+    wait_for(lambda: backends(pg, user=ROLE, state="idle in transaction (aborted)") == 0, 10)
+
+
+def _sleepers(pg: Cluster) -> int:
+    return int(
+        pg.psql(
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+            f"AND usename = '{ROLE}' AND query = 'SELECT pg_sleep(30)'"
+        )
+    )
+
+
+def test_cancel_from_another_thread(f: Funnel, pg: Cluster) -> None:
+    with connect(f) as conn:
+        failure: list[BaseException] = []
+
+        def cancel_when_running() -> None:
+            try:
+                wait_for(lambda: _sleepers(pg) == 1, timeout=20)
+                conn.cancel()
+            except BaseException as exc:  # reported by the main thread
+                failure.append(exc)
+
+        thread = threading.Thread(target=cancel_when_running)
+        thread.start()
+        try:
+            with pytest.raises(errors.QueryCanceled) as info:
+                conn.execute("SELECT pg_sleep(30)")
+        finally:
+            thread.join()
+        assert not failure, failure
+        assert info.value.sqlstate == "57014"
+        assert info.value.diag.message_primary == "canceling statement due to user request"
+        assert conn.execute("SELECT 'still usable'").fetchone() == ("still usable",)
+    assert _sleepers(pg) == 0
+
+
+# --- parameters that follow a client from server to server -----------------------------------
+async def test_startup_parameters_follow_each_client_on_a_shared_backend(f: Funnel) -> None:
+    url = asyncpg_url(f, "one")  # pool_size=1: both clients take turns on one backend
+    a = await asyncpg.connect(
+        url,
+        statement_cache_size=0,
+        server_settings={"TimeZone": "America/New_York", "application_name": "client-a"},
+    )
+    b = await asyncpg.connect(
+        url,
+        statement_cache_size=0,
+        server_settings={"TimeZone": "Asia/Tokyo", "application_name": "client-b"},
+    )
+    sql = (
+        "SELECT current_setting('TimeZone'), current_setting('application_name'), pg_backend_pid()"
+    )
+    try:
+        pids = set()
+        for _ in range(3):
+            for conn, tz, app in (
+                (a, "America/New_York", "client-a"),
+                (b, "Asia/Tokyo", "client-b"),
+            ):
+                async with conn.transaction():
+                    row = await conn.fetchrow(sql)
+                    assert await conn.fetchval("SHOW TimeZone") == tz
+                assert (row[0], row[1]) == (tz, app)
+                pids.add(row[2])
+        assert len(pids) == 1
+        # A SET outside a transaction sticks to the client, not to the backend.
+        await a.execute("SET TimeZone = 'Europe/Berlin'")
+        async with b.transaction():
+            assert await b.fetchval("SHOW TimeZone") == "Asia/Tokyo"
+        for _ in range(2):
+            async with a.transaction():
+                assert await a.fetchval("SHOW TimeZone") == "Europe/Berlin"
+            assert await b.fetchval("SHOW TimeZone") == "Asia/Tokyo"
+    finally:
+        await a.close()
+        await b.close()
+
+
+def test_session_mode_keeps_the_session_and_resets_it_for_the_next_client(f: Funnel) -> None:
+    with connect(f, "sess") as first:
+        pid = first.execute("SELECT pg_backend_pid()").fetchone()
+        first.execute("CREATE TEMP TABLE sess_tmp (x int)")
+        first.execute("SET work_mem = '7MB'")
+        for i in range(3):
+            with first.transaction():
+                first.execute("INSERT INTO sess_tmp VALUES (%s)", (i,))
+        assert first.execute("SELECT count(*) FROM sess_tmp").fetchone() == (3,)
+        assert first.execute("SHOW work_mem").fetchone() == ("7MB",)
+    with connect(f, "sess") as second:  # pool_size=1: the same backend, after DISCARD ALL
+        assert second.execute("SELECT pg_backend_pid()").fetchone() == pid
+        assert second.execute("SELECT to_regclass('pg_temp.sess_tmp')").fetchone() == (None,)
+        assert second.execute("SHOW work_mem").fetchone() == ("4MB",)
+
+
+def test_statement_mode_refuses_transactions(f: Funnel, pg: Cluster) -> None:
+    with connect(f, "stmt") as conn:
+        assert [conn.execute("SELECT %s::int", (i,)).fetchone() for i in range(5)] == [
+            (i,) for i in range(5)
+        ]
+        # A transaction that opens and closes within one Query message is one statement.
+        conn.execute("BEGIN; SELECT 1; COMMIT")
+        assert conn.execute("SELECT 'ok'").fetchone() == ("ok",)
+    with connect(f, "stmt", autocommit=False) as conn:
+        port = local_port(conn)
+        with pytest.raises(psycopg.OperationalError):
+            conn.execute("SELECT 1")  # psycopg sends BEGIN first
+    line = f"127.0.0.1:{port} closing because: Long transactions not allowed"
+    wait_for(lambda: line in f.log(), 10)
+    wait_for(lambda: backends(pg, user=ROLE, state="idle in transaction") == 0, 10)
+
+
+def test_statement_mode_answers_begin_with_the_reason(f: Funnel) -> None:
+    with (
+        connect(f, "stmt") as conn,
+        pytest.raises(psycopg.OperationalError, match="Long transactions not allowed"),
+    ):
+        conn.execute("BEGIN")
+
+
+@pytest.mark.parametrize(
+    ("dbname", "mode", "extra"),
+    [
+        pytest.param("stmt", "extended", [], id="statement-mode-extended"),
+        pytest.param("main", "simple", ["-C"], id="reconnect-per-transaction"),
+    ],
+)
+def test_pgbench_custom_script(
+    f: Funnel, tmp_path: Path, dbname: str, mode: str, extra: list[str]
+) -> None:
+    script = tmp_path / "script.sql"
+    script.write_text("\\set x random(1, 1000)\nSELECT :x AS x, now();\n")
+    out = subprocess.run(
+        [
+            pg_tool("pgbench"),
+            "-n",
+            "-c",
+            "10",
+            "-j",
+            "2",
+            "-t",
+            "20",
+            "-M",
+            mode,
+            *extra,
+            "-f",
+            str(script),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(f.port),
+            "-U",
+            "postgres",
+            dbname,
+        ],
+        env=pgpass_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "number of transactions actually processed: 200/200" in out.stdout
+    assert "number of failed transactions: 0 (0.000%)" in out.stdout
+
+
+# --- listeners and startup packets -----------------------------------------------------------
+def test_unix_socket_listener(f: Funnel) -> None:
+    dsn = f"host={f.dir} port={f.port} user=postgres password=postgres dbname=main"
+    with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as conn:
+        assert conn.execute("SELECT 'via unix socket'").fetchone() == ("via unix socket",)
+        assert conn.info.host == str(f.dir)
+        clients = f.admin("SHOW CLIENTS")
+    assert any(c["addr"] == "unix" and c["database"] == "main" for c in clients)
+
+
+async def test_ignored_startup_parameter_is_accepted_and_unknown_one_refused(f: Funnel) -> None:
+    url = asyncpg_url(f, "main")
+    conn = await asyncpg.connect(
+        url, statement_cache_size=0, server_settings={"extra_float_digits": "3"}
+    )
+    try:
+        assert await conn.fetchval("SELECT 6 * 7") == 42
+    finally:
+        await conn.close()
+    with pytest.raises(asyncpg.ProtocolViolationError) as info:
+        await asyncpg.connect(
+            url, statement_cache_size=0, server_settings={"pgf_no_such_param": "x"}
+        )
+    assert info.value.sqlstate == "08P01"
+    assert info.value.message == "unsupported startup parameter: pgf_no_such_param"
+
+
+def test_ssl_request_is_answered_no(f: Funnel) -> None:
+    with psycopg.connect(f.dsn(dbname="main", sslmode="prefer"), autocommit=True) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+        assert not conn.pgconn.ssl_in_use
+    with pytest.raises(psycopg.OperationalError, match="server does not support SSL"):
+        psycopg.connect(f.dsn(dbname="main", sslmode="require"))
+
+
+# --- application_name_add_host and SHOW CLIENTS / SERVERS ------------------------------------
+@pytest.fixture(scope="module")
+def add_host(pg: Cluster, role: str) -> Iterator[Funnel]:
+    funnel = Funnel(pg, settings={"application_name_add_host": 1}, databases={"main": _db(pg)})
+    try:
+        yield funnel.start()
+    finally:
+        funnel.stop()
+
+
+def test_application_name_add_host_reaches_the_server(add_host: Funnel, pg: Cluster) -> None:
+    with connect(add_host, application_name="myapp") as conn:
+        port = local_port(conn)
+        expected = f"myapp - 127.0.0.1:{port}"
+        assert conn.execute("SELECT current_setting('application_name')").fetchone() == (expected,)
+        with conn.transaction():
+            pid = conn.execute("SELECT pg_backend_pid()").fetchone()
+            assert pid is not None
+            seen = pg.psql(f"SELECT application_name FROM pg_stat_activity WHERE pid = {pid[0]}")
+        assert seen == expected
+
+
+def test_application_name_add_host_shows_in_show_clients(add_host: Funnel) -> None:
+    with connect(add_host, application_name="myapp") as conn:
+        port = local_port(conn)
+        rows = [c for c in add_host.admin("SHOW CLIENTS") if c["port"] == port]
+    assert [r["application_name"] for r in rows] == [f"myapp - 127.0.0.1:{port}"]
+
+
+def test_application_name_add_host_names_clients_without_one(add_host: Funnel) -> None:
+    with connect(add_host) as conn:
+        port = local_port(conn)
+        name = conn.execute("SELECT current_setting('application_name')").fetchone()
+    assert name == (f"app - 127.0.0.1:{port}",)
+
+
+def test_show_clients_and_servers_have_pgbouncer_columns_and_live_values(
+    f: Funnel, pg: Cluster
+) -> None:
+    with connect(f, application_name="show-me") as conn:
+        port = local_port(conn)
+        with conn.transaction():
+            pid = conn.execute("SELECT pg_backend_pid()").fetchone()
+            assert pid is not None
+            clients = f.admin("SHOW CLIENTS")
+            servers = f.admin("SHOW SERVERS")
+        assert list(clients[0]) == SOCKET_COLUMNS
+        assert list(servers[0]) == SOCKET_COLUMNS
+        [client] = [c for c in clients if c["port"] == port]
+        assert client["type"] == "C"
+        assert (client["user"], client["database"]) == ("postgres", "main")
+        assert client["state"] == "active"
+        assert (client["addr"], client["local_addr"], client["local_port"]) == (
+            "127.0.0.1",
+            "127.0.0.1",
+            f.port,
+        )
+        assert client["application_name"] == "show-me"
+        assert TIMESTAMP.match(client["connect_time"]) and TIMESTAMP.match(client["request_time"])
+        [server] = [s for s in servers if s["ptr"] == client["link"]]
+        assert server["type"] == "S"
+        assert server["remote_pid"] == pid[0]
+        assert server["link"] == client["ptr"]
+        assert (server["user"], server["database"], server["state"]) == (ROLE, "main", "active")
+        assert (server["addr"], server["port"]) == ("127.0.0.1", pg.port)
+        assert server["replication"] == client["replication"] == "none"
+        # Between transactions the client holds no server and the server sits idle.
+        after_clients = f.admin("SHOW CLIENTS")
+        after_servers = f.admin("SHOW SERVERS")
+        [client] = [c for c in after_clients if c["port"] == port]
+        [server] = [s for s in after_servers if s["remote_pid"] == pid[0]]
+        assert (client["state"], client["link"]) == ("idle", "")
+        assert (server["state"], server["link"]) == ("idle", "")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
 import os
 import pwd
 import resource
@@ -41,17 +40,6 @@ TRANSACTIONS_PER_ROUND = 3
 # --- pooler processes (shared with bench/run.py) -----------------------------------------------
 class PoolerError(RuntimeError):
     """A pooler did not start, did not accept connections, or died."""
-
-
-def pgfunnel_unavailable() -> str | None:
-    """Why `pgfunnel serve` cannot run yet, or None when its entry point exists."""
-    try:
-        app = importlib.import_module("pgfunnel.net.app")
-    except Exception as exc:  # a half-written module can fail in any way; report, don't crash
-        return f"pgfunnel.net.app does not import ({type(exc).__name__}: {exc})"
-    if not callable(getattr(app, "serve_main", None)):
-        return "pgfunnel.net.app.serve_main does not exist yet"
-    return None
 
 
 def pooler_ini(
@@ -420,7 +408,6 @@ def run_demo(
                 direct = _phase(
                     progress, "direct to PostgreSQL", cluster.host, cluster.port, DEMO_DB, clients
                 )
-                pooled.error = pgfunnel_unavailable() if pooler_argv is None else None
                 if pooled.error is None:
                     pooler = _configure_pooler(
                         pooler_name,

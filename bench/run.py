@@ -12,16 +12,14 @@ import platform
 import pwd
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import FrameType
 
 from rich.console import Console
 from rich.table import Table
@@ -33,6 +31,7 @@ from pgfunnel.demo import (
     PoolerProcess,
     pgfunnel_argv,
     pooler_ini,
+    signals_as_interrupt,
 )
 from pgfunnel.throwaway import SUPERUSER, SUPERUSER_PASSWORD, Cluster, free_port, pg_tool
 
@@ -555,25 +554,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-@contextlib.contextmanager
-def _signals_as_interrupt() -> Iterator[None]:
-    """SIGTERM, and SIGINT even where a shell started us with it ignored, raise KeyboardInterrupt.
-
-    Both must unwind through the finally blocks that stop the pooler and remove the cluster.
-    """
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous_term = signal.signal(signal.SIGTERM, handler)
-    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous_term)
-        signal.signal(signal.SIGINT, previous_int)
-
-
 def environment(
     args: argparse.Namespace, pgbouncer: str | None, max_connections: int, started: dt.datetime
 ) -> dict[str, object]:
@@ -722,7 +702,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     max_connections = wanted
     interrupted = False
     try:
-        with _signals_as_interrupt():
+        with signals_as_interrupt():
             console.print(f"PostgreSQL: max_connections={wanted}, pgbench -i -s {args.scale}")
             cluster, max_connections = start_cluster(args, wanted)
             targets = start_targets(args, cluster, pgbouncer, workdir)

@@ -302,7 +302,7 @@ def _raise_open_files_limit(needed: int) -> None:
 
 
 @contextlib.contextmanager
-def _signals_as_interrupt() -> Iterator[None]:
+def signals_as_interrupt() -> Iterator[None]:
     """SIGTERM, and SIGINT even where a shell started us with it ignored, raise KeyboardInterrupt.
 
     Both must unwind through the finally blocks that stop the pooler and remove the cluster.
@@ -390,7 +390,7 @@ def run_demo(
         else None
     )
     try:
-        with _signals_as_interrupt():
+        with signals_as_interrupt():
             say(f"starting a throwaway PostgreSQL with max_connections={max_connections} ...")
             cluster.start()
             cluster.psql(f"CREATE DATABASE {DEMO_DB}")

@@ -606,17 +606,6 @@ class Pooler:
             actions += self._launch(pool, now)
         return actions
 
-    def resume(self, db: Database, now: float) -> list[Action]:
-        db.paused = False
-        actions: list[Action] = []
-        for pool in self.pools.values():
-            if pool.db is db:
-                for server in list(pool.servers[ServerState.IDLE]):
-                    if server.state is ServerState.IDLE:
-                        actions += self._hand_off(server, now)
-                actions += self._launch(pool, now)
-        return actions
-
     # --- the janitor -------------------------------------------------------------------------
     def maint(self, now: float) -> list[Action]:
         """Timeouts, lifetimes, warm pools and login retries: called a few times a second."""

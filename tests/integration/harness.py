@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -9,13 +10,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from pgfunnel.throwaway import SUPERUSER, SUPERUSER_PASSWORD, Cluster, free_port
+from pgfunnel.throwaway import SUPERUSER, SUPERUSER_PASSWORD, Cluster, free_port, pg_tool
 
 ADMIN_USER = "admin"
 ADMIN_PASSWORD = "adminpw"
@@ -176,3 +177,48 @@ def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.1) -> An
 
 def pgpass_env(password: str = SUPERUSER_PASSWORD) -> dict[str, str]:
     return {**os.environ, "PGPASSWORD": password, "PGCONNECT_TIMEOUT": "10"}
+
+
+def pgbench_init(cluster: Cluster, scale: int = 1) -> None:
+    """`pgbench -i` straight at the cluster (not through a pooler)."""
+    subprocess.run(
+        [
+            pg_tool("pgbench"),
+            "-i",
+            "-q",
+            "-s",
+            str(scale),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(cluster.port),
+            "-U",
+            SUPERUSER,
+            "postgres",
+        ],
+        env=pgpass_env(),
+        capture_output=True,
+        check=True,
+    )
+
+
+@contextlib.contextmanager
+def own_role(cluster: Cluster, role: str, password: str, *setup_sql: str) -> Iterator[str]:
+    """A superuser role of a test module's own, so pg_stat_activity counts see only its
+    backends; its sessions are ended and it is dropped afterwards, with `setup_sql`'s objects
+    (name them in the DROP statements the caller passes last)."""
+    cluster.psql(f"CREATE ROLE {role} LOGIN SUPERUSER PASSWORD '{password}'")
+    creates = [s for s in setup_sql if not s.lstrip().upper().startswith("DROP")]
+    drops = [s for s in setup_sql if s.lstrip().upper().startswith("DROP")]
+    for sql in creates:
+        cluster.psql(sql)
+    try:
+        yield role
+    finally:
+        cluster.psql(
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'",
+            check=False,
+        )
+        for sql in drops:
+            cluster.psql(sql, check=False)
+        cluster.psql(f"DROP ROLE IF EXISTS {role}", check=False)

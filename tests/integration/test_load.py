@@ -10,32 +10,14 @@ from typing import Any
 import pytest
 
 from pgfunnel.throwaway import Cluster, pg_tool
-from tests.integration.harness import Funnel, pgpass_env
+from tests.integration.harness import Funnel, pgbench_init, pgpass_env
 
 
 @pytest.fixture(scope="module")
 def thirty() -> Iterator[Cluster]:
     cluster = Cluster(max_connections=30)
     cluster.start()
-    subprocess.run(
-        [
-            pg_tool("pgbench"),
-            "-i",
-            "-q",
-            "-s",
-            "1",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(cluster.port),
-            "-U",
-            "postgres",
-            "postgres",
-        ],
-        env=pgpass_env(),
-        capture_output=True,
-        check=True,
-    )
+    pgbench_init(cluster)
     try:
         yield cluster
     finally:

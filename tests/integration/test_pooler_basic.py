@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from pgfunnel.throwaway import Cluster, pg_tool
-from tests.integration.harness import backends, pgpass_env
+from tests.integration.harness import backends, pgbench_init, pgpass_env
 
 
 def test_psql_through_pooler_returns_rows(funnel) -> None:  # type: ignore[no-untyped-def]
@@ -97,25 +97,7 @@ async def test_500_asyncpg_tasks_share_10_backends(funnel, pg: Cluster) -> None:
 def test_pgbench_through_pooler_has_no_failures(funnel, pg: Cluster, mode: str) -> None:  # type: ignore[no-untyped-def]
     f = funnel(settings={"default_pool_size": 5, "max_client_conn": 500})
     env = pgpass_env()
-    subprocess.run(
-        [
-            pg_tool("pgbench"),
-            "-i",
-            "-q",
-            "-s",
-            "1",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(pg.port),
-            "-U",
-            "postgres",
-            "postgres",
-        ],
-        env=env,
-        capture_output=True,
-        check=True,
-    )
+    pgbench_init(pg)
     out = subprocess.run(
         [
             pg_tool("pgbench"),

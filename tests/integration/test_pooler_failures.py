@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from pgfunnel.throwaway import Cluster, pg_tool
-from tests.integration.harness import Funnel, backends, pgpass_env, wait_for
+from tests.integration.harness import Funnel, backends, own_role, pgpass_env, wait_for
 
 TAG = secrets.token_hex(3)
 ROLE, ROLE_PW = f"pgf_fail_{TAG}", "fail-pw"
@@ -26,16 +26,15 @@ MAX_PACKET = 4096
 
 @pytest.fixture(scope="module")
 def role(pg: Cluster) -> Iterator[str]:
-    pg.psql(f"CREATE ROLE {ROLE} LOGIN SUPERUSER PASSWORD '{ROLE_PW}'")
-    pg.psql(f"CREATE TABLE {TABLE} (marker text); ALTER TABLE {TABLE} OWNER TO {ROLE}")
-    try:
-        yield ROLE
-    finally:
-        pg.psql(
-            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{ROLE}'",
-            check=False,
-        )
-        pg.psql(f"DROP TABLE IF EXISTS {TABLE}; DROP ROLE IF EXISTS {ROLE}", check=False)
+    """A role of our own, so pg_stat_activity counts see only this module's backends."""
+    with own_role(
+        pg,
+        ROLE,
+        ROLE_PW,
+        f"CREATE TABLE {TABLE} (marker text); ALTER TABLE {TABLE} OWNER TO {ROLE}",
+        f"DROP TABLE IF EXISTS {TABLE}",
+    ) as name:
+        yield name
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import pytest
 from psycopg import errors
 
 from pgfunnel.throwaway import Cluster, pg_tool
-from tests.integration.harness import Funnel, backends, pgpass_env, wait_for
+from tests.integration.harness import Funnel, backends, own_role, pgpass_env, wait_for
 
 TAG = secrets.token_hex(3)
 ROLE, ROLE_PW = f"pgf_proto_{TAG}", "proto-pw"
@@ -57,17 +57,14 @@ TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$")
 @pytest.fixture(scope="module")
 def role(pg: Cluster) -> Iterator[str]:
     """A role of our own, so pg_stat_activity counts see only this module's backends."""
-    pg.psql(f"CREATE ROLE {ROLE} LOGIN SUPERUSER PASSWORD '{ROLE_PW}'")
-    pg.psql(f"CREATE TABLE {TABLE} (id int, note text); ALTER TABLE {TABLE} OWNER TO {ROLE}")
-    try:
-        yield ROLE
-    finally:
-        pg.psql(
-            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{ROLE}'",
-            check=False,
-        )
-        pg.psql(f"DROP TABLE IF EXISTS {TABLE}, {COPY_TABLE}", check=False)
-        pg.psql(f"DROP ROLE IF EXISTS {ROLE}", check=False)
+    with own_role(
+        pg,
+        ROLE,
+        ROLE_PW,
+        f"CREATE TABLE {TABLE} (id int, note text); ALTER TABLE {TABLE} OWNER TO {ROLE}",
+        f"DROP TABLE IF EXISTS {TABLE}, {COPY_TABLE}",
+    ) as name:
+        yield name
 
 
 def _db(pg: Cluster, extra: str = "") -> str:

@@ -395,15 +395,18 @@ def _validate(
     return out
 
 
-def hardware_from_cgroup() -> Hardware:
-    """RAM and CPUs as the container sees them: cgroup v2/v1 limits, else the host's."""
+def hardware_from_cgroup(root: str | None = None) -> Hardware:
+    """RAM and CPUs as the container sees them: cgroup v2/v1 limits, else the host's.
+
+    `root` is the cgroup mount (default /sys/fs/cgroup, or $PGFUNNEL_CGROUP_ROOT when set)."""
     import os
     from pathlib import Path
 
+    base = Path(root or os.environ.get("PGFUNNEL_CGROUP_ROOT") or "/sys/fs/cgroup")
     ram = None
-    for p in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+    for p in (base / "memory.max", base / "memory" / "memory.limit_in_bytes"):
         try:
-            text = Path(p).read_text().strip()
+            text = p.read_text().strip()
         except OSError:
             continue
         if text.isdigit() and int(text) < 1 << 60:
@@ -415,13 +418,13 @@ def hardware_from_cgroup() -> Hardware:
                 ram = int(line.split()[1]) * 1024
     cpus: float | None = None
     try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        quota, period = (base / "cpu.max").read_text().split()[:2]
         if quota != "max":
             cpus = int(quota) / int(period)
     except (OSError, ValueError):
         try:
-            q = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
-            per = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+            q = int((base / "cpu" / "cpu.cfs_quota_us").read_text())
+            per = int((base / "cpu" / "cpu.cfs_period_us").read_text())
             cpus = q / per if q > 0 else None
         except (OSError, ValueError):
             cpus = None

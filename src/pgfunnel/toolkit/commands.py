@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import re
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -45,18 +49,45 @@ def diagnose_main(args: argparse.Namespace) -> int:
         idle_warn_s=parse_duration(args.idle_warn),
         dsn_hint=display_dsn(args.dsn) or "",
     )
-    while True:
+    if not args.watch:
         report = diagnose_once(args, opts)
-        if args.format == "json":
-            print(json.dumps(report, indent=2, default=str))
-        else:
-            if args.watch:
-                print("\033[2J\033[H", end="")
-            render.diagnose(report, _console())
-        sys.stdout.flush()
-        if not args.watch:
-            return int(report["exit_code"])
-        time.sleep(args.watch)
+        _print_diagnose(report, args)
+        return int(report["exit_code"])
+    # --watch runs until interrupted: Ctrl-C (SIGINT) or SIGTERM end it quietly with 0.
+    with _sigterm_as_interrupt():
+        try:
+            while True:
+                _print_diagnose(diagnose_once(args, opts), args)
+                time.sleep(args.watch)
+        except KeyboardInterrupt:
+            return 0
+
+
+def _print_diagnose(report: dict[str, Any], args: argparse.Namespace) -> None:
+    if args.format == "json":
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        if args.watch:
+            print("\033[2J\033[H", end="")
+        render.diagnose(report, _console())
+    sys.stdout.flush()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While a loop runs, SIGTERM raises KeyboardInterrupt as SIGINT does (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def diagnose_once(args: argparse.Namespace, opts: dg.Options) -> dict[str, Any]:
@@ -91,12 +122,19 @@ def diagnose_once(args: argparse.Namespace, opts: dg.Options) -> dict[str, Any]:
     pooler = None
     if args.pooler:
         try:
-            pooler = {
-                "pools": live.pooler_show(args.pooler, "SHOW POOLS"),
-                "databases": live.pooler_show(args.pooler, "SHOW DATABASES"),
-            }
+            pooler = {"pools": live.pooler_show(args.pooler, "SHOW POOLS"), "databases": []}
         except live.ConnectError as exc:
             print(f"pgfunnel diagnose: pooler console: {exc.message}", file=sys.stderr)
+        if pooler is not None:
+            # Optional: pool_size comes from SHOW DATABASES, which not every console has
+            # (pgfunnel's own answers VERSION, POOLS, CLIENTS, SERVERS); the pools stand alone.
+            try:
+                pooler["databases"] = live.pooler_show(args.pooler, "SHOW DATABASES")
+            except live.ConnectError as exc:
+                print(
+                    f"pgfunnel diagnose: pooler console: {exc.message} (pool_size unknown)",
+                    file=sys.stderr,
+                )
     return dg.analyse(snap, opts, connect_error=hit, pooler=pooler, via=via)
 
 

@@ -764,7 +764,8 @@ def _pooler(
                     sev,
                     f"Pooler: {row['cl_waiting']} client(s) waiting on {db}/{p.get('user')}, "
                     f"maxwait {maxwait:.1f}s",
-                    f"{server} server connections against pool_size {row['pool_size']}.",
+                    f"{server} server connections against pool_size "
+                    f"{row['pool_size'] if row['pool_size'] is not None else 'unknown'}.",
                     [
                         "raise pool_size for this database in pgbouncer.ini (if the server has "
                         "the slots), or shorten transactions; pgfunnel reap --idle-in-transaction",

@@ -435,7 +435,6 @@ class Settings:
     )
     query_wait_notify: int = setting(
         default=5,
-        supported=False,
         doc="Seconds a client waits in the queue before it is sent a notice that it is queued. "
         "0 disables.",
     )
@@ -600,14 +599,12 @@ class Settings:
     metrics_addr: str = setting(
         default="",
         reloadable=False,
-        supported=False,
         doc="pgfunnel only: address of the Prometheus and health HTTP endpoint. Empty turns the "
         "endpoint off.",
     )
     metrics_port: int = setting(
         default=9127,
         reloadable=False,
-        supported=False,
         doc="pgfunnel only: port of the metrics endpoint (9127, as pgbouncer_exporter uses); "
         "only used when `metrics_addr` is set.",
     )

@@ -140,6 +140,7 @@ class ClientConn(asyncio.Protocol):
         except ProtocolViolation as exc:
             self.fail(ServerError("FATAL", ss.PROTOCOL_VIOLATION, str(exc)), Reason.PROTOCOL)
             return
+        idle = client.expect_rfq == 0
         if events is not None:
             for kind, _, end in events:
                 if kind == _X:
@@ -152,7 +153,11 @@ class ClientConn(asyncio.Protocol):
         if server is not None:
             server.conn.transport.write(data)
             if events is not None:
-                server.query_start = self.app.now()
+                now = self.app.now()
+                if idle:
+                    server.query_start = now
+                    if server.tx_status == b"I":
+                        server.xact_start = now
             return
         self.pending += data
         if len(self.pending) > _PENDING_PAUSE:

@@ -101,18 +101,25 @@ class ServerConn(asyncio.Protocol):
         assert client is not None
         saw_z = False
         stats = server.pool.stats
+        now = 0.0
         for kind, payload, _ in events:
             if kind == _Z:
-                saw_z = True
+                if not saw_z:
+                    saw_z = True
+                    now = self.app.now()
                 client.expect_rfq -= 1
                 stats.query_count += 1
+                stats.query_time += now - server.query_start
+                server.query_start = now  # a pipelined next query runs from here
                 if payload == b"I":
                     stats.xact_count += 1
+                    stats.xact_time += now - server.xact_start
+                    server.xact_start = now
                 server.tx_status = payload  # type: ignore[assignment]
             elif kind == _S:
                 self._param(payload, client.params)
         if saw_z:
-            server.request_time = self.app.now()
+            server.request_time = now
             if client.expect_rfq <= 0:
                 client.expect_rfq = 0
                 self.app.transaction_boundary(client, server)

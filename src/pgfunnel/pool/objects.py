@@ -64,6 +64,7 @@ class Client:
         "request_time",
         "state",
         "username",
+        "wait_notified",
         "wait_start",
         "xact_start",
     )
@@ -77,6 +78,7 @@ class Client:
         self.connect_time = now
         self.request_time = now
         self.wait_start = 0.0
+        self.wait_notified = False  # query_wait_notify's NOTICE sent for the current wait
         self.xact_start = 0.0
         self.state = ClientState.LOGIN
         self.pool: Pool | None = None
@@ -98,6 +100,7 @@ class Server:
     """One server (backend) connection as the scheduler sees it."""
 
     __slots__ = (
+        "close_needed",
         "close_reason",
         "conn",
         "connect_time",
@@ -106,6 +109,7 @@ class Server:
         "internal",
         "key",
         "link",
+        "link_time",
         "params",
         "pid",
         "pool",
@@ -115,6 +119,7 @@ class Server:
         "state",
         "tracked",
         "tx_status",
+        "xact_start",
     )
 
     def __init__(self, pool: Pool, now: float) -> None:
@@ -125,6 +130,8 @@ class Server:
         self.request_time = now
         self.idle_since = now
         self.query_start = 0.0
+        self.xact_start = 0.0  # when the running transaction's first query went out
+        self.link_time = 0.0  # when the current client was given this server
         self.state = ServerState.LOGIN
         self.link: Client | None = None
         self.params: dict[str, str] = {}
@@ -136,6 +143,7 @@ class Server:
         self.tx_status = b"I"  # from the last ReadyForQuery
         self.internal = 0  # ReadyForQuery messages owed to the pooler's own queries
         self.ready = True  # False once the server can no longer be trusted for reuse
+        self.close_needed = False  # RECONNECT / RELOAD: close instead of reusing once released
         self.close_reason = ""
 
     def __repr__(self) -> str:

@@ -145,7 +145,19 @@ class Pool:
         self.login_failed_until = 0.0  # non-transient failure: refuse new clients until then
         self.login_error: ServerError | None = None
         self.stats = PoolStats()
+        # The counts of the last complete stats_period, and its length: SHOW STATS' averages.
+        self.last_period = PoolStats()
+        self.period_seconds = 0.0
+        self._period_start = PoolStats()
         self.server_total = 0
+        self.holders_logged = False  # the holders line was logged for the current queue
+
+    def roll_period(self, seconds: float) -> None:
+        """A stats_period ended: its counts become the averages' source."""
+        now = self.stats.copy()
+        self.last_period = now.delta(self._period_start)
+        self.period_seconds = seconds
+        self._period_start = now
 
     @property
     def key(self) -> tuple[str, str]:
@@ -181,19 +193,72 @@ class Pool:
         )
 
 
+# Upper bounds (seconds) of the wait-time histogram buckets; the last bucket is +Inf.
+WAIT_BUCKETS: tuple[float, ...] = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
 @dataclass
 class PoolStats:
-    """Running totals for SHOW STATS and the metrics endpoint."""
+    """Running totals for SHOW STATS and the metrics endpoint (times in seconds)."""
 
     xact_count: int = 0
     query_count: int = 0
     bytes_in: int = 0  # from clients
     bytes_out: int = 0  # to clients
-    wait_time: float = 0.0
+    xact_time: float = 0.0  # summed durations of transactions (first query to ReadyForQuery 'I')
+    query_time: float = 0.0  # summed durations of queries (sent to ReadyForQuery)
+    wait_time: float = 0.0  # summed waits of clients that got a server or gave up waiting
     wait_count: int = 0
+    server_assignment_count: int = 0  # times a server was given to a client
     refused_53300: int = 0
     login_failures: int = 0
-    timeouts: dict[str, int] = field(default_factory=dict)
+    login_refusals: dict[str, int] = field(default_factory=dict)  # SQLSTATE -> server logins
+    timeouts: dict[str, int] = field(default_factory=dict)  # reason -> clients/servers closed
+    wait_buckets: list[int] = field(default_factory=lambda: [0] * (len(WAIT_BUCKETS) + 1))
+
+    def count_wait(self, waited: float) -> None:
+        self.wait_time += waited
+        self.wait_count += 1
+        buckets = self.wait_buckets
+        for i, bound in enumerate(WAIT_BUCKETS):
+            if waited <= bound:
+                buckets[i] += 1
+                return
+        buckets[-1] += 1
+
+    def delta(self, before: PoolStats) -> PoolStats:
+        """The counts since `before` (the plain numeric totals; for stats_period averages)."""
+        return PoolStats(
+            xact_count=self.xact_count - before.xact_count,
+            query_count=self.query_count - before.query_count,
+            bytes_in=self.bytes_in - before.bytes_in,
+            bytes_out=self.bytes_out - before.bytes_out,
+            xact_time=self.xact_time - before.xact_time,
+            query_time=self.query_time - before.query_time,
+            wait_time=self.wait_time - before.wait_time,
+            wait_count=self.wait_count - before.wait_count,
+            server_assignment_count=self.server_assignment_count - before.server_assignment_count,
+            refused_53300=self.refused_53300 - before.refused_53300,
+            login_failures=self.login_failures - before.login_failures,
+        )
+
+    def copy(self) -> PoolStats:
+        return self.delta(PoolStats())
+
+
+@dataclass(frozen=True)
+class Holder:
+    """A client holding a server connection, for SHOW HOLDERS, the status page and the log."""
+
+    client: Client
+    server: Server
+    state: str  # "active", "idle in transaction", "idle in transaction (aborted)", "idle"
+    held: float  # seconds since the server was given to the client
+    xact: float  # seconds since the running transaction started (0 when none)
+
+    @property
+    def application_name(self) -> str:
+        return self.client.params.get("application_name", self.client.app_name)
 
 
 class IllegalStateChange(RuntimeError):
@@ -259,6 +324,38 @@ class Pooler:
                 if state is not ServerState.CLOSED:
                     yield from members
 
+    def holders(self, now: float, limit: int | None = None, db: str | None = None) -> list[Holder]:
+        """Clients holding a server connection, the longest held first."""
+        found: list[Holder] = []
+        for pool in self.pools.values():
+            if db is not None and pool.db.name != db:
+                continue
+            for server in pool.servers[ServerState.ACTIVE]:
+                client = server.link
+                if client is None:
+                    continue
+                tx = server.tx_status
+                if client.expect_rfq > 0:
+                    state = "active"
+                elif tx == b"T":
+                    state = "idle in transaction"
+                elif tx == b"E":
+                    state = "idle in transaction (aborted)"
+                else:
+                    state = "idle"
+                in_xact = tx != b"I" or client.expect_rfq > 0
+                found.append(
+                    Holder(
+                        client,
+                        server,
+                        state,
+                        now - server.link_time,
+                        now - server.xact_start if in_xact else 0.0,
+                    )
+                )
+        found.sort(key=lambda h: h.held, reverse=True)
+        return found if limit is None else found[:limit]
+
     # --- the choke points --------------------------------------------------------------------
     def _set_client_state(self, client: Client, new: ClientState, now: float) -> None:
         old = client.state
@@ -272,9 +369,9 @@ class Pooler:
             if new is ClientState.WAITING:
                 client.wait_start = now
                 pool.waiting.append(client)
+                client.wait_notified = False
             elif old is ClientState.WAITING:
-                pool.stats.wait_time += now - client.wait_start
-                pool.stats.wait_count += 1
+                pool.stats.count_wait(now - client.wait_start)
         client.state = new
 
     def _set_server_state(self, server: Server, new: ServerState, now: float) -> None:
@@ -387,7 +484,10 @@ class Pooler:
         server.link = client
         server.request_time = now
         server.query_start = now
+        server.link_time = now
+        server.xact_start = now
         client.request_time = now
+        server.pool.stats.server_assignment_count += 1
 
     def _limit(self, pool: Pool, now: float) -> int:
         s = pool.settings

@@ -1,0 +1,72 @@
+"""What the admin console and the metrics endpoint may ask of the application object."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from pgfunnel.config.loader import Config
+    from pgfunnel.config.settings import Settings
+    from pgfunnel.pool.objects import Client
+    from pgfunnel.pool.scheduler import Holder, Pooler
+
+
+class AdminError(Exception):
+    """A console command that cannot be carried out; the client gets this SQLSTATE and text."""
+
+    def __init__(self, sqlstate: str, message: str) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.message = message
+
+
+class Host(Protocol):
+    """The application object (`net.app.App`) as the console and metrics see it.
+
+    Reads are plain attributes; every command that changes state is a method here, so the
+    console stays a table of parsers and the App keeps the one copy of each rule."""
+
+    pooler: Pooler
+    config: Config
+    settings: Settings
+    admin_clients: dict[Client, None]
+    logging_in: dict[Any, None]  # connections still authenticating (ClientConn keys)
+    client_count: int
+    started_at: float  # now() when the pooler started
+    paused_all: bool  # PAUSE without a database, or SIGUSR1
+    suspended: bool
+    shutting_down: str | None  # None, "WAIT_FOR_SERVERS" or "WAIT_FOR_CLIENTS"
+    refused: dict[str, int]  # clients refused before reaching a pool, by reason
+
+    def now(self) -> float: ...
+
+    def wall(self, t: float) -> float: ...
+
+    def is_admin_user(self, user: str) -> bool: ...
+
+    def holders(self, limit: int | None = None, db: str | None = None) -> list[Holder]: ...
+
+    # --- commands (raise AdminError on a bad request) ----------------------------------------
+    async def pause(self, db: str | None) -> None: ...
+
+    def resume(self, db: str | None) -> None: ...
+
+    def disable(self, db: str) -> None: ...
+
+    def enable(self, db: str) -> None: ...
+
+    def reconnect(self, db: str | None) -> None: ...
+
+    def kill(self, db: str) -> None: ...
+
+    def kill_client(self, client_id: int) -> None: ...
+
+    async def suspend(self) -> None: ...
+
+    def shutdown(self, mode: str | None) -> None: ...
+
+    def reload(self) -> None: ...
+
+    async def wait_close(self, db: str | None) -> None: ...
+
+    def set_setting(self, name: str, value: str) -> None: ...

@@ -161,8 +161,8 @@ class PoolerProcess:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            # SIGTERM is PgBouncer's immediate shutdown; pgfunnel keeps PgBouncer's signals.
-            self.proc.terminate()
+            # SIGQUIT is PgBouncer's immediate shutdown (SIGTERM waits for clients to leave).
+            self.proc.send_signal(signal.SIGQUIT)
             try:
                 self.proc.wait(5)
             except subprocess.TimeoutExpired:

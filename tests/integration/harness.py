@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -92,7 +93,8 @@ class Funnel:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
+            # SIGQUIT exits at once; SIGTERM would wait for the test's clients to leave.
+            self.proc.send_signal(signal.SIGQUIT)
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:

@@ -207,4 +207,4 @@ def test_sigterm_stops_the_foreground_process_with_exit_0(tmp_path: Path) -> Non
         if proc.stderr is not None:
             proc.stderr.close()
     assert not listening(port)
-    assert "got signal, shutting down" in (tmp_path / "pgfunnel.log").read_text()
+    assert "got SIGTERM, shutting down" in (tmp_path / "pgfunnel.log").read_text()

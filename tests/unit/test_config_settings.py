@@ -93,6 +93,9 @@ IMPLEMENTED_DEFAULTS: list[tuple[str, object, str]] = [
     ("stats_period", 60, "60"),
     ("user", "", ""),
     ("conffile", "", ""),
+    ("query_wait_notify", 5, "5"),
+    ("metrics_addr", "", ""),
+    ("metrics_port", 9127, "9127"),
 ]
 IMPLEMENTED = {name for name, _, _ in IMPLEMENTED_DEFAULTS}
 

@@ -17,6 +17,7 @@ from pgfunnel.pool.scheduler import (
     Database,
     FinishLogin,
     Link,
+    Notify,
     Pool,
     Pooler,
     PoolSettings,
@@ -29,6 +30,7 @@ TOO_MANY = ServerError("FATAL", "53300", 'too many connections for role "app"')
 BAD_PASSWORD = ServerError("FATAL", "28P01", 'password authentication failed for user "app"')
 POOL_SIZE = 2
 RESERVE = 1
+QUERY_WAIT_NOTIFY = 4.0
 MAX_DB = 3  # below the two pools' combined 2 * (2 + 1): eviction has to happen
 
 
@@ -50,6 +52,7 @@ class Sim:
                 server_login_retry=3.0,
                 server_check_query=None,
                 query_wait_timeout=20.0,
+                query_wait_notify=QUERY_WAIT_NOTIFY,
                 idle_transaction_timeout=15.0,
             )
 
@@ -63,6 +66,7 @@ class Sim:
         ]
         self.clients: list[Client] = []
         self.servers: list[Server] = []
+        self.notified: set[tuple[int, float]] = set()
 
     # --- the net layer's side ---------------------------------------------------------------
     def apply(self, actions: list[Action]) -> None:
@@ -71,6 +75,8 @@ class Sim:
                 assert action.server.state is ServerState.LOGIN
                 self.servers.append(action.server)
             elif isinstance(action, Link):
+                assert not action.server.pool.db.paused, "a server handed out while paused"
+                assert not action.server.close_needed, "an obsolete server handed out"
                 assert action.client.link is action.server
                 assert action.client.state is ClientState.ACTIVE
             elif isinstance(action, RunQueries):
@@ -82,6 +88,14 @@ class Sim:
                 assert action.server.link is None
             elif isinstance(action, CloseClient):
                 self.apply(self.pooler.client_closed(action.client, self.now))
+            elif isinstance(action, Notify):
+                # query_wait_notify: only to a client still queued that long, once per wait.
+                client = action.client
+                assert client.state is ClientState.WAITING
+                assert self.now - client.wait_start >= QUERY_WAIT_NOTIFY
+                key = (client.id, client.wait_start)
+                assert key not in self.notified
+                self.notified.add(key)
             else:
                 assert isinstance(action, FinishLogin)
                 assert action.client.state is ClientState.ACTIVE
@@ -184,6 +198,7 @@ OPS = st.sampled_from(
     [
         *("arrive", "arrive", "query", "query", "query", "answer", "answer", "answer"),
         *("leave", "login", "login", "login", "internal", "die", "tick", "tick"),
+        *("pause", "resume", "resume", "reconnect"),
     ]
 )
 INDEX = st.integers(min_value=0, max_value=63)
@@ -231,12 +246,21 @@ def step(sim: Sim, data: st.DataObject) -> None:
         server = _pick(data, alive)
         if server is not None:
             sim.apply(sim.pooler.server_closed(server, "server conn crashed?", sim.now))
+    elif op == "pause":
+        sim.apply(sim.pooler.pause(sim.pools[0].db, sim.now))
+    elif op == "resume":
+        if sim.pools[0].db.paused:
+            sim.apply(sim.pooler.resume(sim.pools[0].db, sim.now))
+    elif op == "reconnect":
+        sim.apply(sim.pooler.reconnect(sim.pools[0].db, sim.now))
     else:
         sim.tick(data.draw(DT))
 
 
 def drain(sim: Sim) -> None:
     """The server recovers and every client finishes: nobody may be left waiting forever."""
+    if sim.pools[0].db.paused:
+        sim.apply(sim.pooler.resume(sim.pools[0].db, sim.now))
     for _ in range(200):
         for server in [s for s in sim.servers if s.state is ServerState.LOGIN]:
             if server.state is ServerState.LOGIN:

@@ -38,6 +38,7 @@ class World:
             "server_check_query": None,
             "server_lifetime": 0.0,
             "server_idle_timeout": 0.0,
+            "query_wait_notify": 0.0,  # tests of the notice turn it on
         }
         base.update(overrides)
         self.settings = PoolSettings(**base)

@@ -435,8 +435,8 @@ class Settings:
     )
     query_wait_notify: int = setting(
         default=5,
-        doc="Seconds a client waits in the queue before it is sent a notice that it is queued. "
-        "0 disables.",
+        doc="Seconds a client waits in the queue before it is sent a notice that it is queued "
+        "(pgfunnel adds its position in the queue and why it waits). 0 disables.",
     )
 
     # --- TLS -----------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import pwd
@@ -12,17 +13,19 @@ import resource
 import signal
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
 from pgfunnel import __version__
 from pgfunnel.admin.console import Console
+from pgfunnel.admin.host import AdminError
 from pgfunnel.config.ini import ConfigError
 from pgfunnel.config.loader import Config, DatabaseConfig, load_config
+from pgfunnel.config.settings import SETTINGS, parse_value
 from pgfunnel.net.client_conn import ClientConn
 from pgfunnel.net.server_conn import ServerConn
-from pgfunnel.pool.objects import Client, Server, ServerState
+from pgfunnel.pool.objects import Client, ClientState, Server, ServerState
 from pgfunnel.pool.scheduler import (
     Action,
     CloseClient,
@@ -30,7 +33,9 @@ from pgfunnel.pool.scheduler import (
     Connect,
     Database,
     FinishLogin,
+    Holder,
     Link,
+    Notify,
     Pooler,
     PoolSettings,
     RunQueries,
@@ -47,6 +52,9 @@ log = logging.getLogger("pgfunnel")
 
 ADMIN_DATABASES = ("pgbouncer", "pgfunnel")
 JANITOR_INTERVAL = 0.1  # seconds between janitor runs: the resolution of every timeout
+HOLDERS_LOG_AFTER = 5.0  # a queue this old gets one log line naming the top holders
+HOLDERS_LOGGED = 3
+CONFIG_FILE_ERROR = "F0000"
 ADMIN_WELCOME = {
     "server_version": "1.25.1/bouncer",
     "server_encoding": "UTF8",
@@ -81,6 +89,14 @@ class App:
         # ClientKeys recovered from clients' SCRAM logins, to log into servers as them.
         self._scram_keys: dict[str, bytes] = {}
         self.scram_derived: dict[str, ScramSecret] = {}  # plain userlist password -> secret
+        self.started_at = loop.time()
+        self.paused_all = False  # PAUSE without a database, SIGUSR1
+        self._paused_dbs: set[str] = set()  # PAUSE db / KILL db: outlive a global RESUME
+        self.suspended = False
+        self.shutting_down: str | None = None
+        self.stopping = asyncio.Event()  # set when the process should exit now
+        self.refused: dict[str, int] = {}  # clients refused before reaching a pool, by reason
+        self.metrics: Any = None  # pgfunnel.metrics.MetricsServer when metrics_addr is set
         self._apply_settings()
 
     def _apply_settings(self) -> None:
@@ -145,6 +161,7 @@ class App:
             server_check_delay=s.server_check_delay,
             query_timeout=pick(per_user("query_timeout"), s.query_timeout),
             query_wait_timeout=s.query_wait_timeout,
+            query_wait_notify=s.query_wait_notify,
             client_idle_timeout=pick(per_user("client_idle_timeout"), s.client_idle_timeout),
             idle_transaction_timeout=pick(
                 per_user("idle_transaction_timeout"), s.idle_transaction_timeout
@@ -159,6 +176,7 @@ class App:
         if dbc is None:
             return None
         db = Database(name, dbc)
+        db.paused = self.paused_all
         self.pooler.databases[name] = db
         return db
 
@@ -168,6 +186,265 @@ class App:
             user = User(name, self.config.users.get(name))
             self.pooler.users[name] = user
         return user
+
+    def holders(self, limit: int | None = None, db: str | None = None) -> list[Holder]:
+        return self.pooler.holders(self.now(), limit, db)
+
+    def count_refusal(self, reason: str) -> None:
+        self.refused[reason] = self.refused.get(reason, 0) + 1
+
+    # --- admin commands (the console and the signals call these) ----------------------------
+    def _db_arg(self, name: str, verb: str) -> Database:
+        if name in ADMIN_DATABASES:
+            raise AdminError(ss.PROTOCOL_VIOLATION, f"cannot {verb} admin db: {name}")
+        db = self.database(name)
+        if db is None:
+            raise AdminError(ss.PROTOCOL_VIOLATION, f"no such database: {name}")
+        return db
+
+    async def _wait_until(self, done: Callable[[], bool]) -> None:
+        while not done():
+            await asyncio.sleep(JANITOR_INTERVAL)
+
+    async def pause(self, db: str | None) -> None:
+        """PAUSE [db]: hand out no servers and close them as they are released; returns when
+        the database (or every database) holds none. Clients stay connected and wait."""
+        if self.paused_all or self.suspended:
+            raise AdminError(ss.PROTOCOL_VIOLATION, "already suspended/paused")
+        now = self.now()
+        if db is None:
+            log.info("PAUSE command issued")
+            self.paused_all = True
+            for d in list(self.pooler.databases.values()):
+                self.apply(self.pooler.pause(d, now))
+            await self._wait_until(
+                lambda: (
+                    not self.paused_all
+                    or all(self.pooler.servers_of(d) == 0 for d in self.pooler.databases.values())
+                )
+            )
+            return
+        log.info("PAUSE '%s' command issued", db)
+        target = self._db_arg(db, "pause")
+        self._paused_dbs.add(target.name)
+        self.apply(self.pooler.pause(target, now))
+        await self._wait_until(lambda: not target.paused or self.pooler.servers_of(target) == 0)
+
+    def resume(self, db: str | None) -> None:
+        now = self.now()
+        if db is None:
+            log.info("RESUME command issued")
+            if not (self.paused_all or self.suspended):
+                raise AdminError(ss.PROTOCOL_VIOLATION, "pooler is not paused/suspended")
+            self.paused_all = False
+            if self.suspended:
+                self._unsuspend()
+            for d in list(self.pooler.databases.values()):
+                if d.paused and d.name not in self._paused_dbs:
+                    self.apply(self.pooler.resume(d, now))
+            return
+        log.info("RESUME '%s' command issued", db)
+        target = self._db_arg(db, "resume")
+        if not target.paused:
+            raise AdminError(ss.PROTOCOL_VIOLATION, f"database {db} is not paused")
+        self._paused_dbs.discard(target.name)
+        if not self.paused_all:
+            self.apply(self.pooler.resume(target, now))
+
+    def disable(self, db: str) -> None:
+        log.info("DISABLE '%s' command issued", db)
+        self._db_arg(db, "disable").disabled = True
+
+    def enable(self, db: str) -> None:
+        log.info("ENABLE '%s' command issued", db)
+        target = self._db_arg(db, "enable")
+        target.disabled = False
+        self.apply(self.pooler.resume(target, self.now()) if not target.paused else [])
+
+    def reconnect(self, db: str | None) -> None:
+        now = self.now()
+        if db is None:
+            log.info("RECONNECT command issued")
+            targets = list(self.pooler.databases.values())
+        else:
+            log.info("RECONNECT '%s' command issued", db)
+            targets = [self._db_arg(db, "reconnect")]
+        for target in targets:
+            self.apply(self.pooler.reconnect(target, now))
+
+    async def wait_close(self, db: str | None) -> None:
+        if db is None:
+            log.info("WAIT_CLOSE command issued")
+            targets = list(self.pooler.databases.values())
+        else:
+            log.info("WAIT_CLOSE '%s' command issued", db)
+            targets = [self._db_arg(db, "wait in")]
+        await self._wait_until(lambda: all(self.pooler.obsolete_servers(t) == 0 for t in targets))
+
+    def kill(self, db: str) -> None:
+        """KILL db: drop every client and server of the database now; it stays paused, so
+        clients that connect meanwhile wait for RESUME."""
+        if self.paused_all or self.suspended:
+            raise AdminError(ss.PROTOCOL_VIOLATION, "already suspended/paused")
+        log.info("KILL '%s' command issued", db)
+        target = self._db_arg(db, "kill")
+        self._paused_dbs.add(target.name)
+        error = ServerError(
+            "FATAL", ss.ADMIN_SHUTDOWN, Reason.DB_REMOVED, Msg.KILLED.format(db=target.name)
+        )
+        self.apply(self.pooler.kill(target, self.now(), Reason.DB_REMOVED, error))
+
+    def kill_client(self, client_id: int) -> None:
+        log.info("KILL_CLIENT %d command issued", client_id)
+        candidates = [
+            *self.pooler.all_clients(),
+            *(conn.client for conn in self.logging_in),
+            *self.admin_clients,
+        ]
+        for client in candidates:
+            if client.id == client_id:
+                client.conn.fail(
+                    ServerError("FATAL", ss.ADMIN_SHUTDOWN, Msg.KILLED_CLIENT),
+                    Reason.ADMIN_KILL_CLIENT,
+                )
+                return
+        raise AdminError(ss.PROTOCOL_VIOLATION, f"client not found: {client_id}")
+
+    def _transports(self) -> Iterable[Any]:
+        for conn in self.logging_in:
+            if conn.transport is not None:
+                yield conn
+        for client in self.pooler.all_clients():
+            if client.conn.transport is not None:
+                yield client.conn
+        for server in self.pooler.all_servers():
+            if server.conn is not None and server.conn.transport is not None:
+                yield server.conn
+
+    async def suspend(self) -> None:
+        """SUSPEND: stop reading every client and server socket and return once everything
+        already read has been written out (PgBouncer's step before an online restart)."""
+        if self.paused_all or self.suspended:
+            raise AdminError(ss.PROTOCOL_VIOLATION, "already suspended/paused")
+        if self._paused_dbs:
+            raise AdminError(ss.PROTOCOL_VIOLATION, "cannot suspend with paused databases")
+        log.info("SUSPEND command issued")
+        self.suspended = True
+        for conn in self._transports():
+            conn.transport.pause_reading()
+        await self._wait_until(
+            lambda: (
+                not self.suspended
+                or all(
+                    c.transport is None or c.transport.get_write_buffer_size() == 0
+                    for c in self._transports()
+                )
+            )
+        )
+
+    def _unsuspend(self) -> None:
+        self.suspended = False
+        for conn in self._transports():
+            if not getattr(conn, "paused", False):
+                conn.transport.resume_reading()
+
+    def shutdown(self, mode: str | None) -> None:
+        """SHUTDOWN: now; WAIT_FOR_SERVERS (SIGINT): stop listening, pause, exit once every
+        server is released; WAIT_FOR_CLIENTS (SIGTERM): stop listening, exit once every client
+        has left."""
+        mode = (mode or "").upper() or None
+        if mode not in (None, "WAIT_FOR_SERVERS", "WAIT_FOR_CLIENTS"):
+            raise AdminError(ss.PROTOCOL_VIOLATION, f"invalid SHUTDOWN mode: {mode}")
+        if mode is None or self.shutting_down is not None:
+            log.info("SHUTDOWN command issued")
+            self.stopping.set()
+            return
+        log.info("SHUTDOWN %s command issued", mode)
+        self.shutting_down = mode
+        for srv in self.servers_listening:
+            srv.close()
+        if mode == "WAIT_FOR_SERVERS":
+            self.paused_all = True
+            now = self.now()
+            for d in list(self.pooler.databases.values()):
+                self.apply(self.pooler.pause(d, now))
+
+        def done() -> bool:
+            if mode == "WAIT_FOR_SERVERS":
+                return not any(True for _ in self.pooler.all_servers())
+            return not any(True for _ in self.pooler.all_clients())
+
+        async def wait() -> None:
+            await self._wait_until(done)
+            log.info("%s: done, exiting", mode)
+            self.stopping.set()
+
+        self.loop.create_task(wait())
+
+    def reload(self) -> None:
+        """RELOAD / SIGHUP: read the config and auth file again. A broken file changes nothing
+        (the error is logged and raised). Databases are marked and swept: a changed entry gets
+        fresh servers as the old ones are released, a removed one is dropped."""
+        log.info("RELOAD command issued")
+        try:
+            new = load_config(self.config.path)
+        except ConfigError as exc:
+            log.error("RELOAD failed, keeping the old configuration: %s", exc)
+            raise AdminError(CONFIG_FILE_ERROR, f"RELOAD failed: {exc}") from None
+        except OSError as exc:
+            log.error("RELOAD failed, keeping the old configuration: %s", exc)
+            raise AdminError(CONFIG_FILE_ERROR, f"RELOAD failed: {exc}") from None
+        keep: dict[str, object] = {}
+        for name, spec in SETTINGS.items():
+            old_value, new_value = self.settings.get(name), new.settings.get(name)
+            if not spec.reloadable and old_value != new_value:
+                log.warning("%s cannot be changed on reload; restart pgfunnel to apply it", name)
+                keep[name] = old_value
+        settings = new.settings.with_values(keep) if keep else new.settings
+        self.config = dataclasses.replace(new, settings=settings)
+        self.settings = settings
+        self._apply_settings()
+        self.scram_derived.clear()
+        now = self.now()
+        for name, db in list(self.pooler.databases.items()):
+            dbc = self.config.database(name)
+            if dbc is None:
+                log.info("database %s removed from the configuration", name)
+                error = ServerError("FATAL", ss.INVALID_CATALOG_NAME, Reason.DB_REMOVED)
+                self.apply(self.pooler.kill(db, now, Reason.DB_REMOVED, error))
+                del self.pooler.databases[name]
+                for key in [k for k, p in self.pooler.pools.items() if p.db is db]:
+                    del self.pooler.pools[key]
+            elif dbc != db.config:
+                log.info("database %s changed: its servers are replaced as they are released", name)
+                db.config = dbc
+                self.apply(self.pooler.reconnect(db, now))
+        for name, user in self.pooler.users.items():
+            user.config = self.config.users.get(name)
+        self.pooler.retune()
+        for warning in self.config.unsupported:
+            log.warning("%s", warning)
+
+    def set_setting(self, name: str, value: str) -> None:
+        """SET key = value: a reloadable [pgbouncer] setting, checked as the ini reader does."""
+        spec = SETTINGS.get(name)
+        if spec is None:
+            raise AdminError(ss.PROTOCOL_VIOLATION, f"SET failed: unknown setting {name}")
+        if not spec.reloadable:
+            raise AdminError(
+                ss.PROTOCOL_VIOLATION,
+                f"SET failed: {name} cannot be changed while running; edit the config file "
+                "and restart pgfunnel",
+            )
+        try:
+            parsed = parse_value(name, value)
+        except ValueError as exc:
+            raise AdminError(ss.PROTOCOL_VIOLATION, f"SET failed: {exc}") from None
+        log.info("SET %s=%s", name, value)
+        self.settings = self.settings.with_values({name: parsed})
+        self.config = dataclasses.replace(self.config, settings=self.settings)
+        self._apply_settings()
+        self.pooler.retune()
 
     # --- logging -----------------------------------------------------------------------------
     def log_client(self, client: Client, fmt: str, *args: Any) -> None:
@@ -209,11 +486,19 @@ class App:
 
     # --- events from client connections ------------------------------------------------------
     def client_opened(self, conn: ClientConn) -> None:
+        if self.suspended and conn.transport is not None:
+            conn.transport.pause_reading()  # read once RESUME comes
         self.client_count += 1
         self.logging_in[conn] = None  # oldest first: client_login_timeout scans from the front
 
     def admit(self, conn: ClientConn, dbname: str, user: str) -> ServerError | None:
         """Decide whether this startup may go on to authentication."""
+        verdict = self._admit(conn, dbname, user)
+        if verdict is not None:
+            self.count_refusal(verdict.message)
+        return verdict
+
+    def _admit(self, conn: ClientConn, dbname: str, user: str) -> ServerError | None:
         client = conn.client
         if dbname in ADMIN_DATABASES:
             if user not in self.settings.admin_users and user not in self.settings.stats_users:
@@ -268,11 +553,15 @@ class App:
             self._log_close(client, reason)
         if client.is_admin:
             self.admin_clients.pop(client, None)
+            self.pooler.cancel_keys.pop(client.cancel_key, None)
             return
         self.apply(self.pooler.client_closed(client, self.now()))
 
     def cancel(self, pid: int, key: int) -> None:
         client = self.pooler.cancel_keys.get((pid, key))
+        if client is not None and client.is_admin:
+            client.conn.cancel_admin()
+            return
         if client is None or client.link is None:
             return
         server = client.link
@@ -402,6 +691,10 @@ class App:
                     conn.fail(action.error, action.reason)
                 else:
                     conn.close(action.reason)
+            elif isinstance(action, Notify):
+                transport = action.client.conn.transport
+                if transport is not None:
+                    transport.write(m.notice_response(action.message, detail=action.detail))
             elif isinstance(action, FinishLogin):
                 client = action.client
                 pool = client.pool
@@ -479,13 +772,46 @@ class App:
                         Reason.CLIENT_LOGIN_TIMEOUT,
                     )
             self.apply(self.pooler.maint(now))
+            self._log_holders(now)
             period = float(self.settings.stats_period)
             if period > 0 and now - self._stats_at >= period:
+                for pool in self.pooler.pools.values():
+                    pool.roll_period(now - self._stats_at)
                 self._log_stats(now - self._stats_at)
                 self._stats_at = now
         except Exception:  # a bug in one tick must not stop every future timeout
             log.exception("janitor failed")
         self._janitor = self.loop.call_later(JANITOR_INTERVAL, self._tick)
+
+    def _log_holders(self, now: float) -> None:
+        """Once per queue: when a pool's clients have waited HOLDERS_LOG_AFTER seconds, one
+        line names the clients holding its servers longest (who to look at, and why)."""
+        for pool in self.pooler.pools.values():
+            wait = pool.oldest_wait(now)
+            if wait < HOLDERS_LOG_AFTER:
+                if wait == 0:
+                    pool.holders_logged = False
+                continue
+            if pool.holders_logged:
+                continue
+            pool.holders_logged = True
+            top = self.pooler.holders(now, HOLDERS_LOGGED, pool.db.name)
+            named = "; ".join(
+                f"{h.application_name or '(no application_name)'} C-{h.client.id:#x} "
+                f"{h.client.username}@{h.client.addr}:{h.client.port} {h.state} "
+                f"for {h.held:.1f}s (server pid {h.server.pid})"
+                for h in top
+                if h.server.pool is pool
+            )
+            log.warning(
+                "%s: %d client(s) waiting, oldest %.1fs, all %d servers held; top holders: %s",
+                pool,
+                len(pool.clients[ClientState.WAITING])
+                + len(pool.clients[ClientState.WAITING_LOGIN]),
+                wait,
+                pool.server_count,
+                named or "none (servers are logging in)",
+            )
 
     def _warm_forced_pools(self) -> None:
         """As PgBouncer: a database with a forced user has a known pool before any client
@@ -553,6 +879,11 @@ class App:
             self.servers_listening.append(srv)
         if not self.servers_listening:
             raise ConfigError(self.config.path, 0, "no listen_addr and no unix_socket_dir")
+        if s.metrics_addr:
+            from pgfunnel.metrics import MetricsServer
+
+            self.metrics = MetricsServer(self)
+            await self.metrics.start()
         self._warm_forced_pools()
         self._janitor = self.loop.call_later(JANITOR_INTERVAL, self._tick)
         log.info("process up: pgfunnel %s, listening on %s port %d", __version__, addrs, port)
@@ -562,6 +893,8 @@ class App:
             self._janitor.cancel()
         for srv in self.servers_listening:
             srv.close()
+        if self.metrics is not None:
+            await self.metrics.stop()
         for client in list(self.pooler.all_clients()) + list(self.admin_clients):
             client.conn.fail(
                 ServerError("FATAL", ss.ADMIN_SHUTDOWN, Reason.SHUTDOWN), Reason.SHUTDOWN
@@ -720,10 +1053,57 @@ async def _main(config: Config) -> int:
     except (OSError, ConfigError) as exc:
         log.error("cannot start: %s", exc)
         return 1
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("got signal, shutting down")
+    _install_signals(app, loop)
+    await app.stopping.wait()
     await app.stop()
+    log.info("shutting down")
     return 0
+
+
+def _install_signals(app: App, loop: asyncio.AbstractEventLoop) -> None:
+    """PgBouncer's signals: HUP reloads; INT waits for servers to be released, TERM for
+    clients to leave (a second one of either, or QUIT, exits at once); USR1 pauses, USR2
+    resumes."""
+
+    def reload() -> None:
+        log.info("got SIGHUP, re-reading config")
+        with contextlib.suppress(AdminError):  # logged; the old config keeps running
+            app.reload()
+
+    def shutdown(mode: str, name: str) -> None:
+        if app.shutting_down is not None:
+            log.info("got %s while shutting down, exiting now", name)
+            app.stopping.set()
+            return
+        log.info("got %s, shutting down (%s)", name, mode)
+        app.shutdown(mode)
+
+    def quit_now() -> None:
+        log.info("got SIGQUIT, exiting now")
+        app.stopping.set()
+
+    def pause() -> None:
+        log.info("got SIGUSR1, pausing")
+
+        async def run() -> None:
+            try:
+                await app.pause(None)
+                log.info("paused: all servers released")
+            except AdminError as exc:
+                log.warning("SIGUSR1: %s", exc.message)
+
+        loop.create_task(run())
+
+    def resume() -> None:
+        log.info("got SIGUSR2, resuming")
+        try:
+            app.resume(None)
+        except AdminError as exc:
+            log.warning("SIGUSR2: %s", exc.message)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    loop.add_signal_handler(signal.SIGINT, shutdown, "WAIT_FOR_SERVERS", "SIGINT")
+    loop.add_signal_handler(signal.SIGTERM, shutdown, "WAIT_FOR_CLIENTS", "SIGTERM")
+    loop.add_signal_handler(signal.SIGQUIT, quit_now)
+    loop.add_signal_handler(signal.SIGUSR1, pause)
+    loop.add_signal_handler(signal.SIGUSR2, resume)

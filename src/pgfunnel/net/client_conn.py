@@ -50,6 +50,7 @@ class Phase(Enum):
 
 class ClientConn(asyncio.Protocol):
     __slots__ = (
+        "admin_task",
         "app",
         "auth",
         "buf",
@@ -74,6 +75,7 @@ class ClientConn(asyncio.Protocol):
         self.auth: ClientAuth | None = None
         self.startup: dict[str, str] = {}
         self.paused = False
+        self.admin_task: asyncio.Future[bytes] | None = None  # a console command in progress
         self.client: Client = Client(self, "", 0, app.now())
 
     # --- asyncio callbacks -------------------------------------------------------------------
@@ -108,6 +110,8 @@ class ClientConn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        if self.admin_task is not None:
+            self.admin_task.cancel()
         if self.phase is not Phase.CLOSED:
             self.phase = Phase.CLOSED
             self.app.client_gone(self.client, Reason.CLIENT_EOF)
@@ -323,20 +327,46 @@ class ClientConn(asyncio.Protocol):
     # --- admin console -----------------------------------------------------------------------
     def _admin_data(self, data: bytes) -> None:
         self.reader.feed(data)
-        assert self.transport is not None
+        if self.admin_task is None:
+            self._admin_run()
+
+    def _admin_run(self) -> None:
+        """Answer console messages in order; a command that waits (PAUSE, WAIT_CLOSE, ...)
+        holds the ones behind it until it completes."""
         try:
-            while (msg := self.reader.next()) is not None:
+            while self.transport is not None and (msg := self.reader.next()) is not None:
                 kind, payload = msg
                 if kind == _X:
                     self.close(Reason.CLIENT_CLOSE)
                     return
                 out = self.app.admin.handle(self, kind, payload)
+                if not isinstance(out, bytes):
+                    self.admin_task = asyncio.ensure_future(out)
+                    self.admin_task.add_done_callback(self._admin_done)
+                    return
                 if out:
                     self.transport.write(out)
                 if self.phase is Phase.CLOSED:
                     return
         except ProtocolViolation as exc:
             self.fail(ServerError("FATAL", ss.PROTOCOL_VIOLATION, str(exc)), Reason.PROTOCOL)
+
+    def _admin_done(self, task: asyncio.Future[bytes]) -> None:
+        self.admin_task = None
+        if self.transport is None or self.phase is Phase.CLOSED:
+            return
+        if task.cancelled():
+            out = m.error_response(ss.QUERY_CANCELED, "canceling statement due to user request")
+            out += m.ready_for_query()
+        else:
+            out = task.result()  # the console turns AdminError into an ErrorResponse itself
+        self.transport.write(out)
+        self._admin_run()
+
+    def cancel_admin(self) -> None:
+        """A CancelRequest for this console session stops the command it is waiting in."""
+        if self.admin_task is not None:
+            self.admin_task.cancel()
 
     # --- closing -----------------------------------------------------------------------------
     def fail(self, error: ServerError, reason: str) -> None:

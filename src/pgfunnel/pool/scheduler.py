@@ -16,7 +16,7 @@ from typing import Any
 from pgfunnel.pool.objects import Client, ClientState, Server, ServerState
 from pgfunnel.proto import sqlstate as ss
 from pgfunnel.proto.messages import TRACKED_PARAMS, ServerError
-from pgfunnel.proto.strings import Reason
+from pgfunnel.proto.strings import Msg, Reason
 
 # --- actions ---------------------------------------------------------------------------------
 
@@ -66,7 +66,16 @@ class FinishLogin:
     client: Client
 
 
-Action = Link | Connect | RunQueries | CloseServer | CloseClient | FinishLogin
+@dataclass(frozen=True)
+class Notify:
+    """Send `client` a NOTICE (query_wait_notify: it is queued, and where)."""
+
+    client: Client
+    message: str
+    detail: str | None = None
+
+
+Action = Link | Connect | RunQueries | CloseServer | CloseClient | FinishLogin | Notify
 
 # --- settings the scheduler needs ------------------------------------------------------------
 
@@ -92,6 +101,7 @@ class PoolSettings:
     server_check_delay: float = 30.0
     query_timeout: float = 0.0
     query_wait_timeout: float = 120.0
+    query_wait_notify: float = 5.0
     client_idle_timeout: float = 0.0
     idle_transaction_timeout: float = 0.0
 
@@ -581,8 +591,7 @@ class Pooler:
         for client in list(pool.clients[ClientState.WAITING_LOGIN]):
             self._set_client_state(client, ClientState.ACTIVE, now)
             actions.append(FinishLogin(client))
-        self._set_server_state(server, ServerState.IDLE, now)
-        actions += self._hand_off(server, now)
+        actions += self._to_idle(server, now)
         if bo.granted is not None:
             actions += self._launch(pool, now)  # take capacity back one probe at a time
         return actions
@@ -653,6 +662,16 @@ class Pooler:
         if queries:
             self._set_server_state(server, ServerState.TESTED, now)
             return [RunQueries(server, tuple(queries))]
+        return self._to_idle(server, now)
+
+    def _to_idle(self, server: Server, now: float) -> list[Action]:
+        """A clean server is free: give it to a waiter, unless RECONNECT/RELOAD or PAUSE want
+        it closed (PgBouncer's "obsolete connection" and "pause mode")."""
+        pool = server.pool
+        if server.close_needed:
+            return [self._close_server(server, Reason.OBSOLETE, now), *self._launch(pool, now)]
+        if pool.db.paused:
+            return [self._close_server(server, Reason.PAUSE_MODE, now)]
         self._set_server_state(server, ServerState.IDLE, now)
         return self._hand_off(server, now)
 
@@ -665,8 +684,7 @@ class Pooler:
                 self._close_server(server, Reason.RESET_FAILED, now),
                 *self._launch(server.pool, now),
             ]
-        self._set_server_state(server, ServerState.IDLE, now)
-        return self._hand_off(server, now)
+        return self._to_idle(server, now)
 
     def _hand_off(self, server: Server, now: float) -> list[Action]:
         """An IDLE server goes straight to the first waiting client, if any."""
@@ -706,6 +724,95 @@ class Pooler:
             actions += self._launch(pool, now)
         return actions
 
+    # --- admin commands (PAUSE, RECONNECT, KILL, ...) ----------------------------------------
+    def db_pools(self, db: Database) -> list[Pool]:
+        return [pool for pool in self.pools.values() if pool.db is db]
+
+    def pause(self, db: Database, now: float) -> list[Action]:
+        """PAUSE: no server is handed out; idle ones close now, the rest as they are released.
+        Clients stay connected and their queries wait."""
+        db.paused = True
+        actions: list[Action] = []
+        for pool in self.db_pools(db):
+            for server in list(pool.servers[ServerState.IDLE]):
+                actions.append(self._close_server(server, Reason.PAUSE_MODE, now))
+        return actions
+
+    def servers_of(self, db: Database) -> int:
+        """Server connections the database's pools still hold (PAUSE waits for zero)."""
+        return sum(pool.server_count for pool in self.db_pools(db))
+
+    def resume(self, db: Database, now: float) -> list[Action]:
+        db.paused = False
+        actions: list[Action] = []
+        for pool in self.db_pools(db):
+            if pool.demand() > 0:
+                actions += self._check_or_launch(pool, now)
+        return actions
+
+    def reconnect(self, db: Database, now: float) -> list[Action]:
+        """RECONNECT: every server of the database is replaced, idle ones now, busy ones when
+        their client releases them; nothing a client is using is cut."""
+        actions: list[Action] = []
+        for pool in self.db_pools(db):
+            for state in (ServerState.LOGIN, ServerState.ACTIVE, ServerState.USED):
+                for server in pool.servers[state]:
+                    server.close_needed = True
+            for server in pool.servers[ServerState.TESTED]:
+                server.close_needed = True
+            for server in list(pool.servers[ServerState.IDLE]):
+                server.close_needed = True
+                actions.append(self._close_server(server, Reason.OBSOLETE, now))
+        return actions
+
+    def obsolete_servers(self, db: Database) -> int:
+        """Servers RECONNECT or RELOAD marked and not yet closed (WAIT_CLOSE waits for zero)."""
+        return sum(
+            1
+            for pool in self.db_pools(db)
+            for state, servers in pool.servers.items()
+            if state is not ServerState.CLOSED
+            for server in servers
+            if server.close_needed
+        )
+
+    def kill(self, db: Database, now: float, reason: str, error: ServerError) -> list[Action]:
+        """KILL: the database is paused and every client and server of it dropped at once."""
+        db.paused = True
+        actions: list[Action] = []
+        for pool in self.db_pools(db):
+            for cstate in (ClientState.WAITING_LOGIN, ClientState.ACTIVE, ClientState.WAITING):
+                for client in list(pool.clients[cstate]):
+                    actions.append(CloseClient(client, reason, error))
+            for state in (
+                ServerState.LOGIN,
+                ServerState.IDLE,
+                ServerState.ACTIVE,
+                ServerState.USED,
+                ServerState.TESTED,
+            ):
+                for server in list(pool.servers[state]):
+                    if server.link is not None:
+                        server.link.link = None
+                        server.link = None
+                    actions.append(self._close_server(server, reason, now))
+        return actions
+
+    def retune(self) -> None:
+        """RELOAD or SET changed settings: every pool takes its limits afresh."""
+        for pool in self.pools.values():
+            pool.settings = self.settings_for(pool.db, pool.user)
+
+    def queue_position(self, client: Client) -> int:
+        """1-based place of a waiting client in its pool's queue (0 when not waiting)."""
+        pool = client.pool
+        if pool is None or client.state is not ClientState.WAITING:
+            return 0
+        for i, other in enumerate(pool.waiting_clients(), 1):
+            if other is client:
+                return i
+        return 0
+
     # --- the janitor -------------------------------------------------------------------------
     def maint(self, now: float) -> list[Action]:
         """Timeouts, lifetimes, warm pools and login retries: called a few times a second."""
@@ -731,6 +838,8 @@ class Pooler:
             for client in list(pool.clients[ClientState.WAITING_LOGIN]):
                 if now - client.wait_start >= s.query_wait_timeout:
                     actions.append(self._wait_timeout(client, pool, now))
+        if s.query_wait_notify > 0 and pool.clients[ClientState.WAITING]:
+            actions += self._notify_waiters(pool, now)
         # Servers: connect timeout, lifetime, idle timeout.
         for server in list(pool.servers[ServerState.LOGIN]):
             if (
@@ -791,6 +900,32 @@ class Pooler:
             ):
                 if self._may_open(pool, now, actions):
                     actions.append(Connect(self._new_server(pool, now)))
+        return actions
+
+    def _notify_waiters(self, pool: Pool, now: float) -> list[Action]:
+        """query_wait_notify: one NOTICE per wait to each client queued that long, with its
+        place in the queue (PgBouncer 1.25 sends the notice without a place)."""
+        s = pool.settings
+        actions: list[Action] = []
+        total = len(pool.clients[ClientState.WAITING])
+        for position, client in enumerate(pool.waiting_clients(), 1):
+            waited = now - client.wait_start
+            if waited < s.query_wait_notify:
+                break  # FIFO: everyone behind has waited less
+            if client.wait_notified:
+                continue
+            client.wait_notified = True
+            why = f"all {pool.server_count} server connections of pool_size {s.pool_size} are busy"
+            bo = pool.backoff
+            if bo.active and bo.error is not None:
+                why = f"the server refused new connections ({bo.error.message})"
+            actions.append(
+                Notify(
+                    client,
+                    f"{Msg.QUEUED} (position {position} of {total} in the queue of {pool})",
+                    f"waited {waited:.1f} s: {why}; query_wait_timeout={s.query_wait_timeout:g} s",
+                )
+            )
         return actions
 
     def _timeout_linked(

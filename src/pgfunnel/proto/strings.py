@@ -30,8 +30,11 @@ class Reason:
     LOGIN_FAILED = "server login failed"
     LONG_TX = "Long transactions not allowed"
     SHUTDOWN = "pgbouncer shutting down"
-    DB_REMOVED = "database configuration changed"
+    DB_REMOVED = "database removed"
+    OBSOLETE = "obsolete connection"  # RECONNECT, or a RELOAD that changed the database
+    PAUSE_MODE = "pause mode"
     ADMIN_KILL = "admin console: KILL"
+    ADMIN_KILL_CLIENT = "admin console: KILL_CLIENT"
     UNSUPPORTED_PKT = "unsupported pkt type"
     PROTOCOL = "protocol error"
 
@@ -47,3 +50,6 @@ class Msg:
     BAD_PROTOCOL = "unsupported frontend protocol {major}.{minor}: server supports 3.0"
     NO_USER = "no username supplied"
     ADMIN_EXTENDED = "the admin console supports only the simple query protocol"
+    QUEUED = "No server connection available in postgres backend, client being queued"
+    KILLED = "database killed by the admin console (KILL {db})"
+    KILLED_CLIENT = "client killed by the admin console (KILL_CLIENT)"

@@ -1,0 +1,221 @@
+"""PgBouncer's signals and lifecycle on a real pgfunnel: reload, the two graceful shutdowns,
+immediate exit, pause/resume; the queue notice and the holders log line."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+
+from pgfunnel.throwaway import Cluster
+from tests.integration.harness import Funnel, wait_for
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _send(f: Funnel, sig: int) -> None:
+    assert f.proc is not None
+    f.proc.send_signal(sig)
+
+
+def _exited(f: Funnel, timeout: float = 15.0) -> int:
+    assert f.proc is not None
+    return f.proc.wait(timeout)
+
+
+def _run_in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(fn())
+        except BaseException as exc:  # checked by the test
+            out.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, out
+
+
+# --- SIGHUP ---------------------------------------------------------------------------------
+def test_sighup_reloads_databases_and_settings(pg: Cluster, funnel: Callable[..., Funnel]) -> None:
+    f = funnel(settings={"default_pool_size": 1})
+    with f.connect() as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    with pytest.raises(psycopg.OperationalError, match="no such database: alias"):
+        f.connect(dbname="alias")
+    text = f.config.read_text()
+    text = text.replace(
+        "[databases]\n",
+        f"[databases]\nalias = host=127.0.0.1 port={pg.port} dbname=postgres\n",
+    ).replace("default_pool_size = 1\n", "default_pool_size = 2\n")
+    f.config.write_text(text)
+    _send(f, signal.SIGHUP)
+    wait_for(lambda: "got SIGHUP, re-reading config" in f.log())
+    # The new [databases] entry serves, and two transactions now run side by side.
+    with f.connect(dbname="alias") as conn:
+        assert conn.execute("SELECT current_database()").fetchone() == ("postgres",)
+    a, b = f.connect(), f.connect()
+    try:
+        a.execute("BEGIN")
+        a.execute("SELECT 1")
+        b.execute("BEGIN")
+        assert b.execute("SELECT 2").fetchone() == (2,)  # would wait with pool_size 1
+        a.execute("COMMIT")
+        b.execute("COMMIT")
+    finally:
+        a.close()
+        b.close()
+
+
+def test_sighup_with_a_broken_config_keeps_the_old_one_and_logs_why(
+    funnel: Callable[..., Funnel],
+) -> None:
+    f = funnel()
+    good = f.config.read_text()
+    f.config.write_text(good + "no_such_setting = 1\n")
+    _send(f, signal.SIGHUP)
+    line = wait_for(lambda: next((x for x in f.log().splitlines() if "RELOAD failed" in x), None))
+    assert "keeping the old configuration" in line
+    assert f"{f.config}:" in line and "no_such_setting" in line  # file:line and the key
+    assert f.proc is not None and f.proc.poll() is None
+    with f.connect() as conn:  # still serving with the old config
+        assert conn.execute("SELECT 42").fetchone() == (42,)
+
+
+# --- SIGINT / SIGTERM / SIGQUIT -------------------------------------------------------------
+def test_sigint_waits_for_servers_to_be_released_then_exits(
+    funnel: Callable[..., Funnel],
+) -> None:
+    f = funnel()
+    holder = f.connect()
+    try:
+        holder.execute("BEGIN")
+        holder.execute("CREATE TEMP TABLE t (x int)")
+        _send(f, signal.SIGINT)
+        wait_for(lambda: not _listening(f.port))  # no new clients
+        time.sleep(0.5)
+        assert f.proc is not None and f.proc.poll() is None  # a transaction still runs
+        holder.execute("INSERT INTO t VALUES (1)")
+        assert holder.execute("SELECT count(*) FROM t").fetchone() == (1,)
+        holder.execute("COMMIT")  # releases the last server
+        assert _exited(f) == 0
+    finally:
+        holder.close()
+    assert "got SIGINT, shutting down (WAIT_FOR_SERVERS)" in f.log()
+
+
+def test_sigterm_keeps_serving_connected_clients_until_they_leave(
+    funnel: Callable[..., Funnel],
+) -> None:
+    f = funnel()
+    client = f.connect()
+    try:
+        assert client.execute("SELECT 1").fetchone() == (1,)
+        _send(f, signal.SIGTERM)
+        wait_for(lambda: not _listening(f.port))
+        for i in range(3):  # still served, transaction after transaction
+            assert client.execute("SELECT %s::int", (i,)).fetchone() == (i,)
+        assert f.proc is not None and f.proc.poll() is None
+    finally:
+        client.close()
+    assert _exited(f) == 0
+    assert "got SIGTERM, shutting down (WAIT_FOR_CLIENTS)" in f.log()
+
+
+@pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT])
+def test_a_second_signal_exits_at_once(funnel: Callable[..., Funnel], second: int) -> None:
+    f = funnel()
+    client = f.connect()
+    try:
+        client.execute("BEGIN")
+        client.execute("SELECT 1")
+        _send(f, signal.SIGTERM)
+        wait_for(lambda: not _listening(f.port))
+        _send(f, second)
+        assert _exited(f) == 0
+        with pytest.raises(psycopg.OperationalError):
+            client.execute("SELECT 1")
+    finally:
+        client.close()
+    assert "while shutting down, exiting now" in f.log()
+
+
+def test_sigquit_exits_at_once(funnel: Callable[..., Funnel]) -> None:
+    f = funnel()
+    client = f.connect()
+    try:
+        client.execute("BEGIN")
+        client.execute("SELECT 1")
+        _send(f, signal.SIGQUIT)
+        assert _exited(f) == 0
+    finally:
+        client.close()
+    assert "got SIGQUIT, exiting now" in f.log()
+
+
+# --- SIGUSR1 / SIGUSR2 ----------------------------------------------------------------------
+def test_sigusr1_pauses_and_sigusr2_resumes(pg: Cluster, funnel: Callable[..., Funnel]) -> None:
+    f = funnel()
+    client = f.connect()
+    try:
+        client.execute("SELECT 1")
+        _send(f, signal.SIGUSR1)
+        wait_for(lambda: "paused: all servers released" in f.log())
+        thread, out = _run_in_thread(lambda: client.execute("SELECT 'after'").fetchone())
+        time.sleep(0.7)
+        assert out == []  # held, not refused
+        assert int(f.pool()["cl_waiting"]) == 1
+        _send(f, signal.SIGUSR2)
+        thread.join(10)
+        assert out == [("after",)]
+    finally:
+        client.close()
+
+
+# --- queued clients are told; the holders are named -----------------------------------------
+def test_waiting_client_gets_a_notice_with_its_position_and_holders_are_logged(
+    funnel: Callable[..., Funnel],
+) -> None:
+    f = funnel(settings={"default_pool_size": 1, "query_wait_notify": 1})
+    holder = f.connect(application_name="holder-app")
+    waiter = f.connect(application_name="waiter-app")
+    notices: list[tuple[str | None, str | None]] = []
+    # The Diagnostic is only valid inside the handler: keep its texts.
+    waiter.add_notice_handler(lambda d: notices.append((d.message_primary, d.message_detail)))
+    try:
+        holder.execute("BEGIN")
+        holder.execute("SELECT 1")
+        thread, out = _run_in_thread(lambda: waiter.execute("SELECT 'served'").fetchone())
+        wait_for(lambda: notices, timeout=10)
+        [(primary, detail)] = notices
+        assert primary == (
+            "No server connection available in postgres backend, client being queued "
+            "(position 1 of 1 in the queue of postgres/postgres)"
+        )
+        assert detail is not None and "waited" in detail and "pool_size 1" in detail
+        line = wait_for(
+            lambda: next((x for x in f.log().splitlines() if "top holders:" in x), None),
+            timeout=15,
+        )
+        assert "holder-app" in line and "idle in transaction" in line
+        assert "waiter-app" not in line
+        holder.execute("COMMIT")
+        thread.join(10)
+        assert out == [("served",)]
+        assert len(notices) == 1  # once per wait
+    finally:
+        holder.close()
+        waiter.close()

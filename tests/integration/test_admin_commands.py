@@ -1,0 +1,320 @@
+"""The admin console's process controls, each checked by its effect on real clients and on
+PostgreSQL: PAUSE holds queries until RESUME, KILL drops clients, RECONNECT changes backend
+pids, RELOAD and SET change SHOW CONFIG, SHUTDOWN ends the process."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import psycopg
+import pytest
+
+from pgfunnel.throwaway import Cluster
+from tests.integration.harness import Funnel, wait_for
+from tests.integration.test_admin_console import by, console, psql, show
+
+HOLD = 0.5  # how long a held query must stay unanswered to count as held
+
+
+@pytest.fixture
+def background() -> Iterator[Callable[..., Future[Any]]]:
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        yield pool.submit
+
+
+def command(f: Funnel, sql: str) -> str:
+    """Run one console command in its own session; returns the CommandComplete tag."""
+    with console(f) as conn:
+        cur = conn.execute(sql, prepare=False)
+        return str(cur.statusmessage)
+
+
+def refused(f: Funnel, sql: str) -> psycopg.Error:
+    with console(f) as conn, pytest.raises(psycopg.Error) as info:
+        conn.execute(sql, prepare=False)
+    return info.value
+
+
+def query(f: Funnel, sql: str = "SELECT 42", **kwargs: Any) -> Any:
+    with f.connect(**kwargs) as conn:
+        row = conn.execute(sql).fetchone()
+        assert row is not None
+        return row[0]
+
+
+def still_running(future: Future[Any], seconds: float = HOLD) -> bool:
+    time.sleep(seconds)
+    return not future.done()
+
+
+def pool_row(f: Funnel, db: str = "postgres") -> dict[str, Any] | None:
+    with console(f) as conn:
+        return by(show(conn, "SHOW POOLS"), "database").get(db)
+
+
+def database_row(f: Funnel, db: str = "postgres") -> dict[str, Any]:
+    with console(f) as conn:
+        row: dict[str, Any] = by(show(conn, "SHOW DATABASES"), "name")[db]
+        return row
+
+
+def backend_alive(pg: Cluster, pid: int) -> bool:
+    return pg.psql(f"SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}") == "1"
+
+
+# --- PAUSE / RESUME --------------------------------------------------------------------------
+def test_pause_db_holds_queries_until_resume(funnel, background) -> None:  # type: ignore[no-untyped-def]
+    f = funnel(settings={"default_pool_size": 2})
+    assert query(f) == 42  # a warm server
+    connected = f.connect()
+    try:
+        assert command(f, "PAUSE postgres") == "PAUSE"
+        assert database_row(f)["paused"] == 1
+        with console(f) as conn:  # PAUSE returns once the database holds no server
+            assert [s for s in show(conn, "SHOW SERVERS") if s["database"] == "postgres"] == []
+        held = background(lambda: connected.execute("SELECT 1").fetchone())
+        newcomer = background(query, f, "SELECT 2")
+        assert still_running(held) and still_running(newcomer, 0)
+        row = wait_for(lambda: (r := pool_row(f)) and r["cl_waiting"] == 2 and r)
+        assert row["sv_active"] == 0 and row["sv_idle"] == 0
+        assert command(f, "RESUME postgres") == "RESUME"
+        assert held.result(10) == (1,)  # nothing was refused: both queries ran
+        assert newcomer.result(10) == 2
+        assert database_row(f)["paused"] == 0
+    finally:
+        connected.close()
+
+
+def test_pause_waits_for_a_running_transaction(funnel, background) -> None:  # type: ignore[no-untyped-def]
+    f = funnel()
+    with f.connect() as client:
+        client.execute("BEGIN")
+        client.execute("SELECT 1")
+        pausing = background(command, f, "PAUSE")
+        assert still_running(pausing)  # the transaction still holds its server
+        with console(f) as conn:
+            state = {r["key"]: r["value"] for r in show(conn, "SHOW STATE")}
+        assert state == {"active": "no", "paused": "yes", "suspended": "no"}
+        assert refused(f, "PAUSE").diag.message_primary == "already suspended/paused"
+        client.execute("COMMIT")
+        assert pausing.result(10) == "PAUSE"
+        assert command(f, "RESUME") == "RESUME"
+        assert client.execute("SELECT 3").fetchone() == (3,)
+    with console(f) as conn:
+        assert show(conn, "SHOW STATE")[0] == {"key": "active", "value": "yes"}
+    assert refused(f, "RESUME").diag.message_primary == "pooler is not paused/suspended"
+
+
+def test_pause_and_resume_errors_are_pgbouncers(funnel) -> None:  # type: ignore[no-untyped-def]
+    f = funnel()
+    for sql, message in (
+        ("PAUSE pgbouncer", "cannot pause admin db: pgbouncer"),
+        ("PAUSE nosuchdb", "no such database: nosuchdb"),
+        ("RESUME postgres", "database postgres is not paused"),
+        ("RESUME", "pooler is not paused/suspended"),
+        ("DISABLE", "a database is required"),
+        ("ENABLE", "a database is required"),
+        ("DISABLE pgbouncer", "cannot disable admin db: pgbouncer"),
+        ("RECONNECT pgbouncer", "cannot reconnect admin db: pgbouncer"),
+        ("KILL pgbouncer", "cannot kill admin db: pgbouncer"),
+        ("WAIT_CLOSE pgbouncer", "cannot wait in admin db: pgbouncer"),
+        ("KILL_CLIENT abc", "invalid client pointer supplied"),
+        ("RELOAD now", "invalid command 'RELOAD now', use SHOW HELP;"),
+        ("SHUTDOWN later", "invalid command 'SHUTDOWN later', use SHOW HELP;"),
+    ):
+        err = refused(f, sql)
+        assert err.sqlstate == "08P01", sql
+        assert err.diag.message_primary == message, sql
+    assert query(f) == 42
+
+
+def test_commands_chain_in_one_query_string(funnel) -> None:  # type: ignore[no-untyped-def]
+    f = funnel()
+    assert query(f) == 42
+    out = psql(f, "pause postgres; SHOW DATABASES; resume postgres; show state;")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.index("PAUSE") < out.stdout.index("RESUME") < out.stdout.index("suspended")
+    assert database_row(f)["paused"] == 0
+    assert query(f) == 42
+
+
+# --- KILL / KILL_CLIENT ----------------------------------------------------------------------
+def test_kill_drops_the_databases_clients_until_resume(funnel, background) -> None:  # type: ignore[no-untyped-def]
+    f = funnel()
+    first, second = f.connect(), f.connect()
+    try:
+        first.execute("SELECT 1")
+        second.execute("BEGIN")
+        second.execute("SELECT 1")
+        assert command(f, "KILL postgres") == "KILL"
+        for conn in (first, second):
+            with pytest.raises(psycopg.OperationalError):
+                conn.execute("SELECT 1")
+        row = wait_for(lambda: (r := pool_row(f)) and r["cl_active"] == 0 and r)
+        assert row["sv_active"] == row["sv_idle"] == 0
+        assert database_row(f)["paused"] == 1
+        newcomer = background(query, f, "SELECT 5")
+        assert still_running(newcomer)  # a killed database waits for RESUME
+        assert command(f, "RESUME postgres") == "RESUME"
+        assert newcomer.result(10) == 5
+    finally:
+        first.close()
+        second.close()
+
+
+def test_kill_client_drops_one_client(funnel) -> None:  # type: ignore[no-untyped-def]
+    f = funnel()
+    victim = f.connect(application_name="victim")
+    bystander = f.connect(application_name="bystander")
+    try:
+        victim.execute("SELECT 1")
+        bystander.execute("SELECT 1")
+        with console(f) as conn:
+            clients = by(show(conn, "SHOW CLIENTS"), "application_name")
+        victim_id = clients["victim"]["id"]
+        assert command(f, f"KILL_CLIENT {victim_id}") == "KILL_CLIENT"
+        with pytest.raises(psycopg.OperationalError):
+            victim.execute("SELECT 1")
+        assert bystander.execute("SELECT 6").fetchone() == (6,)
+        with console(f) as conn:
+            left = {c["application_name"] for c in show(conn, "SHOW CLIENTS")}
+        assert "victim" not in left and "bystander" in left
+        err = refused(f, f"KILL_CLIENT {victim_id}")
+        assert err.sqlstate == "08P01" and "client not found" in str(err.diag.message_primary)
+    finally:
+        victim.close()
+        bystander.close()
+
+
+# --- RECONNECT / WAIT_CLOSE ------------------------------------------------------------------
+def test_reconnect_replaces_servers_and_wait_close_waits(funnel, pg: Cluster, background) -> None:  # type: ignore[no-untyped-def]
+    f = funnel(settings={"default_pool_size": 1})
+    with f.connect() as client:
+        old_pid = client.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+        client.execute("BEGIN")
+        client.execute("SELECT 1")
+        assert command(f, "RECONNECT postgres") == "RECONNECT"
+        with console(f) as conn:
+            server = by(show(conn, "SHOW SERVERS"), "remote_pid")[old_pid]
+        assert server["close_needed"] == 1 and server["state"] == "active"
+        waiting = background(command, f, "WAIT_CLOSE postgres")
+        assert still_running(waiting)  # the transaction still uses the old server
+        client.execute("COMMIT")
+        assert waiting.result(10) == "WAIT_CLOSE"
+        new_pid = client.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+        assert new_pid != old_pid
+        wait_for(lambda: not backend_alive(pg, old_pid))
+        # RECONNECT of every database closes idle servers at once.
+        assert command(f, "RECONNECT") == "RECONNECT"
+        assert command(f, "WAIT_CLOSE") == "WAIT_CLOSE"
+        assert client.execute("SELECT pg_backend_pid()").fetchone()[0] not in (old_pid, new_pid)  # type: ignore[index]
+
+
+# --- DISABLE / ENABLE ------------------------------------------------------------------------
+def test_disable_refuses_new_clients_until_enable(funnel) -> None:  # type: ignore[no-untyped-def]
+    f = funnel()
+    with f.connect() as existing:
+        existing.execute("SELECT 1")
+        assert command(f, "DISABLE postgres") == "DISABLE"
+        assert database_row(f)["disabled"] == 1
+        with pytest.raises(psycopg.OperationalError, match="does not allow connections"):
+            f.connect().close()
+        assert existing.execute("SELECT 8").fetchone() == (8,)  # connected clients go on
+        assert command(f, "ENABLE postgres") == "ENABLE"
+        assert database_row(f)["disabled"] == 0
+        assert query(f, "SELECT 9") == 9
+    assert refused(f, "DISABLE nosuchdb").diag.message_primary == "no such database: nosuchdb"
+
+
+# --- RELOAD / SET ----------------------------------------------------------------------------
+def _config_value(f: Funnel, key: str) -> str:
+    with console(f) as conn:
+        return str(by(show(conn, "SHOW CONFIG"), "key")[key]["value"])
+
+
+def test_reload_applies_a_change_and_refuses_a_broken_file(funnel) -> None:  # type: ignore[no-untyped-def]
+    f = funnel()
+    text = f.config.read_text()
+    assert "default_pool_size = 10" in text
+    f.config.write_text(text.replace("default_pool_size = 10", "default_pool_size = 7"))
+    assert command(f, "RELOAD") == "RELOAD"
+    assert _config_value(f, "default_pool_size") == "7"
+    assert database_row(f)["pool_size"] == 7
+    broken = f.config.read_text() + "no_such_setting = 1\n"
+    f.config.write_text(broken)
+    line = len(broken.splitlines())
+    err = refused(f, "RELOAD")
+    assert err.sqlstate == "F0000"
+    assert f"{f.config}:{line}" in str(err.diag.message_primary)
+    assert "no_such_setting" in str(err.diag.message_primary)
+    assert _config_value(f, "default_pool_size") == "7"  # the old config keeps serving
+    assert query(f) == 42
+    assert f.proc is not None and f.proc.poll() is None
+
+
+def test_set_changes_a_setting_and_refuses_what_it_cannot(funnel) -> None:  # type: ignore[no-untyped-def]
+    f = funnel()
+    assert query(f) == 42
+    assert command(f, "SET default_pool_size = 3") == "SET default_pool_size=3"
+    assert _config_value(f, "default_pool_size") == "3"
+    assert database_row(f)["pool_size"] == 3
+    assert command(f, "set server_check_query TO 'select ''two'''") == (
+        "SET server_check_query=select 'two'"
+    )
+    assert _config_value(f, "server_check_query") == "select 'two'"
+    assert command(f, "SET query_wait_timeout = 2.5") == "SET query_wait_timeout=2.5"
+    assert _config_value(f, "query_wait_timeout") == "2.5"
+    for sql, word in (
+        ("SET listen_port = 1", "listen_port"),
+        ("SET no_such_setting = 1", "no_such_setting"),
+        ("SET default_pool_size = lots", "lots"),
+    ):
+        err = refused(f, sql)
+        assert re.search(word, str(err.diag.message_primary)), (sql, err.diag.message_primary)
+    assert _config_value(f, "listen_port") == str(f.port)
+    assert _config_value(f, "default_pool_size") == "3"
+    assert query(f) == 42
+
+
+# --- SUSPEND / SHUTDOWN ----------------------------------------------------------------------
+def test_suspend_stops_traffic_until_resume(funnel, background) -> None:  # type: ignore[no-untyped-def]
+    f = funnel()
+    with f.connect() as client:
+        client.execute("SELECT 1")
+        assert command(f, "SUSPEND") == "SUSPEND"
+        with console(f) as conn:
+            state = {r["key"]: r["value"] for r in show(conn, "SHOW STATE")}
+        assert state["suspended"] == "yes" and state["active"] == "no"
+        assert refused(f, "SUSPEND").diag.message_primary == "already suspended/paused"
+        held = background(lambda: client.execute("SELECT 11").fetchone())
+        assert still_running(held)
+        assert command(f, "RESUME") == "RESUME"
+        assert held.result(10) == (11,)
+
+
+def test_shutdown_ends_the_process(funnel) -> None:  # type: ignore[no-untyped-def]
+    f = funnel()
+    assert query(f) == 42
+    with console(f) as conn, pytest.raises(psycopg.OperationalError):
+        conn.execute("SHUTDOWN", prepare=False)  # no answer: the connection ends with the process
+    assert f.proc is not None
+    assert f.proc.wait(10) == 0
+
+
+def test_shutdown_wait_for_clients_exits_when_the_last_client_leaves(funnel) -> None:  # type: ignore[no-untyped-def]
+    f = funnel()
+    client = f.connect()
+    try:
+        client.execute("SELECT 1")
+        assert command(f, "SHUTDOWN WAIT_FOR_CLIENTS") == "SHUTDOWN"
+        with pytest.raises(psycopg.OperationalError):
+            f.connect().close()  # no new connections
+        assert client.execute("SELECT 12").fetchone() == (12,)  # the old one still works
+        assert f.proc is not None and f.proc.poll() is None
+    finally:
+        client.close()
+    assert f.proc.wait(10) == 0

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs whatever `make test` and `make demo` need and is missing: Debian's PostgreSQL
-# server and client tools, python3-venv, then a .venv with the project and its test deps.
+# server and client tools, python3-venv, promtool and chromium (tests), then a .venv with the
+# project and its test deps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +17,11 @@ command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then need_apt+=(python3-venv); fi
 if [ "${PGFUNNEL_NEED_PROMTOOL:-1}" = 1 ] && ! command -v promtool >/dev/null 2>&1; then
     need_apt+=(prometheus)
+fi
+
+# The status page test opens the page in a real headless browser.
+if [ "${PGFUNNEL_NEED_CHROMIUM:-1}" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
+    need_apt+=(chromium)
 fi
 
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -252,7 +252,7 @@ def test_refused_clients_by_reason(funnel) -> None:  # type: ignore[no-untyped-d
         psycopg.connect(f.dsn(dbname="nosuchdb"))
     samples = scrape(base)
     reasons = {x["reason"] for x in labelled(samples, "pgfunnel_clients_refused_total")}
-    assert any("nosuchdb" in r for r in reasons), reasons
+    assert reasons == {"no_such_database"}, reasons  # a fixed key, not the name
     assert samples[("pgfunnel_up", ())] == 1
     assert samples[("pgfunnel_start_time_seconds", ())] <= time.time()
     assert labelled(samples, "pgfunnel_build_info")[0]["version"]
@@ -329,6 +329,11 @@ def test_backpressure_metrics(make_cluster, funnel) -> None:  # type: ignore[no-
         assert pool_value(samples, "pgfunnel_pools_backpressure_active", user="app") == 1
         assert pool_value(samples, "pgfunnel_pools_server_granted_connections", user="app") == 1
         assert pool_value(samples, "pgfunnel_pools_client_waiting_connections", user="app") == 1
+        by_sqlstate = (
+            "pgfunnel_pools_server_login_refusals_total",
+            (("database", "postgres"), ("sqlstate", "53300"), ("user", "app")),
+        )
+        assert samples[by_sqlstate] >= 1
         status, body = ready(base)
         assert status == 200, body
         (entry,) = body["pools"]
@@ -349,3 +354,23 @@ def test_backpressure_metrics(make_cluster, funnel) -> None:  # type: ignore[no-
 def _refused(samples: Samples) -> Samples | None:
     key = ("pgfunnel_pools_server_refused_53300_total", (("database", "postgres"), ("user", "app")))
     return samples if samples.get(key, 0) > 0 else None
+
+
+def test_clients_refused_are_counted_by_a_fixed_reason(funnel) -> None:  # type: ignore[no-untyped-def]
+    """Refusals before a pool (no such database, a wrong password) are counted under fixed
+    reason labels, never under text the client chose."""
+    f, base = start_with_metrics(funnel)
+    for _ in range(2):
+        with pytest.raises(psycopg.OperationalError, match="no such database"):
+            f.connect(dbname="nope_db_chosen_by_client")
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        f.connect(password="wrong")
+    samples = scrape(base)
+    reasons = {
+        dict(labels)["reason"]: value
+        for (name, labels), value in samples.items()
+        if name == "pgfunnel_clients_refused_total"
+    }
+    assert reasons.get("no_such_database") == 2, reasons
+    assert reasons.get("auth_failed") == 1, reasons
+    assert not any("nope_db" in r for r in reasons)

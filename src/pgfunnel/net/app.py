@@ -46,7 +46,7 @@ from pgfunnel.proto import sqlstate as ss
 from pgfunnel.proto.auth import ScramSecret
 from pgfunnel.proto.login import ServerLogin
 from pgfunnel.proto.messages import ServerError
-from pgfunnel.proto.strings import Msg, Reason
+from pgfunnel.proto.strings import Msg, Reason, Refusal
 
 log = logging.getLogger("pgfunnel")
 
@@ -496,27 +496,32 @@ class App:
     def admit(self, conn: ClientConn, dbname: str, user: str) -> ServerError | None:
         """Decide whether this startup may go on to authentication."""
         verdict = self._admit(conn, dbname, user)
-        if verdict is not None:
-            self.count_refusal(verdict.message)
-        return verdict
+        if verdict is None:
+            return None
+        key, error = verdict
+        self.count_refusal(key)
+        return error
 
-    def _admit(self, conn: ClientConn, dbname: str, user: str) -> ServerError | None:
+    def _admit(self, conn: ClientConn, dbname: str, user: str) -> tuple[str, ServerError] | None:
+        """None to go on, or (a fixed refusal key for the metrics, the client's error)."""
         client = conn.client
         if dbname in ADMIN_DATABASES:
             if user not in self.settings.admin_users and user not in self.settings.stats_users:
                 if self.settings.auth_type != "any":
-                    return ServerError("FATAL", ss.INVALID_AUTHORIZATION, Msg.ADMIN_DENIED)
+                    error = ServerError("FATAL", ss.INVALID_AUTHORIZATION, Msg.ADMIN_DENIED)
+                    return Refusal.ADMIN_DENIED, error
             client.is_admin = True
             return None
         if self.client_count > self.settings.max_client_conn:
-            return ServerError("FATAL", ss.PROTOCOL_VIOLATION, Reason.MAX_CLIENT_CONN)
+            error = ServerError("FATAL", ss.PROTOCOL_VIOLATION, Reason.MAX_CLIENT_CONN)
+            return Refusal.MAX_CLIENT_CONN, error
         db = self.database(dbname)
         if db is None:
             msg = Msg.NO_SUCH_DATABASE.format(db=dbname)
-            return ServerError("FATAL", ss.INVALID_CATALOG_NAME, msg)
+            return Refusal.NO_SUCH_DATABASE, ServerError("FATAL", ss.INVALID_CATALOG_NAME, msg)
         if db.disabled:
             msg = f"database does not allow connections: {dbname}"
-            return ServerError("FATAL", ss.PROTOCOL_VIOLATION, msg)
+            return Refusal.DISABLED, ServerError("FATAL", ss.PROTOCOL_VIOLATION, msg)
         return None
 
     def authenticated(self, conn: ClientConn) -> None:
@@ -688,6 +693,8 @@ class App:
                     self._log_server(server, "closing because: %s", action.reason)
                     server.conn.close()
             elif isinstance(action, CloseClient):
+                if action.reason is Reason.LOGIN_FAILING:
+                    self.count_refusal(Refusal.SERVER_LOGIN_FAILING)
                 conn: ClientConn = action.client.conn
                 if action.error is not None:
                     conn.fail(action.error, action.reason)
@@ -769,6 +776,7 @@ class App:
                 for conn in list(self.logging_in):
                     if now - conn.client.connect_time < timeout:
                         break
+                    self.count_refusal(Refusal.CLIENT_LOGIN_TIMEOUT)
                     conn.fail(
                         ServerError("FATAL", ss.PROTOCOL_VIOLATION, Reason.CLIENT_LOGIN_TIMEOUT),
                         Reason.CLIENT_LOGIN_TIMEOUT,
@@ -858,6 +866,11 @@ class App:
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         s = self.settings
+        if s.metrics_addr:  # first: ready to be scraped by the time clients can connect
+            from pgfunnel.metrics import MetricsServer
+
+            self.metrics = MetricsServer(self)
+            await self.metrics.start()
         port = int(s.listen_port)
         raw = s.listen_addr
         addrs = [a.strip() for a in (raw.split(",") if isinstance(raw, str) else raw) if a.strip()]
@@ -881,11 +894,6 @@ class App:
             self.servers_listening.append(srv)
         if not self.servers_listening:
             raise ConfigError(self.config.path, 0, "no listen_addr and no unix_socket_dir")
-        if s.metrics_addr:
-            from pgfunnel.metrics import MetricsServer
-
-            self.metrics = MetricsServer(self)
-            await self.metrics.start()
         self._warm_forced_pools()
         self._janitor = self.loop.call_later(JANITOR_INTERVAL, self._tick)
         log.info("process up: pgfunnel %s, listening on %s port %d", __version__, addrs, port)

@@ -24,7 +24,7 @@ from pgfunnel.proto.framing import (
     read_startup_packet,
 )
 from pgfunnel.proto.messages import ServerError
-from pgfunnel.proto.strings import Msg, Reason
+from pgfunnel.proto.strings import Msg, Reason, Refusal
 
 if TYPE_CHECKING:
     from pgfunnel.net.app import App
@@ -264,6 +264,7 @@ class ClientConn(asyncio.Protocol):
         try:
             first = self.auth.start()
         except AuthFailed as exc:
+            app.count_refusal(Refusal.AUTH_FAILED)
             self.fail(ServerError("FATAL", ss.INVALID_PASSWORD, str(exc)), str(exc))
             return
         self.transport.write(first)
@@ -281,6 +282,7 @@ class ClientConn(asyncio.Protocol):
                     raise ProtocolViolation(f"expected a password message, got {chr(kind)!r}")
                 self.transport.write(auth.receive(payload))
         except AuthFailed as exc:
+            self.app.count_refusal(Refusal.AUTH_FAILED)
             err = ServerError("FATAL", ss.INVALID_PASSWORD, str(exc))
             self.fail(err, str(exc))
             return

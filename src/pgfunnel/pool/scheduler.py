@@ -605,6 +605,8 @@ class Pooler:
         if server.state is not ServerState.CLOSED:
             self._set_server_state(server, ServerState.CLOSED, now)
         pool.stats.login_failures += 1
+        code = error.sqlstate if error is not None else ss.CONNECTION_FAILURE
+        pool.stats.login_refusals[code] = pool.stats.login_refusals.get(code, 0) + 1
         actions: list[Action] = []
         if error is None or error.sqlstate in ss.TRANSIENT_LOGIN_STATES:
             bo = pool.backoff

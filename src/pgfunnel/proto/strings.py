@@ -39,6 +39,19 @@ class Reason:
     PROTOCOL = "protocol error"
 
 
+class Refusal:
+    """Fixed keys for clients refused before they reach a pool (metrics labels: never text a
+    client chose)."""
+
+    MAX_CLIENT_CONN = "max_client_conn"
+    NO_SUCH_DATABASE = "no_such_database"
+    DISABLED = "database_disabled"
+    ADMIN_DENIED = "admin_not_allowed"
+    AUTH_FAILED = "auth_failed"
+    CLIENT_LOGIN_TIMEOUT = "client_login_timeout"
+    SERVER_LOGIN_FAILING = "server_login_failing"
+
+
 class Msg:
     """Client-facing error texts."""
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs whatever `make test` and `make demo` need and is missing: Debian's PostgreSQL
-# server and client tools, python3-venv, promtool, chromium and prometheus-pgbouncer-exporter
-# (tests), then a .venv with the project and its test deps.
+# server and client tools, python3-venv, promtool and chromium (tests), then a .venv with the
+# project and its test deps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,12 +24,6 @@ if [ "${PGFUNNEL_NEED_CHROMIUM:-1}" = 1 ] && ! command -v chromium >/dev/null 2>
     need_apt+=(chromium)
 fi
 
-# The exporter compatibility test runs Debian's PgBouncer exporter against the admin console.
-if [ "${PGFUNNEL_NEED_EXPORTER:-1}" = 1 ] \
-    && ! command -v prometheus-pgbouncer-exporter >/dev/null 2>&1; then
-    need_apt+=(prometheus-pgbouncer-exporter)
-fi
-
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" != 0 ]; then
         echo "bootstrap: missing Debian packages: ${need_apt[*]} (run as root, or install them)" >&2
@@ -44,11 +38,6 @@ if [ ${#need_apt[@]} -gt 0 ]; then
         pg_lsclusters -h 2>/dev/null | while read -r ver name _; do
             pg_ctlcluster "$ver" "$name" stop >/dev/null 2>&1 || true
         done
-    fi
-    # Where init scripts run on install, the exporter's daemon starts on port 9127; the test
-    # starts its own on a free port.
-    if [ -x /etc/init.d/prometheus-pgbouncer-exporter ]; then
-        /etc/init.d/prometheus-pgbouncer-exporter stop >/dev/null 2>&1 || true
     fi
 fi
 

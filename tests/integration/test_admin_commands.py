@@ -4,7 +4,10 @@ pids, RELOAD and SET change SHOW CONFIG, SHUTDOWN ends the process."""
 
 from __future__ import annotations
 
+import contextlib
 import re
+import socket
+import struct
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -14,7 +17,7 @@ import psycopg
 import pytest
 
 from pgfunnel.throwaway import Cluster
-from tests.integration.harness import Funnel, wait_for
+from tests.integration.harness import Funnel, backends, wait_for
 from tests.integration.test_admin_console import by, console, psql, show
 
 HOLD = 0.5  # how long a held query must stay unanswered to count as held
@@ -107,6 +110,25 @@ def test_pause_waits_for_a_running_transaction(funnel, background) -> None:  # t
     with console(f) as conn:
         assert show(conn, "SHOW STATE")[0] == {"key": "active", "value": "yes"}
     assert refused(f, "RESUME").diag.message_primary == "pooler is not paused/suspended"
+
+
+def test_canceling_a_waiting_pause_says_the_pause_stays(funnel, background) -> None:  # type: ignore[no-untyped-def]
+    f = funnel()
+    with f.connect() as holder, console(f) as admin:
+        holder.execute("BEGIN")
+        holder.execute("SELECT 1")
+        waiting = background(lambda: admin.execute("PAUSE postgres", prepare=False))
+        assert still_running(waiting)  # a transaction holds a server
+        admin.cancel()
+        with pytest.raises(psycopg.errors.QueryCanceled) as info:
+            waiting.result(10)
+        assert info.value.diag.message_hint == (
+            "The wait was canceled; PAUSE or SUSPEND stays until RESUME."
+        )
+        assert database_row(f)["paused"] == 1
+        holder.execute("COMMIT")
+        assert command(f, "RESUME postgres") == "RESUME"
+    assert query(f) == 42
 
 
 def test_pause_and_resume_errors_are_pgbouncers(funnel) -> None:  # type: ignore[no-untyped-def]
@@ -216,7 +238,7 @@ def test_reconnect_replaces_servers_and_wait_close_waits(funnel, pg: Cluster, ba
 
 # --- DISABLE / ENABLE ------------------------------------------------------------------------
 def test_disable_refuses_new_clients_until_enable(funnel) -> None:  # type: ignore[no-untyped-def]
-    f = funnel()
+    f = funnel(settings={"query_wait_timeout": 5})
     with f.connect() as existing:
         existing.execute("SELECT 1")
         assert command(f, "DISABLE postgres") == "DISABLE"
@@ -224,6 +246,10 @@ def test_disable_refuses_new_clients_until_enable(funnel) -> None:  # type: igno
         with pytest.raises(psycopg.OperationalError, match="does not allow connections"):
             f.connect().close()
         assert existing.execute("SELECT 8").fetchone() == (8,)  # connected clients go on
+        # ... on a new server too: DISABLE refuses logins, not the servers clients need.
+        assert command(f, "RECONNECT postgres") == "RECONNECT"
+        assert command(f, "WAIT_CLOSE postgres") == "WAIT_CLOSE"
+        assert existing.execute("SELECT 10").fetchone() == (10,)
         assert command(f, "ENABLE postgres") == "ENABLE"
         assert database_row(f)["disabled"] == 0
         assert query(f, "SELECT 9") == 9
@@ -294,6 +320,45 @@ def test_suspend_stops_traffic_until_resume(funnel, background) -> None:  # type
         assert still_running(held)
         assert command(f, "RESUME") == "RESUME"
         assert held.result(10) == (11,)
+
+
+def _raw_trust_login(port: int) -> socket.socket:
+    """A bare protocol-3 client (auth_type trust) with a small receive buffer."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    body = struct.pack("!i", 196608) + b"user\0postgres\0database\0postgres\0\0"
+    sock.sendall(struct.pack("!i", len(body) + 4) + body)
+    seen = b""
+    while not seen.endswith(b"Z\0\0\0\x05I"):
+        chunk = sock.recv(65536)
+        assert chunk, seen
+        seen += chunk
+    return sock
+
+
+def test_suspend_drops_what_does_not_flush_within_suspend_timeout(funnel, pg: Cluster) -> None:  # type: ignore[no-untyped-def]
+    f = funnel(settings={"auth_type": "trust", "suspend_timeout": 1})
+    stuck = _raw_trust_login(f.port)
+    try:
+        # 64 MB of answer to a client that reads none of it: the pooler's buffer never drains.
+        sql = b"SELECT repeat('x', 1048576) FROM generate_series(1, 64)\0"
+        stuck.sendall(b"Q" + struct.pack("!i", len(sql) + 4) + sql)
+        wait_for(lambda: backends(pg, state="active") >= 1)
+        time.sleep(0.5)
+        started = time.monotonic()
+        assert command(f, "SUSPEND") == "SUSPEND"
+        assert time.monotonic() - started >= 0.9  # it waited suspend_timeout, then gave up
+        assert "still unflushed after suspend_timeout=1s, dropping them" in f.log()
+        stuck.settimeout(10)
+        with contextlib.suppress(ConnectionResetError):
+            while stuck.recv(1 << 20):
+                pass  # what was sent before the drop, then EOF
+        assert command(f, "RESUME") == "RESUME"
+        assert query(f, "SELECT 13") == 13
+        wait_for(lambda: backends(pg, state="active") == 0)  # the dropped query's server too
+    finally:
+        stuck.close()
 
 
 def test_shutdown_ends_the_process(funnel) -> None:  # type: ignore[no-untyped-def]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 import psycopg
@@ -89,3 +90,21 @@ def test_failed_login_makes_pool_degraded(funnel, pg: Cluster) -> None:  # type:
     # server_login_retry later a new client would be tried again: no longer degraded.
     body = wait_for(lambda: _status(base, 200), timeout=10)
     assert {p["status"] for p in body["pools"]} == {"ok"}
+
+
+def test_ready_is_503_while_shutting_down(funnel) -> None:  # type: ignore[no-untyped-def]
+    f, base = start_with_metrics(funnel)
+    client = f.connect()
+    try:
+        client.execute("SELECT 1")
+        status, body = ready(base)
+        assert status == 200, body
+        assert f.proc is not None
+        f.proc.send_signal(signal.SIGTERM)  # WAIT_FOR_CLIENTS: the listeners close at once
+        body = wait_for(lambda: _status(base, 503), timeout=10)
+        assert body["status"] == "shutting-down"
+        assert body["reason"] == ("shutting down (WAIT_FOR_CLIENTS): not accepting new clients")
+        assert client.execute("SELECT 2").fetchone() == (2,)  # connected clients still served
+    finally:
+        client.close()
+    assert f.proc.wait(10) == 0

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from pgfunnel.throwaway import Cluster
-from tests.integration.harness import Funnel, wait_for
+from tests.integration.harness import ADMIN_PASSWORD, ADMIN_USER, Funnel, wait_for
 
 
 def _listening(port: int) -> bool:
@@ -183,6 +183,58 @@ def test_sigusr1_pauses_and_sigusr2_resumes(pg: Cluster, funnel: Callable[..., F
         assert out == [("after",)]
     finally:
         client.close()
+
+
+def test_sigusr1_then_sigusr2_at_once_leaves_it_running(funnel: Callable[..., Funnel]) -> None:
+    f = funnel()
+    with f.connect() as client:
+        client.execute("SELECT 1")
+        _send(f, signal.SIGUSR1)
+        _send(f, signal.SIGUSR2)
+        wait_for(lambda: "got SIGUSR2, resuming" in f.log())
+        thread, out = _run_in_thread(lambda: client.execute("SELECT 'served'").fetchone())
+        thread.join(10)
+        assert out == [("served",)]  # the last signal wins: not left paused
+    assert "SIGUSR2: pooler is not paused/suspended" not in f.log()
+
+
+def test_sigusr2_after_sigint_cancels_the_shutdown(funnel: Callable[..., Funnel]) -> None:
+    f = funnel()
+    holder = f.connect()
+    try:
+        holder.execute("BEGIN")
+        holder.execute("SELECT 1")
+        _send(f, signal.SIGINT)
+        wait_for(lambda: not _listening(f.port))
+        _send(f, signal.SIGUSR2)  # RESUME: PgBouncer cancels a WAIT_FOR_SERVERS shutdown
+        wait_for(lambda: _listening(f.port))
+        holder.execute("COMMIT")  # the last server released: this would have ended it
+        time.sleep(1.0)
+        assert f.proc is not None and f.proc.poll() is None
+        with f.connect() as fresh:
+            assert fresh.execute("SELECT 5").fetchone() == (5,)
+    finally:
+        holder.close()
+    assert "canceling shutdown" in f.log()
+    _send(f, signal.SIGTERM)  # a first signal again, not a second one
+    assert _exited(f) == 0
+    assert "got SIGTERM, shutting down (WAIT_FOR_CLIENTS)" in f.log()
+
+
+def test_sigterm_while_suspended_exits_at_once(funnel: Callable[..., Funnel]) -> None:
+    f = funnel()
+    client = f.connect()
+    try:
+        client.execute("SELECT 1")
+        with psycopg.connect(
+            f.dsn(user=ADMIN_USER, dbname="pgbouncer", password=ADMIN_PASSWORD), autocommit=True
+        ) as admin:
+            admin.execute("SUSPEND", prepare=False)
+        _send(f, signal.SIGTERM)  # its clients could never be seen leaving: do not wait
+        assert _exited(f) == 0
+    finally:
+        client.close()
+    assert "got SIGTERM while suspended, exiting now" in f.log()
 
 
 # --- queued clients are told; the holders are named -----------------------------------------

@@ -94,6 +94,7 @@ IMPLEMENTED_DEFAULTS: list[tuple[str, object, str]] = [
     ("user", "", ""),
     ("conffile", "", ""),
     ("query_wait_notify", 5, "5"),
+    ("suspend_timeout", 10.0, "10"),
     ("metrics_addr", "", ""),
     ("metrics_port", 9127, "9127"),
 ]

@@ -539,8 +539,8 @@ class Settings:
     )
     suspend_timeout: float = setting(
         default=10.0,
-        supported=False,
-        doc="Seconds to wait for buffers to flush during SUSPEND or an online restart.",
+        doc="Seconds SUSPEND waits for buffers to flush; a connection that has not flushed "
+        "by then is dropped. 0 waits for ever.",
     )
 
     # --- low-level network ---------------------------------------------------------------------

@@ -30,6 +30,8 @@ BACKOFF_STALE_MIN = 5.0
 OK = "ok"
 DEGRADED = "degraded"
 BACKPRESSURE = "back-pressure"
+SHUTTING_DOWN = "shutting-down"  # the pooler's own state, not a pool's
+SUSPENDED = "suspended"
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,9 @@ async def readiness(host: Host, prober: Prober) -> tuple[bool, dict[str, Any]]:
 
     The body: {"ready": bool, "status": worst of the entries, "pools": [{"database", "user"
     (null for a configured database without a forced user), "status": "ok" | "back-pressure"
-    | "degraded", "reason" ("" when ok), "server": "host:port" or the socket path}]}."""
+    | "degraded", "reason" ("" when ok), "server": "host:port" or the socket path}]}. While
+    the pooler shuts down or is suspended, "status" is "shutting-down" or "suspended", with a
+    "reason", and it is not ready whatever its pools say."""
     now = host.now()
     entries: list[dict[str, Any]] = []
     checks: list[tuple[dict[str, Any], Target]] = []
@@ -154,7 +158,14 @@ async def readiness(host: Host, prober: Prober) -> tuple[bool, dict[str, Any]]:
     statuses = {e["status"] for e in entries}
     worst = next((s for s in (DEGRADED, BACKPRESSURE) if s in statuses), OK)
     ready = worst != DEGRADED
-    return ready, {"ready": ready, "status": worst, "pools": entries}
+    body: dict[str, Any] = {"ready": ready, "status": worst, "pools": entries}
+    # A pooler on its way out, or suspended, takes no new clients: send them elsewhere.
+    if host.shutting_down is not None:
+        body.update(ready=False, status=SHUTTING_DOWN)
+        body["reason"] = f"shutting down ({host.shutting_down}): not accepting new clients"
+    elif host.suspended:
+        body.update(ready=False, status=SUSPENDED, reason="suspended (SUSPEND): RESUME to serve")
+    return body["ready"], body
 
 
 def pool_status(pool: Pool, now: float) -> tuple[str, str]:

@@ -175,4 +175,5 @@ class MetricsServer:
         return (200 if ready else 503), JSON, data
 
     async def _status_page(self) -> Response:
-        return 200, HTML, render(self.host).encode()
+        # "replace": a name from a non-UTF-8 config shows "?" instead of failing the page.
+        return 200, HTML, render(self.host).encode("utf-8", "replace")

@@ -94,6 +94,8 @@ class App:
         self._paused_dbs: set[str] = set()  # PAUSE db / KILL db: outlive a global RESUME
         self.suspended = False
         self.shutting_down: str | None = None
+        self._shutdown_task: asyncio.Task[None] | None = None  # the wait, or the re-listen
+        self.signal_task: asyncio.Task[None] | None = None  # SIGUSR1's wait for the servers
         self.stopping = asyncio.Event()  # set when the process should exit now
         self.refused: dict[str, int] = {}  # clients refused before reaching a pool, by reason
         self.metrics: Any = None  # pgfunnel.metrics.MetricsServer when metrics_addr is set
@@ -211,6 +213,10 @@ class App:
     async def pause(self, db: str | None) -> None:
         """PAUSE [db]: hand out no servers and close them as they are released; returns when
         the database (or every database) holds none. Clients stay connected and wait."""
+        await self._wait_until(self.begin_pause(db))
+
+    def begin_pause(self, db: str | None) -> Callable[[], bool]:
+        """PAUSE's effect, at once; returns the test of "every server released" to wait on."""
         if self.paused_all or self.suspended:
             raise AdminError(ss.PROTOCOL_VIOLATION, "already suspended/paused")
         now = self.now()
@@ -219,18 +225,15 @@ class App:
             self.paused_all = True
             for d in list(self.pooler.databases.values()):
                 self.apply(self.pooler.pause(d, now))
-            await self._wait_until(
-                lambda: (
-                    not self.paused_all
-                    or all(self.pooler.servers_of(d) == 0 for d in self.pooler.databases.values())
-                )
+            return lambda: (
+                not self.paused_all
+                or all(self.pooler.servers_of(d) == 0 for d in self.pooler.databases.values())
             )
-            return
         log.info("PAUSE '%s' command issued", db)
         target = self._db_arg(db, "pause")
         self._paused_dbs.add(target.name)
         self.apply(self.pooler.pause(target, now))
-        await self._wait_until(lambda: not target.paused or self.pooler.servers_of(target) == 0)
+        return lambda: not target.paused or self.pooler.servers_of(target) == 0
 
     def resume(self, db: str | None) -> None:
         now = self.now()
@@ -238,6 +241,10 @@ class App:
             log.info("RESUME command issued")
             if not (self.paused_all or self.suspended):
                 raise AdminError(ss.PROTOCOL_VIOLATION, "pooler is not paused/suspended")
+            if self.shutting_down is not None:
+                # As PgBouncer: RESUME after SIGINT / SHUTDOWN WAIT_FOR_SERVERS (which pause)
+                # cancels the shutdown, rather than leaving it to fire at the next quiet moment.
+                self._cancel_shutdown()
             self.paused_all = False
             if self.suspended:
                 self._unsuspend()
@@ -259,9 +266,7 @@ class App:
 
     def enable(self, db: str) -> None:
         log.info("ENABLE '%s' command issued", db)
-        target = self._db_arg(db, "enable")
-        target.disabled = False
-        self.apply(self.pooler.resume(target, self.now()) if not target.paused else [])
+        self._db_arg(db, "enable").disabled = False
 
     def reconnect(self, db: str | None) -> None:
         now = self.now()
@@ -325,7 +330,8 @@ class App:
 
     async def suspend(self) -> None:
         """SUSPEND: stop reading every client and server socket and return once everything
-        already read has been written out (PgBouncer's step before an online restart)."""
+        already read has been written out (PgBouncer's step before an online restart). A
+        connection whose buffer has not drained after suspend_timeout is dropped."""
         if self.paused_all or self.suspended:
             raise AdminError(ss.PROTOCOL_VIOLATION, "already suspended/paused")
         if self._paused_dbs:
@@ -334,20 +340,38 @@ class App:
         self.suspended = True
         for conn in self._transports():
             conn.transport.pause_reading()
-        await self._wait_until(
-            lambda: (
-                not self.suspended
-                or all(
-                    c.transport is None or c.transport.get_write_buffer_size() == 0
-                    for c in self._transports()
-                )
+
+        def flushed() -> bool:
+            return not self.suspended or not any(True for _ in self._unflushed())
+
+        timeout = float(self.settings.suspend_timeout)
+        try:
+            async with asyncio.timeout(timeout if timeout > 0 else None):
+                await self._wait_until(flushed)
+        except TimeoutError:
+            stuck = list(self._unflushed())
+            log.warning(
+                "SUSPEND: %d connections still unflushed after suspend_timeout=%gs, dropping them",
+                len(stuck),
+                timeout,
             )
-        )
+            for conn in stuck:
+                transport = conn.transport
+                if isinstance(conn, ClientConn):
+                    conn.close(Msg.SUSPEND_TIMEOUT)
+                else:
+                    self.close_server(conn.server, Msg.SUSPEND_TIMEOUT)
+                transport.abort()  # its peer is not reading: do not wait for the buffer
+
+    def _unflushed(self) -> Iterable[Any]:
+        for conn in self._transports():
+            if conn.transport.get_write_buffer_size() > 0:
+                yield conn
 
     def _unsuspend(self) -> None:
         self.suspended = False
         for conn in self._transports():
-            if not getattr(conn, "paused", False):
+            if not conn.paused:  # held back by flow control: its peer resumes it
                 conn.transport.resume_reading()
 
     def shutdown(self, mode: str | None) -> None:
@@ -361,10 +385,16 @@ class App:
             log.info("SHUTDOWN command issued")
             self.stopping.set()
             return
+        if self.suspended:
+            # Sockets are not being read, so nobody could ever leave: exit now, as PgBouncer.
+            log.info("SHUTDOWN %s while suspended: exiting now", mode)
+            self.stopping.set()
+            return
         log.info("SHUTDOWN %s command issued", mode)
         self.shutting_down = mode
         for srv in self.servers_listening:
             srv.close()
+        self.servers_listening = []
         if mode == "WAIT_FOR_SERVERS":
             self.paused_all = True
             now = self.now()
@@ -381,7 +411,30 @@ class App:
             log.info("%s: done, exiting", mode)
             self.stopping.set()
 
-        self.loop.create_task(wait())
+        self._shutdown_task = self.loop.create_task(wait())
+
+    def _cancel_shutdown(self) -> None:
+        """Forget the shutdown in progress and listen again (RESUME after WAIT_FOR_SERVERS).
+        Should the addresses be taken meanwhile, the shutdown goes on as it was."""
+        mode = self.shutting_down
+        assert mode is not None
+        log.info("canceling shutdown")
+        self.shutting_down = None
+        if self._shutdown_task is not None:
+            self._shutdown_task.cancel()
+            self._shutdown_task = None
+
+        async def relisten() -> None:
+            try:
+                await self._listen()
+            except OSError as exc:
+                log.error("cannot listen again (%s): going on with SHUTDOWN %s", exc, mode)
+                for srv in self.servers_listening:
+                    srv.close()
+                self.servers_listening = []
+                self.shutdown(mode)
+
+        self._shutdown_task = self.loop.create_task(relisten())
 
     def reload(self) -> None:
         """RELOAD / SIGHUP: read the config and auth file again. A broken file changes nothing
@@ -515,11 +568,13 @@ class App:
         if self.client_count > self.settings.max_client_conn:
             error = ServerError("FATAL", ss.PROTOCOL_VIOLATION, Reason.MAX_CLIENT_CONN)
             return Refusal.MAX_CLIENT_CONN, error
-        db = self.database(dbname)
-        if db is None:
+        # Look without creating: a database made from `*` is created only once its client has
+        # authenticated, so unauthenticated logins cannot add pools, series and page sections.
+        db = self.pooler.databases.get(dbname)
+        if db is None and self.config.database(dbname) is None:
             msg = Msg.NO_SUCH_DATABASE.format(db=dbname)
             return Refusal.NO_SUCH_DATABASE, ServerError("FATAL", ss.INVALID_CATALOG_NAME, msg)
-        if db.disabled:
+        if db is not None and db.disabled:
             msg = f"database does not allow connections: {dbname}"
             return Refusal.DISABLED, ServerError("FATAL", ss.PROTOCOL_VIOLATION, msg)
         return None
@@ -781,6 +836,10 @@ class App:
                         ServerError("FATAL", ss.PROTOCOL_VIOLATION, Reason.CLIENT_LOGIN_TIMEOUT),
                         Reason.CLIENT_LOGIN_TIMEOUT,
                     )
+            if self.suspended:
+                # As PgBouncer: no timeouts or new servers while every socket is held.
+                self._janitor = self.loop.call_later(JANITOR_INTERVAL, self._tick)
+                return
             self.apply(self.pooler.maint(now))
             self._log_holders(now)
             period = float(self.settings.stats_period)
@@ -871,6 +930,19 @@ class App:
 
             self.metrics = MetricsServer(self)
             await self.metrics.start()
+        addrs = await self._listen()
+        self._warm_forced_pools()
+        self._janitor = self.loop.call_later(JANITOR_INTERVAL, self._tick)
+        log.info(
+            "process up: pgfunnel %s, listening on %s port %d",
+            __version__,
+            addrs,
+            int(s.listen_port),
+        )
+
+    async def _listen(self) -> list[str]:
+        """Open the TCP listeners of listen_addr and the unix socket; returns the addresses."""
+        s = self.settings
         port = int(s.listen_port)
         raw = s.listen_addr
         addrs = [a.strip() for a in (raw.split(",") if isinstance(raw, str) else raw) if a.strip()]
@@ -894,9 +966,7 @@ class App:
             self.servers_listening.append(srv)
         if not self.servers_listening:
             raise ConfigError(self.config.path, 0, "no listen_addr and no unix_socket_dir")
-        self._warm_forced_pools()
-        self._janitor = self.loop.call_later(JANITOR_INTERVAL, self._tick)
-        log.info("process up: pgfunnel %s, listening on %s port %d", __version__, addrs, port)
+        return addrs
 
     async def stop(self) -> None:
         if self._janitor is not None:
@@ -1085,6 +1155,10 @@ def _install_signals(app: App, loop: asyncio.AbstractEventLoop) -> None:
             log.info("got %s while shutting down, exiting now", name)
             app.stopping.set()
             return
+        if app.suspended:
+            log.info("got %s while suspended, exiting now", name)
+            app.stopping.set()
+            return
         log.info("got %s, shutting down (%s)", name, mode)
         app.shutdown(mode)
 
@@ -1094,15 +1168,18 @@ def _install_signals(app: App, loop: asyncio.AbstractEventLoop) -> None:
 
     def pause() -> None:
         log.info("got SIGUSR1, pausing")
+        try:  # at once, so that a SIGUSR2 right behind it finds the pooler paused
+            released = app.begin_pause(None)
+        except AdminError as exc:
+            log.warning("SIGUSR1: %s", exc.message)
+            return
 
         async def run() -> None:
-            try:
-                await app.pause(None)
+            await app._wait_until(released)
+            if app.paused_all:
                 log.info("paused: all servers released")
-            except AdminError as exc:
-                log.warning("SIGUSR1: %s", exc.message)
 
-        loop.create_task(run())
+        app.signal_task = loop.create_task(run())
 
     def resume() -> None:
         log.info("got SIGUSR2, resuming")

@@ -116,15 +116,20 @@ class ClientConn(asyncio.Protocol):
             self.phase = Phase.CLOSED
             self.app.client_gone(self.client, Reason.CLIENT_EOF)
 
+    # Flow control: a full socket on one side stops reading on the other. While SUSPEND holds
+    # every socket, the flags still change but only RESUME starts reading again.
     def pause_writing(self) -> None:
         server = self.client.link
         if server is not None and server.conn is not None and server.conn.transport is not None:
+            server.conn.paused = True
             server.conn.transport.pause_reading()
 
     def resume_writing(self) -> None:
         server = self.client.link
         if server is not None and server.conn is not None and server.conn.transport is not None:
-            server.conn.transport.resume_reading()
+            server.conn.paused = False
+            if not self.app.suspended:
+                server.conn.transport.resume_reading()
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self.paused:
@@ -134,7 +139,8 @@ class ClientConn(asyncio.Protocol):
     def resume_reading(self) -> None:
         if self.transport is not None and self.paused:
             self.paused = False
-            self.transport.resume_reading()
+            if not self.app.suspended:
+                self.transport.resume_reading()
 
     # --- the hot path ------------------------------------------------------------------------
     def _forward(self, data: bytes) -> None:
@@ -358,7 +364,10 @@ class ClientConn(asyncio.Protocol):
         if self.transport is None or self.phase is Phase.CLOSED:
             return
         if task.cancelled():
-            out = m.error_response(ss.QUERY_CANCELED, "canceling statement due to user request")
+            # The wait stops; the state the command set (PAUSE, SUSPEND) stays until RESUME.
+            out = m.error_response(
+                ss.QUERY_CANCELED, Msg.ADMIN_WAIT_CANCELED, hint=Msg.ADMIN_WAIT_CANCELED_HINT
+            )
             out += m.ready_for_query()
         else:
             out = task.result()  # the console turns AdminError into an ErrorResponse itself

@@ -28,6 +28,7 @@ class ServerConn(asyncio.Protocol):
         "app",
         "internal_ok",
         "login",
+        "paused",
         "peer",
         "reader",
         "scanner",
@@ -43,6 +44,7 @@ class ServerConn(asyncio.Protocol):
         self.scanner = Scanner(_WATCH)
         self.transport: asyncio.Transport | None = None
         self.internal_ok = True
+        self.paused = False  # reading held back while the linked client's socket is full
         self.peer = peer
         server.conn = self
 

@@ -519,7 +519,7 @@ class Pooler:
 
     def _may_open(self, pool: Pool, now: float, actions: list[Action]) -> bool:
         s = pool.settings
-        if pool.db.disabled or pool.db.paused:
+        if pool.db.paused:
             return False
         bo = pool.backoff
         if (bo.active or bo.granted is not None) and pool.servers[ServerState.LOGIN]:
@@ -890,7 +890,7 @@ class Pooler:
                         )
                     )
         # Warm pool (min_pool_size) and login retries under back-pressure.
-        if not pool.db.paused and not pool.db.disabled:
+        if not pool.db.paused:  # DISABLE refuses new clients; connected ones are still served
             if pool.demand() > 0:
                 actions += self._launch(pool, now)
             elif (

@@ -70,7 +70,8 @@ def message(kind: bytes, payload: bytes = b"") -> bytes:
 
 
 def cstr(text: str) -> bytes:
-    return text.encode() + b"\0"
+    # surrogateescape: a name read from a non-UTF-8 config goes out as the bytes it was.
+    return text.encode("utf-8", "surrogateescape") + b"\0"
 
 
 # --- backend messages the pooler sends to clients -------------------------------------------
@@ -144,7 +145,7 @@ def data_row(values: Iterable[str | None]) -> bytes:
         if value is None:
             out.append(_I32.pack(-1))
         else:
-            raw = value.encode()
+            raw = value.encode("utf-8", "surrogateescape")
             out.append(_I32.pack(len(raw)) + raw)
     return message(b"D", struct.pack("!h", count) + b"".join(out))
 

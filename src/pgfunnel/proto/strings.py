@@ -65,4 +65,7 @@ class Msg:
     ADMIN_EXTENDED = "the admin console supports only the simple query protocol"
     QUEUED = "No server connection available in postgres backend, client being queued"
     KILLED = "database killed by the admin console (KILL {db})"
+    SUSPEND_TIMEOUT = "suspend_timeout"
     KILLED_CLIENT = "client killed by the admin console (KILL_CLIENT)"
+    ADMIN_WAIT_CANCELED = "canceling statement due to user request"
+    ADMIN_WAIT_CANCELED_HINT = "The wait was canceled; PAUSE or SUSPEND stays until RESUME."

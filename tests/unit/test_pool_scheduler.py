@@ -23,6 +23,7 @@ from pgfunnel.pool.scheduler import (
     RunQueries,
     User,
 )
+from pgfunnel.proto.messages import ServerError
 from pgfunnel.proto.strings import Reason
 
 PARAMS = {"server_version": "16.3", "client_encoding": "UTF8"}
@@ -589,3 +590,115 @@ def test_state_enums_have_no_aliases(enum: Any) -> None:
     values = [member.value for member in enum.__members__.values()]
     assert len(values) == len(set(values))
     assert len(list(enum)) == len(enum.__members__)
+
+
+# --- a stuck server never keeps its slot; connect_query; cancel while queued --------------------
+def test_rollback_behind_half_a_message_times_out_and_frees_the_slot() -> None:
+    # The net layer marks a server not ready when its client left mid-message; should a reset
+    # still hang (the server waits for bytes that never come), the janitor ends it.
+    w = World(pool_size=1, server_connect_timeout=5.0)
+    client, server = w.linked_client(0.0)
+    client.expect_rfq = 0
+    server.tx_status = b"T"
+    assert w.pooler.client_closed(client, 1.0) == [RunQueries(server, ("ROLLBACK",))]
+    waiter = w.ready_client(1.5)
+    assert w.pooler.client_wants_server(waiter, 1.5) == []
+    assert not [a for a in w.pooler.maint(5.9) if isinstance(a, CloseServer)]
+    actions = w.pooler.maint(6.0)
+    assert CloseServer(server, Reason.INTERNAL_QUERY_TIMEOUT) in actions
+    [connect] = [a for a in actions if isinstance(a, Connect)]  # the waiter gets a new one
+    assert w.pool.server_count == 1
+    assert Link(waiter, connect.server) in w.login_ok(connect.server, 6.5)
+
+
+def test_internal_queries_time_out_even_with_server_connect_timeout_off() -> None:
+    w = World(server_connect_timeout=0.0, server_check_query="", server_check_delay=1.0)
+    [server] = w.warm(1, t=0.0)
+    waiter = w.ready_client(10.0)
+    assert w.pooler.client_wants_server(waiter, 10.0) == [RunQueries(server, ("",))]
+    assert not [a for a in w.pooler.maint(24.0) if isinstance(a, CloseServer)]
+    assert CloseServer(server, Reason.INTERNAL_QUERY_TIMEOUT) in w.pooler.maint(25.0)
+
+
+class _DbConfig:
+    def __init__(self, connect_query: str | None) -> None:
+        self.connect_query = connect_query
+
+
+def test_connect_query_runs_before_any_client_gets_the_server() -> None:
+    w = World()
+    w.db.config = _DbConfig("SET search_path = app")
+    client, [connect] = w.new_client(0.0)
+    server = connect.server
+    assert w.login_ok(server, 0.1) == [RunQueries(server, ("SET search_path = app",))]
+    assert state_of(w.pool, server) is ServerState.TESTED
+    assert client.state is ClientState.WAITING_LOGIN  # no FinishLogin yet
+    assert w.pool.welcome is None
+    server.params["TimeZone"] = "Asia/Tokyo"  # reported by the server while it ran
+    assert w.pooler.internal_done(server, True, 0.2) == [FinishLogin(client)]
+    assert w.pool.welcome is not None and w.pool.welcome["TimeZone"] == "Asia/Tokyo"
+    assert state_of(w.pool, server) is ServerState.IDLE
+    client.expect_rfq = 1
+    assert w.pooler.client_wants_server(client, 0.3) == [Link(client, server)]
+
+
+def test_failing_connect_query_closes_the_server_and_tells_the_waiters() -> None:
+    w = World()
+    w.db.config = _DbConfig("SELEKT 1")
+    client, [connect] = w.new_client(0.0)
+    server = connect.server
+    w.login_ok(server, 0.1)
+    server.internal_error = ServerError("ERROR", "42601", 'syntax error at or near "SELEKT"')
+    actions = w.pooler.internal_done(server, False, 0.2)
+    reason = f'{Reason.CONNECT_QUERY_FAILED}: 42601 syntax error at or near "SELEKT"'
+    assert actions[0] == CloseServer(server, reason)
+    [close] = [a for a in actions if isinstance(a, CloseClient)]
+    assert close.client is client and close.error is not None
+    assert close.error.sqlstate == "42601"
+    assert close.error.message == f'{Reason.CONNECT_QUERY_FAILED}: syntax error at or near "SELEKT"'
+    assert w.pool.server_count == 0
+    assert w.pool.login_failed_until > 0.2  # new clients hear it too, for server_login_retry
+
+
+def test_connect_query_leaving_a_transaction_open_fails_too() -> None:
+    w = World()
+    w.db.config = _DbConfig("BEGIN")
+    _, [connect] = w.new_client(0.0)
+    server = connect.server
+    w.login_ok(server, 0.1)
+    server.tx_status = b"T"
+    actions = w.pooler.internal_done(server, True, 0.2)
+    assert isinstance(actions[0], CloseServer)
+    assert "left a transaction open" in actions[0].reason
+
+
+def test_connect_query_that_never_answers_is_a_failed_login() -> None:
+    w = World(server_connect_timeout=3.0)
+    w.db.config = _DbConfig("SELECT pg_sleep(3600)")
+    client, [connect] = w.new_client(0.0)
+    server = connect.server
+    w.login_ok(server, 0.1)
+    actions = w.pooler.maint(3.1)
+    assert CloseServer(server, Reason.INTERNAL_QUERY_TIMEOUT) in actions
+    assert w.pool.backoff.active  # retried on the backoff schedule, the client still waits
+    assert client.state is ClientState.WAITING_LOGIN
+
+
+def test_cancel_takes_a_waiting_client_out_of_the_queue() -> None:
+    w = World(pool_size=1)
+    holder, server = w.linked_client(0.0)
+    a, b = w.ready_client(1.0), w.ready_client(2.0)
+    assert w.pooler.client_wants_server(a, 1.0) == []
+    assert w.pooler.client_wants_server(b, 2.0) == []
+    assert w.pooler.cancel_wait(a, 3.0)
+    assert a.state is ClientState.ACTIVE and a.link is None
+    assert a not in w.pool.waiting
+    assert not w.pooler.cancel_wait(a, 3.1)  # not waiting any more: nothing to cancel
+    assert not w.pooler.cancel_wait(holder, 3.1)  # holds a server: the cancel goes there
+    # Waiting again puts it at the back, behind b.
+    assert w.pooler.client_wants_server(a, 4.0) == []
+    holder.expect_rfq = 0
+    assert w.pooler.release_server(server, 5.0) == [Link(b, server)]
+    b.expect_rfq = 0
+    assert w.pooler.release_server(server, 6.0) == [Link(a, server)]
+    assert w.pool.stats.wait_count == 3  # the canceled wait counts as a wait that ended

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pgfunnel.pool.scheduler import Pool
+    from pgfunnel.proto.messages import ServerError
 
 _ids = itertools.count(1)
 
@@ -107,6 +108,7 @@ class Server:
         "id",
         "idle_since",
         "internal",
+        "internal_error",
         "key",
         "link",
         "link_time",
@@ -116,7 +118,9 @@ class Server:
         "query_start",
         "ready",
         "request_time",
+        "setup",
         "state",
+        "tested_since",
         "tracked",
         "tx_status",
         "xact_start",
@@ -142,6 +146,9 @@ class Server:
         self.key = 0
         self.tx_status = b"I"  # from the last ReadyForQuery
         self.internal = 0  # ReadyForQuery messages owed to the pooler's own queries
+        self.internal_error: ServerError | None = None  # the first error one of them raised
+        self.setup = False  # running the database's connect_query: not yet usable by clients
+        self.tested_since = 0.0  # when it entered TESTED (the pooler's own queries time out)
         self.ready = True  # False once the server can no longer be trusted for reuse
         self.close_needed = False  # RECONNECT / RELOAD: close instead of reusing once released
         self.close_reason = ""

@@ -7,6 +7,7 @@ socket or reads a clock. Objects move between states only through `_set_client_s
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -285,7 +286,8 @@ _CLIENT_EDGES: dict[ClientState, frozenset[ClientState]] = {
     ClientState.CLOSED: frozenset(),
 }
 _SERVER_EDGES: dict[ServerState, frozenset[ServerState]] = {
-    ServerState.LOGIN: frozenset({ServerState.IDLE, ServerState.CLOSED}),
+    # LOGIN -> TESTED: the database's connect_query runs before any client sees the server.
+    ServerState.LOGIN: frozenset({ServerState.IDLE, ServerState.TESTED, ServerState.CLOSED}),
     ServerState.IDLE: frozenset({ServerState.ACTIVE, ServerState.TESTED, ServerState.CLOSED}),
     ServerState.ACTIVE: frozenset(
         {ServerState.IDLE, ServerState.USED, ServerState.TESTED, ServerState.CLOSED}
@@ -296,6 +298,9 @@ _SERVER_EDGES: dict[ServerState, frozenset[ServerState]] = {
 }
 
 _BACKOFF_BASE = 0.05  # first retry after a transient refusal, doubled per failure
+# How long the pooler's own queries may take when server_connect_timeout is 0 (off): a server
+# that never answers them must still give its pool slot back.
+_INTERNAL_QUERY_TIMEOUT = 15.0
 
 
 class Pooler:
@@ -398,6 +403,9 @@ class Pooler:
             pool.servers[new][server] = None
         if new is ServerState.IDLE:
             server.idle_since = now
+        elif new is ServerState.TESTED:
+            server.tested_since = now
+            server.internal_error = None
         server.state = new
 
     # --- clients -----------------------------------------------------------------------------
@@ -463,6 +471,19 @@ class Pooler:
             # Nothing to do: logins in flight still complete and warm the pool.
             pass
         return actions
+
+    def cancel_wait(self, client: Client, now: float) -> bool:
+        """A CancelRequest for a queued client: it leaves the queue (and stays connected).
+        False when it is not waiting (it holds a server, or never asked for one)."""
+        pool = client.pool
+        if pool is None or client.state is not ClientState.WAITING:
+            return False
+        # Rare enough for an O(n) removal; a stale entry left behind would put the client back
+        # at its old place in the queue should it wait again.
+        with contextlib.suppress(ValueError):
+            pool.waiting.remove(client)
+        self._set_client_state(client, ClientState.ACTIVE, now)
+        return True
 
     # --- servers -----------------------------------------------------------------------------
     def _pick_idle(self, pool: Pool, now: float) -> Server | None:
@@ -586,15 +607,52 @@ class Pooler:
         pool.login_failed_until = 0.0
         pool.login_error = None
         actions: list[Action] = []
+        connect_query = getattr(pool.db.config, "connect_query", None)
+        if connect_query:
+            # As PgBouncer: run it before any client may use the server. Clients waiting for
+            # the pool's first login see the parameters as they are after it.
+            server.setup = True
+            self._set_server_state(server, ServerState.TESTED, now)
+            actions.append(RunQueries(server, (connect_query,)))
+        else:
+            actions += self._ready(server, now)
+        if bo.granted is not None:
+            actions += self._launch(pool, now)  # take capacity back one probe at a time
+        return actions
+
+    def _ready(self, server: Server, now: float) -> list[Action]:
+        """A freshly logged-in server is usable: it welcomes waiting logins and goes idle."""
+        pool = server.pool
+        actions: list[Action] = []
         if pool.welcome is None:
-            pool.welcome = dict(params)
+            pool.welcome = dict(server.params)
         for client in list(pool.clients[ClientState.WAITING_LOGIN]):
             self._set_client_state(client, ClientState.ACTIVE, now)
             actions.append(FinishLogin(client))
         actions += self._to_idle(server, now)
-        if bo.granted is not None:
-            actions += self._launch(pool, now)  # take capacity back one probe at a time
         return actions
+
+    def _connect_query_failed(self, server: Server, now: float) -> list[Action]:
+        """connect_query failed (or left a transaction open): the server is closed and the
+        failure is treated as a failed login, so clients hear why instead of waiting on a pool
+        that can never serve them. (PgBouncer logs the error and uses the server anyway.)"""
+        err = server.internal_error
+        if err is None:
+            err = ServerError(
+                "FATAL", ss.PROTOCOL_VIOLATION, "it left a transaction open", None, None
+            )
+        reason = f"{Reason.CONNECT_QUERY_FAILED}: {err.sqlstate} {err.message}"
+        error = ServerError(
+            "FATAL",
+            err.sqlstate,
+            f"{Reason.CONNECT_QUERY_FAILED}: {err.message}",
+            err.detail,
+            err.hint,
+        )
+        return [
+            self._close_server(server, reason, now),
+            *self.server_login_failed(server, error, now),
+        ]
 
     def server_login_failed(
         self, server: Server, error: ServerError | None, now: float, network: str = ""
@@ -681,6 +739,11 @@ class Pooler:
         """The pooler's own queries on `server` finished; an error means the server goes."""
         if server.state is ServerState.CLOSED:
             return []
+        if server.setup:
+            server.setup = False
+            if not ok or server.tx_status != b"I":
+                return self._connect_query_failed(server, now)
+            return self._ready(server, now)
         if not ok or server.tx_status != b"I":
             return [
                 self._close_server(server, Reason.RESET_FAILED, now),
@@ -850,6 +913,18 @@ class Pooler:
             ):
                 actions.append(CloseServer(server, Reason.CONNECT_TIMEOUT))
                 actions += self.server_login_failed(server, None, now, Reason.CONNECT_TIMEOUT)
+        # The pooler's own queries (connect_query, reset, check, rollback): a server that does
+        # not answer them never comes back, so it must not hold its pool slot forever.
+        tested = pool.servers[ServerState.TESTED]
+        if tested:
+            bound = s.server_connect_timeout or _INTERNAL_QUERY_TIMEOUT
+            for server in list(tested):
+                if now - server.tested_since >= bound:
+                    actions.append(self._close_server(server, Reason.INTERNAL_QUERY_TIMEOUT, now))
+                    if server.setup:
+                        actions += self.server_login_failed(
+                            server, None, now, Reason.INTERNAL_QUERY_TIMEOUT
+                        )
         idle = pool.servers[ServerState.IDLE]
         keep = s.min_pool_size
         for server in list(idle):

@@ -23,6 +23,12 @@ class Reason:
     SERVER_GONE = "server conn crashed?"
     SERVER_CLOSED = "server closed the connection unexpectedly"
     CLIENT_GONE_BUSY = "client disconnected with query in progress"
+    # The client left in the middle of a message, or with a transaction the pooler cannot end.
+    CLIENT_GONE_NOT_READY = "client disconnect while server was not ready"
+    # pgfunnel's own: the pooler's queries (connect_query, reset, check, rollback) got no answer
+    # within server_connect_timeout.
+    INTERNAL_QUERY_TIMEOUT = "server did not answer the pooler's own query (server_connect_timeout)"
+    CONNECT_QUERY_FAILED = "connect_query failed"
     RESET_FAILED = "server reset query failed"
     EVICTED = "evicted"
     MAX_CLIENT_CONN = "no more connections allowed (max_client_conn)"
@@ -68,4 +74,5 @@ class Msg:
     SUSPEND_TIMEOUT = "suspend_timeout"
     KILLED_CLIENT = "client killed by the admin console (KILL_CLIENT)"
     ADMIN_WAIT_CANCELED = "canceling statement due to user request"
+    QUERY_CANCELED = "canceling statement due to user request"  # PostgreSQL's text for 57014
     ADMIN_WAIT_CANCELED_HINT = "The wait was canceled; PAUSE or SUSPEND stays until RESUME."

@@ -126,8 +126,12 @@ def _reap(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--max-share",
         type=float,
-        default=0.5,
-        help="end at most this share of one application's sessions (default 0.5)",
+        default=None,
+        metavar="SHARE",
+        help="end at most this share (0-1] of one application's sessions a round, whatever "
+        "their state. Default: idle sessions are capped at 0.5 (ending most of a pool at once "
+        "causes a reconnect storm); sessions idle in transaction past the age are leaks holding "
+        "locks and snapshots and are not capped",
     )
     p.add_argument("--loop", type=_positive_float, metavar="SECONDS", help="repeat every SECONDS")
     p.add_argument("--iterations", type=int, default=0, help="with --loop: stop after N rounds")

@@ -24,6 +24,10 @@ STATE_NAMES = {
     "idle-in-transaction-aborted": IDLE_IN_TX_ABORTED,
     "idle in transaction (aborted)": IDLE_IN_TX_ABORTED,
 }
+# The share cap protects an application from losing most of its idle pool at once (a
+# reconnect storm). Sessions idle in transaction past the age are leaks holding locks and the
+# xmin horizon: by default they are not capped. An explicit --max-share caps every target.
+DEFAULT_IDLE_SHARE = 0.5
 
 
 @dataclass
@@ -43,7 +47,7 @@ class Filters:
     include_replication: bool = False
     include_tools: bool = False
     max_targets: int = 100
-    max_share: float = 0.5
+    max_share: float | None = None  # None: DEFAULT_IDLE_SHARE for idle targets only
 
     def validate(self) -> None:
         if self.idle_in_transaction_s is None and self.idle_s is None and not self.states:
@@ -59,8 +63,14 @@ class Filters:
             ipaddress.ip_network(cidr, strict=False)
         if self.application:
             re.compile(self.application)
-        if not 0 < self.max_share <= 1:
+        if self.max_share is not None and not 0 < self.max_share <= 1:
             raise ValueError("--max-share must be in (0, 1]")
+
+    def share_for(self, state: str | None) -> float | None:
+        """The share cap that applies to a target in `state`, or None when it is not capped."""
+        if self.max_share is not None:
+            return self.max_share
+        return DEFAULT_IDLE_SHARE if state == IDLE else None
 
 
 @dataclass
@@ -163,7 +173,9 @@ def plan(snap: Snapshot, f: Filters) -> Plan:
     f.validate()
     own = snap.server.own_pid
     clients = [b for b in snap.backends if b.visible and b.is_client and b.pid != own]
-    app_totals = Counter(b.application_name or "" for b in clients)
+    # An application's hidden sessions are still its sessions: they count in its total.
+    hidden = [b for b in snap.backends if not b.visible and b.usename and b.pid != own]
+    app_totals = Counter(b.application_name or "" for b in clients + hidden)
     chosen: list[Target] = []
     skipped: list[Skip] = []
     no_priv: list[Skip] = []
@@ -199,13 +211,21 @@ def plan(snap: Snapshot, f: Filters) -> Plan:
     targets: list[Target] = []
     for t in chosen:
         app = t.backend.application_name or ""
-        allowed = max(1, math.floor(f.max_share * app_totals[app]))
-        if per_app[app] >= allowed:
+        share = f.share_for(t.backend.state)
+        # Idle targets come last, so the ended idle-in-transaction sessions of the same
+        # application count against its cap too: a round never ends more than the share.
+        if share is not None and per_app[app] >= max(1, math.floor(share * app_totals[app])):
+            why = (
+                f"--max-share {share:g}"
+                if f.max_share is not None
+                else f"idle sessions are capped at {share:g} of an application's sessions a "
+                "round by default; --max-share 1 lifts it"
+            )
             skipped.append(
                 Skip(
                     t.backend,
-                    f"share cap: already {per_app[app]} of {app_totals[app]} "
-                    f"'{app}' sessions (--max-share {f.max_share})",
+                    f"share cap: already {per_app[app]} of {app_totals[app]} '{app}' sessions "
+                    f"ended this round ({why})",
                 )
             )
             continue

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -52,7 +54,7 @@ def test_execute_ends_exactly_the_old_idle_in_transaction_sessions(server: Clust
         for pid in [*old, aborted]:
             wait_for(lambda pid=pid: state_age(server, pid) >= 8.0)
         before = alive_pids(server)
-        dry = run_cli("reap", server.dsn(), "--idle-in-transaction", "8s", "--max-share", "1")
+        dry = run_cli("reap", server.dsn(), "--idle-in-transaction", "8s")
         assert dry.returncode == 0, dry.stderr
         assert "pg_terminate_backend" in dry.stdout
         assert alive_pids(server) == before
@@ -61,9 +63,7 @@ def test_execute_ends_exactly_the_old_idle_in_transaction_sessions(server: Clust
         young = s.open(app="leaky", idle_in_tx=True).info.backend_pid
         before = alive_pids(server)
 
-        proc = run_cli(
-            "reap", server.dsn(), "--execute", "--idle-in-transaction", "8s", "--max-share", "1"
-        )
+        proc = run_cli("reap", server.dsn(), "--execute", "--idle-in-transaction", "8s")
         assert proc.returncode == 0, proc.stderr
         ended = set([*old, aborted])
         wait_for(lambda: not (alive_pids(server) & ended))
@@ -77,6 +77,57 @@ def test_execute_ends_exactly_the_old_idle_in_transaction_sessions(server: Clust
         assert "superuser" in str(skipped[superuser])
         assert "pg_dump" in str(skipped[dumper])
         assert "idle_in_transaction_session_timeout" in proc.stdout
+
+
+def test_done_when_reap_execute_idle_in_transaction_ends_exactly_those(server: Cluster) -> None:
+    """The issue's "Done when", run as written (`pgfunnel reap DSN --execute
+    --idle-in-transaction AGE`, no other flag) with a shorter age: exactly the sessions idle in
+    transaction (aborted ones included) for longer than AGE end. One application has all of its
+    sessions idle in transaction; younger transactions, idle and active sessions and other
+    applications' sessions all stay, as pg_stat_activity shows afterwards."""
+    age = 8.0
+    with sessions(server) as s:
+        leaky = [s.open(app="leaky", idle_in_tx=True).info.backend_pid for _ in range(3)]
+        broken = s.open(app="broken", aborted=True).info.backend_pid
+        idle = [s.open(app="web").info.backend_pid for _ in range(2)]
+        other = s.open(user="other", password="other", app="other-app").info.backend_pid
+        busy = s.open(app="batch")
+        worker = threading.Thread(target=_sleep_until_cancelled, args=(busy,), daemon=True)
+        worker.start()
+        try:
+            wait_for(lambda: state_of(server, busy.info.backend_pid) == "active")
+            for pid in [*leaky, broken, *idle]:
+                wait_for(lambda pid=pid: state_age(server, pid) >= age)
+            # Opened just before the run, so younger than the age when the statement runs; the
+            # age is generous so that a slow, loaded machine cannot age it past 8 s meanwhile.
+            young = s.open(app="leaky", idle_in_tx=True).info.backend_pid
+            before = alive_pids(server)
+
+            proc = run_cli("reap", server.dsn(), "--execute", "--idle-in-transaction", "8s")
+
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            ended = {*leaky, broken}
+            wait_for(lambda: not (alive_pids(server) & ended))
+            assert alive_pids(server) == before - ended
+            assert {young, other, busy.info.backend_pid, *idle} <= alive_pids(server)
+            left = server.psql(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                "AND state LIKE 'idle in transaction%' AND now() - state_change >= '8s'"
+            )
+            assert left == "0"
+            assert state_of(server, young) == "idle in transaction"
+            assert state_of(server, busy.info.backend_pid) == "active"
+            audit = _audit(proc.stdout)
+            assert {a["pid"] for a in audit if a["action"] == "terminated"} == ended
+            assert {a["action"] for a in audit} == {"terminated"}
+        finally:
+            busy.cancel_safe()
+            worker.join(10)
+
+
+def _sleep_until_cancelled(conn: psycopg.Connection[Any]) -> None:
+    with contextlib.suppress(psycopg.errors.QueryCanceled):
+        conn.execute("SELECT pg_sleep(300)")
 
 
 def test_session_that_turns_active_between_plan_and_kill_survives(server: Cluster) -> None:
@@ -144,8 +195,6 @@ def test_sessions_it_may_not_end_are_reported(server: Cluster) -> None:
             "--execute",
             "--idle-in-transaction",
             "1s",
-            "--max-share",
-            "1",
         )
         assert proc.returncode == 1
         audit = _audit(proc.stdout)
@@ -171,7 +220,22 @@ def test_filters_and_share_cap_and_loop(server: Cluster) -> None:
             "json",
         )
         plan = json.loads(proc.stdout)
-        assert len(plan["targets"]) == 2  # half of svc-a's 4 sessions
+        # By default leaked transactions are not share-capped: all four of svc-a's.
+        assert {t["pid"] for t in plan["targets"]} == set(a)
+        proc = run_cli(
+            "reap",
+            server.dsn(),
+            "--idle-in-transaction",
+            "1s",
+            "--application",
+            "^svc-a$",
+            "--max-share",
+            "0.5",
+            "--format",
+            "json",
+        )
+        plan = json.loads(proc.stdout)
+        assert len(plan["targets"]) == 2  # an explicit --max-share 0.5: half of svc-a's 4
         assert {t["pid"] for t in plan["targets"]} <= set(a)
         assert sum(1 for x in plan["skipped"] if "share cap" in x["reason"]) == 2
         proc = run_cli(

@@ -183,3 +183,33 @@ def test_pgtune_reproduces_the_reference_numbers() -> None:
     assert dw["random_page_cost"] == "4" and dw["autovacuum_max_workers"] == "4"
     small = dict(pgtune(PgTuneInput(2 * 1024**3, 2, 100, "oltp", 15)))
     assert small["work_mem"] == "4854kB" and "max_worker_processes" not in small
+
+
+def test_reap_default_share_cap_spares_idle_pools_but_not_leaked_transactions() -> None:
+    """Without --max-share, every idle-in-transaction session past the age is a target (an
+    application whose sessions all leak loses them all); idle targets are capped at half of
+    their application's sessions, counting what the round already ends."""
+    leaky = [b(i, "idle in transaction", 100, app="leaky") for i in range(1, 5)]
+    pool = [b(10 + i, "idle", 9000, app="pool") for i in range(6)]
+    mixed = [b(20, "idle in transaction", 100, app="mixed")]
+    mixed += [b(21 + i, "idle", 9000, app="mixed") for i in range(3)]
+    rows = leaky + pool + mixed
+    f = rp.Filters(idle_in_transaction_s=30, idle_s=3600)
+    plan = rp.plan(snap(rows, max_connections=40), f)
+    ended = {t.backend.pid for t in plan.targets}
+    assert {1, 2, 3, 4} <= ended  # all four of leaky's sessions
+    assert len(ended & {10, 11, 12, 13, 14, 15}) == 3  # half of pool's six idle sessions
+    # mixed: its leaked transaction, then one idle session (2 of 4 = the 0.5 cap)
+    assert 20 in ended and len(ended & {21, 22, 23}) == 1
+    capped = [s for s in plan.skipped if "share cap" in s.reason]
+    assert len(capped) == 5
+    assert all(s.backend.state == "idle" for s in capped)
+    assert "--max-share 1 lifts it" in capped[0].reason
+    # An explicit --max-share caps every target, idle in transaction too.
+    half = rp.plan(
+        snap(rows, max_connections=40), rp.Filters(idle_in_transaction_s=30, max_share=0.5)
+    )
+    assert len({t.backend.pid for t in half.targets} & {1, 2, 3, 4}) == 2
+    assert any("--max-share 0.5" in s.reason for s in half.skipped)
+    with pytest.raises(ValueError, match="max-share"):
+        rp.Filters(idle_s=60, max_share=0).validate()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -14,6 +15,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -54,6 +56,12 @@ ADMIN_DATABASES = ("pgbouncer", "pgfunnel")
 JANITOR_INTERVAL = 0.1  # seconds between janitor runs: the resolution of every timeout
 HOLDERS_LOG_AFTER = 5.0  # a queue this old gets one log line naming the top holders
 HOLDERS_LOGGED = 3
+# The signals pgfunnel acts on. Only the event loop's thread takes them (the others block
+# them): the kernel gives a process signal to any thread that does not block it, and one
+# taken by a libuv resolver thread could overtake one sent before it. See _SignalQueue.
+HANDLED_SIGNALS = frozenset(
+    {signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2}
+)
 CONFIG_FILE_ERROR = "F0000"
 ADMIN_WELCOME = {
     "server_version": "1.25.1/bouncer",
@@ -97,6 +105,7 @@ class App:
         self._shutdown_task: asyncio.Task[None] | None = None  # the wait, or the re-listen
         self.signal_task: asyncio.Task[None] | None = None  # SIGUSR1's wait for the servers
         self.stopping = asyncio.Event()  # set when the process should exit now
+        self.exit_code = 0  # 1 when it goes down on an error (PgBouncer's die())
         self.refused: dict[str, int] = {}  # clients refused before reaching a pool, by reason
         self.metrics: Any = None  # pgfunnel.metrics.MetricsServer when metrics_addr is set
         self._apply_settings()
@@ -1121,12 +1130,26 @@ def _run(config: Config) -> int:
         runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
     except ImportError:  # uvloop is a declared dependency; this keeps odd platforms alive
         runner = asyncio.Runner()
-    with runner:
-        return runner.run(_main(config))
+    # Blocked until the handlers are installed, and for good in every thread but this one
+    # (see HANDLED_SIGNALS); one sent meanwhile waits instead of killing the process.
+    signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+    try:
+        with runner:
+            return runner.run(_main(config))
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+
+
+def _block_handled_signals() -> None:
+    signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
 
 
 async def _main(config: Config) -> int:
     loop = asyncio.get_running_loop()
+    # Threads started now inherit the blocked mask: libuv's resolver pool starts with the
+    # first lookup; executor threads (asyncio's own resolver) block the signals themselves.
+    loop.set_default_executor(ThreadPoolExecutor(initializer=_block_handled_signals))
+    await loop.getaddrinfo("127.0.0.1", 0)
     app = App(config, loop)
     try:
         await app.start()
@@ -1134,10 +1157,11 @@ async def _main(config: Config) -> int:
         log.error("cannot start: %s", exc)
         return 1
     _install_signals(app, loop)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)  # this thread only
     await app.stopping.wait()
     await app.stop()
     log.info("shutting down")
-    return 0
+    return app.exit_code
 
 
 def _install_signals(app: App, loop: asyncio.AbstractEventLoop) -> None:
@@ -1188,9 +1212,39 @@ def _install_signals(app: App, loop: asyncio.AbstractEventLoop) -> None:
         except AdminError as exc:
             log.warning("SIGUSR2: %s", exc.message)
 
-    loop.add_signal_handler(signal.SIGHUP, reload)
-    loop.add_signal_handler(signal.SIGINT, shutdown, "WAIT_FOR_SERVERS", "SIGINT")
-    loop.add_signal_handler(signal.SIGTERM, shutdown, "WAIT_FOR_CLIENTS", "SIGTERM")
-    loop.add_signal_handler(signal.SIGQUIT, quit_now)
-    loop.add_signal_handler(signal.SIGUSR1, pause)
-    loop.add_signal_handler(signal.SIGUSR2, resume)
+    _SignalQueue(
+        loop,
+        {
+            signal.SIGHUP: reload,
+            signal.SIGINT: lambda: shutdown("WAIT_FOR_SERVERS", "SIGINT"),
+            signal.SIGTERM: lambda: shutdown("WAIT_FOR_CLIENTS", "SIGTERM"),
+            signal.SIGQUIT: quit_now,
+            signal.SIGUSR1: pause,
+            signal.SIGUSR2: resume,
+        },
+    )
+
+
+class _SignalQueue:
+    """Runs the signals' actions on the loop, in the order the signals were taken.
+
+    Not loop.add_signal_handler: it acts in the order the C-level handlers ran, and when
+    several signals are pending the kernel stacks their handler frames so that the last one
+    set up runs first (SIGUSR2 before SIGUSR1, a resume before the pause). Python-level
+    handlers run from the flags those handlers set, lowest signal number first; each only
+    queues its signal, the queue is drained by a callback on the loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, actions: dict[int, Callable[[], None]]):
+        self.loop = loop
+        self.actions = actions
+        self.queue: collections.deque[int] = collections.deque()
+        for sig in actions:
+            signal.signal(sig, self._taken)
+
+    def _taken(self, signum: int, _frame: object) -> None:
+        self.queue.append(signum)
+        self.loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        while self.queue:
+            self.actions[self.queue.popleft()]()

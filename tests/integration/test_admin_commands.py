@@ -383,3 +383,20 @@ def test_shutdown_wait_for_clients_exits_when_the_last_client_leaves(funnel) -> 
     finally:
         client.close()
     assert f.proc.wait(10) == 0
+
+
+def test_resume_during_a_shutdown_is_refused_and_the_shutdown_goes_on(funnel) -> None:  # type: ignore[no-untyped-def]
+    """PgBouncer 1.23 on: `pooler is shutting down`; WAIT_FOR_SERVERS still ends the process
+    once its last server is released."""
+    f = funnel()
+    with f.connect() as client, console(f) as admin:
+        client.execute("BEGIN")
+        client.execute("SELECT 1")
+        admin.execute("SHUTDOWN WAIT_FOR_SERVERS", prepare=False)
+        with pytest.raises(psycopg.errors.ProtocolViolation, match="pooler is shutting down"):
+            admin.execute("RESUME", prepare=False)
+        assert client.execute("SELECT 2").fetchone() == (2,)  # its transaction goes on
+        assert f.proc is not None and f.proc.poll() is None
+        client.execute("COMMIT")
+        assert f.proc.wait(10) == 0
+    assert "server connections dropped, exiting" in f.log()

@@ -102,7 +102,7 @@ class App:
         self._paused_dbs: set[str] = set()  # PAUSE db / KILL db: outlive a global RESUME
         self.suspended = False
         self.shutting_down: str | None = None
-        self._shutdown_task: asyncio.Task[None] | None = None  # the wait, or the re-listen
+        self._shutdown_task: asyncio.Task[None] | None = None  # waits for the last one to go
         self.signal_task: asyncio.Task[None] | None = None  # SIGUSR1's wait for the servers
         self.stopping = asyncio.Event()  # set when the process should exit now
         self.exit_code = 0  # 1 when it goes down on an error (PgBouncer's die())
@@ -224,13 +224,15 @@ class App:
         the database (or every database) holds none. Clients stay connected and wait."""
         await self._wait_until(self.begin_pause(db))
 
-    def begin_pause(self, db: str | None) -> Callable[[], bool]:
-        """PAUSE's effect, at once; returns the test of "every server released" to wait on."""
+    def begin_pause(self, db: str | None, command: bool = True) -> Callable[[], bool]:
+        """PAUSE's effect, at once; returns the test of "every server released" to wait on.
+        `command` False: SIGUSR1, which logs its own line."""
         if self.paused_all or self.suspended:
             raise AdminError(ss.PROTOCOL_VIOLATION, "already suspended/paused")
         now = self.now()
         if db is None:
-            log.info("PAUSE command issued")
+            if command:
+                log.info("PAUSE command issued")
             self.paused_all = True
             for d in list(self.pooler.databases.values()):
                 self.apply(self.pooler.pause(d, now))
@@ -244,16 +246,17 @@ class App:
         self.apply(self.pooler.pause(target, now))
         return lambda: not target.paused or self.pooler.servers_of(target) == 0
 
-    def resume(self, db: str | None) -> None:
+    def resume(self, db: str | None, command: bool = True) -> None:
+        """RESUME [db]; `command` False: SIGUSR2, which logs its own line."""
         now = self.now()
         if db is None:
-            log.info("RESUME command issued")
+            if command:
+                log.info("RESUME command issued")
+            if self.shutting_down is not None:
+                # As PgBouncer (1.23 on): a shutdown cannot be undone; its listeners are gone.
+                raise AdminError(ss.PROTOCOL_VIOLATION, "pooler is shutting down")
             if not (self.paused_all or self.suspended):
                 raise AdminError(ss.PROTOCOL_VIOLATION, "pooler is not paused/suspended")
-            if self.shutting_down is not None:
-                # As PgBouncer: RESUME after SIGINT / SHUTDOWN WAIT_FOR_SERVERS (which pause)
-                # cancels the shutdown, rather than leaving it to fire at the next quiet moment.
-                self._cancel_shutdown()
             self.paused_all = False
             if self.suspended:
                 self._unsuspend()
@@ -384,66 +387,60 @@ class App:
                 conn.transport.resume_reading()
 
     def shutdown(self, mode: str | None) -> None:
-        """SHUTDOWN: now; WAIT_FOR_SERVERS (SIGINT): stop listening, pause, exit once every
-        server is released; WAIT_FOR_CLIENTS (SIGTERM): stop listening, exit once every client
-        has left."""
+        """SHUTDOWN: exit now; SHUTDOWN WAIT_FOR_SERVERS / WAIT_FOR_CLIENTS: see
+        begin_shutdown. A second one during a shutdown changes what it waits for, as in
+        PgBouncer."""
         mode = (mode or "").upper() or None
         if mode not in (None, "WAIT_FOR_SERVERS", "WAIT_FOR_CLIENTS"):
             raise AdminError(ss.PROTOCOL_VIOLATION, f"invalid SHUTDOWN mode: {mode}")
-        if mode is None or self.shutting_down is not None:
+        if mode is None:
             log.info("SHUTDOWN command issued")
             self.stopping.set()
             return
+        log.info("SHUTDOWN %s command issued", mode)
         if self.suspended:
-            # Sockets are not being read, so nobody could ever leave: exit now, as PgBouncer.
+            # Sockets are not being read, so nobody could ever leave: exit now.
             log.info("SHUTDOWN %s while suspended: exiting now", mode)
             self.stopping.set()
             return
-        log.info("SHUTDOWN %s command issued", mode)
+        self.begin_shutdown(mode)
+
+    def begin_shutdown(self, mode: str) -> None:
+        """WAIT_FOR_SERVERS (SIGINT): stop listening, pause, exit once every server is
+        released; WAIT_FOR_CLIENTS (SIGTERM): stop listening, keep serving, exit once every
+        client has left. Nothing undoes it (RESUME and SIGUSR2 are refused)."""
+        first = self.shutting_down is None
         self.shutting_down = mode
-        for srv in self.servers_listening:
-            srv.close()
-        self.servers_listening = []
-        if mode == "WAIT_FOR_SERVERS":
+        if first:
+            for srv in self.servers_listening:
+                srv.close()
+            self.servers_listening = []
+        if mode == "WAIT_FOR_SERVERS" and not self.paused_all:
             self.paused_all = True
             now = self.now()
             for d in list(self.pooler.databases.values()):
                 self.apply(self.pooler.pause(d, now))
+        if first:
+            self._shutdown_task = self.loop.create_task(self._shutdown_when_done())
 
+    async def _shutdown_when_done(self) -> None:
         def done() -> bool:
-            if mode == "WAIT_FOR_SERVERS":
+            if self.shutting_down == "WAIT_FOR_SERVERS":
                 return not any(True for _ in self.pooler.all_servers())
             return not any(True for _ in self.pooler.all_clients())
 
-        async def wait() -> None:
-            await self._wait_until(done)
-            log.info("%s: done, exiting", mode)
-            self.stopping.set()
+        await self._wait_until(done)
+        if self.shutting_down == "WAIT_FOR_SERVERS":
+            log.info("server connections dropped, exiting")
+        else:
+            log.info("client connections dropped, exiting")
+        self.stopping.set()
 
-        self._shutdown_task = self.loop.create_task(wait())
-
-    def _cancel_shutdown(self) -> None:
-        """Forget the shutdown in progress and listen again (RESUME after WAIT_FOR_SERVERS).
-        Should the addresses be taken meanwhile, the shutdown goes on as it was."""
-        mode = self.shutting_down
-        assert mode is not None
-        log.info("canceling shutdown")
-        self.shutting_down = None
-        if self._shutdown_task is not None:
-            self._shutdown_task.cancel()
-            self._shutdown_task = None
-
-        async def relisten() -> None:
-            try:
-                await self._listen()
-            except OSError as exc:
-                log.error("cannot listen again (%s): going on with SHUTDOWN %s", exc, mode)
-                for srv in self.servers_listening:
-                    srv.close()
-                self.servers_listening = []
-                self.shutdown(mode)
-
-        self._shutdown_task = self.loop.create_task(relisten())
+    def die(self, message: str) -> None:
+        """PgBouncer's die(): a FATAL line and exit 1, at once."""
+        log.critical("%s", message)
+        self.exit_code = 1
+        self.stopping.set()
 
     def reload(self) -> None:
         """RELOAD / SIGHUP: read the config and auth file again. A broken file changes nothing
@@ -1013,6 +1010,7 @@ class _Formatter(logging.Formatter):
         "INFO": "LOG",
         "WARNING": "WARNING",
         "ERROR": "ERROR",
+        "CRITICAL": "FATAL",  # die()
     }
 
     def format(self, record: logging.LogRecord) -> str:
@@ -1165,38 +1163,36 @@ async def _main(config: Config) -> int:
 
 
 def _install_signals(app: App, loop: asyncio.AbstractEventLoop) -> None:
-    """PgBouncer's signals: HUP reloads; INT waits for servers to be released, TERM for
-    clients to leave (a second one of either, or QUIT, exits at once); USR1 pauses, USR2
-    resumes."""
+    """PgBouncer's signals, with its log lines: HUP reloads; INT waits for servers to be
+    released, TERM for clients to leave (a second one of either, or QUIT, exits at once);
+    USR1 pauses, USR2 resumes (ignored during a shutdown)."""
 
     def reload() -> None:
         log.info("got SIGHUP, re-reading config")
         with contextlib.suppress(AdminError):  # logged; the old config keeps running
             app.reload()
 
-    def shutdown(mode: str, name: str) -> None:
+    def shutdown(mode: str, name: str, waits_for: str) -> None:
         if app.shutting_down is not None:
-            log.info("got %s while shutting down, exiting now", name)
+            log.info("got %s while shutting down, fast exit", name)
             app.stopping.set()
             return
+        log.info("got %s, shutting down, waiting for all %s", name, waits_for)
         if app.suspended:
-            log.info("got %s while suspended, exiting now", name)
-            app.stopping.set()
+            app.die("suspend was in progress, going down immediately")
             return
-        log.info("got %s, shutting down (%s)", name, mode)
-        app.shutdown(mode)
+        app.begin_shutdown(mode)
 
     def quit_now() -> None:
-        log.info("got SIGQUIT, exiting now")
+        log.info("got SIGQUIT, fast exit")
         app.stopping.set()
 
     def pause() -> None:
-        log.info("got SIGUSR1, pausing")
-        try:  # at once, so that a SIGUSR2 right behind it finds the pooler paused
-            released = app.begin_pause(None)
-        except AdminError as exc:
-            log.warning("SIGUSR1: %s", exc.message)
+        if app.paused_all or app.suspended:
+            log.info("got SIGUSR1, but already paused/suspended")
             return
+        log.info("got SIGUSR1, pausing all activity")
+        released = app.begin_pause(None, command=False)
 
         async def run() -> None:
             await app._wait_until(released)
@@ -1206,18 +1202,26 @@ def _install_signals(app: App, loop: asyncio.AbstractEventLoop) -> None:
         app.signal_task = loop.create_task(run())
 
     def resume() -> None:
-        log.info("got SIGUSR2, resuming")
-        try:
-            app.resume(None)
-        except AdminError as exc:
-            log.warning("SIGUSR2: %s", exc.message)
+        if app.shutting_down is not None:
+            log.info("got SIGUSR2 while shutting down, ignoring")
+            return
+        if app.suspended:
+            log.info("got SIGUSR2, continuing from SUSPEND")
+        elif app.paused_all:
+            log.info("got SIGUSR2, continuing from PAUSE")
+        else:
+            log.info("got SIGUSR2, but not paused/suspended")
+            return
+        app.resume(None, command=False)
 
     _SignalQueue(
         loop,
         {
             signal.SIGHUP: reload,
-            signal.SIGINT: lambda: shutdown("WAIT_FOR_SERVERS", "SIGINT"),
-            signal.SIGTERM: lambda: shutdown("WAIT_FOR_CLIENTS", "SIGTERM"),
+            signal.SIGINT: lambda: shutdown(
+                "WAIT_FOR_SERVERS", "SIGINT", "servers connections to be released"
+            ),
+            signal.SIGTERM: lambda: shutdown("WAIT_FOR_CLIENTS", "SIGTERM", "clients disconnect"),
             signal.SIGQUIT: quit_now,
             signal.SIGUSR1: pause,
             signal.SIGUSR2: resume,

@@ -115,6 +115,8 @@ def diagnose_once(args: argparse.Namespace, opts: dg.Options) -> dict[str, Any]:
             return dg.unreachable_report(classify_53300(exc2.message) or hit, exc2.message, via)
     try:
         snap = live.take_snapshot(conn)
+    except (live.StatementError, live.ConnectionLost) as exc:
+        return dg.unreachable_report(None, str(exc), via, title="Could not read the server")
     finally:
         conn.close()
     if args.save_snapshot:
@@ -162,6 +164,45 @@ def _dur(text: str | None) -> float | None:
     return parse_duration(text) if text is not None else None
 
 
+RECONNECT_ATTEMPTS = 6
+
+
+class _Stop:
+    """SIGINT/SIGTERM ask reap to stop: the round in progress finishes (its statements are
+    bounded by statement_timeout) and its audit lines are written; sleeps end at once."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum: int, frame: object) -> None:
+            self.signal = signum
+
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+    def sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.requested:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.1))
+
+
 def reap_main(args: argparse.Namespace) -> int:
     try:
         filters = reap_filters(args)
@@ -169,70 +210,179 @@ def reap_main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"pgfunnel reap: {exc}", file=sys.stderr)
         return 2
-    try:
-        conn = live.connect(args.dsn or "", APP_REAP)
-    except live.ConnectError as exc:
-        hit = classify_53300(exc.message)
-        print(f"pgfunnel reap: cannot connect: {exc.message}", file=sys.stderr)
-        if hit:
-            print(
-                f"limit hit: {hit.limit_setting}; use a reserved-slot DSN (superuser)",
-                file=sys.stderr,
-            )
-        return 3
-    audit = open(args.audit_log, "a") if args.audit_log else None  # noqa: SIM115
-    code = 0
-    try:
-        iteration = 0
+    stop = _Stop()
+    with stop.installed():
+        try:
+            conn = live.connect(args.dsn or "", APP_REAP)
+        except live.ConnectError as exc:
+            _print_connect_failure(exc.message)
+            return 3
+        audit = open(args.audit_log, "a") if args.audit_log else None  # noqa: SIM115
+        session = _ReapSession(args, filters, conn, audit, stop)
+        try:
+            return session.run()
+        finally:
+            session.close()
+
+
+def _print_connect_failure(message: str) -> None:
+    hit = classify_53300(message)
+    print(f"pgfunnel reap: cannot connect: {message}", file=sys.stderr)
+    if hit:
+        print(
+            f"limit hit: {hit.limit_setting}; use a reserved-slot DSN (superuser)", file=sys.stderr
+        )
+
+
+class _ReapSession:
+    """The rounds of one `pgfunnel reap` run: a dry run or --execute, once or --loop."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        filters: rp.Filters,
+        conn: Any,
+        audit: TextIO | None,
+        stop: _Stop,
+    ) -> None:
+        self.args = args
+        self.filters = filters
+        self.conn = conn
+        self.audit = audit
+        self.stop = stop
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+        if self.audit:
+            self.audit.close()
+
+    def run(self) -> int:
+        args = self.args
+        code = 0
+        rounds = 0
         while True:
-            iteration += 1
-            snap = live.take_snapshot(conn)
-            plan = rp.plan(snap, filters)
-            results: dict[int, bool] | None = None
-            if args.execute and plan.statement:
-                results = live.run_reap_statement(conn, plan.statement)
-            lines = audit_lines(plan, results, executed=args.execute)
-            if args.format == "json":
-                print(
-                    json.dumps(
-                        {**plan.as_dict(), "executed": args.execute, "audit": lines}, default=str
-                    )
-                )
-            else:
-                print_plan(plan, args.execute, _console())
-                for line in lines:
-                    print(json.dumps(line, default=str))
-            if audit:
-                for line in lines:
-                    audit.write(json.dumps(line, default=str) + "\n")
-                audit.flush()
+            rounds += 1
+            try:
+                code = max(code, self.round())
+            except live.ConnectionLost as exc:
+                print(f"pgfunnel reap: lost the connection: {exc.message}", file=sys.stderr)
+                if not args.loop:
+                    return 3
+                if not self.reconnect():
+                    return code if self.stop.requested else 3
+            except live.StatementError as exc:
+                print(f"pgfunnel reap: {exc}", file=sys.stderr)
+                code = 3
+                if not args.loop:
+                    return code
             sys.stdout.flush()
-            if plan.no_privilege:
-                code = 1
-            if not args.loop or (args.iterations and iteration >= args.iterations):
+            done = not args.loop or (args.iterations and rounds >= args.iterations)
+            if not done and not self.stop.requested:
+                self.stop.sleep(args.loop)
+            if self.stop.requested:
+                name = signal.Signals(self.stop.signal or signal.SIGTERM).name
+                print(f"pgfunnel reap: stopped by {name} after {rounds} round(s)", file=sys.stderr)
                 return code
-            time.sleep(args.loop)
-    finally:
-        conn.close()
-        if audit:
-            audit.close()
+            if done:
+                return code
+
+    def reconnect(self) -> bool:
+        """Backoff doubling from min(1 s, the loop interval), RECONNECT_ATTEMPTS times."""
+        with contextlib.suppress(Exception):
+            self.conn.close()
+        self.conn = None
+        delay = min(1.0, self.args.loop)
+        cap = max(2.0, self.args.loop / 2)
+        last = ""
+        for attempt in range(1, RECONNECT_ATTEMPTS + 1):
+            self.stop.sleep(delay)
+            if self.stop.requested:
+                return False
+            try:
+                self.conn = live.connect(self.args.dsn or "", APP_REAP)
+            except live.ConnectError as exc:
+                last = exc.message
+                print(
+                    f"pgfunnel reap: reconnect {attempt}/{RECONNECT_ATTEMPTS} failed: {last}",
+                    file=sys.stderr,
+                )
+                delay = min(cap, delay * 2)
+                continue
+            print(f"pgfunnel reap: reconnected (attempt {attempt})", file=sys.stderr)
+            return True
+        print(
+            f"pgfunnel reap: gave up after {RECONNECT_ATTEMPTS} reconnect attempts: {last}",
+            file=sys.stderr,
+        )
+        return False
+
+    def round(self) -> int:
+        """One look and, with --execute, one statement; 1 when some sessions were not ours."""
+        args = self.args
+        plan = rp.plan(live.take_snapshot(self.conn), self.filters)
+        results: dict[int, bool] | None = None
+        failure: Exception | None = None
+        executed = bool(args.execute and plan.statement and not self.stop.requested)
+        if executed:
+            assert plan.statement is not None
+            try:
+                results = live.run_reap_statement(self.conn, plan.statement)
+            except (live.StatementError, live.ConnectionLost) as exc:
+                failure = exc
+        lines = audit_lines(plan, results, executed=executed, failure=failure)
+        if args.format == "json":
+            print(json.dumps({**plan.as_dict(), "executed": executed, "audit": lines}, default=str))
+        else:
+            print_plan(plan, executed, _console())
+            for line in lines:
+                print(json.dumps(line, default=str))
+        if self.audit:
+            for line in lines:
+                self.audit.write(json.dumps(line, default=str) + "\n")
+            self.audit.flush()
+        sys.stdout.flush()
+        if failure is not None:
+            if isinstance(failure, live.StatementError):
+                print(
+                    "pgfunnel reap: the statement failed, so its result is unknown: sessions "
+                    "listed before the failing one may have been ended. Run reap again (dry run) "
+                    "to see what is left.",
+                    file=sys.stderr,
+                )
+            raise failure
+        return 1 if plan.incomplete else 0
 
 
 def audit_lines(
-    plan: rp.Plan, results: dict[int, bool] | None, executed: bool
+    plan: rp.Plan,
+    results: dict[int, bool] | None,
+    executed: bool,
+    failure: Exception | None = None,
 ) -> list[dict[str, Any]]:
     now = dt.datetime.now(dt.UTC).isoformat()
     out = []
     for t in plan.targets:
         brief = rp._brief(t.backend)
+        extra: dict[str, Any] = {}
         if not executed:
             action = "would_terminate"
+        elif failure is not None:
+            action = "outcome_unknown"  # the statement failed or the connection broke under it
+            extra["error"] = str(failure)
         elif results is None or t.backend.pid not in results:
             action = "spared_changed"  # state, age or backend changed since planning
         else:
             action = "terminated" if results[t.backend.pid] else "terminate_failed"
         out.append(
-            {"ts": now, "tool": "pgfunnel reap", "action": action, **brief, "reason": t.reason}
+            {
+                "ts": now,
+                "tool": "pgfunnel reap",
+                "action": action,
+                **brief,
+                "reason": t.reason,
+                **extra,
+            }
         )
     for s in plan.skipped:
         out.append(
@@ -244,16 +394,17 @@ def audit_lines(
                 "reason": s.reason,
             }
         )
-    for s in plan.no_privilege:
-        out.append(
-            {
-                "ts": now,
-                "tool": "pgfunnel reap",
-                "action": "no_privilege",
-                **rp._brief(s.backend),
-                "reason": s.reason,
-            }
-        )
+    for action, rows in (("no_privilege", plan.no_privilege), ("not_visible", plan.not_visible)):
+        for s in rows:
+            out.append(
+                {
+                    "ts": now,
+                    "tool": "pgfunnel reap",
+                    "action": action,
+                    **rp._brief(s.backend),
+                    "reason": s.reason,
+                }
+            )
     return out
 
 
@@ -317,6 +468,27 @@ def print_plan(plan: rp.Plan, executed: bool, console: Console) -> None:
                 ],
             )
         )
+    if plan.not_visible:
+        console.print(
+            render.table(
+                "Not visible (<insufficient privilege>): state and ages hidden",
+                ["pid", "user", "database", "application", "needs"],
+                [
+                    [
+                        s.backend.pid,
+                        s.backend.usename,
+                        s.backend.datname,
+                        s.backend.application_name,
+                        s.reason,
+                    ]
+                    for s in plan.not_visible
+                ],
+            )
+        )
+    if plan.missing_privileges:
+        console.print("Missing privileges:")
+        for line in plan.missing_privileges:
+            console.print(f"  {line}", markup=False)
     console.print("The durable fix:")
     for line in plan.durable_fix:
         console.print(f"  {line}", markup=False)

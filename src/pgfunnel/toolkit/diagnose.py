@@ -164,8 +164,10 @@ def analyse(
     }
 
 
-def unreachable_report(hit: LimitHit | None, message: str, via: str) -> dict[str, Any]:
-    """The report when no connection could be made at all."""
+def unreachable_report(
+    hit: LimitHit | None, message: str, via: str, title: str = "Could not connect"
+) -> dict[str, Any]:
+    """The report when no connection could be made at all, or nothing could be read."""
     findings: list[Finding] = []
     if hit is not None:
         findings.append(
@@ -179,9 +181,7 @@ def unreachable_report(hit: LimitHit | None, message: str, via: str) -> dict[str
         )
         status = "critical"
     else:
-        findings.append(
-            Finding("unreachable", "unknown", "Could not connect", truncate(message, 400), [])
-        )
+        findings.append(Finding("unreachable", "unknown", title, truncate(message, 400), []))
         status = "unknown"
     return {
         "schema": SCHEMA_ID,

@@ -27,6 +27,47 @@ class ConnectError(Exception):
         self.message = message
 
 
+class StatementError(Exception):
+    """A statement failed on a connection that is still usable: SQLSTATE, message, detail."""
+
+    def __init__(
+        self, sqlstate: str | None, message: str, detail: str | None = None, hint: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.message = message
+        self.detail = detail
+        self.hint = hint
+
+    def __str__(self) -> str:
+        text = f"SQLSTATE {self.sqlstate or '?'}: {self.message}"
+        if self.detail:
+            text += f" (DETAIL: {self.detail})"
+        if self.hint:
+            text += f" (HINT: {self.hint})"
+        return text
+
+
+class ConnectionLost(Exception):
+    """The connection broke under a statement (server restart, our backend terminated...)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _failure(conn: psycopg.Connection[Any], exc: psycopg.Error) -> Exception:
+    if conn.closed or conn.broken:
+        return ConnectionLost(str(exc).strip() or type(exc).__name__)
+    diag = exc.diag
+    return StatementError(
+        exc.sqlstate,
+        diag.message_primary or str(exc).strip(),
+        diag.message_detail,
+        diag.message_hint,
+    )
+
+
 def connect(
     dsn: str,
     application_name: str,
@@ -49,7 +90,17 @@ def connect(
 
 
 def take_snapshot(conn: psycopg.Connection[dict[str, Any]]) -> Snapshot:
-    """Reads everything diagnose and reap need in one read-only transaction (one stats snapshot)."""
+    """Reads everything diagnose and reap need in one read-only transaction (one stats snapshot).
+
+    Raises StatementError (e.g. statement_timeout) or ConnectionLost, never a bare psycopg error.
+    """
+    try:
+        return _take_snapshot(conn)
+    except psycopg.Error as exc:
+        raise _failure(conn, exc) from exc
+
+
+def _take_snapshot(conn: psycopg.Connection[dict[str, Any]]) -> Snapshot:
     with conn.transaction():
         conn.execute("SET TRANSACTION READ ONLY")
         srow = conn.execute(sqlfiles.load("server").encode()).fetchone()
@@ -160,5 +211,12 @@ def pooler_show(dsn: str, command: str) -> list[dict[str, str | None]]:
 
 
 def run_reap_statement(conn: psycopg.Connection[dict[str, Any]], statement: str) -> dict[int, bool]:
-    """Executes the planned reap statement; pid -> terminated for the rows it still matched."""
-    return {int(r["pid"]): bool(r["terminated"]) for r in conn.execute(statement.encode())}
+    """Executes the planned reap statement; pid -> terminated for the rows it still matched.
+
+    Raises StatementError when PostgreSQL refuses it (a pg_terminate_backend that raises ends
+    the whole statement) and ConnectionLost when the connection breaks under it.
+    """
+    try:
+        return {int(r["pid"]): bool(r["terminated"]) for r in conn.execute(statement.encode())}
+    except psycopg.Error as exc:
+        raise _failure(conn, exc) from exc

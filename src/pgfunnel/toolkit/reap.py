@@ -95,6 +95,15 @@ class Plan:
     statement: str | None
     durable_fix: list[str]
     now: dt.datetime | None
+    # Sessions matching the filters whose state and ages are hidden from us, and the
+    # privileges that would let reap see or end what it cannot (one line each, with the GRANT).
+    not_visible: list[Skip] = field(default_factory=list)
+    missing_privileges: list[str] = field(default_factory=list)
+
+    @property
+    def incomplete(self) -> bool:
+        """Some sessions that may be targets are not ours to see or to end."""
+        return bool(self.no_privilege or self.not_visible)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -109,6 +118,8 @@ class Plan:
             ],
             "skipped": [{**_brief(s.backend), "reason": s.reason} for s in self.skipped],
             "no_privilege": [{**_brief(s.backend), "reason": s.reason} for s in self.no_privilege],
+            "not_visible": [{**_brief(s.backend), "reason": s.reason} for s in self.not_visible],
+            "missing_privileges": self.missing_privileges,
             "statement": self.statement,
             "durable_fix": self.durable_fix,
         }
@@ -146,12 +157,17 @@ def _candidate(b: Backend, f: Filters) -> tuple[str, float] | None:
     return None
 
 
-def _matches(b: Backend, f: Filters) -> bool:
+def _matches_visible_columns(b: Backend, f: Filters) -> bool:
+    """The filters on what pg_stat_activity shows every role: usename, datname, application."""
     if f.roles and b.usename not in f.roles:
         return False
     if f.databases and b.datname not in f.databases:
         return False
-    if f.application and not re.search(f.application, b.application_name or ""):
+    return not (f.application and not re.search(f.application, b.application_name or ""))
+
+
+def _matches(b: Backend, f: Filters) -> bool:
+    if not _matches_visible_columns(b, f):
         return False
     if f.client_cidrs:
         if not b.client_addr:
@@ -176,9 +192,21 @@ def plan(snap: Snapshot, f: Filters) -> Plan:
     # An application's hidden sessions are still its sessions: they count in its total.
     hidden = [b for b in snap.backends if not b.visible and b.usename and b.pid != own]
     app_totals = Counter(b.application_name or "" for b in clients + hidden)
+    me = snap.server.current_user or "<this_role>"
     chosen: list[Target] = []
     skipped: list[Skip] = []
     no_priv: list[Skip] = []
+    # Hidden rows show usename, datname and application_name only: those matching the filters
+    # may be targets, and we say so rather than pretend they are not there.
+    not_visible = [
+        Skip(
+            b,
+            "state and ages hidden (<insufficient privilege>): needs pg_read_all_stats, or "
+            f"the privileges of role {b.usename}",
+        )
+        for b in hidden
+        if _matches_visible_columns(b, f)
+    ]
     for b in clients:
         cand = _candidate(b, f)
         if cand is None or not _matches(b, f):
@@ -199,9 +227,10 @@ def plan(snap: Snapshot, f: Filters) -> Plan:
             no_priv.append(
                 Skip(
                     b,
-                    "superuser needed"
+                    "only a superuser may end a superuser's session"
                     if b.is_superuser
-                    else f"needs membership in {b.usename} or pg_signal_backend",
+                    else f"needs pg_signal_backend, or the privileges of role {b.usename} "
+                    f"(GRANT pg_signal_backend TO {me};)",
                 )
             )
             continue
@@ -241,7 +270,34 @@ def plan(snap: Snapshot, f: Filters) -> Plan:
         build_statement(targets),
         durable_fix(targets, f),
         snap.server.now,
+        not_visible,
+        missing_privileges(me, not_visible, no_priv),
     )
+
+
+def missing_privileges(me: str, not_visible: list[Skip], no_priv: list[Skip]) -> list[str]:
+    """One line per missing privilege: what it hides or blocks, and the GRANT that fixes it."""
+    out = []
+    if not_visible:
+        roles = ", ".join(sorted({s.backend.usename or "?" for s in not_visible}))
+        out.append(
+            f"pg_read_all_stats: {len(not_visible)} session(s) of {roles} are hidden from {me} "
+            f"(<insufficient privilege>); GRANT pg_read_all_stats TO {me}; (or pg_monitor)"
+        )
+    plain = [s for s in no_priv if not s.backend.is_superuser]
+    if plain:
+        roles = ", ".join(sorted({s.backend.usename or "?" for s in plain}))
+        out.append(
+            f"pg_signal_backend: {me} may not end {len(plain)} session(s) of {roles}; "
+            f"GRANT pg_signal_backend TO {me}; (or GRANT <role> TO {me} WITH INHERIT for one "
+            "role's sessions: PostgreSQL checks inherited privileges, not bare membership)"
+        )
+    supers = [s for s in no_priv if s.backend.is_superuser]
+    if supers:
+        out.append(
+            f"superuser: {len(supers)} superuser session(s) can be ended by a superuser only"
+        )
+    return out
 
 
 def _lit(text: str) -> str:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -31,7 +35,13 @@ def server() -> Iterator[Cluster]:
     cluster.psql(
         "CREATE ROLE app LOGIN PASSWORD 'app'; "
         "CREATE ROLE other LOGIN PASSWORD 'other'; "
-        "CREATE ROLE reaper LOGIN PASSWORD 'reaper'; GRANT pg_read_all_stats TO reaper;"
+        "CREATE ROLE reaper LOGIN PASSWORD 'reaper'; GRANT pg_read_all_stats TO reaper; "
+        "CREATE ROLE nomon LOGIN PASSWORD 'nomon'; "
+        # lead is a MEMBER of app through mid, but mid does not inherit: no USAGE of app, so
+        # PostgreSQL refuses lead's pg_terminate_backend of app's sessions.
+        "CREATE ROLE mid NOLOGIN NOINHERIT; GRANT app TO mid; "
+        "CREATE ROLE lead LOGIN PASSWORD 'lead'; GRANT mid TO lead; "
+        "GRANT pg_read_all_stats TO lead;"
     )
     try:
         yield cluster
@@ -292,3 +302,226 @@ def test_the_reaper_never_reaps_itself(server: Cluster) -> None:
             ).fetchone() == ("pgfunnel reap",)
     finally:
         conn.close()
+
+
+def test_membership_without_inherited_privileges_is_reported_not_raised(server: Cluster) -> None:
+    """pg_terminate_backend checks inherited privileges (pg_has_role ... 'USAGE'): a role that is
+    only a MEMBER (through a NOINHERIT role) may not end the session. reap must report it as not
+    ours, name the missing privilege, and never run into PostgreSQL's error."""
+    assert server.psql("SELECT pg_has_role('lead', 'app', 'MEMBER')") == "t"
+    assert server.psql("SELECT pg_has_role('lead', 'app', 'USAGE')") == "f"
+    with sessions(server) as s:
+        pid = s.open(app="leaky", idle_in_tx=True).info.backend_pid
+        wait_for(lambda: state_age(server, pid) >= 1.0)
+        proc = run_cli(
+            "reap",
+            server.dsn(user="lead", password="lead"),
+            "--execute",
+            "--idle-in-transaction",
+            "1s",
+        )
+        assert "Traceback" not in proc.stderr, proc.stderr
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        audit = _audit(proc.stdout)
+        assert [a["pid"] for a in audit if a["action"] == "no_privilege"] == [pid]
+        assert not [a for a in audit if a["action"] == "terminated"]
+        assert "GRANT pg_signal_backend TO lead;" in proc.stdout
+        assert pid in alive_pids(server)
+
+
+def test_a_refused_termination_is_a_statement_error_with_its_sqlstate(server: Cluster) -> None:
+    """When PostgreSQL refuses a pg_terminate_backend, the whole statement fails: the thin layer
+    turns it into StatementError (SQLSTATE and message), on a connection that still works."""
+    with sessions(server) as s:
+        pid = s.open(app="leaky", idle_in_tx=True).info.backend_pid
+        conn = live.connect(server.dsn(user="lead", password="lead"), "pgfunnel reap")
+        try:
+            with pytest.raises(live.StatementError) as err:
+                live.run_reap_statement(
+                    conn,
+                    "SELECT pid, pg_terminate_backend(pid) AS terminated FROM pg_stat_activity "
+                    f"WHERE pid = {pid}",
+                )
+            assert err.value.sqlstate == "42501"
+            assert "SQLSTATE 42501" in str(err.value)
+            assert "terminate" in err.value.message
+            assert live.take_snapshot(conn).server.current_user == "lead"
+        finally:
+            conn.close()
+        assert pid in alive_pids(server)
+
+
+def test_hidden_sessions_are_reported_with_the_missing_privilege(server: Cluster) -> None:
+    """Without pg_read_all_stats (pg_monitor), other roles' sessions are <insufficient
+    privilege>: reap lists those matching its filters as not visible and names the GRANT, and
+    still ends the sessions it can see and signal (its own role's)."""
+    with sessions(server) as s:
+        hidden = s.open(app="leaky", idle_in_tx=True).info.backend_pid
+        other_db = s.open(app="leaky", idle_in_tx=True, dbname="template1").info.backend_pid
+        own = s.open(user="nomon", password="nomon", app="mine", idle_in_tx=True).info.backend_pid
+        for pid in (hidden, other_db, own):
+            wait_for(lambda pid=pid: state_age(server, pid) >= 1.0)
+        proc = run_cli(
+            "reap",
+            server.dsn(user="nomon", password="nomon"),
+            "--execute",
+            "--idle-in-transaction",
+            "1s",
+            "--database",
+            "postgres",
+            "--format",
+            "json",
+        )
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        report = json.loads(proc.stdout)
+        assert [x["pid"] for x in report["not_visible"]] == [hidden]  # template1's is filtered
+        assert "pg_read_all_stats" in report["not_visible"][0]["reason"]
+        assert any(
+            "GRANT pg_read_all_stats TO nomon;" in line for line in report["missing_privileges"]
+        )
+        assert [a["pid"] for a in report["audit"] if a["action"] == "terminated"] == [own]
+        wait_for(lambda: own not in alive_pids(server))
+        assert {hidden, other_db} <= alive_pids(server)
+        text = run_cli(
+            "reap", server.dsn(user="nomon", password="nomon"), "--idle-in-transaction", "1s"
+        )
+        assert "Not visible" in text.stdout and "pg_read_all_stats" in text.stdout
+
+
+class _Loop:
+    """A `pgfunnel reap --loop` subprocess whose output is collected as it comes."""
+
+    def __init__(self, *args: str) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pgfunnel", "reap", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self._readers = [
+            threading.Thread(target=self._read, args=(self.proc.stdout, self.out), daemon=True),
+            threading.Thread(target=self._read, args=(self.proc.stderr, self.err), daemon=True),
+        ]
+        for t in self._readers:
+            t.start()
+
+    @staticmethod
+    def _read(stream: Any, sink: list[str]) -> None:
+        for line in stream:
+            sink.append(line)
+
+    def rounds(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in list(self.out) if line.startswith("{")]
+
+    def stderr(self) -> str:
+        return "".join(self.err)
+
+    def finish(self, timeout: float = 60) -> int:
+        code = self.proc.wait(timeout)
+        for t in self._readers:
+            t.join(10)
+        return code
+
+    def kill(self) -> None:
+        """Ends the process if it still runs and closes its pipes."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        for t in self._readers:
+            t.join(10)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def _reaper_pids(cluster: Cluster) -> set[int]:
+    out = cluster.psql("SELECT pid FROM pg_stat_activity WHERE application_name = 'pgfunnel reap'")
+    return {int(x) for x in out.split()}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_loop_stops_cleanly_on_signal(server: Cluster, sig: int) -> None:
+    loop = _Loop(
+        server.dsn(),
+        "--execute",
+        "--idle-in-transaction",
+        "1s",
+        "--loop",
+        "0.2",
+        "--format",
+        "json",
+    )
+    try:
+        wait_for(lambda: len(loop.rounds()) >= 2 or loop.proc.poll() is not None)
+        assert loop.proc.poll() is None, loop.stderr()
+        loop.proc.send_signal(sig)
+        code = loop.finish()
+    finally:
+        loop.kill()
+    assert code == 0, loop.stderr()
+    assert "Traceback" not in loop.stderr()
+    assert f"stopped by {signal.Signals(sig).name}" in loop.stderr()
+    assert all(r["executed"] is False or r["statement"] for r in loop.rounds())
+    wait_for(lambda: not _reaper_pids(server))
+
+
+def test_loop_survives_a_dropped_connection(server: Cluster) -> None:
+    """Its own backend terminated under it, reap --loop reconnects and goes on reaping."""
+    loop = _Loop(
+        server.dsn(),
+        "--execute",
+        "--idle-in-transaction",
+        "1s",
+        "--loop",
+        "0.2",
+        "--format",
+        "json",
+    )
+    try:
+        with sessions(server) as s:
+            wait_for(lambda: len(loop.rounds()) >= 1 and len(_reaper_pids(server)) == 1)
+            (first,) = _reaper_pids(server)
+            server.psql(f"SELECT pg_terminate_backend({first})")
+            wait_for(lambda: "reconnected" in loop.stderr() or loop.proc.poll() is not None)
+            assert loop.proc.poll() is None, loop.stderr()
+            assert "lost the connection" in loop.stderr()
+            (second,) = _reaper_pids(server)
+            assert second != first
+            pid = s.open(app="leaky", idle_in_tx=True).info.backend_pid
+            wait_for(lambda: pid not in alive_pids(server))
+            ended = [
+                a["pid"] for r in loop.rounds() for a in r["audit"] if a["action"] == "terminated"
+            ]
+            assert pid in ended
+            loop.proc.send_signal(signal.SIGTERM)
+            assert loop.finish() == 0, loop.stderr()
+    finally:
+        loop.kill()
+    assert "Traceback" not in loop.stderr()
+
+
+def test_loop_gives_up_with_a_clear_error_when_the_server_stays_away() -> None:
+    cluster = Cluster(max_connections=10)
+    cluster.start()
+    loop = None
+    try:
+        loop = _Loop(cluster.dsn(), "--idle-in-transaction", "1s", "--loop", "0.2")
+        wait_for(
+            lambda: any("The durable fix" in x for x in loop.out) or loop.proc.poll() is not None
+        )
+        assert loop.proc.poll() is None, loop.stderr()
+        cluster.stop()
+        code = loop.finish()
+        assert code == 3, loop.stderr()
+        err = loop.stderr()
+        assert "lost the connection" in err
+        assert "gave up after 6 reconnect attempts" in err
+        assert "Traceback" not in err
+    finally:
+        if loop is not None:
+            loop.kill()
+        cluster.destroy()

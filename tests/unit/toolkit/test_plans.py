@@ -213,3 +213,42 @@ def test_reap_default_share_cap_spares_idle_pools_but_not_leaked_transactions() 
     assert any("--max-share 0.5" in s.reason for s in half.skipped)
     with pytest.raises(ValueError, match="max-share"):
         rp.Filters(idle_s=60, max_share=0).validate()
+
+
+def test_reap_reports_hidden_sessions_and_missing_privileges() -> None:
+    hidden = Backend(
+        pid=70,
+        usename="other",
+        datname="shop",
+        application_name="x",
+        query="<insufficient privilege>",
+    )
+    rows = [
+        b(1, "idle in transaction", 100, user="batch", can_signal=False),
+        b(2, "idle in transaction", 100, user="root", is_superuser=True, can_signal=False),
+        hidden,
+    ]
+    s = snap(rows, can_read_all_stats=False)
+    s.server.current_user = "ops"
+    plan = rp.plan(s, rp.Filters(idle_in_transaction_s=30, include_superusers=True))
+    assert plan.targets == [] and plan.incomplete
+    assert [x.backend.pid for x in plan.not_visible] == [70]
+    assert {x.backend.pid for x in plan.no_privilege} == {1, 2}
+    lines = " | ".join(plan.missing_privileges)
+    assert "GRANT pg_read_all_stats TO ops;" in lines
+    assert "GRANT pg_signal_backend TO ops;" in lines
+    assert "superuser session(s) can be ended by a superuser only" in lines
+    # Filters on what hidden rows still show (user, database, application) apply to them.
+    other_db = rp.plan(s, rp.Filters(idle_in_transaction_s=30, databases=["elsewhere"]))
+    assert other_db.not_visible == [] and not other_db.incomplete
+
+
+def test_reap_audit_marks_every_target_unknown_when_the_statement_fails() -> None:
+    from pgfunnel.toolkit.commands import audit_lines
+    from pgfunnel.toolkit.live import StatementError
+
+    plan = rp.plan(snap([b(1, "idle in transaction", 100)]), rp.Filters(idle_in_transaction_s=30))
+    err = StatementError("42501", "permission denied to terminate process")
+    lines = audit_lines(plan, None, executed=True, failure=err)
+    assert [(x["pid"], x["action"]) for x in lines] == [(1, "outcome_unknown")]
+    assert lines[0]["error"] == "SQLSTATE 42501: permission denied to terminate process"

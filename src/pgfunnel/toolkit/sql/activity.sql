@@ -22,11 +22,12 @@ SELECT
     extract(epoch FROM now() - a.xact_start)::float8 AS xact_age_s,
     r.rolsuper AS is_superuser,
     r.rolreplication AS is_replication_role,
+    -- pg_terminate_backend's own check: inherited privileges (USAGE), not bare membership.
     CASE
         WHEN (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN true
         WHEN r.rolsuper THEN false
-        ELSE pg_has_role(current_user, a.usesysid, 'MEMBER')
-             OR pg_has_role(current_user, 'pg_signal_backend', 'MEMBER')
+        ELSE pg_has_role(current_user, a.usesysid, 'USAGE')
+             OR pg_has_role(current_user, 'pg_signal_backend', 'USAGE')
     END AS can_signal
 FROM pg_stat_activity a
 LEFT JOIN pg_roles r ON r.oid = a.usesysid

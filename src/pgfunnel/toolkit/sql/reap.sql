@@ -2,6 +2,9 @@
 -- moment, it is still the same backend (pid and backend_start), still in the planned state
 -- since the planned state_change, still old enough, a client backend, not us, and ours to
 -- signal. Anything else is left alone and reported as changed.
+-- "Ours to signal" is PostgreSQL's own rule for pg_terminate_backend: a superuser's session only
+-- for a superuser, otherwise the privileges (inherited, i.e. USAGE, not bare MEMBER) of the
+-- session's role or of pg_signal_backend. Matching it exactly keeps the call from raising.
 WITH planned (pid, backend_start, state, state_change, min_state_age_s, min_xact_age_s) AS (
     VALUES
 {planned}
@@ -20,6 +23,6 @@ WHERE a.backend_type = 'client backend'
   AND (
         (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
         OR (NOT (SELECT rolsuper FROM pg_roles WHERE oid = a.usesysid)
-            AND (pg_has_role(current_user, a.usesysid, 'MEMBER')
-                 OR pg_has_role(current_user, 'pg_signal_backend', 'MEMBER')))
+            AND (pg_has_role(current_user, a.usesysid, 'USAGE')
+                 OR pg_has_role(current_user, 'pg_signal_backend', 'USAGE')))
   )

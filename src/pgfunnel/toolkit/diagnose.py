@@ -432,6 +432,8 @@ def _session_row(b: Backend, horizon_pid: int | None, opts: Options) -> dict[str
         "xact_age_s": round(b.xact_age_s, 3) if b.xact_age_s is not None else None,
         "backend_xmin": b.backend_xmin,
         "xmin_age": b.xmin_age,
+        "backend_xid": b.backend_xid,
+        "xid_age": b.xid_age,
         "holds_xmin": bool(b.backend_xmin or b.backend_xid),
         "holds_horizon": b.pid == horizon_pid,
         "query": query,
@@ -441,8 +443,10 @@ def _session_row(b: Backend, horizon_pid: int | None, opts: Options) -> dict[str
 def _idle(
     snap: Snapshot, clients: list[Backend], findings: list[Finding], opts: Options
 ) -> dict[str, Any]:
-    horizon = [b for b in snap.backends if b.visible and b.xmin_age is not None]
-    horizon_pid = max(horizon, key=lambda b: b.xmin_age or 0).pid if horizon else None
+    # backend_xid and backend_xmin are shown for every row, hidden ones too: whoever holds the
+    # oldest of either holds back the horizon (an idle-in-transaction writer has only its xid).
+    horizon = [b for b in snap.backends if b.horizon_age is not None]
+    horizon_pid = max(horizon, key=lambda b: b.horizon_age or 0).pid if horizon else None
     summary: dict[str, Any] = {}
     for state in (IDLE, IDLE_IN_TX, IDLE_IN_TX_ABORTED):
         members = [b for b in clients if b.state == state]
@@ -485,7 +489,9 @@ def _idle(
                 f"{format_age(oldest.xact_age_s)}. Roles: {', '.join(roles)}."
                 + (
                     f" pid {holds[0].pid} holds back the xmin horizon "
-                    f"({holds[0].xmin_age} transactions): vacuum cannot clean up behind it."
+                    f"({holds[0].horizon_age} transactions"
+                    + (", at its own xid: it wrote" if holds[0].xmin_age is None else "")
+                    + "): vacuum cannot clean up behind it."
                     if holds
                     else ""
                 ),

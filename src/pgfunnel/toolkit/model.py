@@ -55,6 +55,7 @@ class Backend:
     backend_xid: str | None = None
     backend_xmin: str | None = None
     xmin_age: int | None = None
+    xid_age: int | None = None  # age(backend_xid): a writer holds the horizon at its xid
     query: str | None = None
     state_age_s: float | None = None
     xact_age_s: float | None = None
@@ -71,6 +72,13 @@ class Backend:
     def is_client(self) -> bool:
         return self.backend_type == CLIENT_BACKEND
 
+    @property
+    def horizon_age(self) -> int | None:
+        """How far back this backend holds the xmin horizon: its snapshot's xmin or, for a
+        writer, its own xid (vacuum cannot remove rows newer than either)."""
+        ages = [a for a in (self.xmin_age, self.xid_age) if a is not None]
+        return max(ages) if ages else None
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         for key in ("backend_start", "xact_start", "query_start", "state_change"):
@@ -83,7 +91,7 @@ class Backend:
         data = {k: row[k] for k in row if k in names}
         for key in ("backend_start", "xact_start", "query_start", "state_change"):
             data[key] = _ts(data.get(key))
-        for key in ("pid", "client_port", "xmin_age"):
+        for key in ("pid", "client_port", "xmin_age", "xid_age"):
             if data.get(key) not in (None, ""):
                 data[key] = int(data[key])
             else:

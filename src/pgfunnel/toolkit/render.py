@@ -155,7 +155,11 @@ def diagnose(report: dict[str, Any], console: Console) -> None:
                             format_age(s["state_age_s"]),
                             format_age(s["xact_age_s"]),
                             ("HORIZON " if s["holds_horizon"] else "")
-                            + (str(s["xmin_age"]) if s["holds_xmin"] else ""),
+                            + (
+                                str(max(a for a in (s["xmin_age"], s.get("xid_age")) if a))
+                                if s["xmin_age"] or s.get("xid_age")
+                                else ""
+                            ),
                             s["query"],
                         ]
                         for s in idle["sessions"]

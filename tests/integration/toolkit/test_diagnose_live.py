@@ -190,3 +190,29 @@ def test_the_tool_names_itself_and_excludes_its_pid(small: Cluster) -> None:
         )
         assert own != watcher.info.backend_pid
     assert json.dumps(report)
+
+
+def test_a_writer_idle_in_transaction_is_named_as_holding_the_horizon(small: Cluster) -> None:
+    """READ COMMITTED keeps no snapshot between statements, so an idle-in-transaction session
+    that UPDATEd has no backend_xmin, only its backend_xid: it still holds back the horizon."""
+    small.psql(
+        "CREATE TABLE IF NOT EXISTS horizon_t (x int); INSERT INTO horizon_t VALUES (1); "
+        "GRANT UPDATE, SELECT ON horizon_t TO app"
+    )
+    with sessions(small) as s:
+        conn = s.open(app="writer")
+        conn.autocommit = False
+        conn.execute("UPDATE horizon_t SET x = x + 1")
+        pid = conn.info.backend_pid
+        wait_for(lambda: state_age(small, pid) >= 1.0)
+        code, report = run_json("diagnose", small.dsn(), "--idle-in-transaction-warn", "1s")
+        validate_diagnose(report)
+        row = next(x for x in report["idle"]["sessions"] if x["pid"] == pid)
+        assert row["state"] == "idle in transaction"
+        assert row["backend_xmin"] is None and row["backend_xid"] is not None
+        assert row["xid_age"] is not None and row["xid_age"] >= 0
+        assert row["holds_horizon"] is True
+        assert report["idle"]["xmin_horizon_pid"] == pid
+        leak = next(f for f in report["findings"] if f["id"] == "idle-in-transaction")
+        assert f"pid {pid} holds back the xmin horizon" in leak["detail"]
+        assert code == 1

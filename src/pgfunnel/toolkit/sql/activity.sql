@@ -17,6 +17,7 @@ SELECT
     a.backend_xid::text AS backend_xid,
     a.backend_xmin::text AS backend_xmin,
     CASE WHEN a.backend_xmin IS NOT NULL THEN age(a.backend_xmin) END AS xmin_age,
+    CASE WHEN a.backend_xid IS NOT NULL THEN age(a.backend_xid) END AS xid_age,
     left(a.query, 2000) AS query,
     extract(epoch FROM now() - a.state_change)::float8 AS state_age_s,
     extract(epoch FROM now() - a.xact_start)::float8 AS xact_age_s,

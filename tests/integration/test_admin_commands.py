@@ -400,3 +400,25 @@ def test_resume_during_a_shutdown_is_refused_and_the_shutdown_goes_on(funnel) ->
         client.execute("COMMIT")
         assert f.proc.wait(10) == 0
     assert "server connections dropped, exiting" in f.log()
+
+
+def test_client_login_timeout_waits_while_suspended(funnel) -> None:  # type: ignore[no-untyped-def]
+    """As PgBouncer's janitor: nothing times out while SUSPEND holds every socket (a login
+    cannot progress); after RESUME the overdue login is closed."""
+    f = funnel(settings={"client_login_timeout": 1})
+    assert command(f, "SUSPEND") == "SUSPEND"
+    silent = socket.create_connection(("127.0.0.1", f.port))  # sends no startup packet
+    try:
+        silent.settimeout(0.2)
+        time.sleep(2)  # twice client_login_timeout
+        with pytest.raises(TimeoutError):
+            silent.recv(1)  # still open, nothing sent
+        assert command(f, "RESUME") == "RESUME"
+        silent.settimeout(10)
+        answer = b""
+        while chunk := silent.recv(4096):
+            answer += chunk
+        assert b"client_login_timeout" in answer  # the FATAL error, then EOF
+    finally:
+        silent.close()
+    assert "closing because: client_login_timeout" in f.log()

@@ -294,3 +294,70 @@ def test_waiting_client_gets_a_notice_with_its_position_and_holders_are_logged(
     finally:
         holder.close()
         waiter.close()
+
+
+# --- during a shutdown -------------------------------------------------------------------------
+def test_the_console_stays_reachable_on_the_unix_socket_during_a_shutdown(
+    funnel: Callable[..., Funnel],
+) -> None:
+    """As PgBouncer: a graceful shutdown closes the TCP listeners only; the unix socket stays
+    (for the admin console) until the process exits, and goes with it."""
+    f = funnel()
+    sock = f.dir / f".s.PGSQL.{f.port}"
+    client = f.connect(application_name="draining")
+    try:
+        client.execute("SELECT 1")
+        _send(f, signal.SIGTERM)
+        wait_for(lambda: not _listening(f.port))
+        assert sock.exists()
+        with psycopg.connect(
+            host=str(f.dir),
+            port=f.port,
+            user=ADMIN_USER,
+            dbname="pgbouncer",
+            password=ADMIN_PASSWORD,
+            autocommit=True,
+        ) as admin:
+            cur = admin.execute("SHOW CLIENTS", prepare=False)
+            assert cur.description is not None
+            app_col = [d.name for d in cur.description].index("application_name")
+            assert "draining" in {row[app_col] for row in cur.fetchall()}
+            with pytest.raises(psycopg.errors.ProtocolViolation, match="pooler is shutting down"):
+                admin.execute("RESUME", prepare=False)
+            assert client.execute("SELECT 2").fetchone() == (2,)
+            client.close()  # the last client: an open console session does not hold the exit
+            assert _exited(f) == 0
+    finally:
+        client.close()
+    assert not sock.exists()
+    assert "client connections dropped, exiting" in f.log()
+
+
+def test_wait_for_servers_closes_clients_that_need_a_server(
+    funnel: Callable[..., Funnel],
+) -> None:
+    """PgBouncer's WAIT_FOR_SERVERS: a transaction in progress finishes; a client queued for
+    a server, or starting a new transaction, is closed with `server shutting down`."""
+    f = funnel(settings={"default_pool_size": 1})
+    holder, idle, waiter = f.connect(), f.connect(), f.connect()
+    try:
+        idle.execute("SELECT 1")
+        holder.execute("BEGIN")
+        holder.execute("SELECT 1")
+        thread, out = _run_in_thread(lambda: waiter.execute("SELECT 'waited'").fetchone())
+        wait_for(lambda: int(f.pool()["cl_waiting"]) == 1)
+        _send(f, signal.SIGINT)
+        thread.join(10)
+        [queued] = out
+        assert isinstance(queued, psycopg.OperationalError), queued
+        assert "server shutting down" in str(queued)
+        with pytest.raises(psycopg.OperationalError, match="server shutting down"):
+            idle.execute("SELECT 2")  # a new transaction
+        assert holder.execute("SELECT 3").fetchone() == (3,)  # the open one goes on
+        assert f.proc is not None and f.proc.poll() is None
+        holder.execute("COMMIT")
+        assert _exited(f) == 0
+    finally:
+        for conn in (holder, idle, waiter):
+            conn.close()
+    assert f.log().count("closing because: server shutting down") == 2

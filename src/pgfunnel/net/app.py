@@ -91,7 +91,9 @@ class App:
         self._stats_at = time.monotonic()
         self._stats_last: list[float] = [0, 0, 0, 0, 0, 0.0, 0]
         self.client_count = 0
-        self.servers_listening: list[asyncio.AbstractServer] = []
+        self.servers_listening: list[asyncio.AbstractServer] = []  # TCP (listen_addr)
+        self.unix_listening: asyncio.AbstractServer | None = None  # unix_socket_dir
+        self.unix_path: str | None = None
         self._wall = time.time() - time.monotonic()
         self._janitor: asyncio.TimerHandle | None = None
         # ClientKeys recovered from clients' SCRAM logins, to log into servers as them.
@@ -412,14 +414,18 @@ class App:
         first = self.shutting_down is None
         self.shutting_down = mode
         if first:
+            # As PgBouncer: the TCP listeners close; the unix socket stays until the process
+            # exits, so the admin console can still be reached to watch the drain.
             for srv in self.servers_listening:
                 srv.close()
             self.servers_listening = []
-        if mode == "WAIT_FOR_SERVERS" and not self.paused_all:
-            self.paused_all = True
-            now = self.now()
-            for d in list(self.pooler.databases.values()):
-                self.apply(self.pooler.pause(d, now))
+        if mode == "WAIT_FOR_SERVERS":
+            if not self.paused_all:
+                self.paused_all = True
+                now = self.now()
+                for d in list(self.pooler.databases.values()):
+                    self.apply(self.pooler.pause(d, now))
+            self._close_waiting_for_shutdown()
         if first:
             self._shutdown_task = self.loop.create_task(self._shutdown_when_done())
 
@@ -435,6 +441,18 @@ class App:
         else:
             log.info("client connections dropped, exiting")
         self.stopping.set()
+
+    def _close_waiting_for_shutdown(self) -> None:
+        """WAIT_FOR_SERVERS hands out no server again: as PgBouncer, a client waiting for one
+        (or, via wants_server, starting a new transaction) is closed at once."""
+        for pool in list(self.pooler.pools.values()):
+            for state in (ClientState.WAITING, ClientState.WAITING_LOGIN):
+                for client in list(pool.clients[state]):
+                    self._close_for_shutdown(client)
+
+    def _close_for_shutdown(self, client: Client) -> None:
+        reason = Reason.SERVER_SHUTTING_DOWN
+        client.conn.fail(ServerError("FATAL", ss.PROTOCOL_VIOLATION, reason), reason)
 
     def die(self, message: str) -> None:
         """PgBouncer's die(): a FATAL line and exit 1, at once."""
@@ -612,6 +630,9 @@ class App:
         self.apply(self.pooler.client_authenticated(client, pool, self.now()))
 
     def wants_server(self, client: Client) -> None:
+        if self.shutting_down == "WAIT_FOR_SERVERS":
+            self._close_for_shutdown(client)  # a new transaction: no server is handed out
+            return
         self.apply(self.pooler.client_wants_server(client, self.now()))
 
     def client_gone(self, client: Client, reason: str | None) -> None:
@@ -831,6 +852,11 @@ class App:
     # --- the janitor -------------------------------------------------------------------------
     def _tick(self) -> None:
         try:
+            if self.suspended:
+                # As PgBouncer's janitor: nothing at all while every socket is held, not even
+                # client_login_timeout (a login cannot progress while its socket is not read).
+                self._janitor = self.loop.call_later(JANITOR_INTERVAL, self._tick)
+                return
             now = self.now()
             timeout = float(self.settings.client_login_timeout)
             if timeout > 0:
@@ -842,10 +868,8 @@ class App:
                         ServerError("FATAL", ss.PROTOCOL_VIOLATION, Reason.CLIENT_LOGIN_TIMEOUT),
                         Reason.CLIENT_LOGIN_TIMEOUT,
                     )
-            if self.suspended:
-                # As PgBouncer: no timeouts or new servers while every socket is held.
-                self._janitor = self.loop.call_later(JANITOR_INTERVAL, self._tick)
-                return
+            if self.shutting_down == "WAIT_FOR_SERVERS":
+                self._close_waiting_for_shutdown()  # those queued since by any path
             self.apply(self.pooler.maint(now))
             self._log_holders(now)
             period = float(self.settings.stats_period)
@@ -966,11 +990,11 @@ class App:
             path = os.path.join(s.unix_socket_dir, f".s.PGSQL.{port}")
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-            srv = await self.loop.create_unix_server(lambda: ClientConn(self), path)
+            self.unix_listening = await self.loop.create_unix_server(lambda: ClientConn(self), path)
+            self.unix_path = path
             with contextlib.suppress(OSError):
                 os.chmod(path, int(s.unix_socket_mode))
-            self.servers_listening.append(srv)
-        if not self.servers_listening:
+        if not self.servers_listening and self.unix_listening is None:
             raise ConfigError(self.config.path, 0, "no listen_addr and no unix_socket_dir")
         return addrs
 
@@ -979,6 +1003,11 @@ class App:
             self._janitor.cancel()
         for srv in self.servers_listening:
             srv.close()
+        if self.unix_listening is not None:
+            self.unix_listening.close()
+            if self.unix_path is not None:  # as PgBouncer: the socket file goes with us
+                with contextlib.suppress(OSError):
+                    os.unlink(self.unix_path)
         if self.metrics is not None:
             await self.metrics.stop()
         for client in list(self.pooler.all_clients()) + list(self.admin_clients):

@@ -36,6 +36,7 @@ class Reason:
     LOGIN_FAILED = "server login failed"
     LONG_TX = "Long transactions not allowed"
     SHUTDOWN = "pgbouncer shutting down"
+    SERVER_SHUTTING_DOWN = "server shutting down"  # WAIT_FOR_SERVERS: no server for a new query
     DB_REMOVED = "database removed"
     OBSOLETE = "obsolete connection"  # RECONNECT, or a RELOAD that changed the database
     PAUSE_MODE = "pause mode"

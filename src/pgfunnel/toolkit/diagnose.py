@@ -125,12 +125,19 @@ def analyse(
     pooler_part = _pooler(pooler, findings) if pooler is not None else None
     privileges = _privileges(snap, unknown, findings)
     if connect_error is not None:
+        members = _reserved_members(snap) if connect_error.kind == "reserved_connections" else None
         findings.append(
             Finding(
                 "server-full",
                 "critical",
                 f"Connection refused (53300): {connect_error.message}",
-                f"Limit hit: {connect_error.limit_setting}. {connect_error.explanation}.",
+                f"Limit hit: {connect_error.limit_setting}. {connect_error.explanation}."
+                + (
+                    f" Roles that can still connect (pg_use_reserved_connections): "
+                    f"{', '.join(members)}."
+                    if members
+                    else ""
+                ),
                 [connect_error.next_command],
                 weight=1000,
             )
@@ -255,6 +262,7 @@ def _slots(
             "max_connections": None,
             "superuser_reserved_connections": srv.superuser_reserved_connections,
             "reserved_connections": srv.reserved_connections,
+            "reserved_connections_roles": _reserved_members(snap),
             "usable": None,
             "used_by_client_backends": len(clients),
             "unknown_backends": len(unknown),
@@ -277,10 +285,12 @@ def _slots(
         len(clients) + len(unknown),
     )
     own = 1 if srv.own_pid is not None and snap.source == "live" else 0
+    members = _reserved_members(snap)
     part = {
         "max_connections": srv.max_connections,
         "superuser_reserved_connections": srv.superuser_reserved_connections,
         "reserved_connections": srv.reserved_connections,
+        "reserved_connections_roles": members,
         "usable": slots.usable,
         "used_by_client_backends": slots.used,
         "unknown_backends": len(unknown),
@@ -294,6 +304,24 @@ def _slots(
         },
         "other_backends": other_rows,
     }
+    if members == [] and snap.roles:
+        findings.append(
+            Finding(
+                "reserved-connections-no-members",
+                "warning",
+                f"reserved_connections = {srv.reserved_connections}, but no login role is a "
+                "member of pg_use_reserved_connections",
+                f"The {srv.reserved_connections} slots kept for members of "
+                "pg_use_reserved_connections serve superusers only: no ordinary role can use "
+                "them when the server is full.",
+                [
+                    "GRANT pg_use_reserved_connections TO <ops_role>;  -- the role on-call tools "
+                    "and pgfunnel diagnose --reserved-dsn connect as",
+                    "or ALTER SYSTEM SET reserved_connections = 0;  -- then restart",
+                ],
+                weight=srv.reserved_connections,
+            )
+        )
     top = _top_apps(clients)
     top_text = ", ".join(f"{name} {n}" for name, n in top[:3])
     remedy = [
@@ -342,6 +370,14 @@ def _slots(
             )
         )
     return part, slots
+
+
+def _reserved_members(snap: Snapshot) -> list[str] | None:
+    """Login roles (not superusers) that may use the reserved_connections slots (PostgreSQL 16+:
+    privileges of pg_use_reserved_connections); None when no slots are reserved that way."""
+    if snap.server.reserved_connections <= 0:
+        return None
+    return sorted(r.rolname for r in snap.roles if r.uses_reserved and not r.rolsuper)
 
 
 def _top_apps(clients: list[Backend]) -> list[tuple[str, int]]:

@@ -49,6 +49,16 @@ def diagnose(report: dict[str, Any], console: Console) -> None:
             ["max_connections", slots["max_connections"]],
             ["superuser_reserved_connections", slots["superuser_reserved_connections"]],
             ["reserved_connections", slots["reserved_connections"]],
+            *(
+                [
+                    [
+                        "  their members (pg_use_reserved_connections)",
+                        ", ".join(slots["reserved_connections_roles"]) or "none",
+                    ]
+                ]
+                if slots.get("reserved_connections_roles") is not None
+                else []
+            ),
             ["usable by ordinary roles", slots["usable"]],
             ["used by client backends", slots["used_by_client_backends"]],
             ["unknown (hidden by privileges)", slots["unknown_backends"]],

@@ -252,3 +252,54 @@ def test_reap_audit_marks_every_target_unknown_when_the_statement_fails() -> Non
     lines = audit_lines(plan, None, executed=True, failure=err)
     assert [(x["pid"], x["action"]) for x in lines] == [(1, "outcome_unknown")]
     assert lines[0]["error"] == "SQLSTATE 42501: permission denied to terminate process"
+
+
+def _pg16(reserved: int, roles: list[Role]) -> Snapshot:
+    s = snap([b(i) for i in range(4)], max_connections=30, reserved_connections=reserved)
+    s.server.server_version, s.server.server_version_num = "16.2", 160002
+    s.roles = roles
+    return s
+
+
+def test_pg16_reserved_connections_members_are_listed() -> None:
+    roles = [
+        Role("app", 10),
+        Role("ops", uses_reserved=True),
+        Role("postgres", rolsuper=True, uses_reserved=True),  # superusers: their own tier
+    ]
+    r = dg.analyse(_pg16(5, roles))
+    validate_diagnose(r)
+    slots = r["slots"]
+    assert (slots["usable"], slots["reserved_connections_roles"]) == (22, ["ops"])
+    assert slots["headroom"] == {
+        "ordinary_roles": 18,
+        "reserved_connections_members": 23,
+        "superusers": 26,
+    }
+    assert "reserved-connections-no-members" not in {f["id"] for f in r["findings"]}
+
+
+def test_pg16_reserved_connections_without_members_warns() -> None:
+    roles = [Role("app", 10), Role("postgres", rolsuper=True, uses_reserved=True)]
+    r = dg.analyse(_pg16(5, roles))
+    validate_diagnose(r)
+    assert r["slots"]["reserved_connections_roles"] == []
+    finding = next(f for f in r["findings"] if f["id"] == "reserved-connections-no-members")
+    assert finding["severity"] == "warning" and r["exit_code"] >= 1
+    assert "GRANT pg_use_reserved_connections TO <ops_role>;" in finding["remedy"][0]
+    # Without reserved slots there is no such tier: nothing listed, nothing to warn about.
+    none = dg.analyse(_pg16(0, roles))
+    assert none["slots"]["reserved_connections_roles"] is None
+    assert "reserved-connections-no-members" not in {f["id"] for f in none["findings"]}
+
+
+def test_pg16_reserved_refusal_names_the_roles_that_still_get_in() -> None:
+    from pgfunnel.toolkit.limits import RESERVED_ROLE_16, classify_53300
+
+    hit = classify_53300(f"FATAL:  {RESERVED_ROLE_16}")
+    assert hit is not None and hit.kind == "reserved_connections"
+    roles = [Role("app", 10), Role("ops", uses_reserved=True)]
+    r = dg.analyse(_pg16(5, roles), connect_error=hit, via="reserved-dsn")
+    validate_diagnose(r)
+    full = next(f for f in r["findings"] if f["id"] == "server-full")
+    assert "pg_use_reserved_connections): ops." in full["detail"]

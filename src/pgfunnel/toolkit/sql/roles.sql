@@ -1,4 +1,6 @@
 -- pgfunnel toolkit: login roles with their connection limits (all versions).
+-- uses_reserved: PostgreSQL 16+ lets a role into the reserved_connections slots when it has the
+-- privileges (USAGE, i.e. inherited) of pg_use_reserved_connections; false before 16.
 SELECT
     r.rolname,
     r.rolconnlimit,

@@ -199,8 +199,9 @@ def test_kill_client_drops_one_client(funnel) -> None:  # type: ignore[no-untype
             clients = by(show(conn, "SHOW CLIENTS"), "application_name")
         victim_id = clients["victim"]["id"]
         assert command(f, f"KILL_CLIENT {victim_id}") == "KILL_CLIENT"
-        with pytest.raises(psycopg.OperationalError):
+        with pytest.raises(psycopg.OperationalError, match="admin forced disconnect"):
             victim.execute("SELECT 1")
+        assert "closing because: admin forced disconnect" in f.log()  # PgBouncer's reason
         assert bystander.execute("SELECT 6").fetchone() == (6,)
         with console(f) as conn:
             left = {c["application_name"] for c in show(conn, "SHOW CLIENTS")}
@@ -275,8 +276,10 @@ def test_reload_applies_a_change_and_refuses_a_broken_file(funnel) -> None:  # t
     line = len(broken.splitlines())
     err = refused(f, "RELOAD")
     assert err.sqlstate == "F0000"
-    assert f"{f.config}:{line}" in str(err.diag.message_primary)
-    assert "no_such_setting" in str(err.diag.message_primary)
+    assert err.diag.message_primary == "RELOAD failed, see logs for additional details"
+    assert f"{f.config}:{line}" in str(err.diag.message_detail)  # the cause, here too
+    assert "no_such_setting" in str(err.diag.message_detail)
+    assert "RELOAD Failed, see logs for more details" in f.log()
     assert _config_value(f, "default_pool_size") == "7"  # the old config keeps serving
     assert query(f) == 42
     assert f.proc is not None and f.proc.poll() is None
@@ -350,6 +353,7 @@ def test_suspend_drops_what_does_not_flush_within_suspend_timeout(funnel, pg: Cl
         assert command(f, "SUSPEND") == "SUSPEND"
         assert time.monotonic() - started >= 0.9  # it waited suspend_timeout, then gave up
         assert "still unflushed after suspend_timeout=1s, dropping them" in f.log()
+        assert "closing because: suspend_timeout" in f.log()
         stuck.settimeout(10)
         with contextlib.suppress(ConnectionResetError):
             while stuck.recv(1 << 20):

@@ -476,7 +476,7 @@ class Console:
                 assert isinstance(reply, bytes)
                 out.append(reply)
         except AdminError as exc:
-            out.append(m.error_response(exc.sqlstate, exc.message))
+            out.append(_error(exc))
         except _NoReply:
             return self._count(b"".join(out))
         return self._count(b"".join(out) + m.ready_for_query())
@@ -488,7 +488,7 @@ class Console:
                 reply = self._execute(stmt, admin)
                 out.append(reply if isinstance(reply, bytes) else await reply)
         except AdminError as exc:
-            out.append(m.error_response(exc.sqlstate, exc.message))
+            out.append(_error(exc))
         except _NoReply:
             return self._count(b"".join(out))
         return self._count(b"".join(out) + m.ready_for_query())
@@ -978,6 +978,10 @@ def _size(obj: object) -> int:
     if inner is not None:
         size += sys.getsizeof(inner)
     return size
+
+
+def _error(exc: AdminError) -> bytes:
+    return m.error_response(exc.sqlstate, exc.message, detail=exc.detail, hint=exc.hint)
 
 
 def _syntax_error(stmt: Statement) -> AdminError:

@@ -12,12 +12,17 @@ if TYPE_CHECKING:
 
 
 class AdminError(Exception):
-    """A console command that cannot be carried out; the client gets this SQLSTATE and text."""
+    """A console command that cannot be carried out; the client gets this SQLSTATE and text
+    (PgBouncer's where it has one), and the detail and hint when there are."""
 
-    def __init__(self, sqlstate: str, message: str) -> None:
+    def __init__(
+        self, sqlstate: str, message: str, detail: str | None = None, hint: str | None = None
+    ) -> None:
         super().__init__(message)
         self.sqlstate = sqlstate
         self.message = message
+        self.detail = detail
+        self.hint = hint
 
 
 class Host(Protocol):

@@ -324,10 +324,10 @@ class App:
         ]
         for client in candidates:
             if client.id == client_id:
-                client.conn.fail(
-                    ServerError("FATAL", ss.ADMIN_SHUTDOWN, Msg.KILLED_CLIENT),
-                    Reason.ADMIN_KILL_CLIENT,
-                )
+                # PgBouncer's disconnect_client(..., "admin forced disconnect"): that text
+                # as the client's error and the logged reason.
+                reason = Reason.ADMIN_KILL_CLIENT
+                client.conn.fail(ServerError("FATAL", ss.PROTOCOL_VIOLATION, reason), reason)
                 return
         raise AdminError(ss.PROTOCOL_VIOLATION, f"client not found: {client_id}")
 
@@ -372,9 +372,9 @@ class App:
             for conn in stuck:
                 transport = conn.transport
                 if isinstance(conn, ClientConn):
-                    conn.close(Msg.SUSPEND_TIMEOUT)
+                    conn.close(Reason.SUSPEND_TIMEOUT)
                 else:
-                    self.close_server(conn.server, Msg.SUSPEND_TIMEOUT)
+                    self.close_server(conn.server, Reason.SUSPEND_TIMEOUT)
                 transport.abort()  # its peer is not reading: do not wait for the buffer
 
     def _unflushed(self) -> Iterable[Any]:
@@ -460,19 +460,26 @@ class App:
         self.exit_code = 1
         self.stopping.set()
 
-    def reload(self) -> None:
-        """RELOAD / SIGHUP: read the config and auth file again. A broken file changes nothing
-        (the error is logged and raised). Databases are marked and swept: a changed entry gets
-        fresh servers as the old ones are released, a removed one is dropped."""
-        log.info("RELOAD command issued")
+    def reload(self, command: bool = True) -> None:
+        """RELOAD (`command`) / SIGHUP: read the config and auth file again. A broken file
+        changes nothing: the cause (file:line) is logged, then PgBouncer's lines, and the
+        console gets PgBouncer's error with the cause as its DETAIL. Databases are marked and
+        swept: a changed entry gets fresh servers as the old ones are released, a removed one
+        is dropped."""
+        if command:
+            log.info("RELOAD command issued")
         try:
             new = load_config(self.config.path)
-        except ConfigError as exc:
-            log.error("RELOAD failed, keeping the old configuration: %s", exc)
-            raise AdminError(CONFIG_FILE_ERROR, f"RELOAD failed: {exc}") from None
-        except OSError as exc:
-            log.error("RELOAD failed, keeping the old configuration: %s", exc)
-            raise AdminError(CONFIG_FILE_ERROR, f"RELOAD failed: {exc}") from None
+        except (ConfigError, OSError) as exc:
+            log.error("%s", exc)
+            log.warning("config file loading failed")
+            if command:
+                log.error("RELOAD Failed, see logs for more details")
+            raise AdminError(
+                CONFIG_FILE_ERROR,
+                "RELOAD failed, see logs for additional details",
+                detail=f"{exc}; the old configuration stays in use",
+            ) from None
         keep: dict[str, object] = {}
         for name, spec in SETTINGS.items():
             old_value, new_value = self.settings.get(name), new.settings.get(name)
@@ -488,7 +495,10 @@ class App:
         for name, db in list(self.pooler.databases.items()):
             dbc = self.config.database(name)
             if dbc is None:
-                log.info("database %s removed from the configuration", name)
+                log.warning(
+                    "dropping database '%s' as it does not exist anymore or inactive auto-database",
+                    name,
+                )
                 error = ServerError("FATAL", ss.INVALID_CATALOG_NAME, Reason.DB_REMOVED)
                 self.apply(self.pooler.kill(db, now, Reason.DB_REMOVED, error))
                 del self.pooler.databases[name]
@@ -1199,7 +1209,7 @@ def _install_signals(app: App, loop: asyncio.AbstractEventLoop) -> None:
     def reload() -> None:
         log.info("got SIGHUP, re-reading config")
         with contextlib.suppress(AdminError):  # logged; the old config keeps running
-            app.reload()
+            app.reload(command=False)
 
     def shutdown(mode: str, name: str, waits_for: str) -> None:
         if app.shutting_down is not None:

@@ -40,8 +40,8 @@ class Reason:
     DB_REMOVED = "database removed"
     OBSOLETE = "obsolete connection"  # RECONNECT, or a RELOAD that changed the database
     PAUSE_MODE = "pause mode"
-    ADMIN_KILL = "admin console: KILL"
-    ADMIN_KILL_CLIENT = "admin console: KILL_CLIENT"
+    ADMIN_KILL_CLIENT = "admin forced disconnect"  # KILL_CLIENT: also the client's error text
+    SUSPEND_TIMEOUT = "suspend_timeout"  # SUSPEND: not flushed within suspend_timeout
     UNSUPPORTED_PKT = "unsupported pkt type"
     PROTOCOL = "protocol error"
 
@@ -72,8 +72,6 @@ class Msg:
     ADMIN_EXTENDED = "the admin console supports only the simple query protocol"
     QUEUED = "No server connection available in postgres backend, client being queued"
     KILLED = "database killed by the admin console (KILL {db})"
-    SUSPEND_TIMEOUT = "suspend_timeout"
-    KILLED_CLIENT = "client killed by the admin console (KILL_CLIENT)"
     ADMIN_WAIT_CANCELED = "canceling statement due to user request"
     QUERY_CANCELED = "canceling statement due to user request"  # PostgreSQL's text for 57014
     ADMIN_WAIT_CANCELED_HINT = "The wait was canceled; PAUSE or SUSPEND stays until RESUME."

@@ -682,9 +682,10 @@ def _timeouts(
                 {"role": role or None, "database": db or None, "name": name, "value": value}
             )
     glob = {k: v for k, v in snap.settings.items() if k in TIMEOUT_SETTINGS}
+    sources = {k: v for k, v in snap.settings_sources.items() if k in TIMEOUT_SETTINGS}
     iit = glob.get("idle_in_transaction_session_timeout")
     covered = {o["role"] for o in overrides if o["name"] == "idle_in_transaction_session_timeout"}
-    if iit in ("0", None) and "idle_in_transaction_session_timeout" in snap.settings:
+    if iit == "0":
         app_roles = sorted(
             {
                 b.usename
@@ -720,7 +721,7 @@ def _timeouts(
                 ["ALTER SYSTEM SET tcp_keepalives_idle = 60; SELECT pg_reload_conf();"],
             )
         )
-    return {"global": glob, "overrides": overrides}
+    return {"global": glob, "global_sources": sources, "overrides": overrides}
 
 
 def _session_stats(snap: Snapshot, findings: list[Finding]) -> list[dict[str, Any]] | None:

@@ -112,10 +112,14 @@ def _take_snapshot(conn: psycopg.Connection[dict[str, Any]]) -> Snapshot:
         databases = [
             Database(**r) for r in conn.execute(sqlfiles.load("databases", version).encode())
         ]
-        settings = {
-            r["name"]: _setting_text(r["setting"], r["unit"])
-            for r in conn.execute(sqlfiles.load("settings", version).encode())
-        }
+        rows = list(conn.execute(sqlfiles.load("settings", version).encode()))
+        files: dict[str, str] | None = None
+        if server.can_read_file_settings:
+            files = {
+                r["name"]: r["setting"]
+                for r in conn.execute(sqlfiles.load("file_settings", version).encode())
+            }
+        settings, sources = server_wide_settings(rows, files)
         db_role = [
             (r["rolname"], r["datname"], r["setting"])
             for r in conn.execute(sqlfiles.load("db_role_settings", version).encode())
@@ -126,18 +130,68 @@ def _take_snapshot(conn: psycopg.Connection[dict[str, Any]]) -> Snapshot:
                 {k: (float(v) if isinstance(v, float) else v) for k, v in r.items()}
                 for r in conn.execute(sqlfiles.load("session_stats", version).encode())
             ]
-    return Snapshot(server, backends, roles, databases, settings, db_role, stats, source="live")
+    return Snapshot(
+        server, backends, roles, databases, settings, sources, db_role, stats, source="live"
+    )
+
+
+# Sources of a value this session got from its role or database, or set itself.
+_SESSION_SOURCES = ("user", "database", "database user", "session", "client")
+
+
+def server_wide_settings(
+    rows: list[dict[str, Any]], files: dict[str, str] | None
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The server-wide value of each setting and where it comes from, from settings.sql rows
+    and, when readable, the configuration files' values (file_settings.sql).
+
+    The session's own value may come from ALTER ROLE/DATABASE SET (or our own SET); the
+    server-wide one is what a session without such overrides gets: ALTER ROLE ALL SET, else the
+    configuration files or the command line, else the built-in default."""
+    values: dict[str, str] = {}
+    sources: dict[str, str] = {}
+    for r in rows:
+        name, unit = r["name"], r["unit"]
+        if r["all_roles_value"] is not None:
+            values[name] = str(r["all_roles_value"])
+            sources[name] = "ALTER ROLE ALL SET"
+        elif not r["applies_here"] and r["source"] not in _SESSION_SOURCES:
+            values[name] = _setting_text(r["setting"], unit)
+            sources[name] = str(r["source"])
+        elif not r["applies_here"]:
+            # We (or the client) SET it in this session: RESET would give the server-wide one.
+            values[name] = _setting_text(r["reset_val"], unit)
+            sources[name] = "default" if r["reset_val"] == r["boot_val"] else "configuration file"
+        elif files is not None:
+            if name in files:
+                values[name] = _setting_text(files[name], unit)
+                sources[name] = "configuration file"
+            else:
+                values[name] = _setting_text(r["boot_val"], unit)
+                sources[name] = "default"
+        else:
+            sources[name] = (
+                "unknown: this role's or database's own ALTER ROLE/DATABASE SET hides it, and "
+                "pg_file_settings needs superuser"
+            )
+    return values, sources
+
+
+_DURATION_UNITS = (("d", 86_400_000), ("h", 3_600_000), ("min", 60_000), ("s", 1000), ("ms", 1))
+_UNIT_MS = {"ms": 1, "s": 1000, "min": 60_000}
 
 
 def _setting_text(value: str, unit: str | None) -> str:
-    if unit and value not in ("0", "-1"):
-        if unit == "ms":
-            return f"{value}ms"
-        if unit == "s":
-            return f"{value}s"
-        if unit == "min":
-            return f"{value}min"
-    return value
+    """A duration in SHOW's style (the largest unit that divides it: '10min', '45s'); other
+    values as they are. A file value keeps the unit it was written with."""
+    text = str(value).strip().strip("'")
+    if unit not in _UNIT_MS or not text.lstrip("-").isdigit() or text in ("0", "-1"):
+        return text
+    ms = int(text) * _UNIT_MS[unit]
+    for suffix, size in _DURATION_UNITS:
+        if ms % size == 0:
+            return f"{ms // size}{suffix}"
+    return text  # pragma: no cover
 
 
 def load_snapshot_file(path: str | Path, now: dt.datetime | None = None) -> Snapshot:

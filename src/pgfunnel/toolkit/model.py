@@ -159,6 +159,7 @@ class Server:
     is_superuser: bool = False
     can_read_all_stats: bool = True
     can_signal_backend: bool = False
+    can_read_file_settings: bool = False
     in_recovery: bool = False
 
 
@@ -170,7 +171,10 @@ class Snapshot:
     backends: list[Backend]
     roles: list[Role] = field(default_factory=list)
     databases: list[Database] = field(default_factory=list)
+    # Server-wide values (what a session without ALTER ROLE/DATABASE SET overrides gets) and
+    # where each came from; a name missing from `settings` could not be determined.
     settings: dict[str, str] = field(default_factory=dict)
+    settings_sources: dict[str, str] = field(default_factory=dict)
     db_role_settings: list[tuple[str, str, str]] = field(default_factory=list)
     session_stats: list[dict[str, Any]] | None = None
     source: str = "live"
@@ -186,6 +190,7 @@ class Snapshot:
             "roles": [asdict(r) for r in self.roles],
             "databases": [asdict(d) for d in self.databases],
             "settings": dict(self.settings),
+            "settings_sources": dict(self.settings_sources),
             "db_role_settings": [list(t) for t in self.db_role_settings],
             "session_stats": self.session_stats,
         }
@@ -202,6 +207,7 @@ class Snapshot:
             roles=[Role(**r) for r in data.get("roles", [])],
             databases=[Database(**d) for d in data.get("databases", [])],
             settings=dict(data.get("settings") or {}),
+            settings_sources=dict(data.get("settings_sources") or {}),
             db_role_settings=[
                 (str(a), str(b), str(c)) for a, b, c in data.get("db_role_settings", [])
             ],

@@ -201,12 +201,16 @@ def diagnose(report: dict[str, Any], console: Console) -> None:
         console.print(table("Limits", ["kind", "name", "used", "limit", "of limit"], rows))
     timeouts = report.get("timeouts")
     if timeouts:
-        rows = [["(global)", "", k, v] for k, v in sorted(timeouts["global"].items())]
+        srcs = timeouts.get("global_sources") or {}
+        names = sorted(set(timeouts["global"]) | set(srcs))
+        rows = [
+            ["(server-wide)", "", k, timeouts["global"].get(k, "?"), srcs.get(k, "")] for k in names
+        ]
         rows += [
-            [o["role"] or "*", o["database"] or "*", o["name"], o["value"]]
+            [o["role"] or "*", o["database"] or "*", o["name"], o["value"], "ALTER ... SET"]
             for o in timeouts["overrides"]
         ]
-        console.print(table("Timeouts", ["role", "database", "setting", "value"], rows))
+        console.print(table("Timeouts", ["role", "database", "setting", "value", "source"], rows))
     stats = report.get("session_stats")
     if stats:
         console.print(

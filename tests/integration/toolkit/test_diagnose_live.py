@@ -216,3 +216,53 @@ def test_a_writer_idle_in_transaction_is_named_as_holding_the_horizon(small: Clu
         leak = next(f for f in report["findings"] if f["id"] == "idle-in-transaction")
         assert f"pid {pid} holds back the xmin horizon" in leak["detail"]
         assert code == 1
+
+
+def test_timeout_audit_reports_server_wide_values_apart_from_overrides() -> None:
+    """The global column is the server-wide value (ALTER SYSTEM here), never the diagnosing
+    role's or database's own ALTER ROLE/DATABASE SET value, which is listed as an override."""
+    with Cluster(max_connections=10) as cluster:
+        cluster.psql("ALTER SYSTEM SET idle_in_transaction_session_timeout = '10min'")
+        cluster.psql("SELECT pg_reload_conf()")
+        cluster.psql(
+            "CREATE ROLE tuned LOGIN PASSWORD 'tuned'; "
+            "ALTER ROLE tuned SET idle_in_transaction_session_timeout = '45s'; "
+            "ALTER ROLE tuned SET statement_timeout = '7s'; "
+            "ALTER ROLE postgres SET idle_in_transaction_session_timeout = '20s';"
+        )
+        cluster.psql("CREATE DATABASE tuneddb")
+        cluster.psql("ALTER DATABASE tuneddb SET idle_session_timeout = '1h'")
+        wait_for(
+            lambda: (
+                cluster.psql("SHOW idle_in_transaction_session_timeout", dbname="tuneddb") == "20s"
+            )
+        )
+
+        # A superuser whose own role and database both carry overrides: pg_file_settings
+        # gives the server-wide values.
+        _, report = run_json("diagnose", cluster.dsn(dbname="tuneddb"))
+        validate_diagnose(report)
+        timeouts = report["timeouts"]
+        assert timeouts["global"]["idle_in_transaction_session_timeout"] == "10min"
+        assert timeouts["global_sources"]["idle_in_transaction_session_timeout"] == (
+            "configuration file"
+        )
+        assert timeouts["global"]["idle_session_timeout"] == "0"
+        assert timeouts["global"]["statement_timeout"] == "0"  # not diagnose's own 5s
+        overrides = {
+            (o["role"], o["database"], o["name"]): o["value"] for o in timeouts["overrides"]
+        }
+        assert overrides[("tuned", None, "idle_in_transaction_session_timeout")] == "45s"
+        assert overrides[("postgres", None, "idle_in_transaction_session_timeout")] == "20s"
+        assert overrides[(None, "tuneddb", "idle_session_timeout")] == "1h"
+
+        # An ordinary role with its own overrides cannot read the files: those settings are
+        # left out of the server-wide values, with the reason, rather than reported as 45s.
+        _, report = run_json("diagnose", cluster.dsn(user="tuned", password="tuned"))
+        validate_diagnose(report)
+        timeouts = report["timeouts"]
+        assert "idle_in_transaction_session_timeout" not in timeouts["global"]
+        assert "statement_timeout" not in timeouts["global"]
+        assert timeouts["global_sources"]["statement_timeout"].startswith("unknown")
+        assert timeouts["global"]["idle_session_timeout"] == "0"
+        assert "no-idle-in-transaction-timeout" not in {f["id"] for f in report["findings"]}

@@ -14,4 +14,7 @@ SELECT
     (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) AS is_superuser,
     pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') AS can_read_all_stats,
     pg_has_role(current_user, 'pg_signal_backend', 'USAGE') AS can_signal_backend,
+    has_table_privilege('pg_catalog.pg_file_settings', 'SELECT')
+        AND has_function_privilege('pg_catalog.pg_show_all_file_settings()', 'EXECUTE')
+        AS can_read_file_settings,
     pg_is_in_recovery() AS in_recovery

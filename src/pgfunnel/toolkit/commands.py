@@ -105,14 +105,15 @@ def diagnose_once(args: argparse.Namespace, opts: dg.Options) -> dict[str, Any]:
     try:
         conn = live.connect(args.dsn or "", APP_DIAGNOSE)
     except live.ConnectError as exc:
-        hit = classify_53300(exc.message)
+        hit = classify_53300(exc.message, exc.sqlstate)
         if hit is None or not args.reserved_dsn:
             return dg.unreachable_report(hit, exc.message, via)
         via = "reserved-dsn"
         try:
             conn = live.connect(args.reserved_dsn, APP_DIAGNOSE)
         except live.ConnectError as exc2:
-            return dg.unreachable_report(classify_53300(exc2.message) or hit, exc2.message, via)
+            again = classify_53300(exc2.message, exc2.sqlstate)
+            return dg.unreachable_report(again or hit, exc2.message, via)
     try:
         snap = live.take_snapshot(conn)
     except (live.StatementError, live.ConnectionLost) as exc:
@@ -215,7 +216,7 @@ def reap_main(args: argparse.Namespace) -> int:
         try:
             conn = live.connect(args.dsn or "", APP_REAP)
         except live.ConnectError as exc:
-            _print_connect_failure(exc.message)
+            _print_connect_failure(exc.message, exc.sqlstate)
             return 3
         audit = open(args.audit_log, "a") if args.audit_log else None  # noqa: SIM115
         session = _ReapSession(args, filters, conn, audit, stop)
@@ -225,8 +226,8 @@ def reap_main(args: argparse.Namespace) -> int:
             session.close()
 
 
-def _print_connect_failure(message: str) -> None:
-    hit = classify_53300(message)
+def _print_connect_failure(message: str, sqlstate: str | None) -> None:
+    hit = classify_53300(message, sqlstate)
     print(f"pgfunnel reap: cannot connect: {message}", file=sys.stderr)
     if hit:
         print(

@@ -22,7 +22,8 @@ _DB_LIMIT = re.compile(r'too many connections for database "((?:[^"]|"")*)"')
 class LimitHit:
     """Which 53300 limit a refused connection ran into, and what to do next."""
 
-    kind: str  # max_connections | superuser_reserved | reserved_connections | role | database
+    # max_connections | superuser_reserved | reserved_connections | role | database | unrecognised
+    kind: str
     message: str
     name: str | None
     limit_setting: str
@@ -41,9 +42,36 @@ class LimitHit:
         }
 
 
-def classify_53300(message: str) -> LimitHit | None:
-    """The limit behind a connection error text, or None when it is not a 53300 refusal."""
+UNRECOGNISED = "unrecognised"
+_VERBOSE_53300 = re.compile(r":\s+53300:\s")
+
+
+def classify_53300(message: str, sqlstate: str | None = None) -> LimitHit | None:
+    """The limit behind a connection error text, or None when it is not a 53300 refusal.
+
+    The wording identifies the limit (English lc_messages). A 53300 whose wording is not
+    recognised (a translated message, known by its SQLSTATE) is still a refusal for lack of
+    slots: kind "unrecognised", which names every limit it may be."""
     text = " ".join(message.split())
+    hit = _classify_english(text)
+    if hit is not None or not (sqlstate == "53300" or _VERBOSE_53300.search(text)):
+        return hit
+    return LimitHit(
+        UNRECOGNISED,
+        text,
+        None,
+        "a 53300 limit: max_connections, superuser_reserved_connections, reserved_connections, "
+        "or a role's or database's CONNECTION LIMIT",
+        "the server refused the connection with SQLSTATE 53300 (too many connections) in "
+        "wording pgfunnel does not recognise (non-English lc_messages?), so which limit is not "
+        "known",
+        "pgfunnel diagnose --reserved-dsn SUPERUSER_DSN (a superuser gets in unless every slot "
+        "is taken, and is exempt from role and database limits), then pgfunnel reap "
+        "--idle-in-transaction 5m",
+    )
+
+
+def _classify_english(text: str) -> LimitHit | None:
     if TOO_MANY_CLIENTS in text:
         return LimitHit(
             "max_connections",

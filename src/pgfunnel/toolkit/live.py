@@ -6,13 +6,18 @@ import csv
 import datetime as dt
 import io
 import json
+import re
+import select
+import time
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
 from pgfunnel.toolkit import sqlfiles
+from pgfunnel.toolkit.limits import classify_53300
 from pgfunnel.toolkit.model import Backend, Database, Role, Server, Snapshot
 
 STATEMENT_TIMEOUT_MS = 5000
@@ -20,11 +25,97 @@ CONNECT_TIMEOUT_S = 5
 
 
 class ConnectError(Exception):
-    """A connection attempt failed; `message` is the server's or libpq's text."""
+    """A connection attempt failed; `message` is the server's or libpq's text, `sqlstate` the
+    server's code when it refused us (found by refusal_sqlstate), else None."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, sqlstate: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.sqlstate = sqlstate
+
+
+# libpq's verbose error text puts the SQLSTATE after the severity ("FATAL:  53300: ...").
+_VERBOSE_SQLSTATE = re.compile(r":\s+(?=[0-9A-Z]*\d)([0-9A-Z]{5}):\s")
+
+
+def refusal_sqlstate(dsn: str, application_name: str) -> str | None:
+    """The SQLSTATE with which the server refuses a connection, or None (no answer, no server
+    error, or no libpq to ask). libpq's default error text leaves the SQLSTATE out, psycopg has
+    no way to set the verbosity before connecting, and a translated message (lc_messages) cannot
+    be recognised by its wording: connect once more through libpq with verbose errors."""
+    lib = _libpq()
+    if lib is None:
+        return None
+    try:
+        info = make_conninfo(
+            dsn, application_name=application_name, connect_timeout=CONNECT_TIMEOUT_S
+        )
+    except (psycopg.Error, ValueError):
+        return None
+    conn = lib.PQconnectStart(info.encode())
+    if not conn:
+        return None
+    try:
+        lib.PQsetErrorVerbosity(conn, _PQERRORS_VERBOSE)
+        deadline = time.monotonic() + CONNECT_TIMEOUT_S
+        status = _PGRES_POLLING_WRITING
+        while status not in (_PGRES_POLLING_OK, _PGRES_POLLING_FAILED):
+            left = deadline - time.monotonic()
+            fd = lib.PQsocket(conn)
+            if lib.PQstatus(conn) == _CONNECTION_BAD or left <= 0 or fd < 0:
+                break
+            if status == _PGRES_POLLING_READING:
+                select.select([fd], [], [], left)
+            else:
+                select.select([], [fd], [], left)
+            status = lib.PQconnectPoll(conn)
+        text = (lib.PQerrorMessage(conn) or b"").decode(errors="replace")
+    except OSError:
+        return None
+    finally:
+        lib.PQfinish(conn)
+    m = _VERBOSE_SQLSTATE.search(text)
+    return m.group(1) if m else None
+
+
+# libpq's enum values (libpq-fe.h), stable across versions.
+_CONNECTION_BAD = 1
+_PGRES_POLLING_FAILED, _PGRES_POLLING_READING, _PGRES_POLLING_WRITING, _PGRES_POLLING_OK = (
+    0,
+    1,
+    2,
+    3,
+)
+_PQERRORS_VERBOSE = 2
+
+
+def _libpq() -> Any:
+    """A libpq of our own through ctypes (the system's, else the one psycopg-binary ships); the
+    PGconn it makes never meets psycopg's."""
+    import ctypes
+    import ctypes.util
+    import glob
+
+    candidates = [ctypes.util.find_library("pq")]
+    binary_libs = Path(psycopg.__file__).parent.parent / "psycopg_binary.libs"
+    candidates += sorted(glob.glob(str(binary_libs / "libpq*.so*")))
+    for name in candidates:
+        if not name:
+            continue
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        vp, c_int = ctypes.c_void_p, ctypes.c_int
+        lib.PQconnectStart.argtypes, lib.PQconnectStart.restype = [ctypes.c_char_p], vp
+        lib.PQsetErrorVerbosity.argtypes, lib.PQsetErrorVerbosity.restype = [vp, c_int], c_int
+        lib.PQconnectPoll.argtypes, lib.PQconnectPoll.restype = [vp], c_int
+        lib.PQsocket.argtypes, lib.PQsocket.restype = [vp], c_int
+        lib.PQstatus.argtypes, lib.PQstatus.restype = [vp], c_int
+        lib.PQerrorMessage.argtypes, lib.PQerrorMessage.restype = [vp], ctypes.c_char_p
+        lib.PQfinish.argtypes, lib.PQfinish.restype = [vp], None
+        return lib
+    return None
 
 
 class StatementError(Exception):
@@ -83,7 +174,9 @@ def connect(
             row_factory=dict_row,
         )
     except psycopg.Error as exc:
-        raise ConnectError(str(exc)) from exc
+        message = str(exc)
+        sqlstate = "53300" if classify_53300(message) else refusal_sqlstate(dsn, application_name)
+        raise ConnectError(message, sqlstate) from exc
     conn.execute(f"SET statement_timeout = {int(statement_timeout_ms)}".encode())
     conn.execute("SET lock_timeout = 1000")
     return conn

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import struct
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -266,3 +270,70 @@ def test_timeout_audit_reports_server_wide_values_apart_from_overrides() -> None
         assert timeouts["global_sources"]["statement_timeout"].startswith("unknown")
         assert timeouts["global"]["idle_session_timeout"] == "0"
         assert "no-idle-in-transaction-timeout" not in {f["id"] for f in report["findings"]}
+
+
+class _TranslatedRefusal:
+    """A peer that answers every startup packet as a full PostgreSQL with German lc_messages
+    does: FATAL, SQLSTATE 53300, a translated message (no German locale exists on this machine
+    to run a real one with lc_messages = 'de_DE.UTF-8')."""
+
+    MESSAGE = "tut mir leid, schon zu viele Verbindungen"
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn, contextlib.suppress(OSError, ValueError):
+                self._answer(conn)
+
+    def _answer(self, conn: socket.socket) -> None:
+        while True:
+            length, code = struct.unpack("!II", _recv(conn, 8))
+            _recv(conn, length - 8)
+            if code in (80877103, 80877104):  # SSLRequest, GSSENCRequest: not here
+                conn.sendall(b"N")
+                continue
+            fields = b"SFATAL\0VFATAL\0C53300\0M" + self.MESSAGE.encode() + b"\0\0"
+            conn.sendall(b"E" + struct.pack("!I", 4 + len(fields)) + fields)
+            return
+
+    def close(self) -> None:
+        self.sock.close()
+        self.thread.join(5)
+
+
+def _recv(conn: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = conn.recv(n - len(data))
+        if not chunk:
+            raise ValueError("peer closed")
+        data += chunk
+    return data
+
+
+def test_a_translated_53300_still_exits_2_with_an_unrecognised_limit() -> None:
+    peer = _TranslatedRefusal()
+    try:
+        dsn = f"host=127.0.0.1 port={peer.port} user=app dbname=app sslmode=disable"
+        code, report = run_json("diagnose", dsn)
+        validate_diagnose(report)
+        assert code == 2
+        err = report["connect_error"]
+        assert (err["sqlstate"], err["kind"]) == ("53300", "unrecognised")
+        assert peer.MESSAGE in err["message"]
+        assert "non-English lc_messages?" in err["explanation"]
+        assert report["findings"][0]["id"] == "server-full"
+        text = run_cli("diagnose", dsn)
+        assert text.returncode == 2
+        assert "Refused with 53300" in text.stdout and "--reserved-dsn" in text.stdout
+    finally:
+        peer.close()

@@ -122,3 +122,24 @@ def test_references_to_secrets_are_not_secrets() -> None:
     assert r.scan(text) == text
     assert r.total == 0
     assert "no secrets" in r.summary()
+
+
+def test_53300_in_unrecognised_wording_is_still_a_refusal() -> None:
+    from pgfunnel.toolkit.limits import classify_53300
+
+    german = (
+        'connection to server at "db", port 5432 failed: FATAL:  Entschuldigung, schon zu '
+        "viele Verbindungen"
+    )
+    assert classify_53300(german) is None  # no SQLSTATE: it could be anything
+    hit = classify_53300(german, "53300")
+    assert hit is not None and hit.kind == "unrecognised"
+    assert "non-English lc_messages?" in hit.explanation
+    assert "max_connections" in hit.limit_setting and "CONNECTION LIMIT" in hit.limit_setting
+    assert hit.as_dict()["sqlstate"] == "53300"
+    # libpq's verbose text carries the code itself.
+    assert classify_53300("FATAL:  53300:  Entschuldigung").kind == "unrecognised"  # type: ignore[union-attr]
+    # Another SQLSTATE is not a slot refusal; the English wording still wins over the code.
+    assert classify_53300(german, "28P01") is None
+    english = classify_53300("FATAL:  sorry, too many clients already", "53300")
+    assert english is not None and english.kind == "max_connections"

@@ -129,8 +129,8 @@ def diagnose_once(args: argparse.Namespace, opts: dg.Options) -> dict[str, Any]:
         except live.ConnectError as exc:
             print(f"pgfunnel diagnose: pooler console: {exc.message}", file=sys.stderr)
         if pooler is not None:
-            # Optional: pool_size comes from SHOW DATABASES, which not every console has
-            # (pgfunnel's own answers VERSION, POOLS, CLIENTS, SERVERS); the pools stand alone.
+            # pool_size and max_db_connections come from SHOW DATABASES (PgBouncer's and
+            # pgfunnel's consoles have it); a console without it still gives the pools alone.
             try:
                 pooler["databases"] = live.pooler_show(args.pooler, "SHOW DATABASES")
             except live.ConnectError as exc:

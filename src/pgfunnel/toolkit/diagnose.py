@@ -773,47 +773,104 @@ def _session_stats(snap: Snapshot, findings: list[Finding]) -> list[dict[str, An
     return rows
 
 
+ADMIN_DATABASES = ("pgbouncer", "pgfunnel")
+
+
 def _pooler(
     pooler: dict[str, list[dict[str, str | None]]], findings: list[Finding]
 ) -> dict[str, Any]:
+    """The admin console's pools against their limits: waiting clients, and server connections
+    at pool_size or at the database's max_db_connections (the next client waits) even before
+    anyone waits."""
     dbs = {r.get("name"): r for r in pooler.get("databases", [])}
     pools = []
+    per_db: Counter[str] = Counter()
     for p in pooler.get("pools", []):
         db = p.get("database")
+        user = p.get("user")
         meta = dbs.get(db, {})
         server = sum(
             _int(p.get(k)) for k in ("sv_active", "sv_idle", "sv_used", "sv_tested", "sv_login")
         )
+        idle = _int(p.get("sv_idle"))
         maxwait = _int(p.get("maxwait")) + _int(p.get("maxwait_us")) / 1_000_000
+        pool_size = _int(meta.get("pool_size")) if meta else None
+        reserve = _int(meta.get("reserve_pool_size", meta.get("reserve_pool"))) if meta else None
         row = {
             "database": db,
-            "user": p.get("user"),
+            "user": user,
             "cl_active": _int(p.get("cl_active")),
             "cl_waiting": _int(p.get("cl_waiting")),
             "maxwait_s": round(maxwait, 3),
             "server_connections": server,
-            "pool_size": _int(meta.get("pool_size")) if meta else None,
+            "sv_idle": idle,
+            "pool_size": pool_size,
+            "reserve_pool_size": reserve,
             "max_db_connections": _int(meta.get("max_connections")) if meta else None,
             "pool_mode": p.get("pool_mode"),
         }
         pools.append(row)
-        if db == "pgbouncer":
+        if db in ADMIN_DATABASES:
             continue
+        per_db[str(db)] += server
+        remedy = [
+            f"raise pool_size for {db} in pgbouncer.ini if the server has the slots "
+            "(pgfunnel advise sizes it), or shorten transactions",
+            "see who holds the server connections: SHOW HOLDERS (pgfunnel) / SHOW SERVERS; "
+            "pgfunnel reap --idle-in-transaction 5m",
+        ]
+        size_text = str(pool_size) if pool_size is not None else "unknown"
         if row["cl_waiting"] or maxwait >= 1:
             sev = "critical" if maxwait >= 10 else "warning"
             findings.append(
                 Finding(
-                    f"pooler-waiting:{db}/{p.get('user')}",
+                    f"pooler-waiting:{db}/{user}",
                     sev,
-                    f"Pooler: {row['cl_waiting']} client(s) waiting on {db}/{p.get('user')}, "
+                    f"Pooler: {row['cl_waiting']} client(s) waiting on {db}/{user}, "
                     f"maxwait {maxwait:.1f}s",
-                    f"{server} server connections against pool_size "
-                    f"{row['pool_size'] if row['pool_size'] is not None else 'unknown'}.",
-                    [
-                        "raise pool_size for this database in pgbouncer.ini (if the server has "
-                        "the slots), or shorten transactions; pgfunnel reap --idle-in-transaction",
-                    ],
+                    f"{server} server connections against pool_size {size_text}.",
+                    remedy,
                     weight=maxwait,
+                )
+            )
+        elif pool_size and server >= pool_size:
+            busy = server - idle
+            findings.append(
+                Finding(
+                    f"pooler-pool-full:{db}/{user}",
+                    "warning" if idle == 0 else "info",
+                    f"Pooler: pool {db}/{user} is at pool_size ({server}/{pool_size})"
+                    + (", every server connection busy" if idle == 0 else f", {idle} idle"),
+                    f"No client waits yet, but {busy} of {server} server connections are in use: "
+                    "the next client beyond them waits"
+                    + (
+                        f" (after reserve_pool_timeout, for one of reserve_pool_size {reserve})."
+                        if reserve
+                        else "."
+                    ),
+                    remedy,
+                    weight=busy / pool_size,
+                )
+            )
+    for name, meta in dbs.items():
+        cap = _int(meta.get("max_connections"))
+        if name in ADMIN_DATABASES or cap <= 0:
+            continue  # 0: no max_db_connections
+        current = max(_int(meta.get("current_connections")), per_db.get(str(name), 0))
+        if current >= cap:
+            findings.append(
+                Finding(
+                    f"pooler-db-cap:{name}",
+                    "warning",
+                    f"Pooler: database {name} is at max_db_connections ({current}/{cap})",
+                    "Every pool of this database waits for a server connection once its own are "
+                    "busy, whatever its pool_size.",
+                    [
+                        f"raise max_db_connections for {name} in pgbouncer.ini if the server has "
+                        "the slots (pgfunnel advise sizes it)",
+                        "pgfunnel reap --idle-in-transaction 5m  (free held server connections)",
+                    ],
+                    weight=current / cap,
                 )
             )
     return {"pools": pools}

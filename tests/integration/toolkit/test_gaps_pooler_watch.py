@@ -62,19 +62,13 @@ def test_diagnose_pooler_reports_waiting_clients_against_pool_size(
         assert pool["pool_mode"] == "transaction"
         # The whole pool (default_pool_size = 1) is in use by the held transaction.
         assert pool["server_connections"] == POOL_SIZE
-        # pool_size comes from SHOW DATABASES; pgfunnel's console has no SHOW DATABASES yet,
-        # so diagnose says so on stderr and reports pool_size as unknown rather than failing.
-        if pool["pool_size"] is None:
-            assert "SHOW DATABASES" in proc.stderr and "pool_size unknown" in proc.stderr
-            size_text = "unknown"
-        else:
-            assert pool["pool_size"] == POOL_SIZE
-            assert pool["server_connections"] >= pool["pool_size"]
-            size_text = str(POOL_SIZE)
+        # pool_size comes from pgfunnel's SHOW DATABASES.
+        assert pool["pool_size"] == POOL_SIZE, proc.stderr
+        assert "pool_size unknown" not in proc.stderr
         finding_id = f"pooler-waiting:postgres/{SUPERUSER}"
         waiting = [x for x in report["findings"] if x["id"] == finding_id]
         assert waiting, report["findings"]
-        assert f"{POOL_SIZE} server connections against pool_size {size_text}" in str(waiting[0])
+        assert f"{POOL_SIZE} server connections against pool_size {POOL_SIZE}" in str(waiting[0])
         assert code >= 1  # a waiting client is at least a warning
     finally:
         holder.execute("COMMIT")  # frees the server connection: the waiter runs
@@ -86,6 +80,58 @@ def test_diagnose_pooler_reports_waiting_clients_against_pool_size(
     assert not waiter_error, waiter_error
     assert not thread.is_alive()
     wait_for(lambda: int(f.pool()["cl_active"]) == 0 and int(f.pool()["cl_waiting"]) == 0)
+
+
+def _pooler_report(pg: Cluster, f: Any) -> tuple[int, dict[str, Any], str]:
+    admin = f.dsn(user=ADMIN_USER, dbname="pgbouncer", password=ADMIN_PASSWORD)
+    proc = run_cli("diagnose", pg.dsn(), "--pooler", admin, "--format", "json")
+    report = json.loads(proc.stdout)
+    validate_diagnose(report)
+    return proc.returncode, report, proc.stderr
+
+
+def test_diagnose_pooler_flags_a_full_pool_before_any_client_waits(
+    pg: Cluster, funnel: Callable[..., Any]
+) -> None:
+    """Every server connection of the pool held, nobody waiting yet: a warning all the same."""
+    f = funnel(settings={"default_pool_size": 1, "reserve_pool_size": 0})
+    holder = f.connect()
+    try:
+        holder.execute("BEGIN")
+        holder.execute("SELECT 1").fetchone()
+        wait_for(lambda: int(f.pool()["sv_active"]) == 1)
+        code, report, err = _pooler_report(pg, f)
+        pool = next(p for p in report["pooler"]["pools"] if p["database"] == "postgres")
+        assert (pool["cl_waiting"], pool["server_connections"], pool["pool_size"]) == (0, 1, 1)
+        full = [
+            x for x in report["findings"] if x["id"] == f"pooler-pool-full:postgres/{SUPERUSER}"
+        ]
+        assert full and full[0]["severity"] == "warning", report["findings"]
+        assert "every server connection busy" in full[0]["title"]
+        assert not [x for x in report["findings"] if x["id"].startswith("pooler-waiting")]
+        assert code >= 1, err
+    finally:
+        holder.execute("COMMIT")
+        holder.close()
+
+
+def test_diagnose_pooler_flags_the_database_cap(pg: Cluster, funnel: Callable[..., Any]) -> None:
+    """max_db_connections 1 under a pool_size of 3: one held transaction reaches the cap."""
+    f = funnel(settings={"default_pool_size": 3, "max_db_connections": 1})
+    holder = f.connect()
+    try:
+        holder.execute("BEGIN")
+        holder.execute("SELECT 1").fetchone()
+        wait_for(lambda: int(f.pool()["sv_active"]) == 1)
+        _code, report, _err = _pooler_report(pg, f)
+        pool = next(p for p in report["pooler"]["pools"] if p["database"] == "postgres")
+        assert (pool["pool_size"], pool["max_db_connections"]) == (3, 1)
+        cap = [x for x in report["findings"] if x["id"] == "pooler-db-cap:postgres"]
+        assert cap and "(1/1)" in cap[0]["title"], report["findings"]
+        assert not [x for x in report["findings"] if x["id"].startswith("pooler-pool-full")]
+    finally:
+        holder.execute("COMMIT")
+        holder.close()
 
 
 def _json_docs(text: str) -> list[dict[str, Any]]:

@@ -303,3 +303,43 @@ def test_pg16_reserved_refusal_names_the_roles_that_still_get_in() -> None:
     validate_diagnose(r)
     full = next(f for f in r["findings"] if f["id"] == "server-full")
     assert "pg_use_reserved_connections): ops." in full["detail"]
+
+
+def _pool(user: str, active: int, idle: int = 0, waiting: int = 0) -> dict[str, str | None]:
+    return {
+        "database": "shop",
+        "user": user,
+        "cl_active": str(active),
+        "cl_waiting": str(waiting),
+        "sv_active": str(active),
+        "sv_idle": str(idle),
+        "sv_used": "0",
+        "maxwait": "0",
+        "maxwait_us": "0",
+        "pool_mode": "transaction",
+    }
+
+
+def test_pooler_pools_at_pool_size_or_the_database_cap_are_findings_before_anyone_waits() -> None:
+    db = {"name": "shop", "pool_size": "10", "reserve_pool_size": "2", "max_connections": "0"}
+    busy = dg.analyse(snap([b(1)]), pooler={"pools": [_pool("app", 10)], "databases": [db]})
+    validate_diagnose(busy)
+    full = next(f for f in busy["findings"] if f["id"] == "pooler-pool-full:shop/app")
+    assert full["severity"] == "warning" and "every server connection busy" in full["title"]
+    assert "reserve_pool_size 2" in full["detail"]
+    assert busy["pooler"]["pools"][0]["reserve_pool_size"] == 2
+    assert busy["exit_code"] >= 1
+    grown = dg.analyse(snap([b(1)]), pooler={"pools": [_pool("app", 6, idle=4)], "databases": [db]})
+    f = next(f for f in grown["findings"] if f["id"] == "pooler-pool-full:shop/app")
+    assert f["severity"] == "info" and "4 idle" in f["title"]
+    below = dg.analyse(snap([b(1)]), pooler={"pools": [_pool("app", 9)], "databases": [db]})
+    assert not [f for f in below["findings"] if f["id"].startswith("pooler-")]
+    # Two users' pools of 10 under max_db_connections 12: the database cap is what binds.
+    capped = {**db, "max_connections": "12", "current_connections": "12"}
+    r = dg.analyse(
+        snap([b(1)]),
+        pooler={"pools": [_pool("app", 6), _pool("report", 6)], "databases": [capped]},
+    )
+    validate_diagnose(r)
+    cap = next(f for f in r["findings"] if f["id"] == "pooler-db-cap:shop")
+    assert cap["severity"] == "warning" and "(12/12)" in cap["title"]

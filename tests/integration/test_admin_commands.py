@@ -122,13 +122,36 @@ def test_canceling_a_waiting_pause_says_the_pause_stays(funnel, background) -> N
         admin.cancel()
         with pytest.raises(psycopg.errors.QueryCanceled) as info:
             waiting.result(10)
-        assert info.value.diag.message_hint == (
-            "The wait was canceled; PAUSE or SUSPEND stays until RESUME."
-        )
+        assert info.value.diag.message_hint == "The wait was canceled; PAUSE stays until RESUME."
         assert database_row(f)["paused"] == 1
+        assert show(admin, "SHOW STATE")[0]["key"] == "active"  # the session goes on
         holder.execute("COMMIT")
         assert command(f, "RESUME postgres") == "RESUME"
     assert query(f) == 42
+
+
+def test_canceling_a_waiting_wait_close_says_what_goes_on(funnel, background) -> None:  # type: ignore[no-untyped-def]
+    f = funnel()
+    with f.connect() as holder, console(f) as admin:
+        holder.execute("BEGIN")
+        old_pid = holder.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+        assert command(f, "RECONNECT postgres") == "RECONNECT"
+        waiting = background(lambda: admin.execute("WAIT_CLOSE postgres", prepare=False))
+        assert still_running(waiting)  # the transaction still uses the marked server
+        admin.cancel()
+        with pytest.raises(psycopg.errors.QueryCanceled) as info:
+            waiting.result(10)
+        assert info.value.diag.message_hint == (
+            "The wait was canceled; the servers RECONNECT or RELOAD marked still close as "
+            "they are released."
+        )  # not a word about PAUSE or SUSPEND: WAIT_CLOSE started neither
+        with console(f) as conn:
+            state = {r["key"]: r["value"] for r in show(conn, "SHOW STATE")}
+        assert state == {"active": "yes", "paused": "no", "suspended": "no"}
+        holder.execute("COMMIT")
+        assert admin.execute("WAIT_CLOSE postgres", prepare=False).statusmessage == "WAIT_CLOSE"
+        new_pid = holder.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+        assert new_pid != old_pid
 
 
 def test_pause_and_resume_errors_are_pgbouncers(funnel) -> None:  # type: ignore[no-untyped-def]
@@ -426,3 +449,28 @@ def test_client_login_timeout_waits_while_suspended(funnel) -> None:  # type: ig
     finally:
         silent.close()
     assert "closing because: client_login_timeout" in f.log()
+
+
+def test_enable_and_resume_do_not_register_a_fallback_database(funnel, pg: Cluster) -> None:  # type: ignore[no-untyped-def]
+    """PgBouncer: ENABLE and RESUME db look a database up (find_database); DISABLE, PAUSE,
+    KILL ... may register one from `*` (find_or_register_database)."""
+    f = funnel(
+        databases={
+            "postgres": f"host=127.0.0.1 port={pg.port} dbname=postgres",
+            "*": f"host=127.0.0.1 port={pg.port} dbname=postgres",
+        }
+    )
+
+    def names() -> set[str]:
+        with console(f) as conn:
+            return set(by(show(conn, "SHOW DATABASES"), "name"))
+
+    for sql in ("ENABLE viastar", "RESUME viastar"):
+        err = refused(f, sql)
+        assert (err.sqlstate, err.diag.message_primary) == ("08P01", "no such database: viastar")
+    assert "viastar" not in names()  # not registered by the failed commands
+    assert command(f, "DISABLE viastar") == "DISABLE"  # this one registers it, as PgBouncer's
+    assert database_row(f, "viastar")["disabled"] == 1
+    assert command(f, "ENABLE viastar") == "ENABLE"
+    assert database_row(f, "viastar")["disabled"] == 0
+    assert query(f, "SELECT current_database()", dbname="viastar") == "postgres"

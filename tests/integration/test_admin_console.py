@@ -501,18 +501,50 @@ def test_show_config_has_every_setting_with_its_changeable_flag(shared: Funnel) 
     assert config["unix_socket_mode"]["default"] == "0777"
 
 
+# PgBouncer 1.25's slab caches, in the order it creates them (objects.c init_objects and
+# init_caches): scripts reading SHOW MEM look rows up by these names.
+PGBOUNCER_CACHES = [
+    "user_cache",
+    "credentials_cache",
+    "db_cache",
+    "peer_cache",
+    "peer_pool_cache",
+    "pool_cache",
+    "outstanding_request_cache",
+    "server_cache",
+    "client_cache",
+    "iobuf_cache",
+    "var_list_cache",
+    "server_prepared_statement_cache",
+]
+
+
 def test_state_mem_version_and_empty_peer_tables(shared: Funnel) -> None:
     with console(shared) as conn:
         state = {r["key"]: r["value"] for r in show(conn, "SHOW STATE")}
-        mem = by(show(conn, "SHOW MEM"), "name")
+        rows = show(conn, "SHOW MEM")
         assert show(conn, "SHOW PEERS") == []
         assert show(conn, "SHOW PEER_POOLS") == []
         assert show(conn, "SHOW DNS_HOSTS") == [] and show(conn, "SHOW DNS_ZONES") == []
+        with shared.connect() as extra:
+            extra.execute("SELECT 1")
+            # One query, one snapshot: the cache figures and the clients they count.
+            cur = conn.execute("SHOW MEM; SHOW CLIENTS", prepare=False)
+            more = {row[0]: row[2] for row in cur.fetchall()}  # name -> used
+            assert cur.nextset()
+            clients = len(cur.fetchall())
     assert state == {"active": "yes", "paused": "no", "suspended": "no"}
-    assert {"client_cache", "server_cache", "pool_cache", "db_cache", "user_cache"} <= set(mem)
-    client_cache = mem["client_cache"]
-    assert client_cache["used"] >= 1  # this console
-    assert client_cache["memtotal"] == client_cache["size"] * client_cache["used"]
+    assert [r["name"] for r in rows] == PGBOUNCER_CACHES
+    mem = by(rows, "name")
+    for row in rows:
+        assert row["free"] == 0  # no free lists: closed connections give their memory back
+        assert row["memtotal"] >= row["size"] * row["used"]
+        assert (row["used"] == 0) == (row["memtotal"] == 0), row
+    assert mem["client_cache"]["used"] >= 1 and mem["client_cache"]["size"] > 0  # this console
+    assert more["client_cache"] == clients >= 2  # this console and `extra`: moves with load
+    assert more["var_list_cache"] >= clients  # each client's tracked parameters
+    assert mem["peer_pool_cache"]["used"] == mem["outstanding_request_cache"]["used"] == 0
+    assert mem["credentials_cache"]["used"] >= 2  # the auth file's entries
 
 
 # --- who may do what ---------------------------------------------------------------------------

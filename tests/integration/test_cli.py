@@ -166,9 +166,18 @@ def _gone(pid: int) -> bool:
     return "State:\tZ" in status  # exited; only its parent's reaping is left
 
 
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped): what a crash leaves behind."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
 def test_daemon_writes_pidfile_listens_and_stops_on_sigterm(tmp_path: Path) -> None:
     config, port = write_config(tmp_path, daemon_files=True)
     pidfile, logfile = tmp_path / "pgfunnel.pid", tmp_path / "pgfunnel.log"
+    stale = _dead_pid()
+    pidfile.write_text(f"{stale}\n")  # left by a crash: PgBouncer removes it and goes on
     out = subprocess.run(
         [*PGFUNNEL, "serve", "-d", str(config)], capture_output=True, text=True, timeout=60
     )
@@ -176,15 +185,34 @@ def test_daemon_writes_pidfile_listens_and_stops_on_sigterm(tmp_path: Path) -> N
     try:
         assert out.returncode == 0, out.stderr
         wait_for(lambda: pidfile.exists() and pidfile.read_text().strip().isdigit(), 20)
+        wait_for(lambda: int(pidfile.read_text()) != stale, 20)
         pid = int(pidfile.read_text())
         wait_for(lambda: listening(port), 20)
         assert not _gone(pid)
-        assert "process up" in logfile.read_text()
+        log = logfile.read_text()
+        assert "process up" in log and "stale pidfile, removing" in log
     finally:
         if pid:
             _terminate(pid)
     wait_for(lambda: _gone(pid), 20)
     assert not pidfile.exists()  # removed on a clean exit
+    assert not listening(port)
+
+
+@pytest.mark.parametrize("content", ["running", "", "garbage"])
+def test_a_pidfile_of_a_running_instance_refuses_to_start(tmp_path: Path, content: str) -> None:
+    """PgBouncer's check_pidfile: a pidfile naming a live process (or no readable pid) stops
+    the start, and is left as it was."""
+    config, port = write_config(tmp_path, daemon_files=True)
+    pidfile = tmp_path / "pgfunnel.pid"
+    text = f"{os.getpid()}\n" if content == "running" else content
+    pidfile.write_text(text)
+    out = subprocess.run(
+        [*PGFUNNEL, "serve", "-d", str(config)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 1
+    assert f"pidfile '{pidfile}' exists, another instance running?" in out.stderr
+    assert pidfile.read_text() == text  # not taken, not removed
     assert not listening(port)
 
 

@@ -7,7 +7,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from tests.integration.harness import Funnel, wait_for
+from pgfunnel.throwaway import Cluster
+from tests.integration.harness import Funnel, own_role, wait_for
 from tests.integration.test_admin_console import psql
 from tests.integration.test_metrics import http_get, scrape, start_with_metrics
 
@@ -70,3 +71,43 @@ def test_a_held_transaction_is_named_by_show_holders_metrics_and_the_status_page
         holder.close()
         waiter.close()
     assert out == [("served",)]
+
+
+def test_the_holders_log_line_names_the_waiting_pools_own_holders(
+    pg: Cluster, funnel: Callable[..., Funnel]
+) -> None:
+    """Two users of one database: the other user's pool holds its servers longer, but the
+    line for the pool whose clients wait names that pool's holders (the top three of the
+    database, taken before filtering by pool, named none)."""
+    with own_role(pg, "holders_b", "holders_b_pw") as role:
+        f = funnel(settings={"default_pool_size": 3}, userlist={role: "holders_b_pw"})
+        longer = [f.connect(application_name=f"other-user-{i}") for i in range(3)]
+        mine = [
+            f.connect(user=role, password="holders_b_pw", application_name=f"b-holder-{i}")
+            for i in range(3)
+        ]
+        waiter = f.connect(user=role, password="holders_b_pw", application_name="b-waiter")
+        out: list[Any] = []
+        try:
+            for conn in [*longer, *mine]:  # the other user's transactions begin first
+                conn.execute("BEGIN")
+                conn.execute("SELECT 1")
+            thread = threading.Thread(
+                target=lambda: out.append(waiter.execute("SELECT 'served'").fetchone()),
+                daemon=True,
+            )
+            thread.start()
+            line = wait_for(
+                lambda: next((x for x in f.log().splitlines() if "top holders:" in x), None),
+                timeout=20,
+            )
+            assert f"postgres/{role}" in line
+            assert line.count("b-holder-") == 3, line
+            assert "other-user" not in line and "none (servers are logging in)" not in line
+        finally:
+            for conn in [*longer, *mine]:
+                conn.execute("COMMIT")
+            thread.join(10)
+            for conn in [*longer, *mine, waiter]:
+                conn.close()
+        assert out == [("served",)]

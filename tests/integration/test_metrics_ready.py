@@ -108,3 +108,50 @@ def test_ready_is_503_while_shutting_down(funnel) -> None:  # type: ignore[no-un
     finally:
         client.close()
     assert f.proc.wait(10) == 0
+
+
+def test_ready_probes_configured_databases_that_have_no_pool_yet(  # type: ignore[no-untyped-def]
+    make_cluster, funnel, pg: Cluster
+) -> None:
+    """Once one database has a pool, a configured one nobody has used yet is still checked:
+    its first client must not be the first to find its server gone."""
+    gone: Cluster = make_cluster()
+    port = gone.port
+    gone.stop()
+    f, base = start_with_metrics(
+        funnel,
+        databases={
+            "postgres": f"host=127.0.0.1 port={pg.port} dbname=postgres",
+            "unused": f"host=127.0.0.1 port={port} dbname=postgres",
+        },
+    )
+    with f.connect() as conn:
+        conn.execute("SELECT 1")  # a pool for postgres only
+    status, body = ready(base)
+    assert status == 503, body
+    by_db = {p["database"]: p for p in body["pools"]}
+    assert by_db["postgres"]["status"] == "ok" and by_db["postgres"]["user"] == "postgres"
+    assert by_db["unused"]["status"] == "degraded", by_db
+    assert by_db["unused"]["user"] is None  # no pool yet: no user
+    assert f"server 127.0.0.1:{port} unreachable" in by_db["unused"]["reason"]
+    gone.start()
+    body = wait_for(lambda: _status(base, 200), timeout=15)
+    assert {p["database"] for p in body["pools"]} == {"postgres", "unused"}
+
+
+def test_ready_is_503_while_suspended_and_200_after_resume(funnel) -> None:  # type: ignore[no-untyped-def]
+    f, base = start_with_metrics(funnel)
+    with f.connect() as client:
+        client.execute("SELECT 1")
+        assert ready(base)[0] == 200
+        f.admin("SUSPEND")
+        status, body = ready(base)
+        assert status == 503, body
+        assert body["ready"] is False and body["status"] == "suspended"
+        assert body["reason"] == "suspended (SUSPEND): RESUME to serve"
+        assert {p["status"] for p in body["pools"]} == {"ok"}  # the pools themselves are fine
+        f.admin("RESUME")
+        status, body = ready(base)
+        assert status == 200, body
+        assert body["status"] == "ok" and "reason" not in body
+        assert client.execute("SELECT 2").fetchone() == (2,)

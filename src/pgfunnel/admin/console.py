@@ -7,6 +7,7 @@ names, order and types are PgBouncer's: exporters and dashboards read them by na
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -538,21 +539,38 @@ class Console:
         return m.command_complete("RELOAD")
 
     def cmd_pause(self, stmt: Statement, admin: bool) -> Awaitable[bytes]:
-        return self._waiting(stmt, admin, "PAUSE", lambda: self.host.pause(stmt.arg))
+        return self._waiting(
+            admin, "PAUSE", lambda: self.host.pause(stmt.arg), Msg.PAUSE_WAIT_CANCELED_HINT
+        )
 
     def cmd_suspend(self, stmt: Statement, admin: bool) -> Awaitable[bytes]:
         if stmt.arg:
             raise _syntax_error(stmt)
-        return self._waiting(stmt, admin, "SUSPEND", self.host.suspend)
+        return self._waiting(admin, "SUSPEND", self.host.suspend, Msg.SUSPEND_WAIT_CANCELED_HINT)
 
     def cmd_wait_close(self, stmt: Statement, admin: bool) -> Awaitable[bytes]:
-        return self._waiting(stmt, admin, "WAIT_CLOSE", lambda: self.host.wait_close(stmt.arg))
+        return self._waiting(
+            admin,
+            "WAIT_CLOSE",
+            lambda: self.host.wait_close(stmt.arg),
+            Msg.WAIT_CLOSE_CANCELED_HINT,
+        )
 
     async def _waiting(
-        self, stmt: Statement, admin: bool, tag: str, call: Callable[[], Awaitable[None]]
+        self, admin: bool, tag: str, call: Callable[[], Awaitable[None]], canceled_hint: str
     ) -> bytes:
+        """A command that waits; a CancelRequest for the session ends the wait (not what the
+        command did) and the error's hint says what stays."""
         _require_admin(admin)
-        await call()
+        try:
+            await call()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()  # answered here: the session goes on
+            raise AdminError(
+                ss.QUERY_CANCELED, Msg.ADMIN_WAIT_CANCELED, hint=canceled_hint
+            ) from None
         return m.command_complete(tag)
 
     def cmd_resume(self, stmt: Statement, admin: bool) -> bytes:
@@ -889,18 +907,45 @@ class Console:
         return LISTS_COLUMNS, rows
 
     def show_mem(self, stmt: Statement) -> Table:
-        """PgBouncer's slab caches, as object counts and their approximate sizes in bytes."""
-        pooler = self.host.pooler
-        clients = [*pooler.all_clients(), *self.host.admin_clients]
+        """PgBouncer 1.25's slab caches, in its order, with what pgfunnel holds for each: the
+        objects there are now (`used`), their mean and summed sizes in bytes. There are no
+        free lists (a closed connection's memory goes back to Python), so `free` is 0; caches
+        of things pgfunnel does not keep (peer pools, outstanding requests, server prepared
+        statements) are listed empty, so that scripts reading SHOW MEM find every row."""
+        host = self.host
+        pooler = host.pooler
+        clients = [*pooler.all_clients(), *host.admin_clients]
+        clients += [conn.client for conn in host.logging_in]
         servers = list(pooler.all_servers())
-        caches: list[tuple[str, int, int]] = [
-            ("user_cache", _size(next(iter(pooler.users.values()), None)), len(pooler.users)),
-            ("db_cache", _size(next(iter(pooler.databases.values()), None)), len(pooler.databases)),
-            ("pool_cache", _size(next(iter(pooler.pools.values()), None)), len(pooler.pools)),
-            ("server_cache", _size(servers[0] if servers else None), len(servers)),
-            ("client_cache", _size(clients[0] if clients else None), len(clients)),
+        conns = [c.conn for c in clients if c.conn is not None]
+        caches: list[tuple[str, list[int]]] = [
+            ("user_cache", [_size(u) for u in pooler.users.values()]),
+            (
+                "credentials_cache",
+                [sys.getsizeof(n) + sys.getsizeof(p) for n, p in host.config.userlist.items()],
+            ),
+            ("db_cache", [_size(d) for d in pooler.databases.values()]),
+            ("peer_cache", [_size(p) for p in host.config.peers.values()]),
+            ("peer_pool_cache", []),
+            ("pool_cache", [_size(p) for p in pooler.pools.values()]),
+            ("outstanding_request_cache", []),
+            ("server_cache", [_size(sv) for sv in servers]),
+            ("client_cache", [_size(c) for c in clients]),
+            # A connection's own buffers: what it read and has not passed on yet.
+            ("iobuf_cache", [_buffers(c) for c in conns]),
+            # The tracked parameters of each client and server (PgBouncer's VarCache lists).
+            (
+                "var_list_cache",
+                [sys.getsizeof(c.params) for c in clients]
+                + [sys.getsizeof(sv.tracked) for sv in servers],
+            ),
+            ("server_prepared_statement_cache", []),
         ]
-        return MEM_COLUMNS, [[name, size, used, 0, size * used] for name, size, used in caches]
+        rows = [
+            [name, sum(sizes) // len(sizes) if sizes else 0, len(sizes), 0, sum(sizes)]
+            for name, sizes in caches
+        ]
+        return MEM_COLUMNS, rows
 
     def show_state(self, stmt: Statement) -> Table:
         paused, suspended = self.host.paused_all, self.host.suspended
@@ -978,6 +1023,10 @@ def _size(obj: object) -> int:
     if inner is not None:
         size += sys.getsizeof(inner)
     return size
+
+
+def _buffers(conn: object) -> int:
+    return sys.getsizeof(getattr(conn, "buf", b"")) + sys.getsizeof(getattr(conn, "pending", b""))
 
 
 def _error(exc: AdminError) -> bytes:

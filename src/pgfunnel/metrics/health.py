@@ -116,7 +116,7 @@ class Prober:
 
 
 async def readiness(host: Host, prober: Prober) -> tuple[bool, dict[str, Any]]:
-    """(ready, JSON body): one entry per pool, or per configured database before any pool.
+    """(ready, JSON body): one entry per pool, and one per configured database that has none.
 
     The body: {"ready": bool, "status": worst of the entries, "pools": [{"database", "user"
     (null for a configured database without a forced user), "status": "ok" | "back-pressure"
@@ -126,29 +126,25 @@ async def readiness(host: Host, prober: Prober) -> tuple[bool, dict[str, Any]]:
     now = host.now()
     entries: list[dict[str, Any]] = []
     checks: list[tuple[dict[str, Any], Target]] = []
-    pools = list(host.pooler.pools.values())
-    if pools:
-        for pool in pools:
-            entry: dict[str, Any] = {"database": pool.db.name, "user": pool.user.name}
-            status, reason = pool_status(pool, now)
-            target = target_of(host, pool.db.config)
-            entry.update(status=status, reason=reason, server=target.label)
-            entries.append(entry)
-            checks.append((entry, target))
-    else:
-        for name, dbc in host.config.databases.items():
-            if name == "*":
-                continue
-            target = target_of(host, dbc)
-            entry = {
-                "database": name,
-                "user": dbc.user,
-                "status": OK,
-                "reason": "",
-                "server": target.label,
-            }
-            entries.append(entry)
-            checks.append((entry, target))
+    pooled: set[str] = set()
+    for pool in host.pooler.pools.values():
+        entry: dict[str, Any] = {"database": pool.db.name, "user": pool.user.name}
+        status, reason = pool_status(pool, now)
+        target = target_of(host, pool.db.config)
+        entry.update(status=status, reason=reason, server=target.label)
+        entries.append(entry)
+        checks.append((entry, target))
+        pooled.add(pool.db.name)
+    # Configured databases no client has used yet are probed too: the first client of one
+    # must not be the first to find its server gone.
+    for name, dbc in host.config.databases.items():
+        if name == "*" or name in pooled:
+            continue
+        target = target_of(host, dbc)
+        entry = {"database": name, "user": dbc.user, "status": OK, "reason": ""}
+        entry["server"] = target.label
+        entries.append(entry)
+        checks.append((entry, target))
     answers = await prober.check([target for _, target in checks])
     for entry, target in checks:
         error = answers.get(target)

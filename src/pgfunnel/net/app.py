@@ -209,10 +209,17 @@ class App:
         self.refused[reason] = self.refused.get(reason, 0) + 1
 
     # --- admin commands (the console and the signals call these) ----------------------------
-    def _db_arg(self, name: str, verb: str) -> Database:
+    def _db_arg(self, name: str, verb: str, register: bool = True) -> Database:
+        """The database a command names. `register` False is PgBouncer's find_database
+        (ENABLE, RESUME db): a name only the `*` fallback would create is no such database,
+        rather than a new database registered by the command."""
         if name in ADMIN_DATABASES:
             raise AdminError(ss.PROTOCOL_VIOLATION, f"cannot {verb} admin db: {name}")
-        db = self.database(name)
+        db = None
+        if name != "*" and (
+            register or name in self.pooler.databases or name in self.config.databases
+        ):
+            db = self.database(name)
         if db is None:
             raise AdminError(ss.PROTOCOL_VIOLATION, f"no such database: {name}")
         return db
@@ -267,7 +274,7 @@ class App:
                     self.apply(self.pooler.resume(d, now))
             return
         log.info("RESUME '%s' command issued", db)
-        target = self._db_arg(db, "resume")
+        target = self._db_arg(db, "resume", register=False)
         if not target.paused:
             raise AdminError(ss.PROTOCOL_VIOLATION, f"database {db} is not paused")
         self._paused_dbs.discard(target.name)
@@ -280,7 +287,7 @@ class App:
 
     def enable(self, db: str) -> None:
         log.info("ENABLE '%s' command issued", db)
-        self._db_arg(db, "enable").disabled = False
+        self._db_arg(db, "enable", register=False).disabled = False
 
     def reconnect(self, db: str | None) -> None:
         now = self.now()
@@ -904,13 +911,14 @@ class App:
             if pool.holders_logged:
                 continue
             pool.holders_logged = True
-            top = self.pooler.holders(now, HOLDERS_LOGGED, pool.db.name)
+            # This pool's own holders: filtered before the top is taken, since the database's
+            # other pools (other users) may hold it longer.
+            top = [h for h in self.pooler.holders(now, None, pool.db.name) if h.server.pool is pool]
             named = "; ".join(
                 f"{h.application_name or '(no application_name)'} C-{h.client.id:#x} "
                 f"{h.client.username}@{h.client.addr}:{h.client.port} {h.state} "
                 f"for {h.held:.1f}s (server pid {h.server.pid})"
-                for h in top
-                if h.server.pool is pool
+                for h in top[:HOLDERS_LOGGED]
             )
             log.warning(
                 "%s: %d client(s) waiting, oldest %.1fs, all %d servers held; top holders: %s",
@@ -1126,19 +1134,66 @@ def serve_main(args: argparse.Namespace) -> int:
         except (KeyError, PermissionError) as exc:
             print(f"pgfunnel: cannot switch to user {user}: {exc}", file=sys.stderr)
             return 1
+    pidfile = config.settings.pidfile
+    stale = False
+    if pidfile:
+        refusal, stale = _check_pidfile(pidfile)
+        if refusal is not None:
+            print(f"pgfunnel: {refusal}", file=sys.stderr)
+            return 1
     if args.daemon:
         _daemonize()
     _setup_logging(config, args.quiet, args.verbose, args.daemon)
+    if stale:
+        log.info("stale pidfile, removing")
     for warning in config.unsupported:
         log.warning("%s", warning)
-    if config.settings.pidfile:
-        Path(config.settings.pidfile).write_text(f"{os.getpid()}\n")
+    if pidfile:
+        try:
+            fd = os.open(pidfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except OSError as exc:  # another instance took it meanwhile
+            log.critical("could not open pidfile '%s': %s", pidfile, exc.strerror)
+            return 1
+        with os.fdopen(fd, "w") as out:
+            out.write(f"{os.getpid()}\n")
     try:
         return _run(config)
     finally:
-        if config.settings.pidfile:
+        if pidfile:  # only once written: never another instance's
             with contextlib.suppress(OSError):
-                os.unlink(config.settings.pidfile)
+                os.unlink(pidfile)
+
+
+def _check_pidfile(path: str) -> tuple[str | None, bool]:
+    """PgBouncer's check_pidfile: (a refusal, or None to go on; whether a stale file was
+    removed). A pidfile naming a live process, or unreadable as a pid, means another
+    instance may be running: refuse, as PgBouncer does, rather than take its pidfile."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return None, False
+    except OSError as exc:
+        return f"could not open pidfile '{path}': {exc.strerror}", False
+    locked = f"pidfile '{path}' exists, another instance running?"
+    try:
+        pid = int(text.strip())
+    except ValueError:
+        return locked, False
+    if pid <= 0:
+        return locked, False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        pass  # nobody has that pid: a pidfile left by a crash
+    except OSError:
+        return locked, False  # alive, and someone else's (EPERM)
+    else:
+        return locked, False
+    try:
+        os.unlink(path)
+    except OSError as exc:
+        return f"could not remove stale pidfile: {exc.strerror}", False
+    return None, True
 
 
 def _raise_fd_limit(config: Config) -> None:

@@ -74,4 +74,10 @@ class Msg:
     KILLED = "database killed by the admin console (KILL {db})"
     ADMIN_WAIT_CANCELED = "canceling statement due to user request"
     QUERY_CANCELED = "canceling statement due to user request"  # PostgreSQL's text for 57014
-    ADMIN_WAIT_CANCELED_HINT = "The wait was canceled; PAUSE or SUSPEND stays until RESUME."
+    ADMIN_WAIT_CANCELED_HINT = "The wait was canceled; what the command started goes on."
+    PAUSE_WAIT_CANCELED_HINT = "The wait was canceled; PAUSE stays until RESUME."
+    SUSPEND_WAIT_CANCELED_HINT = "The wait was canceled; SUSPEND stays until RESUME."
+    WAIT_CLOSE_CANCELED_HINT = (
+        "The wait was canceled; the servers RECONNECT or RELOAD marked still close as they "
+        "are released."
+    )

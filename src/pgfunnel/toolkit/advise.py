@@ -76,6 +76,11 @@ class Advice:
     caveats: list[str]
     warnings: list[str] = field(default_factory=list)
 
+    @property
+    def pooled(self) -> bool:
+        """Whether anything goes through the pooler (else there is no pgbouncer.ini to write)."""
+        return bool(self.pooler_settings)
+
     def pgbouncer_ini(self) -> str:
         lines = [
             "; pgbouncer.ini written by pgfunnel advise: loads in pgfunnel serve and PgBouncer.",
@@ -109,7 +114,9 @@ class Advice:
             "hardware": self.hardware.__dict__,
             "steps": self.steps,
             "check": self.check.as_dict(),
-            "pooler": {"databases": self.pooler_databases, "settings": self.pooler_settings},
+            "pooler": {"databases": self.pooler_databases, "settings": self.pooler_settings}
+            if self.pooled
+            else None,
             "postgresql_conf": [r.as_dict() for r in self.conf_rows],
             "pgtune": [{"name": k, "value": v} for k, v in self.pgtune_rows],
             "memory": self.memory,
@@ -178,33 +185,46 @@ def advise(
             + (" via pooler" if j.via_pooler else " direct")
         )
     # 4. Server connections the pooler needs: busy work beyond a few per core only queues.
-    active_target = max(10, 4 * hw.cpus)
-    if supply.usable is not None:
-        room = math.floor(ratio * supply.usable) - direct
-        if room < replicas * len(pairs):
-            warnings.append(
-                f"direct clients ({direct}) leave {room} of {math.floor(ratio * supply.usable)} "
-                "slots for the pooler: raise max_connections or route them through the pooler"
-            )
-        server_target = max(replicas * len(pairs), min(active_target, max(room, 0)))
+    pooled = bool(pairs)
+    if not pooled:
+        # Nothing goes through a pooler: there is none to size, the demand is all direct.
+        fleet.pooler = None
+        server_target = per_pool = reserve = default_pool = max_db = pooler_server = 0
+        max_client = 0
+        steps.append(
+            "no service or job goes through the pooler (via_pooler: false everywhere): no "
+            "pooler to size, every connection is direct"
+        )
     else:
-        server_target = active_target
-    per_pool = max(2, server_target // (replicas * max(1, len(pairs))))
-    reserve = per_pool // 5 if per_pool >= 5 else 0
-    default_pool = per_pool - reserve
-    dbs = sorted({db for db, _ in pairs})
-    max_db = max(per_pool * sum(1 for d, _ in pairs if d == db) for db in dbs)
-    pooler_server = replicas * per_pool * len(pairs)
-    max_client = max(100, math.ceil(clients / replicas * 1.1))
-    steps.append(
-        f"pooler server connections: target min(4 x {hw.cpus} CPUs = {4 * hw.cpus} (at least 10), "
-        f"room) = {server_target}; {replicas} replica(s) x {len(pairs)} pool(s) x {per_pool} "
-        f"(default_pool_size {default_pool} + reserve_pool_size {reserve}) = {pooler_server}"
-    )
-    steps.append(
-        f"max_client_conn = max(100, {clients} clients / {replicas} replica(s) x 1.1) = "
-        f"{max_client}"
-    )
+        active_target = max(10, 4 * hw.cpus)
+        if supply.usable is not None:
+            room = math.floor(ratio * supply.usable) - direct
+            if room < replicas * len(pairs):
+                budget = math.floor(ratio * supply.usable)
+                warnings.append(
+                    f"direct clients ({direct}) leave {room} of {budget} slots for the pooler: "
+                    "raise max_connections or route them through the pooler"
+                )
+            server_target = max(replicas * len(pairs), min(active_target, max(room, 0)))
+        else:
+            server_target = active_target
+        per_pool = max(2, server_target // (replicas * max(1, len(pairs))))
+        reserve = per_pool // 5 if per_pool >= 5 else 0
+        default_pool = per_pool - reserve
+        dbs = sorted({db for db, _ in pairs})
+        max_db = max(per_pool * sum(1 for d, _ in pairs if d == db) for db in dbs)
+        pooler_server = replicas * per_pool * len(pairs)
+        max_client = max(100, math.ceil(clients / replicas * 1.1))
+        steps.append(
+            f"pooler server connections: target min(4 x {hw.cpus} CPUs = {4 * hw.cpus} "
+            f"(at least 10), room) = {server_target}; {replicas} replica(s) x {len(pairs)} "
+            f"pool(s) x {per_pool} "
+            f"(default_pool_size {default_pool} + reserve_pool_size {reserve}) = {pooler_server}"
+        )
+        steps.append(
+            f"max_client_conn = max(100, {clients} clients / {replicas} replica(s) x 1.1) = "
+            f"{max_client}"
+        )
     # 5. max_connections needed.
     needed = (
         math.ceil((pooler_server + direct) / ratio) + supply.superuser_reserved + supply.reserved
@@ -312,34 +332,39 @@ def advise(
         warnings.append(f"out-of-memory risk: the budget is {total / hw.ram_bytes:.0%} of RAM")
     # 8. Cross-parameter validation.
     validation = _validate(settings, supply, rec_mc, pooler_server, direct, hw)
-    # 9. The pooler configuration.
+    # 9. The pooler configuration (none when nothing is pooled).
     host = str(server.get("host", "127.0.0.1"))
     port = int(server.get("port", 5432))
-    pooler_databases = {db: f"host={host} port={port} dbname={db}" for db in dbs}
-    pooler_settings = {
-        "listen_addr": str(pooler_cfg.get("listen_addr", "0.0.0.0")),
-        "listen_port": str(pooler_cfg.get("listen_port", 6432)),
-        "auth_type": str(pooler_cfg.get("auth_type", "scram-sha-256")),
-        "auth_file": str(pooler_cfg.get("auth_file", "userlist.txt")),
-        "pool_mode": pool_mode,
-        "default_pool_size": str(default_pool),
-        "reserve_pool_size": str(reserve),
-        "max_db_connections": str(max_db),
-        "max_client_conn": str(max_client),
-        "idle_transaction_timeout": str(pooler_cfg.get("idle_transaction_timeout", 60)),
-    }
-    fleet.pooler = fl.PoolerSpec(
-        replicas=replicas,
-        pool_mode=pool_mode,
-        default_pool_size=default_pool,
-        reserve_pool_size=reserve,
-        max_db_connections=max_db,
-        max_client_conn=max_client,
-        pools=pairs,
-        source="pgbouncer.ini (advised)",
-    )
+    pooler_databases: dict[str, str] = {}
+    pooler_settings: dict[str, str] = {}
+    if pooled:
+        pooler_databases = {
+            db: f"host={host} port={port} dbname={db}" for db in sorted({d for d, _ in pairs})
+        }
+        pooler_settings = {
+            "listen_addr": str(pooler_cfg.get("listen_addr", "0.0.0.0")),
+            "listen_port": str(pooler_cfg.get("listen_port", 6432)),
+            "auth_type": str(pooler_cfg.get("auth_type", "scram-sha-256")),
+            "auth_file": str(pooler_cfg.get("auth_file", "userlist.txt")),
+            "pool_mode": pool_mode,
+            "default_pool_size": str(default_pool),
+            "reserve_pool_size": str(reserve),
+            "max_db_connections": str(max_db),
+            "max_client_conn": str(max_client),
+            "idle_transaction_timeout": str(pooler_cfg.get("idle_transaction_timeout", 60)),
+        }
+        fleet.pooler = fl.PoolerSpec(
+            replicas=replicas,
+            pool_mode=pool_mode,
+            default_pool_size=default_pool,
+            reserve_pool_size=reserve,
+            max_db_connections=max_db,
+            max_client_conn=max_client,
+            pools=pairs,
+            source="pgbouncer.ini (advised)",
+        )
     result = ck.evaluate(fleet, supply_for(rec_mc, supply), ratio)
-    caveats = TRANSACTION_POOLING_CAVEATS if pool_mode == "transaction" else []
+    caveats = TRANSACTION_POOLING_CAVEATS if pooled and pool_mode == "transaction" else []
     return Advice(
         hw,
         result,
@@ -459,7 +484,13 @@ def render_text(a: Advice) -> str:
     out += [f"  {v}" for v in a.validation]
     out.append("")
     out.append("pgbouncer.ini")
-    out += [f"  {line}" if line else "" for line in a.pgbouncer_ini().splitlines()]
+    if a.pooled:
+        out += [f"  {line}" if line else "" for line in a.pgbouncer_ini().splitlines()]
+    else:
+        out.append(
+            "  not needed: nothing goes through the pooler (every service and job has "
+            "via_pooler: false); set via_pooler: true on a service to route it"
+        )
     out.append("")
     out.append("ALTER SYSTEM")
     out += [f"  {line}" for line in a.alter_system().splitlines()]

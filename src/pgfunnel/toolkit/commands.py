@@ -571,7 +571,8 @@ def advise_main(args: argparse.Namespace) -> int:
     if args.out_dir:
         out = Path(args.out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "pgbouncer.ini").write_text(inp.redactor.mask(advice.pgbouncer_ini()))
+        if advice.pooled:
+            (out / "pgbouncer.ini").write_text(inp.redactor.mask(advice.pgbouncer_ini()))
         (out / "alter_system.sql").write_text(inp.redactor.mask(advice.alter_system()))
         conf_lines = [f"{r.name} = '{r.recommended}'  # {r.reason}" for r in advice.conf_rows]
         (out / "postgresql.recommended.conf").write_text(

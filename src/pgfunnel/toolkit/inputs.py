@@ -506,7 +506,8 @@ def detect_kind(path: str, text: str) -> str:
         first = docs[0]
         if any(isinstance(d, dict) and "apiVersion" in d and "kind" in d for d in docs):
             return "kubernetes"
-        if isinstance(first, dict) and isinstance(first.get("services"), list):
+        fleet_keys = ("services", "jobs", "migrations", "serverless")
+        if isinstance(first, dict) and any(isinstance(first.get(k), list) for k in fleet_keys):
             return "fleet"
         if isinstance(first, dict) and isinstance(first.get("services"), dict):
             return "compose"

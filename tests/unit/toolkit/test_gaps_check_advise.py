@@ -151,3 +151,40 @@ def test_advise_from_cgroup_reads_ram_and_cpus(
     assert hw == {"ram_bytes": 6 * 1024**3, "cpus": 4, "source": "cgroup"}
     code, text, _ = run(capsys, "advise", "--fleet", str(fleet_yaml), "--from-cgroup")
     assert "Hardware: 6" in text and "4 CPUs (cgroup)" in text
+
+
+# --- advise with nothing pooled --------------------------------------------------------------
+@pytest.mark.parametrize(
+    "fleet_text",
+    [
+        "services:\n"
+        "  - {name: api, instances: 2, pool_size: 5, via_pooler: false}\n"
+        "  - {name: worker, instances: 1, pool_size: 3, via_pooler: false}\n",
+        "jobs:\n  - {name: etl, concurrency: 4, connections: 2}\n"
+        "migrations:\n  - {name: migrate, concurrency: 1, connections: 1}\n",
+    ],
+    ids=["all-direct", "only-jobs"],
+)
+def test_advise_with_nothing_pooled_sizes_the_server_and_writes_no_pooler(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, fleet_text: str
+) -> None:
+    """Used to crash with `max() arg is an empty sequence`."""
+    path = tmp_path / "fleet.yaml"
+    path.write_text("server: {ram: 16GB, cpus: 8, max_connections: 100}\n" + fleet_text)
+    out_dir = tmp_path / "out"
+    code, out, err = run(capsys, "advise", "--fleet", str(path), "--out-dir", str(out_dir))
+    assert code == 0, err
+    assert "no pooler to size, every connection is direct" in out
+    assert "pgbouncer.ini\n  not needed: nothing goes through the pooler" in out
+    assert "Transaction pooling caveats" not in out
+    assert not (out_dir / "pgbouncer.ini").exists()
+    assert (out_dir / "alter_system.sql").exists()
+    code, out, err = run(capsys, "advise", "--fleet", str(path), "--format", "json")
+    data = json.loads(out)
+    assert data["pooler"] is None
+    assert data["check"]["passed"] is True
+    assert data["check"]["pooler_server_connections"] == 0
+    assert {r["target"] for r in data["check"]["rows"]} == {"server"}
+    # the same fleet is read by check too (a jobs-only YAML is an advise YAML)
+    code, out, err = run(capsys, "check", str(path))
+    assert code == 0, err

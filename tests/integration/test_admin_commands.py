@@ -474,3 +474,45 @@ def test_enable_and_resume_do_not_register_a_fallback_database(funnel, pg: Clust
     assert command(f, "ENABLE viastar") == "ENABLE"
     assert database_row(f, "viastar")["disabled"] == 0
     assert query(f, "SELECT current_database()", dbname="viastar") == "postgres"
+
+
+def _latin1_startup(port: int, dbname: bytes) -> bytes:
+    """A real client's startup packet with a latin-1 database name; what the pooler answers."""
+    body = struct.pack("!i", 196608) + b"user\0postgres\0database\0" + dbname + b"\0\0"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(struct.pack("!i", len(body) + 4) + body)
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    return answer
+
+
+def test_a_non_utf8_name_is_refused_clearly(funnel, pg: Cluster) -> None:  # type: ignore[no-untyped-def]
+    """pgfunnel takes its configuration as UTF-8: a latin-1 database name in the ini makes
+    RELOAD fail (naming file:line and the bytes) and the old configuration keeps serving; a
+    client asking for such a name is told there is no such database."""
+    f = funnel()
+    good = f.config.read_bytes()
+    entry = b"'caf\xe9' = host=127.0.0.1 port=" + str(pg.port).encode() + b" dbname=postgres\n"
+    f.config.write_bytes(good.replace(b"[databases]\n", b"[databases]\n" + entry, 1))
+    err = refused(f, "RELOAD")
+    assert err.sqlstate == "F0000"
+    detail = str(err.diag.message_detail)
+    assert f"{f.config}:2: database name 'caf\\xe9' is not valid UTF-8" in detail
+    assert "database name 'caf\\xe9' is not valid UTF-8" in f.log()
+    assert query(f) == 42  # the old configuration serves
+    answer = _latin1_startup(f.port, b"caf\xe9")
+    assert answer.startswith(b"E") and b"3D000" in answer
+    assert "no such database: caf\ufffd".encode() in answer  # the stray byte, shown as such
+    # The auth file too: names and secrets.
+    f.config.write_bytes(good)
+    users = f.userlist_path.read_bytes()
+    f.userlist_path.write_bytes(users + b'"jos\xe9" "secret"\n')
+    err = refused(f, "RELOAD")
+    line = len(users.splitlines()) + 1
+    assert f"{f.userlist_path}:{line}: auth file: user name 'jos\\xe9' is not valid UTF-8" in str(
+        err.diag.message_detail
+    )
+    f.userlist_path.write_bytes(users)
+    assert command(f, "RELOAD") == "RELOAD"
+    assert query(f) == 42

@@ -173,6 +173,22 @@ def _dead_pid() -> int:
     return proc.pid
 
 
+def test_a_non_utf8_database_name_is_refused_at_start(tmp_path: Path) -> None:
+    """A latin-1 name in the ini: a clear refusal naming file:line and the byte, exit 1."""
+    config, port = write_config(tmp_path)
+    config.write_bytes(
+        config.read_bytes().replace(
+            b"[databases]\n", b"[databases]\n'caf\xe9' = host=127.0.0.1 dbname=postgres\n", 1
+        )
+    )
+    out = subprocess.run(
+        [*PGFUNNEL, "serve", "-q", str(config)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 1
+    assert f"pgfunnel: {config}:2: database name 'caf\\xe9' is not valid UTF-8" in out.stderr
+    assert not listening(port)
+
+
 def test_daemon_writes_pidfile_listens_and_stops_on_sigterm(tmp_path: Path) -> None:
     config, port = write_config(tmp_path, daemon_files=True)
     pidfile, logfile = tmp_path / "pgfunnel.pid", tmp_path / "pgfunnel.log"

@@ -167,7 +167,7 @@ class PoolerCollector(Collector):
         now = host.now()
         pools = list(host.pooler.pools.values())
         rows = [pool_row(pool, now) for pool in pools]
-        keys = [(_utf8(pool.db.name), _utf8(pool.user.name)) for pool in pools]
+        keys = [(pool.db.name, pool.user.name) for pool in pools]
 
         # SHOW POOLS' figures include the admin console's pool, as PgBouncer's (and so
         # pgbouncer_exporter's) do; the figures below exist only for real pools.
@@ -277,7 +277,7 @@ class PoolerCollector(Collector):
             _name("databases_disabled"), "1 when the database is disabled", labels=labels
         )
         for name, dbc, db in databases(host):
-            key = (_utf8(name),)
+            key = (name,)
             size.add_metric(key, database_pool_size(host, dbc))
             cap.add_metric(key, database_max_connections(host, dbc))
             current.add_metric(key, db.server_count if db is not None else 0)
@@ -319,9 +319,9 @@ class PoolerCollector(Collector):
         for h in self.host.holders(HOLDERS_EXPOSED):
             c = h.client
             key = (
-                _utf8(h.server.pool.db.name),
-                _utf8(c.username),
-                _utf8(h.application_name),
+                h.server.pool.db.name,
+                c.username,
+                h.application_name,
                 f"{c.addr}:{c.port}",
                 f"C-{c.id:#x}",
                 h.state,
@@ -355,9 +355,3 @@ def make_registry(host: Host) -> CollectorRegistry:
     registry.register(PoolerCollector(host))
     ProcessCollector(registry=registry)
     return registry
-
-
-def _utf8(name: str) -> str:
-    """A label value the exposition can encode: a name read from a non-UTF-8 config (kept
-    with surrogate escapes) has its stray bytes replaced by "?"."""
-    return name.encode("utf-8", "replace").decode("utf-8")

@@ -175,5 +175,4 @@ class MetricsServer:
         return (200 if ready else 503), JSON, data
 
     async def _status_page(self) -> Response:
-        # "replace": a name from a non-UTF-8 config shows "?" instead of failing the page.
-        return 200, HTML, render(self.host).encode("utf-8", "replace")
+        return 200, HTML, render(self.host).encode()  # names are UTF-8 (net.app.check_utf8)

@@ -476,7 +476,7 @@ class App:
         if command:
             log.info("RELOAD command issued")
         try:
-            new = load_config(self.config.path)
+            new = load_checked(self.config.path)
         except (ConfigError, OSError) as exc:
             log.error("%s", exc)
             log.warning("config file loading failed")
@@ -1038,6 +1038,79 @@ class App:
         await asyncio.sleep(0)
 
 
+# Settings holding file system paths: any bytes the file system takes are fine there.
+_PATH_SETTINGS = frozenset({"logfile", "pidfile", "resolv_conf"})
+
+
+def load_checked(path: str) -> Config:
+    """load_config, then check_utf8: what `serve` starts with and RELOAD reads."""
+    config = load_config(path)
+    check_utf8(config)
+    return config
+
+
+def check_utf8(config: Config) -> None:
+    """Refuse names that are not UTF-8, with a ConfigError saying where.
+
+    The ini reader keeps stray bytes as surrogate escapes; pgfunnel refuses them rather than
+    half-support them: clients' startup parameters, log lines, metric labels, the status
+    page and the console are UTF-8, so a latin-1 database name could never be asked for
+    by a client, could not be told from another one in a metric label, and would be shown
+    differently in each place. Checked: [databases] (names and every value), [users] names,
+    the auth file (names and secrets), and every [pgbouncer] text setting but file paths."""
+
+    def invalid(text: object) -> bool:
+        return isinstance(text, str) and any("\udc80" <= ch <= "\udcff" for ch in text)
+
+    def refuse(where: str, what: str, text: str) -> ConfigError:
+        shown = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        file, _, line = where.rpartition(":")
+        if not file or not line.isdigit():
+            file, line = where or config.path, "0"
+        return ConfigError(
+            file,
+            int(line),
+            f"{what} '{shown}' is not valid UTF-8: pgfunnel reads names, connection strings "
+            "and the auth file as UTF-8; write them in UTF-8",
+        )
+
+    for name, dbc in config.databases.items():
+        if invalid(name):
+            raise refuse(dbc.source, "database name", name)
+        for f in dataclasses.fields(dbc):
+            value = getattr(dbc, f.name)
+            if f.name != "source" and invalid(value):
+                raise refuse(dbc.source, f"database {name!r}: {f.name}", value)
+    for name, uc in config.users.items():
+        if invalid(name):
+            raise refuse(uc.source, "user name", name)
+    auth_file = str(config.settings.auth_file or config.path)
+    for name, secret in config.userlist.items():
+        for what, text in (("user name", name), (f"secret of user {name!r}", secret)):
+            if invalid(text):
+                raise refuse(_line_of(auth_file, text), f"auth file: {what}", text)
+    for name in SETTINGS:
+        value = config.settings.get(name)
+        values = value if isinstance(value, tuple) else (value,)
+        if name in _PATH_SETTINGS or name.endswith(("_file", "_dir")):
+            continue
+        for item in values:
+            if invalid(item):
+                raise refuse(config.setting_sources.get(name, ""), name, item)
+
+
+def _line_of(path: str, text: str) -> str:
+    """`path:line` of the first line holding `text` (for messages), or just `path`."""
+    try:
+        lines = Path(path).read_bytes().decode("utf-8", "surrogateescape").splitlines()
+    except OSError:
+        return path
+    for number, line in enumerate(lines, 1):
+        if text in line:
+            return f"{path}:{number}"
+    return path
+
+
 def _is_unix(host: str | None) -> bool:
     return not host or host.startswith("/")
 
@@ -1077,7 +1150,10 @@ def _setup_logging(config: Config, quiet: bool, verbose: int, daemon: bool) -> N
     root.setLevel(level)
     fmt = _Formatter()
     if config.settings.logfile:
-        fh = logging.FileHandler(config.settings.logfile)
+        # UTF-8 whatever the locale; a character it cannot write never costs the line.
+        fh = logging.FileHandler(
+            config.settings.logfile, encoding="utf-8", errors="backslashreplace"
+        )
         fh.setFormatter(fmt)
         root.addHandler(fh)
     if not quiet and not daemon:
@@ -1114,7 +1190,7 @@ def serve_main(args: argparse.Namespace) -> int:
         )
         return 1
     try:
-        config = load_config(args.config)
+        config = load_checked(args.config)
     except ConfigError as exc:
         print(f"pgfunnel: {exc}", file=sys.stderr)
         return 1

@@ -177,14 +177,21 @@ def _advise(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="size pools, the pooler and postgresql.conf for an application fleet",
         description="Demand against supply step by step, a memory budget, PGTune's formulas, "
         "and the decision: a pgbouncer.ini that pgfunnel serve loads, the postgresql.conf diff "
-        "and its ALTER SYSTEM form.",
+        "and its ALTER SYSTEM form. With --pgtune: PGTune's output alone, no fleet needed.",
     )
-    p.add_argument("--fleet", required=True, metavar="YAML", help="the fleet description")
+    p.add_argument(
+        "--fleet", metavar="YAML", help="the fleet description (required unless --pgtune)"
+    )
     p.add_argument("--postgresql-conf", metavar="FILE", help="the current postgresql.conf")
     p.add_argument("--ram", help="server RAM, e.g. 16GB")
     p.add_argument("--cpus", type=int, help="server CPUs")
     p.add_argument("--from-cgroup", action="store_true", help="read RAM/CPUs from cgroup limits")
-    p.add_argument("--max-connections", type=int)
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        help="the server's max_connections; with --pgtune PGTune's 'Connections num' (default "
+        "per --db-type, as PGTune: web 200, oltp 300, dw 40, desktop 20, mixed 100)",
+    )
     p.add_argument("--instance-class", help="RDS instance class (RDS formula for max_connections)")
     p.add_argument("--ratio", type=float, default=0.8)
     p.add_argument(
@@ -193,9 +200,38 @@ def _advise(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=10.0,
         help="per-backend baseline memory in MiB (default 10)",
     )
-    p.add_argument("--db-type", default="web", choices=("web", "oltp", "dw", "desktop", "mixed"))
-    p.add_argument("--pg-version", type=int, default=15)
-    p.add_argument("--pgtune", action="store_true", help="print PGTune's output only")
+    p.add_argument(
+        "--db-type",
+        default="web",
+        choices=("web", "oltp", "dw", "desktop", "mixed"),
+        help="PGTune's DB type (default web)",
+    )
+    p.add_argument(
+        "--storage",
+        default="ssd",
+        choices=("ssd", "hdd", "san", "nvme"),
+        help="PGTune's data storage (default ssd)",
+    )
+    p.add_argument(
+        "--db-size",
+        default="mid",
+        choices=("less", "mid", "greater"),
+        help="PGTune's database size against RAM: less (fits in RAM), mid (default), greater",
+    )
+    p.add_argument(
+        "--os", default="linux", choices=("linux", "windows", "mac"), help="PGTune's OS type"
+    )
+    p.add_argument(
+        "--pg-version",
+        type=int,
+        help="PostgreSQL major version (default: 18 with --pgtune, as PGTune; 15 otherwise)",
+    )
+    p.add_argument(
+        "--pgtune",
+        action="store_true",
+        help="print PGTune's output alone (le0pard/pgtune's current formulas) for --ram, --cpus, "
+        "--max-connections, --db-type, --storage, --db-size, --os, --pg-version; no fleet needed",
+    )
     p.add_argument(
         "--out-dir",
         metavar="DIR",

@@ -141,6 +141,9 @@ def advise(
     backend_mem_mb: float = 10.0,
     db_type: str = "web",
     pg_version: int = 15,
+    storage: str = "ssd",
+    db_size: str = "mid",
+    os_type: str = "linux",
 ) -> Advice:
     data = inp.raw_fleet
     server = data.get("server") or {}
@@ -245,7 +248,18 @@ def advise(
         f"recommended {rec_mc}" + (f" (current {current_mc})" if current_mc is not None else "")
     )
     # 6. PGTune, then our adjustments.
-    tune = pgtune(PgTuneInput(hw.ram_bytes, hw.cpus, rec_mc, db_type, pg_version))
+    tune = pgtune(
+        PgTuneInput(
+            hw.ram_bytes,
+            hw.cpus,
+            rec_mc,
+            db_type,
+            pg_version,
+            os_type=os_type,
+            storage=storage,
+            db_size=db_size,
+        )
+    )
     tuned = dict(tune)
     ram_kb = hw.ram_bytes // 1024
     shared_kb = pg_memory_to_kb(tuned["shared_buffers"])

@@ -539,6 +539,11 @@ def advise_main(args: argparse.Namespace) -> int:
     from pgfunnel.toolkit import inputs as ip
     from pgfunnel.toolkit.units import parse_size
 
+    if args.pgtune:
+        return pgtune_main(args)
+    if not args.fleet:
+        print("pgfunnel advise: --fleet YAML is required (or --pgtune alone)", file=sys.stderr)
+        return 2
     try:
         files = [args.fleet] + ([args.postgresql_conf] if args.postgresql_conf else [])
         inp = ip.read_inputs(files, args.instance_class)
@@ -563,7 +568,10 @@ def advise_main(args: argparse.Namespace) -> int:
             ratio=args.ratio,
             backend_mem_mb=args.backend_mem_mb,
             db_type=args.db_type,
-            pg_version=args.pg_version,
+            pg_version=args.pg_version or 15,
+            storage=args.storage,
+            db_size=args.db_size,
+            os_type=args.os,
         )
     except (ip.InputError, ValueError, KeyError) as exc:
         print(f"pgfunnel advise: {exc}", file=sys.stderr)
@@ -578,14 +586,73 @@ def advise_main(args: argparse.Namespace) -> int:
         (out / "postgresql.recommended.conf").write_text(
             inp.redactor.mask("\n".join(conf_lines) + "\n")
         )
-    if args.pgtune:
-        text = "".join(f"{k} = {v}\n" for k, v in advice.pgtune_rows)
-    elif args.format == "json":
+    if args.format == "json":
         text = json.dumps({**advice.as_dict(), "redacted": inp.redactor.counts}, indent=2) + "\n"
     else:
         text = ad.render_text(advice) + inp.redactor.summary() + "\n"
     print(inp.redactor.mask(text), end="")
     return 1 if advice.warnings or not advice.check.passed else 0
+
+
+def pgtune_main(args: argparse.Namespace) -> int:
+    """`advise --pgtune`: PGTune's output for the hardware and the connection count given."""
+    import yaml
+
+    from pgfunnel.toolkit import advise as ad
+    from pgfunnel.toolkit import pgtune as pt
+    from pgfunnel.toolkit.units import parse_size
+
+    try:
+        server: dict[str, Any] = {}
+        if args.fleet:
+            # Only RAM and CPUs may come from the fleet; the connection count is PGTune's input
+            # as given, never one derived from the fleet.
+            data = yaml.safe_load(Path(args.fleet).read_text(encoding="utf-8")) or {}
+            server = (data.get("server") or {}) if isinstance(data, dict) else {}
+        cpus: Any
+        if args.from_cgroup:
+            hw = ad.hardware_from_cgroup()
+            ram, cpus = hw.ram_bytes, hw.cpus
+        else:
+            ram_text = args.ram or server.get("ram")
+            if ram_text is None:
+                raise ValueError("--pgtune needs --ram (e.g. 16GB), or --from-cgroup")
+            ram = parse_size(ram_text)
+            cpus = args.cpus or server.get("cpus")
+        inp = pt.PgTuneInput(
+            ram_bytes=ram,
+            cpus=int(cpus) if cpus else None,
+            connections=args.max_connections,
+            db_type=args.db_type,
+            version=args.pg_version or pt.DEFAULT_VERSION,
+            os_type=args.os,
+            storage=args.storage,
+            db_size=args.db_size,
+        )
+        rows = pt.pgtune(inp)
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        print(f"pgfunnel advise --pgtune: {exc}", file=sys.stderr)
+        return 2
+    if args.format == "json":
+        doc = {
+            "schema": "pgfunnel.pgtune/1",
+            "input": {
+                "db_version": inp.version,
+                "os_type": inp.os_type,
+                "db_type": inp.db_type,
+                "ram_bytes": inp.ram_bytes,
+                "cpus": inp.cpus,
+                "connections": inp.connections,
+                "storage": inp.storage,
+                "db_size": inp.db_size,
+            },
+            "settings": [{"name": k, "value": v} for k, v in rows],
+            "warnings": pt.pgtune_warnings(inp),
+        }
+        print(json.dumps(doc, indent=2))
+    else:
+        print(pt.render_pgtune(inp), end="")
+    return 0
 
 
 # --- alerts --------------------------------------------------------------------------------

@@ -188,3 +188,169 @@ def test_advise_with_nothing_pooled_sizes_the_server_and_writes_no_pooler(
     # the same fleet is read by check too (a jobs-only YAML is an advise YAML)
     code, out, err = run(capsys, "check", str(path))
     assert code == 0, err
+
+
+# --- advise --pgtune: PGTune's own mode, no fleet --------------------------------------------
+PGTUNE_16G_8CPU_200_WEB = """\
+# WARNING
+# wal_compression = lz4 needs a PostgreSQL built with lz4 (--with-lz4)
+# io_method = io_uring needs a PostgreSQL built with liburing (--with-liburing)
+
+# DB Version: 18
+# OS Type: linux
+# DB Type: web
+# Total Memory (RAM): 16 GB
+# CPUs num: 8
+# Connections num: 200
+# Data Storage: ssd
+
+max_connections = 200
+shared_buffers = 4GB
+effective_cache_size = 12GB
+maintenance_work_mem = 1GB
+checkpoint_completion_target = 0.9
+wal_buffers = 16MB
+default_statistics_target = 100
+random_page_cost = 1.1
+effective_io_concurrency = 200
+work_mem = 20164kB
+huge_pages = try
+jit = off
+wal_compression = lz4
+io_method = io_uring
+min_wal_size = 1GB
+max_wal_size = 4GB
+max_worker_processes = 8
+max_parallel_workers_per_gather = 4
+max_parallel_workers = 8
+max_parallel_maintenance_workers = 4
+"""
+
+
+def _settings(out: str) -> dict[str, str]:
+    return dict(
+        line.split(" = ", 1) for line in out.splitlines() if " = " in line and line[0] != "#"
+    )
+
+
+def test_advise_pgtune_without_a_fleet_reproduces_pgtune(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = ("advise", "--pgtune", "--ram", "16GB", "--cpus", "8", "--max-connections", "200")
+    code, out, err = run(capsys, *args, "--db-type", "web")
+    assert code == 0, err
+    assert out == PGTUNE_16G_8CPU_200_WEB
+    code, out, _ = run(capsys, *args, "--format", "json")
+    data = json.loads(out)
+    assert {s["name"]: s["value"] for s in data["settings"]}["work_mem"] == "20164kB"
+    assert data["input"]["connections"] == 200 and data["input"]["db_version"] == 18
+
+
+@pytest.mark.parametrize(
+    ("db_type", "connections"),
+    [("web", "200"), ("oltp", "300"), ("dw", "40"), ("desktop", "20"), ("mixed", "100")],
+)
+def test_advise_pgtune_default_connections_per_db_type(
+    capsys: pytest.CaptureFixture[str], db_type: str, connections: str
+) -> None:
+    code, out, _ = run(capsys, "advise", "--pgtune", "--ram", "16GB", "--db-type", db_type)
+    assert code == 0
+    assert _settings(out)["max_connections"] == connections
+    assert "Connections num" not in out and "CPUs num" not in out  # PGTune lists what is given
+
+
+def test_advise_pgtune_uses_the_count_given_not_the_fleets(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    fleet_yaml = tmp_path / "f.yaml"
+    fleet_yaml.write_text(
+        "server: {ram: 16GB, cpus: 8}\n"
+        "services:\n  - {name: api, instances: 2, processes: 2, pool_size: 5}\n"
+    )
+    code, out, _ = run(capsys, "advise", "--fleet", str(fleet_yaml), "--format", "json")
+    derived = next(
+        r["recommended"]
+        for r in json.loads(out)["postgresql_conf"]
+        if r["name"] == "max_connections"
+    )
+    assert derived != "200"  # the fleet alone would size max_connections otherwise
+    code, out, _ = run(capsys, "advise", "--fleet", str(fleet_yaml), "--pgtune")
+    assert code == 0
+    assert _settings(out)["max_connections"] == "200"  # PGTune's web default, not the fleet's
+    assert _settings(out)["work_mem"] == "20164kB"  # RAM and CPUs from the fleet's server
+    code, out, _ = run(
+        capsys, "advise", "--fleet", str(fleet_yaml), "--pgtune", "--max-connections", "100"
+    )
+    assert _settings(out)["max_connections"] == "100"
+
+
+def test_advise_pgtune_storage_db_size_and_os(capsys: pytest.CaptureFixture[str]) -> None:
+    base = ("advise", "--pgtune", "--ram", "64GB", "--cpus", "16")
+    _, out, _ = run(capsys, *base, "--db-type", "dw")
+    dw = _settings(out)
+    # le0pard/pgtune today: a data warehouse larger than RAM keeps PostgreSQL's 4, with a caveat.
+    assert dw["random_page_cost"] == "4" and "random_page_cost stays at" in out
+    assert (dw["max_connections"], dw["max_parallel_workers_per_gather"]) == ("40", "8")
+    _, out, _ = run(capsys, *base, "--db-type", "dw", "--db-size", "less")
+    assert _settings(out)["random_page_cost"] == "1.1" and "# DB Size: less" in out
+    _, out, _ = run(capsys, *base, "--storage", "hdd")
+    assert _settings(out)["random_page_cost"] == "4"
+    assert _settings(out)["effective_io_concurrency"] == "2"
+    _, out, _ = run(capsys, *base, "--storage", "nvme")
+    assert _settings(out)["effective_io_concurrency"] == "1000"
+    assert _settings(out)["random_page_cost"] == "1.1"
+    _, out, _ = run(capsys, *base, "--os", "windows", "--pg-version", "17")
+    win = _settings(out)
+    assert "effective_io_concurrency" not in win and "io_method" not in win
+    code, _, err = run(capsys, "advise", "--pgtune", "--cpus", "4")
+    assert code == 2 and "--ram" in err
+    code, _, err = run(capsys, "advise")
+    assert code == 2 and "--fleet" in err
+
+
+def test_pgtune_matches_upstreams_own_test_cases() -> None:
+    """The expectations of le0pard/pgtune's configurationSlice tests, through our formulas."""
+    from pgfunnel.toolkit.pgtune import PgTuneInput, pgtune
+
+    gb = 1024**3
+
+    def tune(**kw: object) -> dict[str, str]:
+        return dict(pgtune(PgTuneInput(**kw)))  # type: ignore[arg-type]
+
+    assert tune(ram_bytes=256 * gb, version=17)["maintenance_work_mem"] == "8GB"
+    win17 = tune(ram_bytes=256 * gb, os_type="windows", version=17)
+    assert win17["maintenance_work_mem"] == "2047MB"  # 2GB - 1MB
+    assert "autovacuum_work_mem" not in win17
+    assert tune(ram_bytes=256 * gb, os_type="windows", version=18)["maintenance_work_mem"] == "8GB"
+    assert tune(ram_bytes=256 * gb, version=15)["autovacuum_work_mem"] == "2GB"
+    assert "autovacuum_work_mem" not in tune(ram_bytes=4 * gb, version=15)
+    assert tune(ram_bytes=4 * gb, version=15)["huge_pages"] == "off"
+    assert tune(ram_bytes=16 * gb, version=15)["huge_pages"] == "try"
+    assert tune(ram_bytes=128 * gb, os_type="mac", version=15)["huge_pages"] == "off"
+    assert tune(ram_bytes=4 * gb, connections=9999, cpus=4, version=15)["work_mem"] == "4MB"
+    w17 = tune(ram_bytes=256 * gb, connections=20, cpus=4, os_type="windows", version=17)
+    assert w17["work_mem"] == "2047MB"
+    w18 = tune(ram_bytes=256 * gb, connections=20, cpus=4, os_type="windows", version=18)
+    assert w18["work_mem"] == "2796202kB"
+    assert "jit" not in tune(ram_bytes=4 * gb, db_type="dw", version=15)
+    assert tune(ram_bytes=4 * gb, version=14)["wal_compression"] == "on"
+    assert tune(ram_bytes=4 * gb, cpus=32)["autovacuum_max_workers"] == "5"
+    assert tune(ram_bytes=4 * gb, cpus=16)["autovacuum_max_workers"] == "4"
+    assert "autovacuum_max_workers" not in tune(ram_bytes=4 * gb, cpus=8)
+    assert "io_workers" not in tune(ram_bytes=4 * gb, cpus=32, version=17)
+    assert "io_workers" not in tune(ram_bytes=4 * gb, cpus=8, version=18)
+    assert [tune(ram_bytes=4 * gb, cpus=n)["io_workers"] for n in (32, 64, 256)] == [
+        "8",
+        "16",
+        "32",
+    ]
+    assert tune(ram_bytes=4 * gb, os_type="mac")["io_method"] == "worker"
+    p13 = tune(ram_bytes=4 * gb, cpus=12, version=13)
+    assert (p13["max_parallel_workers_per_gather"], p13["max_parallel_maintenance_workers"]) == (
+        "4",
+        "4",
+    )
+    assert "max_parallel_maintenance_workers" not in tune(ram_bytes=4 * gb, cpus=12, version=10)
+    dw12 = tune(ram_bytes=4 * gb, cpus=31, version=12, db_type="dw")
+    assert dw12["max_parallel_workers_per_gather"] == "16"
+    assert "max_worker_processes" not in tune(ram_bytes=4 * gb, cpus=1, version=14)

@@ -516,3 +516,66 @@ def test_a_non_utf8_name_is_refused_clearly(funnel, pg: Cluster) -> None:  # typ
     f.userlist_path.write_bytes(users)
     assert command(f, "RELOAD") == "RELOAD"
     assert query(f) == 42
+
+
+def test_reload_sweeps_a_removed_database(funnel, pg: Cluster) -> None:  # type: ignore[no-untyped-def]
+    """Mark and sweep, as PgBouncer: a database gone from the ini is dropped at once: its
+    clients (idle or in a transaction) are closed with `database removed`, its servers close,
+    new logins get `no such database`."""
+    f = funnel(
+        databases={
+            "postgres": f"host=127.0.0.1 port={pg.port} dbname=postgres",
+            "doomed": f"host=127.0.0.1 port={pg.port} dbname=postgres",
+        }
+    )
+    idle, busy = f.connect(dbname="doomed"), f.connect(dbname="doomed")
+    try:
+        idle.execute("SELECT 1")
+        busy.execute("BEGIN")
+        pid = busy.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+        text = f.config.read_text()
+        f.config.write_text(
+            "\n".join(x for x in text.splitlines() if not x.startswith("doomed =")) + "\n"
+        )
+        assert command(f, "RELOAD") == "RELOAD"
+        for conn in (idle, busy):
+            with pytest.raises(psycopg.errors.InvalidCatalogName, match="database removed"):
+                conn.execute("SELECT 1")
+        with pytest.raises(psycopg.OperationalError, match="no such database: doomed"):
+            f.connect(dbname="doomed")
+        with console(f) as conn:
+            assert "doomed" not in by(show(conn, "SHOW DATABASES"), "name")
+            assert "doomed" not in by(show(conn, "SHOW POOLS"), "database")
+        wait_for(lambda: not backend_alive(pg, pid))  # its server is gone too
+        log = f.log()
+        assert "dropping database 'doomed' as it does not exist anymore" in log
+        assert log.count("closing because: database removed") >= 2
+        assert query(f) == 42  # the others serve on
+    finally:
+        idle.close()
+        busy.close()
+
+
+def test_reload_replaces_the_servers_of_a_changed_database(funnel, pg: Cluster) -> None:  # type: ignore[no-untyped-def]
+    """A changed connection string: the busy server finishes its transaction, then is
+    replaced (SHOW SERVERS close_needed, a new backend pid, the new dbname)."""
+    f = funnel()
+    with f.connect() as client:
+        client.execute("BEGIN")
+        old_pid = client.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+        text = f.config.read_text()
+        assert "dbname=postgres\n" in text
+        f.config.write_text(text.replace("dbname=postgres\n", "dbname=template1\n", 1))
+        assert command(f, "RELOAD") == "RELOAD"
+        with console(f) as conn:
+            assert by(show(conn, "SHOW SERVERS"), "remote_pid")[old_pid]["close_needed"] == 1
+        assert client.execute("SELECT current_database()").fetchone() == ("postgres",)
+        client.execute("COMMIT")
+        row = client.execute("SELECT pg_backend_pid(), current_database()").fetchone()
+        assert row is not None
+        assert row[0] != old_pid and row[1] == "template1"
+        wait_for(lambda: not backend_alive(pg, old_pid))
+        with console(f) as conn:
+            pids = set(by(show(conn, "SHOW SERVERS"), "remote_pid"))
+        assert old_pid not in pids and row[0] in pids
+    assert "database postgres changed" in f.log()

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from pgfunnel.throwaway import Cluster
-from tests.integration.harness import ADMIN_PASSWORD, ADMIN_USER, Funnel, wait_for
+from tests.integration.harness import ADMIN_PASSWORD, ADMIN_USER, Funnel, own_role, wait_for
 
 
 def _listening(port: int) -> bool:
@@ -362,3 +362,34 @@ def test_wait_for_servers_closes_clients_that_need_a_server(
         for conn in (holder, idle, waiter):
             conn.close()
     assert f.log().count("closing because: server shutting down") == 2
+
+
+def test_sighup_rereads_the_auth_file(pg: Cluster, funnel: Callable[..., Funnel]) -> None:
+    """A rotated password: after SIGHUP the new one logs in and the old one is refused, and
+    a fresh server login works with the new secret."""
+    with own_role(pg, "rotating", "oldpw") as role:
+        f = funnel(userlist={role: "oldpw"})
+        with f.connect(user=role, password="oldpw") as conn:
+            first_pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+        pg.psql(f"ALTER ROLE {role} PASSWORD 'newpw'")
+        f.userlist_path.write_text(
+            f.userlist_path.read_text().replace(f'"{role}" "oldpw"', f'"{role}" "newpw"')
+        )
+        _send(f, signal.SIGHUP)
+        wait_for(lambda: "got SIGHUP, re-reading config" in f.log())
+        wait_for(lambda: _logs_in(f, role, "newpw"))
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            f.connect(user=role, password="oldpw")
+        f.admin("RECONNECT")  # the next server login uses the new secret
+        f.admin("WAIT_CLOSE")
+        with f.connect(user=role, password="newpw") as conn:
+            row = conn.execute("SELECT pg_backend_pid(), current_user").fetchone()
+        assert row is not None and row[0] != first_pid and row[1] == role
+
+
+def _logs_in(f: Funnel, user: str, password: str) -> bool:
+    try:
+        with f.connect(user=user, password=password) as conn:
+            return conn.execute("SELECT 1").fetchone() == (1,)
+    except psycopg.OperationalError:
+        return False

@@ -187,14 +187,33 @@ def evaluate(fleet: fl.Fleet, supply: Supply, ratio: float = 0.8) -> Result:
         ("PGF005", fleet.database_limits, "database"),
     ):
         for name, limit in sorted(limits.items()):
-            members = [s for s in fleet.members() if getattr(s, attr) == name and not s.via_pooler]
-            demand = sum(m.demand() for m in members)
+            # Direct members log in as themselves; pooled ones reach the server only through
+            # the pooler's server connections, which log in as the pool's user to its database.
+            members = [
+                m
+                for m in fleet.members()
+                if getattr(m, attr) == name and not (m.via_pooler and p is not None)
+            ]
+            direct_demand = sum(m.demand() for m in members)
+            pooled = 0
+            if p is not None:
+                pools = p.pools or fl.pooled_pairs(fleet)
+                per = p.server_connections_per_replica(pools, **{attr: name})
+                pooled = p.replicas * per
+            demand = direct_demand + pooled
             if demand > limit:
+                how = (
+                    f" ({direct_demand} direct + pooler {p.replicas} replica(s) x "
+                    f"{pooled // max(1, p.replicas)} server connections as {attr} {name})"
+                    if pooled and p is not None
+                    else ""
+                )
                 result.violations.append(
                     Violation(
                         kind,
-                        f"{attr} {name}: worst-case demand {demand} > CONNECTION LIMIT {limit}",
-                        [m.name for m in members],
+                        f"{attr} {name}: worst-case demand {demand} > CONNECTION LIMIT {limit}"
+                        + how,
+                        [m.name for m in members] + (["pooler"] if pooled else []),
                     )
                 )
     return result
@@ -283,10 +302,17 @@ def render_text(result: Result) -> str:
     else:
         for v in result.violations:
             lines.append(f"FAIL {v.rule}: {v.message}")
-        lines.append(
-            "Fix: lower pool sizes / replicas of the services marked <-, or put a pooler in "
-            "front (pgfunnel advise)"
-        )
+        if any(r.kind == "pooler" for r in result.rows):
+            lines.append(
+                "Fix: lower pool sizes / replicas of the services marked <-, route direct ones "
+                "through the pooler, or resize the pooler (max_client_conn, default_pool_size, "
+                "max_db_connections): pgfunnel advise"
+            )
+        else:
+            lines.append(
+                "Fix: lower pool sizes / replicas of the services marked <-, or put a pooler in "
+                "front (pgfunnel advise)"
+            )
     for n in result.notes:
         lines.append(f"note: {n}")
     return "\n".join(lines) + "\n"

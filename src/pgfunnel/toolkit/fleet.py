@@ -132,24 +132,48 @@ class PoolerSpec:
     default_pool_size: int = 20
     reserve_pool_size: int = 0
     max_db_connections: int = 0
+    max_user_connections: int = 0
     max_client_conn: int = 100
     pools: list[tuple[str, str]] = field(default_factory=list)  # (database, user)
     pool_sizes: dict[str, int] = field(default_factory=dict)  # per-database pool_size
+    dbnames: dict[str, str] = field(default_factory=dict)  # [databases] name -> real dbname
     source: str = ""
     notes: list[str] = field(default_factory=list)
 
-    def server_connections_per_replica(self, pools: list[tuple[str, str]] | None = None) -> int:
+    def server_connections_per_replica(
+        self,
+        pools: list[tuple[str, str]] | None = None,
+        *,
+        role: str | None = None,
+        database: str | None = None,
+    ) -> int:
+        """Server connections one replica may open at most: each pool's pool_size +
+        reserve_pool_size, capped per database by max_db_connections and per user by
+        max_user_connections. With `role` / `database` (the real dbname), only the pools that
+        log in as that role / into that database: what counts against its CONNECTION LIMIT."""
         pools = pools if pools is not None else self.pools
         if not pools:
             pools = [("*", "*")]
         per_db: dict[str, int] = {}
-        for db, _user in pools:
+        per_user: dict[str, int] = {}
+        for db, user in pools:
+            # '*' (users from an unknown userlist, the fallback database) may be anyone: counted.
+            if role is not None and user not in (role, "*"):
+                continue
+            if database is not None and self.dbnames.get(db, db) not in (database, "*"):
+                continue
             size = self.pool_sizes.get(db, self.default_pool_size) + self.reserve_pool_size
             per_db[db] = per_db.get(db, 0) + size
-        total = 0
-        for _db, n in per_db.items():
-            total += min(n, self.max_db_connections) if self.max_db_connections else n
-        return total
+            per_user[user] = per_user.get(user, 0) + size
+        by_db = sum(
+            min(n, self.max_db_connections) if self.max_db_connections else n
+            for n in per_db.values()
+        )
+        by_user = sum(
+            min(n, self.max_user_connections) if self.max_user_connections else n
+            for n in per_user.values()
+        )
+        return min(by_db, by_user)
 
 
 @dataclass
@@ -227,6 +251,7 @@ def from_yaml(data: dict[str, Any], source: str = "") -> Fleet:
             default_pool_size=_int(p.get("default_pool_size"), 20) or 20,
             reserve_pool_size=_int(p.get("reserve_pool_size"), 0) or 0,
             max_db_connections=_int(p.get("max_db_connections"), 0) or 0,
+            max_user_connections=_int(p.get("max_user_connections"), 0) or 0,
             max_client_conn=_int(p.get("max_client_conn"), 100) or 100,
             source=source,
         )

@@ -441,6 +441,7 @@ def read_pgbouncer_ini(path: str, out: Inputs) -> None:
         default_pool_size=int(st.default_pool_size),
         reserve_pool_size=int(st.reserve_pool_size),
         max_db_connections=int(st.max_db_connections),
+        max_user_connections=int(st.max_user_connections),
         max_client_conn=int(st.max_client_conn),
         source=path,
     )
@@ -450,6 +451,8 @@ def read_pgbouncer_ini(path: str, out: Inputs) -> None:
             continue
         if db.pool_size is not None:
             spec.pool_sizes[name] = db.pool_size
+        if db.dbname:
+            spec.dbnames[name] = db.dbname
         db_users = [db.user] if db.user else users
         for u in db_users:
             spec.pools.append((name, u))

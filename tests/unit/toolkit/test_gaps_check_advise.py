@@ -354,3 +354,103 @@ def test_pgtune_matches_upstreams_own_test_cases() -> None:
     dw12 = tune(ram_bytes=4 * gb, cpus=31, version=12, db_type="dw")
     assert dw12["max_parallel_workers_per_gather"] == "16"
     assert "max_worker_processes" not in tune(ram_bytes=4 * gb, cpus=1, version=14)
+
+
+# --- check: the two-level rules with a pooler in front ---------------------------------------
+FIXTURES = Path(__file__).parent / "fixtures"
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def golden(name: str, text: str) -> None:
+    import os
+
+    path = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert text == path.read_text(), f"{name} differs; UPDATE_GOLDEN=1 rewrites it"
+
+
+def test_check_two_level_rules_fail_then_pass(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """App clients <= replicas x max_client_conn (PGF002) and pooler server connections <=
+    usable (PGF003), besides the overall budget (PGF001)."""
+    monkeypatch.chdir(FIXTURES)
+    code, out, _ = run(capsys, "check", "two-level.yaml")
+    assert code == 1
+    golden("check-two-level-fail.txt", out)
+    assert "FAIL PGF002: pooled clients 400 > 2 x max_client_conn 150 = 300; biggest: web" in out
+    assert "FAIL PGF003: pooler server connections 120 > usable 97" in out
+    assert "FAIL PGF001: worst-case server connections 125 > 0.8 x 97 usable = 77" in out
+    code, out, _ = run(capsys, "check", "two-level.yaml", "--format", "json")
+    found = violations(out)
+    assert set(found) == {"PGF001", "PGF002", "PGF003"}
+    assert found["PGF002"]["offenders"] == ["web"]
+    code, out, _ = run(capsys, "check", "two-level-fixed.yaml")
+    assert code == 0
+    golden("check-two-level-pass.txt", out)
+    assert "PASS: 65 <= 77" in out
+
+
+def _pooled_limits_fleet(tmp_path: Path, *, role: int, db: int, max_db: int = 0) -> str:
+    path = tmp_path / "pooled-limits.yaml"
+    path.write_text(
+        "server: {max_connections: 500}\n"
+        "services:\n"
+        "  - {name: api, instances: 4, surge: 0, pool_size: 10, role: app, database: appdb,"
+        " via_pooler: true}\n"
+        "  - {name: cron, instances: 1, surge: 0, pool_size: 5, role: app, database: appdb}\n"
+        f"pooler: {{replicas: 2, default_pool_size: 20, max_db_connections: {max_db}}}\n"
+        f"limits: {{roles: {{app: {role}}}, databases: {{appdb: {db}}}}}\n",
+        encoding="utf-8",
+    )
+    return str(path)
+
+
+def test_role_and_database_limits_count_the_poolers_server_connections(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Pooled services reach the server as the pooler's connections (2 replicas x pool of 20,
+    as role app into appdb), direct ones as themselves (cron: 5)."""
+    code, out, _ = run(
+        capsys, "check", _pooled_limits_fleet(tmp_path, role=40, db=44), "--format", "json"
+    )
+    assert code == 1
+    found = violations(out)
+    assert set(found) == {"PGF004", "PGF005"}
+    assert found["PGF004"]["message"] == (
+        "role app: worst-case demand 45 > CONNECTION LIMIT 40 (5 direct + pooler 2 replica(s) "
+        "x 20 server connections as role app)"
+    )
+    assert found["PGF004"]["offenders"] == ["cron", "pooler"]
+    assert found["PGF005"]["message"].startswith("database appdb: worst-case demand 45 > ")
+    code, out, _ = run(
+        capsys, "check", _pooled_limits_fleet(tmp_path, role=45, db=45), "--format", "json"
+    )
+    assert code == 0, out
+    # max_db_connections 15 caps what each replica opens to appdb: 2 x 15 + 5 = 35 <= 40.
+    code, out, _ = run(
+        capsys,
+        "check",
+        _pooled_limits_fleet(tmp_path, role=40, db=40, max_db=15),
+        "--format",
+        "json",
+    )
+    assert code == 0, out
+
+
+def test_poolers_unknown_users_count_against_every_role_limit() -> None:
+    from pgfunnel.toolkit import fleet as fl
+
+    spec = fl.PoolerSpec(default_pool_size=10, pools=[("appdb", "*")])
+    assert spec.server_connections_per_replica(role="anyone") == 10
+    spec = fl.PoolerSpec(
+        default_pool_size=10,
+        max_user_connections=4,
+        pools=[("a", "u"), ("b", "u"), ("a", "v")],
+        dbnames={"a": "real_a"},
+    )
+    assert spec.server_connections_per_replica() == 8  # u: min(20, 4) + v: min(10, 4)
+    assert spec.server_connections_per_replica(role="u") == 4
+    assert spec.server_connections_per_replica(database="real_a") == 8
+    assert spec.server_connections_per_replica(database="a") == 0  # the alias is not the db

@@ -57,6 +57,11 @@ def _tests(exporter: str) -> dict[str, Any]:
         _series("pg_settings_max_connections", {"instance": "a"}, "100x15"),
         _series("pg_settings_superuser_reserved_connections", {"instance": "a"}, "3x15"),
         _series("pg_roles_connection_limit", {"instance": "a", "rolname": "app"}, "200x15"),
+        # database limits: a's shop at 80 of 200 (40%), b's shop at 86 of 90 (96%): b fires.
+        _series("pg_database_connection_limit", {"instance": "a", "datname": "shop"}, "200x15"),
+        _series("pg_database_connection_limit", {"instance": "b", "datname": "shop"}, "90x15"),
+        # -1 (no limit) never fires
+        _series("pg_database_connection_limit", {"instance": "b", "datname": "other"}, "-1x15"),
         # instance b (PostgreSQL 16: reserved_connections 7): 85 + 1 idle in transaction of 90.
         _series("pg_stat_activity_count", {"instance": "b", **client, "state": "active"}, "85x15"),
         _series(
@@ -118,6 +123,16 @@ def _tests(exporter: str) -> dict[str, Any]:
                     "PostgresRoleConnectionLimit",
                     {"severity": "warning", "instance": "b", "usename": "app"},
                     **{"$labels.usename": "app", "$value | humanizePercentage": "95.56%"},
+                ),
+            ],
+        ),
+        (
+            "PostgresDatabaseConnectionLimit",
+            [
+                alert(
+                    "PostgresDatabaseConnectionLimit",
+                    {"severity": "warning", "instance": "b", "datname": "shop"},
+                    **{"$labels.datname": "shop", "$value | humanizePercentage": "95.56%"},
                 ),
             ],
         ),

@@ -337,3 +337,43 @@ def test_a_translated_53300_still_exits_2_with_an_unrecognised_limit() -> None:
         assert "Refused with 53300" in text.stdout and "--reserved-dsn" in text.stdout
     finally:
         peer.close()
+
+
+def test_from_file_reads_a_plain_json_array_of_pg_stat_activity(
+    small: Cluster, tmp_path: Path
+) -> None:
+    """`SELECT json_agg(a) FROM pg_stat_activity a` saved as is: ages measured to the newest
+    timestamp in it, non-client backends kept apart."""
+    with sessions(small) as s:
+        s.open(app="billing")
+        s.open(app="billing")
+        leak = s.open(app="leaky", idle_in_tx=True).info.backend_pid
+        wait_for(lambda: state_age(small, leak) >= 1.0)
+        rows = small.psql(
+            # The dump keeps its own row: its query_start is the file's clock.
+            "SELECT json_agg(a) FROM pg_stat_activity a"
+        )
+    path = tmp_path / "activity.json"
+    path.write_text(rows)
+    assert path.read_text().lstrip().startswith("[")
+    code, report = run_json(
+        "diagnose",
+        "--from-file",
+        str(path),
+        "--max-connections",
+        "10",
+        "--idle-in-transaction-warn",
+        "1s",
+    )
+    validate_diagnose(report)
+    assert report["source"] == {"kind": "file", "via": "file"}
+    apps = {a["application_name"]: a["count"] for a in report["holders"]["applications"]}
+    assert apps == {"billing": 2, "leaky": 1, "psql": 1}
+    assert report["slots"]["used_by_client_backends"] == 4
+    assert report["slots"]["usable"] == 7
+    assert any(o["backend_type"] == "checkpointer" for o in report["slots"]["other_backends"])
+    assert report["idle"]["summary"]["idle in transaction"]["count"] == 1
+    row = next(x for x in report["idle"]["sessions"] if x["pid"] == leak)
+    assert row["state_age_s"] >= 1.0
+    assert any(f["id"] == "idle-in-transaction" for f in report["findings"])
+    assert code == 1

@@ -7,6 +7,7 @@ import secrets
 import socket
 import struct
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -268,6 +269,85 @@ def test_each_server_close_is_logged_once(f: Funnel, pg: Cluster) -> None:
 
 def _close_lines(f: Funnel, prefix: str) -> int:
     return sum(prefix in line and "closing because" in line for line in f.log().splitlines())
+
+
+def query_message(sql: str) -> bytes:
+    body = sql.encode() + b"\0"
+    return b"Q" + struct.pack("!i", len(body) + 4) + body
+
+
+def run_raw(sock: socket.socket, sql: str) -> list[tuple[bytes, bytes]]:
+    """Send one simple Query and read up to its ReadyForQuery (the socket's timeout bounds a
+    hang, which then fails the test)."""
+    sock.sendall(query_message(sql))
+    messages = []
+    while (msg := read_message(sock)) is not None:
+        messages.append(msg)
+        if msg[0] == b"Z":
+            return messages
+    raise AssertionError(f"connection closed before ReadyForQuery: {messages}")
+
+
+@pytest.mark.parametrize("in_transaction", [False, True], ids=["outside", "inside-transaction"])
+def test_client_vanishing_mid_message_gets_its_backend_closed_not_reused(
+    f: Funnel, pg: Cluster, in_transaction: bool
+) -> None:
+    marker = f"half-{secrets.token_hex(3)}"
+    with raw_login(f.port, "one") as sock:  # pool_size=1: the next client needs that slot
+        if in_transaction:
+            assert run_raw(sock, "BEGIN")[-1] == (b"Z", b"T")
+            assert run_raw(sock, f"INSERT INTO {TABLE} VALUES ('{marker}-whole')")[-1] == (
+                b"Z",
+                b"T",
+            )
+        half = query_message(f"INSERT INTO {TABLE} VALUES ('{marker}-half')")
+        sock.sendall(half[: len(half) // 2])
+        # The pooler has linked a server and passed the half on once it holds this client's
+        # bytes: SHOW CLIENTS lists the client as active with a link.
+        wait_for(lambda: any(c["database"] == "one" and c["link"] for c in f.admin("SHOW CLIENTS")))
+    # Another client on the same single slot gets right answers (a raw socket, whose timeout
+    # turns a hang behind a stuck server into a failure).
+    with raw_login(f.port, "one") as other:
+        messages = run_raw(other, "SELECT 'whole answer'")
+    assert [k for k, _ in messages] == [b"T", b"D", b"C", b"Z"], messages
+    assert messages[1][1] == struct.pack("!hi", 1, 12) + b"whole answer"
+    assert messages[-1] == (b"Z", b"I")
+    assert committed(pg, f"{marker}-half") == committed(pg, f"{marker}-whole") == 0
+    wait_for(lambda: "closing because: client disconnect while server was not ready" in f.log())
+    assert backends(pg, user=ROLE, state="idle in transaction") == 0
+    pool = f.pool("one", ROLE)
+    assert pool["sv_tested"] == 0 and pool["sv_active"] == 0 and pool["cl_waiting"] == 0
+    assert pool["sv_idle"] == 1  # the slot came back: one clean server, ready for the next
+
+
+def test_a_large_result_read_slowly_leaves_its_server_usable_by_the_next_client(f: Funnel) -> None:
+    # Each round ends with the server released in the chunk that filled the slow client's
+    # socket (reading paused there); pool_size=1 makes every next client use that server.
+    # Several rounds because where the last chunk falls depends on the kernel's buffers.
+    rows, width = 4000, 1000
+    for round_ in range(4):
+        with raw_login(f.port, "one") as slow:
+            slow.sendall(
+                query_message(f"SELECT repeat('x', {width}) FROM generate_series(1, {rows})")
+            )
+            time.sleep(0.3)  # let the pooler's buffer for this client fill up first
+            data_rows = 0
+            status = b""
+            while (msg := read_message(slow)) is not None:
+                if msg[0] == b"D":
+                    data_rows += 1
+                    if data_rows % 200 == 0:
+                        time.sleep(0.005)  # keep reading slowly: pause/resume many times
+                elif msg[0] == b"Z":
+                    status = msg[1]
+                    break
+            assert (data_rows, status) == (rows, b"I")
+            with raw_login(f.port, "one") as nxt:
+                messages = run_raw(nxt, f"SELECT 'round {round_}'")
+            assert [p for k, p in messages if k == b"D"] == [
+                struct.pack("!hi", 1, len(f"round {round_}")) + f"round {round_}".encode()
+            ]
+            assert run_raw(slow, "SELECT 1")[-1] == (b"Z", b"I")
 
 
 # --- limits and malformed input --------------------------------------------------------------

@@ -28,6 +28,7 @@ from pgfunnel.proto.strings import Msg, Reason, Refusal
 
 if TYPE_CHECKING:
     from pgfunnel.net.app import App
+    from pgfunnel.net.server_conn import ServerConn
 
 # Client -> server: messages that earn a ReadyForQuery, and Terminate.
 _WATCH = Scanner.table(report=b"QSFX")
@@ -56,6 +57,7 @@ class ClientConn(asyncio.Protocol):
         "buf",
         "client",
         "paused",
+        "paused_server",
         "pending",
         "phase",
         "reader",
@@ -75,6 +77,7 @@ class ClientConn(asyncio.Protocol):
         self.auth: ClientAuth | None = None
         self.startup: dict[str, str] = {}
         self.paused = False
+        self.paused_server: ServerConn | None = None  # the server whose reading we hold back
         self.admin_task: asyncio.Future[bytes] | None = None  # a console command in progress
         self.client: Client = Client(self, "", 0, app.now())
 
@@ -114,22 +117,25 @@ class ClientConn(asyncio.Protocol):
             self.admin_task.cancel()
         if self.phase is not Phase.CLOSED:
             self.phase = Phase.CLOSED
-            self.app.client_gone(self.client, Reason.CLIENT_EOF)
+            self._leave(Reason.CLIENT_EOF)
 
     # Flow control: a full socket on one side stops reading on the other. While SUSPEND holds
     # every socket, the flags still change but only RESUME starts reading again.
+    # The server paused is remembered: by the time the socket drains, the server may have been
+    # released and `client.link` may be None or another server.
     def pause_writing(self) -> None:
         server = self.client.link
         if server is not None and server.conn is not None and server.conn.transport is not None:
-            server.conn.paused = True
-            server.conn.transport.pause_reading()
+            sconn = server.conn
+            sconn.paused = self
+            self.paused_server = sconn
+            sconn.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        server = self.client.link
-        if server is not None and server.conn is not None and server.conn.transport is not None:
-            server.conn.paused = False
-            if not self.app.suspended:
-                server.conn.transport.resume_reading()
+        sconn = self.paused_server
+        if sconn is not None:
+            self.paused_server = None
+            sconn.unpause(self)
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self.paused:
@@ -148,6 +154,10 @@ class ClientConn(asyncio.Protocol):
         try:
             events = self.scanner.feed(data)
         except ProtocolViolation as exc:
+            if client.link is not None:
+                # The scanner's position is lost: the server may hold half a message.
+                client.link.ready = False
+                client.link.close_reason = Reason.PROTOCOL
             self.fail(ServerError("FATAL", ss.PROTOCOL_VIOLATION, str(exc)), Reason.PROTOCOL)
             return
         idle = client.expect_rfq == 0
@@ -184,6 +194,33 @@ class ClientConn(asyncio.Protocol):
             else:
                 self.pending += before
         self.close(Reason.CLIENT_CLOSE)
+
+    def cancel_queued(self) -> None:
+        """A CancelRequest while this client waits in the queue: its queued queries are
+        answered with 57014 and dropped, and it leaves the queue, still connected. Half a
+        message cannot be dropped without breaking the stream, so then it keeps waiting.
+        (PgBouncer ignores such a cancel and the query runs once a server is free.)"""
+        client = self.client
+        transport = self.transport
+        if (
+            self.phase is not Phase.FORWARD
+            or transport is None
+            or client.link is not None
+            or not self.scanner.at_boundary
+        ):
+            return
+        if not self.app.pooler.cancel_wait(client, self.app.now()):
+            return
+        owed = client.expect_rfq
+        client.expect_rfq = 0
+        self.pending.clear()
+        if self.paused:
+            self.resume_reading()
+        error = m.error_response(ss.QUERY_CANCELED, Msg.QUERY_CANCELED)
+        # One error and ReadyForQuery per Query/Sync it sent; messages after the last Sync
+        # (an extended-protocol batch still open) get the error alone, as PostgreSQL answers
+        # an error there and skips to the client's next Sync.
+        transport.write((error + m.ready_for_query()) * owed if owed else error)
 
     def flush_pending(self) -> bytes:
         data = bytes(self.pending)
@@ -313,7 +350,10 @@ class ClientConn(asyncio.Protocol):
             if name in self.startup:
                 params[name] = self.startup[name]
             elif name == "application_name":
-                params[name] = ""
+                # A client that names itself wins; else the [databases] entry's name, if any.
+                pool = client.pool
+                dbc = pool.db.config if pool is not None else None
+                params[name] = getattr(dbc, "application_name", None) or ""
         client.params = {name: params.get(name, "") for name in TRACKED_PARAMS}
         pid = secrets.randbits(31)
         key = secrets.randbits(31)
@@ -392,4 +432,20 @@ class ClientConn(asyncio.Protocol):
         self.phase = Phase.CLOSED
         if self.transport is not None:
             self.transport.close()
+        self._leave(reason)
+
+    def _leave(self, reason: str | None) -> None:
+        """Tell the App the client is gone, after the checks that only matter at this rare
+        moment (so the hot path stays free of them)."""
+        server = self.client.link
+        if server is not None and not self.scanner.at_boundary:
+            # Half a message went to the server: the next one written there would be glued
+            # onto it, and a ROLLBACK would wait behind it forever. Close it, never reuse it.
+            server.ready = False
+            if not server.close_reason:
+                server.close_reason = Reason.CLIENT_GONE_NOT_READY
+        sconn = self.paused_server
+        if sconn is not None:
+            self.paused_server = None
+            sconn.unpause(self)
         self.app.client_gone(self.client, reason)

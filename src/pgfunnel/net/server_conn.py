@@ -14,10 +14,11 @@ from pgfunnel.proto.strings import Reason
 
 if TYPE_CHECKING:
     from pgfunnel.net.app import App
+    from pgfunnel.net.client_conn import ClientConn
 
 # Server -> client: ReadyForQuery and ParameterStatus payloads matter; an ErrorResponse only
-# matters while the pooler runs its own queries or the server sits idle.
-_WATCH = Scanner.table(report=b"E", capture=b"ZS")
+# matters while the pooler runs its own queries (its text is logged) or the server sits idle.
+_WATCH = Scanner.table(capture=b"ZSE")
 _Z = m.READY_FOR_QUERY
 _S = m.PARAMETER_STATUS
 _E = m.ERROR_RESPONSE
@@ -29,6 +30,7 @@ class ServerConn(asyncio.Protocol):
         "internal_ok",
         "login",
         "paused",
+        "paused_client",
         "peer",
         "reader",
         "scanner",
@@ -44,7 +46,10 @@ class ServerConn(asyncio.Protocol):
         self.scanner = Scanner(_WATCH)
         self.transport: asyncio.Transport | None = None
         self.internal_ok = True
-        self.paused = False  # reading held back while the linked client's socket is full
+        # The client whose full socket holds back our reading. Not `server.link`: the server
+        # can be released (and linked again) while paused, and only that client resumes it.
+        self.paused: ClientConn | None = None
+        self.paused_client: ClientConn | None = None  # the client we stopped reading from
         self.peer = peer
         server.conn = self
 
@@ -125,6 +130,10 @@ class ServerConn(asyncio.Protocol):
             if client.expect_rfq <= 0:
                 client.expect_rfq = 0
                 self.app.transaction_boundary(client, server)
+                if self.paused is not None and server.link is not client:
+                    # Released in the very chunk that filled the client's socket: the next
+                    # client of this server must find it reading.
+                    self.unpause(self.paused)
 
     def connection_lost(self, exc: Exception | None) -> None:
         server = self.server
@@ -139,12 +148,22 @@ class ServerConn(asyncio.Protocol):
     def pause_writing(self) -> None:
         client = self.server.link
         if client is not None:
+            self.paused_client = client.conn
             client.conn.pause_reading()
 
     def resume_writing(self) -> None:
-        client = self.server.link
-        if client is not None:
-            client.conn.resume_reading()
+        conn = self.paused_client
+        if conn is not None:
+            self.paused_client = None
+            conn.resume_reading()
+
+    def unpause(self, by: ClientConn) -> None:
+        """`by` no longer holds our reading back (its socket drained, it left, or we were
+        released from it); another client's pause stays."""
+        if self.paused is by:
+            self.paused = None
+            if self.transport is not None and not self.app.suspended:
+                self.transport.resume_reading()
 
     # --- phases ------------------------------------------------------------------------------
     def _login_data(self, data: bytes) -> None:
@@ -194,6 +213,8 @@ class ServerConn(asyncio.Protocol):
         for i, (kind, payload, end) in enumerate(events):
             if kind == _E:
                 self.internal_ok = False
+                if server.internal_error is None and payload is not None:
+                    server.internal_error = m.parse_error_fields(payload)
             elif kind == _S:
                 self._param(payload, None)
             elif kind == _Z:
@@ -201,6 +222,11 @@ class ServerConn(asyncio.Protocol):
                 server.internal -= 1
                 if server.internal == 0:
                     ok, self.internal_ok = self.internal_ok, True
+                    if not ok and server.link is not None:
+                        # The SETs for the linked client failed, and a failed simple query
+                        # applies none of them: what the server has is what it last reported.
+                        tracked = server.params
+                        server.tracked = {k: tracked.get(k, "") for k in server.tracked}
                     rest = data[end:]
                     after = [(k, p, e - end) for k, p, e in events[i + 1 :]]
                     self.app.internal_done(server, ok, rest, after)

@@ -174,6 +174,22 @@ def test_unsupported_database_user_and_peer_keys_are_listed(tmp_path: Path) -> N
     assert cfg.peers[1].host == "/tmp/p1" and cfg.peers[1].port == 6432
 
 
+def test_host_lists_and_load_balance_hosts_are_listed_as_unsupported(tmp_path: Path) -> None:
+    path = tmp_path / "pgbouncer.ini"
+    cfg = config(
+        tmp_path,
+        "[pgbouncer]\n[databases]\n"
+        "multi = host=h1,h2 port=5433\n"
+        "lb = host=h1 load_balance_hosts=disable\n"
+        "one = host=h1 connect_query='SET search_path = app' application_name=app\n",
+    )
+    assert cfg.unsupported == [
+        f"{path}:3: [databases] multi: a host list (host=h1,h2) is not supported by pgfunnel "
+        "yet; server logins to it will fail, give one host",
+        f"{path}:4: [databases] lb: load_balance_hosts is not supported by pgfunnel yet; ignored",
+    ]  # connect_query and application_name are PgBouncer keys pgfunnel acts on
+
+
 @pytest.mark.parametrize(
     "line",
     [

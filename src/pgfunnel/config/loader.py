@@ -40,7 +40,14 @@ _FAIL_CLOSED: Final[dict[str, tuple[str, ...]]] = {
     "server_tls_sslmode": ("require", "verify-ca", "verify-full"),
 }
 # Per-database and per-user keys that are parsed but have no effect in pgfunnel yet.
-_DB_UNSUPPORTED: Final = ("auth_user", "auth_query", "auth_dbname", "max_db_client_connections")
+# load_balance_hosts only chooses among the hosts of a host list, which is not supported yet.
+_DB_UNSUPPORTED: Final = (
+    "auth_user",
+    "auth_query",
+    "auth_dbname",
+    "max_db_client_connections",
+    "load_balance_hosts",
+)
 _USER_UNSUPPORTED: Final = ("transaction_timeout", "max_user_client_connections")
 
 
@@ -333,6 +340,13 @@ class _Loader:
                     f"{_where(item)}: [databases] {name}: {key} is not supported by pgfunnel "
                     "yet; ignored"
                 )
+        if len(db.hosts) > 1:
+            # PgBouncer connects to the hosts round-robin; pgfunnel would take the whole list
+            # for one host name, and every server login would fail.
+            self.notes.append(
+                f"{_where(item)}: [databases] {name}: a host list (host={db.host}) is not "
+                "supported by pgfunnel yet; server logins to it will fail, give one host"
+            )
 
     def user(self, item: IniEntry) -> None:
         params = self._params(item, "users")

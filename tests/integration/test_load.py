@@ -202,8 +202,10 @@ def test_1000_pgbench_clients_through_pool_50_held_at_what_the_server_grants(
         # with one login probe at a time (PgBouncer, too, has a single login in flight per pool),
         # so sv_login may add that one probe; a burst of logins past the grant fails here.
         counts = [(_held(r), int(r["sv_login"])) for r in rows]
-        assert max(h for h, _ in counts) <= granted, counts
-        assert max(h + login for h, login in counts) <= granted + 1, counts
+        top = max(range(len(counts)), key=lambda i: sum(counts[i]))
+        around = f"(held, sv_login) around sample {top}: {counts[max(0, top - 3) : top + 4]}"
+        assert max(h for h, _ in counts) <= granted, around
+        assert sum(counts[top]) <= granted + 1, around
         # And held there once it got there, for as long as all the clients were connected.
         reached = [i for i, r in enumerate(rows) if _held(r) == granted]
         assert reached, f"the pool never reached the {granted} servers the server grants"

@@ -283,6 +283,45 @@ def test_cancel_from_another_thread(f: Funnel, pg: Cluster) -> None:
     assert _sleepers(pg) == 0
 
 
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_cancel_of_a_query_waiting_in_the_queue(f: Funnel, pg: Cluster, protocol: str) -> None:
+    """Ctrl-C on a query queued behind a held pool: the query is dropped (it never runs), the
+    client gets 57014 at once and stays connected and usable."""
+    marker = -1000 - secrets.randbelow(1000)
+    with connect(f, "one") as holder, connect(f, "one") as queued:  # pool_size=1
+        holder.execute("BEGIN")  # holds the only server until COMMIT
+        holder.execute("SELECT 1")
+        failure: list[BaseException] = []
+
+        def cancel_when_queued() -> None:
+            try:
+                wait_for(lambda: f.pool("one", ROLE)["cl_waiting"] == 1, timeout=20)
+                queued.cancel()
+            except BaseException as exc:  # reported by the main thread
+                failure.append(exc)
+
+        thread = threading.Thread(target=cancel_when_queued)
+        thread.start()
+        try:
+            with pytest.raises(errors.QueryCanceled) as info:
+                if protocol == "simple":
+                    queued.execute(f"INSERT INTO {TABLE} VALUES ({marker}, 'canceled')")
+                else:
+                    queued.execute(f"INSERT INTO {TABLE} VALUES (%s, 'canceled')", (marker,))
+        finally:
+            thread.join()
+        assert not failure, failure
+        assert info.value.sqlstate == "57014"
+        assert info.value.diag.message_primary == "canceling statement due to user request"
+        assert queued.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        assert f.pool("one", ROLE)["cl_waiting"] == 0  # it left the queue
+        holder.execute("COMMIT")
+        assert queued.execute("SELECT 'still usable'").fetchone() == ("still usable",)
+        assert queued.execute(
+            f"SELECT count(*) FROM {TABLE} WHERE id = %s", (marker,)
+        ).fetchone() == (0,)
+
+
 # --- parameters that follow a client from server to server -----------------------------------
 async def test_startup_parameters_follow_each_client_on_a_shared_backend(f: Funnel) -> None:
     url = asyncpg_url(f, "one")  # pool_size=1: both clients take turns on one backend
@@ -323,6 +362,31 @@ async def test_startup_parameters_follow_each_client_on_a_shared_backend(f: Funn
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_failed_parameter_set_leaves_the_backend_tracked_as_it_really_is(
+    f: Funnel,
+) -> None:
+    # The SETs for a client's parameters go as one query: one bad value and none applies. The
+    # next client with one of the good values must still get it set.
+    url = asyncpg_url(f, "one")  # pool_size=1: both clients on one backend
+    bad = await asyncpg.connect(
+        url,
+        statement_cache_size=0,
+        server_settings={"DateStyle": "SQL, DMY", "TimeZone": "Mars/Olympus_Mons"},
+    )
+    try:
+        assert await bad.fetchval("SELECT current_setting('DateStyle')") == "ISO, MDY"
+    finally:
+        await bad.close()
+    good = await asyncpg.connect(
+        url, statement_cache_size=0, server_settings={"DateStyle": "SQL, DMY"}
+    )
+    try:
+        assert await good.fetchval("SELECT current_setting('DateStyle')") == "SQL, DMY"
+    finally:
+        await good.close()
+    assert "could not apply the client's parameters" in f.log()
 
 
 def test_session_mode_keeps_the_session_and_resets_it_for_the_next_client(f: Funnel) -> None:

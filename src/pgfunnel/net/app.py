@@ -668,7 +668,10 @@ class App:
         if client is not None and client.is_admin:
             client.conn.cancel_admin()
             return
-        if client is None or client.link is None:
+        if client is None:
+            return
+        if client.link is None:
+            client.conn.cancel_queued()  # a query waiting in the queue is dropped, not run
             return
         server = client.link
         if server.state is not ServerState.ACTIVE or server.conn is None:

@@ -542,9 +542,13 @@ class Pooler:
         s = pool.settings
         if pool.db.paused:
             return False
+        if pool.servers[ServerState.LOGIN]:
+            # One login in flight per pool, as PgBouncer: a burst before the server's limit is
+            # known would fork backends that the server then refuses, and while they exist
+            # they take the process slots kept for superusers. The next login starts as soon
+            # as this one ends (server_login_ok / server_login_failed).
+            return False
         bo = pool.backoff
-        if (bo.active or bo.granted is not None) and pool.servers[ServerState.LOGIN]:
-            return False  # under back-pressure or recovering from it: one probe at a time
         if bo.active and now < bo.retry_at:
             return False  # and only on the backoff schedule
         if pool.login_failed_until > now:
@@ -616,16 +620,16 @@ class Pooler:
             actions.append(RunQueries(server, (connect_query,)))
         else:
             actions += self._ready(server, now)
-        if bo.granted is not None:
-            actions += self._launch(pool, now)  # take capacity back one probe at a time
+        actions += self._launch(pool, now)  # the next login, if clients still wait
         return actions
 
     def _ready(self, server: Server, now: float) -> list[Action]:
         """A freshly logged-in server is usable: it welcomes waiting logins and goes idle."""
         pool = server.pool
         actions: list[Action] = []
-        if pool.welcome is None:
-            pool.welcome = dict(server.params)
+        # The newest login's parameters: after a RELOAD changes the entry's client_encoding,
+        # datestyle or timezone, new clients are shown what the new servers report.
+        pool.welcome = dict(server.params)
         for client in list(pool.clients[ClientState.WAITING_LOGIN]):
             self._set_client_state(client, ClientState.ACTIVE, now)
             actions.append(FinishLogin(client))

@@ -568,6 +568,17 @@ class App:
                 self.now() - client.connect_time,
             )
 
+    def _log_server_new(self, server: Server) -> None:
+        if self.settings.log_connections and log.isEnabledFor(logging.INFO):
+            local = server.conn.addresses()[2] if server.conn is not None else ("", 0)
+            origin = f"{local[0]}:{local[1]}" if local[0] else "unix socket"
+            self._log_server(server, "new connection to server (from %s)", origin)
+
+    def _log_server_close(self, server: Server, reason: str) -> None:
+        if self.settings.log_disconnections and log.isEnabledFor(logging.INFO):
+            age = self.now() - server.connect_time
+            self._log_server(server, "closing because: %s (age=%ds)", reason, age)
+
     def _log_server(self, server: Server, fmt: str, *args: Any) -> None:
         if log.isEnabledFor(logging.INFO):
             addr = server.conn.peer if server.conn is not None else "?"
@@ -644,6 +655,16 @@ class App:
             if server_user == client.username:
                 self._scram_keys[server_user] = conn.auth.client_key
         pool = self.pooler.get_pool(db, user)
+        log.debug(
+            "C-%#x: %s/%s@%s:%s authenticated, pool %s/%s",
+            client.id,
+            client.dbname,
+            client.username,
+            client.addr,
+            client.port,
+            db.name,
+            user.name,
+        )
         self.apply(self.pooler.client_authenticated(client, pool, self.now()))
 
     def wants_server(self, client: Client) -> None:
@@ -701,7 +722,8 @@ class App:
             if server.conn is not None:
                 server.conn.close()
             return
-        self._log_server(server, "new connection to server")
+        self._log_server_new(server)
+        log.debug("S-%#x: login done, backend pid %d", server.id, server.pid)
         self.apply(self.pooler.server_login_ok(server, params, self.now()))
 
     def server_login_failed(self, server: Server, error: ServerError | None, reason: str) -> None:
@@ -730,7 +752,7 @@ class App:
     def server_gone(self, server: Server, reason: str) -> None:
         if server.state is ServerState.CLOSED and server.link is None:
             return  # whoever closed it logged why
-        self._log_server(server, "closing because: %s", reason)
+        self._log_server_close(server, reason)
         self.apply(self.pooler.server_closed(server, reason, self.now()))
 
     def close_server(self, server: Server, reason: str) -> None:
@@ -792,7 +814,7 @@ class App:
                 server = action.server
                 server.close_reason = action.reason
                 if server.conn is not None:
-                    self._log_server(server, "closing because: %s", action.reason)
+                    self._log_server_close(server, action.reason)
                     server.conn.close()
             elif isinstance(action, CloseClient):
                 if action.reason is Reason.LOGIN_FAILING:
@@ -810,16 +832,9 @@ class App:
                 client = action.client
                 pool = client.pool
                 assert pool is not None and pool.welcome is not None
-                welcome = dict(pool.welcome)
-                dbc: DatabaseConfig = pool.db.config
-                for key, value in (
-                    ("client_encoding", dbc.client_encoding),
-                    ("DateStyle", dbc.datestyle),
-                    ("TimeZone", dbc.timezone),
-                ):
-                    if value:
-                        welcome[key] = value
-                client.conn.finish_login(welcome)
+                # What the server reported, not the [databases] text: datestyle=German is
+                # "German, DMY" on the server, and the client must track the same value.
+                client.conn.finish_login(dict(pool.welcome))
 
     def _link(self, client: Client, server: Server) -> None:
         conn: ClientConn = client.conn
@@ -855,6 +870,14 @@ class App:
             if value:
                 params[key] = value
         login = ServerLogin(user, dbc.dbname, password, params, self._scram_keys.get(user))
+        log.debug(
+            "S-%#x: %s/%s launching new connection to %s:%s",
+            server.id,
+            pool.db.name,
+            user,
+            dbc.host,
+            dbc.port,
+        )
         try:
             if _is_unix(dbc.host):
                 path = _unix_path(dbc.host, dbc.port, self.settings.unix_socket_dir)

@@ -335,7 +335,8 @@ class _ReapSession:
         if args.format == "json":
             print(json.dumps({**plan.as_dict(), "executed": executed, "audit": lines}, default=str))
         else:
-            print_plan(plan, executed, _console())
+            # --execute with nothing to end is still not a dry run: say "Ending: 0".
+            print_plan(plan, executed or bool(args.execute), _console())
             for line in lines:
                 print(json.dumps(line, default=str))
         if self.audit:
@@ -435,40 +436,17 @@ def print_plan(plan: rp.Plan, executed: bool, console: Console) -> None:
     if plan.statement:
         console.print("The statement (it re-checks every session at the moment of termination):")
         console.print(plan.statement, markup=False, highlight=False, soft_wrap=True)
-    if plan.skipped:
-        console.print(
-            render.table(
-                "Left alone",
-                ["pid", "user", "application", "state", "why"],
-                [
-                    [
-                        s.backend.pid,
-                        s.backend.usename,
-                        s.backend.application_name,
-                        s.backend.state,
-                        s.reason,
-                    ]
-                    for s in plan.skipped
-                ],
-            )
-        )
-    if plan.no_privilege:
-        console.print(
-            render.table(
-                "Not ours to end (missing privilege)",
-                ["pid", "user", "application", "state", "needs"],
-                [
-                    [
-                        s.backend.pid,
-                        s.backend.usename,
-                        s.backend.application_name,
-                        s.backend.state,
-                        s.reason,
-                    ]
-                    for s in plan.no_privilege
-                ],
-            )
-        )
+    for title, why, sessions in (
+        ("Left alone", "why", plan.skipped),
+        ("Not ours to end (missing privilege)", "needs", plan.no_privilege),
+    ):
+        if sessions:
+            rows = [
+                [b.pid, b.usename, b.application_name, b.state, s.reason]
+                for s in sessions
+                for b in (s.backend,)
+            ]
+            console.print(render.table(title, ["pid", "user", "application", "state", why], rows))
     if plan.not_visible:
         console.print(
             render.table(

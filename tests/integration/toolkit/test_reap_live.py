@@ -287,6 +287,16 @@ def test_refuses_to_guess(server: Cluster) -> None:
     assert proc.returncode == 2
 
 
+def test_execute_with_nothing_old_enough_says_so_and_is_no_dry_run(server: Cluster) -> None:
+    with sessions(server) as s:
+        young = s.open(app="young-leak", idle_in_tx=True).info.backend_pid
+        proc = run_cli("reap", server.dsn(), "--execute", "--idle-in-transaction", "1h")
+        assert proc.returncode == 0, proc.stderr
+        assert "Ending: 0 session(s)" in proc.stdout
+        assert "dry run" not in proc.stdout
+        assert young in alive_pids(server)
+
+
 def test_the_reaper_never_reaps_itself(server: Cluster) -> None:
     conn = live.connect(server.dsn(), "pgfunnel reap")
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import re
@@ -15,12 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from rich.console import Console
 
 from pgfunnel.toolkit import diagnose as dg
 from pgfunnel.toolkit import live, render
 from pgfunnel.toolkit import reap as rp
-from pgfunnel.toolkit.limits import classify_53300
+from pgfunnel.toolkit.limits import LimitHit, classify_53300
 from pgfunnel.toolkit.units import format_age, parse_duration
 
 APP_DIAGNOSE = "pgfunnel diagnose"
@@ -64,7 +67,11 @@ def diagnose_main(args: argparse.Namespace) -> int:
 
 
 def _print_diagnose(report: dict[str, Any], args: argparse.Namespace) -> None:
-    if args.format == "json":
+    if args.format == "json" and args.watch:
+        # One report per line (JSON Lines): `| jq -c`, `| while read` and log shippers split
+        # the stream by newline.
+        print(json.dumps(report, default=str))
+    elif args.format == "json":
         print(json.dumps(report, indent=2, default=str))
     else:
         if args.watch:
@@ -92,7 +99,15 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 def diagnose_once(args: argparse.Namespace, opts: dg.Options) -> dict[str, Any]:
     if args.from_file:
-        snap = live.load_snapshot_file(args.from_file)
+        try:
+            snap = live.load_snapshot_file(args.from_file)
+        except OSError as exc:
+            return dg.unreachable_report(
+                None, f"{args.from_file}: {exc.strerror or exc}", "file", title=FILE_TITLE
+            )
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            # Not JSON, a JSON object that is no snapshot, rows of the wrong shape.
+            return dg.unreachable_report(None, _file_error(args.from_file, exc), "file", FILE_TITLE)
         if args.max_connections is not None:
             snap.server.max_connections = args.max_connections
         if args.superuser_reserved_connections is not None:
@@ -106,6 +121,8 @@ def diagnose_once(args: argparse.Namespace, opts: dg.Options) -> dict[str, Any]:
         conn = live.connect(args.dsn or "", APP_DIAGNOSE)
     except live.ConnectError as exc:
         hit = classify_53300(exc.message, exc.sqlstate)
+        if hit is not None:
+            hit = _concrete_next_command(hit, args.dsn or "")
         if hit is None or not args.reserved_dsn:
             return dg.unreachable_report(hit, exc.message, via)
         via = "reserved-dsn"
@@ -114,6 +131,8 @@ def diagnose_once(args: argparse.Namespace, opts: dg.Options) -> dict[str, Any]:
         except live.ConnectError as exc2:
             again = classify_53300(exc2.message, exc2.sqlstate)
             return dg.unreachable_report(again or hit, exc2.message, via)
+        # The refused DSN would be refused again: remedies name the one that got in.
+        opts = dataclasses.replace(opts, dsn_hint=display_dsn(args.reserved_dsn))
     try:
         snap = live.take_snapshot(conn)
     except (live.StatementError, live.ConnectionLost) as exc:
@@ -139,6 +158,33 @@ def diagnose_once(args: argparse.Namespace, opts: dg.Options) -> dict[str, Any]:
                     file=sys.stderr,
                 )
     return dg.analyse(snap, opts, connect_error=hit, pooler=pooler, via=via)
+
+
+FILE_TITLE = "Could not read the snapshot file"
+
+
+def _file_error(path: str, exc: Exception) -> str:
+    text = str(exc)
+    return text if text.startswith(str(path)) else f"{path}: not a snapshot ({text})"
+
+
+def _concrete_next_command(hit: LimitHit, dsn: str) -> LimitHit:
+    """The refusal's next command with the refused DSN's host and port for the HOST
+    placeholder, so that it can be run as printed."""
+    if "HOST" not in hit.next_command:
+        return hit
+    try:
+        info = conninfo_to_dict(dsn)
+    except (psycopg.Error, ValueError):
+        return hit
+    host = str(info.get("host") or "").split(",")[0]
+    if not host or host.startswith("/"):
+        return hit  # a unix socket: no host to name in a URI
+    port = str(info.get("port") or "").split(",")[0]
+    where = f"[{host}]" if ":" in host else host
+    return dataclasses.replace(
+        hit, next_command=hit.next_command.replace("HOST", where + (f":{port}" if port else ""))
+    )
 
 
 # --- reap ----------------------------------------------------------------------------------

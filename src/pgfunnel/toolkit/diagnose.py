@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,10 +83,21 @@ def _iso(value: Any) -> str | None:
 
 
 def _client_rows(snap: Snapshot) -> tuple[list[Backend], list[Backend]]:
-    """Visible client backends, and hidden rows that may be client backends (usename known)."""
+    """Visible client backends, and hidden rows that may be client backends.
+
+    A hidden row still shows its role and database: a client backend always has both, while
+    background processes lack one (the logical replication launcher runs as the bootstrap
+    superuser with no database; checkpointer, walwriter and autovacuum workers have no role)."""
     clients = [b for b in snap.backends if b.visible and b.is_client]
-    unknown = [b for b in snap.backends if not b.visible and b.usename]
+    unknown = [b for b in snap.backends if not b.visible and b.usename and b.datname]
     return clients, unknown
+
+
+def has_reserved_tier(snap: Snapshot) -> bool:
+    """Whether the server has the pg_use_reserved_connections tier: reserved_connections and
+    that role exist from PostgreSQL 16 (a saved file without a version: when slots are set)."""
+    srv = snap.server
+    return srv.reserved_connections > 0 or srv.server_version_num >= 160000
 
 
 def analyse(
@@ -124,11 +136,20 @@ def analyse(
     stats = _session_stats(snap, findings)
     pooler_part = _pooler(pooler, findings) if pooler is not None else None
     privileges = _privileges(snap, unknown, findings)
+    error_part = connect_error.as_dict() if connect_error else None
     if connect_error is not None:
         members = _reserved_members(snap) if connect_error.kind == "reserved_connections" else None
+        # We are in through --reserved-dsn: the next step runs there, not on the refused DSN.
+        next_step = (
+            after_fallback(connect_error, opts)
+            if via == "reserved-dsn"
+            else connect_error.next_command
+        )
+        assert error_part is not None
+        error_part["next_command"] = next_step
         findings.append(
             Finding(
-                "server-full",
+                refusal_id(connect_error),
                 "critical",
                 f"Connection refused (53300): {connect_error.message}",
                 f"Limit hit: {connect_error.limit_setting}. {connect_error.explanation}."
@@ -138,7 +159,7 @@ def analyse(
                     if members
                     else ""
                 ),
-                [connect_error.next_command],
+                [next_step],
                 weight=1000,
             )
         )
@@ -166,9 +187,29 @@ def analyse(
         "session_stats": stats,
         "pooler": pooler_part,
         "privileges": privileges,
-        "connect_error": connect_error.as_dict() if connect_error else None,
+        "connect_error": error_part,
         "findings": [f.as_dict() for f in findings],
     }
+
+
+def refusal_id(hit: LimitHit) -> str:
+    """The finding id of a 53300 refusal: the server is full, or one role's or database's
+    CONNECTION LIMIT is reached (the server may have plenty of slots)."""
+    if hit.kind in ("role", "database"):
+        return f"{hit.kind}-limit-refused:{hit.name}"
+    return "server-full"
+
+
+def after_fallback(hit: LimitHit, opts: Options) -> str:
+    """The next command once diagnose got in through --reserved-dsn: reap on that DSN."""
+    scope = ""
+    if hit.kind == "role" and hit.name:
+        scope = f" --role {shlex.quote(hit.name)}"
+    elif hit.kind == "database" and hit.name:
+        scope = f" --database {shlex.quote(hit.name)}"
+    return (
+        f"pgfunnel reap {opts.dsn_hint}{scope} --idle-in-transaction 5m   (dry run; add --execute)"
+    )
 
 
 def unreachable_report(
@@ -179,7 +220,7 @@ def unreachable_report(
     if hit is not None:
         findings.append(
             Finding(
-                "server-full",
+                refusal_id(hit),
                 "critical",
                 f"Connection refused (53300): {hit.message}",
                 f"Limit hit: {hit.limit_setting}. {hit.explanation}.",
@@ -270,6 +311,7 @@ def _slots(
             "usage": None,
             "usage_upper_bound": None,
             "headroom": None,
+            "headroom_lower_bound": None,
             "other_backends": other_rows,
         }, None
     slots = Slots(
@@ -286,6 +328,7 @@ def _slots(
     )
     own = 1 if srv.own_pid is not None and snap.source == "live" else 0
     members = _reserved_members(snap)
+    tier = has_reserved_tier(snap)
     part = {
         "max_connections": srv.max_connections,
         "superuser_reserved_connections": srv.superuser_reserved_connections,
@@ -297,11 +340,9 @@ def _slots(
         "own_connection": own,
         "usage": round(slots.usage, 4),
         "usage_upper_bound": round(upper.usage, 4),
-        "headroom": {
-            "ordinary_roles": slots.headroom_ordinary,
-            "reserved_connections_members": slots.headroom_reserved_members,
-            "superusers": slots.headroom_superuser,
-        },
+        "headroom": _headroom(slots, tier),
+        # With hidden rows the headroom is a range: down to this if every one is a client.
+        "headroom_lower_bound": _headroom(upper, tier) if unknown else None,
         "other_backends": other_rows,
     }
     if members == [] and snap.roles:
@@ -329,12 +370,24 @@ def _slots(
         "put a pooler in front: pgfunnel advise --fleet fleet.yaml writes a pgbouncer.ini",
         "ALTER ROLE <app_role> CONNECTION LIMIT <n>;  -- cap the biggest holder",
     ]
+    held = f"{slots.used} of {slots.usable} usable slots are held by client backends" + (
+        f" (and up to {len(unknown)} more by hidden sessions)" if unknown else ""
+    )
+    minus = (
+        f"max_connections {srv.max_connections} - superuser_reserved_connections "
+        f"{srv.superuser_reserved_connections}"
+        + (f" - reserved_connections {srv.reserved_connections}" if tier else "")
+    )
     detail = (
-        f"{slots.used} of {slots.usable} usable slots are held by client backends "
-        f"(max_connections {srv.max_connections} - superuser_reserved_connections "
-        f"{srv.superuser_reserved_connections} - reserved_connections {srv.reserved_connections}); "
-        f"headroom: ordinary roles {slots.headroom_ordinary}, reserved-role members "
-        f"{slots.headroom_reserved_members}, superusers {slots.headroom_superuser}. "
+        f"{held} ({minus}); headroom: ordinary roles "
+        f"{_range(upper.headroom_ordinary, slots.headroom_ordinary)}"
+        + (
+            ", reserved-role members "
+            f"{_range(upper.headroom_reserved_members, slots.headroom_reserved_members)}"
+            if tier
+            else ""
+        )
+        + f", superusers {_range(upper.headroom_superuser, slots.headroom_superuser)}. "
         f"Biggest holders: {top_text or 'none'}."
     )
     if slots.usage >= USAGE_CRITICAL:
@@ -365,11 +418,29 @@ def _slots(
                 "slots-maybe",
                 "warning",
                 f"Slots could be at up to {upper.usage:.0%} of usable",
-                f"{len(unknown)} backends are hidden by missing privileges and may be clients.",
-                ["GRANT pg_monitor TO <this_role>;  -- then run diagnose again"],
+                f"{held}: {len(unknown)} hidden session(s) have a role and a database, so they "
+                f"may be client backends. Headroom for ordinary roles: "
+                f"{_range(upper.headroom_ordinary, slots.headroom_ordinary)}.",
+                [
+                    f"GRANT pg_monitor TO {srv.current_user or '<this_role>'};  "
+                    "-- then run diagnose again"
+                ],
             )
         )
     return part, slots
+
+
+def _headroom(slots: Slots, tier: bool) -> dict[str, int | None]:
+    return {
+        "ordinary_roles": slots.headroom_ordinary,
+        # No such tier before PostgreSQL 16: null rather than a copy of the ordinary headroom.
+        "reserved_connections_members": slots.headroom_reserved_members if tier else None,
+        "superusers": slots.headroom_superuser,
+    }
+
+
+def _range(low: int, high: int) -> str:
+    return str(high) if low == high else f"{low}-{high}"
 
 
 def _reserved_members(snap: Snapshot) -> list[str] | None:
@@ -577,6 +648,9 @@ def _limits(
 ) -> dict[str, Any]:
     by_role = Counter(b.usename for b in clients + unknown)
     by_db = Counter(b.datname for b in clients + unknown)
+    # Raising a CONNECTION LIMIT only helps with free server slots behind it (worst case: every
+    # hidden session is a client); None when max_connections is not known.
+    spare = max(0, slots.headroom_ordinary - len(unknown)) if slots is not None else None
     roles = []
     for r in snap.roles:
         if r.rolconnlimit < 0 and not by_role.get(r.rolname):
@@ -591,7 +665,7 @@ def _limits(
             "exempt": r.rolsuper,
         }
         roles.append(entry)
-        _limit_finding(findings, "role", r.rolname, r.rolconnlimit, used, r.rolsuper, opts)
+        _limit_finding(findings, "role", r.rolname, r.rolconnlimit, used, r.rolsuper, opts, spare)
     dbs = []
     for d in snap.databases:
         if d.datconnlimit < 0 and not by_db.get(d.datname):
@@ -605,7 +679,7 @@ def _limits(
                 "ratio": round(used / d.datconnlimit, 4) if d.datconnlimit > 0 else None,
             }
         )
-        _limit_finding(findings, "database", d.datname, d.datconnlimit, used, False, opts)
+        _limit_finding(findings, "database", d.datname, d.datconnlimit, used, False, opts, spare)
     limited = [r for r in snap.roles if r.rolconnlimit >= 0 and not r.rolsuper]
     total = sum(r.rolconnlimit for r in limited)
     if slots is not None and limited and total > slots.usable:
@@ -634,23 +708,45 @@ def _limit_finding(
     used: int,
     exempt: bool,
     opts: Options,
+    spare: int | None = None,
 ) -> None:
     if limit < 0 or exempt:
         return
     stmt = "ROLE" if kind == "role" else "DATABASE"
     flag = "--role" if kind == "role" else "--database"
+    ident = '"' + name.replace('"', '""') + '"'
     remedy = [
-        f"pgfunnel reap {opts.dsn_hint} {flag} {name} --idle-in-transaction 5m   (dry run)",
-        f'ALTER {stmt} "{name}" CONNECTION LIMIT {max(limit * 2, limit + 10)};  '
-        "-- only if the server has the slots",
+        f"pgfunnel reap {opts.dsn_hint} {flag} {shlex.quote(name)} --idle-in-transaction 5m"
+        "   (dry run)",
     ]
+    wanted = max(limit * 2, limit + 10)
+    if spare is None:
+        remedy.append(
+            f"ALTER {stmt} {ident} CONNECTION LIMIT {wanted};  -- only if the server has "
+            f"{wanted - limit} free slots (max_connections unknown here)"
+        )
+    elif spare <= 0:
+        remedy.append(
+            f"do not raise the CONNECTION LIMIT of {kind} {name}: the server has no free "
+            "slots for ordinary roles; end leaked sessions or put a pooler in front"
+        )
+    else:
+        # At most half the free slots: other roles and databases need room to grow too.
+        raised = limit + min(wanted - limit, max(1, spare // 2))
+        remedy.append(
+            f"ALTER {stmt} {ident} CONNECTION LIMIT {raised};  -- {raised - limit} more: the "
+            f"server has {spare} free slots for ordinary roles"
+        )
     if limit == 0 or used >= limit:
         findings.append(
             Finding(
                 f"{kind}-limit-reached:{name}",
                 "critical",
                 f"{kind.capitalize()} {name} is at its CONNECTION LIMIT ({used}/{limit})",
-                f'New connections get 53300 "too many connections for {kind} \\"{name}\\"".',
+                f"New connections as {name} get 53300: too many connections for {kind} {ident}."
+                if kind == "role"
+                else f"New connections to {name} get 53300: too many connections for {kind} "
+                f"{ident}.",
                 remedy,
                 weight=50,
             )
@@ -890,13 +986,17 @@ def _privileges(snap: Snapshot, unknown: list[Backend], findings: list[Finding])
     hidden = sum(1 for b in snap.backends if not b.visible)
     if missing and hidden:
         who = snap.server.current_user or "<this_role>"
+        background = hidden - len(unknown)
         findings.append(
             Finding(
                 "missing-privilege",
                 "warning",
-                f"{hidden} backend(s) are hidden: {who} lacks pg_read_all_stats (pg_monitor)",
-                "Their state, ages and client addresses read as <insufficient privilege>; they "
-                "are counted as unknown, never as idle.",
+                f"{len(unknown)} session(s) that may be clients are hidden: {who} lacks "
+                "pg_read_all_stats (pg_monitor)",
+                f"{hidden} row(s) of pg_stat_activity read <insufficient privilege>: "
+                f"{len(unknown)} have a role and a database (they may hold client slots and are "
+                f"counted as unknown, never as idle), {background} are background processes. "
+                "Their state, ages and client addresses are hidden.",
                 [f"GRANT pg_monitor TO {who};"],
                 weight=hidden,
             )

@@ -45,31 +45,46 @@ def diagnose(report: dict[str, Any], console: Console) -> None:
         console.print(f"  next: {err['next_command']}")
     slots = report.get("slots")
     if slots:
+        head = slots.get("headroom") or {}
+        low = slots.get("headroom_lower_bound") or {}
+        # reserved_connections and pg_use_reserved_connections exist from PostgreSQL 16: no rows
+        # for a tier the server does not have.
+        tier = head.get("reserved_connections_members") is not None
         rows: list[list[Any]] = [
             ["max_connections", slots["max_connections"]],
             ["superuser_reserved_connections", slots["superuser_reserved_connections"]],
-            ["reserved_connections", slots["reserved_connections"]],
-            *(
+        ]
+        if tier:
+            rows.append(["reserved_connections", slots["reserved_connections"]])
+        if slots.get("reserved_connections_roles") is not None:
+            rows.append(
                 [
-                    [
-                        "  their members (pg_use_reserved_connections)",
-                        ", ".join(slots["reserved_connections_roles"]) or "none",
-                    ]
+                    "  their members (pg_use_reserved_connections)",
+                    ", ".join(slots["reserved_connections_roles"]) or "none",
                 ]
-                if slots.get("reserved_connections_roles") is not None
-                else []
-            ),
+            )
+        usage = _pct(slots["usage"])
+        if slots["unknown_backends"] and slots.get("usage_upper_bound") is not None:
+            usage += f" (up to {_pct(slots['usage_upper_bound'])} with the hidden sessions)"
+        rows += [
             ["usable by ordinary roles", slots["usable"]],
             ["used by client backends", slots["used_by_client_backends"]],
             ["unknown (hidden by privileges)", slots["unknown_backends"]],
-            ["usage of usable", _pct(slots["usage"])],
+            ["usage of usable", usage],
         ]
-        head = slots.get("headroom") or {}
-        rows += [
-            ["headroom: ordinary roles", head.get("ordinary_roles")],
-            ["headroom: pg_use_reserved_connections", head.get("reserved_connections_members")],
-            ["headroom: superusers", head.get("superusers")],
-        ]
+
+        def span(key: str) -> Any:
+            high = head.get(key)
+            if key in low and low[key] is not None and low[key] != high:
+                return f"{low[key]}-{high}"
+            return high
+
+        rows.append(["headroom: ordinary roles", span("ordinary_roles")])
+        if tier:
+            rows.append(
+                ["headroom: pg_use_reserved_connections", span("reserved_connections_members")]
+            )
+        rows.append(["headroom: superusers", span("superusers")])
         if slots.get("own_connection"):
             rows.append(["this tool's own connection (excluded above)", 1])
         console.print(table("Slots", ["", "value"], rows))

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,11 +61,15 @@ def test_full_server_names_apps_limit_headroom_and_exits_2(small: Cluster, tmp_p
         assert report["connect_error"]["kind"] == "superuser_reserved"
         slots = report["slots"]
         assert (slots["usable"], slots["used_by_client_backends"]) == (7, 7)
+        # PostgreSQL 15 has no reserved_connections tier: null, and no row in the text.
+        assert report["server"]["version_num"] < 160000
         assert slots["headroom"] == {
             "ordinary_roles": 0,
-            "reserved_connections_members": 0,
+            "reserved_connections_members": None,
             "superusers": 3,
         }
+        assert "pg_use_reserved_connections" not in out
+        assert "reserved_connections 0" not in out
         apps = {a["application_name"]: a["count"] for a in report["holders"]["applications"]}
         assert apps == {"billing": 3, "web": 2, "worker": 2}
         assert report["findings"][0]["severity"] == "critical"
@@ -377,3 +384,138 @@ def test_from_file_reads_a_plain_json_array_of_pg_stat_activity(
     assert row["state_age_s"] >= 1.0
     assert any(f["id"] == "idle-in-transaction" for f in report["findings"])
     assert code == 1
+
+
+# --- issue 13 point 6 --------------------------------------------------------------------------
+def _remedies(report: dict[str, object]) -> list[str]:
+    findings = report["findings"]
+    assert isinstance(findings, list)
+    return [r for f in findings for r in f["remedy"]]
+
+
+def test_after_a_reserved_dsn_fallback_every_next_step_names_the_dsn_that_got_in(
+    small: Cluster,
+) -> None:
+    with sessions(small) as s:
+        for _ in range(7):
+            s.open(app="hog", idle_in_tx=True)
+        refused = f"postgresql://app:app@127.0.0.1:{small.port}/postgres"
+        code, report = run_json(
+            "diagnose", refused, "--reserved-dsn", small.dsn(), "--idle-in-transaction-warn", "0s"
+        )
+        assert code == 2 and report["source"]["via"] == "reserved-dsn"
+        reserved = f"'host=127.0.0.1 port={small.port} user=postgres dbname=postgres'"
+        assert report["connect_error"]["next_command"].startswith(f"pgfunnel reap {reserved} ")
+        reaps = [r for r in _remedies(report) if r.startswith("pgfunnel reap")]
+        assert reaps and all(r.startswith(f"pgfunnel reap {reserved} ") for r in reaps), reaps
+        text = json.dumps(report)
+        assert "HOST" not in text and "app@127.0.0.1" not in text
+        assert "password" not in text and "postgres@" not in text
+        # Without a reserved DSN the next step names the refused server, not a placeholder.
+        code, report = run_json("diagnose", refused)
+        assert code == 2
+        assert report["connect_error"]["next_command"].startswith(
+            f"pgfunnel diagnose --reserved-dsn 'postgresql://postgres@127.0.0.1:{small.port}/"
+        )
+
+
+def test_an_unprivileged_run_counts_the_hidden_sessions_once_everywhere(small: Cluster) -> None:
+    with sessions(small) as s:
+        for _ in range(4):
+            s.open(app="billing")
+        for _ in range(2):
+            s.open(app="web", idle_in_tx=True)
+        code, report = run_json("diagnose", small.dsn(user="nomon", password="nomon"))
+        proc = run_cli("diagnose", small.dsn(user="nomon", password="nomon"))
+    validate_diagnose(report)
+    assert code == 1
+    slots = report["slots"]
+    # The six app sessions, and not the background processes that also read
+    # <insufficient privilege> (the logical replication launcher runs as postgres, no database).
+    assert (slots["used_by_client_backends"], slots["unknown_backends"]) == (0, 6)
+    assert report["privileges"]["unknown_client_backends"] == 6
+    hidden_rows = report["privileges"]["insufficient_privilege_rows"]
+    assert hidden_rows > 6
+    assert slots["headroom"]["ordinary_roles"] == 7
+    assert slots["headroom_lower_bound"]["ordinary_roles"] == 1
+    findings = {f["id"]: f for f in report["findings"]}
+    missing = findings["missing-privilege"]
+    assert missing["title"].startswith("6 session(s) that may be clients are hidden")
+    assert f"{hidden_rows} row(s)" in missing["detail"]
+    assert f"{hidden_rows - 6} are background processes" in missing["detail"]
+    maybe = findings["slots-maybe"]
+    assert (
+        "up to 6 more" in maybe["detail"] and "Headroom for ordinary roles: 1-7" in maybe["detail"]
+    )
+    assert "GRANT pg_monitor TO nomon;" in maybe["remedy"][0]
+    assert "│ headroom: ordinary roles" in proc.stdout and "1-7" in proc.stdout
+    assert "up to 86% with the hidden sessions" in proc.stdout
+
+
+def test_a_database_limit_refusal_is_not_a_full_server_and_prints_plain_quotes(
+    small: Cluster,
+) -> None:
+    with sessions(small) as s:
+        s.open(dbname="tiny", app="t")
+        args = (
+            "diagnose",
+            small.dsn(user="app", password="app", dbname="tiny"),
+            "--reserved-dsn",
+            small.dsn(user="app", password="app"),
+        )
+        code, report = run_json(*args)
+        proc = run_cli(*args)
+    assert code == 2
+    ids = [f["id"] for f in report["findings"]]
+    assert ids[0] == "database-limit-refused:tiny" and "server-full" not in ids
+    assert "database-limit-reached:tiny" in ids
+    reached = next(f for f in report["findings"] if f["id"] == "database-limit-reached:tiny")
+    assert reached["detail"] == (
+        'New connections to tiny get 53300: too many connections for database "tiny".'
+    )
+    assert "\\" not in proc.stdout
+    assert 'too many connections for database "tiny"' in proc.stdout
+
+
+def test_raising_a_connection_limit_is_suggested_only_within_the_servers_headroom(
+    small: Cluster,
+) -> None:
+    with sessions(small) as s:
+        s.open(user="capped", password="capped", app="c")
+        _, report = run_json("diagnose", small.dsn())
+        finding = next(f for f in report["findings"] if f["id"] == "role-limit-reached:capped")
+        # 6 free slots for ordinary roles: at most half of them, not the old "limit + 10".
+        assert (
+            'ALTER ROLE "capped" CONNECTION LIMIT 4;  -- 3 more: the server has 6 free slots for '
+            "ordinary roles"
+        ) in finding["remedy"]
+        for _ in range(6):
+            s.open(app="hog")
+        _, report = run_json("diagnose", small.dsn())
+        finding = next(f for f in report["findings"] if f["id"] == "role-limit-reached:capped")
+        assert not any("ALTER ROLE" in r for r in finding["remedy"])
+        assert any(
+            r.startswith("do not raise the CONNECTION LIMIT of role capped")
+            for r in finding["remedy"]
+        )
+
+
+def test_watch_json_writes_one_report_per_line(small: Cluster) -> None:
+    command = [sys.executable, "-m", "pgfunnel", "diagnose", small.dsn()]
+    proc = subprocess.Popen(
+        [*command, "--watch", "0.2", "--format", "json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(3)]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    for line in lines + out.splitlines():
+        report = json.loads(line)
+        validate_diagnose(report)
+        assert report["status"] in ("ok", "warning", "critical", "unknown")

@@ -101,7 +101,9 @@ def test_pooler_in_front_is_detected() -> None:
 
 
 def test_hidden_rows_are_unknown_not_idle() -> None:
-    hidden = Backend(pid=7, usename="other", application_name="", query="<insufficient privilege>")
+    hidden = Backend(
+        pid=7, usename="other", datname="app", application_name="", query="<insufficient privilege>"
+    )
     s = snap([b(1), hidden], can_read_all_stats=False)
     r = dg.analyse(s)
     assert r["slots"]["unknown_backends"] == 1

@@ -9,7 +9,8 @@ from typing import Any
 
 from pgfunnel.toolkit import check as ck
 from pgfunnel.toolkit import fleet as fl
-from pgfunnel.toolkit.inputs import Inputs, instance_memory_gib, rds_max_connections
+from pgfunnel.toolkit import rds
+from pgfunnel.toolkit.inputs import InputError, Inputs
 from pgfunnel.toolkit.pgtune import PgTuneInput, pgtune
 from pgfunnel.toolkit.units import format_bytes, format_kb, pg_memory_to_kb
 
@@ -168,11 +169,15 @@ def advise(
     # 2. Supply as it stands.
     supply = inp.supply
     if supply.max_connections is None and inp.instance_class:
-        mem = int(instance_memory_gib(inp.instance_class) * 1024**3)
-        supply.max_connections = rds_max_connections(mem)
-        supply.steps.append(
-            f"RDS {inp.instance_class}: LEAST({mem}/9531392, 5000) = {supply.max_connections}"
-        )
+        try:
+            supply.max_connections, rds_steps = rds.max_connections_step(
+                rds.DEFAULT_MAX_CONNECTIONS_FORMULA,
+                rds.instance_class(inp.instance_class),
+                "the RDS default parameter group",
+            )
+        except rds.RdsError as exc:
+            raise InputError(str(exc)) from exc
+        supply.steps += rds_steps
     # 3. Demand: direct clients, then pooled clients.
     fleet.pooler = fl.PoolerSpec(replicas=replicas, pool_mode=pool_mode, pools=pairs)
     direct = sum(s.demand() for s in fleet.members() if not s.via_pooler)

@@ -15,59 +15,13 @@ from urllib.parse import parse_qs, urlparse
 import yaml
 
 from pgfunnel.toolkit import fleet as fl
+from pgfunnel.toolkit import rds
 from pgfunnel.toolkit.limits import usable_slots
 from pgfunnel.toolkit.redact import Redactor
-
-RDS_DIVISOR = 9531392
-RDS_CAP = 5000
-# Nominal memory in GiB of common RDS instance classes (by size; families share sizes).
-_SIZE_GIB_GENERAL = {
-    "large": 8,
-    "xlarge": 16,
-    "2xlarge": 32,
-    "4xlarge": 64,
-    "8xlarge": 128,
-    "12xlarge": 192,
-    "16xlarge": 256,
-    "24xlarge": 384,
-}
-_SIZE_GIB_MEMORY = {
-    "large": 16,
-    "xlarge": 32,
-    "2xlarge": 64,
-    "4xlarge": 128,
-    "8xlarge": 256,
-    "12xlarge": 384,
-    "16xlarge": 512,
-    "24xlarge": 768,
-}
-_BURSTABLE = {"micro": 1, "small": 2, "medium": 4, "large": 8, "xlarge": 16, "2xlarge": 32}
 
 
 class InputError(Exception):
     """A file `check` or `advise` cannot read (exit 2)."""
-
-
-def instance_memory_gib(instance_class: str) -> float:
-    m = re.match(r"^db\.([a-z]+)(\d+)[a-z]*\.(\w+)$", instance_class.strip())
-    if not m:
-        raise InputError(f"unknown instance class {instance_class!r} (e.g. db.r6g.large)")
-    family, size = m.group(1), m.group(3)
-    table = (
-        _BURSTABLE
-        if family == "t"
-        else _SIZE_GIB_MEMORY
-        if family in ("r", "x", "z")
-        else _SIZE_GIB_GENERAL
-    )
-    if size not in table:
-        raise InputError(f"no memory size known for {instance_class!r}: pass --max-connections")
-    return float(table[size])
-
-
-def rds_max_connections(memory_bytes: int, divisor: int = RDS_DIVISOR, cap: int = RDS_CAP) -> int:
-    """RDS for PostgreSQL's default: LEAST({DBInstanceClassMemory/9531392}, 5000)."""
-    return min(memory_bytes // divisor, cap)
 
 
 @dataclass
@@ -330,9 +284,7 @@ def read_env(path: str, text: str, out: Inputs, instances: int = 1) -> None:
 
 
 # --- Terraform -------------------------------------------------------------------------------
-_TF_PARAM = re.compile(r"parameter\s*\{(?P<body>[^{}]*)\}", re.S)
 _TF_ATTR = re.compile(r'(\w+)\s*=\s*"((?:[^"\\]|\\.)*)"')
-_RDS_EXPR = re.compile(r"\{DBInstanceClassMemory\s*/\s*(\d+)\}")
 
 
 def read_terraform(path: str, text: str, out: Inputs, instance_class: str | None) -> None:
@@ -340,44 +292,36 @@ def read_terraform(path: str, text: str, out: Inputs, instance_class: str | None
         raise InputError(f"{path}: no aws_db_parameter_group resource")
     m = re.search(r'instance_class\s*=\s*"([^"]+)"', text)
     klass = instance_class or out.instance_class or (m.group(1) if m else None)
-    for pm in _TF_PARAM.finditer(text):
-        attrs = dict(_TF_ATTR.findall(pm.group("body")))
+    for offset, body in rds.terraform_parameter_blocks(text):
+        attrs = dict(_TF_ATTR.findall(body))
         if attrs.get("name") != "max_connections":
             continue
         value = attrs.get("value", "").replace("\\", "")
-        line = text[: pm.start()].count("\n") + 1
+        line = text[:offset].count("\n") + 1
         if value.strip().isdigit():
             out.supply.max_connections = int(value)
             out.supply.steps.append(f"max_connections = {value} ({path}:{line})")
             return
-        em = _RDS_EXPR.search(value)
-        if em:
-            if not klass:
-                raise InputError(
-                    f"{path}:{line}: {value} needs an instance class (--instance-class)"
-                )
-            divisor = int(em.group(1))
-            cap_m = re.search(r",\s*(\d+)\s*\)", value)
-            cap = int(cap_m.group(1)) if cap_m else 10**9
-            mem = int(instance_memory_gib(klass) * 1024**3)
-            result = rds_max_connections(mem, divisor, cap)
-            out.supply.max_connections = result
-            out.supply.steps.append(
-                f"max_connections = {value} ({path}:{line}) with {klass} = "
-                f"LEAST({mem}/{divisor}, {cap}) = {result} (nominal memory; RDS subtracts "
-                "its own share, so the real value is a little lower)"
-            )
-            return
-        raise InputError(f"{path}:{line}: cannot evaluate max_connections = {value!r}")
+        if not klass:
+            raise InputError(f"{path}:{line}: {value} needs an instance class (--instance-class)")
+        try:
+            mc, steps = rds.max_connections_step(value, rds.instance_class(klass), f"{path}:{line}")
+        except rds.RdsError as exc:
+            raise InputError(f"{path}:{line}: {exc}") from exc
+        out.supply.max_connections = mc
+        out.supply.steps += steps
+        return
     if klass:
-        mem = int(instance_memory_gib(klass) * 1024**3)
-        result = rds_max_connections(mem)
-        out.supply.max_connections = result
-        out.supply.steps.append(
-            f"no max_connections parameter: RDS default "
-            f"LEAST({{DBInstanceClassMemory/{RDS_DIVISOR}}}, "
-            f"{RDS_CAP}) with {klass} ({mem} bytes) = {result}"
-        )
+        try:
+            mc, steps = rds.max_connections_step(
+                rds.DEFAULT_MAX_CONNECTIONS_FORMULA,
+                rds.instance_class(klass),
+                f"{path}: no max_connections parameter, the RDS default",
+            )
+        except rds.RdsError as exc:
+            raise InputError(f"{path}: {exc}") from exc
+        out.supply.max_connections = mc
+        out.supply.steps += steps
 
 
 # --- postgresql.conf -------------------------------------------------------------------------

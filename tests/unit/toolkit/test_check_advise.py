@@ -95,11 +95,13 @@ def test_every_input_format(
 
 def test_rds_formula_arithmetic(capsys: pytest.CaptureFixture[str]) -> None:
     _, out, _ = run(capsys, "check", "deployments.yaml", "rds-formula.tf")
-    # db.r6g.large: 16 GiB / 9531392 = 1802 (nominal memory)
-    assert (
-        "= 1802" in out
-        and "usable = max_connections 1802 - superuser_reserved_connections 3" in out
-    )
+    # The formula in the parameter block is read (it used to be skipped for its braces) and
+    # evaluated on db.r6g.large's estimated DBInstanceClassMemory: 1738, 1802 on the nominal
+    # 16 GiB.
+    assert "LEAST({DBInstanceClassMemory/9531392},5000) (rds-formula.tf:11)" in out
+    assert "= LEAST(1738, 5000) = 1738 (1802 with the nominal 16 GiB" in out
+    assert "usable = max_connections 1738 - superuser_reserved_connections 3" in out
+    assert "no max_connections parameter" not in out
 
 
 def test_secret_count_is_reported(capsys: pytest.CaptureFixture[str]) -> None:

@@ -546,6 +546,7 @@ def check_main(args: argparse.Namespace) -> int:
         print(f"pgfunnel check: {exc}", file=sys.stderr)
         return 2
     result = ck.evaluate(inp.fleet, inp.supply, args.ratio)
+    result.notes += inp.notes
     result.notes.append(inp.redactor.summary())
     if args.format == "json":
         text = json.dumps(result.as_dict(), indent=2)

@@ -48,6 +48,9 @@ class Inputs:
     redactor: Redactor = field(default_factory=Redactor)
     raw_fleet: dict[str, Any] = field(default_factory=dict)
     instance_class: str | None = None
+    # HorizontalPodAutoscalers of every input: target name -> (maxReplicas, where); applied once
+    # all files are read, since the HPA and its Deployment are often in different files.
+    hpas: dict[str, tuple[int, str]] = field(default_factory=dict)
 
 
 # --- environment variables -------------------------------------------------------------------
@@ -209,11 +212,19 @@ def read_helm(path: str, data: dict[str, Any], text: str, out: Inputs) -> None:
 
 # --- Kubernetes manifests --------------------------------------------------------------------
 def read_k8s(path: str, docs: list[dict[str, Any]], text: str, out: Inputs) -> None:
-    hpas = {
-        d["spec"]["scaleTargetRef"]["name"]: int(d["spec"]["maxReplicas"])
-        for d in docs
-        if d.get("kind") == "HorizontalPodAutoscaler"
-    }
+    # The k-th HPA document is at the k-th `kind: HorizontalPodAutoscaler` line.
+    hpa_lines = [
+        i
+        for i, line in enumerate(text.splitlines(), 1)
+        if re.match(r"^kind:\s*HorizontalPodAutoscaler\b", line)
+    ]
+    for d in docs:
+        if d.get("kind") == "HorizontalPodAutoscaler":
+            hpa_name = str((d.get("metadata") or {}).get("name", ""))
+            line = hpa_lines.pop(0) if hpa_lines else 1
+            where = f"HorizontalPodAutoscaler {hpa_name} ({path}:{line})"
+            target = str(d["spec"]["scaleTargetRef"]["name"])
+            out.hpas[target] = (int(d["spec"]["maxReplicas"]), where)
     for d in docs:
         if d.get("kind") not in ("Deployment", "StatefulSet", "ReplicaSet"):
             continue
@@ -222,7 +233,6 @@ def read_k8s(path: str, docs: list[dict[str, Any]], text: str, out: Inputs) -> N
         name = str(meta.get("name", "unnamed"))
         svc = fl.Service(name=name, source=path, line=_line_of(text, f"name: {name}"))
         svc.instances = int(spec.get("replicas", 1))
-        svc.max_instances = hpas.get(name)
         rolling = (spec.get("strategy") or {}).get("rollingUpdate") or {}
         svc.surge = rolling.get("maxSurge") if d.get("kind") == "Deployment" else 0
         containers = ((spec.get("template") or {}).get("spec") or {}).get("containers") or []
@@ -235,6 +245,18 @@ def read_k8s(path: str, docs: list[dict[str, Any]], text: str, out: Inputs) -> N
             svc, {k.split("/", 1)[1]: v for k, v in ann.items() if k.startswith("pgfunnel.dev/")}
         )
         out.fleet.services.append(svc)
+
+
+def apply_hpas(out: Inputs) -> None:
+    """Each HPA's maxReplicas on the workload it scales, whichever input either came from."""
+    names = {s.name for s in out.fleet.services}
+    for target, (max_replicas, where) in sorted(out.hpas.items()):
+        for svc in out.fleet.services:
+            if svc.name == target:
+                svc.max_instances = max(svc.max_instances or 0, max_replicas)
+                svc.notes.append(f"maxReplicas {max_replicas} from {where}")
+        if target not in names:
+            out.notes.append(f"{where} scales {target}, which is not in the inputs")
 
 
 # --- docker-compose --------------------------------------------------------------------------
@@ -494,6 +516,7 @@ def read_inputs(paths: list[str], instance_class: str | None = None) -> Inputs:
                 if not isinstance(docs[0], dict):
                     raise InputError(f"{path}: expected a mapping")
                 read_helm(path, docs[0], text, out)
+    apply_hpas(out)
     env_pw = os.environ.get("PGPASSWORD")
     if env_pw:
         out.redactor.scan(f"PGPASSWORD={env_pw}")

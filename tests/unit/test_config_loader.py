@@ -162,12 +162,13 @@ def test_unsupported_database_user_and_peer_keys_are_listed(tmp_path: Path) -> N
     cfg = config(
         tmp_path,
         "[pgbouncer]\n"
-        "[databases]\nfoo = host=x auth_user=au\n"
+        "[databases]\nfoo = host=x auth_user=au max_db_client_connections=3\n"
         "[users]\nbob = transaction_timeout=5\n"
         "[peers]\n1 = host=/tmp/p1\n",
     )
     assert cfg.unsupported == [
-        f"{path}:3: [databases] foo: auth_user is not supported by pgfunnel yet; ignored",
+        f"{path}:3: [databases] foo: max_db_client_connections is not supported by pgfunnel "
+        "yet; ignored",
         f"{path}:5: [users] bob: transaction_timeout is not supported by pgfunnel yet; ignored",
         f"{path}:7: [peers] 1: peering is not supported by pgfunnel yet; ignored",
     ]
@@ -193,7 +194,6 @@ def test_host_lists_and_load_balance_hosts_are_listed_as_unsupported(tmp_path: P
 @pytest.mark.parametrize(
     "line",
     [
-        "auth_type = hba",
         "auth_type = cert",
         "auth_type = pam",
         "auth_type = ldap",
@@ -426,3 +426,37 @@ def test_broken_auth_file_points_at_its_own_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert (info.value.file, info.value.line) == (str(users), 2)
+
+
+def test_auth_type_hba_reads_the_hba_and_ident_files(tmp_path: Path) -> None:
+    (tmp_path / "hba.conf").write_text("local all all peer map=m\nhost all all 0.0.0.0/0 md5\n")
+    (tmp_path / "ident.conf").write_text("m root postgres\n")
+    cfg = config(
+        tmp_path,
+        f"[pgbouncer]\nauth_type = hba\nauth_hba_file = {tmp_path / 'hba.conf'}\n"
+        f"auth_ident_file = {tmp_path / 'ident.conf'}\n",
+    )
+    assert cfg.hba is not None and [r.method for r in cfg.hba.rules] == ["peer", "md5"]
+    assert cfg.ident is not None and cfg.ident.allows("m", "root", "postgres")
+
+
+def test_auth_type_hba_without_a_file_names_the_auth_type_line(tmp_path: Path) -> None:
+    err = failure(tmp_path, "[pgbouncer]\nlisten_port = 1\nauth_type = hba\n")
+    assert err.line == 3 and "auth_hba_file" in err.message
+
+
+def test_hba_errors_and_unreadable_files_say_where(tmp_path: Path) -> None:
+    (tmp_path / "hba.conf").write_text("local all all peer\nhost all all 1.2.3.4/40 md5\n")
+    with pytest.raises(ConfigError) as info:
+        config(tmp_path, f"[pgbouncer]\nauth_type = hba\nauth_hba_file = {tmp_path}/hba.conf\n")
+    assert (info.value.file, info.value.line) == (str(tmp_path / "hba.conf"), 2)
+    err = failure(tmp_path, "[pgbouncer]\nauth_type = hba\nauth_hba_file = /nonexistent/hba\n")
+    assert err.line == 3 and "could not read auth_hba_file" in err.message
+
+
+def test_hba_map_must_exist_in_the_ident_file(tmp_path: Path) -> None:
+    (tmp_path / "hba.conf").write_text("\nlocal all all peer map=missing\n")
+    with pytest.raises(ConfigError) as info:
+        config(tmp_path, f"[pgbouncer]\nauth_type = hba\nauth_hba_file = {tmp_path}/hba.conf\n")
+    assert (info.value.file, info.value.line) == (str(tmp_path / "hba.conf"), 2)
+    assert "map=missing" in info.value.message

@@ -58,6 +58,17 @@ IMPLEMENTED_DEFAULTS: list[tuple[str, object, str]] = [
     ("unix_socket_mode", 0o777, "0777"),
     ("auth_type", "md5", "md5"),
     ("auth_file", "", ""),
+    ("auth_hba_file", "", ""),
+    ("auth_ident_file", "", ""),
+    ("auth_user", "", ""),
+    ("auth_dbname", "", ""),
+    (
+        "auth_query",
+        "SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END "
+        "FROM pg_authid WHERE rolname=$1 AND rolcanlogin",
+        "SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END "
+        "FROM pg_authid WHERE rolname=$1 AND rolcanlogin",
+    ),
     ("admin_users", (), ""),
     ("stats_users", (), ""),
     ("pool_mode", "session", "session"),

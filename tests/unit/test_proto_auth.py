@@ -243,19 +243,73 @@ def test_md5_salts_differ_between_logins() -> None:
     assert len(salts) > 1
 
 
-@pytest.mark.parametrize("method", ["plain", "md5", "scram-sha-256"])
+@pytest.mark.parametrize("method", ["plain", "md5"])
 def test_unknown_user_fails(method: str) -> None:
     auth = ClientAuth(method, "ghost", None)
     auth.start()
-    if method == "scram-sha-256":
-        reply = m.sasl_initial_response("SCRAM-SHA-256", LibpqScram("x").client_first())[5:]
-    elif method == "md5":
-        reply = b"md5" + b"0" * 32 + b"\0"
-    else:
-        reply = b"anything\0"
+    reply = b"md5" + b"0" * 32 + b"\0" if method == "md5" else b"anything\0"
     with pytest.raises(AuthFailed, match=r'^password authentication failed for user "ghost"$'):
         auth.receive(reply)
     assert not auth.done
+
+
+def scram_attempt(auth: ClientAuth, password: str) -> tuple[bytes, AuthFailed]:
+    """A libpq-style SCRAM exchange expected to fail at its end: (server-first, the error)."""
+    [request] = split_messages(auth.start())
+    assert auth_code(request) == m.AUTH_SASL
+    client = LibpqScram(password)
+    initial = m.sasl_initial_response("SCRAM-SHA-256", client.client_first())
+    [cont] = split_messages(auth.receive(initial[5:]))
+    assert auth_code(cont) == m.AUTH_SASL_CONTINUE
+    final = client.client_final(cont[1][4:])
+    with pytest.raises(AuthFailed) as failed:
+        auth.receive(m.password_message(final)[5:])
+    assert not auth.done and auth.client_key is None
+    return cont[1][4:], failed.value
+
+
+def _salt_and_iterations(server_first: bytes) -> tuple[str, str]:
+    attrs = dict(part.split("=", 1) for part in server_first.decode().split(","))
+    return attrs["s"], attrs["i"]
+
+
+@pytest.mark.parametrize("secret", [None, "", MD5_SECRET])
+def test_scram_without_a_usable_secret_runs_the_whole_exchange(secret: str | None) -> None:
+    """An unknown user, an empty password and an md5 secret under SCRAM all get a full
+    exchange (server-first with a salt and 4096 iterations) and fail only after the client's
+    proof, with the wrong-password message: PostgreSQL's mock authentication."""
+    first, error = scram_attempt(ClientAuth("scram-sha-256", USER, secret), PASSWORD)
+    assert str(error) == FAILED
+    salt, iterations = _salt_and_iterations(first)
+    assert iterations == "4096" and len(base64.b64decode(salt)) == 16
+
+
+def test_mock_salt_is_stable_per_user_and_differs_between_users() -> None:
+    """A real user's salt is the same on every try; so is an unknown user's, else comparing
+    two tries would tell them apart."""
+    salts = {
+        _salt_and_iterations(scram_attempt(ClientAuth("scram-sha-256", "ghost", None), "x")[0])
+        for _ in range(3)
+    }
+    other = _salt_and_iterations(scram_attempt(ClientAuth("scram-sha-256", "ghost2", None), "x")[0])
+    assert len(salts) == 1 and other not in salts
+
+
+def test_unknown_user_and_wrong_password_fail_alike() -> None:
+    known_first, known = scram_attempt(ClientAuth("scram-sha-256", USER, SCRAM_SECRET), "wrong")
+    ghost_first, ghost = scram_attempt(ClientAuth("scram-sha-256", USER, None), "wrong")
+    assert str(known) == str(ghost) == FAILED
+    # Same shape of server-first: nonce, 16-byte salt, iterations.
+    assert [p[:2] for p in known_first.split(b",")] == [p[:2] for p in ghost_first.split(b",")]
+
+
+def test_label_and_hba_line_are_kept_for_show_clients() -> None:
+    auth = ClientAuth("password", USER, PASSWORD, hba_line="hba.conf:3")
+    assert (auth.label, auth.hba_line, auth.method) == ("plain", "hba.conf:3", "plain")
+    # The method really used: md5 with a SCRAM secret is a SCRAM login.
+    assert ClientAuth("md5", USER, SCRAM_SECRET).label == "scram-sha-256"
+    assert ClientAuth("md5", USER, MD5_SECRET).label == "md5"
+    assert ClientAuth("trust", USER, PASSWORD, label="peer").label == "peer"
 
 
 def test_unsupported_auth_type() -> None:
@@ -296,12 +350,9 @@ def test_scram_wrong_password(secret: str) -> None:
 
 
 def test_scram_with_only_an_md5_secret_fails() -> None:
-    auth = ClientAuth("scram-sha-256", USER, MD5_SECRET)
-    auth.start()
-    with pytest.raises(AuthFailed, match=FAILED):
-        auth.receive(
-            m.sasl_initial_response("SCRAM-SHA-256", LibpqScram(PASSWORD).client_first())[5:]
-        )
+    # The right password does not help: an md5 secret cannot check a SCRAM proof.
+    _, error = scram_attempt(ClientAuth("scram-sha-256", USER, MD5_SECRET), PASSWORD)
+    assert str(error) == FAILED
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from pgfunnel.config.connstr import parse_connstr
+from pgfunnel.config.hba import HbaRules, IdentMap, load_hba, load_ident
 from pgfunnel.config.ini import ConfigError, IniEntry, IniSection, parse_ini
 from pgfunnel.config.settings import SETTINGS, Settings, parse_seconds, parse_value
 from pgfunnel.config.userlist import load_userlist
@@ -35,16 +36,13 @@ _INT_RE = re.compile(r"[+-]?[0-9]+")
 # Values PgBouncer accepts but pgfunnel cannot honour without silently weakening security:
 # these stop the load instead of being listed as ignored.
 _FAIL_CLOSED: Final[dict[str, tuple[str, ...]]] = {
-    "auth_type": ("cert", "hba", "pam", "ldap"),
+    "auth_type": ("cert", "pam", "ldap"),
     "client_tls_sslmode": ("require", "verify-ca", "verify-full"),
     "server_tls_sslmode": ("require", "verify-ca", "verify-full"),
 }
 # Per-database and per-user keys that are parsed but have no effect in pgfunnel yet.
 # load_balance_hosts only chooses among the hosts of a host list, which is not supported yet.
 _DB_UNSUPPORTED: Final = (
-    "auth_user",
-    "auth_query",
-    "auth_dbname",
     "max_db_client_connections",
     "load_balance_hosts",
 )
@@ -140,6 +138,9 @@ class Config:
     autodb_connstr: str | None = None
     # "file:line" of the assignment each [pgbouncer] setting got its value from.
     setting_sources: dict[str, str] = field(default_factory=dict)
+    # auth_hba_file (read when auth_type is hba) and auth_ident_file, parsed.
+    hba: HbaRules | None = None
+    ident: IdentMap | None = None
 
     def database(self, name: str) -> DatabaseConfig | None:
         """The entry for a client-side database name: the exact one, else the `*` fallback
@@ -413,7 +414,10 @@ class _Loader:
                     raise
                 # The file itself is unreadable: point at the line that named it.
                 raise ConfigError(source.file, source.line, exc.message) from None
+        hba, ident = self._hba_files(settings)
         return Config(
+            hba=hba,
+            ident=ident,
             path=self.path,
             settings=settings,
             databases=self.databases,
@@ -424,6 +428,38 @@ class _Loader:
             autodb_connstr=self.autodb,
             setting_sources={name: _where(entry) for name, entry in self.sources.items()},
         )
+
+    def _hba_files(self, settings: Settings) -> tuple[HbaRules | None, IdentMap | None]:
+        """Read auth_hba_file (needed when auth_type is hba) and auth_ident_file; a file that
+        cannot be read points at the setting that named it."""
+
+        def located(name: str, load: Callable[[str], Any]) -> Any:
+            source = self.sources.get(name)
+            try:
+                return load(str(settings.get(name)))
+            except ConfigError as exc:
+                if exc.line or source is None:
+                    raise
+                raise ConfigError(source.file, source.line, exc.message) from None
+
+        hba: HbaRules | None = None
+        if settings.auth_type == "hba":
+            if not settings.auth_hba_file:
+                entry = self.sources["auth_type"]
+                raise ConfigError(entry.file, entry.line, "auth_type = hba needs auth_hba_file")
+            hba = located("auth_hba_file", load_hba)
+        ident = located("auth_ident_file", load_ident) if settings.auth_ident_file else None
+        if hba is not None:
+            for rule in hba.rules:
+                name = rule.map_name
+                if name is not None and (ident is None or name not in ident.maps):
+                    raise ConfigError(
+                        hba.path,
+                        rule.line,
+                        f"map={name}: no such map in auth_ident_file "
+                        f"({settings.auth_ident_file or 'not set'})",
+                    )
+        return hba, ident
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

@@ -293,18 +293,28 @@ class Settings:
         choices=_AUTH_TYPES,
         doc="How clients authenticate: `md5` (SCRAM is used for users with a SCRAM secret), "
         "`scram-sha-256`, `plain` (clear text), `trust` (no password; the user must be in "
-        "`auth_file`), `any` (no password, any user name), `cert`, `hba`, `pam`, `ldap`. "
-        "pgfunnel implements trust, md5, scram-sha-256, plain and any.",
+        "`auth_file` or found by `auth_query`), `any` (no password; the user name is ignored "
+        "and each database needs a forced `user=`), `hba` (rules from `auth_hba_file`, "
+        "including `peer` on the Unix socket), `cert`, `pam`, `ldap`. pgfunnel implements "
+        "trust, md5, scram-sha-256, plain, any and hba. Whatever the type, the user `pgbouncer` "
+        "connecting over the Unix socket as the pooler's own OS user enters the admin console "
+        "without a password.",
     )
     auth_hba_file: str = setting(
         default="",
-        supported=False,
-        doc="pg_hba.conf-style file used when `auth_type` is `hba`.",
+        doc="pg_hba.conf-style file used when `auth_type` is `hba`: local, host, hostssl and "
+        "hostnossl rules with database and user lists (`all`, `sameuser`, `replication`, "
+        "`@file`), CIDR or address-and-mask networks (IPv4, IPv6), and the methods trust, "
+        "reject, md5, password, scram-sha-256, cert and peer (`map=` names an "
+        "`auth_ident_file` map). The first matching rule decides; no match refuses the "
+        "login. A line pgfunnel cannot read stops the load with its file:line. Re-read on "
+        "RELOAD.",
     )
     auth_ident_file: str = setting(
         default="",
-        supported=False,
-        doc="Ident map file used with `auth_type = hba`.",
+        doc="pg_ident.conf-style user maps (`MAPNAME SYSTEM-USER PG-USER`; a system user "
+        "starting with `/` is a regular expression) for hba rules with `peer` or `cert` and "
+        "`map=`. Re-read on RELOAD.",
     )
     auth_file: str = setting(
         default="",
@@ -313,18 +323,21 @@ class Settings:
     )
     auth_user: str = setting(
         default="",
-        supported=False,
-        doc="User that runs `auth_query` to look up users missing from `auth_file`.",
+        doc="User that runs `auth_query` to look up users missing from `auth_file` (its own "
+        "password comes from `auth_file`). Also settable per database in [databases].",
     )
     auth_query: str = setting(
         default=_DEFAULT_AUTH_QUERY,
-        supported=False,
-        doc="Query returning the user name and password hash of `$1`, run as `auth_user`.",
+        doc="Query returning the user name and password hash (md5 or SCRAM secret) of `$1`, "
+        "run as `auth_user` with `$1` bound as a parameter. The default refuses roles whose "
+        "VALID UNTIL has passed and roles without LOGIN. It runs at each login of a user not in "
+        "`auth_file`, as PgBouncer's does; its connections are pooled, at most "
+        "`default_pool_size` per database. Also settable per database in [databases].",
     )
     auth_dbname: str = setting(
         default="",
-        supported=False,
-        doc="Database (from [databases]) in which `auth_query` runs.",
+        doc="Database (from [databases]) in which `auth_query` runs; empty means the "
+        "client's own database. Also settable per database in [databases].",
     )
     auth_ldap_options: str = setting(
         default="",

@@ -25,6 +25,7 @@ from pgfunnel.admin.host import AdminError
 from pgfunnel.config.ini import ConfigError
 from pgfunnel.config.loader import Config, DatabaseConfig, load_config
 from pgfunnel.config.settings import SETTINGS, parse_value
+from pgfunnel.net.auth_query import AuthLookups
 from pgfunnel.net.client_conn import ClientConn
 from pgfunnel.net.server_conn import ServerConn
 from pgfunnel.pool.objects import Client, ClientState, Server, ServerState
@@ -99,6 +100,7 @@ class App:
         # ClientKeys recovered from clients' SCRAM logins, to log into servers as them.
         self._scram_keys: dict[str, bytes] = {}
         self.scram_derived: dict[str, ScramSecret] = {}  # plain userlist password -> secret
+        self.auth_lookups = AuthLookups(self)  # methods, auth_query pools and their secrets
         self.started_at = time.monotonic()
         self.paused_all = False  # PAUSE without a database, SIGUSR1
         self._paused_dbs: set[str] = set()  # PAUSE db / KILL db: outlive a global RESUME
@@ -297,6 +299,7 @@ class App:
         else:
             log.info("RECONNECT '%s' command issued", db)
             targets = [self._db_arg(db, "reconnect")]
+        self.auth_lookups.clear()
         for target in targets:
             self.apply(self.pooler.reconnect(target, now))
 
@@ -498,6 +501,7 @@ class App:
         self.settings = settings
         self._apply_settings()
         self.scram_derived.clear()
+        self.auth_lookups.clear()
         now = self.now()
         for name, db in list(self.pooler.databases.items()):
             dbc = self.config.database(name)
@@ -556,6 +560,10 @@ class App:
             )
 
     def _log_close(self, client: Client, reason: str) -> None:
+        if client.state is ClientState.LOGIN and self.auth_lookups.quiet_failure(
+            client.addr, reason, self.now()
+        ):
+            return  # repeated login failures from one address: one line per period
         if self.settings.log_disconnections and log.isEnabledFor(logging.INFO):
             log.info(
                 "C-%#x: %s/%s@%s:%s closing because: %s (age=%ds)",
@@ -611,10 +619,8 @@ class App:
         """None to go on, or (a fixed refusal key for the metrics, the client's error)."""
         client = conn.client
         if dbname in ADMIN_DATABASES:
-            if user not in self.settings.admin_users and user not in self.settings.stats_users:
-                if self.settings.auth_type != "any":
-                    error = ServerError("FATAL", ss.INVALID_AUTHORIZATION, Msg.ADMIN_DENIED)
-                    return Refusal.ADMIN_DENIED, error
+            # admin_users/stats_users are checked once the client has authenticated, so the
+            # refusal cannot tell a stranger which names are privileged.
             client.is_admin = True
             return None
         if self.client_count > self.settings.max_client_conn:
@@ -635,6 +641,16 @@ class App:
         self.logging_in.pop(conn, None)
         client = conn.client
         if client.is_admin:
+            s = self.settings
+            own = conn.auth is not None and conn.auth.own_user
+            allowed = client.username in s.admin_users + s.stats_users
+            if not (own or allowed or s.auth_type == "any"):
+                self.count_refusal(Refusal.ADMIN_DENIED)
+                conn.fail(
+                    ServerError("FATAL", ss.INVALID_AUTHORIZATION, Msg.ADMIN_DENIED),
+                    Msg.ADMIN_DENIED,
+                )
+                return
             self.admin_clients[client] = None
             conn.finish_login(ADMIN_WELCOME)
             return
@@ -861,6 +877,8 @@ class App:
         dbc: DatabaseConfig = pool.db.config
         user = pool.user.name
         password = dbc.password if dbc.password else self.config.userlist.get(user)
+        if password is None:
+            password = self.auth_lookups.secrets.get(user)  # found by auth_query
         params: dict[str, str] = {}
         for key, value in (
             ("client_encoding", dbc.client_encoding),

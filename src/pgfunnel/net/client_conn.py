@@ -294,25 +294,30 @@ class ClientConn(asyncio.Protocol):
         if verdict is not None:
             self.fail(verdict, verdict.message)
             return
-        secret = app.userlist().get(user)
-        method = app.settings.auth_type
-        try:
-            self.auth = ClientAuth(method, user, secret, app.scram_derived)
-        except ValueError:
-            msg = f"auth_type {method} is not supported by pgfunnel yet"
-            self.fail(ServerError("FATAL", ss.FEATURE_NOT_SUPPORTED, msg), msg)
-            return
+        # The method (auth_type, hba, peer) and the user's secret, perhaps from auth_query:
+        # net/auth_query.py decides and calls begin_auth. Bytes arriving meanwhile wait in buf.
+        self.phase = Phase.WAIT_LOGIN
+        app.auth_lookups.start(self, dbname, user)
+
+    def begin_auth(self, auth: ClientAuth) -> None:
+        """Start the password exchange `auth` (or admit at once: trust, any, peer)."""
+        if self.phase is not Phase.WAIT_LOGIN or self.transport is None:
+            return  # the client left while its user was looked up
+        self.auth = auth
         self.phase = Phase.AUTH
-        assert self.transport is not None
         try:
-            first = self.auth.start()
+            first = auth.start()
         except AuthFailed as exc:
-            app.count_refusal(Refusal.AUTH_FAILED)
+            self.app.count_refusal(Refusal.AUTH_FAILED)
             self.fail(ServerError("FATAL", ss.INVALID_PASSWORD, str(exc)), str(exc))
             return
         self.transport.write(first)
-        if self.auth.done:
+        if auth.done:
             self._authenticated()
+        elif self.buf:
+            early = bytes(self.buf)
+            self.buf.clear()
+            self._auth_data(early)
 
     def _auth_data(self, data: bytes) -> None:
         self.reader.feed(data)

@@ -10,10 +10,14 @@ from dataclasses import dataclass
 
 from scramp.utils import saslprep
 
+from pgfunnel.config.hba import HbaRules, IdentMap
 from pgfunnel.proto import messages as m
 
 SCRAM = "SCRAM-SHA-256"
 DEFAULT_ITERATIONS = 4096  # what PostgreSQL uses unless scram_iterations says otherwise
+# Keys the fake salts of mock SCRAM exchanges. Drawn once per process and never changed, so an
+# unknown user is offered the same salt on every try, as a real user's stored salt is.
+_MOCK_KEY = secrets.token_bytes(32)
 
 
 def scram_keys(password: str, salt: bytes, iterations: int) -> tuple[bytes, bytes, bytes]:
@@ -86,12 +90,25 @@ class AuthFailed(Exception):
     """The client's password did not match; the message is the one PostgreSQL would send."""
 
 
+def mock_scram_secret(user: str, key: bytes = _MOCK_KEY) -> ScramSecret:
+    """A SCRAM secret no password matches, with a salt fixed per user name: what an unknown
+    user (or one whose secret cannot answer SCRAM) is offered, as PostgreSQL's mock
+    authentication does, so that the exchange looks and costs the same as a wrong password."""
+    digest = hmac.new(key, user.encode("utf-8", "surrogateescape"), hashlib.sha256).digest()
+    return ScramSecret(DEFAULT_ITERATIONS, digest[:16], b"\0" * 32, digest)
+
+
 class ClientAuth:
     """Checks one client's password: start() gives the request, receive() each reply.
 
-    `method` is the auth_type in force (trust, any, plain, md5, scram-sha-256) and `secret` the
-    user's userlist entry (None when the user has none). As PgBouncer does, md5 upgrades to SCRAM
-    when the stored secret is a SCRAM secret, since md5 cannot be checked against it.
+    `method` is the auth_type in force (trust, any, plain/password, md5, scram-sha-256) and
+    `secret` the user's userlist or auth_query entry (None when the user has none). As
+    PgBouncer does, md5 upgrades to SCRAM when the stored secret is a SCRAM secret, since md5
+    cannot be checked against it. A user without a usable secret goes through the same
+    exchange as any other and fails only at its end, with the same message as a wrong
+    password: neither the messages nor their timing tell which names exist.
+
+    `label` and `hba_line` say how the client authenticated, for SHOW CLIENTS.
     """
 
     def __init__(
@@ -100,8 +117,14 @@ class ClientAuth:
         user: str,
         secret: str | None,
         derived: dict[str, ScramSecret] | None = None,
+        *,
+        label: str | None = None,
+        hba_line: str = "",
+        mock_key: bytes = _MOCK_KEY,
     ) -> None:
         self.user = user
+        self.hba_line = hba_line
+        self._mock_key = mock_key
         # Plain passwords turned into SCRAM secrets, kept by the caller across logins: PBKDF2
         # costs milliseconds, and a burst of reconnecting clients must not pay it each time.
         self.derived = derived if derived is not None else {}
@@ -116,11 +139,20 @@ class ClientAuth:
             self.method = "scram"
         elif method in ("md5", "plain"):
             self.method = method
+        elif method == "password":  # the hba name of auth_type plain
+            self.method = "plain"
         else:
             raise ValueError(f"unsupported auth_type {method!r}")
+        # The method as SHOW CLIENTS reports it: the one really used (md5 may have become SCRAM).
+        default = "scram-sha-256" if self.method == "scram" else method
+        self.label = label or ("plain" if default == "password" else default)
         self._salt = secrets.token_bytes(4)
         self._scram: _ScramServerExchange | None = None
         self._scram_stage = 0
+        self._mock = False  # the SCRAM exchange runs against a secret nothing matches
+        # The user `pgbouncer` on the unix socket under the pooler's own OS user: admitted to
+        # the admin console with every right, whatever admin_users says (PgBouncer's rule).
+        self.own_user = False
 
     def start(self) -> bytes:
         """The first message to send: AuthenticationOk for trust, else the password request.
@@ -141,6 +173,8 @@ class ClientAuth:
 
     def receive(self, payload: bytes) -> bytes:
         """Handle one PasswordMessage payload; returns bytes to send, raises AuthFailed."""
+        if self.method == "scram":
+            return self._scram_step(payload)
         if not self.secret:
             raise self._fail()  # no entry, or an empty password: never a match
         if self.method == "plain":
@@ -173,12 +207,14 @@ class ClientAuth:
         return hmac.compare_digest(stored, parsed.stored_key)
 
     def _auth_info(self) -> ScramSecret:
-        assert self.secret is not None
+        if not self.secret or secret_kind(self.secret) == "md5":
+            # No user, an empty password, or an md5 secret (which cannot answer SCRAM): the
+            # exchange goes on against a secret nothing matches.
+            self._mock = True
+            return mock_scram_secret(self.user, self._mock_key)
         parsed = parse_scram_secret(self.secret)
         if parsed is not None:
             return parsed
-        if secret_kind(self.secret) == "md5":
-            raise self._fail()  # an md5 secret cannot answer a SCRAM exchange
         cached = self.derived.get(self.secret)
         if cached is None:
             salt = secrets.token_bytes(16)
@@ -201,6 +237,8 @@ class ClientAuth:
             exchange = self._scram
             assert isinstance(exchange, _ScramServerExchange)
             final = exchange.finish(payload.decode())
+            if self._mock:  # unreachable in practice: no proof matches the mock secret
+                raise self._fail()
             self.client_key = exchange.client_key
             self.done = True
             return m.auth_request(m.AUTH_SASL_FINAL, final.encode()) + m.auth_ok()
@@ -359,3 +397,60 @@ class _ScramClient:
         expected = base64.b64encode(_hmac(self.server_key, self.auth_message)).decode()
         if not hmac.compare_digest(server_final.removeprefix("v="), expected):
             raise ScramError("server signature does not match")
+
+
+# --- which method applies to a client -------------------------------------------------------
+# PostgreSQL's texts for the refusals that come before any password exchange (SQLSTATE 28000).
+NO_HBA_ENTRY = (
+    'no pg_hba.conf entry for host "{host}", user "{user}", database "{db}", no encryption'
+)
+HBA_REJECT = (
+    'pg_hba.conf rejects connection for host "{host}", user "{user}", database "{db}", '
+    "no encryption"
+)
+PEER_FAILED = 'Peer authentication failed for user "{user}"'
+CERT_REQUIRED = "connection requires a valid client certificate"
+ANY_NEEDS_FORCED_USER = "bouncer config error"  # PgBouncer's text: auth_type=any, no user=
+
+
+@dataclass(frozen=True)
+class Access:
+    """The method a client must pass, from auth_type or the first matching hba rule.
+    `refusal` is set when the rule (or the lack of one) refuses the client outright."""
+
+    method: str
+    hba_line: str = ""
+    map_name: str | None = None
+    refusal: str | None = None
+
+
+def choose_method(
+    auth_type: str, hba: HbaRules | None, addr: str | None, database: str, user: str
+) -> Access:
+    """`addr` is the client's IP address, None on the unix socket."""
+    if auth_type != "hba":
+        return Access(auth_type)
+    host = "[local]" if addr is None else addr
+    rule = hba.match(addr, False, database, user) if hba is not None else None
+    if rule is None:
+        return Access("reject", refusal=NO_HBA_ENTRY.format(host=host, user=user, db=database))
+    if rule.method == "reject":
+        return Access(
+            "reject", rule.where, refusal=HBA_REJECT.format(host=host, user=user, db=database)
+        )
+    if rule.method == "cert":
+        # A certificate needs TLS, which pgfunnel does not offer yet: such a rule never admits.
+        return Access("cert", rule.where, rule.map_name, refusal=CERT_REQUIRED)
+    return Access(rule.method, rule.where, rule.map_name)
+
+
+def peer_allowed(
+    os_user: str | None, user: str, map_name: str | None, ident: IdentMap | None
+) -> bool:
+    """peer: the OS user at the other end of the unix socket is the user, or the rule's map
+    lets it be."""
+    if os_user is None:
+        return False
+    if map_name is None:
+        return os_user == user
+    return ident is not None and ident.allows(map_name, os_user, user)

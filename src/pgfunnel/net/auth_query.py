@@ -1,0 +1,390 @@
+"""Who may log in: a new client's method (auth_type, hba, peer, the console's own user) and
+auth_query lookups over small pools of connections to the server, as auth_user."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pwd
+import socket
+import struct
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from pgfunnel.config.loader import DatabaseConfig
+from pgfunnel.net.client_conn import Phase
+from pgfunnel.proto import messages as m
+from pgfunnel.proto import sqlstate as ss
+from pgfunnel.proto.auth import (
+    ANY_NEEDS_FORCED_USER,
+    CERT_REQUIRED,
+    HBA_REJECT,
+    NO_HBA_ENTRY,
+    PEER_FAILED,
+    Access,
+    ClientAuth,
+    ServerAuthError,
+    choose_method,
+    peer_allowed,
+)
+from pgfunnel.proto.auth_query import AuthQueryAnswer, AuthQueryFailed, Found, request
+from pgfunnel.proto.login import LoginFailed, ServerLogin
+from pgfunnel.proto.messages import ServerError
+from pgfunnel.proto.strings import Refusal
+
+if TYPE_CHECKING:
+    from pgfunnel.net.app import App
+    from pgfunnel.net.client_conn import ClientConn
+
+log = logging.getLogger("pgfunnel")
+
+ADMIN_DATABASES: Final = ("pgbouncer", "pgfunnel")
+OWN_USER: Final = "pgbouncer"  # PgBouncer's console user for its own OS user
+FAILED_PREFIX: Final = "password authentication failed for user "
+_HDR = struct.Struct("!ci")
+_PEERCRED = struct.Struct("3i")
+# Login failures from one address: the first FAILURE_LOG_BURST of each FAILURE_LOG_PERIOD
+# are logged, then one line with the count left out: a password-guessing loop must not
+# flood the log, and a person mistyping a password a few times still sees every try.
+FAILURE_LOG_PERIOD: Final = 60.0
+FAILURE_LOG_BURST: Final = 5
+_FAILURE_TEXTS: Final = tuple(
+    text.split("{", 1)[0]
+    for text in (FAILED_PREFIX, PEER_FAILED, NO_HBA_ENTRY, HBA_REJECT, CERT_REQUIRED, "not allowed")
+)
+LOOKUP_FAILED: Final = "authentication lookup failed (auth_query): {why}"
+LOOKUP_HINT: Final = "The pooler's log says why; the server named by auth_dbname must answer."
+
+
+class LookupError_(Exception):  # LookupError is a builtin
+    """An auth_query lookup could not give an answer; `why` is short and safe for clients."""
+
+    def __init__(self, why: str, detail: str) -> None:
+        super().__init__(detail)
+        self.why = why
+
+
+@dataclass(frozen=True)
+class _Target:
+    host: str | None
+    port: int
+    dbname: str
+    user: str
+    password: str | None
+
+
+class _LookupConn:
+    """One connection to the server as auth_user, logged in with ServerLogin."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    async def _message(self) -> tuple[int, bytes]:
+        kind, length = _HDR.unpack(await self.reader.readexactly(5))
+        if length < 4 or length > 1 << 24:
+            raise ConnectionError(f"bad message length {length} from server")
+        return kind[0], await self.reader.readexactly(length - 4)
+
+    @classmethod
+    async def open(cls, target: _Target, unix_dir: str) -> _LookupConn:
+        if not target.host or target.host.startswith("/"):
+            path = os.path.join(target.host or unix_dir or "/tmp", f".s.PGSQL.{target.port}")
+            reader, writer = await asyncio.open_unix_connection(path)
+        else:
+            reader, writer = await asyncio.open_connection(target.host, target.port)
+        conn = cls(reader, writer)
+        try:
+            login = ServerLogin(
+                target.user,
+                target.dbname,
+                target.password,
+                {"application_name": "pgfunnel auth_query"},
+            )
+            writer.write(login.start())
+            while not login.done:
+                kind, payload = await conn._message()
+                reply = login.receive(kind, payload)
+                if reply:
+                    writer.write(reply)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    async def query(self, sql: str, user: str) -> Found | None:
+        self.writer.write(request(sql, user))
+        answer = AuthQueryAnswer()
+        while not answer.done:
+            answer.receive(*await self._message())
+        return answer.result()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.write(m.terminate())
+        self.writer.close()
+
+
+class _LookupPool:
+    """At most `size` connections for one (server, database, auth_user); idle ones are reused
+    LIFO, and a lookup waits for one only as long as its timeout allows."""
+
+    def __init__(self, target: _Target, size: int) -> None:
+        self.target = target
+        self.size = max(1, size)
+        self.idle: list[_LookupConn] = []
+        self.busy = 0
+        self.free = asyncio.Condition()
+        self.closed = False
+
+    async def lookup(self, sql: str, user: str, timeout: float, unix_dir: str) -> Found | None:
+        async with asyncio.timeout(timeout):
+            async with self.free:
+                await self.free.wait_for(lambda: bool(self.idle) or self.busy < self.size)
+                self.busy += 1
+        conn: _LookupConn | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                conn = (
+                    self.idle.pop() if self.idle else await _LookupConn.open(self.target, unix_dir)
+                )
+                found = await conn.query(sql, user)
+        except BaseException:
+            # A connection that timed out or failed mid-answer is never reused.
+            if conn is not None:
+                conn.close()
+            raise
+        finally:
+            self.busy -= 1
+        if self.closed:
+            conn.close()
+        else:
+            self.idle.append(conn)
+        async with self.free:
+            self.free.notify()
+        return found
+
+    def close(self) -> None:
+        self.closed = True
+        for conn in self.idle:
+            conn.close()
+        self.idle.clear()
+
+
+class AuthLookups:
+    """The App's part of authentication: auth_query pools, the secrets they returned (for
+    logging into servers as those users), and the per-address failure log limit."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.pools: dict[_Target, _LookupPool] = {}
+        # user -> secret auth_query returned, used to log into servers as that user. Like
+        # PgBouncer, every login of such a user runs the query again and refreshes it.
+        self.secrets: dict[str, str] = {}
+        self._failures: dict[str, tuple[float, int]] = {}  # addr -> (period start, failures)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def clear(self) -> None:
+        """RELOAD and RECONNECT: forget the looked-up secrets and close idle connections."""
+        self.secrets.clear()
+        for pool in self.pools.values():
+            pool.close()
+        self.pools.clear()
+
+    # --- failure logging -------------------------------------------------------------------
+    def quiet_failure(self, addr: str, reason: str, now: float) -> bool:
+        """True when `reason` is a login failure and `addr` already had FAILURE_LOG_BURST of
+        them logged in the current period. The period's first logged failure is preceded by
+        the count the previous period left out."""
+        if not reason.startswith(_FAILURE_TEXTS):
+            return False
+        start, count = self._failures.get(addr, (now, 0))
+        if now - start >= FAILURE_LOG_PERIOD:
+            if count > FAILURE_LOG_BURST:
+                log.info(
+                    "%d more login failures from %s in %ds were not logged",
+                    count - FAILURE_LOG_BURST,
+                    addr,
+                    int(now - start),
+                )
+            start, count = now, 0
+        if len(self._failures) > 10000:  # a scan from many addresses: keep the map bounded
+            self._failures = {
+                a: v for a, v in self._failures.items() if now - v[0] < FAILURE_LOG_PERIOD
+            }
+        self._failures[addr] = (start, count + 1)
+        return count >= FAILURE_LOG_BURST
+
+    # --- choosing and running the method ---------------------------------------------------
+    def start(self, conn: ClientConn, dbname: str, user: str) -> None:
+        """Decide how `conn` authenticates and start it: conn.begin_auth(ClientAuth), or a
+        refusal with PostgreSQL's SQLSTATE and text. A user that neither auth_file nor the
+        console rule knows is looked up with auth_query first, without blocking the loop."""
+        app = self.app
+        client = conn.client
+        unix = client.addr == "unix"
+        uid, os_user = peer_cred(conn) if unix else (None, None)
+        if client.is_admin and unix and user == OWN_USER and uid == os.getuid():
+            auth = ClientAuth("any", user, None, label="peer")
+            auth.own_user = True
+            if app.settings.log_connections:
+                app.log_client(client, "pgbouncer access from unix socket")
+            conn.begin_auth(auth)
+            return
+        access = choose_method(
+            app.settings.auth_type, app.config.hba, None if unix else client.addr, dbname, user
+        )
+        if access.refusal is not None:
+            self.refuse(conn, ss.INVALID_AUTHORIZATION, access.refusal)
+            return
+        dbc = None if client.is_admin else app.config.database(dbname)
+        if access.method == "any" and not client.is_admin and (dbc is None or not dbc.user):
+            log.error("C-%#x: auth_type=any requires forced user", client.id)
+            self.refuse(conn, ss.PROTOCOL_VIOLATION, ANY_NEEDS_FORCED_USER)
+            return
+        secret = app.userlist().get(user)
+        plan = None
+        if secret is None and access.method != "any":
+            plan = self._plan(dbname, dbc)
+        if plan is None:
+            self._finish(conn, access, user, secret, os_user)
+            return
+        target, sql = plan
+        task = asyncio.ensure_future(
+            self._lookup_then_finish(conn, target, sql, access, user, os_user)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _plan(self, dbname: str, dbc: DatabaseConfig | None) -> tuple[_Target, str] | None:
+        """Where and how to look a user up: auth_user/auth_dbname/auth_query of the database,
+        else the global ones; auth_dbname defaults to the client's database. None: no lookup
+        (no auth_user, or the console without an auth_dbname)."""
+        s = self.app.settings
+        auth_user = (dbc.auth_user if dbc is not None else None) or s.auth_user
+        if not auth_user:
+            return None
+        auth_db = (dbc.auth_dbname if dbc is not None else None) or s.auth_dbname
+        where = self.app.config.database(auth_db) if auth_db else dbc
+        if where is None:
+            if auth_db:
+                log.error('authentication database "%s" is not configured.', auth_db)
+            return None
+        password = self.app.userlist().get(auth_user)
+        if password is None and where.user == auth_user:
+            password = where.password
+        target = _Target(where.host, where.port, where.dbname, auth_user, password)
+        sql = (dbc.auth_query if dbc is not None else None) or s.auth_query
+        return target, sql
+
+    async def _lookup_then_finish(
+        self,
+        conn: ClientConn,
+        target: _Target,
+        sql: str,
+        access: Access,
+        user: str,
+        os_user: str | None,
+    ) -> None:
+        try:
+            found = await self.lookup(target, sql, user)
+        except LookupError_ as exc:
+            if conn.transport is not None:
+                error = ServerError(
+                    "FATAL",
+                    ss.CONNECTION_FAILURE,
+                    LOOKUP_FAILED.format(why=exc.why),
+                    hint=LOOKUP_HINT,
+                )
+                self.app.count_refusal(Refusal.AUTH_FAILED)
+                conn.fail(error, error.message)
+            return
+        if conn.transport is None or conn.phase is Phase.CLOSED:
+            return  # the client left (or timed out) while we asked
+        secret = None
+        if found is not None:
+            secret = found.secret or ""  # NULL (expired, no password): nothing matches it
+            if found.secret:
+                self.secrets[user] = found.secret
+        self._finish(conn, access, user, secret, os_user)
+
+    async def lookup(self, target: _Target, sql: str, user: str) -> Found | None:
+        """Run auth_query for `user`; raises LookupError_ with a short reason for the client
+        (the whole story goes to the log)."""
+        s = self.app.settings
+        timeout = float(s.server_connect_timeout) or 15.0
+        pool = self.pools.get(target)
+        if pool is None:
+            pool = self.pools[target] = _LookupPool(target, int(s.default_pool_size))
+        where = f"{target.user}@{target.host or 'unix'}:{target.port}/{target.dbname}"
+        try:
+            return await pool.lookup(sql, user, timeout, str(s.unix_socket_dir))
+        except TimeoutError:
+            log.warning("auth_query as %s: no answer within %gs", where, timeout)
+            raise LookupError_("timed out", "timeout") from None
+        except ServerAuthError as exc:
+            log.warning("auth_query as %s: server login failed: %s", where, exc)
+            raise LookupError_("auth_user could not log in", str(exc)) from None
+        except LoginFailed as exc:
+            log.warning(
+                "auth_query as %s: server login failed: %s %s",
+                where,
+                exc.error.sqlstate,
+                exc.error.message,
+            )
+            raise LookupError_("auth_user could not log in", str(exc)) from None
+        except AuthQueryFailed as exc:
+            log.warning("auth_query as %s: %s", where, exc)
+            raise LookupError_("the query failed", str(exc)) from None
+        except (OSError, EOFError, asyncio.IncompleteReadError) as exc:
+            log.warning("auth_query as %s: %s", where, exc)
+            raise LookupError_("could not reach the server", str(exc)) from None
+
+    def _finish(
+        self,
+        conn: ClientConn,
+        access: Access,
+        user: str,
+        secret: str | None,
+        os_user: str | None,
+    ) -> None:
+        app = self.app
+        method, hba_line = access.method, access.hba_line
+        if method == "peer":
+            # As PgBouncer: the user must exist (auth_file or auth_query), and the OS user at
+            # the other end of the socket must be it, or be mapped to it.
+            if secret is None or not peer_allowed(os_user, user, access.map_name, app.config.ident):
+                self.refuse(conn, ss.INVALID_AUTHORIZATION, PEER_FAILED.format(user=user))
+                return
+            auth = ClientAuth("any", user, secret, label="peer", hba_line=hba_line)
+        else:
+            try:
+                auth = ClientAuth(method, user, secret, app.scram_derived, hba_line=hba_line)
+            except ValueError:
+                msg = f"auth_type {method} is not supported by pgfunnel yet"
+                self.refuse(conn, ss.FEATURE_NOT_SUPPORTED, msg)
+                return
+        conn.begin_auth(auth)
+
+    def refuse(self, conn: ClientConn, sqlstate: str, message: str) -> None:
+        self.app.count_refusal(Refusal.AUTH_FAILED)
+        conn.fail(ServerError("FATAL", sqlstate, message), message)
+
+
+def peer_cred(conn: ClientConn) -> tuple[int | None, str | None]:
+    """The uid and OS user name at the other end of a unix socket (SO_PEERCRED)."""
+    transport = conn.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None or not hasattr(socket, "SO_PEERCRED"):
+        return None, None
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+        _, uid, _ = _PEERCRED.unpack(raw)
+    except (OSError, struct.error):
+        return None, None
+    try:
+        return uid, pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return uid, None

@@ -167,6 +167,12 @@ def _check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--pooler-replicas", type=int, help="replicas of the pooler in pgbouncer.ini")
     p.add_argument("--ratio", type=float, default=0.8, help="share of usable slots allowed (0.8)")
+    p.add_argument(
+        "--require-pooler",
+        action="store_true",
+        help="policy PGF006: fail for every workload (not migrations) that connects to "
+        "PostgreSQL without a pooler in front",
+    )
     p.add_argument("--format", choices=("text", "json", "sarif"), default="text")
     p.set_defaults(func=_lazy("check_main"))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pgfunnel import __version__
@@ -16,6 +17,11 @@ RULES = {
     "PGF003": "Pooler server connections exceed the usable slots",
     "PGF004": "Demand of one role exceeds its CONNECTION LIMIT",
     "PGF005": "Demand on one database exceeds its CONNECTION LIMIT",
+    "PGF006": "A workload uses PostgreSQL without a pooler in front (--require-pooler)",
+}
+RULE_HELP = {
+    "PGF006": "route the workload through PgBouncer or pgfunnel (port 6432): pgfunnel advise "
+    "sizes the pooler and writes the client settings",
 }
 
 
@@ -29,6 +35,7 @@ class Row:
     note: str = ""
     source: str = ""
     line: int = 0
+    via_pooler: bool = False  # the workload connects to a pooler (even one not among the inputs)
 
 
 @dataclass
@@ -78,8 +85,11 @@ class Result:
         }
 
 
-def evaluate(fleet: fl.Fleet, supply: Supply, ratio: float = 0.8) -> Result:
-    """Worst case (max replicas + surge) x processes x (pool + overflow) against ratio x usable."""
+def evaluate(
+    fleet: fl.Fleet, supply: Supply, ratio: float = 0.8, *, require_pooler: bool = False
+) -> Result:
+    """Worst case (max replicas + surge) x processes x (pool + overflow) against ratio x usable;
+    with `require_pooler`, every workload that reaches PostgreSQL directly is a finding too."""
     rows: list[Row] = []
     notes: list[str] = []
     for s in fleet.services:
@@ -95,6 +105,7 @@ def evaluate(fleet: fl.Fleet, supply: Supply, ratio: float = 0.8) -> Result:
                 note,
                 s.source,
                 s.line,
+                s.via_pooler,
             )
         )
     for j in fleet.jobs:
@@ -105,6 +116,9 @@ def evaluate(fleet: fl.Fleet, supply: Supply, ratio: float = 0.8) -> Result:
                 j.arithmetic(),
                 j.demand(),
                 "pooler" if j.via_pooler and fleet.pooler else "server",
+                source=j.source,
+                line=j.line,
+                via_pooler=j.via_pooler,
             )
         )
     server_direct = sum(r.demand for r in rows if r.target == "server")
@@ -131,6 +145,7 @@ def evaluate(fleet: fl.Fleet, supply: Supply, ratio: float = 0.8) -> Result:
                 "server",
                 "; ".join(p.notes),
                 p.source,
+                p.line,
             )
         )
         notes += p.notes
@@ -140,6 +155,8 @@ def evaluate(fleet: fl.Fleet, supply: Supply, ratio: float = 0.8) -> Result:
     result = Result(
         rows, supply, ratio, budget, server_demand, pooler_clients, pooler_server, notes=notes
     )
+    if require_pooler:
+        result.violations += _direct_workloads(rows)
     if usable is None:
         return result
     assert budget is not None
@@ -179,7 +196,7 @@ def evaluate(fleet: fl.Fleet, supply: Supply, ratio: float = 0.8) -> Result:
                     f"pooler server connections {pooler_server} > usable {usable}",
                     ["pooler"],
                     p.source,
-                    0,
+                    p.line,
                 )
             )
     for kind, limits, attr in (
@@ -202,6 +219,7 @@ def evaluate(fleet: fl.Fleet, supply: Supply, ratio: float = 0.8) -> Result:
                 pooled = p.replicas * per
             demand = direct_demand + pooled
             if demand > limit:
+                at = max(members, key=lambda m: m.demand(), default=None)
                 how = (
                     f" ({direct_demand} direct + pooler {p.replicas} replica(s) x "
                     f"{pooled // max(1, p.replicas)} server connections as {attr} {name})"
@@ -214,9 +232,46 @@ def evaluate(fleet: fl.Fleet, supply: Supply, ratio: float = 0.8) -> Result:
                         f"{attr} {name}: worst-case demand {demand} > CONNECTION LIMIT {limit}"
                         + how,
                         [m.name for m in members] + (["pooler"] if pooled else []),
+                        at.source if at else (p.source if p else ""),
+                        at.line if at else (p.line if p else 0),
                     )
                 )
     return result
+
+
+def _direct_workloads(rows: list[Row]) -> list[Violation]:
+    """PGF006, the runbooks' "require a pooler" gate: one finding per workload that opens
+    PostgreSQL connections itself. Migrations are exempt: DDL often needs a session of its own
+    (advisory locks, SET), which transaction pooling does not keep."""
+    out = []
+    for r in rows:
+        if r.kind in ("pooler", "migration") or r.via_pooler or r.demand <= 0:
+            continue
+        out.append(
+            Violation(
+                "PGF006",
+                f"{r.name} ({r.kind}) connects to PostgreSQL directly with up to {r.demand} "
+                "connections: put a pooler in front (PgBouncer or pgfunnel, port 6432)",
+                [r.name],
+                r.source,
+                r.line,
+            )
+        )
+    return out
+
+
+def _sarif_uri(source: str) -> dict[str, str]:
+    """A SARIF artifactLocation: relative to the working directory (the repository root in CI)
+    when the file is under it, so code scanning can place the annotation."""
+    if not source:
+        return {"uri": "."}
+    path = Path(source)
+    if path.is_absolute():
+        try:
+            path = path.resolve().relative_to(Path.cwd().resolve())
+        except ValueError:
+            return {"uri": path.as_uri()}
+    return {"uri": path.as_posix(), "uriBaseId": "%SRCROOT%"}
 
 
 def to_sarif(result: Result) -> dict[str, Any]:
@@ -235,7 +290,11 @@ def to_sarif(result: Result) -> dict[str, Any]:
                             {
                                 "id": k,
                                 "shortDescription": {"text": v},
-                                "help": {"text": "pgfunnel advise sizes pools and a pooler to fit"},
+                                "help": {
+                                    "text": RULE_HELP.get(
+                                        k, "pgfunnel advise sizes pools and a pooler to fit"
+                                    )
+                                },
                             }
                             for k, v in RULES.items()
                         ],
@@ -249,7 +308,7 @@ def to_sarif(result: Result) -> dict[str, Any]:
                         "locations": [
                             {
                                 "physicalLocation": {
-                                    "artifactLocation": {"uri": v.source or "."},
+                                    "artifactLocation": _sarif_uri(v.source),
                                     "region": {"startLine": max(1, v.line)},
                                 }
                             }

@@ -545,7 +545,7 @@ def check_main(args: argparse.Namespace) -> int:
     except (ip.InputError, ValueError, KeyError) as exc:
         print(f"pgfunnel check: {exc}", file=sys.stderr)
         return 2
-    result = ck.evaluate(inp.fleet, inp.supply, args.ratio)
+    result = ck.evaluate(inp.fleet, inp.supply, args.ratio, require_pooler=args.require_pooler)
     result.notes += inp.notes
     result.notes.append(inp.redactor.summary())
     if args.format == "json":

@@ -115,6 +115,8 @@ class Job:
     role: str | None = None
     database: str | None = None
     kind: str = "job"
+    source: str = ""
+    line: int = 0
 
     def demand(self) -> int:
         return self.concurrency * self.connections
@@ -138,6 +140,7 @@ class PoolerSpec:
     pool_sizes: dict[str, int] = field(default_factory=dict)  # per-database pool_size
     dbnames: dict[str, str] = field(default_factory=dict)  # [databases] name -> real dbname
     source: str = ""
+    line: int = 0
     notes: list[str] = field(default_factory=list)
 
     def server_connections_per_replica(
@@ -229,6 +232,7 @@ def from_yaml(data: dict[str, Any], source: str = "") -> Fleet:
                     role=j.get("role"),
                     database=j.get("database"),
                     kind=kind,
+                    source=source,
                 )
             )
     for f in data.get("serverless") or []:
@@ -241,6 +245,7 @@ def from_yaml(data: dict[str, Any], source: str = "") -> Fleet:
                 role=f.get("role"),
                 database=f.get("database"),
                 kind="serverless",
+                source=source,
             )
         )
     p = data.get("pooler")
@@ -273,6 +278,23 @@ def pooled_pairs(
         }
     )
     return pairs
+
+
+def locate(fleet: Fleet, text: str, source: str) -> None:
+    """The line of each member (`name: X`, block or flow style) and of `pooler:` in the fleet
+    YAML `text`, so findings point where a reviewer would edit."""
+    lines = text.splitlines()
+
+    def line_of(pattern: str) -> int:
+        rx = re.compile(pattern)
+        return next((i for i, raw in enumerate(lines, 1) if rx.search(raw)), 0)
+
+    for m in fleet.members():
+        if m.line == 0:
+            m.line = line_of(rf"""\bname:\s*["']?{re.escape(m.name)}["']?\s*(?:[,}}#]|$)""")
+            m.source = m.source or source
+    if fleet.pooler is not None and fleet.pooler.line == 0 and fleet.pooler.source == source:
+        fleet.pooler.line = line_of(r"^pooler\s*:")
 
 
 _NAME_OK = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlparse
 import yaml
 
 from pgfunnel.toolkit import fleet as fl
-from pgfunnel.toolkit import rds
+from pgfunnel.toolkit import pgcommand, rds
 from pgfunnel.toolkit.limits import usable_slots
 from pgfunnel.toolkit.redact import Redactor
 
@@ -265,7 +265,10 @@ def read_compose(path: str, data: dict[str, Any], text: str, out: Inputs) -> Non
         if not isinstance(block, dict):
             continue
         image = str(block.get("image", ""))
-        if re.search(r"(^|/)(postgres|pgbouncer|pgfunnel|bitnami/pgbouncer)(:|$)", image):
+        if re.search(r"(^|/)(postgres|postgis|postgresql)(:|$)", image):
+            _compose_postgres(path, str(name), block, text, out)
+            continue
+        if re.search(r"(^|/)(pgbouncer|pgfunnel|bitnami/pgbouncer)(:|$)", image):
             continue
         svc = fl.Service(name=str(name), source=path, line=_line_of(text, f"{name}:"))
         deploy = block.get("deploy") or {}
@@ -280,6 +283,24 @@ def read_compose(path: str, data: dict[str, Any], text: str, out: Inputs) -> Non
         apply_env(svc, env_map)
         _hints(svc, block.get("x-pgfunnel"))
         out.fleet.services.append(svc)
+
+
+def _compose_postgres(path: str, name: str, block: dict[str, Any], text: str, out: Inputs) -> None:
+    """The slot settings of a compose PostgreSQL service's `command: postgres -c ...`."""
+    settings = pgcommand.command_settings(block.get("command"))
+    line = start = _line_of(text, f"{name}:")
+    for i, raw in enumerate(text.splitlines()[start:], start + 1):
+        if raw.strip().startswith("command:"):
+            line = i
+            break
+    where = f"{path}:{line}, {name}: command"
+    if "max_connections" in settings:
+        out.supply.max_connections = int(settings["max_connections"])
+        out.supply.steps.append(f"max_connections = {settings['max_connections']} ({where})")
+    if "superuser_reserved_connections" in settings:
+        out.supply.superuser_reserved = int(settings["superuser_reserved_connections"])
+    if "reserved_connections" in settings:
+        out.supply.reserved = int(settings["reserved_connections"])
 
 
 # --- .env ------------------------------------------------------------------------------------
@@ -411,6 +432,11 @@ def read_pgbouncer_ini(path: str, out: Inputs) -> None:
         max_client_conn=int(st.max_client_conn),
         source=path,
     )
+    with contextlib.suppress(OSError):
+        ini_text = Path(path).read_text(encoding="utf-8")
+        # Pooler findings point at the pool size, else at the [pgbouncer] section.
+        key = "default_pool_size" if "default_pool_size" in ini_text else "[pgbouncer]"
+        spec.line = _line_of(ini_text, key)
     users = sorted(cfg.userlist) or ["*"]
     for name, db in cfg.databases.items():
         if name == "*":
@@ -431,8 +457,9 @@ def read_pgbouncer_ini(path: str, out: Inputs) -> None:
 
 
 # --- advise YAML -----------------------------------------------------------------------------
-def read_fleet_yaml(path: str, data: dict[str, Any], out: Inputs) -> None:
+def read_fleet_yaml(path: str, data: dict[str, Any], out: Inputs, text: str = "") -> None:
     parsed = fl.from_yaml(data, path)
+    fl.locate(parsed, text, path)
     out.fleet.services += parsed.services
     out.fleet.jobs += parsed.jobs
     if parsed.pooler:
@@ -509,7 +536,7 @@ def read_inputs(paths: list[str], instance_class: str | None = None) -> Inputs:
             if kind == "kubernetes":
                 read_k8s(path, [d for d in docs if isinstance(d, dict)], text, out)
             elif kind == "fleet":
-                read_fleet_yaml(path, docs[0], out)
+                read_fleet_yaml(path, docs[0], out, text)
             elif kind == "compose":
                 read_compose(path, docs[0], text, out)
             else:

@@ -90,6 +90,12 @@ def _reap(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "pg_dump/pg_basebackup/pg_restore sessions only when asked.",
     )
     p.add_argument("dsn", nargs="?", default="", metavar="DSN")
+    p.add_argument(
+        "--reserved-dsn",
+        metavar="DSN",
+        help="a DSN for a reserved slot (superuser or pg_use_reserved_connections member), "
+        "used when DSN is refused with 53300",
+    )
     p.add_argument("--execute", action="store_true", help="really end the sessions")
     p.add_argument(
         "--idle-in-transaction",

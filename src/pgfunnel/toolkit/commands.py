@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
@@ -260,9 +261,8 @@ def reap_main(args: argparse.Namespace) -> int:
     stop = _Stop()
     with stop.installed():
         try:
-            conn = live.connect(args.dsn or "", APP_REAP)
-        except live.ConnectError as exc:
-            _print_connect_failure(exc.message, exc.sqlstate)
+            conn = reap_connect(args)
+        except live.ConnectError:
             return 3
         audit = open(args.audit_log, "a") if args.audit_log else None  # noqa: SIM115
         session = _ReapSession(args, filters, conn, audit, stop)
@@ -272,12 +272,43 @@ def reap_main(args: argparse.Namespace) -> int:
             session.close()
 
 
+def reap_connect(args: argparse.Namespace, quiet: bool = False) -> Any:
+    """reap's connection: DSN, or --reserved-dsn when DSN is refused with 53300 (as diagnose
+    does: a full server is when reap is needed most). Raises live.ConnectError, said on
+    stderr unless `quiet`."""
+    try:
+        return live.connect(args.dsn or "", APP_REAP)
+    except live.ConnectError as exc:
+        hit = classify_53300(exc.message, exc.sqlstate)
+        if hit is None or not args.reserved_dsn:
+            if not quiet:
+                _print_connect_failure(exc.message, exc.sqlstate)
+            raise
+        first = exc
+    try:
+        conn = live.connect(args.reserved_dsn, APP_REAP)
+    except live.ConnectError as exc:
+        if not quiet:
+            print(f"pgfunnel reap: cannot connect: {first.message}", file=sys.stderr)
+            print(f"pgfunnel reap: --reserved-dsn refused too: {exc.message}", file=sys.stderr)
+        raise
+    if not quiet:
+        print(
+            f"pgfunnel reap: DSN refused (53300, limit: {hit.limit_setting}); connected through "
+            "--reserved-dsn",
+            file=sys.stderr,
+        )
+    return conn
+
+
 def _print_connect_failure(message: str, sqlstate: str | None) -> None:
     hit = classify_53300(message, sqlstate)
     print(f"pgfunnel reap: cannot connect: {message}", file=sys.stderr)
     if hit:
         print(
-            f"limit hit: {hit.limit_setting}; use a reserved-slot DSN (superuser)", file=sys.stderr
+            f"limit hit: {hit.limit_setting}; pass --reserved-dsn with a reserved-slot DSN "
+            "(a superuser, or a member of pg_use_reserved_connections on PostgreSQL 16+)",
+            file=sys.stderr,
         )
 
 
@@ -347,7 +378,7 @@ class _ReapSession:
             if self.stop.requested:
                 return False
             try:
-                self.conn = live.connect(self.args.dsn or "", APP_REAP)
+                self.conn = reap_connect(self.args, quiet=True)
             except live.ConnectError as exc:
                 last = exc.message
                 print(
@@ -381,8 +412,8 @@ class _ReapSession:
         if args.format == "json":
             print(json.dumps({**plan.as_dict(), "executed": executed, "audit": lines}, default=str))
         else:
-            # --execute with nothing to end is still not a dry run: say "Ending: 0".
-            print_plan(plan, executed or bool(args.execute), _console())
+            # --execute with nothing to end is still not a dry run: say "Ended: 0".
+            print_plan(plan, executed or bool(args.execute), _console(), outcomes(lines))
             for line in lines:
                 print(json.dumps(line, default=str))
         if self.audit:
@@ -456,9 +487,26 @@ def audit_lines(
     return out
 
 
-def print_plan(plan: rp.Plan, executed: bool, console: Console) -> None:
-    verb = "Ending" if executed else "Would end (dry run; add --execute)"
-    rows = [
+# What each audit action means for the person reading the table.
+OUTCOME_TEXT = {
+    "terminated": "ended",
+    "spared_changed": "spared: its state, age or backend changed since planning",
+    "terminate_failed": "not ended: pg_terminate_backend returned false (already gone?)",
+    "outcome_unknown": "unknown: the statement failed (run reap again to see what is left)",
+    "would_terminate": "not run: reap was stopped before the statement",
+}
+
+
+def outcomes(lines: list[dict[str, Any]]) -> dict[int, str]:
+    """pid -> the audit action of each planned session."""
+    return {int(a["pid"]): str(a["action"]) for a in lines if a["action"] in OUTCOME_TEXT}
+
+
+def print_plan(
+    plan: rp.Plan, executed: bool, console: Console, actions: dict[int, str] | None = None
+) -> None:
+    columns = ["pid", "user", "database", "application", "client", "state", "idle", "xact", "why"]
+    rows: list[list[Any]] = [
         [
             t.backend.pid,
             t.backend.usename,
@@ -472,13 +520,30 @@ def print_plan(plan: rp.Plan, executed: bool, console: Console) -> None:
         ]
         for t in plan.targets
     ]
-    console.print(
-        render.table(
-            f"{verb}: {len(plan.targets)} session(s)",
-            ["pid", "user", "database", "application", "client", "state", "idle", "xact", "why"],
-            rows,
-        )
-    )
+    if executed:
+        # The title counts what happened, not what was planned: the statement re-checks each
+        # session and spares the ones that changed.
+        actions = actions or {}
+        done = Counter(actions.get(t.backend.pid, "outcome_unknown") for t in plan.targets)
+        title = f"Ended: {done['terminated']} of {len(plan.targets)} planned session(s)"
+        others = [
+            f"{done[action]} {word}"
+            for action, word in (
+                ("spared_changed", "spared (changed since planning)"),
+                ("terminate_failed", "not ended"),
+                ("outcome_unknown", "outcome unknown"),
+                ("would_terminate", "not run (stopped)"),
+            )
+            if done[action]
+        ]
+        if others:
+            title += "; " + ", ".join(others)
+        columns.append("outcome")
+        for row, t in zip(rows, plan.targets, strict=True):
+            row.append(OUTCOME_TEXT[actions.get(t.backend.pid, "outcome_unknown")])
+    else:
+        title = f"Would end (dry run; add --execute): {len(plan.targets)} session(s)"
+    console.print(render.table(title, columns, rows))
     if plan.statement:
         console.print("The statement (it re-checks every session at the moment of termination):")
         console.print(plan.statement, markup=False, highlight=False, soft_wrap=True)

@@ -189,8 +189,12 @@ def plan(snap: Snapshot, f: Filters) -> Plan:
     f.validate()
     own = snap.server.own_pid
     clients = [b for b in snap.backends if b.visible and b.is_client and b.pid != own]
-    # An application's hidden sessions are still its sessions: they count in its total.
-    hidden = [b for b in snap.backends if not b.visible and b.usename and b.pid != own]
+    # An application's hidden sessions are still its sessions: they count in its total. A
+    # hidden client backend still shows its role and database; a background process lacks one
+    # (the logical replication launcher runs as the bootstrap superuser with no database).
+    hidden = [
+        b for b in snap.backends if not b.visible and b.usename and b.datname and b.pid != own
+    ]
     app_totals = Counter(b.application_name or "" for b in clients + hidden)
     me = snap.server.current_user or "<this_role>"
     chosen: list[Target] = []

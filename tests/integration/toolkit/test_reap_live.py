@@ -257,7 +257,7 @@ def test_filters_and_share_cap_and_loop(server: Cluster) -> None:
             "--client",
             "10.0.0.0/8",
         )
-        assert "0 session(s)" in proc.stdout
+        assert "Ended: 0 of 0 planned session(s)" in proc.stdout
         proc = run_cli(
             "reap",
             server.dsn(),
@@ -292,7 +292,7 @@ def test_execute_with_nothing_old_enough_says_so_and_is_no_dry_run(server: Clust
         young = s.open(app="young-leak", idle_in_tx=True).info.backend_pid
         proc = run_cli("reap", server.dsn(), "--execute", "--idle-in-transaction", "1h")
         assert proc.returncode == 0, proc.stderr
-        assert "Ending: 0 session(s)" in proc.stdout
+        assert "Ended: 0 of 0 planned session(s)" in proc.stdout
         assert "dry run" not in proc.stdout
         assert young in alive_pids(server)
 
@@ -535,3 +535,88 @@ def test_loop_gives_up_with_a_clear_error_when_the_server_stays_away() -> None:
         if loop is not None:
             loop.kill()
         cluster.destroy()
+
+
+# --- issue 13 point 7 --------------------------------------------------------------------------
+def test_the_table_shows_what_happened_to_each_session(
+    server: Cluster, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two of three planned sessions turn active between reap's look and its statement: the
+    statement spares them, and the title and the table say so."""
+    from pgfunnel.cli import main
+
+    with sessions(server) as s:
+        holder = s.open(user="postgres", password="postgres", app="lock-holder")
+        holder.execute("SELECT pg_advisory_lock(4343)")
+        victims = [s.open(app="leaky", idle_in_tx=True) for _ in range(3)]
+        pids = [v.info.backend_pid for v in victims]
+        wait_for(lambda: min(state_age(server, p) for p in pids) >= 1.0)
+        workers: list[threading.Thread] = []
+        real = live.take_snapshot
+
+        def look_then_wake_two(conn: Any) -> Any:
+            snap = real(conn)
+            for v in victims[:2]:
+                workers.append(
+                    threading.Thread(
+                        target=lambda v=v: v.execute("SELECT pg_advisory_lock_shared(4343)"),
+                        daemon=True,
+                    )
+                )
+                workers[-1].start()
+            wait_for(lambda: all(state_of(server, p) == "active" for p in pids[:2]))
+            return snap
+
+        monkeypatch.setattr(live, "take_snapshot", look_then_wake_two)
+        args = ["reap", server.dsn(), "--idle-in-transaction", "1s", "--application", "^leaky$"]
+        code = main([*args, "--execute"])
+        out = capsys.readouterr().out
+        holder.execute("SELECT pg_advisory_unlock(4343)")
+        for w in workers:
+            w.join(10)
+    assert code == 0
+    assert "Ended: 1 of 3 planned session(s); 2 spared (changed since planning)" in out
+    assert "Ending" not in out
+    rows = {pid: line for line in out.splitlines() for pid in pids if line.startswith(f"│ {pid} ")}
+    assert set(rows) == set(pids)
+    assert rows[pids[2]].rstrip(" │").endswith("│ ended")
+    for pid in pids[:2]:
+        assert "│ spared: its state, age or backend" in rows[pid]
+    actions = {a["pid"]: a["action"] for a in _audit(out)}
+    assert actions == {
+        pids[0]: "spared_changed",
+        pids[1]: "spared_changed",
+        pids[2]: "terminated",
+    }
+
+
+def test_reap_falls_back_to_the_reserved_dsn_when_the_server_is_full(
+    make_cluster: Any,
+) -> None:
+    full = make_cluster(max_connections=6)  # 3 slots for ordinary roles
+    full.psql("CREATE ROLE app LOGIN PASSWORD 'app'")
+    with sessions(full) as s:
+        leaked = [s.open(app="leaky", idle_in_tx=True).info.backend_pid for _ in range(3)]
+        wait_for(lambda: min(state_age(full, p) for p in leaked) >= 1.0)
+        refused = full.dsn(user="app", password="app")
+        proc = run_cli("reap", refused, "--idle-in-transaction", "1s", "--execute")
+        assert proc.returncode == 3
+        assert "remaining connection slots are reserved" in proc.stderr
+        assert "pass --reserved-dsn" in proc.stderr
+        assert set(leaked) <= alive_pids(full)
+        proc = run_cli(
+            "reap",
+            refused,
+            "--reserved-dsn",
+            full.dsn(),
+            "--idle-in-transaction",
+            "1s",
+            "--execute",
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert "connected through --reserved-dsn" in proc.stderr
+        assert "Ended: 3 of 3 planned session(s)" in proc.stdout
+        wait_for(lambda: not set(leaked) & alive_pids(full))
+        # With slots free again, DSN itself is used.
+        proc = run_cli("reap", refused, "--reserved-dsn", full.dsn(), "--idle-in-transaction", "1s")
+        assert proc.returncode == 0 and "reserved-dsn" not in proc.stderr

@@ -92,7 +92,8 @@ EXPECTED_COLUMNS: dict[str, list[tuple[str, int]]] = {
         ("pool_mode", TEXT),
         ("load_balance_hosts", TEXT),
     ],
-    "CLIENTS": SOCKET_COLUMNS,
+    # PgBouncer's columns, then pgfunnel's own: how the client authenticated.
+    "CLIENTS": [*SOCKET_COLUMNS, ("auth_method", TEXT), ("hba_line", TEXT)],
     "SERVERS": SOCKET_COLUMNS,
     "DATABASES": [
         ("name", TEXT),
@@ -122,6 +123,8 @@ EXPECTED_COLUMNS: dict[str, list[tuple[str, int]]] = {
         ("current_connections", INT4),
         ("max_user_client_connections", INT4),
         ("current_client_connections", INT4),
+        ("auth_source", TEXT),  # pgfunnel's own, after PgBouncer's
+        ("auth_methods", TEXT),
     ],
     "STATS": [
         ("database", TEXT),

@@ -20,6 +20,7 @@ from pgfunnel.admin.host import AdminError, Host
 from pgfunnel.config.settings import SETTINGS, format_value
 from pgfunnel.pool.objects import Client, ClientState, Server, ServerState
 from pgfunnel.pool.scheduler import Holder, Pool, PoolStats
+from pgfunnel.pool.settings import resolve_pool_settings
 from pgfunnel.proto import messages as m
 from pgfunnel.proto import sqlstate as ss
 from pgfunnel.proto.strings import Msg
@@ -79,6 +80,9 @@ SOCKET_COLUMNS: Columns = (
     ("prepared_statements", INT4),
     ("id", INT4),
 )
+# SHOW CLIENTS: PgBouncer's columns, then how the client authenticated (pgfunnel's own, last
+# so that tools reading PgBouncer's columns by position still find theirs).
+CLIENT_COLUMNS: Columns = (*SOCKET_COLUMNS, ("auth_method", TEXT), ("hba_line", TEXT))
 DATABASES_COLUMNS: Columns = (
     ("name", TEXT),
     ("host", TEXT),
@@ -107,6 +111,9 @@ USERS_COLUMNS: Columns = (
     ("current_connections", INT4),
     ("max_user_client_connections", INT4),
     ("current_client_connections", INT4),
+    # pgfunnel's own: where the user's secret comes from, and how its clients logged in.
+    ("auth_source", TEXT),
+    ("auth_methods", TEXT),
 )
 # The stats counters in PgBouncer's order: (name in SHOW STATS, in STATS_TOTALS, in
 # STATS_AVERAGES, in SHOW TOTALS). PgBouncer's own names differ between the four views.
@@ -388,6 +395,13 @@ class _Conn(Protocol):
     client: Client
 
 
+@dataclass
+class _Session:
+    """What the console remembers of one session between its messages."""
+
+    extended_error: bool = False  # an extended-protocol batch got its error: skip to Sync
+
+
 class _NoReply(Exception):
     """SHUTDOWN: PgBouncer leaves the console waiting until the process is gone."""
 
@@ -443,7 +457,8 @@ class Console:
         # Commands that wait for the pooler (their handlers return a coroutine).
         self.waiting = frozenset({"PAUSE", "SUSPEND", "WAIT_CLOSE"})
         self.stats = PoolStats()  # the admin database's own row in SHOW STATS
-        self._extended_error = False
+        # Per console session, only while it has state to keep (an erroring batch).
+        self._sessions: dict[Client, _Session] = {}
 
     # --- protocol ----------------------------------------------------------------------------
     def handle(self, conn: _Conn, kind: int, payload: bytes) -> bytes | Awaitable[bytes]:
@@ -452,16 +467,26 @@ class Console:
         if kind == m.QUERY:
             sql = payload.rstrip(b"\0").decode(errors="replace")
             self.stats.bytes_in += len(payload) + 5
-            return self.query(sql, self.host.is_admin_user(conn.client.username))
+            # The `pgbouncer` user on the unix socket as the pooler's own OS user has every right.
+            own = getattr(getattr(conn.client.conn, "auth", None), "own_user", False)
+            return self.query(sql, own or self.host.is_admin_user(conn.client.username))
+        # Extended protocol: one error per batch, the rest of it skipped until its Sync, as
+        # a server does. That is each session's own state: another session's batch must
+        # neither silence this one's error nor repeat it.
         if kind == m.SYNC:
-            self._extended_error = False
+            self._sessions.pop(conn.client, None)
             return m.ready_for_query()
         if kind == m.FLUSH:
             return b""
-        if self._extended_error:
+        session = self._sessions.setdefault(conn.client, _Session())
+        if session.extended_error:
             return b""
-        self._extended_error = True
+        session.extended_error = True
         return m.error_response(ss.FEATURE_NOT_SUPPORTED, Msg.ADMIN_EXTENDED)
+
+    def session_closed(self, client: Client) -> None:
+        """Forget what a console session left behind (its half-skipped batch)."""
+        self._sessions.pop(client, None)
 
     def query(self, sql: str, admin: bool) -> bytes | Awaitable[bytes]:
         """Run every statement of a simple Query in order; the first error ends it."""
@@ -650,7 +675,9 @@ class Console:
             db = host.pooler.databases.get(name)
             dbc = db.config if db is not None else host.config.databases[name]
             lb = dbc.load_balance_hosts if dbc.host and "," in dbc.host else None
-            lifetime = dbc.server_lifetime if dbc.server_lifetime else s.server_lifetime
+            # The database's own figures, as PgBouncer shows them: a [users] entry may give
+            # its pools another pool_size (SHOW POOLS and SHOW USERS show that one).
+            own = resolve_pool_settings(s, dbc)
             rows.append(
                 [
                     name,
@@ -658,13 +685,13 @@ class Console:
                     dbc.port,
                     dbc.dbname,
                     dbc.user,
-                    _pick(dbc.pool_size, s.default_pool_size),
-                    _pick(dbc.min_pool_size, s.min_pool_size),
-                    _pick(dbc.reserve_pool, s.reserve_pool_size),
-                    int(lifetime),
+                    own.pool_size,
+                    own.min_pool_size,
+                    own.reserve_pool_size,
+                    int(own.server_lifetime),
                     dbc.pool_mode,
                     lb,
-                    _pick(dbc.max_db_connections, s.max_db_connections),
+                    own.max_db_connections,
                     db.server_count if db is not None else 0,
                     _pick(dbc.max_db_client_connections, s.max_db_client_connections),
                     clients.get(name, 0),
@@ -750,7 +777,7 @@ class Console:
         now = self.host.now()
         rows = [self.client_row(client, now) for client in self.host.pooler.all_clients()]
         rows += [self.client_row(client, now) for client in self.host.admin_clients]
-        return SOCKET_COLUMNS, rows
+        return CLIENT_COLUMNS, rows
 
     def client_row(self, client: Client, now: float) -> list[Any]:
         waiting = client.state in (ClientState.WAITING, ClientState.WAITING_LOGIN)
@@ -786,6 +813,7 @@ class Console:
             client.params.get("application_name", client.app_name),
             0,
             client.id,
+            *_auth_of(client),
         ]
 
     def show_servers(self, stmt: Statement) -> Table:
@@ -827,10 +855,18 @@ class Console:
         s = host.settings
         servers = {name: u.server_count for name, u in host.pooler.users.items()}
         clients: dict[str, int] = {}
+        methods: dict[str, set[str]] = {}
+        sources: dict[str, str] = {}
         for client in [*host.pooler.all_clients(), *host.admin_clients]:
             clients[client.username] = clients.get(client.username, 0) + 1
+            method, line = _auth_of(client)
+            if method:
+                methods.setdefault(client.username, set()).add(f"{method} {line}".strip())
+                source = getattr(client.conn.auth, "source", "")
+                if source:
+                    sources[client.username] = source
         names = {ADMIN_DB} | set(host.config.userlist) | set(host.config.users)
-        names |= set(host.pooler.users)
+        names |= set(host.pooler.users) | set(clients)
         rows: list[list[Any]] = []
         for name in sorted(names):
             uc = host.config.users.get(name)
@@ -840,13 +876,15 @@ class Console:
                     _opt_text(getattr(uc, "pool_size", None)),
                     _opt_text(getattr(uc, "reserve_pool_size", None)),
                     getattr(uc, "pool_mode", None),
-                    _pick(getattr(uc, "max_user_connections", None), s.max_user_connections),
+                    resolve_pool_settings(s, user=uc).max_user_connections,
                     servers.get(name, 0),
                     _pick(
                         getattr(uc, "max_user_client_connections", None),
                         s.max_user_client_connections,
                     ),
                     clients.get(name, 0),
+                    "auth_file" if name in host.config.userlist else sources.get(name, ""),
+                    ", ".join(sorted(methods.get(name, ()))),
                 ]
             )
         return USERS_COLUMNS, rows
@@ -1046,3 +1084,11 @@ def _required_db(stmt: Statement) -> str:
     if not stmt.arg:
         raise AdminError(ss.PROTOCOL_VIOLATION, DB_REQUIRED)
     return stmt.arg
+
+
+def _auth_of(client: Client) -> tuple[str, str]:
+    """(method, "file:line" of the hba rule) a client logged in with; empty while it logs in."""
+    auth = getattr(client.conn, "auth", None)
+    if auth is None or not auth.done:
+        return "", ""
+    return str(auth.label), str(auth.hba_line)

@@ -366,6 +366,8 @@ class AuthLookups:
                 msg = f"auth_type {method} is not supported by pgfunnel yet"
                 self.refuse(conn, ss.FEATURE_NOT_SUPPORTED, msg)
                 return
+        if secret is not None:
+            auth.source = "auth_file" if user in app.userlist() else "auth_query"
         conn.begin_auth(auth)
 
     def refuse(self, conn: ClientConn, sqlstate: str, message: str) -> None:

@@ -153,6 +153,7 @@ class ClientAuth:
         # The user `pgbouncer` on the unix socket under the pooler's own OS user: admitted to
         # the admin console with every right, whatever admin_users says (PgBouncer's rule).
         self.own_user = False
+        self.source = ""  # where the secret came from: auth_file, auth_query (SHOW USERS)
 
     def start(self) -> bytes:
         """The first message to send: AuthenticationOk for trust, else the password request.

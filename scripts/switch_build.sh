@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Builds the switch (src/pgfunnel/_switch) outside the PEP 517 backend, for the checks that
+# need their own flags:
+#   dev   the extension in place, as the test build: C11, -Wall -Wextra -Werror
+#   asan  the extension with ASan+UBSan, into build/switch-asan/ (tests load it through
+#         PGFUNNEL_SWITCH_SO, see tests/switch/conftest.py)
+#   fuzz  the libFuzzer harness over scan.c, into build/switch-fuzz/ (needs clang)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+SRC=src/pgfunnel/_switch
+INC=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+SUFFIX=$("$PY" -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
+WARN=(-std=c11 -Wall -Wextra -Werror -Wshadow -Wvla)
+CORE=("$SRC/scan.c" "$SRC/conn.c" "$SRC/pool.c" "$SRC/stats.c" "$SRC/loop.c" "$SRC/module.c")
+
+case "${1:-dev}" in
+dev)
+    ${CC:-gcc} "${WARN[@]}" -O2 -g -fPIC -shared -I"$INC" "${CORE[@]}" -lpthread \
+        -o "$SRC/_switch$SUFFIX"
+    echo "$SRC/_switch$SUFFIX"
+    ;;
+asan)
+    mkdir -p build/switch-asan
+    ${CC:-gcc} "${WARN[@]}" -O1 -g -fPIC -shared -fno-omit-frame-pointer \
+        -fsanitize=address,undefined -fno-sanitize-recover=undefined \
+        -I"$INC" "${CORE[@]}" -lpthread -o "build/switch-asan/_switch$SUFFIX"
+    echo "build/switch-asan/_switch$SUFFIX"
+    ;;
+fuzz)
+    mkdir -p build/switch-fuzz
+    clang "${WARN[@]}" -O1 -g -fsanitize=fuzzer,address,undefined \
+        -fno-sanitize-recover=undefined "$SRC/scan.c" tests/switch/fuzz_scan.c \
+        -I"$SRC" -o build/switch-fuzz/fuzz_scan
+    echo build/switch-fuzz/fuzz_scan
+    ;;
+*)
+    echo "usage: $0 [dev|asan|fuzz]" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,231 @@
+"""The switch's Python face: typed events, snapshots and the command API of the native data plane.
+
+The C extension `pgfunnel._switch._switch` carries logged-in connections in an epoll thread of
+its own. This module names what crosses the seam: `Event` (up: what Python must decide),
+`PoolSnapshot` / `ConnSnapshot` (read by SHOW and /metrics), and `SwitchAPI`, the commands
+Python gives (down). `Switch` wraps the C object and turns its plain tuples into these types.
+docs/switch.md describes the threads and the rules the switch enforces.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import NamedTuple, Protocol
+
+from pgfunnel._switch import _switch as _native
+
+
+class Mode(IntEnum):
+    """A pool's pool_mode, as the switch enforces it."""
+
+    SESSION = _native.MODE_SESSION
+    TRANSACTION = _native.MODE_TRANSACTION
+    STATEMENT = _native.MODE_STATEMENT
+
+
+class EventKind(IntEnum):
+    """What the switch reports up through its event fd."""
+
+    # A client queued in a pool that has no idle server (once per episode: again only after the
+    # pool's queue has emptied).
+    WAITERS = _native.EV_WAITERS
+    # The switch closed a connection (the fd is gone); `reason` says why.
+    CLOSED = _native.EV_CLOSED
+    # A server left its client in a state only Python can judge; it is parked: not read, in no
+    # list, until Python closes or detaches it.
+    ATTENTION = _native.EV_ATTENTION
+
+
+class Reason(IntEnum):
+    """Why a connection closed or a server needs attention (texts are Python's, proto/strings)."""
+
+    CLIENT_TERMINATE = _native.R_CLIENT_TERMINATE
+    CLIENT_EOF = _native.R_CLIENT_EOF
+    SERVER_EOF = _native.R_SERVER_EOF
+    IO_ERROR = _native.R_IO_ERROR
+    BAD_PACKET = _native.R_BAD_PACKET
+    TOO_BIG = _native.R_TOO_BIG
+    UNKNOWN_TYPE = _native.R_UNKNOWN_TYPE
+    LONG_TX = _native.R_LONG_TX
+    IDLE_DATA = _native.R_IDLE_DATA
+    SERVER_GONE = _native.R_SERVER_GONE
+    # Attention reasons: the server's client is gone (or it was marked close_needed).
+    SESSION_END = _native.R_SESSION_END
+    DIRTY_TXN = _native.R_DIRTY_TXN
+    DIRTY_BUSY = _native.R_DIRTY_BUSY
+    CLOSE_NEEDED = _native.R_CLOSE_NEEDED
+
+
+class Kind(IntEnum):
+    CLIENT = _native.KIND_CLIENT
+    SERVER = _native.KIND_SERVER
+
+
+class State(IntEnum):
+    """A connection's state in the switch (PgBouncer's cl_*/sv_* lists)."""
+
+    CL_ACTIVE = _native.CL_ACTIVE  # logged in, no server, nothing to send
+    CL_WAITING = _native.CL_WAITING  # in its pool's FIFO queue
+    CL_LINKED = _native.CL_LINKED  # holds a server
+    CL_CLOSING = _native.CL_CLOSING  # writing its last bytes, then closed
+    SV_IDLE = _native.SV_IDLE  # on its pool's LIFO idle stack
+    SV_ACTIVE = _native.SV_ACTIVE  # linked to a client
+    SV_PARKED = _native.SV_PARKED  # reported with ATTENTION, waiting for Python
+
+
+class Event(NamedTuple):
+    kind: EventKind
+    conn: int  # 0 for WAITERS
+    pool: int
+    reason: int  # a Reason for CLOSED/ATTENTION; the queue length for WAITERS
+
+
+class PoolSnapshot(NamedTuple):
+    pool: int
+    mode: Mode
+    cl_active: int  # logged in, not waiting (linked or not)
+    cl_waiting: int
+    sv_active: int
+    sv_idle: int
+    sv_parked: int
+    maxwait_us: int  # how long the oldest waiter has waited
+    xact_count: int
+    query_count: int
+    bytes_received: int  # from clients
+    bytes_sent: int  # to clients
+    xact_time_us: int
+    query_time_us: int
+    wait_time_us: int
+    wait_hist: tuple[int, ...]  # counts per WAIT_BUCKETS_US bound, the last one +Inf
+
+
+class ConnSnapshot(NamedTuple):
+    conn: int
+    kind: Kind
+    pool: int
+    state: State
+    fd: int
+    peer: int  # the linked connection, 0 if none
+    connect_time_us: int  # wall clock (CLOCK_REALTIME), as SHOW CLIENTS/SERVERS print it
+    request_time_us: int  # wall clock of the last message read from it
+    wait_us: int  # how long it has waited in the queue, 0 if not waiting
+    tx_status: str  # servers: the last ReadyForQuery status ('I', 'T', 'E'); clients: ''
+    owed: int  # clients: ReadyForQuery messages owed by the server
+
+
+# Upper bounds (µs) of the wait histogram; the same buckets as pool.scheduler.WAIT_BUCKETS.
+WAIT_BUCKETS_US: tuple[int, ...] = tuple(_native.WAIT_BUCKETS_US)
+
+
+class SwitchAPI(Protocol):
+    """What Python may ask of the switch: the narrow seam between the two planes."""
+
+    def fileno(self) -> int:
+        """The event fd: readable while events wait for `events()`."""
+        ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None:
+        """Stop the thread and close every connection the switch still owns."""
+        ...
+
+    def add_pool(self, pool: int, mode: Mode) -> None: ...
+
+    def add_client(self, fd: int, pool: int) -> int:
+        """Hand in a logged-in client socket (the switch owns the fd from now on)."""
+        ...
+
+    def add_server(self, fd: int, pool: int) -> int:
+        """Hand in a logged-in server: given to the pool's first waiter, else pushed idle."""
+        ...
+
+    def send(self, conn: int, data: bytes) -> None:
+        """Queue bytes to a connection (a notice to a waiting client, say)."""
+        ...
+
+    def close(self, conn: int, final: bytes = b"") -> bool:
+        """Write `final` (an ErrorResponse, say) and close; its server is judged as on EOF.
+        False if the switch no longer has it (an EV_CLOSED for it is on its way)."""
+        ...
+
+    def detach(self, conn: int) -> tuple[int, bytes]:
+        """Take an idle or parked server, or a client holding no server, back: its fd and
+        (clients) the bytes read from it but not delivered."""
+        ...
+
+    def set_close_needed(self, conn: int) -> bool:
+        """Do not reuse this server: parked with CLOSE_NEEDED now if idle, else at release."""
+        ...
+
+    def events(self) -> list[Event]: ...
+
+    def pools(self) -> list[PoolSnapshot]: ...
+
+    def conns(self) -> list[ConnSnapshot]: ...
+
+
+class Switch:
+    """The native switch with typed answers; see SwitchAPI for each command."""
+
+    def __init__(
+        self,
+        *,
+        unsupported_pkt: bytes,
+        long_tx: bytes,
+        server_gone: bytes,
+        max_packet_size: int = 2**31 - 1,
+        buffer_size: int = 65536,
+    ) -> None:
+        self._sw = _native.Switch(
+            unsupported_pkt=unsupported_pkt,
+            long_tx=long_tx,
+            server_gone=server_gone,
+            max_packet_size=max_packet_size,
+            buffer_size=buffer_size,
+        )
+
+    def fileno(self) -> int:
+        return self._sw.fileno()
+
+    def start(self) -> None:
+        self._sw.start()
+
+    def stop(self) -> None:
+        self._sw.stop()
+
+    def add_pool(self, pool: int, mode: Mode) -> None:
+        self._sw.add_pool(pool, int(mode))
+
+    def add_client(self, fd: int, pool: int) -> int:
+        return self._sw.add_client(fd, pool)
+
+    def add_server(self, fd: int, pool: int) -> int:
+        return self._sw.add_server(fd, pool)
+
+    def send(self, conn: int, data: bytes) -> None:
+        self._sw.send(conn, data)
+
+    def close(self, conn: int, final: bytes = b"") -> bool:
+        return self._sw.close(conn, final)
+
+    def detach(self, conn: int) -> tuple[int, bytes]:
+        return self._sw.detach(conn)
+
+    def set_close_needed(self, conn: int) -> bool:
+        return self._sw.set_close_needed(conn)
+
+    def events(self) -> list[Event]:
+        return [Event(EventKind(k), c, p, r) for k, c, p, r in self._sw.events()]
+
+    def pools(self) -> list[PoolSnapshot]:
+        return [
+            PoolSnapshot(row[0], Mode(row[1]), *row[2:15], tuple(row[15]))
+            for row in self._sw.pools()
+        ]
+
+    def conns(self) -> list[ConnSnapshot]:
+        return [
+            ConnSnapshot(c, Kind(k), p, State(s), fd, peer, ct, rt, w, tx, owed)
+            for c, k, p, s, fd, peer, ct, rt, w, tx, owed in self._sw.conns()
+        ]

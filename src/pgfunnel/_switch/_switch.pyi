@@ -1,0 +1,77 @@
+"""Type stub of the C extension; the typed face is pgfunnel._switch (see docs/switch.md)."""
+
+MODE_SESSION: int
+MODE_TRANSACTION: int
+MODE_STATEMENT: int
+EV_WAITERS: int
+EV_CLOSED: int
+EV_ATTENTION: int
+R_CLIENT_TERMINATE: int
+R_CLIENT_EOF: int
+R_SERVER_EOF: int
+R_IO_ERROR: int
+R_BAD_PACKET: int
+R_TOO_BIG: int
+R_UNKNOWN_TYPE: int
+R_LONG_TX: int
+R_IDLE_DATA: int
+R_SERVER_GONE: int
+R_SESSION_END: int
+R_DIRTY_TXN: int
+R_DIRTY_BUSY: int
+R_CLOSE_NEEDED: int
+KIND_CLIENT: int
+KIND_SERVER: int
+CL_ACTIVE: int
+CL_WAITING: int
+CL_LINKED: int
+CL_CLOSING: int
+SV_IDLE: int
+SV_ACTIVE: int
+SV_PARKED: int
+WAIT_BUCKETS_US: tuple[int, ...]
+
+class Switch:
+    def __init__(
+        self,
+        *,
+        unsupported_pkt: bytes,
+        long_tx: bytes,
+        server_gone: bytes,
+        max_packet_size: int = ...,
+        buffer_size: int = ...,
+    ) -> None: ...
+    def fileno(self) -> int: ...
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def add_pool(self, pool: int, mode: int, /) -> None: ...
+    def add_client(self, fd: int, pool: int, /) -> int: ...
+    def add_server(self, fd: int, pool: int, /) -> int: ...
+    def send(self, conn: int, data: bytes, /) -> None: ...
+    def close(self, conn: int, final: bytes = ..., /) -> bool: ...
+    def detach(self, conn: int, /) -> tuple[int, bytes]: ...
+    def set_close_needed(self, conn: int, /) -> bool: ...
+    def events(self) -> list[tuple[int, int, int, int]]: ...
+    def pools(
+        self,
+    ) -> list[
+        tuple[
+            int,
+            int,
+            int,
+            int,
+            int,
+            int,
+            int,
+            int,
+            int,
+            int,
+            int,
+            int,
+            int,
+            int,
+            int,
+            tuple[int, ...],
+        ]
+    ]: ...
+    def conns(self) -> list[tuple[int, int, int, int, int, int, int, int, int, str, int]]: ...

@@ -1,0 +1,480 @@
+/* conn.c: one connection's buffers, reads and writes, and flow control between the two ends
+ * of a link (a side is not read while the buffer it reads into is full). */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "switch.h"
+
+/* ---- buffers ---------------------------------------------------------------------------- */
+
+void buf_free(struct buf *b)
+{
+    free(b->data);
+    b->data = NULL;
+    b->alloc = b->start = b->scanned = b->end = 0;
+}
+
+/* Moves the pending bytes to the front so that the tail has room. */
+static void buf_compact(struct buf *b)
+{
+    if (b->start == 0)
+        return;
+    memmove(b->data, b->data + b->start, b->end - b->start);
+    b->scanned -= b->start;
+    b->end -= b->start;
+    b->start = 0;
+}
+
+/* Room to read into, the pending bytes counted against `limit`; 0 when full (or no memory). */
+static uint32_t buf_read_room(struct buf *b, uint32_t limit)
+{
+    uint32_t pending = b->end - b->start;
+    if (pending >= limit)
+        return 0;
+    if (b->alloc < limit) {
+        uint8_t *p = realloc(b->data, limit);
+        if (p == NULL)
+            return 0;
+        b->data = p;
+        b->alloc = limit;
+    }
+    if (b->alloc - b->end < limit - pending)
+        buf_compact(b);
+    return limit - pending;
+}
+
+/* Appends whole bytes (an injected message): sendable at once, beyond the read limit if need
+ * be. Any partial header waiting at the tail is dropped: the caller is about to close. */
+int buf_append(struct buf *b, const uint8_t *p, size_t n)
+{
+    b->end = b->scanned;
+    if (n > UINT32_MAX - (b->end - b->start))
+        return -1;
+    uint32_t need = (b->end - b->start) + (uint32_t)n;
+    if (b->alloc < need) {
+        uint8_t *q = realloc(b->data, need);
+        if (q == NULL)
+            return -1;
+        b->data = q;
+        b->alloc = need;
+    }
+    if (b->alloc - b->end < n)
+        buf_compact(b);
+    if (n > 0)
+        memcpy(b->data + b->end, p, n);
+    b->end += (uint32_t)n;
+    b->scanned = b->end;
+    return 0;
+}
+
+/* ---- ids, states, lists ---------------------------------------------------------------- */
+
+struct conn *conn_new(struct sw *sw, int fd, uint8_t kind, struct pool *pool)
+{
+    uint32_t slot = UINT32_MAX;
+    for (uint32_t i = 0; i < sw->nslots; i++) {
+        uint32_t j = (sw->slot_hint + i) % sw->nslots;
+        if (sw->slots[j] == NULL) {
+            slot = j;
+            break;
+        }
+    }
+    if (slot == UINT32_MAX) {
+        uint32_t n = sw->nslots ? sw->nslots * 2 : 64;
+        struct conn **s = realloc(sw->slots, (size_t)n * sizeof(*s));
+        if (s == NULL)
+            return NULL;
+        memset(s + sw->nslots, 0, (size_t)(n - sw->nslots) * sizeof(*s));
+        slot = sw->nslots;
+        sw->slots = s;
+        sw->nslots = n;
+    }
+    struct conn *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    /* slot + 1 so that no id is 0 (0 means "no connection" in events and snapshots) */
+    c->id = ((uint64_t)++sw->gen << 32) | (slot + 1);
+    c->fd = fd;
+    c->kind = kind;
+    c->pool = pool;
+    c->writable = 1;
+    c->sc.status = 'I';
+    c->connect_wall = c->request_wall = sw->now_wall;
+    pool->n[ST_NEW]++;
+    sw->slots[slot] = c;
+    sw->slot_hint = slot + 1;
+    return c;
+}
+
+struct conn *conn_find(struct sw *sw, uint64_t id)
+{
+    uint32_t slot = (uint32_t)(id & 0xffffffffu);
+    if (slot == 0 || slot > sw->nslots)
+        return NULL;
+    struct conn *c = sw->slots[slot - 1];
+    return c != NULL && c->id == id ? c : NULL;
+}
+
+static int legal(uint8_t kind, uint8_t from, uint8_t to)
+{
+    if (to == ST_DEAD)
+        return from != ST_DEAD;
+    if (kind == KIND_CLIENT) {
+        switch (to) {
+        case CL_ACTIVE:
+            return from == ST_NEW || from == CL_LINKED;
+        case CL_WAITING:
+            return from == CL_ACTIVE;
+        case CL_LINKED:
+            return from == CL_ACTIVE || from == CL_WAITING;
+        case CL_CLOSING:
+            return from == CL_ACTIVE || from == CL_WAITING || from == CL_LINKED;
+        default:
+            return 0;
+        }
+    }
+    switch (to) {
+    case SV_IDLE:
+        return from == ST_NEW || from == SV_ACTIVE;
+    case SV_ACTIVE:
+        return from == ST_NEW || from == SV_IDLE || from == SV_ACTIVE;
+    case SV_PARKED:
+        return from == SV_IDLE || from == SV_ACTIVE;
+    default:
+        return 0;
+    }
+}
+
+/* The one place a state changes, keeping the pool's counts. An illegal move is a bug in the
+ * switch, not something a peer can cause: stop loudly rather than corrupt the lists. */
+void conn_set_state(struct conn *c, uint8_t state)
+{
+    if (!legal(c->kind, c->state, state))
+        abort();
+    c->pool->n[c->state]--;
+    c->pool->n[state]++;
+    c->state = state;
+}
+
+void conn_schedule(struct sw *sw, struct conn *c)
+{
+    if (c->scheduled || c->state == ST_DEAD)
+        return;
+    c->scheduled = 1;
+    c->todo_next = NULL;
+    if (sw->todo_tail != NULL)
+        sw->todo_tail->todo_next = c;
+    else
+        sw->todo_head = c;
+    sw->todo_tail = c;
+}
+
+/* Closes the socket now. The struct lives until the loop's batch ends (an event of the
+ * same batch may still point at it). */
+void conn_destroy(struct sw *sw, struct conn *c, uint8_t reason, int report)
+{
+    if (c->state == ST_DEAD)
+        return;
+    pool_unlist(sw, c);
+    if (c->peer != NULL) {
+        c->peer->peer = NULL;
+        c->peer = NULL;
+    }
+    if (c->fd >= 0) { /* -1: detached, the fd is Python's again */
+        loop_del(sw, c);
+        close(c->fd);
+        c->fd = -1;
+    }
+    buf_free(&c->out);
+    buf_free(&c->hold);
+    conn_set_state(c, ST_DEAD);
+    c->close_reason = reason;
+    uint32_t slot = (uint32_t)(c->id & 0xffffffffu);
+    sw->slots[slot - 1] = NULL;
+    if (report)
+        sw_post(sw, EV_CLOSED, c->id, c->pool->id, reason);
+    c->dead_next = sw->dead;
+    sw->dead = c;
+}
+
+void conn_free_dead(struct sw *sw)
+{
+    struct conn **pp = &sw->dead;
+    while (*pp != NULL) {
+        struct conn *c = *pp;
+        if (c->scheduled) { /* still on the to-do list: next time */
+            pp = &c->dead_next;
+            continue;
+        }
+        *pp = c->dead_next;
+        free(c);
+    }
+}
+
+/* A client ends: write `msg` after what it was already sent, then close. Its server is
+ * judged as if the client had left. */
+void conn_close_with(struct sw *sw, struct conn *c, const uint8_t *msg, size_t len,
+                     uint8_t reason)
+{
+    if (c->state == ST_DEAD || c->state == CL_CLOSING)
+        return;
+    pool_client_left(sw, c);
+    buf_free(&c->hold);
+    if (buf_append(&c->out, msg, len) < 0) {
+        conn_destroy(sw, c, reason, 1);
+        return;
+    }
+    conn_set_state(c, CL_CLOSING);
+    c->close_reason = reason;
+    c->readable = 0;
+    conn_schedule(sw, c);
+}
+
+/* A server ends (EOF, error, bad bytes): its client, if any, is told and closed too. */
+void conn_server_gone(struct sw *sw, struct conn *s, uint8_t reason)
+{
+    struct conn *c = s->state == SV_ACTIVE ? s->peer : NULL;
+    if (c != NULL) {
+        s->peer = NULL;
+        c->peer = NULL;
+        conn_set_state(c, CL_ACTIVE);
+        conn_close_with(sw, c, sw->msg_server_gone.data,
+                        sw->msg_server_gone.end - sw->msg_server_gone.start, R_SERVER_GONE);
+    }
+    conn_destroy(sw, s, reason, 1);
+}
+
+/* ---- I/O -------------------------------------------------------------------------------- */
+
+static int would_block(void)
+{
+    return errno == EAGAIN || errno == EWOULDBLOCK;
+}
+
+/* Writes what is sendable; returns 1 if it wrote anything. */
+static int conn_write(struct sw *sw, struct conn *c)
+{
+    struct buf *b = &c->out;
+    uint32_t len = b->scanned - b->start;
+    if (len == 0 || !c->writable)
+        return 0;
+    ssize_t n;
+    do
+        n = send(c->fd, b->data + b->start, len, MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    if (n < 0) {
+        if (would_block()) {
+            c->writable = 0;
+            return 0;
+        }
+        if (c->kind == KIND_SERVER) {
+            conn_server_gone(sw, c, R_IO_ERROR);
+        } else {
+            pool_client_left(sw, c);
+            conn_destroy(sw, c, R_IO_ERROR, !c->quiet);
+        }
+        return 0;
+    }
+    if ((uint32_t)n < len)
+        c->writable = 0;
+    b->start += (uint32_t)n;
+    b->done += (uint64_t)n;
+    if (b->start == b->end) {
+        b->start = b->scanned = b->end = 0;
+        if (c->kind == KIND_CLIENT && c->state != CL_LINKED)
+            buf_free(b); /* an idle client keeps no buffer */
+    }
+    /* Room was made in the buffer the peer reads into. */
+    if (c->peer != NULL && c->peer->stalled) {
+        c->peer->stalled = 0;
+        conn_schedule(sw, c->peer);
+    }
+    if (c->kind == KIND_SERVER && b->start == b->end)
+        pool_check_release(sw, c);
+    return 1;
+}
+
+static void client_scan_failed(struct sw *sw, struct conn *c, int stop)
+{
+    if (stop == SCAN_TERMINATE) {
+        pool_client_left(sw, c);
+        conn_destroy(sw, c, R_CLIENT_TERMINATE, 1);
+    } else if (stop == SCAN_UNKNOWN_TYPE) {
+        conn_close_with(sw, c, sw->msg_unsupported.data,
+                        sw->msg_unsupported.end - sw->msg_unsupported.start, R_UNKNOWN_TYPE);
+    } else {
+        pool_client_left(sw, c);
+        conn_destroy(sw, c, stop == SCAN_TOO_BIG ? R_TOO_BIG : R_BAD_PACKET, 1);
+    }
+}
+
+/* Reads a client into its server's out buffer (or its own hold buffer while it has no
+ * server); returns 1 if it read anything. */
+static int client_read(struct sw *sw, struct conn *c)
+{
+    struct conn *s = c->state == CL_LINKED ? c->peer : NULL;
+    struct buf *dst;
+    if (s != NULL)
+        dst = &s->out;
+    else if (c->state == CL_ACTIVE || c->state == CL_WAITING)
+        dst = &c->hold;
+    else
+        return 0;
+    uint32_t room = buf_read_room(dst, sw->bufsize);
+    if (room == 0) {
+        c->stalled = 1;
+        return 0;
+    }
+    ssize_t n;
+    do
+        n = read(c->fd, dst->data + dst->end, room);
+    while (n < 0 && errno == EINTR);
+    if (n < 0) {
+        if (would_block()) {
+            c->readable = 0;
+            return 0;
+        }
+        pool_client_left(sw, c);
+        conn_destroy(sw, c, R_IO_ERROR, 1);
+        return 0;
+    }
+    if (n == 0) {
+        pool_client_left(sw, c);
+        conn_destroy(sw, c, R_CLIENT_EOF, 1);
+        return 0;
+    }
+    if ((uint32_t)n < room)
+        c->readable = 0; /* a short read means drained; the next data brings a new edge */
+    c->stalled = 0;
+    dst->end += (uint32_t)n;
+    c->pool->st.bytes_recv += (uint64_t)n;
+    c->request_wall = sw->now_wall;
+    int fresh = c->tr.owed == 0 && !c->tr.batch && c->sc.skip == 0 && dst->scanned == dst->start;
+    int stop;
+    size_t used = scan_client(&c->sc, &c->tr, dst->data + dst->scanned, dst->end - dst->scanned,
+                              sw->max_packet, &stop);
+    dst->scanned += (uint32_t)used;
+    if (stop != SCAN_MORE) {
+        dst->end = dst->scanned; /* the offender and what follows never reach a server */
+        client_scan_failed(sw, c, stop);
+        return 0;
+    }
+    if (s != NULL) {
+        if (fresh && used > 0)
+            stats_request(sw, s);
+        conn_write(sw, s);
+        pool_check_release(sw, s);
+    } else if (c->state == CL_ACTIVE && dst->scanned > dst->start) {
+        pool_wants_server(sw, c);
+    }
+    return 1;
+}
+
+/* Statement mode and the server opened a transaction: the client gets the reason in place of
+ * that statement's answer (as much of it as is not sent yet), and the server is not reused. */
+static void long_transaction(struct sw *sw, struct conn *s, struct conn *c)
+{
+    struct buf *b = &c->out;
+    uint64_t cut = c->stmt_abs > b->done ? c->stmt_abs : b->done;
+    uint64_t keep = cut - b->done;
+    if (keep < (uint64_t)(b->end - b->start))
+        b->end = b->scanned = b->start + (uint32_t)keep;
+    s->peer = NULL;
+    c->peer = NULL;
+    conn_set_state(c, CL_ACTIVE);
+    conn_close_with(sw, c, sw->msg_long_tx.data, sw->msg_long_tx.end - sw->msg_long_tx.start,
+                    R_LONG_TX);
+    conn_destroy(sw, s, R_LONG_TX, 1);
+}
+
+static int server_read(struct sw *sw, struct conn *s)
+{
+    if (s->state == SV_IDLE) {
+        /* An idle server has nothing to say; if it does (a FATAL before it goes, say), it is
+         * not reused. */
+        uint8_t scratch[256];
+        ssize_t n;
+        do
+            n = read(s->fd, scratch, sizeof(scratch));
+        while (n < 0 && errno == EINTR);
+        if (n < 0 && would_block()) {
+            s->readable = 0;
+            return 0;
+        }
+        conn_server_gone(sw, s, n == 0 ? R_SERVER_EOF : n < 0 ? R_IO_ERROR : R_IDLE_DATA);
+        return 0;
+    }
+    if (s->state != SV_ACTIVE)
+        return 0; /* parked: Python decides; its bytes stay in the kernel */
+    struct conn *c = s->peer;
+    struct buf *dst = &c->out;
+    uint32_t room = buf_read_room(dst, sw->bufsize);
+    if (room == 0) {
+        s->stalled = 1;
+        return 0;
+    }
+    ssize_t n;
+    do
+        n = read(s->fd, dst->data + dst->end, room);
+    while (n < 0 && errno == EINTR);
+    if (n < 0 && would_block()) {
+        s->readable = 0;
+        return 0;
+    }
+    if (n <= 0) {
+        conn_server_gone(sw, s, n == 0 ? R_SERVER_EOF : R_IO_ERROR);
+        return 0;
+    }
+    if ((uint32_t)n < room)
+        s->readable = 0;
+    s->stalled = 0;
+    dst->end += (uint32_t)n;
+    s->pool->st.bytes_sent += (uint64_t)n;
+    for (;;) {
+        int stop;
+        size_t used = scan_server(&s->sc, &c->tr, dst->data + dst->scanned,
+                                  dst->end - dst->scanned, sw->max_packet, &stop);
+        dst->scanned += (uint32_t)used;
+        if (stop == SCAN_MORE)
+            break;
+        if (stop != SCAN_RFQ) {
+            conn_server_gone(sw, s, stop == SCAN_TOO_BIG ? R_TOO_BIG : R_BAD_PACKET);
+            return 0;
+        }
+        stats_rfq(sw, s, s->sc.status);
+        if (s->pool->mode == MODE_STATEMENT && s->sc.status != 'I') {
+            long_transaction(sw, s, c);
+            return 0;
+        }
+        c->stmt_abs = dst->done + (dst->scanned - dst->start);
+    }
+    conn_write(sw, c);
+    pool_check_release(sw, s);
+    return 1;
+}
+
+/* Moves bytes while it can; re-queues itself rather than starve the other connections. */
+void conn_service(struct sw *sw, struct conn *c)
+{
+    for (int round = 0; round < 16; round++) {
+        if (c->state == ST_DEAD)
+            return;
+        int progress = conn_write(sw, c);
+        if (c->state == ST_DEAD)
+            return;
+        if (c->state == CL_CLOSING) {
+            if (c->out.start == c->out.end)
+                conn_destroy(sw, c, c->close_reason, !c->quiet);
+            return;
+        }
+        if (c->readable)
+            progress |= c->kind == KIND_CLIENT ? client_read(sw, c) : server_read(sw, c);
+        if (!progress)
+            return;
+    }
+    conn_schedule(sw, c);
+}

@@ -1,0 +1,170 @@
+/* loop.c: the switch's thread and its epoll set (the only file with event-loop calls, so that
+ * kqueue can follow), the wake-up from Python and the event fd Python watches. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "switch.h"
+
+#define MAX_EVENTS 256
+
+int loop_init(struct sw *sw)
+{
+    sw->epfd = epoll_create1(EPOLL_CLOEXEC);
+    sw->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    sw->ev_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (sw->epfd < 0 || sw->wake_fd < 0 || sw->ev_fd < 0)
+        return -1;
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLET, .data.ptr = NULL};
+    return epoll_ctl(sw->epfd, EPOLL_CTL_ADD, sw->wake_fd, &ev);
+}
+
+void loop_fini(struct sw *sw)
+{
+    if (sw->epfd >= 0)
+        close(sw->epfd);
+    if (sw->wake_fd >= 0)
+        close(sw->wake_fd);
+    if (sw->ev_fd >= 0)
+        close(sw->ev_fd);
+    sw->epfd = sw->wake_fd = sw->ev_fd = -1;
+}
+
+/* Edge-triggered, every interest at once, registered once: no epoll_ctl per transaction. */
+int loop_add(struct sw *sw, struct conn *c)
+{
+    struct epoll_event ev = {
+        .events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
+        .data.ptr = c,
+    };
+    return epoll_ctl(sw->epfd, EPOLL_CTL_ADD, c->fd, &ev);
+}
+
+void loop_del(struct sw *sw, struct conn *c)
+{
+    epoll_ctl(sw->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+}
+
+void loop_wake(struct sw *sw)
+{
+    uint64_t one = 1;
+    ssize_t n = write(sw->wake_fd, &one, sizeof(one));
+    (void)n; /* a full counter already means "wake up" */
+}
+
+static int64_t clock_us(clockid_t id)
+{
+    struct timespec ts;
+    clock_gettime(id, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+void sw_clock(struct sw *sw)
+{
+    sw->now_mono = clock_us(CLOCK_MONOTONIC);
+    sw->now_wall = clock_us(CLOCK_REALTIME);
+}
+
+/* Queues an event for Python; the event fd becomes readable when the queue stops being
+ * empty (Python's drain resets it). */
+void sw_post(struct sw *sw, uint8_t kind, uint64_t conn, int64_t pool, uint32_t reason)
+{
+    if (sw->nev == sw->evcap) {
+        size_t cap = sw->evcap ? sw->evcap * 2 : 64;
+        struct event *q = realloc(sw->evq, cap * sizeof(*q));
+        if (q == NULL)
+            return; /* Python still learns of it from the next snapshot */
+        sw->evq = q;
+        sw->evcap = cap;
+    }
+    sw->evq[sw->nev++] = (struct event){.conn = conn, .pool = pool, .reason = reason,
+                                        .kind = kind};
+    if (sw->nev == 1) {
+        uint64_t one = 1;
+        ssize_t n = write(sw->ev_fd, &one, sizeof(one));
+        (void)n;
+    }
+}
+
+/* Runs the connections queued for another turn, only those queued before this call: one
+ * that queues itself again waits for the next batch. */
+static void run_todo(struct sw *sw)
+{
+    struct conn *last = sw->todo_tail;
+    while (sw->todo_head != NULL) {
+        struct conn *c = sw->todo_head;
+        sw->todo_head = c->todo_next;
+        if (sw->todo_head == NULL)
+            sw->todo_tail = NULL;
+        c->todo_next = NULL;
+        c->scheduled = 0;
+        conn_service(sw, c);
+        if (c == last)
+            break;
+    }
+}
+
+static void *loop_main(void *arg)
+{
+    struct sw *sw = arg;
+    struct epoll_event evs[MAX_EVENTS];
+    pthread_mutex_lock(&sw->lock);
+    while (!sw->stopping) {
+        int timeout = sw->todo_head != NULL ? 0 : -1;
+        pthread_mutex_unlock(&sw->lock);
+        int n = epoll_wait(sw->epfd, evs, MAX_EVENTS, timeout);
+        pthread_mutex_lock(&sw->lock);
+        sw_clock(sw);
+        for (int i = 0; i < n; i++) {
+            struct conn *c = evs[i].data.ptr;
+            if (c == NULL) {
+                uint64_t v;
+                ssize_t r = read(sw->wake_fd, &v, sizeof(v));
+                (void)r;
+                continue;
+            }
+            if (c->state == ST_DEAD)
+                continue;
+            uint32_t e = evs[i].events;
+            if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+                c->readable = 1;
+            if (e & (EPOLLOUT | EPOLLHUP | EPOLLERR))
+                c->writable = 1;
+            conn_service(sw, c);
+        }
+        run_todo(sw);
+        conn_free_dead(sw);
+    }
+    pthread_mutex_unlock(&sw->lock);
+    return NULL;
+}
+
+int loop_start(struct sw *sw)
+{
+    sw->stopping = 0;
+    int rc = pthread_create(&sw->thread, NULL, loop_main, sw);
+    if (rc != 0) {
+        errno = rc;
+        return -1;
+    }
+    sw->running = 1;
+    return 0;
+}
+
+/* Called without the lock held. */
+void loop_stop(struct sw *sw)
+{
+    if (!sw->running)
+        return;
+    pthread_mutex_lock(&sw->lock);
+    sw->stopping = 1;
+    loop_wake(sw);
+    pthread_mutex_unlock(&sw->lock);
+    pthread_join(sw->thread, NULL);
+    sw->running = 0;
+}

@@ -1,0 +1,617 @@
+/* module.c: the CPython face of the switch: the Switch type, its commands and snapshots. Every
+ * call takes the switch lock with the GIL released; no Python object is touched under it. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "switch.h"
+
+typedef struct {
+    PyObject_HEAD
+    struct sw sw;
+    int ready; /* the lock and fds exist */
+    int stopped;
+} SwitchObject;
+
+static void sw_lock(struct sw *sw)
+{
+    if (pthread_mutex_trylock(&sw->lock) != 0) {
+        Py_BEGIN_ALLOW_THREADS
+        pthread_mutex_lock(&sw->lock);
+        Py_END_ALLOW_THREADS
+    }
+    sw_clock(sw);
+}
+
+/* Work a command queued for the loop (a hand-off, bytes to write) runs in the loop's thread. */
+static void sw_unlock(struct sw *sw)
+{
+    if (sw->todo_head != NULL && sw->running)
+        loop_wake(sw);
+    pthread_mutex_unlock(&sw->lock);
+}
+
+static int check_open(SwitchObject *self)
+{
+    if (!self->ready || self->stopped) {
+        PyErr_SetString(PyExc_RuntimeError, "switch is stopped");
+        return -1;
+    }
+    return 0;
+}
+
+static int copy_msg(struct buf *b, Py_buffer *v)
+{
+    return buf_append(b, v->buf, (size_t)v->len);
+}
+
+static int Switch_init(SwitchObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"unsupported_pkt", "long_tx",     "server_gone",
+                             "max_packet_size", "buffer_size", NULL};
+    Py_buffer unsupported = {0}, long_tx = {0}, gone = {0};
+    unsigned long long max_packet = 0x7fffffffULL, bufsize = 65536;
+    if (self->ready) {
+        PyErr_SetString(PyExc_RuntimeError, "Switch.__init__ called twice");
+        return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|$y*y*y*KK", kwlist, &unsupported, &long_tx,
+                                     &gone, &max_packet, &bufsize))
+        return -1;
+    int rc = -1;
+    if (unsupported.buf == NULL || long_tx.buf == NULL || gone.buf == NULL) {
+        PyErr_SetString(PyExc_TypeError, "unsupported_pkt, long_tx and server_gone are required");
+        goto out;
+    }
+    if (max_packet < 5 || max_packet > 0x7fffffffULL || bufsize < 64 || bufsize > (1u << 30)) {
+        PyErr_SetString(PyExc_ValueError, "max_packet_size or buffer_size out of range");
+        goto out;
+    }
+    struct sw *sw = &self->sw;
+    memset(sw, 0, sizeof(*sw));
+    sw->epfd = sw->wake_fd = sw->ev_fd = -1;
+    sw->max_packet = (uint32_t)max_packet;
+    sw->bufsize = (uint32_t)bufsize;
+    if (copy_msg(&sw->msg_unsupported, &unsupported) < 0 ||
+        copy_msg(&sw->msg_long_tx, &long_tx) < 0 || copy_msg(&sw->msg_server_gone, &gone) < 0) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    if (loop_init(sw) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        loop_fini(sw);
+        goto out;
+    }
+    pthread_mutex_init(&sw->lock, NULL);
+    sw_clock(sw);
+    self->ready = 1;
+    rc = 0;
+out:
+    PyBuffer_Release(&unsupported);
+    PyBuffer_Release(&long_tx);
+    PyBuffer_Release(&gone);
+    return rc;
+}
+
+/* Stops the thread and closes every connection still owned; no events for them. */
+static void shutdown_switch(SwitchObject *self)
+{
+    if (!self->ready || self->stopped)
+        return;
+    struct sw *sw = &self->sw;
+    Py_BEGIN_ALLOW_THREADS
+    loop_stop(sw);
+    Py_END_ALLOW_THREADS
+    self->stopped = 1;
+    for (uint32_t i = 0; i < sw->nslots; i++)
+        if (sw->slots[i] != NULL)
+            conn_destroy(sw, sw->slots[i], R_NONE, 0);
+    while (sw->todo_head != NULL) {
+        sw->todo_head->scheduled = 0;
+        sw->todo_head = sw->todo_head->todo_next;
+    }
+    sw->todo_tail = NULL;
+    conn_free_dead(sw);
+    free(sw->slots);
+    sw->slots = NULL;
+    sw->nslots = 0;
+    while (sw->pools != NULL) {
+        struct pool *p = sw->pools;
+        sw->pools = p->next;
+        free(p);
+    }
+    free(sw->evq);
+    sw->evq = NULL;
+    sw->nev = sw->evcap = 0;
+    buf_free(&sw->msg_unsupported);
+    buf_free(&sw->msg_long_tx);
+    buf_free(&sw->msg_server_gone);
+    loop_fini(sw);
+    pthread_mutex_destroy(&sw->lock);
+}
+
+static void Switch_dealloc(SwitchObject *self)
+{
+    shutdown_switch(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Switch_fileno(SwitchObject *self, PyObject *Py_UNUSED(a))
+{
+    if (check_open(self) < 0)
+        return NULL;
+    return PyLong_FromLong(self->sw.ev_fd);
+}
+
+static PyObject *Switch_start(SwitchObject *self, PyObject *Py_UNUSED(a))
+{
+    if (check_open(self) < 0)
+        return NULL;
+    if (self->sw.running)
+        Py_RETURN_NONE;
+    if (loop_start(&self->sw) < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Switch_stop(SwitchObject *self, PyObject *Py_UNUSED(a))
+{
+    shutdown_switch(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Switch_add_pool(SwitchObject *self, PyObject *args)
+{
+    long long id;
+    int mode;
+    if (!PyArg_ParseTuple(args, "Li", &id, &mode) || check_open(self) < 0)
+        return NULL;
+    if (mode != MODE_SESSION && mode != MODE_TRANSACTION && mode != MODE_STATEMENT) {
+        PyErr_SetString(PyExc_ValueError, "unknown pool mode");
+        return NULL;
+    }
+    sw_lock(&self->sw);
+    struct pool *p = pool_add(&self->sw, id, (uint8_t)mode);
+    sw_unlock(&self->sw);
+    if (p == NULL)
+        return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+/* Takes ownership of fd once it is registered; on an error the caller still owns it. */
+static PyObject *add_conn(SwitchObject *self, PyObject *args, uint8_t kind)
+{
+    int fd;
+    long long pool_id;
+    if (!PyArg_ParseTuple(args, "iL", &fd, &pool_id) || check_open(self) < 0)
+        return NULL;
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    struct sw *sw = &self->sw;
+    sw_lock(sw);
+    struct pool *p = pool_find(sw, pool_id);
+    if (p == NULL) {
+        sw_unlock(sw);
+        PyErr_Format(PyExc_KeyError, "no pool %lld", pool_id);
+        return NULL;
+    }
+    struct conn *c = conn_new(sw, fd, kind, p);
+    if (c == NULL) {
+        sw_unlock(sw);
+        return PyErr_NoMemory();
+    }
+    if (loop_add(sw, c) < 0) {
+        int err = errno;
+        sw->slots[(c->id & 0xffffffffu) - 1] = NULL;
+        p->n[ST_NEW]--;
+        free(c);
+        sw_unlock(sw);
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    if (kind == KIND_CLIENT)
+        conn_set_state(c, CL_ACTIVE);
+    else
+        pool_release(sw, c);
+    uint64_t id = c->id;
+    sw_unlock(sw);
+    return PyLong_FromUnsignedLongLong(id);
+}
+
+static PyObject *Switch_add_client(SwitchObject *self, PyObject *args)
+{
+    return add_conn(self, args, KIND_CLIENT);
+}
+
+static PyObject *Switch_add_server(SwitchObject *self, PyObject *args)
+{
+    return add_conn(self, args, KIND_SERVER);
+}
+
+static PyObject *Switch_send(SwitchObject *self, PyObject *args)
+{
+    unsigned long long id;
+    Py_buffer data;
+    if (!PyArg_ParseTuple(args, "Ky*", &id, &data))
+        return NULL;
+    if (check_open(self) < 0) {
+        PyBuffer_Release(&data);
+        return NULL;
+    }
+    struct sw *sw = &self->sw;
+    sw_lock(sw);
+    struct conn *c = conn_find(sw, id);
+    const char *err = NULL;
+    if (c == NULL)
+        err = "no such connection";
+    else if (c->kind != KIND_CLIENT || c->state == CL_LINKED || c->state == CL_CLOSING)
+        err = "send is for a client that holds no server";
+    else if (buf_append(&c->out, data.buf, (size_t)data.len) < 0)
+        err = "out of memory";
+    else
+        conn_schedule(sw, c);
+    sw_unlock(sw);
+    PyBuffer_Release(&data);
+    if (err != NULL) {
+        PyErr_SetString(PyExc_ValueError, err);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Switch_close(SwitchObject *self, PyObject *args)
+{
+    unsigned long long id;
+    Py_buffer final = {0};
+    if (!PyArg_ParseTuple(args, "K|y*", &id, &final))
+        return NULL;
+    if (check_open(self) < 0) {
+        PyBuffer_Release(&final);
+        return NULL;
+    }
+    struct sw *sw = &self->sw;
+    sw_lock(sw);
+    struct conn *c = conn_find(sw, id);
+    int found = c != NULL;
+    if (c != NULL) {
+        c->quiet = 1;
+        if (c->kind == KIND_CLIENT) {
+            conn_close_with(sw, c, final.buf, final.buf ? (size_t)final.len : 0, R_NONE);
+        } else if (c->state == SV_ACTIVE) {
+            /* Its client cannot go on without it: told and closed (and reported). */
+            struct conn *cl = c->peer;
+            c->peer = NULL;
+            cl->peer = NULL;
+            conn_set_state(cl, CL_ACTIVE);
+            conn_close_with(sw, cl, sw->msg_server_gone.data,
+                            sw->msg_server_gone.end - sw->msg_server_gone.start, R_SERVER_GONE);
+            conn_destroy(sw, c, R_NONE, 0);
+        } else {
+            conn_destroy(sw, c, R_NONE, 0);
+        }
+    }
+    sw_unlock(sw);
+    PyBuffer_Release(&final);
+    return PyBool_FromLong(found);
+}
+
+static PyObject *Switch_detach(SwitchObject *self, PyObject *args)
+{
+    unsigned long long id;
+    if (!PyArg_ParseTuple(args, "K", &id) || check_open(self) < 0)
+        return NULL;
+    struct sw *sw = &self->sw;
+    sw_lock(sw);
+    struct conn *c = conn_find(sw, id);
+    if (c == NULL) {
+        sw_unlock(sw);
+        PyErr_Format(PyExc_KeyError, "no connection %llu", id);
+        return NULL;
+    }
+    if (c->state != SV_IDLE && c->state != SV_PARKED && c->state != CL_ACTIVE &&
+        c->state != CL_WAITING) {
+        sw_unlock(sw);
+        PyErr_SetString(PyExc_ValueError, "only an idle or parked server, or a client that "
+                                          "holds no server, can be detached");
+        return NULL;
+    }
+    if (c->kind == KIND_CLIENT && c->out.start != c->out.end) {
+        sw_unlock(sw);
+        PyErr_SetString(PyExc_ValueError, "the client still has bytes to receive");
+        return NULL;
+    }
+    PyObject *held = PyBytes_FromStringAndSize((const char *)c->hold.data + c->hold.start,
+                                               c->hold.end - c->hold.start);
+    if (held == NULL) {
+        sw_unlock(sw);
+        return NULL;
+    }
+    /* Out of the switch without closing the fd: Python owns it again. */
+    int fd = c->fd;
+    loop_del(sw, c);
+    c->fd = -1;
+    conn_destroy(sw, c, R_NONE, 0);
+    sw_unlock(sw);
+    return Py_BuildValue("(iN)", fd, held);
+}
+
+static PyObject *Switch_set_close_needed(SwitchObject *self, PyObject *args)
+{
+    unsigned long long id;
+    if (!PyArg_ParseTuple(args, "K", &id) || check_open(self) < 0)
+        return NULL;
+    struct sw *sw = &self->sw;
+    sw_lock(sw);
+    struct conn *c = conn_find(sw, id);
+    int found = c != NULL && c->kind == KIND_SERVER;
+    if (found) {
+        c->close_needed = 1;
+        if (c->state == SV_IDLE)
+            pool_park(sw, c, R_CLOSE_NEEDED);
+    }
+    sw_unlock(sw);
+    return PyBool_FromLong(found);
+}
+
+static PyObject *Switch_events(SwitchObject *self, PyObject *Py_UNUSED(a))
+{
+    if (check_open(self) < 0)
+        return NULL;
+    struct sw *sw = &self->sw;
+    sw_lock(sw);
+    struct event *q = sw->evq;
+    size_t n = sw->nev;
+    sw->evq = NULL;
+    sw->nev = sw->evcap = 0;
+    uint64_t v;
+    ssize_t r = read(sw->ev_fd, &v, sizeof(v));
+    (void)r;
+    sw_unlock(sw);
+    PyObject *list = PyList_New((Py_ssize_t)n);
+    for (size_t i = 0; list != NULL && i < n; i++) {
+        PyObject *t = Py_BuildValue("(iKLI)", q[i].kind, (unsigned long long)q[i].conn,
+                                    (long long)q[i].pool, q[i].reason);
+        if (t == NULL)
+            Py_CLEAR(list);
+        else
+            PyList_SET_ITEM(list, (Py_ssize_t)i, t);
+    }
+    free(q);
+    return list;
+}
+
+struct pool_row {
+    int64_t id;
+    uint8_t mode;
+    uint32_t cl_active, cl_waiting, sv_active, sv_idle, sv_parked;
+    int64_t maxwait;
+    struct stats st;
+};
+
+static PyObject *Switch_pools(SwitchObject *self, PyObject *Py_UNUSED(a))
+{
+    if (check_open(self) < 0)
+        return NULL;
+    struct sw *sw = &self->sw;
+    sw_lock(sw);
+    size_t n = 0;
+    for (struct pool *p = sw->pools; p != NULL; p = p->next)
+        n++;
+    struct pool_row *rows = calloc(n ? n : 1, sizeof(*rows));
+    if (rows == NULL) {
+        sw_unlock(sw);
+        return PyErr_NoMemory();
+    }
+    size_t i = 0;
+    for (struct pool *p = sw->pools; p != NULL; p = p->next, i++) {
+        rows[i] = (struct pool_row){
+            .id = p->id,
+            .mode = p->mode,
+            .cl_active = p->n[CL_ACTIVE] + p->n[CL_LINKED],
+            .cl_waiting = p->n[CL_WAITING],
+            .sv_active = p->n[SV_ACTIVE],
+            .sv_idle = p->n[SV_IDLE],
+            .sv_parked = p->n[SV_PARKED],
+            .maxwait = p->wq_head != NULL ? sw->now_mono - p->wq_head->wait_start : 0,
+            .st = p->st,
+        };
+    }
+    sw_unlock(sw);
+    PyObject *list = PyList_New((Py_ssize_t)n);
+    for (i = 0; list != NULL && i < n; i++) {
+        struct pool_row *r = &rows[i];
+        PyObject *hist = PyTuple_New(WAIT_BUCKETS);
+        for (int b = 0; hist != NULL && b < WAIT_BUCKETS; b++) {
+            PyObject *v = PyLong_FromUnsignedLongLong(r->st.wait_hist[b]);
+            if (v == NULL)
+                Py_CLEAR(hist);
+            else
+                PyTuple_SET_ITEM(hist, b, v);
+        }
+        PyObject *t = hist == NULL ? NULL
+                                   : Py_BuildValue("(LiIIIIILKKKKKKKN)", (long long)r->id,
+                                                   r->mode, r->cl_active, r->cl_waiting,
+                                                   r->sv_active, r->sv_idle, r->sv_parked,
+                                                   (long long)r->maxwait,
+                                                   (unsigned long long)r->st.xact_count,
+                                                   (unsigned long long)r->st.query_count,
+                                                   (unsigned long long)r->st.bytes_recv,
+                                                   (unsigned long long)r->st.bytes_sent,
+                                                   (unsigned long long)r->st.xact_us,
+                                                   (unsigned long long)r->st.query_us,
+                                                   (unsigned long long)r->st.wait_us, hist);
+        if (t == NULL)
+            Py_CLEAR(list);
+        else
+            PyList_SET_ITEM(list, (Py_ssize_t)i, t);
+    }
+    free(rows);
+    return list;
+}
+
+struct conn_row {
+    uint64_t id, peer;
+    int64_t pool, connect_wall, request_wall, wait_us;
+    int fd;
+    uint32_t owed;
+    uint8_t kind, state, status;
+};
+
+static PyObject *Switch_conns(SwitchObject *self, PyObject *Py_UNUSED(a))
+{
+    if (check_open(self) < 0)
+        return NULL;
+    struct sw *sw = &self->sw;
+    sw_lock(sw);
+    size_t n = 0;
+    for (uint32_t i = 0; i < sw->nslots; i++)
+        n += sw->slots[i] != NULL;
+    struct conn_row *rows = calloc(n ? n : 1, sizeof(*rows));
+    if (rows == NULL) {
+        sw_unlock(sw);
+        return PyErr_NoMemory();
+    }
+    size_t k = 0;
+    for (uint32_t i = 0; i < sw->nslots; i++) {
+        struct conn *c = sw->slots[i];
+        if (c == NULL)
+            continue;
+        rows[k++] = (struct conn_row){
+            .id = c->id,
+            .peer = c->peer != NULL ? c->peer->id : 0,
+            .pool = c->pool->id,
+            .connect_wall = c->connect_wall,
+            .request_wall = c->request_wall,
+            .wait_us = c->state == CL_WAITING ? sw->now_mono - c->wait_start : 0,
+            .fd = c->fd,
+            .owed = c->tr.owed,
+            .kind = c->kind,
+            .state = c->state,
+            .status = c->kind == KIND_SERVER ? c->sc.status : 0,
+        };
+    }
+    sw_unlock(sw);
+    PyObject *list = PyList_New((Py_ssize_t)n);
+    for (size_t i = 0; list != NULL && i < n; i++) {
+        struct conn_row *r = &rows[i];
+        char status[2] = {(char)r->status, 0};
+        PyObject *t = Py_BuildValue(
+            "(KiLiiKLLLsI)", (unsigned long long)r->id, r->kind, (long long)r->pool, r->state,
+            r->fd, (unsigned long long)r->peer, (long long)r->connect_wall,
+            (long long)r->request_wall, (long long)r->wait_us, status, r->owed);
+        if (t == NULL)
+            Py_CLEAR(list);
+        else
+            PyList_SET_ITEM(list, (Py_ssize_t)i, t);
+    }
+    free(rows);
+    return list;
+}
+
+static PyMethodDef Switch_methods[] = {
+    {"fileno", (PyCFunction)Switch_fileno, METH_NOARGS, "The event fd Python watches."},
+    {"start", (PyCFunction)Switch_start, METH_NOARGS, "Start the switch's thread."},
+    {"stop", (PyCFunction)Switch_stop, METH_NOARGS, "Stop it and close every connection."},
+    {"add_pool", (PyCFunction)Switch_add_pool, METH_VARARGS, "add_pool(pool, mode)"},
+    {"add_client", (PyCFunction)Switch_add_client, METH_VARARGS, "add_client(fd, pool) -> id"},
+    {"add_server", (PyCFunction)Switch_add_server, METH_VARARGS, "add_server(fd, pool) -> id"},
+    {"send", (PyCFunction)Switch_send, METH_VARARGS, "send(conn, data)"},
+    {"close", (PyCFunction)Switch_close, METH_VARARGS, "close(conn, final=b'') -> found"},
+    {"detach", (PyCFunction)Switch_detach, METH_VARARGS, "detach(conn) -> (fd, held bytes)"},
+    {"set_close_needed", (PyCFunction)Switch_set_close_needed, METH_VARARGS,
+     "set_close_needed(conn) -> found"},
+    {"events", (PyCFunction)Switch_events, METH_NOARGS, "Drain the events."},
+    {"pools", (PyCFunction)Switch_pools, METH_NOARGS, "Per pool counts and counters."},
+    {"conns", (PyCFunction)Switch_conns, METH_NOARGS, "Per connection state."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject SwitchType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pgfunnel._switch._switch.Switch",
+    .tp_basicsize = sizeof(SwitchObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The native data plane: an epoll thread carrying logged-in connections.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Switch_init,
+    .tp_dealloc = (destructor)Switch_dealloc,
+    .tp_methods = Switch_methods,
+};
+
+static struct PyModuleDef switch_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "_switch",
+    .m_doc = "The switch: pgfunnel's native data plane.",
+    .m_size = -1,
+};
+
+#define ADD_INT(m, name)                                                                      \
+    if (PyModule_AddIntConstant(m, #name, name) < 0)                                          \
+    goto fail
+
+PyMODINIT_FUNC PyInit__switch(void)
+{
+    if (PyType_Ready(&SwitchType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&switch_module);
+    if (m == NULL)
+        return NULL;
+    ADD_INT(m, MODE_SESSION);
+    ADD_INT(m, MODE_TRANSACTION);
+    ADD_INT(m, MODE_STATEMENT);
+    ADD_INT(m, EV_WAITERS);
+    ADD_INT(m, EV_CLOSED);
+    ADD_INT(m, EV_ATTENTION);
+    ADD_INT(m, R_CLIENT_TERMINATE);
+    ADD_INT(m, R_CLIENT_EOF);
+    ADD_INT(m, R_SERVER_EOF);
+    ADD_INT(m, R_IO_ERROR);
+    ADD_INT(m, R_BAD_PACKET);
+    ADD_INT(m, R_TOO_BIG);
+    ADD_INT(m, R_UNKNOWN_TYPE);
+    ADD_INT(m, R_LONG_TX);
+    ADD_INT(m, R_IDLE_DATA);
+    ADD_INT(m, R_SERVER_GONE);
+    ADD_INT(m, R_SESSION_END);
+    ADD_INT(m, R_DIRTY_TXN);
+    ADD_INT(m, R_DIRTY_BUSY);
+    ADD_INT(m, R_CLOSE_NEEDED);
+    ADD_INT(m, KIND_CLIENT);
+    ADD_INT(m, KIND_SERVER);
+    ADD_INT(m, CL_ACTIVE);
+    ADD_INT(m, CL_WAITING);
+    ADD_INT(m, CL_LINKED);
+    ADD_INT(m, CL_CLOSING);
+    ADD_INT(m, SV_IDLE);
+    ADD_INT(m, SV_ACTIVE);
+    ADD_INT(m, SV_PARKED);
+    PyObject *bounds = PyTuple_New(WAIT_BUCKETS - 1);
+    if (bounds == NULL)
+        goto fail;
+    for (int i = 0; i < WAIT_BUCKETS - 1; i++) {
+        PyObject *v = PyLong_FromLongLong(wait_bounds_us[i]);
+        if (v == NULL) {
+            Py_DECREF(bounds);
+            goto fail;
+        }
+        PyTuple_SET_ITEM(bounds, i, v);
+    }
+    if (PyModule_AddObject(m, "WAIT_BUCKETS_US", bounds) < 0) {
+        Py_DECREF(bounds);
+        goto fail;
+    }
+    Py_INCREF(&SwitchType);
+    if (PyModule_AddObject(m, "Switch", (PyObject *)&SwitchType) < 0) {
+        Py_DECREF(&SwitchType);
+        goto fail;
+    }
+    return m;
+fail:
+    Py_DECREF(m);
+    return NULL;
+}

@@ -1,0 +1,218 @@
+/* pool.c: per pool the idle servers (a LIFO stack) and the waiting clients (a FIFO queue),
+ * linking, and the hand-off of a released server to the next waiter without leaving C. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "switch.h"
+
+struct pool *pool_find(struct sw *sw, int64_t id)
+{
+    for (struct pool *p = sw->pools; p != NULL; p = p->next)
+        if (p->id == id)
+            return p;
+    return NULL;
+}
+
+struct pool *pool_add(struct sw *sw, int64_t id, uint8_t mode)
+{
+    struct pool *p = pool_find(sw, id);
+    if (p != NULL) {
+        p->mode = mode; /* a RELOAD may change pool_mode; it applies at the next link */
+        return p;
+    }
+    p = calloc(1, sizeof(*p));
+    if (p == NULL)
+        return NULL;
+    p->id = id;
+    p->mode = mode;
+    p->next = sw->pools;
+    sw->pools = p;
+    return p;
+}
+
+/* ---- the lists -------------------------------------------------------------------------- */
+
+static void idle_push(struct pool *p, struct conn *s)
+{
+    s->qprev = NULL;
+    s->qnext = p->idle;
+    if (p->idle != NULL)
+        p->idle->qprev = s;
+    p->idle = s;
+}
+
+static void wq_push(struct pool *p, struct conn *c)
+{
+    c->qnext = NULL;
+    c->qprev = p->wq_tail;
+    if (p->wq_tail != NULL)
+        p->wq_tail->qnext = c;
+    else
+        p->wq_head = c;
+    p->wq_tail = c;
+}
+
+/* Takes a connection out of the idle stack or the wait queue, wherever it is. */
+void pool_unlist(struct sw *sw, struct conn *c)
+{
+    struct pool *p = c->pool;
+    (void)sw;
+    if (c->state == SV_IDLE) {
+        if (c->qprev != NULL)
+            c->qprev->qnext = c->qnext;
+        else
+            p->idle = c->qnext;
+        if (c->qnext != NULL)
+            c->qnext->qprev = c->qprev;
+    } else if (c->state == CL_WAITING) {
+        if (c->qprev != NULL)
+            c->qprev->qnext = c->qnext;
+        else
+            p->wq_head = c->qnext;
+        if (c->qnext != NULL)
+            c->qnext->qprev = c->qprev;
+        else
+            p->wq_tail = c->qprev;
+        if (p->wq_head == NULL)
+            p->waiters_reported = 0;
+    } else {
+        return;
+    }
+    c->qprev = c->qnext = NULL;
+}
+
+/* ---- linking ---------------------------------------------------------------------------- */
+
+/* Gives server s to client c. What c sent while it had no server goes first. */
+static void link(struct sw *sw, struct conn *c, struct conn *s)
+{
+    if (c->state == CL_WAITING) {
+        stats_wait(&c->pool->st, sw->now_mono - c->wait_start);
+        pool_unlist(sw, c);
+        c->wait_start = 0;
+    }
+    conn_set_state(c, CL_LINKED);
+    conn_set_state(s, SV_ACTIVE);
+    c->peer = s;
+    s->peer = c;
+    c->stmt_abs = c->out.done + (c->out.end - c->out.start);
+    s->query_start = s->xact_start = sw->now_mono;
+    struct buf *h = &c->hold;
+    struct buf *o = &s->out;
+    uint32_t held = h->end - h->start;
+    if (held > 0) {
+        /* The server's buffer is empty here (a release needs it so); the hold buffer is
+         * bounded by the same size. */
+        uint32_t whole = h->scanned - h->start;
+        if (buf_append(o, h->data + h->start, held) < 0) {
+            conn_server_gone(sw, s, R_IO_ERROR);
+            return;
+        }
+        o->scanned = o->end - held + whole;
+    }
+    buf_free(h);
+    conn_schedule(sw, s);
+    conn_schedule(sw, c);
+}
+
+void pool_wants_server(struct sw *sw, struct conn *c)
+{
+    struct pool *p = c->pool;
+    struct conn *s = p->idle;
+    if (s != NULL) {
+        pool_unlist(sw, s);
+        link(sw, c, s);
+        return;
+    }
+    conn_set_state(c, CL_WAITING);
+    c->wait_start = sw->now_mono;
+    wq_push(p, c);
+    if (!p->waiters_reported) {
+        p->waiters_reported = 1;
+        sw_post(sw, EV_WAITERS, 0, p->id, p->n[CL_WAITING]);
+    }
+}
+
+void pool_park(struct sw *sw, struct conn *s, uint8_t reason)
+{
+    pool_unlist(sw, s);
+    s->peer = NULL;
+    conn_set_state(s, SV_PARKED);
+    sw_post(sw, EV_ATTENTION, s->id, s->pool->id, reason);
+}
+
+/* A server is free: to the first waiter, else on top of the idle stack. */
+void pool_release(struct sw *sw, struct conn *s)
+{
+    struct pool *p = s->pool;
+    s->peer = NULL;
+    if (s->close_needed) {
+        pool_park(sw, s, R_CLOSE_NEEDED);
+        return;
+    }
+    struct conn *w = p->wq_head;
+    if (w != NULL) {
+        link(sw, w, s);
+        return;
+    }
+    conn_set_state(s, SV_IDLE);
+    idle_push(p, s);
+}
+
+/* Transaction and statement mode: release the server once the transaction and any batch are
+ * over and no message is half-way in either direction. */
+void pool_check_release(struct sw *sw, struct conn *s)
+{
+    if (s->state != SV_ACTIVE || s->pool->mode == MODE_SESSION)
+        return;
+    struct conn *c = s->peer;
+    if (s->out.start != s->out.end)
+        return; /* client bytes not yet written to the server, or a partial header held */
+    if (!scan_may_release(&c->sc, s->out.end - s->out.scanned, &s->sc,
+                          c->out.end - c->out.scanned, &c->tr))
+        return;
+    s->peer = NULL;
+    c->peer = NULL;
+    conn_set_state(c, CL_ACTIVE);
+    if (c->out.start == c->out.end)
+        buf_free(&c->out);
+    pool_release(sw, s);
+}
+
+/* A client is leaving (or being closed): out of the queue, and its server judged. A server
+ * that may hold this client's unfinished work never goes to another client. */
+void pool_client_left(struct sw *sw, struct conn *c)
+{
+    if (c->state == CL_WAITING) {
+        pool_unlist(sw, c);
+        conn_set_state(c, CL_ACTIVE);
+        return;
+    }
+    if (c->state != CL_LINKED)
+        return;
+    struct conn *s = c->peer;
+    s->peer = NULL;
+    c->peer = NULL;
+    conn_set_state(c, CL_ACTIVE);
+    /* A partial header at the tail was never sent: the server has not seen it. */
+    s->out.end = s->out.scanned;
+    int in_flight = c->sc.skip != 0 || s->sc.skip != 0 || c->out.scanned != c->out.end ||
+                    s->out.start != s->out.end;
+    uint8_t reason;
+    if (in_flight || c->tr.owed != 0 || c->tr.batch)
+        reason = R_DIRTY_BUSY;
+    else if (s->sc.status != 'I')
+        reason = R_DIRTY_TXN;
+    else if (s->pool->mode == MODE_SESSION)
+        reason = R_SESSION_END;
+    else
+        reason = R_NONE;
+    if (reason == R_NONE)
+        pool_release(sw, s);
+    else
+        pool_park(sw, s, reason);
+    /* Python judges what remains of this client's work on the server; the client's own
+     * scan state goes with it. */
+    c->tr.owed = 0;
+    c->tr.batch = 0;
+}

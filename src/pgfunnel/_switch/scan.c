@@ -1,0 +1,129 @@
+/* scan.c: walks message headers of a byte stream read in arbitrary pieces and keeps the
+ * transaction boundary: which client messages owe a ReadyForQuery, which open a batch. */
+#include "scan.h"
+
+static uint32_t be32(const uint8_t *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+/* Frontend messages of a logged-in session. Anything else (password messages included: the
+ * login is over) is refused in the pooler, as PgBouncer does, so that no client can make a
+ * backend die of a protocol violation and be forked again. */
+enum { K_UNKNOWN = 0, K_OWES, K_BATCH, K_COPY, K_TERMINATE };
+
+static int client_kind(uint8_t type)
+{
+    switch (type) {
+    case 'Q': /* Query */
+    case 'S': /* Sync */
+    case 'F': /* FunctionCall: answered by a ReadyForQuery of its own, like a Query */
+        return K_OWES;
+    case 'P': case 'B': case 'D': case 'E': case 'C': case 'H':
+        return K_BATCH;
+    case 'd': case 'c': case 'f':
+        /* Copy data belongs to the Query (or synced Execute) that started the COPY and owes
+         * its ReadyForQuery already; outside a COPY the server ignores it. */
+        return K_COPY;
+    case 'X':
+        return K_TERMINATE;
+    default:
+        return K_UNKNOWN;
+    }
+}
+
+/* Skip what is left of the current message body. */
+static size_t skip_body(struct scan *s, size_t n)
+{
+    size_t take = s->skip < n ? s->skip : n;
+    s->skip -= (uint32_t)take;
+    return take;
+}
+
+size_t scan_client(struct scan *s, struct track *t, const uint8_t *p, size_t n,
+                   uint32_t max_len, int *stop)
+{
+    size_t off = skip_body(s, n);
+    *stop = SCAN_MORE;
+    while (s->skip == 0 && n - off >= 5) {
+        uint8_t type = p[off];
+        uint32_t len = be32(p + off + 1);
+        int kind = client_kind(type);
+        if (kind == K_UNKNOWN) {
+            *stop = SCAN_UNKNOWN_TYPE;
+            return off;
+        }
+        if (len < 4) {
+            *stop = SCAN_BAD_LENGTH;
+            return off;
+        }
+        if (len > max_len) {
+            *stop = SCAN_TOO_BIG;
+            return off;
+        }
+        if (kind == K_TERMINATE) {
+            *stop = len == 4 ? SCAN_TERMINATE : SCAN_BAD_LENGTH;
+            return off;
+        }
+        if (kind == K_OWES) {
+            if (t->owed < UINT32_MAX)
+                t->owed++;
+            t->batch = 0;
+        } else if (kind == K_BATCH) {
+            t->batch = 1;
+        }
+        off += 5;
+        s->skip = len - 4;
+        off += skip_body(s, n - off);
+    }
+    return off;
+}
+
+size_t scan_server(struct scan *s, struct track *t, const uint8_t *p, size_t n,
+                   uint32_t max_len, int *stop)
+{
+    size_t off = skip_body(s, n);
+    *stop = SCAN_MORE;
+    while (s->skip == 0 && n - off >= 5) {
+        uint8_t type = p[off];
+        uint32_t len = be32(p + off + 1);
+        if (len < 4) {
+            *stop = SCAN_BAD_LENGTH;
+            return off;
+        }
+        if (len > max_len) {
+            *stop = SCAN_TOO_BIG;
+            return off;
+        }
+        if (type == 'Z') {
+            /* Held until whole: the status decides what happens to the bytes around it. */
+            if (len != 5) {
+                *stop = SCAN_BAD_LENGTH;
+                return off;
+            }
+            if (n - off < 6)
+                return off;
+            uint8_t status = p[off + 5];
+            if (status != 'I' && status != 'T' && status != 'E') {
+                *stop = SCAN_BAD_LENGTH;
+                return off;
+            }
+            s->status = status;
+            if (t->owed > 0)
+                t->owed--;
+            *stop = SCAN_RFQ;
+            return off + 6;
+        }
+        off += 5;
+        s->skip = len - 4;
+        off += skip_body(s, n - off);
+    }
+    return off;
+}
+
+int scan_may_release(const struct scan *client, size_t client_held, const struct scan *server,
+                     size_t server_held, const struct track *t)
+{
+    return t->owed == 0 && !t->batch && server->status == 'I' && client->skip == 0 &&
+           server->skip == 0 && client_held == 0 && server_held == 0;
+}

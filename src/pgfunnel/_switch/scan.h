@@ -1,0 +1,46 @@
+/* scan.h: the PostgreSQL v3 framing and transaction boundary, pure (no sockets, no clock). */
+#ifndef SWITCH_SCAN_H
+#define SWITCH_SCAN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Why a scan call stopped. SCAN_MORE: every byte it could judge was consumed; what remains (a
+ * partial header, or a partial ReadyForQuery) waits for the next read. */
+enum scan_stop {
+    SCAN_MORE = 0,
+    SCAN_RFQ,          /* server: one whole ReadyForQuery consumed (status in scan.status) */
+    SCAN_TERMINATE,    /* client: a Terminate starts at the returned offset */
+    SCAN_BAD_LENGTH,   /* a length below 4, or a fixed-size message of the wrong size */
+    SCAN_TOO_BIG,      /* a length over max_packet_size */
+    SCAN_UNKNOWN_TYPE, /* client: a message type the pooler refuses */
+};
+
+/* One direction of one connection: where it is inside the stream of messages. */
+struct scan {
+    uint32_t skip;  /* body bytes of the current message still to come */
+    uint8_t status; /* server direction: the last ReadyForQuery status ('I', 'T', 'E') */
+};
+
+/* What a client is owed by its server: the transaction boundary. */
+struct track {
+    uint32_t owed; /* ReadyForQuery messages the server still has to send */
+    uint8_t batch; /* a message was forwarded since the last Sync or Query */
+};
+
+/* Each returns how many bytes of p[0..n) are consumed: safe to forward as they are. On an error
+ * or Terminate the return value is the offending message's offset and nothing of it is
+ * consumed. A header is never consumed before all its 5 bytes are there; a body may be consumed
+ * in parts (it is forwarded as it arrives, and `skip` says how much is still to come). */
+size_t scan_client(struct scan *s, struct track *t, const uint8_t *p, size_t n,
+                   uint32_t max_len, int *stop);
+size_t scan_server(struct scan *s, struct track *t, const uint8_t *p, size_t n,
+                   uint32_t max_len, int *stop);
+
+/* May the server be given to another client? Only when nothing is owed, the last
+ * ReadyForQuery said idle, no batch is open and no message is half-way in either direction
+ * (held: bytes read but not yet scanned, a partial header). */
+int scan_may_release(const struct scan *client, size_t client_held, const struct scan *server,
+                     size_t server_held, const struct track *t);
+
+#endif

@@ -264,7 +264,49 @@ def _alerts(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default="postgres_exporter",
         help="pooler metric names: pgbouncer_exporter's or pgfunnel's own",
     )
+    p.add_argument(
+        "--postgres-exporter-version",
+        default="0.17",
+        metavar="VERSION",
+        help="the postgres_exporter version the rules are for (default 0.17: "
+        "pg_stat_activity_count has backend_type from 0.17.0, usename from 0.12.0; "
+        "pg_roles_connection_limit and pg_database_connection_limit from 0.16.0)",
+    )
     p.add_argument("--dsn", help="DSN to name in the runbook commands (passwords dropped)")
+    p.add_argument(
+        "--slots-warning",
+        type=float,
+        default=0.75,
+        metavar="RATIO",
+        help="warn above this share of usable slots (default 0.75)",
+    )
+    p.add_argument(
+        "--slots-warning-for", default="5m", metavar="DURATION", help="for how long (default 5m)"
+    )
+    p.add_argument(
+        "--slots-critical",
+        type=float,
+        default=0.9,
+        metavar="RATIO",
+        help="critical above this share of usable slots (default 0.9)",
+    )
+    p.add_argument(
+        "--slots-critical-for", default="2m", metavar="DURATION", help="for how long (default 2m)"
+    )
+    p.add_argument(
+        "--limit-ratio",
+        type=float,
+        default=0.9,
+        metavar="RATIO",
+        help="warn above this share of a role's or database's CONNECTION LIMIT (default 0.9)",
+    )
+    p.add_argument("--limit-for", default="2m", metavar="DURATION", help="(default 2m)")
+    p.add_argument(
+        "--idle-in-transaction-for",
+        default="5m",
+        metavar="DURATION",
+        help="warn about sessions idle in transaction for this long (default 5m)",
+    )
     p.add_argument("--idle-in-transaction-age", default="5m")
     p.add_argument("--no-pooler", action="store_true", help="only the PostgreSQL rules")
     p.add_argument("-o", "--output", metavar="FILE")

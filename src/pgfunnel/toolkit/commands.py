@@ -749,13 +749,25 @@ def pgtune_main(args: argparse.Namespace) -> int:
 def alerts_main(args: argparse.Namespace) -> int:
     from pgfunnel.toolkit import alerts as al
 
-    opts = al.AlertOptions(
-        exporter=args.exporter,
-        idle_in_transaction_max_age_s=int(parse_duration(args.idle_in_transaction_age)),
-        dsn=display_dsn(args.dsn) if args.dsn else "$DSN",
-        include_pooler=not args.no_pooler,
-    )
-    text = al.render(opts)
+    try:
+        opts = al.AlertOptions(
+            exporter=args.exporter,
+            warning_ratio=args.slots_warning,
+            warning_for=args.slots_warning_for,
+            critical_ratio=args.slots_critical,
+            critical_for=args.slots_critical_for,
+            limit_ratio=args.limit_ratio,
+            limit_for=args.limit_for,
+            idle_in_transaction_for=args.idle_in_transaction_for,
+            idle_in_transaction_max_age_s=int(parse_duration(args.idle_in_transaction_age)),
+            dsn=display_dsn(args.dsn) if args.dsn else "$DSN",
+            include_pooler=not args.no_pooler,
+            postgres_exporter_version=args.postgres_exporter_version,
+        )
+        text = al.render(opts)
+    except ValueError as exc:
+        print(f"pgfunnel alerts: {exc}", file=sys.stderr)
+        return 2
     if args.output:
         Path(args.output).write_text(text)
     else:

@@ -257,3 +257,33 @@ def test_console_checks_rights_after_the_password(hba_funnel: Funnel) -> None:
     err = tcp_login(f, "scramu", PASSWORDS["scramu"], db="pgbouncer")
     assert (err.sqlstate, err.message) == ("28000", "not allowed")
     assert f.admin("SHOW VERSION")
+
+
+def test_login_failures_from_one_address_are_logged_a_few_times_only(hba_funnel: Funnel) -> None:
+    """A guessing loop from one address: the first five failures of the minute are logged,
+    the rest are not (the next minute's first line gives their count)."""
+    f = hba_funnel
+    for _ in range(8):
+        assert tcp_login(f, "md5u", "guess").sqlstate == "28P01"
+    # Still refused, and still with the right message, once the log has gone quiet.
+    err = tcp_login(f, "md5u", "guess")
+    assert err.message == 'password authentication failed for user "md5u"'
+    texts = (
+        "password authentication failed",
+        "pg_hba.conf rejects",
+        "no pg_hba.conf entry",
+        "connection requires a valid client certificate",
+        "not allowed",
+    )
+
+    def logged() -> int:
+        return sum(
+            1
+            for line in f.log().splitlines()
+            if "@127.0.0.1:" in line
+            and "closing because: " in line
+            and line.split("closing because: ", 1)[1].startswith(texts)
+        )
+
+    wait_for(lambda: logged() >= 5, timeout=10)
+    assert logged() == 5

@@ -25,6 +25,7 @@ from pgfunnel.proto.auth import (
     PEER_FAILED,
     Access,
     ClientAuth,
+    FailureLimiter,
     ServerAuthError,
     choose_method,
     peer_allowed,
@@ -183,7 +184,7 @@ class AuthLookups:
         # user -> secret auth_query returned, used to log into servers as that user. Like
         # PgBouncer, every login of such a user runs the query again and refreshes it.
         self.secrets: dict[str, str] = {}
-        self._failures: dict[str, tuple[float, int]] = {}  # addr -> (period start, failures)
+        self._failures = FailureLimiter(FAILURE_LOG_PERIOD, FAILURE_LOG_BURST)
         self._tasks: set[asyncio.Task[None]] = set()
 
     def clear(self) -> None:
@@ -200,22 +201,15 @@ class AuthLookups:
         the count the previous period left out."""
         if not reason.startswith(_FAILURE_TEXTS):
             return False
-        start, count = self._failures.get(addr, (now, 0))
-        if now - start >= FAILURE_LOG_PERIOD:
-            if count > FAILURE_LOG_BURST:
-                log.info(
-                    "%d more login failures from %s in %ds were not logged",
-                    count - FAILURE_LOG_BURST,
-                    addr,
-                    int(now - start),
-                )
-            start, count = now, 0
-        if len(self._failures) > 10000:  # a scan from many addresses: keep the map bounded
-            self._failures = {
-                a: v for a, v in self._failures.items() if now - v[0] < FAILURE_LOG_PERIOD
-            }
-        self._failures[addr] = (start, count + 1)
-        return count >= FAILURE_LOG_BURST
+        log_it, left_out, length = self._failures.note(addr, now)
+        if left_out:
+            log.info(
+                "%d more login failures from %s in %ds were not logged",
+                left_out,
+                addr,
+                int(length),
+            )
+        return not log_it
 
     # --- choosing and running the method ---------------------------------------------------
     def start(self, conn: ClientConn, dbname: str, user: str) -> None:

@@ -455,3 +455,28 @@ def peer_allowed(
     if map_name is None:
         return os_user == user
     return ident is not None and ident.allows(map_name, os_user, user)
+
+
+class FailureLimiter:
+    """Which login failures to log: the first `burst` per address in each `period` seconds,
+    then none until the period ends, when the count left out is reported once. Time is
+    passed in. A scan from many addresses cannot grow the map past `max_addresses`."""
+
+    def __init__(self, period: float, burst: int, max_addresses: int = 10000) -> None:
+        self.period = period
+        self.burst = burst
+        self.max_addresses = max_addresses
+        self._seen: dict[str, tuple[float, int]] = {}  # addr -> (period start, failures)
+
+    def note(self, addr: str, now: float) -> tuple[bool, int, float]:
+        """Record one failure: (log it?, failures left out of the period that just ended,
+        that period's length in seconds)."""
+        start, count = self._seen.get(addr, (now, 0))
+        left_out, length = 0, 0.0
+        if now - start >= self.period:
+            left_out, length = max(0, count - self.burst), now - start
+            start, count = now, 0
+        if addr not in self._seen and len(self._seen) >= self.max_addresses:
+            self._seen = {a: v for a, v in self._seen.items() if now - v[0] < self.period}
+        self._seen[addr] = (start, count + 1)
+        return count < self.burst, left_out, length

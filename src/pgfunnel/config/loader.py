@@ -159,7 +159,12 @@ class Config:
 def _int(value: str, what: str) -> int:
     if _INT_RE.fullmatch(value) is None:
         raise ValueError(f"invalid {what}: {value!r} is not an integer")
-    return int(value)
+    number = int(value)
+    # PgBouncer keeps these in a C int; a larger one would reach metrics and SHOW as a number
+    # no client or float can hold.
+    if not -(2**31) <= number < 2**31:
+        raise ValueError(f"invalid {what}: {value!r} is out of range")
+    return number
 
 
 def _opt_int(value: str, what: str) -> int | None:
@@ -172,8 +177,8 @@ def _opt_seconds(value: str, what: str) -> float | None:
     # A zero per-database or per-user time means "not set" in PgBouncer 1.25: it falls back.
     try:
         seconds = parse_seconds(value)
-    except ValueError:
-        raise ValueError(f"invalid {what}: {value!r} is not a number of seconds") from None
+    except ValueError as exc:
+        raise ValueError(f"invalid {what}: {value!r}: {exc}") from None
     return seconds or None
 
 

@@ -728,9 +728,11 @@ def parse_seconds(raw: str) -> float:
     if _TIME_RE.fullmatch(raw.lstrip(_C_SPACE)) is None:
         raise ValueError("expected a number of seconds such as 30 or 0.5 (no unit suffix)")
     seconds = float(raw)
-    usec = round(seconds * _USEC) if math.isfinite(seconds) else _TIME_MAX_USEC + 1
-    if usec > _TIME_MAX_USEC:
-        raise ValueError("too large")
+    # Compared before converting: 1e308 is a finite float, but in microseconds it is infinite
+    # and round() of that raises OverflowError, which no caller of a parser expects.
+    if not math.isfinite(seconds) or seconds * _USEC > _TIME_MAX_USEC:
+        raise ValueError(f"too large (at most {_TIME_MAX_USEC // _USEC} seconds)")
+    usec = round(seconds * _USEC)
     # PgBouncer keeps whole microseconds; rounding (not its truncation) keeps 1.001 == 1.001.
     return usec / _USEC
 

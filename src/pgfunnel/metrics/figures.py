@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from pgfunnel.admin.console import POOLS_COLUMNS, Console
 from pgfunnel.config.loader import ADMIN_DATABASE
 from pgfunnel.pool.objects import ServerState
+from pgfunnel.pool.settings import resolve_pool_settings
 
 if TYPE_CHECKING:
     from pgfunnel.admin.host import Host
@@ -68,15 +69,14 @@ def granted_size(pool: Pool) -> int:
 
 
 def database_pool_size(host: Host, dbc: Any) -> int:
-    """pool_size as SHOW DATABASES reports it: the entry's own, else default_pool_size."""
-    size = getattr(dbc, "pool_size", None)
-    return int(host.settings.default_pool_size if size is None else size)
+    """pool_size as SHOW DATABASES reports it: the entry's own, else default_pool_size (a
+    [users] pool_size applies to that user's pools, which pools_pool_size reports)."""
+    return resolve_pool_settings(host.settings, dbc).pool_size
 
 
 def database_max_connections(host: Host, dbc: Any) -> int:
     """max_db_connections of a database (0: no limit), as SHOW DATABASES' max_connections."""
-    cap = getattr(dbc, "max_db_connections", None)
-    return int(host.settings.max_db_connections if cap is None else cap)
+    return resolve_pool_settings(host.settings, dbc).max_db_connections
 
 
 def databases(host: Host) -> list[tuple[str, Any, Database | None]]:

@@ -12,6 +12,7 @@ import os
 import pwd
 import resource
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -44,6 +45,7 @@ from pgfunnel.pool.scheduler import (
     RunQueries,
     User,
 )
+from pgfunnel.pool.settings import resolve_pool_settings
 from pgfunnel.proto import messages as m
 from pgfunnel.proto import sqlstate as ss
 from pgfunnel.proto.auth import ScramSecret
@@ -136,54 +138,7 @@ class App:
         return user in self.settings.admin_users
 
     def _pool_settings(self, db: Database, user: User) -> PoolSettings:
-        s = self.settings
-        dbc: DatabaseConfig = db.config
-        uc = user.config
-
-        def pick(*values: Any) -> Any:
-            for v in values:
-                if v is not None:
-                    return v
-            return None
-
-        def per_user(name: str) -> Any:
-            return getattr(uc, name, None)
-
-        return PoolSettings(
-            pool_mode=pick(getattr(uc, "pool_mode", None), dbc.pool_mode, s.pool_mode),
-            pool_size=pick(dbc.pool_size, getattr(uc, "pool_size", None), s.default_pool_size),
-            min_pool_size=pick(dbc.min_pool_size, s.min_pool_size),
-            reserve_pool_size=pick(
-                dbc.reserve_pool, per_user("reserve_pool_size"), s.reserve_pool_size
-            ),
-            reserve_pool_timeout=s.reserve_pool_timeout,
-            max_db_connections=pick(dbc.max_db_connections, s.max_db_connections),
-            max_user_connections=pick(
-                getattr(uc, "max_user_connections", None), s.max_user_connections
-            ),
-            server_lifetime=pick(dbc.server_lifetime, s.server_lifetime),
-            server_idle_timeout=s.server_idle_timeout,
-            server_connect_timeout=s.server_connect_timeout,
-            server_login_retry=s.server_login_retry,
-            server_reset_query=s.server_reset_query,
-            server_reset_query_always=s.server_reset_query_always,
-            # "<empty>" is PgBouncer's spelling for "send an empty query"; "" turns checks off.
-            server_check_query=(
-                None
-                if not s.server_check_query
-                else ""
-                if s.server_check_query == "<empty>"
-                else s.server_check_query
-            ),
-            server_check_delay=s.server_check_delay,
-            query_timeout=pick(per_user("query_timeout"), s.query_timeout),
-            query_wait_timeout=s.query_wait_timeout,
-            query_wait_notify=s.query_wait_notify,
-            client_idle_timeout=pick(per_user("client_idle_timeout"), s.client_idle_timeout),
-            idle_transaction_timeout=pick(
-                per_user("idle_transaction_timeout"), s.idle_transaction_timeout
-            ),
-        )
+        return resolve_pool_settings(self.settings, db.config, user.config)
 
     def database(self, name: str) -> Database | None:
         db = self.pooler.databases.get(name)
@@ -696,6 +651,7 @@ class App:
             self._log_close(client, reason)
         if client.is_admin:
             self.admin_clients.pop(client, None)
+            self.admin.session_closed(client)
             self.pooler.cancel_keys.pop(client.cancel_key, None)
             return
         self.apply(self.pooler.client_closed(client, self.now()))
@@ -719,9 +675,11 @@ class App:
         dbc: DatabaseConfig = server.pool.db.config
         try:
             if _is_unix(dbc.host):
-                _, writer = await asyncio.open_unix_connection(
-                    _unix_path(dbc.host, dbc.port, self.settings.unix_socket_dir)
-                )
+                path = _unix_path(dbc.host, dbc.port, self.settings.unix_socket_dir)
+                if not path:
+                    return  # no unix_socket_dir: the server it would reach cannot exist
+                sock = await _unix_connect(self.loop, path)
+                _, writer = await asyncio.open_unix_connection(sock=sock)
             else:
                 _, writer = await asyncio.open_connection(dbc.host, dbc.port)
             writer.write(m.cancel_request(server.pid, server.key))
@@ -899,8 +857,13 @@ class App:
         try:
             if _is_unix(dbc.host):
                 path = _unix_path(dbc.host, dbc.port, self.settings.unix_socket_dir)
+                if not path:
+                    self._no_unix_dir(server)
+                    return
+                sock = await _unix_connect(self.loop, path)
+                label = _unix_label(path)
                 await self.loop.create_unix_connection(
-                    lambda: ServerConn(self, server, login, path), path
+                    lambda: ServerConn(self, server, login, label), sock=sock
                 )
             else:
                 peer = f"{dbc.host}:{dbc.port}"
@@ -909,6 +872,19 @@ class App:
                 )
         except OSError as exc:
             self.server_login_failed(server, None, f"connect failed: {exc.strerror or exc}")
+
+    def _no_unix_dir(self, server: Server) -> None:
+        """A database without host while unix_socket_dir is empty: PgBouncer's log line, and
+        the waiting clients are told at once (it is not a server that may come back)."""
+        name = server.pool.db.name
+        log.error("unix socket dir not configured: %s", name)
+        error = ServerError(
+            "FATAL",
+            ss.CONNECTION_FAILURE,
+            f"unix socket dir not configured: {name}",
+            hint="Give the database a host= in [databases], or set unix_socket_dir.",
+        )
+        self.server_login_failed(server, error, "cannot connect")
 
     # --- the janitor -------------------------------------------------------------------------
     def _tick(self) -> None:
@@ -1049,13 +1025,16 @@ class App:
             )
             self.servers_listening.append(srv)
         if s.unix_socket_dir:
-            path = os.path.join(s.unix_socket_dir, f".s.PGSQL.{port}")
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+            path = _unix_path(None, port, s.unix_socket_dir)
+            abstract = path.startswith("\0")  # no file to remove, chmod or unlink at exit
+            if not abstract:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
             self.unix_listening = await self.loop.create_unix_server(lambda: ClientConn(self), path)
-            self.unix_path = path
-            with contextlib.suppress(OSError):
-                os.chmod(path, int(s.unix_socket_mode))
+            if not abstract:
+                self.unix_path = path
+                with contextlib.suppress(OSError):
+                    os.chmod(path, int(s.unix_socket_mode))
         if not self.servers_listening and self.unix_listening is None:
             raise ConfigError(self.config.path, 0, "no listen_addr and no unix_socket_dir")
         return addrs
@@ -1156,13 +1135,40 @@ def _line_of(path: str, text: str) -> str:
 
 
 def _is_unix(host: str | None) -> bool:
-    return not host or host.startswith("/")
+    """No host, a socket directory (`/dir`) or an abstract-namespace name (`@name`)."""
+    return not host or host.startswith(("/", "@"))
 
 
 def _unix_path(host: str | None, port: int, default_dir: str = "/tmp") -> str:
-    """A database without host uses a socket in unix_socket_dir, as PgBouncer does."""
-    directory = host or default_dir or "/tmp"
+    """The AF_UNIX address of `.s.PGSQL.PORT` in the host's directory, or in unix_socket_dir
+    (`default_dir`) for a database without host, as PgBouncer does. A directory starting with
+    `@` is a Linux abstract-namespace name: PgBouncer and PostgreSQL build the name the same
+    way and put a NUL where the `@` is. "" when there is no directory (an empty
+    unix_socket_dir), where PgBouncer refuses to connect rather than guess /tmp."""
+    directory = host or default_dir
+    if not directory:
+        return ""
+    if directory.startswith("@"):
+        return f"\0{directory[1:]}/.s.PGSQL.{port}"
     return os.path.join(directory, f".s.PGSQL.{port}")
+
+
+def _unix_label(path: str) -> str:
+    """A unix socket address as logs and SHOW show it (`@name/...` for an abstract one)."""
+    return "@" + path[1:] if path.startswith("\0") else path
+
+
+async def _unix_connect(loop: asyncio.AbstractEventLoop, path: str) -> socket.socket:
+    """A connected AF_UNIX socket. Made here rather than by create_unix_connection(path):
+    libuv, under uvloop, cannot connect to an abstract-namespace name."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, path)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 # --- `pgfunnel serve` -----------------------------------------------------------------------

@@ -556,7 +556,8 @@ def test_show_clients_and_servers_have_pgbouncer_columns_and_live_values(
             assert pid is not None
             clients = f.admin("SHOW CLIENTS")
             servers = f.admin("SHOW SERVERS")
-        assert list(clients[0]) == SOCKET_COLUMNS
+        # PgBouncer's columns, then pgfunnel's own on how the client authenticated.
+        assert list(clients[0]) == [*SOCKET_COLUMNS, "auth_method", "hba_line"]
         assert list(servers[0]) == SOCKET_COLUMNS
         [client] = [c for c in clients if c["port"] == port]
         assert client["type"] == "C"

@@ -24,6 +24,7 @@ if _so:
     sys.modules["pgfunnel._switch._switch"] = _mod
 
 from pgfunnel.proto import messages as m  # noqa: E402
+from pgfunnel.throwaway import SUPERUSER, Cluster  # noqa: E402
 
 try:
     from pgfunnel._switch import Event, Switch
@@ -142,3 +143,18 @@ def assert_silent(sock: socket.socket, wait: float = 0.1) -> None:
     finally:
         sock.settimeout(5)
     raise AssertionError(f"unexpected bytes: {data!r}")
+
+
+def pg_login(cluster: Cluster, user: str = SUPERUSER) -> socket.socket:
+    """A server connection logged in over the cluster's unix socket (trust), as the pooler's
+    Python login would hand it to the switch: its ReadyForQuery read."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    sock.connect(str(cluster.sockdir / f".s.PGSQL.{cluster.port}"))
+    sock.sendall(m.startup_message({"user": user, "database": "postgres"}))
+    for kind, payload in read_until_z(sock):
+        if kind == b"E":
+            raise AssertionError(f"login failed: {payload!r}")
+        if kind == b"R":
+            assert payload[:4] == b"\0\0\0\0", "the test cluster trusts its unix socket"
+    return sock

@@ -1,0 +1,71 @@
+"""Connect/query/disconnect through the switch many times, good and bad paths alike; run by
+test_leaks.py under LeakSanitizer (ASan build) so that any block the switch forgets shows up.
+
+usage: leak_loop.py SWITCH_SO SOCKDIR PORT ROUNDS
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+import sys
+from pathlib import Path
+
+
+def main() -> None:
+    so, sockdir, port, rounds = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    spec = importlib.util.spec_from_file_location("pgfunnel._switch._switch", so)
+    assert spec is not None and spec.loader is not None
+    native = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(native)
+    sys.modules["pgfunnel._switch._switch"] = native
+
+    from pgfunnel._switch import EventKind, Mode
+    from pgfunnel.proto import messages as m
+    from pgfunnel.throwaway import SUPERUSER
+    from tests.switch.conftest import make_switch, read_until_z
+
+    def login() -> int:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(10)
+        sock.connect(str(sockdir / f".s.PGSQL.{port}"))
+        sock.sendall(m.startup_message({"user": SUPERUSER, "database": "postgres"}))
+        read_until_z(sock)
+        return sock.detach()
+
+    sw = make_switch(buffer_size=4096)
+    sw.start()
+    sw.add_pool(1, Mode.TRANSACTION)
+    sw.add_server(login(), 1)
+    sw.add_server(login(), 1)
+    for i in range(rounds):
+        ours, theirs = socket.socketpair()
+        ours.settimeout(10)
+        sw.add_client(theirs.detach(), 1)
+        if i % 5 == 0:
+            ours.sendall(m.query("select repeat('x', 20000)"))  # bigger than the buffer
+        else:
+            ours.sendall(m.query("select 1"))
+        read_until_z(ours)
+        if i % 7 == 3:
+            ours.sendall(m.message(b"?"))  # refused: the client is closed by the switch
+            while ours.recv(4096):
+                pass
+        else:
+            if i % 7 == 5:
+                ours.sendall(m.query("begin"))  # left open: parked, then closed by us
+                read_until_z(ours)
+            ours.sendall(m.terminate())
+        ours.close()
+        events = []
+        while not any(e.kind is EventKind.CLOSED for e in events):
+            events += sw.events()
+        for e in events:
+            if e.kind is EventKind.ATTENTION:
+                sw.close(e.conn)
+                sw.add_server(login(), 1)
+    sw.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -627,7 +627,6 @@ def check_main(args: argparse.Namespace) -> int:
 def advise_main(args: argparse.Namespace) -> int:
     from pgfunnel.toolkit import advise as ad
     from pgfunnel.toolkit import inputs as ip
-    from pgfunnel.toolkit.units import parse_size
 
     if args.pgtune:
         return pgtune_main(args)
@@ -644,14 +643,13 @@ def advise_main(args: argparse.Namespace) -> int:
         if args.from_cgroup:
             hw = ad.hardware_from_cgroup()
         else:
-            ram = args.ram or server.get("ram")
-            cpus = args.cpus or server.get("cpus")
-            if ram is None or cpus is None:
-                raise ip.InputError(
-                    "give --ram and --cpus (or server.ram/cpus in the fleet YAML, "
-                    "or --from-cgroup beside the server)"
-                )
-            hw = ad.Hardware(parse_size(ram), int(cpus))
+            hw = ad.resolve_hardware(
+                args.ram or server.get("ram"),
+                args.cpus or server.get("cpus"),
+                inp.instance_class,
+                ram_from="--ram" if args.ram else f"{args.fleet} server.ram",
+                cpus_from="--cpus" if args.cpus else f"{args.fleet} server.cpus",
+            )
         advice = ad.advise(
             inp,
             hw,

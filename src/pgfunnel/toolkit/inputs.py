@@ -544,6 +544,18 @@ def read_inputs(paths: list[str], instance_class: str | None = None) -> Inputs:
                     raise InputError(f"{path}: expected a mapping")
                 read_helm(path, docs[0], text, out)
     apply_hpas(out)
+    if out.supply.max_connections is None and out.instance_class:
+        # An instance class alone (flag or fleet YAML): RDS's default parameter group.
+        try:
+            mc, steps = rds.max_connections_step(
+                rds.DEFAULT_MAX_CONNECTIONS_FORMULA,
+                rds.instance_class(out.instance_class),
+                "the RDS default parameter group",
+            )
+        except rds.RdsError as exc:
+            raise InputError(str(exc)) from exc
+        out.supply.max_connections = mc
+        out.supply.steps += steps
     env_pw = os.environ.get("PGPASSWORD")
     if env_pw:
         out.redactor.scan(f"PGPASSWORD={env_pw}")

@@ -136,7 +136,8 @@ def test_advise_golden_and_files(capsys: pytest.CaptureFixture[str], tmp_path: P
     assert code == 0
     golden("advise-fleet.txt", out)
     ini = (tmp_path / "pgbouncer.ini").read_text()
-    assert "default_pool_size = 13" in ini and "max_client_conn = 539" in ini
+    assert "default_pool_size = 25" in ini and "max_client_conn = 1078" in ini
+    assert "reserve_pool_size = 5" in ini and "reserve_pool_timeout = 3" in ini
     assert "ALTER SYSTEM SET" in (tmp_path / "alter_system.sql").read_text()
     from pgfunnel.config.loader import load_config
 

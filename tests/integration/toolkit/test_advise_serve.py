@@ -49,6 +49,11 @@ def test_advised_ini_loads_without_unsupported_settings(
     cfg = load_config("pgbouncer.ini")
     assert cfg.unsupported == []
     assert list(cfg.databases) == ["postgres"]
+    # the runbooks' pooler settings (issue 13.4), as pgfunnel serve reads them: 2 instances x
+    # 2 processes x pool 5 = 20 clients, so a pool of 20 (2 CPUs) and a reserve of 5
+    st = cfg.settings
+    assert (st.default_pool_size, st.reserve_pool_size) == (20, 5)
+    assert (float(st.reserve_pool_timeout), float(st.server_idle_timeout)) == (3.0, 300.0)
 
 
 @pytest.mark.skipif(not HAVE_SERVE, reason="pgfunnel serve (net/app.py serve_main) not there yet")

@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pgfunnel")
 
-ADMIN_DATABASES: Final = ("pgbouncer", "pgfunnel")
 OWN_USER: Final = "pgbouncer"  # PgBouncer's console user for its own OS user
 FAILED_PREFIX: Final = "password authentication failed for user "
 _HDR = struct.Struct("!ci")
@@ -134,17 +133,15 @@ class _LookupPool:
 
     def __init__(self, target: _Target, size: int) -> None:
         self.target = target
-        self.size = max(1, size)
         self.idle: list[_LookupConn] = []
-        self.busy = 0
-        self.free = asyncio.Condition()
+        # One slot per connection, idle or in use: a lookup holds one from before it takes
+        # or opens a connection until it has put it back or closed it.
+        self.slots = asyncio.Semaphore(max(1, size))
         self.closed = False
 
     async def lookup(self, sql: str, user: str, timeout: float, unix_dir: str) -> Found | None:
         async with asyncio.timeout(timeout):
-            async with self.free:
-                await self.free.wait_for(lambda: bool(self.idle) or self.busy < self.size)
-                self.busy += 1
+            await self.slots.acquire()
         conn: _LookupConn | None = None
         try:
             async with asyncio.timeout(timeout):
@@ -157,14 +154,13 @@ class _LookupPool:
             if conn is not None:
                 conn.close()
             raise
-        finally:
-            self.busy -= 1
-        if self.closed:
-            conn.close()
         else:
-            self.idle.append(conn)
-        async with self.free:
-            self.free.notify()
+            if self.closed:
+                conn.close()
+            else:
+                self.idle.append(conn)
+        finally:
+            self.slots.release()
         return found
 
     def close(self) -> None:

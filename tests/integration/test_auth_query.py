@@ -333,3 +333,32 @@ def test_auth_type_any_needs_a_forced_user(any_funnel: Funnel) -> None:
     assert login(any_funnel, "whoever", "anything", database="forced") == SCRAM_ROLE
     err = login(any_funnel, "whoever", "anything", database="unforced")
     assert (err.sqlstate, err.message) == ("08P01", "bouncer config error")
+
+
+@pytest.fixture(scope="module")
+def hba_query_funnel(server: Cluster) -> Iterator[Funnel]:
+    """auth_type = hba with users found by auth_query: trust for one database, SCRAM else."""
+    f = Funnel(
+        server,
+        settings={"auth_type": "hba", "auth_user": SUPERUSER},
+        databases={"postgres": db(server), "trusted": db(server)},
+    )
+    (f.dir / "hba.conf").write_text(
+        "host trusted all 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n"
+    )
+    f.config.write_text(f.config.read_text() + f"auth_hba_file = {f.dir / 'hba.conf'}\n")
+    f.start()
+    try:
+        yield f
+    finally:
+        f.stop()
+
+
+def test_hba_methods_apply_to_users_found_by_auth_query(hba_query_funnel: Funnel) -> None:
+    f = hba_query_funnel
+    # trust: no password asked, but the user must exist (PgBouncer's rule); the server login
+    # uses the md5 secret the query returned.
+    assert login(f, MD5_ROLE, "not-asked", database="trusted") == MD5_ROLE
+    assert failed(login(f, f"aq_nobody_{TAG}", "x", database="trusted"), f"aq_nobody_{TAG}")
+    assert login(f, SCRAM_ROLE, SCRAM_PW) == SCRAM_ROLE
+    assert failed(login(f, SCRAM_ROLE, "wrong"), SCRAM_ROLE)

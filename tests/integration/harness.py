@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -34,8 +35,10 @@ class Funnel:
         databases: Mapping[str, str] | None = None,
         users: Mapping[str, str] | None = None,
         userlist: Mapping[str, str] | None = None,
+        nofile: int | None = None,
     ) -> None:
         self.cluster = cluster
+        self.nofile = nofile  # RLIMIT_NOFILE (soft and hard) for the process, when given
         self.dir = Path(tempfile.mkdtemp(prefix="pgfunnel-"))
         self.port = free_port()
         self.logfile = self.dir / "pgfunnel.log"
@@ -74,10 +77,17 @@ class Funnel:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 15.0) -> Funnel:
+        nofile = self.nofile
+
+        def limit_fds() -> None:
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pgfunnel", "serve", "-q", str(self.config)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            preexec_fn=limit_fds if nofile is not None else None,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

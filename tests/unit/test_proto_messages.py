@@ -209,6 +209,13 @@ def test_parse_parameter_status_and_cstrings_and_i32() -> None:
         ("C:\\path", "E'C:\\\\path'"),
         ("a\\'b", "E'a\\\\''b'"),
         ("\\", "E'\\\\'"),
+        ("é", "E'\\u00e9'"),
+        (
+            "Õ\\'; insert into t values (31337); --",
+            "E'\\u00d5\\\\''; insert into t values (31337); --'",
+        ),
+        ("tab\there", "E'tab\\u0009here'"),
+        ("\U0001f600", "E'\\U0001f600'"),
     ],
 )
 def test_quote_literal(value: str, quoted: str) -> None:
@@ -229,6 +236,10 @@ def _unquote(literal: str, standard_conforming_strings: bool) -> str:
             assert body[i + 1] == "'", f"unescaped quote in {literal!r}"
             out.append("'")
             i += 2
+        elif ch == "\\" and escape and body[i + 1] in "uU":
+            width = 4 if body[i + 1] == "u" else 8
+            out.append(chr(int(body[i + 2 : i + 2 + width], 16)))
+            i += 2 + width
         elif ch == "\\" and backslash_escapes:
             out.append(body[i + 1])
             i += 2
@@ -239,9 +250,10 @@ def _unquote(literal: str, standard_conforming_strings: bool) -> str:
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.text(alphabet=st.sampled_from("ab'\\\" ,;é"), max_size=20))
+@given(st.text(alphabet=st.sampled_from("ab'\\\" ,;é\t\u8868\U0001f600"), max_size=20))
 def test_quote_literal_reads_back_under_either_string_setting(value: str) -> None:
     literal = m.quote_literal(value)
+    assert literal.isascii() and literal.isprintable()
     assert _unquote(literal, standard_conforming_strings=True) == value
     assert _unquote(literal, standard_conforming_strings=False) == value
 

@@ -59,6 +59,14 @@ ADMIN_DATABASES = ("pgbouncer", "pgfunnel")
 JANITOR_INTERVAL = 0.1  # seconds between janitor runs: the resolution of every timeout
 HOLDERS_LOG_AFTER = 5.0  # a queue this old gets one log line naming the top holders
 HOLDERS_LOGGED = 3
+# File descriptors kept beyond the clients' for the admin console, the metrics endpoint, the
+# listeners and the log: a flood of client sockets must leave a way in to see and fix it.
+FD_RESERVE = 48
+# A socket that has not logged in this long may be closed to make room for a new one when
+# the client limit is reached; younger ones are left their chance to log in.
+EVICT_GRACE = 1.0
+LIMIT_LOG_EVERY = 10.0  # seconds between log lines saying the client limit bites
+FD_SPARE = 16  # under the fd limit, room the janitor keeps free for new logins
 # The signals pgfunnel acts on. Only the event loop's thread takes them (the others block
 # them): the kernel gives a process signal to any thread that does not block it, and one
 # taken by a libuv resolver thread could overtake one sent before it. See _SignalQueue.
@@ -114,6 +122,9 @@ class App:
         self.exit_code = 0  # 1 when it goes down on an error (PgBouncer's die())
         self.refused: dict[str, int] = {}  # clients refused before reaching a pool, by reason
         self.metrics: Any = None  # pgfunnel.metrics.MetricsServer when metrics_addr is set
+        self.fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self._limit_bites = [0, 0]  # since the last log line: logins evicted, sockets refused
+        self._limit_logged = -LIMIT_LOG_EVERY
         self._apply_settings()
 
     def _apply_settings(self) -> None:
@@ -560,6 +571,75 @@ class App:
             conn.transport.pause_reading()  # read once RESUME comes
         self.client_count += 1
         self.logging_in[conn] = None  # oldest first: client_login_timeout scans from the front
+        if self.client_count > int(self.settings.max_client_conn) or (
+            self.client_count > self.fd_limit - FD_RESERVE
+        ):
+            self._make_room(conn)
+
+    def _fd_room(self) -> int:
+        """How many client sockets the file descriptor limit leaves room for."""
+        if self.fd_limit == resource.RLIM_INFINITY:
+            return 1 << 62
+        servers = sum(pool.server_total for pool in self.pooler.pools.values())
+        return self.fd_limit - FD_RESERVE - servers
+
+    def _client_cap(self) -> int:
+        """How many client sockets may stay open: max_client_conn, or fewer where the fd
+        limit leaves less room (then some is kept free for new logins)."""
+        return min(int(self.settings.max_client_conn), self._fd_room() - FD_SPARE)
+
+    def _make_room(self, new: ClientConn) -> None:
+        """Over max_client_conn (or the fd limit): every socket counts, logged in or not. The
+        oldest one that has not logged in for EVICT_GRACE goes, so that silent sockets cannot
+        fill the process; with none such, a socket over the fd limit is refused at once.
+        Logged-in clients are never closed here; a new client over max_client_conn that does
+        log in gets PgBouncer's error for it at its startup packet."""
+        now = self.now()
+        if not self._evict_logins(now, 1, spare=new) and self.client_count > self._fd_room():
+            self._limit_bites[1] += 1
+            self.count_refusal(Refusal.MAX_CLIENT_CONN)
+            new.fail(
+                ServerError("FATAL", ss.PROTOCOL_VIOLATION, Reason.MAX_CLIENT_CONN),
+                Reason.MAX_CLIENT_CONN,
+            )
+        self._log_limit(now)
+
+    def _evict_logins(self, now: float, count: int, spare: ClientConn | None = None) -> int:
+        """Close up to `count` of the oldest sockets not logged in for EVICT_GRACE."""
+        victims: list[ClientConn] = []
+        for conn in self.logging_in:
+            if len(victims) >= count or now - conn.client.connect_time < EVICT_GRACE:
+                break  # oldest first: the rest are younger still
+            if conn is not spare:
+                victims.append(conn)
+        for conn in victims:
+            self._limit_bites[0] += 1
+            self.count_refusal(Refusal.MAX_CLIENT_CONN)
+            conn.fail(
+                ServerError("FATAL", ss.PROTOCOL_VIOLATION, Reason.MAX_CLIENT_CONN),
+                Reason.MAX_CLIENT_CONN,
+            )
+        return len(victims)
+
+    def _log_limit(self, now: float) -> None:
+        if now - self._limit_logged < LIMIT_LOG_EVERY:
+            return
+        self._limit_logged = now
+        evicted, refused = self._limit_bites
+        self._limit_bites = [0, 0]
+        log.warning(
+            "client limit reached: %d client sockets (%d not logged in), max_client_conn=%s, "
+            "room for %d under the fd limit %s; closed %d logins older than %.0fs, refused "
+            "%d new sockets",
+            self.client_count,
+            len(self.logging_in),
+            self.settings.max_client_conn,
+            max(self._fd_room(), 0),
+            self.fd_limit,
+            evicted,
+            EVICT_GRACE,
+            refused,
+        )
 
     def admit(self, conn: ClientConn, dbname: str, user: str) -> ServerError | None:
         """Decide whether this startup may go on to authentication."""
@@ -750,8 +830,11 @@ class App:
         if server.tx_status != b"I":
             return  # statement mode never gets here: ServerConn stops at a 'T' first
         conn: ClientConn = client.conn
-        if not conn.scanner.at_boundary or conn.pending:
-            return  # half a message is on its way to this server: keep the link
+        scanner = conn.scanner
+        if scanner.in_body or scanner.batch or conn.pending:
+            # Half a message is on its way to this server, or the client has sent part of an
+            # extended-protocol batch after its last Sync: keep the link until its Sync.
+            return
         self.apply(self.pooler.release_server(server, self.now()))
 
     def long_transaction(self, client: Client, server: Server) -> None:
@@ -905,6 +988,11 @@ class App:
                         ServerError("FATAL", ss.PROTOCOL_VIOLATION, Reason.CLIENT_LOGIN_TIMEOUT),
                         Reason.CLIENT_LOGIN_TIMEOUT,
                     )
+            excess = self.client_count - self._client_cap()
+            if excess > 0 and self.logging_in:
+                # Silent sockets opened faster than the grace let them be evicted at accept.
+                if self._evict_logins(now, excess):
+                    self._log_limit(now)
             if self.shutting_down == "WAIT_FOR_SERVERS":
                 self._close_waiting_for_shutdown()  # those queued since by any path
             self.apply(self.pooler.maint(now))
@@ -1058,6 +1146,7 @@ class App:
         for server in list(self.pooler.all_servers()):
             if server.conn is not None:
                 server.conn.close()
+        self.auth_lookups.close()
         await asyncio.sleep(0)
 
 

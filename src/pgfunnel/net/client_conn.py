@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import socket
 from enum import Enum
@@ -20,6 +21,7 @@ from pgfunnel.proto.framing import (
     Scanner,
     SSLRequest,
     StartupMessage,
+    UnknownMessage,
     UnsupportedProtocol,
     read_startup_packet,
 )
@@ -30,10 +32,22 @@ if TYPE_CHECKING:
     from pgfunnel.net.app import App
     from pgfunnel.net.server_conn import ServerConn
 
-# Client -> server: messages that earn a ReadyForQuery, and Terminate.
-_WATCH = Scanner.table(report=b"QSFX")
+log = logging.getLogger("pgfunnel")
+
+# Client -> server. Reported: the messages that earn a ReadyForQuery, and Terminate. A message
+# of the extended protocol opens a batch that only the next Sync (or Query, FunctionCall)
+# closes: until then the server is not at a transaction boundary, whatever its last
+# ReadyForQuery said. Every other type is refused, as PgBouncer does ("unknown pkt"): passed
+# on, it would end the backend with a FATAL and cost a fork per try.
+_FRONTEND = b"QFPBEDCHSdcfX"
+_WATCH = Scanner.table(
+    report=b"QSFX", opens=b"PBEDC", closes=b"QSF", empty=b"X", stop=b"X", allowed=_FRONTEND
+)
 _X = m.TERMINATE
 _PENDING_PAUSE = 1 << 20  # stop reading a client that queued this much while it waits
+# PostgreSQL's limit for a password or SASL message (PG_MAX_AUTH_TOKEN_LENGTH), plus the
+# length word itself: a login-phase message may not make an unauthenticated peer cost more.
+AUTH_MAX_MESSAGE = 65535 + 4
 
 TRACKED_PARAMS = m.TRACKED_PARAMS
 _CANONICAL = {p.lower(): p for p in TRACKED_PARAMS}
@@ -56,6 +70,7 @@ class ClientConn(asyncio.Protocol):
         "auth",
         "buf",
         "client",
+        "negotiated",
         "paused",
         "paused_server",
         "pending",
@@ -71,7 +86,8 @@ class ClientConn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.phase = Phase.STARTUP
         self.buf = bytearray()
-        self.reader = MessageReader(app.max_packet_size)
+        self.reader = MessageReader(AUTH_MAX_MESSAGE)
+        self.negotiated: set[type] = set()  # SSLRequest / GSSENCRequest, each answered once
         self.scanner = Scanner(_WATCH, app.max_packet_size)
         self.pending = bytearray()  # what the client sent while it held no server
         self.auth: ClientAuth | None = None
@@ -109,7 +125,11 @@ class ClientConn(asyncio.Protocol):
         elif self.phase is Phase.ADMIN:
             self._admin_data(data)
         elif self.phase is Phase.WAIT_LOGIN:
-            self.buf += data  # pipelined before our ReadyForQuery; replayed after login
+            # Pipelined before our ReadyForQuery; replayed after login. Bounded as a queued
+            # client's bytes are: the pool's first server login may take its time.
+            self.buf += data
+            if len(self.buf) > _PENDING_PAUSE:
+                self.pause_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -151,20 +171,33 @@ class ClientConn(asyncio.Protocol):
     # --- the hot path ------------------------------------------------------------------------
     def _forward(self, data: bytes) -> None:
         client = self.client
+        scanner = self.scanner
+        held = scanner.partial_header
+        batch = scanner.batch
+        in_body = scanner.in_body
         try:
-            events = self.scanner.feed(data)
+            events = scanner.feed(data)
         except ProtocolViolation as exc:
-            if client.link is not None:
-                # The scanner's position is lost: the server may hold half a message.
-                client.link.ready = False
-                client.link.close_reason = Reason.PROTOCOL
-            self.fail(ServerError("FATAL", ss.PROTOCOL_VIOLATION, str(exc)), Reason.PROTOCOL)
+            # Nothing of this chunk was passed on: the server's stream is where it was.
+            scanner.batch = batch
+            self._refuse(exc, in_body)
             return
+        tail = scanner.partial_header
+        offset = 0
+        if held or tail:
+            # Never pass on part of a header: a client that leaves (or a Terminate that comes
+            # split) would leave it in a backend that goes back to the pool, glued to the
+            # next client's query. Those bytes wait here for the rest of their header.
+            stream = held + data
+            offset = len(held)
+            data = stream[: len(stream) - len(tail)]
+            if not data:
+                return
         idle = client.expect_rfq == 0
         if events is not None:
             for kind, _, end in events:
                 if kind == _X:
-                    self._terminate(data[: end - 5])
+                    self._terminate(data[: offset + end - 5])
                     return
                 client.expect_rfq += 1
         server = client.link
@@ -184,6 +217,30 @@ class ClientConn(asyncio.Protocol):
             self.pause_reading()
         if client.state is ClientState.ACTIVE:
             self.app.wants_server(client)
+
+    def _refuse(self, exc: ProtocolViolation, in_body: bool) -> None:
+        """A message the pooler will not pass on: the client goes, with the reason. Its server
+        is closed only if it holds part of a message; otherwise the scheduler treats it as
+        any server whose client left (in a transaction or a batch: rolled back or closed)."""
+        client = self.client
+        if client.link is not None and in_body:
+            client.link.ready = False
+            client.link.close_reason = Reason.PROTOCOL
+        if isinstance(exc, UnknownMessage):
+            log.error(
+                "C-%#x: %s/%s@%s:%s unknown pkt from client: %d/%#x",
+                client.id,
+                client.dbname,
+                client.username,
+                client.addr,
+                client.port,
+                exc.kind,
+                exc.kind,
+            )
+            error = ServerError("FATAL", ss.PROTOCOL_VIOLATION, Reason.UNKNOWN_PKT)
+            self.fail(error, Reason.UNKNOWN_PKT)
+            return
+        self.fail(ServerError("FATAL", ss.PROTOCOL_VIOLATION, str(exc)), Reason.PROTOCOL)
 
     def _terminate(self, before: bytes) -> None:
         """Terminate: pass on what came before it, then leave; the server stays pooled."""
@@ -232,32 +289,39 @@ class ClientConn(asyncio.Protocol):
     # --- startup and authentication ----------------------------------------------------------
     def _startup_data(self, data: bytes) -> None:
         self.buf += data
-        try:
-            parsed = read_startup_packet(self.buf)
-        except ProtocolViolation as exc:
-            self.fail(ServerError("FATAL", ss.PROTOCOL_VIOLATION, str(exc)), Reason.PROTOCOL)
+        while self.phase is Phase.STARTUP:
+            try:
+                parsed = read_startup_packet(self.buf)
+            except ProtocolViolation as exc:
+                self.fail(ServerError("FATAL", ss.PROTOCOL_VIOLATION, str(exc)), Reason.PROTOCOL)
+                return
+            if parsed is None:
+                return
+            packet, used = parsed
+            del self.buf[:used]
+            if isinstance(packet, SSLRequest | GSSENCRequest):
+                if type(packet) in self.negotiated:
+                    # As PostgreSQL: each may be asked once; a repeat is an unknown protocol.
+                    code = packet.code
+                    msg = Msg.BAD_PROTOCOL.format(major=code >> 16, minor=code & 0xFFFF)
+                    self.fail(ServerError("FATAL", ss.FEATURE_NOT_SUPPORTED, msg), Reason.PROTOCOL)
+                    return
+                self.negotiated.add(type(packet))
+                assert self.transport is not None
+                self.transport.write(b"N")  # TLS comes in a later issue: the client goes on
+                continue
+            if isinstance(packet, CancelRequest):
+                self.app.cancel(packet.pid, packet.key)
+                self.close(None)
+                return
+            if isinstance(packet, UnsupportedProtocol):
+                major, minor = packet.version >> 16, packet.version & 0xFFFF
+                msg = Msg.BAD_PROTOCOL.format(major=major, minor=minor)
+                self.fail(ServerError("FATAL", ss.FEATURE_NOT_SUPPORTED, msg), Reason.PROTOCOL)
+                return
+            assert isinstance(packet, StartupMessage)
+            self._startup(packet.params)
             return
-        if parsed is None:
-            return
-        packet, used = parsed
-        del self.buf[:used]
-        if isinstance(packet, SSLRequest | GSSENCRequest):
-            assert self.transport is not None
-            self.transport.write(b"N")  # TLS comes in a later issue: the client goes on in clear
-            if self.buf:
-                self._startup_data(b"")
-            return
-        if isinstance(packet, CancelRequest):
-            self.app.cancel(packet.pid, packet.key)
-            self.close(None)
-            return
-        if isinstance(packet, UnsupportedProtocol):
-            major, minor = packet.version >> 16, packet.version & 0xFFFF
-            msg = Msg.BAD_PROTOCOL.format(major=major, minor=minor)
-            self.fail(ServerError("FATAL", ss.FEATURE_NOT_SUPPORTED, msg), Reason.PROTOCOL)
-            return
-        assert isinstance(packet, StartupMessage)
-        self._startup(packet.params)
 
     def _startup(self, params: dict[str, str]) -> None:
         app = self.app
@@ -372,10 +436,14 @@ class ClientConn(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(b"".join(out))
         self.phase = Phase.ADMIN if client.is_admin else Phase.FORWARD
+        if client.is_admin:
+            self.reader = MessageReader(self.app.max_packet_size)
         early = bytes(self.buf)
         self.buf.clear()
         if early:
             self.data_received(early)
+        if self.paused and len(self.pending) <= _PENDING_PAUSE:
+            self.resume_reading()  # paused while it waited for login; no longer holding much
 
     # --- admin console -----------------------------------------------------------------------
     def _admin_data(self, data: bytes) -> None:
@@ -443,9 +511,11 @@ class ClientConn(asyncio.Protocol):
         """Tell the App the client is gone, after the checks that only matter at this rare
         moment (so the hot path stays free of them)."""
         server = self.client.link
-        if server is not None and not self.scanner.at_boundary:
-            # Half a message went to the server: the next one written there would be glued
-            # onto it, and a ROLLBACK would wait behind it forever. Close it, never reuse it.
+        if server is not None and (self.scanner.in_body or self.scanner.batch):
+            # Half a message went to the server (the next one written there would be glued
+            # onto it, and a ROLLBACK would wait behind it forever), or a batch without its
+            # Sync (its statements, maybe a BEGIN or an INSERT, would run with the next
+            # client's, and commit with them). Close it, never reuse it.
             server.ready = False
             if not server.close_reason:
                 server.close_reason = Reason.CLIENT_GONE_NOT_READY

@@ -23,16 +23,36 @@ class ProtocolViolation(Exception):
     """The peer sent bytes that are not a v3 message stream (bad length, oversized packet)."""
 
 
+class UnknownMessage(ProtocolViolation):
+    """A message type the receiving side does not accept (PgBouncer: "unknown pkt")."""
+
+    def __init__(self, kind: int) -> None:
+        super().__init__(f"unknown pkt: {kind}/{kind:#x}")
+        self.kind = kind
+
+
+# Flags of a watch table entry. REPORT and CAPTURE keep their old values (1 and 2).
+REPORT = 1  # report (type, None, end)
+CAPTURE = 2  # report (type, payload, end), the payload assembled across chunks
+OPENS = 4  # the message opens an extended-protocol batch (Parse, Bind, Execute, ...)
+CLOSES = 8  # the message ends the batch: the server answers it with ReadyForQuery
+EMPTY = 16  # the message has no body (length must be 4): Sync, Flush, CopyDone, Terminate
+STOP = 32  # stop scanning after this message (Terminate: nothing after it counts)
+FORBID = 64  # not a message this side may send: ProtocolViolation (UnknownMessage)
+
+
 class Scanner:
     """Walks message headers in a byte stream fed chunk by chunk, without copying bodies.
 
-    `watch` is a 256-entry table: 0 = ignore the message, 1 = report its type and end offset,
-    2 = also report its payload (assembled across chunks when split). The forwarding layer
-    writes each chunk on as it is and acts only on the events, so an ordinary DataRow costs one
-    header read and no allocation.
+    `watch` is a 256-entry table of flags (above). The forwarding layer writes each chunk on
+    as it is and acts only on the events, so an ordinary DataRow costs one header read and no
+    allocation. Beside the events it keeps what the pooler must know at its rare decisions:
+    `batch` (a message that opens an extended-protocol batch was seen since the last one that
+    closes it), `in_body` (part of a message body has gone by) and `partial_header` (up to four
+    bytes of a header not complete yet, which a forwarder holds back rather than pass on).
     """
 
-    __slots__ = ("_capture", "_hdr", "_kind", "_max", "_skip", "watch")
+    __slots__ = ("_capture", "_hdr", "_kind", "_max", "_skip", "batch", "watch")
 
     def __init__(self, watch: bytes | bytearray, max_packet_size: int = 2**31 - 1) -> None:
         if len(watch) != 256:
@@ -42,21 +62,50 @@ class Scanner:
         self._skip = 0  # body bytes of the current message still to pass
         self._kind = 0  # type of the message whose body is being passed
         self._hdr = b""  # a header split across chunks
-        self._capture: bytearray | None = None  # payload being assembled (watch == 2)
+        self._capture: bytearray | None = None  # payload being assembled (CAPTURE)
+        self.batch = False
 
     @staticmethod
-    def table(report: bytes = b"", capture: bytes = b"") -> bytes:
+    def table(
+        report: bytes = b"",
+        capture: bytes = b"",
+        opens: bytes = b"",
+        closes: bytes = b"",
+        empty: bytes = b"",
+        stop: bytes = b"",
+        allowed: bytes | None = None,
+    ) -> bytes:
+        """A watch table. `allowed`, when given, lists every type the peer may send; any
+        other type is refused at its header, before a byte of it is passed on."""
         t = bytearray(256)
         for kind in report:
-            t[kind] = 1
+            t[kind] |= REPORT
         for kind in capture:
-            t[kind] = 2
+            t[kind] = (t[kind] & ~REPORT) | CAPTURE
+        for flag, kinds in ((OPENS, opens), (CLOSES, closes), (EMPTY, empty), (STOP, stop)):
+            for kind in kinds:
+                t[kind] |= flag
+        if allowed is not None:
+            ok = set(allowed)
+            for kind in range(256):
+                if kind not in ok:
+                    t[kind] = FORBID
         return bytes(t)
 
     @property
     def at_boundary(self) -> bool:
         """True when everything fed so far ends exactly at a message boundary."""
         return self._skip == 0 and not self._hdr
+
+    @property
+    def in_body(self) -> bool:
+        """True while a message whose header was complete has body bytes still to come."""
+        return self._skip != 0
+
+    @property
+    def partial_header(self) -> bytes:
+        """The bytes of a header that the next chunk must complete (b"" most of the time)."""
+        return self._hdr
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Event] | None:
         """Scan one chunk; returns the watched messages that ended in it, or None if none did."""
@@ -77,24 +126,35 @@ class Scanner:
                 self._hdr = bytes(data[pos:])
                 return events
             kind, length = unpack(data, pos)
+            w = watch[kind]
+            if length < 4 or length > limit or w >= EMPTY:
+                self._check(kind, length, w)
             end = pos + 1 + length
-            if length < 4 or length > limit:
-                raise ProtocolViolation(self._violation(kind, length))
+            if w & (OPENS | CLOSES):
+                self.batch = not w & CLOSES
             if end > n:
                 self._kind = kind
                 self._skip = end - n
-                if watch[kind] == 2:
+                if w & CAPTURE:
                     self._capture = bytearray(data[pos + 5 :])
                 return events
-            w = watch[kind]
-            if w:
-                ev = (kind, bytes(data[pos + 5 : end]) if w == 2 else None, end)
+            if w & 3:
+                ev = (kind, bytes(data[pos + 5 : end]) if w & CAPTURE else None, end)
                 if events is None:
                     events = [ev]
                 else:
                     events.append(ev)
+                if w & STOP:
+                    return events
             pos = end
         return events
+
+    def _check(self, kind: int, length: int, w: int) -> None:
+        """The rare header checks, out of the hot loop: raise on a header to refuse."""
+        if w & FORBID:
+            raise UnknownMessage(kind)
+        if length < 4 or length > self._max or (w & EMPTY and length != 4):
+            raise ProtocolViolation(self._violation(kind, length))
 
     def _feed_resume(self, data: bytes | bytearray | memoryview) -> list[Event] | None:
         """Finish a message (or header) that the previous chunk left open, then scan on."""
@@ -111,23 +171,28 @@ class Scanner:
             pos = skip
             self._skip = 0
             cap = self._capture
+            w = self.watch[self._kind]
             if cap is not None:
                 cap += data[:pos]
                 self._capture = None
                 events = [(self._kind, bytes(cap), pos)]
-            elif self.watch[self._kind]:
+            elif w & 3:
                 events = [(self._kind, None, pos)]
+            if w & STOP:
+                return events
         else:
             need = 5 - len(self._hdr)
             if n < need:
                 self._hdr += bytes(data)
                 return None
             header = self._hdr + bytes(data[:need])
-            self._hdr = b""
             kind, length = _HDR.unpack(header)
             ev = self._start(kind, length, data, need, n)
+            self._hdr = b""
             if ev is not None:
                 events = [ev]
+                if self.watch[kind] & STOP:
+                    return events
             if self._skip:
                 return events
             pos = need + length - 4
@@ -137,20 +202,22 @@ class Scanner:
         self, kind: int, length: int, data: bytes | bytearray | memoryview, pos: int, n: int
     ) -> Event | None:
         """Begin a message whose header came split; returns its event if it ends in this chunk."""
-        if length < 4 or length > self._max:
-            raise ProtocolViolation(self._violation(kind, length))
+        w = self.watch[kind]
+        if length < 4 or length > self._max or w >= EMPTY:
+            self._check(kind, length, w)
+        if w & (OPENS | CLOSES):
+            self.batch = not w & CLOSES
         body = length - 4
         end = pos + body
         if end > n:
             self._kind = kind
             self._skip = end - n
-            if self.watch[kind] == 2:
+            if w & CAPTURE:
                 self._capture = bytearray(data[pos:])
             return None
-        w = self.watch[kind]
-        if not w:
+        if not w & 3:
             return None
-        return (kind, bytes(data[pos:end]) if w == 2 else None, end)
+        return (kind, bytes(data[pos:end]) if w & CAPTURE else None, end)
 
     def _violation(self, kind: int, length: int) -> str:
         if length > self._max:
@@ -197,12 +264,12 @@ class StartupMessage:
 
 @dataclass(frozen=True)
 class SSLRequest:
-    pass
+    code = SSL_REQUEST_CODE
 
 
 @dataclass(frozen=True)
 class GSSENCRequest:
-    pass
+    code = GSSENC_REQUEST_CODE
 
 
 @dataclass(frozen=True)

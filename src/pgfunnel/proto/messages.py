@@ -234,10 +234,32 @@ def read_i32(payload: bytes, offset: int = 0) -> int:
 
 
 def quote_literal(value: str) -> str:
-    """A SQL string literal that is safe with standard_conforming_strings on or off."""
-    if "\\" in value:
-        return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
-    return "'" + value.replace("'", "''") + "'"
+    """A SQL string literal made of printable ASCII only, read back the same with
+    standard_conforming_strings on or off and in every client_encoding.
+
+    The pooler SETs a client's values on a shared server whose client_encoding may be SJIS,
+    BIG5, GBK or another encoding where the second byte of a character can be a backslash or a
+    quote. A literal written as UTF-8 could then end early on the server and run what followed
+    it as SQL. ASCII bytes mean the same in every encoding PostgreSQL accepts from a client,
+    so anything else is written as an escape (E'\\u00e9'), which the server converts to
+    its own encoding, or refuses if it cannot, failing that SET and nothing else.
+    """
+    if value.isascii() and value.isprintable() and "\\" not in value:
+        return "'" + value.replace("'", "''") + "'"
+    out = []
+    for ch in value:
+        code = ord(ch)
+        if ch == "'":
+            out.append("''")
+        elif ch == "\\":
+            out.append("\\\\")
+        elif 0x20 <= code < 0x7F:
+            out.append(ch)
+        elif code <= 0xFFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return "E'" + "".join(out) + "'"
 
 
 def quote_ident(name: str) -> str:

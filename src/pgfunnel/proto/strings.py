@@ -43,6 +43,7 @@ class Reason:
     ADMIN_KILL_CLIENT = "admin forced disconnect"  # KILL_CLIENT: also the client's error text
     SUSPEND_TIMEOUT = "suspend_timeout"  # SUSPEND: not flushed within suspend_timeout
     UNSUPPORTED_PKT = "unsupported pkt type"
+    UNKNOWN_PKT = "unknown pkt"  # a message type a client may not send (PgBouncer's text)
     PROTOCOL = "protocol error"
 
 

@@ -190,6 +190,12 @@ class AuthLookups:
             pool.close()
         self.pools.clear()
 
+    def close(self) -> None:
+        """Shutdown: lookups in flight stop (their clients are being closed anyway)."""
+        for task in list(self._tasks):
+            task.cancel()
+        self.clear()
+
     # --- failure logging -------------------------------------------------------------------
     def quiet_failure(self, addr: str, reason: str, now: float) -> bool:
         """True when `reason` is a login failure and `addr` already had FAILURE_LOG_BURST of
@@ -237,7 +243,7 @@ class AuthLookups:
         secret = app.userlist().get(user)
         plan = None
         if secret is None and access.method != "any":
-            plan = self._plan(dbname, dbc)
+            plan = self._plan(dbc)
         if plan is None:
             self._finish(conn, access, user, secret, os_user)
             return
@@ -248,7 +254,7 @@ class AuthLookups:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _plan(self, dbname: str, dbc: DatabaseConfig | None) -> tuple[_Target, str] | None:
+    def _plan(self, dbc: DatabaseConfig | None) -> tuple[_Target, str] | None:
         """Where and how to look a user up: auth_user/auth_dbname/auth_query of the database,
         else the global ones; auth_dbname defaults to the client's database. None: no lookup
         (no auth_user, or the console without an auth_dbname)."""

@@ -37,6 +37,8 @@ HBA = f"""\
 local   all          {ME}              peer
 local   all          {MAPPED}          peer map=tests
 local   all          {STRANGER_PEER}   peer
+local   nossldb      plainu            trust
+local   ssldb        all               scram-sha-256
 local   all          all               reject
 host    all          blocked           127.0.0.1/32              reject
 hostssl ssldb        all               127.0.0.1/32              trust
@@ -49,6 +51,12 @@ host    all          all               ::1/128                   scram-sha-256
 host    postgres,ssldb all             127.0.0.1/32              scram-sha-256
 host    pgbouncer    all               127.0.0.1/32              scram-sha-256
 """
+
+
+def line_of(start: str) -> int:
+    """The line number of the HBA rule that starts with `start`."""
+    [number] = [i for i, line in enumerate(HBA.splitlines(), 1) if line.startswith(start)]
+    return number
 
 
 def md5_secret(user: str, password: str) -> str:
@@ -176,6 +184,10 @@ def test_peer_on_the_unix_socket(hba_funnel: Funnel) -> None:
     for user in (ME, MAPPED):
         with psycopg.connect(unix_dsn(f, user), autocommit=True) as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
+    # local trust and local SCRAM rules.
+    assert tcp_login(f, "plainu", None, "nossldb", host=str(f.dir)) == SUPERUSER
+    assert tcp_login(f, "scramu", PASSWORDS["scramu"], "ssldb", host=str(f.dir)) == SUPERUSER
+    assert tcp_login(f, "scramu", "wrong", "ssldb", host=str(f.dir)).sqlstate == "28P01"
     err = unix_error(f, STRANGER_PEER)
     assert err.sqlstate == "28000"
     assert err.message == f'Peer authentication failed for user "{STRANGER_PEER}"'
@@ -215,14 +227,16 @@ def test_show_clients_and_users_say_how_clients_authenticated(hba_funnel: Funnel
         names = [d.name for d in cur.description or ()]
         assert names[-2:] == ["auth_method", "hba_line"]
         got = {(r[1], r[-2], r[-1]) for r in cur.fetchall()}
-        assert (ME, "peer", f"{hba}:2") in got
-        assert ("md5u", "md5", f"{hba}:11") in got
+        peer_line = line_of(f"local   all          {ME} ")
+        md5_line = line_of("host    all          md5u")
+        assert (ME, "peer", f"{hba}:{peer_line}") in got
+        assert ("md5u", "md5", f"{hba}:{md5_line}") in got
         cur = admin.execute("SHOW USERS", prepare=False)
         names = [d.name for d in cur.description or ()]
         users = {r[0]: dict(zip(names, r, strict=True)) for r in cur.fetchall()}
         assert users["md5u"]["auth_source"] == "auth_file"
-        assert users["md5u"]["auth_methods"] == f"md5 {hba}:11"
-        assert users[ME]["auth_methods"] == f"peer {hba}:2"
+        assert users["md5u"]["auth_methods"] == f"md5 {hba}:{md5_line}"
+        assert users[ME]["auth_methods"] == f"peer {hba}:{peer_line}"
 
 
 def test_reload_rereads_the_hba_file_and_keeps_it_on_an_error(hba_funnel: Funnel) -> None:

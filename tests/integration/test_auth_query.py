@@ -362,3 +362,17 @@ def test_hba_methods_apply_to_users_found_by_auth_query(hba_query_funnel: Funnel
     assert failed(login(f, f"aq_nobody_{TAG}", "x", database="trusted"), f"aq_nobody_{TAG}")
     assert login(f, SCRAM_ROLE, SCRAM_PW) == SCRAM_ROLE
     assert failed(login(f, SCRAM_ROLE, "wrong"), SCRAM_ROLE)
+
+
+def test_plain_auth_type_with_a_scram_secret_logs_in_to_the_server(
+    server: Cluster, funnel: Callable[..., Funnel]
+) -> None:
+    """A clear-text password checked against the SCRAM secret auth_query returned also gives
+    the key to log into the server as that user."""
+    f = funnel(
+        server,
+        settings={"auth_type": "plain", "auth_user": SUPERUSER},
+        databases={"postgres": db(server)},
+    )
+    assert login(f, SCRAM_ROLE, SCRAM_PW) == SCRAM_ROLE
+    assert failed(login(f, SCRAM_ROLE, "wrong"), SCRAM_ROLE)

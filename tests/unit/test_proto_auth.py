@@ -575,3 +575,19 @@ def test_server_auth_ok_needs_no_reply() -> None:
 def test_server_auth_errors(password: str | None, code: int, data: bytes) -> None:
     with pytest.raises(ServerAuthError):
         ServerAuth(USER, password).respond(code, data)
+
+
+def test_plain_login_against_a_scram_secret_recovers_the_client_key() -> None:
+    """So that the pooler can log into a server storing that secret, as after a SCRAM login."""
+    auth = ClientAuth("plain", USER, SCRAM_SECRET)
+    auth.start()
+    assert auth.receive(PASSWORD.encode() + b"\0") == m.auth_ok()
+    assert auth.client_key is not None
+    backend = ClientAuth("scram-sha-256", USER, SCRAM_SECRET)  # plays PostgreSQL
+    server_exchange(ServerAuth(USER, SCRAM_SECRET, auth.client_key), backend)
+    assert backend.done
+    wrong = ClientAuth("plain", USER, SCRAM_SECRET)
+    wrong.start()
+    with pytest.raises(AuthFailed):
+        wrong.receive(b"nope\0")
+    assert wrong.client_key is None

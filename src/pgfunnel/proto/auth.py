@@ -204,8 +204,13 @@ class ClientAuth:
             return hmac.compare_digest(md5_secret(self.user, given), self.secret)
         parsed = parse_scram_secret(self.secret)
         assert parsed is not None
-        _, stored, _ = scram_keys(given, parsed.salt, parsed.iterations)
-        return hmac.compare_digest(stored, parsed.stored_key)
+        client_key, stored, _ = scram_keys(given, parsed.salt, parsed.iterations)
+        if not hmac.compare_digest(stored, parsed.stored_key):
+            return False
+        # The same key a SCRAM login recovers: the pooler can log into a server that stores
+        # this secret (a user found by auth_query has no password of ours).
+        self.client_key = client_key
+        return True
 
     def _auth_info(self) -> ScramSecret:
         if not self.secret or secret_kind(self.secret) == "md5":

@@ -688,6 +688,7 @@ def pgtune_main(args: argparse.Namespace) -> int:
 
     from pgfunnel.toolkit import advise as ad
     from pgfunnel.toolkit import pgtune as pt
+    from pgfunnel.toolkit.redact import redact_text
     from pgfunnel.toolkit.units import parse_size
 
     try:
@@ -695,7 +696,7 @@ def pgtune_main(args: argparse.Namespace) -> int:
         if args.fleet:
             # Only RAM and CPUs may come from the fleet; the connection count is PGTune's input
             # as given, never one derived from the fleet.
-            data = yaml.safe_load(Path(args.fleet).read_text(encoding="utf-8")) or {}
+            data = yaml.safe_load(redact_text(Path(args.fleet).read_text(encoding="utf-8"))) or {}
             server = (data.get("server") or {}) if isinstance(data, dict) else {}
         cpus: Any
         if args.from_cgroup:

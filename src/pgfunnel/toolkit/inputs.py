@@ -414,7 +414,8 @@ def read_pgbouncer_ini(path: str, out: Inputs) -> None:
     try:
         cfg = load_config(path)
     except ConfigError as exc:
-        raise InputError(str(exc)) from exc
+        # The ini reader quotes the file: its secrets are known from _read, mask them.
+        raise InputError(out.redactor.mask(str(exc))) from None
     except OSError as exc:
         raise InputError(f"{path}: {exc}") from exc
     auth_file = str(cfg.settings.auth_file or "")
@@ -563,13 +564,15 @@ def read_inputs(paths: list[str], instance_class: str | None = None) -> Inputs:
 
 
 def _read(path: str, out: Inputs, count: bool) -> str:
+    """The file's text with its secrets masked (and counted once, with `count`): no parser,
+    error message or log line ever sees them."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise InputError(f"{path}: {exc.strerror or exc}") from exc
-    if count:
-        out.redactor.scan(text)
-    return text
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    return out.redactor.redact_input(text, count=count)
 
 
 def ceil_div(a: int, b: int) -> int:

@@ -131,6 +131,8 @@ def diagnose_once(args: argparse.Namespace, opts: dg.Options) -> dict[str, Any]:
             conn = live.connect(args.reserved_dsn, APP_DIAGNOSE)
         except live.ConnectError as exc2:
             again = classify_53300(exc2.message, exc2.sqlstate)
+            if again is not None:
+                again = _concrete_next_command(again, args.reserved_dsn)
             return dg.unreachable_report(again or hit, exc2.message, via)
         # The refused DSN would be refused again: remedies name the one that got in.
         opts = dataclasses.replace(opts, dsn_hint=display_dsn(args.reserved_dsn))

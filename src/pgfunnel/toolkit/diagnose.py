@@ -368,7 +368,7 @@ def _slots(
     remedy = [
         f"pgfunnel reap {opts.dsn_hint} --idle-in-transaction 5m   (dry run; add --execute)",
         "put a pooler in front: pgfunnel advise --fleet fleet.yaml writes a pgbouncer.ini",
-        "ALTER ROLE <app_role> CONNECTION LIMIT <n>;  -- cap the biggest holder",
+        _cap_biggest_role(clients, slots),
     ]
     held = f"{slots.used} of {slots.usable} usable slots are held by client backends" + (
         f" (and up to {len(unknown)} more by hidden sessions)" if unknown else ""
@@ -428,6 +428,23 @@ def _slots(
             )
         )
     return part, slots
+
+
+def _cap_biggest_role(clients: list[Backend], slots: Slots) -> str:
+    """A CONNECTION LIMIT for the role holding most slots that brings usage back under the
+    warning line, were the others to stay as they are."""
+    by_role = Counter(b.usename for b in clients if b.usename and not b.is_superuser)
+    if not by_role:
+        return "ALTER ROLE <app_role> CONNECTION LIMIT <n>;  -- cap the biggest holder"
+    role, held = min(by_role.items(), key=lambda kv: (-kv[1], kv[0]))
+    over = slots.used - int(USAGE_WARNING * slots.usable)
+    cap = max(1, held - max(0, over))
+    ident = '"' + role.replace('"', '""') + '"'
+    return (
+        f"ALTER ROLE {ident} CONNECTION LIMIT {cap};  -- the biggest holder ({held} now): "
+        f"{cap} brings usage under {USAGE_WARNING:.0%} of usable; end the extra sessions "
+        "first, the limit only refuses new ones"
+    )
 
 
 def _headroom(slots: Slots, tier: bool) -> dict[str, int | None]:

@@ -71,3 +71,11 @@ def test_the_reserved_tier_is_shown_only_from_postgresql_16() -> None:
     assert pg16["slots"]["headroom"]["reserved_connections_members"] == 1
     detail = next(f for f in pg16["findings"] if f["id"] == "slots-critical")["detail"]
     assert "- reserved_connections 2);" in detail and "reserved-role members 1" in detail
+
+
+def test_the_connection_limit_remedy_is_a_number_that_fits_the_server() -> None:
+    report = dg.analyse(_snap(150004, 0))  # app holds 16 of 17 usable slots
+    finding = next(f for f in report["findings"] if f["id"] == "slots-critical")
+    cap = next(r for r in finding["remedy"] if r.startswith("ALTER ROLE"))
+    # 16 - (16 - floor(0.75 x 17)) = 12: 12 of 17 is under 75%.
+    assert cap.startswith('ALTER ROLE "app" CONNECTION LIMIT 12;  -- the biggest holder (16 now)')

@@ -22,6 +22,9 @@ if _so:
     _mod = importlib.util.module_from_spec(_spec)
     _spec.loader.exec_module(_mod)
     sys.modules["pgfunnel._switch._switch"] = _mod
+    # This interpreter has the sanitizer runtime already; the tools the tests start (initdb,
+    # postgres, psql) must not inherit it (postgres hangs under it).
+    os.environ.pop("LD_PRELOAD", None)
 
 from pgfunnel.proto import messages as m  # noqa: E402
 from pgfunnel.throwaway import SUPERUSER, Cluster  # noqa: E402

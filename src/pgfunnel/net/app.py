@@ -945,9 +945,13 @@ class App:
                     return
                 sock = await _unix_connect(self.loop, path)
                 label = _unix_label(path)
-                await self.loop.create_unix_connection(
-                    lambda: ServerConn(self, server, login, label), sock=sock
-                )
+                try:
+                    await self.loop.create_unix_connection(
+                        lambda: ServerConn(self, server, login, label), sock=sock
+                    )
+                except BaseException:
+                    sock.close()  # not handed over: ours to close
+                    raise
             else:
                 peer = f"{dbc.host}:{dbc.port}"
                 await self.loop.create_connection(

@@ -11,6 +11,7 @@ import signal
 import socket
 import struct
 import subprocess
+import threading
 import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -317,6 +318,23 @@ def test_host_at_name_reaches_the_abstract_socket(
     servers = [row for row in f.admin("SHOW SERVERS") if row["database"] == "abs"]
     assert servers and all(row["addr"] == "unix" for row in servers)
     assert "Traceback" not in f.log()
+
+
+def test_a_cancel_reaches_a_server_behind_an_abstract_socket(
+    abstract_cluster: tuple[Cluster, str], funnel: Callable[..., Funnel]
+) -> None:
+    cluster, name = abstract_cluster
+    f = funnel(cluster, databases={"abs": f"host=@{name} port={cluster.port} dbname=postgres"})
+    with f.connect(dbname="abs") as conn:
+        timer = threading.Timer(1.0, conn.cancel)
+        timer.start()
+        try:
+            with pytest.raises(psycopg.errors.QueryCanceled):
+                conn.execute("SELECT pg_sleep(60)")
+        finally:
+            timer.cancel()
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert "could not send cancel request" not in f.log()
 
 
 def test_unix_socket_dir_at_name_listens_and_dials_in_the_abstract_namespace(

@@ -944,10 +944,9 @@ class App:
                     self._no_unix_dir(server)
                     return
                 sock = await _unix_connect(self.loop, path)
-                label = _unix_label(path)
                 try:
                     await self.loop.create_unix_connection(
-                        lambda: ServerConn(self, server, login, label), sock=sock
+                        lambda: ServerConn(self, server, login, path), sock=sock
                     )
                 except BaseException:
                     sock.close()  # not handed over: ours to close
@@ -1118,11 +1117,13 @@ class App:
             self.servers_listening.append(srv)
         if s.unix_socket_dir:
             path = _unix_path(None, port, s.unix_socket_dir)
-            abstract = path.startswith("\0")  # no file to remove, chmod or unlink at exit
+            abstract = path.startswith("@")  # no file to remove, chmod or unlink at exit
             if not abstract:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
-            self.unix_listening = await self.loop.create_unix_server(lambda: ClientConn(self), path)
+            self.unix_listening = await self.loop.create_unix_server(
+                lambda: ClientConn(self), _sockaddr(path)
+            )
             if not abstract:
                 self.unix_path = path
                 with contextlib.suppress(OSError):
@@ -1233,22 +1234,22 @@ def _is_unix(host: str | None) -> bool:
 
 
 def _unix_path(host: str | None, port: int, default_dir: str = "/tmp") -> str:
-    """The AF_UNIX address of `.s.PGSQL.PORT` in the host's directory, or in unix_socket_dir
+    """The unix socket `.s.PGSQL.PORT` in the host's directory, or in unix_socket_dir
     (`default_dir`) for a database without host, as PgBouncer does. A directory starting with
-    `@` is a Linux abstract-namespace name: PgBouncer and PostgreSQL build the name the same
-    way and put a NUL where the `@` is. "" when there is no directory (an empty
-    unix_socket_dir), where PgBouncer refuses to connect rather than guess /tmp."""
+    `@` gives `@name/.s.PGSQL.PORT`, a name in Linux's abstract namespace (`_sockaddr`). ""
+    when there is no directory (an empty unix_socket_dir), where PgBouncer refuses to connect
+    rather than guess /tmp."""
     directory = host or default_dir
     if not directory:
         return ""
     if directory.startswith("@"):
-        return f"\0{directory[1:]}/.s.PGSQL.{port}"
+        return f"{directory}/.s.PGSQL.{port}"  # PgBouncer's and PostgreSQL's spelling
     return os.path.join(directory, f".s.PGSQL.{port}")
 
 
-def _unix_label(path: str) -> str:
-    """A unix socket address as logs and SHOW show it (`@name/...` for an abstract one)."""
-    return "@" + path[1:] if path.startswith("\0") else path
+def _sockaddr(path: str) -> str:
+    """The address bind/connect take: an abstract-namespace name has a NUL for its `@`."""
+    return "\0" + path[1:] if path.startswith("@") else path
 
 
 async def _unix_connect(loop: asyncio.AbstractEventLoop, path: str) -> socket.socket:
@@ -1257,7 +1258,7 @@ async def _unix_connect(loop: asyncio.AbstractEventLoop, path: str) -> socket.so
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.setblocking(False)
     try:
-        await loop.sock_connect(sock, path)
+        await loop.sock_connect(sock, _sockaddr(path))
     except BaseException:
         sock.close()
         raise

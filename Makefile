@@ -13,6 +13,7 @@ lint: bootstrap
 
 test: lint
 	$(PY) -m pytest -q
+	bash scripts/switch_check.sh
 
 demo: bootstrap
 	$(PY) -m pgfunnel.demo

@@ -19,6 +19,16 @@ if [ "${PGFUNNEL_NEED_PROMTOOL:-1}" = 1 ] && ! command -v promtool >/dev/null 2>
     need_apt+=(prometheus)
 fi
 
+# The switch (a C extension) builds with gcc against Python's headers; `make test` also builds
+# it with ASan+UBSan (gcc) and fuzzes its framing with libFuzzer (clang, libclang-rt).
+command -v gcc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
+python3 -c 'import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+    || need_apt+=(python3-dev)
+command -v clang >/dev/null 2>&1 || need_apt+=(clang)
+ls /usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a >/dev/null 2>&1 \
+    || need_apt+=(libclang-rt-14-dev)
+
 # The status page test opens the page in a real headless browser.
 if [ "${PGFUNNEL_NEED_CHROMIUM:-1}" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
     need_apt+=(chromium)
@@ -46,10 +56,16 @@ if [ ! -x .venv/bin/python ]; then
     rm -rf .venv
     python3 -m venv .venv
 fi
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ]; then
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-    .venv/bin/python -m pip install -q -e '.[test]'
+    # The test build: the switch's warnings are errors (setup.py).
+    PGFUNNEL_WERROR=1 .venv/bin/python -m pip install -q -e '.[test]'
     # A PgBouncer exporter the tests run unchanged; its own pins are too old (see pyproject).
     .venv/bin/python -m pip install -q --no-deps 'prometheus-pgbouncer-exporter==2.1.2'
     touch "$stamp"
+fi
+# An editable install builds the switch once; rebuild it in place (-Werror) when its C changed.
+so=$(ls src/pgfunnel/_switch/_switch*.so 2>/dev/null | head -1)
+if [ -z "$so" ] || [ -n "$(find src/pgfunnel/_switch -name '*.[ch]' -newer "$so")" ]; then
+    bash scripts/switch_build.sh dev >/dev/null
 fi

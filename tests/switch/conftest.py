@@ -26,15 +26,9 @@ if _so:
     # postgres, psql) must not inherit it (postgres hangs under it).
     os.environ.pop("LD_PRELOAD", None)
 
+from pgfunnel._switch import Event, Switch  # noqa: E402
 from pgfunnel.proto import messages as m  # noqa: E402
 from pgfunnel.throwaway import SUPERUSER, Cluster  # noqa: E402
-
-try:
-    from pgfunnel._switch import Event, Switch
-except ImportError:
-    # Until the package's build backend builds the extension, a clone that has not run
-    # `scripts/switch_build.sh dev` has no switch to test: its tests are not collected there.
-    collect_ignore_glob = ["test_*.py"]
 
 UNSUPPORTED = m.error_response("08P01", "unsupported pkt type", severity="FATAL")
 LONG_TX = m.error_response("08P01", "Long transactions not allowed", severity="FATAL")

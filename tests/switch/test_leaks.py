@@ -20,6 +20,7 @@ def asan_build() -> Path:
     out = subprocess.run(
         ["bash", str(ROOT / "scripts/switch_build.sh"), "asan"],
         cwd=ROOT,
+        env={**os.environ, "PY": sys.executable},
         capture_output=True,
         text=True,
         check=True,

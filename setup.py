@@ -1,0 +1,25 @@
+"""Builds pgfunnel._switch, the C data plane; everything else about the package is in
+pyproject.toml. PGFUNNEL_WERROR=1 (the test build: scripts/bootstrap.sh) makes warnings errors."""
+
+import os
+
+from setuptools import Extension, setup
+
+SRC = "src/pgfunnel/_switch/"
+FLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Wshadow", "-Wvla"]
+if os.environ.get("PGFUNNEL_WERROR") == "1":
+    FLAGS.append("-Werror")
+
+setup(
+    ext_modules=[
+        Extension(
+            "pgfunnel._switch._switch",
+            sources=[
+                SRC + f for f in ("scan.c", "conn.c", "pool.c", "stats.c", "loop.c", "module.c")
+            ],
+            depends=[SRC + "switch.h", SRC + "scan.h"],
+            extra_compile_args=FLAGS,
+            libraries=["pthread"],
+        )
+    ]
+)

@@ -29,7 +29,16 @@ CL_CLOSING: int
 SV_IDLE: int
 SV_ACTIVE: int
 SV_PARKED: int
+SCAN_MORE: int
+SCAN_TERMINATE: int
+SCAN_BAD_LENGTH: int
+SCAN_TOO_BIG: int
+SCAN_UNKNOWN_TYPE: int
 WAIT_BUCKETS_US: tuple[int, ...]
+
+def scan(
+    server: bool, state: tuple[int, bytes, int, bool], data: bytes, max_len: int, /
+) -> tuple[int, int, tuple[int, bytes, int, bool], bytes]: ...
 
 class Switch:
     def __init__(

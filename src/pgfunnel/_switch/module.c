@@ -514,6 +514,43 @@ static PyObject *Switch_conns(SwitchObject *self, PyObject *Py_UNUSED(a))
     return list;
 }
 
+/* scan(server, state, data, max_len) -> (consumed, stop, state, statuses): scan.c on one chunk,
+ * for tests; state is (skip, status, owed, batch), statuses the ReadyForQuery statuses seen. */
+static PyObject *mod_scan(PyObject *Py_UNUSED(m), PyObject *args)
+{
+    int server, batch;
+    unsigned int skip, owed, max_len;
+    char status;
+    Py_buffer data;
+    if (!PyArg_ParseTuple(args, "p(IcIp)y*I", &server, &skip, &status, &owed, &batch, &data,
+                          &max_len))
+        return NULL;
+    struct scan sc = {.skip = skip, .status = (uint8_t)status};
+    struct track tr = {.owed = owed, .batch = (uint8_t)batch};
+    const uint8_t *p = data.buf;
+    size_t n = (size_t)data.len, off = 0;
+    uint8_t statuses[256];
+    size_t nst = 0;
+    int stop;
+    for (;;) {
+        size_t used = server ? scan_server(&sc, &tr, p + off, n - off, max_len, &stop)
+                             : scan_client(&sc, &tr, p + off, n - off, max_len, &stop);
+        off += used;
+        if (stop != SCAN_RFQ)
+            break;
+        if (nst < sizeof(statuses))
+            statuses[nst++] = sc.status;
+    }
+    PyBuffer_Release(&data);
+    return Py_BuildValue("(ni(IcIN)y#)", (Py_ssize_t)off, stop, sc.skip, (char)sc.status, tr.owed,
+                         PyBool_FromLong(tr.batch), (const char *)statuses, (Py_ssize_t)nst);
+}
+
+static PyMethodDef module_methods[] = {
+    {"scan", mod_scan, METH_VARARGS, "scan(server, state, data, max_len) (tests)"},
+    {NULL, NULL, 0, NULL},
+};
+
 static PyMethodDef Switch_methods[] = {
     {"fileno", (PyCFunction)Switch_fileno, METH_NOARGS, "The event fd Python watches."},
     {"start", (PyCFunction)Switch_start, METH_NOARGS, "Start the switch's thread."},
@@ -548,6 +585,7 @@ static struct PyModuleDef switch_module = {
     .m_name = "_switch",
     .m_doc = "The switch: pgfunnel's native data plane.",
     .m_size = -1,
+    .m_methods = module_methods,
 };
 
 #define ADD_INT(m, name)                                                                      \
@@ -590,6 +628,11 @@ PyMODINIT_FUNC PyInit__switch(void)
     ADD_INT(m, SV_IDLE);
     ADD_INT(m, SV_ACTIVE);
     ADD_INT(m, SV_PARKED);
+    ADD_INT(m, SCAN_MORE);
+    ADD_INT(m, SCAN_TERMINATE);
+    ADD_INT(m, SCAN_BAD_LENGTH);
+    ADD_INT(m, SCAN_TOO_BIG);
+    ADD_INT(m, SCAN_UNKNOWN_TYPE);
     PyObject *bounds = PyTuple_New(WAIT_BUCKETS - 1);
     if (bounds == NULL)
         goto fail;

@@ -118,6 +118,39 @@ def test_waiters_are_served_first_in_first_out(switch: Switch) -> None:
     assert [e.kind for e in events.poll()].count(EventKind.WAITERS) == 1
 
 
+def test_a_waiting_client_that_leaves_is_out_of_the_queue(switch: Switch) -> None:
+    events = Events(switch)
+    (server,) = setup(switch)
+    a, _ = client(switch)
+    a.sendall(m.query("a"))
+    read_exact(server, len(m.query("a")))
+    b, bid = client(switch)
+    b.sendall(m.query("b"))
+    wait_for(lambda: switch.pools()[0].cl_waiting == 1)
+    b.close()
+    closed = events.wait(lambda e: e.kind is EventKind.CLOSED and e.conn == bid)
+    assert closed.reason == Reason.CLIENT_EOF
+    assert switch.pools()[0].cl_waiting == 0
+    server.sendall(ANSWER + m.ready_for_query())
+    read_exact(a, len(ANSWER) + 6)
+    wait_for(lambda: switch.pools()[0].sv_idle == 1)
+    assert_silent(server)  # b's query went nowhere
+    c, _ = client(switch)
+    c.sendall(m.query("c"))
+    serve_one(server, m.query("c"))
+
+
+def test_python_closing_a_waiting_client(switch: Switch) -> None:
+    setup(switch, servers=0)
+    a, aid = client(switch)
+    a.sendall(m.query("a"))
+    wait_for(lambda: switch.pools()[0].cl_waiting == 1)
+    err = m.error_response("08P01", "query_wait_timeout", severity="FATAL")
+    assert switch.close(aid, err)
+    assert assert_eof(a) == err
+    assert switch.pools()[0].cl_waiting == 0
+
+
 def test_a_batch_without_sync_keeps_the_server(switch: Switch) -> None:
     """Issue 10 point 1: Parse/Bind/Execute/Flush, then the client leaves: the server is not
     handed to the next client, it is reported to Python."""

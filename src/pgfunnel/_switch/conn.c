@@ -2,6 +2,7 @@
  * of a link (a side is not read while the buffer it reads into is full). */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -125,8 +126,8 @@ static int legal(uint8_t kind, uint8_t from, uint8_t to)
         return from != ST_DEAD;
     if (kind == KIND_CLIENT) {
         switch (to) {
-        case CL_ACTIVE:
-            return from == ST_NEW || from == CL_LINKED;
+        case CL_ACTIVE: /* logged in; its server released; or out of the queue to leave */
+            return from == ST_NEW || from == CL_LINKED || from == CL_WAITING;
         case CL_WAITING:
             return from == CL_ACTIVE;
         case CL_LINKED:
@@ -153,8 +154,11 @@ static int legal(uint8_t kind, uint8_t from, uint8_t to)
  * switch, not something a peer can cause: stop loudly rather than corrupt the lists. */
 void conn_set_state(struct conn *c, uint8_t state)
 {
-    if (!legal(c->kind, c->state, state))
+    if (!legal(c->kind, c->state, state)) {
+        fprintf(stderr, "pgfunnel switch: illegal state change %d -> %d (kind %d)\n", c->state,
+                state, c->kind);
         abort();
+    }
     c->pool->n[c->state]--;
     c->pool->n[state]++;
     c->state = state;
@@ -347,7 +351,7 @@ static int client_read(struct sw *sw, struct conn *c)
         conn_destroy(sw, c, R_CLIENT_EOF, 1);
         return 0;
     }
-    if ((uint32_t)n < room)
+    if ((uint32_t)n < room && !c->hup)
         c->readable = 0; /* a short read means drained; the next data brings a new edge */
     c->stalled = 0;
     dst->end += (uint32_t)n;
@@ -429,8 +433,8 @@ static int server_read(struct sw *sw, struct conn *s)
         conn_server_gone(sw, s, n == 0 ? R_SERVER_EOF : R_IO_ERROR);
         return 0;
     }
-    if ((uint32_t)n < room)
-        s->readable = 0;
+    if ((uint32_t)n < room && !s->hup)
+        s->readable = 0; /* (an EOF after the data brings no new edge: hup keeps reading) */
     s->stalled = 0;
     dst->end += (uint32_t)n;
     s->pool->st.bytes_sent += (uint64_t)n;

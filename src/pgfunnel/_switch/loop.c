@@ -133,6 +133,8 @@ static void *loop_main(void *arg)
             uint32_t e = evs[i].events;
             if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
                 c->readable = 1;
+            if (e & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+                c->hup = 1;
             if (e & (EPOLLOUT | EPOLLHUP | EPOLLERR))
                 c->writable = 1;
             conn_service(sw, c);

@@ -66,6 +66,7 @@ struct conn {
     uint8_t kind, state;
     uint8_t readable, writable; /* edge-triggered: set by epoll, cleared on EAGAIN/short I/O */
     uint8_t stalled;            /* its last read found no room: resume when room is made */
+    uint8_t hup;                /* the peer hung up: read to EOF, a short read is not the end */
     uint8_t scheduled;          /* on the loop's to-do list */
     uint8_t close_needed;
     uint8_t close_reason;

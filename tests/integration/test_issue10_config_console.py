@@ -405,3 +405,27 @@ def test_empty_unix_socket_dir_refuses_as_pgbouncer_does(
             listener.close()
             with contextlib.suppress(OSError):
                 os.unlink(tmp_socket)
+
+
+def test_ready_probes_a_server_behind_an_abstract_socket(
+    abstract_cluster: tuple[Cluster, str], funnel: Callable[..., Funnel]
+) -> None:
+    """/ready dials `@name` in the abstract namespace as the server logins do (uvloop's own
+    unix connect cannot), so a working database there is ready, not degraded."""
+    from tests.integration.test_metrics import ready
+
+    cluster, name = abstract_cluster
+    port = free_port()
+    f = funnel(
+        cluster,
+        databases={"abs": f"host=@{name} port={cluster.port} dbname=postgres"},
+        settings={"metrics_addr": "127.0.0.1", "metrics_port": port},
+    )
+    base = f"http://127.0.0.1:{port}"
+    status, body = wait_for(lambda: (r := ready(base))[0] == 200 and r, 15)
+    by_db = {p["database"]: p for p in body["pools"]}
+    assert by_db["abs"]["status"] == "ok", body
+    with f.connect(dbname="abs") as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    status, body = ready(base)
+    assert status == 200 and body["status"] == "ok", body

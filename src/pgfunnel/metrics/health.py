@@ -14,7 +14,7 @@ import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pgfunnel.net.app import _is_unix, _unix_path
+from pgfunnel.net.unixsock import is_unix, unix_connect, unix_path
 from pgfunnel.proto import sqlstate as ss
 
 if TYPE_CHECKING:
@@ -49,8 +49,8 @@ class Target:
 
 def target_of(host: Host, dbc: Any) -> Target:
     """The address the App connects to for this database (same rule as net.app._connect)."""
-    if _is_unix(dbc.host):
-        return Target(None, dbc.port, _unix_path(dbc.host, dbc.port, host.settings.unix_socket_dir))
+    if is_unix(dbc.host):
+        return Target(None, dbc.port, unix_path(dbc.host, dbc.port, host.settings.unix_socket_dir))
     return Target(str(dbc.host), int(dbc.port), None)
 
 
@@ -96,8 +96,11 @@ class Prober:
     async def _probe(self, target: Target) -> str | None:
         try:
             async with asyncio.timeout(self.timeout):
+                if target.path == "":
+                    return "unix socket dir not configured"
                 if target.path is not None:
-                    _, writer = await asyncio.open_unix_connection(target.path)
+                    sock = await unix_connect(asyncio.get_running_loop(), target.path)
+                    _, writer = await asyncio.open_unix_connection(sock=sock)
                 else:
                     _, writer = await asyncio.open_connection(target.host, target.port)
         except TimeoutError:

@@ -12,7 +12,6 @@ import os
 import pwd
 import resource
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -29,6 +28,7 @@ from pgfunnel.config.settings import SETTINGS, parse_value
 from pgfunnel.net.auth_query import AuthLookups
 from pgfunnel.net.client_conn import ClientConn
 from pgfunnel.net.server_conn import ServerConn
+from pgfunnel.net.unixsock import is_unix, sockaddr, unix_connect, unix_path
 from pgfunnel.pool.objects import Client, ClientState, Server, ServerState
 from pgfunnel.pool.scheduler import (
     Action,
@@ -754,11 +754,11 @@ class App:
     async def _send_cancel(self, server: Server) -> None:
         dbc: DatabaseConfig = server.pool.db.config
         try:
-            if _is_unix(dbc.host):
-                path = _unix_path(dbc.host, dbc.port, self.settings.unix_socket_dir)
+            if is_unix(dbc.host):
+                path = unix_path(dbc.host, dbc.port, self.settings.unix_socket_dir)
                 if not path:
                     return  # no unix_socket_dir: the server it would reach cannot exist
-                sock = await _unix_connect(self.loop, path)
+                sock = await unix_connect(self.loop, path)
                 _, writer = await asyncio.open_unix_connection(sock=sock)
             else:
                 _, writer = await asyncio.open_connection(dbc.host, dbc.port)
@@ -938,12 +938,12 @@ class App:
             dbc.port,
         )
         try:
-            if _is_unix(dbc.host):
-                path = _unix_path(dbc.host, dbc.port, self.settings.unix_socket_dir)
+            if is_unix(dbc.host):
+                path = unix_path(dbc.host, dbc.port, self.settings.unix_socket_dir)
                 if not path:
                     self._no_unix_dir(server)
                     return
-                sock = await _unix_connect(self.loop, path)
+                sock = await unix_connect(self.loop, path)
                 try:
                     await self.loop.create_unix_connection(
                         lambda: ServerConn(self, server, login, path), sock=sock
@@ -1116,13 +1116,13 @@ class App:
             )
             self.servers_listening.append(srv)
         if s.unix_socket_dir:
-            path = _unix_path(None, port, s.unix_socket_dir)
+            path = unix_path(None, port, s.unix_socket_dir)
             abstract = path.startswith("@")  # no file to remove, chmod or unlink at exit
             if not abstract:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
             self.unix_listening = await self.loop.create_unix_server(
-                lambda: ClientConn(self), _sockaddr(path)
+                lambda: ClientConn(self), sockaddr(path)
             )
             if not abstract:
                 self.unix_path = path
@@ -1226,43 +1226,6 @@ def _line_of(path: str, text: str) -> str:
         if text in line:
             return f"{path}:{number}"
     return path
-
-
-def _is_unix(host: str | None) -> bool:
-    """No host, a socket directory (`/dir`) or an abstract-namespace name (`@name`)."""
-    return not host or host.startswith(("/", "@"))
-
-
-def _unix_path(host: str | None, port: int, default_dir: str = "/tmp") -> str:
-    """The unix socket `.s.PGSQL.PORT` in the host's directory, or in unix_socket_dir
-    (`default_dir`) for a database without host, as PgBouncer does. A directory starting with
-    `@` gives `@name/.s.PGSQL.PORT`, a name in Linux's abstract namespace (`_sockaddr`). ""
-    when there is no directory (an empty unix_socket_dir), where PgBouncer refuses to connect
-    rather than guess /tmp."""
-    directory = host or default_dir
-    if not directory:
-        return ""
-    if directory.startswith("@"):
-        return f"{directory}/.s.PGSQL.{port}"  # PgBouncer's and PostgreSQL's spelling
-    return os.path.join(directory, f".s.PGSQL.{port}")
-
-
-def _sockaddr(path: str) -> str:
-    """The address bind/connect take: an abstract-namespace name has a NUL for its `@`."""
-    return "\0" + path[1:] if path.startswith("@") else path
-
-
-async def _unix_connect(loop: asyncio.AbstractEventLoop, path: str) -> socket.socket:
-    """A connected AF_UNIX socket. Made here rather than by create_unix_connection(path):
-    libuv, under uvloop, cannot connect to an abstract-namespace name."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.setblocking(False)
-    try:
-        await loop.sock_connect(sock, _sockaddr(path))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 # --- `pgfunnel serve` -----------------------------------------------------------------------

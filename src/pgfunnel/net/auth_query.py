@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Final
 
 from pgfunnel.config.loader import DatabaseConfig
 from pgfunnel.net.client_conn import Phase
+from pgfunnel.net.unixsock import is_unix, unix_connect, unix_path
 from pgfunnel.proto import messages as m
 from pgfunnel.proto import sqlstate as ss
 from pgfunnel.proto.auth import (
@@ -90,9 +91,12 @@ class _LookupConn:
 
     @classmethod
     async def open(cls, target: _Target, unix_dir: str) -> _LookupConn:
-        if not target.host or target.host.startswith("/"):
-            path = os.path.join(target.host or unix_dir or "/tmp", f".s.PGSQL.{target.port}")
-            reader, writer = await asyncio.open_unix_connection(path)
+        if is_unix(target.host):
+            path = unix_path(target.host, target.port, unix_dir)
+            if not path:
+                raise ConnectionError("unix socket dir not configured")
+            sock = await unix_connect(asyncio.get_running_loop(), path)
+            reader, writer = await asyncio.open_unix_connection(sock=sock)
         else:
             reader, writer = await asyncio.open_connection(target.host, target.port)
         conn = cls(reader, writer)

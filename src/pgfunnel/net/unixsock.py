@@ -1,0 +1,45 @@
+"""Where a server's unix socket is (a directory, `@name` in Linux's abstract namespace, or
+none) and how to connect to it: shared by server logins, cancels, auth_query and /ready."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+
+
+def is_unix(host: str | None) -> bool:
+    """No host, a socket directory (`/dir`) or an abstract-namespace name (`@name`)."""
+    return not host or host.startswith(("/", "@"))
+
+
+def unix_path(host: str | None, port: int, default_dir: str = "/tmp") -> str:
+    """The unix socket `.s.PGSQL.PORT` in the host's directory, or in unix_socket_dir
+    (`default_dir`) for a database without host, as PgBouncer does. A directory starting with
+    `@` gives `@name/.s.PGSQL.PORT`, a name in Linux's abstract namespace (`sockaddr`). ""
+    when there is no directory (an empty unix_socket_dir), where PgBouncer refuses to connect
+    rather than guess /tmp."""
+    directory = host or default_dir
+    if not directory:
+        return ""
+    if directory.startswith("@"):
+        return f"{directory}/.s.PGSQL.{port}"  # PgBouncer's and PostgreSQL's spelling
+    return os.path.join(directory, f".s.PGSQL.{port}")
+
+
+def sockaddr(path: str) -> str:
+    """The address bind/connect take: an abstract-namespace name has a NUL for its `@`."""
+    return "\0" + path[1:] if path.startswith("@") else path
+
+
+async def unix_connect(loop: asyncio.AbstractEventLoop, path: str) -> socket.socket:
+    """A connected AF_UNIX socket. Made here rather than by create_unix_connection(path):
+    libuv, under uvloop, cannot connect to an abstract-namespace name."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, sockaddr(path))
+    except BaseException:
+        sock.close()
+        raise
+    return sock

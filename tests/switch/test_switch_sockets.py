@@ -449,6 +449,39 @@ def test_a_client_that_does_not_read_stops_its_server_being_read(switch: Switch)
         sw.stop()
 
 
+def test_a_server_that_does_not_read_stops_its_client_being_read(switch: Switch) -> None:
+    """The other direction, with one message 256 times the buffer: its body flows as it comes
+    (the switch never needs it whole), bounded, and arrives intact."""
+    sw = make_switch(buffer_size=4096)
+    sw.start()
+    try:
+        (server,) = setup(sw)
+        a, _ = client(sw)
+        big = m.query("select '" + "q" * (1 << 20) + "'")
+        a.setblocking(False)
+        sent = 0
+        with pytest.raises(BlockingIOError):
+            while sent < len(big):
+                sent += a.send(big[sent : sent + 65536])
+        assert sent < len(big)
+        a.setblocking(True)
+        a.settimeout(10)
+
+        async def pump() -> bytes:
+            loop = asyncio.get_running_loop()
+            writer = loop.run_in_executor(None, a.sendall, big[sent:])
+            got = await loop.run_in_executor(None, read_exact, server, len(big))
+            await writer
+            return got
+
+        assert asyncio.run(pump()) == big
+        server.sendall(ANSWER + m.ready_for_query())
+        assert read_exact(a, len(ANSWER) + 6) == ANSWER + m.ready_for_query()
+        wait_for(lambda: sw.pools()[0].sv_idle == 1)
+    finally:
+        sw.stop()
+
+
 def test_a_waiting_client_is_read_only_up_to_the_buffer(switch: Switch) -> None:
     sw = make_switch(buffer_size=4096)
     sw.start()

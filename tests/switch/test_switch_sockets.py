@@ -537,6 +537,35 @@ def test_close_needed_parks_the_server_at_release(switch: Switch) -> None:
     assert assert_eof(server) == b""
 
 
+def test_python_closing_an_active_server_ends_its_client(switch: Switch) -> None:
+    """query_timeout, KILL: the client cannot go on without its server."""
+    events = Events(switch)
+    (server,) = setup(switch)
+    sid = next(c.conn for c in switch.conns() if c.kind is Kind.SERVER)
+    a, aid = client(switch)
+    a.sendall(m.query("select pg_sleep(100)"))
+    read_exact(server, len(m.query("select pg_sleep(100)")))
+    assert switch.close(sid)
+    assert assert_eof(a) == SERVER_GONE
+    assert assert_eof(server) == b""
+    closed = events.wait(lambda e: e.kind is EventKind.CLOSED)
+    assert (closed.conn, closed.reason) == (aid, Reason.SERVER_GONE)
+    assert [e.conn for e in events.poll()] == [aid]  # nothing about the server Python closed
+
+
+def test_detach_gives_back_a_waiting_client_with_what_it_sent(switch: Switch) -> None:
+    setup(switch, servers=0)
+    a, aid = client(switch)
+    a.sendall(m.query("select 1") + b"Q\0")
+    wait_for(lambda: switch.pools()[0].cl_waiting == 1)
+    fd, held = switch.detach(aid)
+    assert held == m.query("select 1") + b"Q\0"
+    assert switch.pools()[0].cl_waiting == 0
+    with socket.socket(fileno=fd) as mine:
+        mine.sendall(b"back to Python")
+        assert read_exact(a, 14) == b"back to Python"
+
+
 def test_send_and_close_reach_a_client_without_a_server(switch: Switch) -> None:
     setup(switch, servers=0)
     a, aid = client(switch)

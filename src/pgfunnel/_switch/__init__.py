@@ -107,7 +107,7 @@ class ConnSnapshot(NamedTuple):
     fd: int
     peer: int  # the linked connection, 0 if none
     connect_time_us: int  # wall clock (CLOCK_REALTIME), as SHOW CLIENTS/SERVERS print it
-    request_time_us: int  # wall clock of the last message read from it
+    request_time_us: int  # wall clock of the last read from it (servers: or of their link)
     wait_us: int  # how long it has waited in the queue, 0 if not waiting
     tx_status: str  # servers: the last ReadyForQuery status ('I', 'T', 'E'); clients: ''
     owed: int  # clients: ReadyForQuery messages owed by the server

@@ -436,6 +436,7 @@ static int server_read(struct sw *sw, struct conn *s)
     if ((uint32_t)n < room && !s->hup)
         s->readable = 0; /* (an EOF after the data brings no new edge: hup keeps reading) */
     s->stalled = 0;
+    s->request_wall = sw->now_wall;
     dst->end += (uint32_t)n;
     s->pool->st.bytes_sent += (uint64_t)n;
     for (;;) {

@@ -97,6 +97,7 @@ static void link(struct sw *sw, struct conn *c, struct conn *s)
     s->peer = c;
     c->stmt_abs = c->out.done + (c->out.end - c->out.start);
     s->query_start = s->xact_start = sw->now_mono;
+    s->request_wall = sw->now_wall;
     struct buf *h = &c->hold;
     struct buf *o = &s->out;
     uint32_t held = h->end - h->start;

@@ -4,7 +4,8 @@
 #   dev   the extension in place, as the test build: C11, -Wall -Wextra -Werror
 #   asan  the extension with ASan+UBSan, into build/switch-asan/ (tests load it through
 #         PGFUNNEL_SWITCH_SO, see tests/switch/conftest.py)
-#   fuzz  the libFuzzer harness over scan.c, into build/switch-fuzz/ (needs clang)
+#   fuzz  the libFuzzer harnesses (scan.c alone; conn/pool/loop over socket pairs), into
+#         build/switch-fuzz/ (needs clang)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -29,10 +30,13 @@ asan)
     ;;
 fuzz)
     mkdir -p build/switch-fuzz
-    clang "${WARN[@]}" -O1 -g -fsanitize=fuzzer,address,undefined \
-        -fno-sanitize-recover=undefined "$SRC/scan.c" tests/switch/fuzz_scan.c \
-        -I"$SRC" -o build/switch-fuzz/fuzz_scan
-    echo build/switch-fuzz/fuzz_scan
+    FUZZ=(-O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -I"$SRC")
+    clang "${WARN[@]}" "${FUZZ[@]}" "$SRC/scan.c" tests/switch/fuzz_scan.c \
+        -o build/switch-fuzz/fuzz_scan
+    # Everything but the CPython glue: the connection and pool code over real socket pairs.
+    clang "${WARN[@]}" "${FUZZ[@]}" "${CORE[@]:0:5}" tests/switch/fuzz_switch.c -lpthread \
+        -o build/switch-fuzz/fuzz_switch
+    echo build/switch-fuzz/fuzz_scan build/switch-fuzz/fuzz_switch
     ;;
 *)
     echo "usage: $0 [dev|asan|fuzz]" >&2

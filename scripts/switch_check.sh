@@ -2,12 +2,14 @@
 # The switch's native checks, time-bounded for `make test` (about a minute together):
 #   1. tests/switch under the ASan+UBSan build of the extension (leaks checked by
 #      tests/switch/test_leaks.py under LeakSanitizer, in the same run);
-#   2. the libFuzzer harness over scan.c from the checked-in corpus, FUZZ_SECONDS long.
+#   2. the libFuzzer harnesses from their checked-in corpora: scan.c alone (SCAN_SECONDS) and
+#      the connection/pool code over socket pairs (SWITCH_SECONDS).
 # A sanitizer report or a fuzz crash fails it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-FUZZ_SECONDS=${FUZZ_SECONDS:-25}
+SCAN_SECONDS=${SCAN_SECONDS:-12}
+SWITCH_SECONDS=${SWITCH_SECONDS:-20}
 
 so=$(bash scripts/switch_build.sh asan | tail -1)
 libasan=$(gcc -print-file-name=libasan.so)
@@ -24,15 +26,21 @@ if ! command -v clang >/dev/null 2>&1; then
     echo "switch-check: clang is missing (scripts/bootstrap.sh installs it)" >&2
     exit 1
 fi
-fuzzer=$(bash scripts/switch_build.sh fuzz | tail -1)
+bash scripts/switch_build.sh fuzz >/dev/null
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-echo "switch-check: fuzzing scan.c for ${FUZZ_SECONDS}s"
-# New inputs go to the scratch directory; the checked-in corpus is only read.
-"$fuzzer" -max_total_time="$FUZZ_SECONDS" -print_final_stats=1 -artifact_prefix="$work/" \
-    "$work" tests/switch/corpus 2>"$work/fuzz.log" || {
-    tail -40 "$work/fuzz.log" >&2
-    exit 1
+# New inputs go to a scratch directory; the checked-in corpora are only read.
+fuzz() {
+    local name=$1 seconds=$2 corpus=$3
+    echo "switch-check: fuzzing with $name for ${seconds}s"
+    mkdir -p "$work/$name"
+    build/switch-fuzz/"$name" -max_total_time="$seconds" -timeout=5 -print_final_stats=1 \
+        -artifact_prefix="$work/$name-" "$work/$name" "$corpus" 2>"$work/$name.log" || {
+        tail -40 "$work/$name.log" >&2
+        echo "switch-check: $name failed; the input that failed is printed above (base64)" >&2
+        exit 1
+    }
+    grep -E "stat::number_of_executed_units" "$work/$name.log"
 }
-grep -E "stat::number_of_executed_units|Done" "$work/fuzz.log" | tr '\n' ' '
-echo
+fuzz fuzz_scan "$SCAN_SECONDS" tests/switch/corpus
+fuzz fuzz_switch "$SWITCH_SECONDS" tests/switch/corpus_switch

@@ -1,5 +1,6 @@
-"""Writes the fuzz harness's seed corpus (tests/switch/corpus/): recorded-style client and
-server streams, each prefixed by the harness's two control bytes (split seed, max length)."""
+"""Writes the fuzz harnesses' seed corpora: tests/switch/corpus/ for fuzz_scan.c (client and
+server streams, each prefixed by the harness's two control bytes: split seed, max length) and
+tests/switch/corpus_switch/ for fuzz_switch.c (a pool mode byte, then operations)."""
 
 from __future__ import annotations
 
@@ -34,14 +35,70 @@ STREAMS = [
 ]
 
 
-def main() -> None:
-    out = Path(__file__).parent / "corpus"
+# fuzz_switch.c's operations: (length << 3) | kind, then `length` bytes for kinds 0-3.
+CLIENT, SERVER, CLIENT_READS, SERVER_READS, CLIENT_LEAVES = 0, 2, 4, 5, 6
+SESSION, TRANSACTION, STATEMENT = 0, 1, 2
+
+
+def ops(mode: int, *steps: tuple[int, bytes]) -> bytes:
+    out = bytearray([mode])
+    for kind, data in steps:
+        if kind in (CLIENT, SERVER):
+            for i in range(0, len(data), 31):
+                piece = data[i : i + 31]
+                out += bytes([(len(piece) << 3) | kind]) + piece
+        else:
+            out.append(kind)
+    return bytes(out)
+
+
+ANSWER = m.command_complete("SELECT 1") + m.ready_for_query()
+SCENARIOS = [
+    ops(
+        TRANSACTION,
+        (CLIENT, m.query("select 1")),
+        (SERVER_READS, b""),
+        (SERVER, m.data_row(["1"]) + ANSWER),
+        (CLIENT_READS, b""),
+        (CLIENT, m.terminate()),
+    ),
+    ops(TRANSACTION, (CLIENT, PARSE + BIND + EXECUTE + m.message(b"H")), (CLIENT_LEAVES, b"")),
+    ops(TRANSACTION, (CLIENT, b"X\0\0"), (CLIENT, b"\0\x04")),
+    ops(
+        STATEMENT,
+        (CLIENT, m.query("begin")),
+        (SERVER, m.command_complete("BEGIN") + m.ready_for_query(b"T")),
+        (CLIENT_READS, b""),
+    ),
+    ops(SESSION, (CLIENT, m.query("select 1")), (SERVER, ANSWER), (CLIENT_LEAVES, b"")),
+    ops(TRANSACTION, (CLIENT, m.message(b"?", b"x"))),
+    ops(
+        TRANSACTION,
+        (CLIENT, m.query("select '" + "x" * 200 + "'")),
+        (SERVER_READS, b""),
+        (SERVER, m.data_row(["y" * 200]) + ANSWER),
+        (CLIENT_READS, b""),
+    ),
+]
+
+
+def write(out: Path, items: list[bytes]) -> None:
     out.mkdir(exist_ok=True)
-    for i, stream in enumerate(STREAMS):
-        for control in (bytes([i * 37 % 256, 1]), bytes([i * 11 % 256, 40])):
-            data = control + stream
-            name = hashlib.sha1(data).hexdigest()[:16]
-            (out / name).write_bytes(data)
+    for data in items:
+        (out / hashlib.sha1(data).hexdigest()[:16]).write_bytes(data)
+
+
+def main() -> None:
+    here = Path(__file__).parent
+    write(
+        here / "corpus",
+        [
+            control + stream
+            for i, stream in enumerate(STREAMS)
+            for control in (bytes([i * 37 % 256, 1]), bytes([i * 11 % 256, 40]))
+        ],
+    )
+    write(here / "corpus_switch", SCENARIOS)
 
 
 if __name__ == "__main__":

@@ -109,39 +109,46 @@ static void run_todo(struct sw *sw)
     }
 }
 
+/* One turn of the loop: wait (without the lock) for ready sockets, handle them, run the
+ * to-do list, free what was closed. Called with the lock held; timeout_ms < 0: no limit (0
+ * anyway while work is queued). */
+void loop_once(struct sw *sw, int timeout_ms)
+{
+    struct epoll_event evs[MAX_EVENTS];
+    int timeout = sw->todo_head != NULL ? 0 : timeout_ms;
+    pthread_mutex_unlock(&sw->lock);
+    int n = epoll_wait(sw->epfd, evs, MAX_EVENTS, timeout);
+    pthread_mutex_lock(&sw->lock);
+    sw_clock(sw);
+    for (int i = 0; i < n; i++) {
+        struct conn *c = evs[i].data.ptr;
+        if (c == NULL) {
+            uint64_t v;
+            ssize_t r = read(sw->wake_fd, &v, sizeof(v));
+            (void)r;
+            continue;
+        }
+        if (c->state == ST_DEAD)
+            continue;
+        uint32_t e = evs[i].events;
+        if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+            c->readable = 1;
+        if (e & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+            c->hup = 1;
+        if (e & (EPOLLOUT | EPOLLHUP | EPOLLERR))
+            c->writable = 1;
+        conn_service(sw, c);
+    }
+    run_todo(sw);
+    conn_free_dead(sw);
+}
+
 static void *loop_main(void *arg)
 {
     struct sw *sw = arg;
-    struct epoll_event evs[MAX_EVENTS];
     pthread_mutex_lock(&sw->lock);
-    while (!sw->stopping) {
-        int timeout = sw->todo_head != NULL ? 0 : -1;
-        pthread_mutex_unlock(&sw->lock);
-        int n = epoll_wait(sw->epfd, evs, MAX_EVENTS, timeout);
-        pthread_mutex_lock(&sw->lock);
-        sw_clock(sw);
-        for (int i = 0; i < n; i++) {
-            struct conn *c = evs[i].data.ptr;
-            if (c == NULL) {
-                uint64_t v;
-                ssize_t r = read(sw->wake_fd, &v, sizeof(v));
-                (void)r;
-                continue;
-            }
-            if (c->state == ST_DEAD)
-                continue;
-            uint32_t e = evs[i].events;
-            if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
-                c->readable = 1;
-            if (e & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
-                c->hup = 1;
-            if (e & (EPOLLOUT | EPOLLHUP | EPOLLERR))
-                c->writable = 1;
-            conn_service(sw, c);
-        }
-        run_todo(sw);
-        conn_free_dead(sw);
-    }
+    while (!sw->stopping)
+        loop_once(sw, -1);
     pthread_mutex_unlock(&sw->lock);
     return NULL;
 }

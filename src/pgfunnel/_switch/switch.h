@@ -131,6 +131,7 @@ void loop_fini(struct sw *sw);
 int loop_add(struct sw *sw, struct conn *c);
 void loop_del(struct sw *sw, struct conn *c);
 void loop_wake(struct sw *sw);
+void loop_once(struct sw *sw, int timeout_ms);
 int loop_start(struct sw *sw);
 void loop_stop(struct sw *sw);
 void sw_post(struct sw *sw, uint8_t kind, uint64_t conn, int64_t pool, uint32_t reason);

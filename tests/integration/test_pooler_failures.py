@@ -15,8 +15,16 @@ import asyncpg
 import psycopg
 import pytest
 
+from pgfunnel.proto import messages as m
 from pgfunnel.throwaway import Cluster, pg_tool
 from tests.integration.harness import Funnel, backends, own_role, pgpass_env, wait_for
+from tests.integration.rawproto import (
+    error_fields,
+    raw_login,
+    read_message,
+    read_until_closed,
+    run_raw,
+)
 
 TAG = secrets.token_hex(3)
 ROLE, ROLE_PW = f"pgf_fail_{TAG}", "fail-pw"
@@ -106,55 +114,6 @@ def login_error(port: int, database: str, user: str = "postgres") -> Any:
         raise AssertionError(f"login to {database!r} unexpectedly succeeded")
 
     return asyncio.run(attempt())
-
-
-# --- raw protocol, for what well-behaved drivers never send ----------------------------------
-def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            return None
-        data += chunk
-    return data
-
-
-def read_message(sock: socket.socket) -> tuple[bytes, bytes] | None:
-    header = _recv_exact(sock, 5)
-    if header is None:
-        return None
-    length = struct.unpack("!i", header[1:])[0]
-    payload = _recv_exact(sock, length - 4)
-    if payload is None:
-        return None
-    return header[:1], payload
-
-
-def error_fields(payload: bytes) -> dict[str, str]:
-    return {p[:1].decode(): p[1:].decode() for p in payload.split(b"\0") if p}
-
-
-def raw_login(port: int, database: str = "main") -> socket.socket:
-    """A trust login by hand; returns the socket once ReadyForQuery arrived."""
-    sock = socket.create_connection(("127.0.0.1", port))
-    sock.settimeout(30)
-    body = struct.pack("!i", 196608) + f"user\0postgres\0database\0{database}\0\0".encode()
-    sock.sendall(struct.pack("!i", len(body) + 4) + body)
-    while (msg := read_message(sock)) is not None:
-        if msg[0] == b"E":
-            sock.close()
-            raise AssertionError(error_fields(msg[1]))
-        if msg[0] == b"Z":
-            return sock
-    sock.close()
-    raise AssertionError("connection closed during login")
-
-
-def read_until_closed(sock: socket.socket) -> list[tuple[bytes, bytes]]:
-    messages = []
-    while (msg := read_message(sock)) is not None:
-        messages.append(msg)
-    return messages
 
 
 # --- clients that vanish ---------------------------------------------------------------------
@@ -271,23 +230,6 @@ def _close_lines(f: Funnel, prefix: str) -> int:
     return sum(prefix in line and "closing because" in line for line in f.log().splitlines())
 
 
-def query_message(sql: str) -> bytes:
-    body = sql.encode() + b"\0"
-    return b"Q" + struct.pack("!i", len(body) + 4) + body
-
-
-def run_raw(sock: socket.socket, sql: str) -> list[tuple[bytes, bytes]]:
-    """Send one simple Query and read up to its ReadyForQuery (the socket's timeout bounds a
-    hang, which then fails the test)."""
-    sock.sendall(query_message(sql))
-    messages = []
-    while (msg := read_message(sock)) is not None:
-        messages.append(msg)
-        if msg[0] == b"Z":
-            return messages
-    raise AssertionError(f"connection closed before ReadyForQuery: {messages}")
-
-
 @pytest.mark.parametrize("in_transaction", [False, True], ids=["outside", "inside-transaction"])
 def test_client_vanishing_mid_message_gets_its_backend_closed_not_reused(
     f: Funnel, pg: Cluster, in_transaction: bool
@@ -300,7 +242,7 @@ def test_client_vanishing_mid_message_gets_its_backend_closed_not_reused(
                 b"Z",
                 b"T",
             )
-        half = query_message(f"INSERT INTO {TABLE} VALUES ('{marker}-half')")
+        half = m.query(f"INSERT INTO {TABLE} VALUES ('{marker}-half')")
         sock.sendall(half[: len(half) // 2])
         # The pooler has linked a server and passed the half on once it holds this client's
         # bytes: SHOW CLIENTS lists the client as active with a link.
@@ -327,9 +269,7 @@ def test_a_large_result_read_slowly_leaves_its_server_usable_by_the_next_client(
     rows, width = 4000, 1000
     for round_ in range(4):
         with raw_login(f.port, "one") as slow:
-            slow.sendall(
-                query_message(f"SELECT repeat('x', {width}) FROM generate_series(1, {rows})")
-            )
+            slow.sendall(m.query(f"SELECT repeat('x', {width}) FROM generate_series(1, {rows})"))
             time.sleep(0.3)  # let the pooler's buffer for this client fill up first
             data_rows = 0
             status = b""
@@ -394,7 +334,7 @@ def test_max_client_conn_refuses_the_sixth_client_but_not_the_admin(
 )
 def test_malformed_packet_ends_only_that_client(f: Funnel, packet: bytes, text: str) -> None:
     with connect(f) as bystander:
-        with raw_login(f.port) as sock:
+        with raw_login(f.port, "main") as sock:
             sock.sendall(packet)
             messages = read_until_closed(sock)
         errors = [error_fields(p) for kind, p in messages if kind == b"E"]
@@ -416,7 +356,7 @@ def _writing_to_client(pg: Cluster) -> bool:
 
 
 async def test_a_client_that_stops_reading_stalls_nobody_else(f: Funnel, pg: Cluster) -> None:
-    slow = raw_login(f.port)
+    slow = raw_login(f.port, "main")
     try:
         query = b"SELECT repeat('x', 1000) FROM generate_series(1, 200000)\0"
         slow.sendall(b"Q" + struct.pack("!i", len(query) + 4) + query)

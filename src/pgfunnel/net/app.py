@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import contextlib
 import dataclasses
 import logging
@@ -29,6 +28,7 @@ from pgfunnel.net.auth_query import AuthLookups
 from pgfunnel.net.client_conn import ClientConn
 from pgfunnel.net.config_check import load_checked
 from pgfunnel.net.server_conn import ServerConn
+from pgfunnel.net.signals import HANDLED_SIGNALS, block_handled_signals, install_signals
 from pgfunnel.net.unixsock import is_unix, sockaddr, unix_connect, unix_path
 from pgfunnel.pool.objects import Client, ClientState, Server, ServerState
 from pgfunnel.pool.scheduler import (
@@ -68,12 +68,6 @@ FD_RESERVE = 48
 EVICT_GRACE = 1.0
 LIMIT_LOG_EVERY = 10.0  # seconds between log lines saying the client limit bites
 FD_SPARE = 16  # under the fd limit, room the janitor keeps free for new logins
-# The signals pgfunnel acts on. Only the event loop's thread takes them (the others block
-# them): the kernel gives a process signal to any thread that does not block it, and one
-# taken by a libuv resolver thread could overtake one sent before it. See _SignalQueue.
-HANDLED_SIGNALS = frozenset(
-    {signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2}
-)
 CONFIG_FILE_ERROR = "F0000"
 ADMIN_WELCOME = {
     "server_version": "1.25.1/bouncer",
@@ -193,14 +187,14 @@ class App:
             raise AdminError(ss.PROTOCOL_VIOLATION, f"no such database: {name}")
         return db
 
-    async def _wait_until(self, done: Callable[[], bool]) -> None:
+    async def wait_until(self, done: Callable[[], bool]) -> None:
         while not done():
             await asyncio.sleep(JANITOR_INTERVAL)
 
     async def pause(self, db: str | None) -> None:
         """PAUSE [db]: hand out no servers and close them as they are released; returns when
         the database (or every database) holds none. Clients stay connected and wait."""
-        await self._wait_until(self.begin_pause(db))
+        await self.wait_until(self.begin_pause(db))
 
     def begin_pause(self, db: str | None, command: bool = True) -> Callable[[], bool]:
         """PAUSE's effect, at once; returns the test of "every server released" to wait on.
@@ -277,7 +271,7 @@ class App:
         else:
             log.info("WAIT_CLOSE '%s' command issued", db)
             targets = [self._db_arg(db, "wait in")]
-        await self._wait_until(lambda: all(self.pooler.obsolete_servers(t) == 0 for t in targets))
+        await self.wait_until(lambda: all(self.pooler.obsolete_servers(t) == 0 for t in targets))
 
     def kill(self, db: str) -> None:
         """KILL db: drop every client and server of the database now; it stays paused, so
@@ -338,7 +332,7 @@ class App:
         timeout = float(self.settings.suspend_timeout)
         try:
             async with asyncio.timeout(timeout if timeout > 0 else None):
-                await self._wait_until(flushed)
+                await self.wait_until(flushed)
         except TimeoutError:
             stuck = list(self._unflushed())
             log.warning(
@@ -412,7 +406,7 @@ class App:
                 return not any(True for _ in self.pooler.all_servers())
             return not any(True for _ in self.pooler.all_clients())
 
-        await self._wait_until(done)
+        await self.wait_until(done)
         if self.shutting_down == "WAIT_FOR_SERVERS":
             log.info("server connections dropped, exiting")
         else:
@@ -1343,15 +1337,11 @@ def _run(config: Config) -> int:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
 
 
-def _block_handled_signals() -> None:
-    signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
-
-
 async def _main(config: Config) -> int:
     loop = asyncio.get_running_loop()
     # Threads started now inherit the blocked mask: libuv's resolver pool starts with the
     # first lookup; executor threads (asyncio's own resolver) block the signals themselves.
-    loop.set_default_executor(ThreadPoolExecutor(initializer=_block_handled_signals))
+    loop.set_default_executor(ThreadPoolExecutor(initializer=block_handled_signals))
     await loop.getaddrinfo("127.0.0.1", 0)
     app = App(config, loop)
     try:
@@ -1359,101 +1349,9 @@ async def _main(config: Config) -> int:
     except (OSError, ConfigError) as exc:
         log.error("cannot start: %s", exc)
         return 1
-    _install_signals(app, loop)
+    install_signals(app, loop)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)  # this thread only
     await app.stopping.wait()
     await app.stop()
     log.info("shutting down")
     return app.exit_code
-
-
-def _install_signals(app: App, loop: asyncio.AbstractEventLoop) -> None:
-    """PgBouncer's signals, with its log lines: HUP reloads; INT waits for servers to be
-    released, TERM for clients to leave (a second one of either, or QUIT, exits at once);
-    USR1 pauses, USR2 resumes (ignored during a shutdown)."""
-
-    def reload() -> None:
-        log.info("got SIGHUP, re-reading config")
-        with contextlib.suppress(AdminError):  # logged; the old config keeps running
-            app.reload(command=False)
-
-    def shutdown(mode: str, name: str, waits_for: str) -> None:
-        if app.shutting_down is not None:
-            log.info("got %s while shutting down, fast exit", name)
-            app.stopping.set()
-            return
-        log.info("got %s, shutting down, waiting for all %s", name, waits_for)
-        if app.suspended:
-            app.die("suspend was in progress, going down immediately")
-            return
-        app.begin_shutdown(mode)
-
-    def quit_now() -> None:
-        log.info("got SIGQUIT, fast exit")
-        app.stopping.set()
-
-    def pause() -> None:
-        if app.paused_all or app.suspended:
-            log.info("got SIGUSR1, but already paused/suspended")
-            return
-        log.info("got SIGUSR1, pausing all activity")
-        released = app.begin_pause(None, command=False)
-
-        async def run() -> None:
-            await app._wait_until(released)
-            if app.paused_all:
-                log.info("paused: all servers released")
-
-        app.signal_task = loop.create_task(run())
-
-    def resume() -> None:
-        if app.shutting_down is not None:
-            log.info("got SIGUSR2 while shutting down, ignoring")
-            return
-        if app.suspended:
-            log.info("got SIGUSR2, continuing from SUSPEND")
-        elif app.paused_all:
-            log.info("got SIGUSR2, continuing from PAUSE")
-        else:
-            log.info("got SIGUSR2, but not paused/suspended")
-            return
-        app.resume(None, command=False)
-
-    _SignalQueue(
-        loop,
-        {
-            signal.SIGHUP: reload,
-            signal.SIGINT: lambda: shutdown(
-                "WAIT_FOR_SERVERS", "SIGINT", "servers connections to be released"
-            ),
-            signal.SIGTERM: lambda: shutdown("WAIT_FOR_CLIENTS", "SIGTERM", "clients disconnect"),
-            signal.SIGQUIT: quit_now,
-            signal.SIGUSR1: pause,
-            signal.SIGUSR2: resume,
-        },
-    )
-
-
-class _SignalQueue:
-    """Runs the signals' actions on the loop, in the order the signals were taken.
-
-    Not loop.add_signal_handler: it acts in the order the C-level handlers ran, and when
-    several signals are pending the kernel stacks their handler frames so that the last one
-    set up runs first (SIGUSR2 before SIGUSR1, a resume before the pause). Python-level
-    handlers run from the flags those handlers set, lowest signal number first; each only
-    queues its signal, the queue is drained by a callback on the loop."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, actions: dict[int, Callable[[], None]]):
-        self.loop = loop
-        self.actions = actions
-        self.queue: collections.deque[int] = collections.deque()
-        for sig in actions:
-            signal.signal(sig, self._taken)
-
-    def _taken(self, signum: int, _frame: object) -> None:
-        self.queue.append(signum)
-        self.loop.call_soon_threadsafe(self._drain)
-
-    def _drain(self) -> None:
-        while self.queue:
-            self.actions[self.queue.popleft()]()

@@ -40,7 +40,7 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from pgfunnel.net.app import serve_main
+    from pgfunnel.net.serve import serve_main
 
     return serve_main(args)
 

@@ -15,7 +15,7 @@ from pgfunnel.throwaway import Cluster, free_port
 from tests.integration.toolkit.helpers import run_cli
 
 try:
-    from pgfunnel.net.app import serve_main  # noqa: F401
+    from pgfunnel.net.serve import serve_main  # noqa: F401
 
     HAVE_SERVE = True
 except ImportError:
@@ -56,7 +56,7 @@ def test_advised_ini_loads_without_unsupported_settings(
     assert (float(st.reserve_pool_timeout), float(st.server_idle_timeout)) == (3.0, 300.0)
 
 
-@pytest.mark.skipif(not HAVE_SERVE, reason="pgfunnel serve (net/app.py serve_main) not there yet")
+@pytest.mark.skipif(not HAVE_SERVE, reason="pgfunnel serve (net/serve.py serve_main) not there yet")
 def test_advised_ini_serves_queries(pg: Cluster, tmp_path: Path) -> None:
     port = free_port()
     out = _advise(pg, tmp_path, port)

@@ -59,6 +59,11 @@ class Options:
     dsn_hint: str = "DSN"
 
 
+def _reap(opts: Options) -> str:
+    """`pgfunnel reap DSN`, or without DSN when it comes from the PG* environment."""
+    return f"pgfunnel reap {opts.dsn_hint}" if opts.dsn_hint else "pgfunnel reap"
+
+
 @dataclass
 class Finding:
     id: str
@@ -208,7 +213,7 @@ def after_fallback(hit: LimitHit, opts: Options) -> str:
     elif hit.kind == "database" and hit.name:
         scope = f" --database {shlex.quote(hit.name)}"
     return (
-        f"pgfunnel reap {opts.dsn_hint}{scope} --idle-in-transaction 5m   (dry run; add --execute)"
+        f"{_reap(opts)}{scope} --idle-in-transaction 5m   (dry run; add --execute)"
     )
 
 
@@ -366,7 +371,7 @@ def _slots(
     top = _top_apps(clients)
     top_text = ", ".join(f"{name} {n}" for name, n in top[:3])
     remedy = [
-        f"pgfunnel reap {opts.dsn_hint} --idle-in-transaction 5m   (dry run; add --execute)",
+        f"{_reap(opts)} --idle-in-transaction 5m   (dry run; add --execute)",
         "put a pooler in front: pgfunnel advise --fleet fleet.yaml writes a pgbouncer.ini",
         _cap_biggest_role(clients, slots),
     ]
@@ -593,7 +598,7 @@ def _idle(
         holds = [b for b in leaked if b.pid == horizon_pid]
         age_arg = _age_arg(opts.idle_in_transaction_warn_s)
         remedy = [
-            f"pgfunnel reap {opts.dsn_hint} --idle-in-transaction {age_arg}   "
+            f"{_reap(opts)} --idle-in-transaction {age_arg}   "
             "(dry run; add --execute)",
         ]
         remedy += [
@@ -632,7 +637,7 @@ def _idle(
                 "Idle sessions hold slots and memory; an application pool that never shrinks "
                 "or a leaked connection.",
                 [
-                    f"pgfunnel reap {opts.dsn_hint} --idle {_age_arg(opts.idle_warn_s)}"
+                    f"{_reap(opts)} --idle {_age_arg(opts.idle_warn_s)}"
                     "   (dry run)",
                     "ALTER ROLE <app_role> SET idle_session_timeout = '1h';",
                 ],
@@ -733,7 +738,7 @@ def _limit_finding(
     flag = "--role" if kind == "role" else "--database"
     ident = '"' + name.replace('"', '""') + '"'
     remedy = [
-        f"pgfunnel reap {opts.dsn_hint} {flag} {shlex.quote(name)} --idle-in-transaction 5m"
+        f"{_reap(opts)} {flag} {shlex.quote(name)} --idle-in-transaction 5m"
         "   (dry run)",
     ]
     wanted = max(limit * 2, limit + 10)

@@ -79,3 +79,15 @@ def test_the_connection_limit_remedy_is_a_number_that_fits_the_server() -> None:
     cap = next(r for r in finding["remedy"] if r.startswith("ALTER ROLE"))
     # 16 - (16 - floor(0.75 x 17)) = 12: 12 of 17 is under 75%.
     assert cap.startswith('ALTER ROLE "app" CONNECTION LIMIT 12;  -- the biggest holder (16 now)')
+
+
+@pytest.mark.parametrize(
+    ("hint", "command"), [("", "pgfunnel reap --"), ("host=db", "pgfunnel reap host=db --")]
+)
+def test_reap_remedies_name_the_dsn_or_none_without_a_gap(hint: str, command: str) -> None:
+    """A DSN from the PG* environment is not repeated: `pgfunnel reap --...`, never
+    `pgfunnel reap  --...`."""
+    report = dg.analyse(_snap(150004, 0), dg.Options(dsn_hint=hint))
+    remedies = [r for f in report["findings"] for r in f["remedy"] if "pgfunnel reap" in r]
+    assert remedies
+    assert all(command in r and "reap  " not in r for r in remedies), remedies

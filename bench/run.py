@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""pgbench through pgfunnel, PgBouncer and direct, round by round: TPS, latency, pooler CPU."""
+"""pgbench through pgfunnel, PgBouncer and direct, round by round: TPS, latency, pooler CPU,
+connection storms, idle clients' memory, and the issue's targets as MET / NOT MET."""
 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import datetime as dt
 import json
+import math
 import os
 import platform
 import pwd
@@ -21,6 +24,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+# bench/ is no package: run as a script, its directory is on sys.path; loaded by path (the unit
+# tests), it may not be.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from idle_rss import IdleResult, measure_idle, raise_nofile
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -33,6 +41,7 @@ from pgfunnel.demo import (
     pooler_ini,
     signals_as_interrupt,
 )
+from pgfunnel.proto.auth import md5_secret, scram_keys
 from pgfunnel.throwaway import SUPERUSER, SUPERUSER_PASSWORD, Cluster, free_port, pg_tool
 
 BENCH_DB = "bench"
@@ -40,9 +49,20 @@ TARGETS = ("direct", "pgbouncer", "pgfunnel")
 LABELS = {"direct": "direct", "pgbouncer": "PgBouncer", "pgfunnel": "pgfunnel"}
 MODES = ("select", "tpcb")
 PROTOCOLS = ("simple", "extended")
-# The issue's acceptance line: select-only at these client counts, pgfunnel against PgBouncer.
-GOAL_MODE = "select"
-GOAL_CLIENTS = (200, 1000)
+# Connection storms: pgbench -C -S, a login per transaction. Their cells are (STORM, auth,
+# clients), and each auth logs in as its own role, whose stored secret makes PostgreSQL and both
+# poolers (auth_type md5 with a SCRAM secret means SCRAM) ask for that method.
+STORM = "storm"
+STORM_AUTHS = ("md5", "scram-sha-256")
+STORM_USERS = {"md5": "storm_md5", "scram-sha-256": "storm_scram"}
+# The targets of issue 11, pgfunnel against PgBouncer in the same run.
+SELECT_TARGET_CELLS = tuple((p, c) for p in PROTOCOLS for c in (10, 200, 1000))
+SELECT_TPS_GEOMEAN, SELECT_TPS_FLOOR, SELECT_CPU_MAX = 1.1, 1.0, 0.85
+TPCB_TARGET_CELLS = tuple((p, c) for p in PROTOCOLS for c in (200, 1000))
+TPCB_TPS_FLOOR, TPCB_CPU_MAX = 1.0, 0.9
+STORM_TARGET_CELLS = tuple((a, c) for a in STORM_AUTHS for c in (50, 200))
+STORM_TPS_FLOOR = 1.0
+IDLE_TARGET_CLIENTS = 10_000
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # Wide when piped (to a file, to tee), where rich would otherwise wrap the tables at 80 columns.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
@@ -84,7 +104,10 @@ _PGBENCH_FIGURES = {
     "transactions": re.compile(r"number of transactions actually processed: (\d+)"),
     "failed": re.compile(r"number of failed transactions: (\d+)"),
     "latency_ms": re.compile(r"latency average = ([\d.]+) ms"),
-    "tps": re.compile(r"tps = ([\d.]+) \(without initial connection time\)"),
+    # With -C pgbench counts the logins in: "(including reconnection times)".
+    "tps": re.compile(
+        r"tps = ([\d.]+) \((?:without initial connection time|including reconnection times)\)"
+    ),
 }
 
 
@@ -149,7 +172,11 @@ def find_pgbouncer() -> str | None:
 
 
 def ensure_pgbouncer() -> str | None:
-    """Debian's pgbouncer, installed when absent and we are root; None (and why) otherwise."""
+    """Debian's pgbouncer, installed when absent and we are root; None (and why) otherwise.
+
+    Installed the way scripts/bootstrap.sh installs packages (apt-get, never built from
+    source), so that the version measured is the distribution's, which the run prints.
+    """
     found = find_pgbouncer()
     if found:
         return found
@@ -161,10 +188,10 @@ def ensure_pgbouncer() -> str | None:
         return None
     console.print("installing Debian's pgbouncer (apt-get install -y pgbouncer) ...")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "pgbouncer"]
+    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "pgbouncer"]
     if subprocess.run(install, env=env, capture_output=True).returncode != 0:
         # A fresh image may have no package lists yet.
-        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
+        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True)
         proc = subprocess.run(install, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
             console.print(Text(f"apt-get install pgbouncer failed:\n{proc.stderr[-1500:]}"))
@@ -203,6 +230,22 @@ def smoke_test(port: int) -> str | None:
     return None
 
 
+def scram_secret(password: str, iterations: int = 4096) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL would store for a password (fresh random salt)."""
+    salt = os.urandom(16)
+    _, stored_key, server_key = scram_keys(password, salt, iterations)
+    b64 = [base64.b64encode(b).decode() for b in (salt, stored_key, server_key)]
+    return f"SCRAM-SHA-256${iterations}:{b64[0]}${b64[1]}:{b64[2]}"
+
+
+def storm_secrets() -> dict[str, str]:
+    """Stored secrets of the storm roles: the same strings in PostgreSQL and in both userlists."""
+    return {
+        STORM_USERS["md5"]: md5_secret(STORM_USERS["md5"], SUPERUSER_PASSWORD),
+        STORM_USERS["scram-sha-256"]: scram_secret(SUPERUSER_PASSWORD),
+    }
+
+
 def start_pooler(
     name: str,
     argv: Sequence[str],
@@ -210,6 +253,9 @@ def start_pooler(
     cluster: Cluster,
     workdir: Path,
     args: argparse.Namespace,
+    *,
+    max_client_conn: int,
+    users: dict[str, str],
 ) -> Target:
     port = free_port()
     pooler = PoolerProcess(LABELS[name], argv, port=port, workdir=workdir, run_as=run_as)
@@ -225,9 +271,9 @@ def start_pooler(
         workdir=workdir,
         auth_type=args.auth_type,
         pool_size=args.pool_size,
-        max_client_conn=max(args.clients) + 100,
+        max_client_conn=max_client_conn,
     )
-    pooler.write_config(ini, {SUPERUSER: SUPERUSER_PASSWORD})
+    pooler.write_config(ini, users)
     try:
         pooler.start()
         failure = smoke_test(port)
@@ -259,10 +305,17 @@ def login_allowance(target: Target, clients: int) -> int:
 def pgbench_argv(
     target: Target, mode: str, protocol: str, clients: int, args: argparse.Namespace
 ) -> list[str]:
-    argv = [pg_tool("pgbench"), "-h", "127.0.0.1", "-p", str(target.port), "-U", SUPERUSER]
+    # A storm's "protocol" is its auth method, and its role makes every target ask for that.
+    storm = mode == STORM
+    user = STORM_USERS[protocol] if storm else SUPERUSER
+    argv = [pg_tool("pgbench"), "-h", "127.0.0.1", "-p", str(target.port), "-U", user]
     argv += ["-n", "-c", str(clients), "-j", str(min(args.jobs, clients))]
-    argv += ["-T", str(args.duration + login_allowance(target, clients)), "-M", protocol]
-    if mode == "select":
+    # A storm logs in all the time, so logins are the measurement rather than a head start.
+    seconds = args.duration + (0 if storm else login_allowance(target, clients))
+    argv += ["-T", str(seconds), "-M", "simple" if storm else protocol]
+    if storm:
+        argv += ["-C", "-S"]
+    elif mode == "select":
         argv.append("-S")
     return [*argv, BENCH_DB]
 
@@ -401,21 +454,116 @@ def _fmt(value: float | None, spec: str, missing: str = "-") -> str:
     return missing if value is None else format(value, spec)
 
 
-def goal_verdicts(summary: dict[tuple[str, str, int], dict[str, Cell]]) -> list[str]:
+def geomean(values: Sequence[float]) -> float:
+    return math.exp(statistics.fmean(math.log(v) for v in values))
+
+
+def _verdict(met: bool, measured: int, wanted: int) -> str:
+    # A target judged on part of its cells is not met, whatever those cells say.
+    if measured < wanted:
+        return f"NOT MET ({measured} of {wanted} cells measured)"
+    return "MET" if met else "NOT MET"
+
+
+def _ratio_cells(
+    summary: dict[tuple[str, str, int], dict[str, Cell]],
+    mode: str,
+    cells: Sequence[tuple[str, int]],
+) -> list[tuple[str, int, float, float | None]]:
+    """(protocol, clients, TPS ratio, CPU ratio) of the wanted cells that have a TPS ratio."""
+    found = []
+    for protocol, clients in cells:
+        tps, cpu = ratios(summary.get((mode, protocol, clients), {}))
+        if tps is not None:
+            found.append((protocol, clients, tps, cpu))
+    return found
+
+
+def target_verdicts(
+    summary: dict[tuple[str, str, int], dict[str, Cell]],
+    idle: dict[str, IdleResult] | None = None,
+) -> list[str]:
+    """Issue 11's targets, one line each, ending in MET or NOT MET (never MET on missing cells)."""
     lines = []
-    for (mode, protocol, clients), cells in sorted(summary.items()):
-        if mode != GOAL_MODE or clients not in GOAL_CLIENTS:
-            continue
-        tps, cpu = ratios(cells)
-        where = f"select-only, {protocol}, {clients} clients"
-        if tps is None or cpu is None:
-            lines.append(f"{where}: no verdict (pgfunnel or PgBouncer has no figures)")
-            continue
-        met = tps >= 1.0 and cpu <= 1.0
-        lines.append(
-            f"{where}: TPS {tps:.2f}x PgBouncer (goal >= 1.00), CPU/xact {cpu:.2f}x "
-            f"(goal <= 1.00): {'MET' if met else 'NOT MET'}"
+
+    select = _ratio_cells(summary, "select", SELECT_TARGET_CELLS)
+    where = "select-only, simple+extended, 10/200/1000 clients, pool 20"
+    if not select:
+        lines.append(f"{where}: NOT MET (no cell has PgBouncer and pgfunnel figures)")
+    else:
+        tps_mean = geomean([c[2] for c in select])
+        worst = min(select, key=lambda c: c[2])
+        cpus = [c[3] for c in select if c[3] is not None]
+        cpu_mean = geomean(cpus) if cpus else None
+        met = (
+            tps_mean >= SELECT_TPS_GEOMEAN
+            and worst[2] >= SELECT_TPS_FLOOR
+            and cpu_mean is not None
+            and len(cpus) == len(select)
+            and cpu_mean <= SELECT_CPU_MAX
         )
+        lines.append(
+            f"{where}: TPS {tps_mean:.2f}x PgBouncer (geometric mean, goal >= "
+            f"{SELECT_TPS_GEOMEAN:.2f}), lowest cell {worst[2]:.2f}x ({worst[0]}, {worst[1]} "
+            f"clients; goal >= {SELECT_TPS_FLOOR:.2f}), CPU/xact {_fmt(cpu_mean, '.2f')}x "
+            f"(geometric mean, goal <= {SELECT_CPU_MAX:.2f}): "
+            + _verdict(met, len(select), len(SELECT_TARGET_CELLS))
+        )
+
+    tpcb = _ratio_cells(summary, "tpcb", TPCB_TARGET_CELLS)
+    where = "tpcb-like, simple+extended, 200/1000 clients"
+    if not tpcb:
+        lines.append(f"{where}: NOT MET (no cell has PgBouncer and pgfunnel figures)")
+    else:
+        worst = min(tpcb, key=lambda c: c[2])
+        cpus = [c[3] for c in tpcb if c[3] is not None]
+        cpu_max = max(cpus) if cpus else None
+        met = (
+            worst[2] >= TPCB_TPS_FLOOR
+            and cpu_max is not None
+            and len(cpus) == len(tpcb)
+            and cpu_max <= TPCB_CPU_MAX
+        )
+        lines.append(
+            f"{where}: lowest TPS {worst[2]:.2f}x PgBouncer ({worst[0]}, {worst[1]} clients; "
+            f"goal >= {TPCB_TPS_FLOOR:.2f} in every cell), highest CPU/xact "
+            f"{_fmt(cpu_max, '.2f')}x (goal <= {TPCB_CPU_MAX:.2f} in every cell): "
+            + _verdict(met, len(tpcb), len(TPCB_TARGET_CELLS))
+        )
+
+    storms = _ratio_cells(summary, STORM, STORM_TARGET_CELLS)
+    where = "connection storms (pgbench -C -S), md5+scram-sha-256, 50/200 clients"
+    if not storms:
+        lines.append(f"{where}: NOT MET (no cell has PgBouncer and pgfunnel figures)")
+    else:
+        worst = min(storms, key=lambda c: c[2])
+        lines.append(
+            f"{where}: lowest TPS {worst[2]:.2f}x PgBouncer ({worst[0]}, {worst[1]} clients; "
+            f"goal >= {STORM_TPS_FLOOR:.2f} in every cell): "
+            + _verdict(worst[2] >= STORM_TPS_FLOOR, len(storms), len(STORM_TARGET_CELLS))
+        )
+
+    ours, theirs = (idle or {}).get("pgfunnel"), (idle or {}).get("pgbouncer")
+    count = max(ours.clients if ours else 0, theirs.clients if theirs else 0)
+    where = f"{count or IDLE_TARGET_CLIENTS:,} idle logged-in clients, pooler RSS per client"
+    if ours is None or theirs is None:
+        lines.append(f"{where}: NOT MET (not measured for both poolers)")
+    else:
+        mine, base = ours.kib_per_client, theirs.kib_per_client
+        complete = all(
+            r.held == r.clients and r.clients >= IDLE_TARGET_CLIENTS for r in (ours, theirs)
+        )
+        text = (
+            f"{where}: pgfunnel {_fmt(mine, '.2f')} KiB, PgBouncer {_fmt(base, '.2f')} KiB "
+            "(goal: pgfunnel <= PgBouncer): "
+        )
+        if mine is None or base is None or not complete:
+            both = {"pgbouncer": theirs, "pgfunnel": ours}
+            held = ", ".join(f"{LABELS[n]} held {r.held}/{r.clients}" for n, r in both.items())
+            text += f"NOT MET ({held}; the target needs {IDLE_TARGET_CLIENTS:,} held by each)"
+        else:
+            text += "MET" if mine <= base else "NOT MET"
+        lines.append(text)
     return lines
 
 
@@ -424,13 +572,17 @@ def print_tables(
 ) -> None:
     # Reasons are long (a pooler's log tail); the table shows a number, the text follows once.
     notes: dict[str, int] = {}
-    for mode in MODES:
-        for protocol in PROTOCOLS:
+    for mode in (*MODES, STORM):
+        for protocol in STORM_AUTHS if mode == STORM else PROTOCOLS:
             keys = sorted(k for k in summary if k[0] == mode and k[1] == protocol)
             if not keys:
                 continue
-            name = "select-only (-S)" if mode == "select" else "tpcb-like"
-            table = Table(title=f"{name}, -M {protocol}", title_justify="left")
+            titles = {
+                "select": f"select-only (-S), -M {protocol}",
+                "tpcb": f"tpcb-like, -M {protocol}",
+                STORM: f"connection storm (-C -S, a login per transaction), auth {protocol}",
+            }
+            table = Table(title=titles[mode], title_justify="left")
             for column in ("clients", "target", "TPS", "TPS min-max", "latency ms", "failed xacts"):
                 table.add_column(column, justify="left" if column == "target" else "right")
             table.add_column("pooler CPU µs/xact", justify="right")
@@ -479,7 +631,7 @@ def print_tables(
 
 
 def markdown(summary: dict[tuple[str, str, int], dict[str, Cell]], targets: Sequence[str]) -> str:
-    head = ["mode", "protocol", "clients"]
+    head = ["mode", "protocol (storm: auth)", "clients"]
     for target in targets:
         head += [f"{LABELS[target]} TPS", f"{LABELS[target]} lat ms"]
         if target != "direct":
@@ -534,6 +686,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=2, help="pgbench -j (threads)")
     parser.add_argument("--scale", type=int, default=10, help="pgbench -i scale")
     parser.add_argument(
+        "--storms",
+        type=_csv(str, (*STORM_AUTHS, "none")),
+        default=list(STORM_AUTHS),
+        help="connection storms (pgbench -C -S) with these client auth methods; none: skip",
+    )
+    parser.add_argument(
+        "--storm-clients", type=_csv(int), default=[50, 200], help="pgbench -c of the storms"
+    )
+    parser.add_argument(
+        "--idle-clients",
+        type=int,
+        default=IDLE_TARGET_CLIENTS,
+        help="idle logged-in clients for the RSS test (0: skip it)",
+    )
+    parser.add_argument(
         "--auth-type",
         default="md5",
         choices=["trust", "md5", "scram-sha-256"],
@@ -551,6 +718,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             args.duration = 5
         if not any(a.startswith("--rounds") for a in given):
             args.rounds = 1
+    args.storms = [] if "none" in args.storms else args.storms
+    if args.storms and args.auth_type != "md5":
+        # The storm roles need auth_type md5, under which a SCRAM secret means SCRAM.
+        parser.error("connection storms need --auth-type md5 (or --storms none)")
     return args
 
 
@@ -579,14 +750,19 @@ def environment(
     }
 
 
-def start_cluster(args: argparse.Namespace, max_connections: int) -> tuple[Cluster, int]:
+def start_cluster(
+    args: argparse.Namespace, max_connections: int, secrets: dict[str, str]
+) -> tuple[Cluster, int]:
     """The one PostgreSQL of the run, its client auth matching the poolers', pgbench -i done."""
     # pgbench logs in the same way whichever target it meets: the method the poolers ask of
     # clients is also what PostgreSQL asks of direct clients (md5 needs an md5 verifier).
     settings: dict[str, str | int] = {"shared_buffers": "256MB"}
     if args.auth_type == "md5":
         settings["password_encryption"] = "md5"
-    hba = [f"host all all 127.0.0.1/32 {args.auth_type}"]
+    hba = [
+        *(f"host all {STORM_USERS[a]} 127.0.0.1/32 {a}" for a in STORM_AUTHS),
+        f"host all all 127.0.0.1/32 {args.auth_type}",
+    ]
     cluster = Cluster(max_connections=max_connections, settings=settings, hba=hba)
     try:
         cluster.start()
@@ -618,25 +794,48 @@ def start_cluster(args: argparse.Namespace, max_connections: int) -> tuple[Clust
         check=True,
         capture_output=True,
     )
+    # The storm roles, stored as the very secrets the poolers' userlists hold; pgbench -S reads
+    # pgbench_branches (its scale) and pgbench_accounts.
+    for role, secret in secrets.items():
+        cluster.psql(f"CREATE ROLE {role} LOGIN PASSWORD '{secret}'")
+        cluster.psql(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}", dbname=BENCH_DB)
     return cluster, max_connections
 
 
+def pooler_argv(name: str, pgbouncer: str | None) -> tuple[list[str], str | None] | None:
+    """(argv, user to run as) of a pooler, or None when it is PgBouncer and none is installed."""
+    if name == "pgbouncer":
+        return None if pgbouncer is None else ([pgbouncer], unprivileged_user())
+    return pgfunnel_argv(), None
+
+
 def start_targets(
-    args: argparse.Namespace, cluster: Cluster, pgbouncer: str | None, workdir: Path
+    args: argparse.Namespace,
+    cluster: Cluster,
+    pgbouncer: str | None,
+    workdir: Path,
+    users: dict[str, str],
 ) -> dict[str, Target]:
     targets: dict[str, Target] = {}
+    max_client_conn = max([*args.clients, *args.storm_clients]) + 100
     for name in args.targets:
+        how = pooler_argv(name, pgbouncer)
         if name == "direct":
             target = Target(name, cluster.port)
-        elif name == "pgbouncer" and pgbouncer is not None:
-            target = start_pooler(
-                name, [pgbouncer], unprivileged_user(), cluster, workdir / name, args
-            )
-        elif name == "pgbouncer":
+        elif how is None:
             target = Target(name, 0)
             target.unavailable = "PgBouncer is not installed (apt-get install -y pgbouncer)"
         else:
-            target = start_pooler(name, pgfunnel_argv(), None, cluster, workdir / name, args)
+            target = start_pooler(
+                name,
+                how[0],
+                how[1],
+                cluster,
+                workdir / name,
+                args,
+                max_client_conn=max_client_conn,
+                users=users,
+            )
         targets[name] = target
         if target.unavailable is not None:
             console.print(
@@ -658,6 +857,7 @@ def run_rounds(
         for protocol in args.protocols
         for clients in args.clients
     ]
+    configs += [(STORM, auth, clients) for auth in args.storms for clients in args.storm_clients]
     total = len(configs) * len(args.targets) * args.rounds
     seconds = args.rounds * sum(
         args.duration + 2 + login_allowance(target, clients)
@@ -685,6 +885,74 @@ def run_rounds(
                     wait_for_backends_to_leave(cluster, server_connections + 1)
 
 
+def run_idle(
+    args: argparse.Namespace,
+    cluster: Cluster,
+    pgbouncer: str | None,
+    workdir: Path,
+    users: dict[str, str],
+) -> dict[str, IdleResult]:
+    """Each pooler afresh (no memory kept from the pgbench runs), then the idle clients."""
+    results: dict[str, IdleResult] = {}
+    for name in ("pgbouncer", "pgfunnel"):
+        how = pooler_argv(name, pgbouncer)
+        if name not in args.targets or how is None:
+            continue
+        target = start_pooler(
+            name,
+            how[0],
+            how[1],
+            cluster,
+            workdir / f"{name}-idle",
+            args,
+            max_client_conn=args.idle_clients + 100,
+            users=users,
+        )
+        if target.unavailable is not None or target.pooler is None or target.pooler.pid is None:
+            console.print(Text(f"idle test, {target.label}: unavailable: {target.unavailable}"))
+            continue
+        try:
+            console.print(f"idle test: {args.idle_clients:,} clients log in to {target.label} ...")
+            result = measure_idle(
+                target.pooler.pid,
+                target.port,
+                SUPERUSER,
+                SUPERUSER_PASSWORD,
+                BENCH_DB,
+                args.idle_clients,
+            )
+            if not target.pooler.alive():
+                result.note = result.note or "the pooler died"
+        finally:
+            target.pooler.stop()
+        results[name] = result
+        per = result.kib_per_client
+        note = f" ({result.note})" if result.note else ""
+        console.print(
+            f"idle test, {target.label}: {result.held:,} held, {result.failed:,} failed in "
+            f"{result.seconds:.1f} s; RSS {_fmt_kib(result.rss_before_kib)} -> "
+            f"{_fmt_kib(result.rss_after_kib)}, {_fmt(per, '.2f')} KiB per client{note}",
+            markup=False,
+        )
+    return results
+
+
+def _fmt_kib(kib: int | None) -> str:
+    return "-" if kib is None else f"{kib / 1024:.1f} MiB"
+
+
+def idle_markdown(idle: dict[str, IdleResult]) -> str:
+    lines = [
+        "| pooler | clients held | failed | RSS before MiB | RSS after MiB | KiB per client |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in idle.items():
+        row = [LABELS[name], str(r.held), str(r.failed), _fmt_kib(r.rss_before_kib)]
+        row += [_fmt_kib(r.rss_after_kib), _fmt(r.kib_per_client, ".2f")]
+        lines.append("| " + " | ".join(row).replace(" MiB", "") + " |")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     started = dt.datetime.now(dt.UTC)
@@ -695,18 +963,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir.chmod(0o711)
     cluster: Cluster | None = None
     pgbouncer = ensure_pgbouncer() if "pgbouncer" in args.targets else None
+    if pgbouncer is not None:
+        console.print(f"PgBouncer measured: {tool_version([pgbouncer, '--version'])} ({pgbouncer})")
+    # 10,000 idle clients need as many descriptors in the pooler (which inherits our limit).
+    nofile = raise_nofile(args.idle_clients + 1000)
+    if args.idle_clients and nofile < args.idle_clients + 200:
+        console.print(f"[yellow]RLIMIT_NOFILE is {nofile}: the idle test may fall short[/yellow]")
+    secrets = storm_secrets()
+    users = {SUPERUSER: SUPERUSER_PASSWORD, **secrets}
+    idle: dict[str, IdleResult] = {}
     # Direct runs need a backend per client, pgbench's first connection, both pools' servers
     # and a little room; without direct runs the pools are all PostgreSQL sees.
     pooled = args.pool_size * len([t for t in args.targets if t != "direct"])
-    wanted = (max(args.clients) + 1 if "direct" in args.targets else 0) + pooled + 10
+    most = max([*args.clients, *(args.storm_clients if args.storms else [])])
+    wanted = (most + 1 if "direct" in args.targets else 0) + pooled + 10
     max_connections = wanted
     interrupted = False
     try:
         with signals_as_interrupt():
             console.print(f"PostgreSQL: max_connections={wanted}, pgbench -i -s {args.scale}")
-            cluster, max_connections = start_cluster(args, wanted)
-            targets = start_targets(args, cluster, pgbouncer, workdir)
+            cluster, max_connections = start_cluster(args, wanted, secrets)
+            targets = start_targets(args, cluster, pgbouncer, workdir, users)
             run_rounds(args, cluster, targets, runs)
+            if args.idle_clients > 0:
+                # The pgbench poolers go first: the idle test's own must not share the CPU.
+                for target in targets.values():
+                    if target.pooler is not None:
+                        target.pooler.stop()
+                idle = run_idle(args, cluster, pgbouncer, workdir, users)
     except KeyboardInterrupt:
         interrupted = True
         console.print("[yellow]interrupted: reporting the runs done so far[/yellow]")
@@ -720,11 +1004,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     summary = summarize(runs)
     print_tables(summary, args.targets)
-    verdicts = goal_verdicts(summary)
+    if pgbouncer is not None:
+        console.print(f"PgBouncer measured: {tool_version([pgbouncer, '--version'])}")
+    console.print(
+        "pgfunnel's figures are whatever `python -m pgfunnel serve` runs today; the targets of "
+        "issue 11:"
+    )
+    verdicts = target_verdicts(summary, idle)
     for line in verdicts:
         console.print(line, style="green" if line.endswith(": MET") else "yellow", markup=False)
     if args.markdown:
         console.print(markdown(summary, args.targets), markup=False, soft_wrap=True)
+        if idle:
+            console.print(idle_markdown(idle), markup=False, soft_wrap=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         document = {
@@ -735,7 +1027,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for (m, p, c), cells in sorted(summary.items())
                 for t, cell in cells.items()
             ],
-            "goal": verdicts,
+            "idle": {
+                name: {**asdict(r), "kib_per_client": r.kib_per_client} for name, r in idle.items()
+            },
+            "targets": verdicts,
         }
         args.json.write_text(json.dumps(document, indent=2, default=str) + "\n")
         console.print(f"saved {args.json}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import resource
@@ -15,13 +14,11 @@ from typing import Any
 
 from pgfunnel import __version__
 from pgfunnel.admin.console import Console
-from pgfunnel.admin.host import AdminError
 from pgfunnel.config.ini import ConfigError
 from pgfunnel.config.loader import Config, DatabaseConfig
-from pgfunnel.config.settings import SETTINGS, parse_value
 from pgfunnel.net.auth_query import AuthLookups
 from pgfunnel.net.client_conn import ClientConn
-from pgfunnel.net.config_check import load_checked
+from pgfunnel.net.commands import ADMIN_DATABASES, Commands
 from pgfunnel.net.server_conn import ServerConn
 from pgfunnel.net.unixsock import is_unix, sockaddr, unix_connect, unix_path
 from pgfunnel.pool.objects import Client, ClientState, Server, ServerState
@@ -50,7 +47,6 @@ from pgfunnel.proto.strings import Msg, Reason, Refusal
 
 log = logging.getLogger("pgfunnel")
 
-ADMIN_DATABASES = ("pgbouncer", "pgfunnel")
 JANITOR_INTERVAL = 0.1  # seconds between janitor runs: the resolution of every timeout
 HOLDERS_LOG_AFTER = 5.0  # a queue this old gets one log line naming the top holders
 HOLDERS_LOGGED = 3
@@ -62,7 +58,6 @@ FD_RESERVE = 48
 EVICT_GRACE = 1.0
 LIMIT_LOG_EVERY = 10.0  # seconds between log lines saying the client limit bites
 FD_SPARE = 16  # under the fd limit, room the janitor keeps free for new logins
-CONFIG_FILE_ERROR = "F0000"
 ADMIN_WELCOME = {
     "server_version": "1.25.1/bouncer",
     "server_encoding": "UTF8",
@@ -77,8 +72,9 @@ ADMIN_WELCOME = {
 }
 
 
-class App:
-    """Holds config, pools, listeners and counters; the one object passed down everywhere."""
+class App(Commands):
+    """Holds config, pools, listeners and counters; the one object passed down everywhere.
+    Its admin commands and lifecycle (pause ... reload) are `Commands`, in net/commands.py."""
 
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -130,6 +126,12 @@ class App:
     def wall(self, t: float) -> float:
         return t + self._wall
 
+    async def wait_until(self, done: Callable[[], bool]) -> None:
+        """The commands that wait (PAUSE, WAIT_CLOSE, SUSPEND, SIGUSR1) poll at the janitor's
+        resolution: what they wait for changes only through events and ticks."""
+        while not done():
+            await asyncio.sleep(JANITOR_INTERVAL)
+
     # --- config lookups ----------------------------------------------------------------------
     def userlist(self) -> dict[str, str]:
         return self.config.userlist
@@ -164,342 +166,6 @@ class App:
 
     def count_refusal(self, reason: str) -> None:
         self.refused[reason] = self.refused.get(reason, 0) + 1
-
-    # --- admin commands (the console and the signals call these) ----------------------------
-    def _db_arg(self, name: str, verb: str, register: bool = True) -> Database:
-        """The database a command names. `register` False is PgBouncer's find_database
-        (ENABLE, RESUME db): a name only the `*` fallback would create is no such database,
-        rather than a new database registered by the command."""
-        if name in ADMIN_DATABASES:
-            raise AdminError(ss.PROTOCOL_VIOLATION, f"cannot {verb} admin db: {name}")
-        db = None
-        if name != "*" and (
-            register or name in self.pooler.databases or name in self.config.databases
-        ):
-            db = self.database(name)
-        if db is None:
-            raise AdminError(ss.PROTOCOL_VIOLATION, f"no such database: {name}")
-        return db
-
-    async def wait_until(self, done: Callable[[], bool]) -> None:
-        while not done():
-            await asyncio.sleep(JANITOR_INTERVAL)
-
-    async def pause(self, db: str | None) -> None:
-        """PAUSE [db]: hand out no servers and close them as they are released; returns when
-        the database (or every database) holds none. Clients stay connected and wait."""
-        await self.wait_until(self.begin_pause(db))
-
-    def begin_pause(self, db: str | None, command: bool = True) -> Callable[[], bool]:
-        """PAUSE's effect, at once; returns the test of "every server released" to wait on.
-        `command` False: SIGUSR1, which logs its own line."""
-        if self.paused_all or self.suspended:
-            raise AdminError(ss.PROTOCOL_VIOLATION, "already suspended/paused")
-        now = self.now()
-        if db is None:
-            if command:
-                log.info("PAUSE command issued")
-            self.paused_all = True
-            for d in list(self.pooler.databases.values()):
-                self.apply(self.pooler.pause(d, now))
-            return lambda: (
-                not self.paused_all
-                or all(self.pooler.servers_of(d) == 0 for d in self.pooler.databases.values())
-            )
-        log.info("PAUSE '%s' command issued", db)
-        target = self._db_arg(db, "pause")
-        self._paused_dbs.add(target.name)
-        self.apply(self.pooler.pause(target, now))
-        return lambda: not target.paused or self.pooler.servers_of(target) == 0
-
-    def resume(self, db: str | None, command: bool = True) -> None:
-        """RESUME [db]; `command` False: SIGUSR2, which logs its own line."""
-        now = self.now()
-        if db is None:
-            if command:
-                log.info("RESUME command issued")
-            if self.shutting_down is not None:
-                # As PgBouncer (1.23 on): a shutdown cannot be undone; its listeners are gone.
-                raise AdminError(ss.PROTOCOL_VIOLATION, "pooler is shutting down")
-            if not (self.paused_all or self.suspended):
-                raise AdminError(ss.PROTOCOL_VIOLATION, "pooler is not paused/suspended")
-            self.paused_all = False
-            if self.suspended:
-                self._unsuspend()
-            for d in list(self.pooler.databases.values()):
-                if d.paused and d.name not in self._paused_dbs:
-                    self.apply(self.pooler.resume(d, now))
-            return
-        log.info("RESUME '%s' command issued", db)
-        target = self._db_arg(db, "resume", register=False)
-        if not target.paused:
-            raise AdminError(ss.PROTOCOL_VIOLATION, f"database {db} is not paused")
-        self._paused_dbs.discard(target.name)
-        if not self.paused_all:
-            self.apply(self.pooler.resume(target, now))
-
-    def disable(self, db: str) -> None:
-        log.info("DISABLE '%s' command issued", db)
-        self._db_arg(db, "disable").disabled = True
-
-    def enable(self, db: str) -> None:
-        log.info("ENABLE '%s' command issued", db)
-        self._db_arg(db, "enable", register=False).disabled = False
-
-    def reconnect(self, db: str | None) -> None:
-        now = self.now()
-        if db is None:
-            log.info("RECONNECT command issued")
-            targets = list(self.pooler.databases.values())
-        else:
-            log.info("RECONNECT '%s' command issued", db)
-            targets = [self._db_arg(db, "reconnect")]
-        self.auth_lookups.clear()
-        for target in targets:
-            self.apply(self.pooler.reconnect(target, now))
-
-    async def wait_close(self, db: str | None) -> None:
-        if db is None:
-            log.info("WAIT_CLOSE command issued")
-            targets = list(self.pooler.databases.values())
-        else:
-            log.info("WAIT_CLOSE '%s' command issued", db)
-            targets = [self._db_arg(db, "wait in")]
-        await self.wait_until(lambda: all(self.pooler.obsolete_servers(t) == 0 for t in targets))
-
-    def kill(self, db: str) -> None:
-        """KILL db: drop every client and server of the database now; it stays paused, so
-        clients that connect meanwhile wait for RESUME."""
-        if self.paused_all or self.suspended:
-            raise AdminError(ss.PROTOCOL_VIOLATION, "already suspended/paused")
-        log.info("KILL '%s' command issued", db)
-        target = self._db_arg(db, "kill")
-        self._paused_dbs.add(target.name)
-        error = ServerError(
-            "FATAL", ss.ADMIN_SHUTDOWN, Reason.DB_REMOVED, Msg.KILLED.format(db=target.name)
-        )
-        self.apply(self.pooler.kill(target, self.now(), Reason.DB_REMOVED, error))
-
-    def kill_client(self, client_id: int) -> None:
-        log.info("KILL_CLIENT %d command issued", client_id)
-        candidates = [
-            *self.pooler.all_clients(),
-            *(conn.client for conn in self.logging_in),
-            *self.admin_clients,
-        ]
-        for client in candidates:
-            if client.id == client_id:
-                # PgBouncer's disconnect_client(..., "admin forced disconnect"): that text
-                # as the client's error and the logged reason.
-                reason = Reason.ADMIN_KILL_CLIENT
-                client.conn.fail(ServerError("FATAL", ss.PROTOCOL_VIOLATION, reason), reason)
-                return
-        raise AdminError(ss.PROTOCOL_VIOLATION, f"client not found: {client_id}")
-
-    def _transports(self) -> Iterable[Any]:
-        for conn in self.logging_in:
-            if conn.transport is not None:
-                yield conn
-        for client in self.pooler.all_clients():
-            if client.conn.transport is not None:
-                yield client.conn
-        for server in self.pooler.all_servers():
-            if server.conn is not None and server.conn.transport is not None:
-                yield server.conn
-
-    async def suspend(self) -> None:
-        """SUSPEND: stop reading every client and server socket and return once everything
-        already read has been written out (PgBouncer's step before an online restart). A
-        connection whose buffer has not drained after suspend_timeout is dropped."""
-        if self.paused_all or self.suspended:
-            raise AdminError(ss.PROTOCOL_VIOLATION, "already suspended/paused")
-        if self._paused_dbs:
-            raise AdminError(ss.PROTOCOL_VIOLATION, "cannot suspend with paused databases")
-        log.info("SUSPEND command issued")
-        self.suspended = True
-        for conn in self._transports():
-            conn.transport.pause_reading()
-
-        def flushed() -> bool:
-            return not self.suspended or not any(True for _ in self._unflushed())
-
-        timeout = float(self.settings.suspend_timeout)
-        try:
-            async with asyncio.timeout(timeout if timeout > 0 else None):
-                await self.wait_until(flushed)
-        except TimeoutError:
-            stuck = list(self._unflushed())
-            log.warning(
-                "SUSPEND: %d connections still unflushed after suspend_timeout=%gs, dropping them",
-                len(stuck),
-                timeout,
-            )
-            for conn in stuck:
-                transport = conn.transport
-                if isinstance(conn, ClientConn):
-                    conn.close(Reason.SUSPEND_TIMEOUT)
-                else:
-                    self.close_server(conn.server, Reason.SUSPEND_TIMEOUT)
-                transport.abort()  # its peer is not reading: do not wait for the buffer
-
-    def _unflushed(self) -> Iterable[Any]:
-        for conn in self._transports():
-            if conn.transport.get_write_buffer_size() > 0:
-                yield conn
-
-    def _unsuspend(self) -> None:
-        self.suspended = False
-        for conn in self._transports():
-            if not conn.paused:  # held back by flow control: its peer resumes it
-                conn.transport.resume_reading()
-
-    def shutdown(self, mode: str | None) -> None:
-        """SHUTDOWN: exit now; SHUTDOWN WAIT_FOR_SERVERS / WAIT_FOR_CLIENTS: see
-        begin_shutdown. A second one during a shutdown changes what it waits for, as in
-        PgBouncer."""
-        mode = (mode or "").upper() or None
-        if mode not in (None, "WAIT_FOR_SERVERS", "WAIT_FOR_CLIENTS"):
-            raise AdminError(ss.PROTOCOL_VIOLATION, f"invalid SHUTDOWN mode: {mode}")
-        if mode is None:
-            log.info("SHUTDOWN command issued")
-            self.stopping.set()
-            return
-        log.info("SHUTDOWN %s command issued", mode)
-        if self.suspended:
-            # Sockets are not being read, so nobody could ever leave: exit now.
-            log.info("SHUTDOWN %s while suspended: exiting now", mode)
-            self.stopping.set()
-            return
-        self.begin_shutdown(mode)
-
-    def begin_shutdown(self, mode: str) -> None:
-        """WAIT_FOR_SERVERS (SIGINT): stop listening, pause, exit once every server is
-        released; WAIT_FOR_CLIENTS (SIGTERM): stop listening, keep serving, exit once every
-        client has left. Nothing undoes it (RESUME and SIGUSR2 are refused)."""
-        first = self.shutting_down is None
-        self.shutting_down = mode
-        if first:
-            # As PgBouncer: the TCP listeners close; the unix socket stays until the process
-            # exits, so the admin console can still be reached to watch the drain.
-            for srv in self.servers_listening:
-                srv.close()
-            self.servers_listening = []
-        if mode == "WAIT_FOR_SERVERS":
-            if not self.paused_all:
-                self.paused_all = True
-                now = self.now()
-                for d in list(self.pooler.databases.values()):
-                    self.apply(self.pooler.pause(d, now))
-            self._close_waiting_for_shutdown()
-        if first:
-            self._shutdown_task = self.loop.create_task(self._shutdown_when_done())
-
-    async def _shutdown_when_done(self) -> None:
-        def done() -> bool:
-            if self.shutting_down == "WAIT_FOR_SERVERS":
-                return not any(True for _ in self.pooler.all_servers())
-            return not any(True for _ in self.pooler.all_clients())
-
-        await self.wait_until(done)
-        if self.shutting_down == "WAIT_FOR_SERVERS":
-            log.info("server connections dropped, exiting")
-        else:
-            log.info("client connections dropped, exiting")
-        self.stopping.set()
-
-    def _close_waiting_for_shutdown(self) -> None:
-        """WAIT_FOR_SERVERS hands out no server again: as PgBouncer, a client waiting for one
-        (or, via wants_server, starting a new transaction) is closed at once."""
-        for pool in list(self.pooler.pools.values()):
-            for state in (ClientState.WAITING, ClientState.WAITING_LOGIN):
-                for client in list(pool.clients[state]):
-                    self._close_for_shutdown(client)
-
-    def _close_for_shutdown(self, client: Client) -> None:
-        reason = Reason.SERVER_SHUTTING_DOWN
-        client.conn.fail(ServerError("FATAL", ss.PROTOCOL_VIOLATION, reason), reason)
-
-    def die(self, message: str) -> None:
-        """PgBouncer's die(): a FATAL line and exit 1, at once."""
-        log.critical("%s", message)
-        self.exit_code = 1
-        self.stopping.set()
-
-    def reload(self, command: bool = True) -> None:
-        """RELOAD (`command`) / SIGHUP: read the config and auth file again. A broken file
-        changes nothing: the cause (file:line) is logged, then PgBouncer's lines, and the
-        console gets PgBouncer's error with the cause as its DETAIL. Databases are marked and
-        swept: a changed entry gets fresh servers as the old ones are released, a removed one
-        is dropped."""
-        if command:
-            log.info("RELOAD command issued")
-        try:
-            new = load_checked(self.config.path)
-        except (ConfigError, OSError) as exc:
-            log.error("%s", exc)
-            log.warning("config file loading failed")
-            if command:
-                log.error("RELOAD Failed, see logs for more details")
-            raise AdminError(
-                CONFIG_FILE_ERROR,
-                "RELOAD failed, see logs for additional details",
-                detail=f"{exc}; the old configuration stays in use",
-            ) from None
-        keep: dict[str, object] = {}
-        for name, spec in SETTINGS.items():
-            old_value, new_value = self.settings.get(name), new.settings.get(name)
-            if not spec.reloadable and old_value != new_value:
-                log.warning("%s cannot be changed on reload; restart pgfunnel to apply it", name)
-                keep[name] = old_value
-        settings = new.settings.with_values(keep) if keep else new.settings
-        self.config = dataclasses.replace(new, settings=settings)
-        self.settings = settings
-        self._apply_settings()
-        self.scram_derived.clear()
-        self.auth_lookups.clear()
-        now = self.now()
-        for name, db in list(self.pooler.databases.items()):
-            dbc = self.config.database(name)
-            if dbc is None:
-                log.warning(
-                    "dropping database '%s' as it does not exist anymore or inactive auto-database",
-                    name,
-                )
-                error = ServerError("FATAL", ss.INVALID_CATALOG_NAME, Reason.DB_REMOVED)
-                self.apply(self.pooler.kill(db, now, Reason.DB_REMOVED, error))
-                del self.pooler.databases[name]
-                for key in [k for k, p in self.pooler.pools.items() if p.db is db]:
-                    del self.pooler.pools[key]
-            elif dbc != db.config:
-                log.info("database %s changed: its servers are replaced as they are released", name)
-                db.config = dbc
-                self.apply(self.pooler.reconnect(db, now))
-        for name, user in self.pooler.users.items():
-            user.config = self.config.users.get(name)
-        self.pooler.retune()
-        for warning in self.config.unsupported:
-            log.warning("%s", warning)
-
-    def set_setting(self, name: str, value: str) -> None:
-        """SET key = value: a reloadable [pgbouncer] setting, checked as the ini reader does."""
-        spec = SETTINGS.get(name)
-        if spec is None:
-            raise AdminError(ss.PROTOCOL_VIOLATION, f"SET failed: unknown setting {name}")
-        if not spec.reloadable:
-            raise AdminError(
-                ss.PROTOCOL_VIOLATION,
-                f"SET failed: {name} cannot be changed while running; edit the config file "
-                "and restart pgfunnel",
-            )
-        try:
-            parsed = parse_value(name, value)
-        except ValueError as exc:
-            raise AdminError(ss.PROTOCOL_VIOLATION, f"SET failed: {exc}") from None
-        log.info("SET %s=%s", name, value)
-        self.settings = self.settings.with_values({name: parsed})
-        self.config = dataclasses.replace(self.config, settings=self.settings)
-        self._apply_settings()
-        self.pooler.retune()
 
     # --- logging -----------------------------------------------------------------------------
     def log_client(self, client: Client, fmt: str, *args: Any) -> None:

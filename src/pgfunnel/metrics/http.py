@@ -175,4 +175,5 @@ class MetricsServer:
         return (200 if ready else 503), JSON, data
 
     async def _status_page(self) -> Response:
-        return 200, HTML, render(self.host).encode()  # names are UTF-8 (net.app.check_utf8)
+        # Names are UTF-8: net.config_check.check_utf8 refuses others at load.
+        return 200, HTML, render(self.host).encode()

@@ -212,9 +212,7 @@ def after_fallback(hit: LimitHit, opts: Options) -> str:
         scope = f" --role {shlex.quote(hit.name)}"
     elif hit.kind == "database" and hit.name:
         scope = f" --database {shlex.quote(hit.name)}"
-    return (
-        f"{_reap(opts)}{scope} --idle-in-transaction 5m   (dry run; add --execute)"
-    )
+    return f"{_reap(opts)}{scope} --idle-in-transaction 5m   (dry run; add --execute)"
 
 
 def unreachable_report(
@@ -598,8 +596,7 @@ def _idle(
         holds = [b for b in leaked if b.pid == horizon_pid]
         age_arg = _age_arg(opts.idle_in_transaction_warn_s)
         remedy = [
-            f"{_reap(opts)} --idle-in-transaction {age_arg}   "
-            "(dry run; add --execute)",
+            f"{_reap(opts)} --idle-in-transaction {age_arg}   (dry run; add --execute)",
         ]
         remedy += [
             f"ALTER ROLE {r} SET idle_in_transaction_session_timeout = '{age_arg}';" for r in roles
@@ -637,8 +634,7 @@ def _idle(
                 "Idle sessions hold slots and memory; an application pool that never shrinks "
                 "or a leaked connection.",
                 [
-                    f"{_reap(opts)} --idle {_age_arg(opts.idle_warn_s)}"
-                    "   (dry run)",
+                    f"{_reap(opts)} --idle {_age_arg(opts.idle_warn_s)}   (dry run)",
                     "ALTER ROLE <app_role> SET idle_session_timeout = '1h';",
                 ],
             )
@@ -738,8 +734,7 @@ def _limit_finding(
     flag = "--role" if kind == "role" else "--database"
     ident = '"' + name.replace('"', '""') + '"'
     remedy = [
-        f"{_reap(opts)} {flag} {shlex.quote(name)} --idle-in-transaction 5m"
-        "   (dry run)",
+        f"{_reap(opts)} {flag} {shlex.quote(name)} --idle-in-transaction 5m   (dry run)",
     ]
     wanted = max(limit * 2, limit + 10)
     if spare is None:

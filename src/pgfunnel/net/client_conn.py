@@ -70,6 +70,7 @@ class ClientConn(asyncio.Protocol):
         "auth",
         "buf",
         "client",
+        "held",
         "negotiated",
         "paused",
         "paused_server",
@@ -91,6 +92,10 @@ class ClientConn(asyncio.Protocol):
         self.scanner = Scanner(_WATCH, app.max_packet_size)
         self.pending = bytearray()  # what the client sent while it held no server
         self.auth: ClientAuth | None = None
+        # The exchange's last message (AuthenticationOk, after SASLFinal for SCRAM), kept to go
+        # out in one write with what follows it: the welcome when the pool is ready, else an
+        # error or nothing. One send per login fewer, as PgBouncer's welcome_client does.
+        self.held = b""
         self.startup: dict[str, str] = {}
         self.paused = False
         self.paused_server: ServerConn | None = None  # the server whose reading we hold back
@@ -375,10 +380,12 @@ class ClientConn(asyncio.Protocol):
             self.app.count_refusal(Refusal.AUTH_FAILED)
             self.fail(ServerError("FATAL", ss.INVALID_PASSWORD, str(exc)), str(exc))
             return
-        self.transport.write(first)
         if auth.done:
+            self.held = first
             self._authenticated()
-        elif self.buf:
+            return
+        self.transport.write(first)
+        if self.buf:
             early = bytes(self.buf)
             self.buf.clear()
             self._auth_data(early)
@@ -392,7 +399,11 @@ class ClientConn(asyncio.Protocol):
                 kind, payload = msg
                 if kind != m.PASSWORD:
                     raise ProtocolViolation(f"expected a password message, got {chr(kind)!r}")
-                self.transport.write(auth.receive(payload))
+                out = auth.receive(payload)
+                if auth.done:
+                    self.held = out
+                else:
+                    self.transport.write(out)
         except AuthFailed as exc:
             self.app.count_refusal(Refusal.AUTH_FAILED)
             err = ServerError("FATAL", ss.INVALID_PASSWORD, str(exc))
@@ -410,6 +421,11 @@ class ClientConn(asyncio.Protocol):
             self.buf += rest
         self.phase = Phase.WAIT_LOGIN
         self.app.authenticated(self)
+        if self.held and self.transport is not None:
+            # No welcome yet (the pool's first server login is on its way): AuthenticationOk
+            # goes alone, as before.
+            self.transport.write(self.held)
+        self.held = b""
 
     def finish_login(self, welcome: dict[str, str]) -> None:
         """Send the parameters, our cancel key and ReadyForQuery; then replay anything early."""
@@ -430,7 +446,9 @@ class ClientConn(asyncio.Protocol):
             key = secrets.randbits(31)
         client.cancel_key = (pid, key)
         self.app.pooler.cancel_keys[(pid, key)] = client
-        out = [m.parameter_status(k, v) for k, v in params.items()]
+        out = [self.held]
+        self.held = b""
+        out += [m.parameter_status(k, v) for k, v in params.items()]
         out.append(m.backend_key_data(pid, key))
         out.append(m.ready_for_query())
         assert self.transport is not None
@@ -496,7 +514,8 @@ class ClientConn(asyncio.Protocol):
     def fail(self, error: ServerError, reason: str) -> None:
         """Send a FATAL error and close: used for every refusal, so clients see why."""
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(error.encode(severity="FATAL"))
+            self.transport.write(self.held + error.encode(severity="FATAL"))
+            self.held = b""
         self.close(reason)
 
     def close(self, reason: str | None) -> None:
@@ -504,6 +523,9 @@ class ClientConn(asyncio.Protocol):
             return
         self.phase = Phase.CLOSED
         if self.transport is not None:
+            if self.held:
+                self.transport.write(self.held)
+                self.held = b""
             self.transport.close()
         self._leave(reason)
 

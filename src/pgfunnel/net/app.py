@@ -9,6 +9,7 @@ import logging
 import os
 import resource
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -32,6 +33,7 @@ from pgfunnel.pool.scheduler import (
     Holder,
     Link,
     Notify,
+    Pool,
     Pooler,
     PoolSettings,
     RunQueries,
@@ -70,6 +72,7 @@ ADMIN_WELCOME = {
     "application_name": "",
     "is_superuser": "off",
 }
+_ADMIN_WELCOME = m.Welcome(ADMIN_WELCOME)
 
 
 class App(Commands):
@@ -95,6 +98,8 @@ class App(Commands):
         # ClientKeys recovered from clients' SCRAM logins, to log into servers as them.
         self._scram_keys: dict[str, bytes] = {}
         self.scram_derived: dict[str, ScramSecret] = {}  # plain userlist password -> secret
+        # Each pool's welcome, encoded once (welcome_of); gone with the pool.
+        self._welcomes: weakref.WeakKeyDictionary[Pool, m.Welcome] = weakref.WeakKeyDictionary()
         self.auth_lookups = AuthLookups(self)  # methods, auth_query pools and their secrets
         self.started_at = time.monotonic()
         self.paused_all = False  # PAUSE without a database, SIGUSR1
@@ -342,7 +347,7 @@ class App(Commands):
                 )
                 return
             self.admin_clients[client] = None
-            conn.finish_login(ADMIN_WELCOME)
+            conn.finish_login(_ADMIN_WELCOME)
             return
         db = self.database(client.dbname)
         if db is None:  # removed by a reload while this client authenticated
@@ -543,10 +548,20 @@ class App(Commands):
             elif isinstance(action, FinishLogin):
                 client = action.client
                 pool = client.pool
-                assert pool is not None and pool.welcome is not None
-                # What the server reported, not the [databases] text: datestyle=German is
-                # "German, DMY" on the server, and the client must track the same value.
-                client.conn.finish_login(dict(pool.welcome))
+                assert pool is not None
+                client.conn.finish_login(self.welcome_of(pool))
+
+    def welcome_of(self, pool: Pool) -> m.Welcome:
+        """What the pool's new clients are shown: the parameters its newest server login
+        reported, not the [databases] text (datestyle=German is "German, DMY" on the server,
+        and the client must track the same value). Encoded once per pool; built again when a
+        server login reports other values."""
+        welcome = pool.welcome
+        assert welcome is not None
+        cached = self._welcomes.get(pool)
+        if cached is None or cached.source != welcome:
+            cached = self._welcomes[pool] = m.Welcome(welcome)
+        return cached
 
     def _link(self, client: Client, server: Server) -> None:
         conn: ClientConn = client.conn

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
-import socket
 from enum import Enum
 from typing import TYPE_CHECKING, cast
 
 from pgfunnel.pool.objects import Client, ClientState
 from pgfunnel.proto import messages as m
 from pgfunnel.proto import sqlstate as ss
-from pgfunnel.proto.auth import AuthFailed, ClientAuth
+from pgfunnel.proto.auth import AuthFailed, ClientAuth, random_bytes
 from pgfunnel.proto.framing import (
     CancelRequest,
     GSSENCRequest,
@@ -52,6 +50,12 @@ AUTH_MAX_MESSAGE = 65535 + 4
 TRACKED_PARAMS = m.TRACKED_PARAMS
 _CANONICAL = {p.lower(): p for p in TRACKED_PARAMS}
 _ALWAYS_ACCEPTED = {"user", "database", "replication"}
+
+
+def _cancel_key() -> tuple[int, int]:
+    """A BackendKeyData (pid, key) pair: 31 random bits each, as before, from one draw."""
+    bits = int.from_bytes(random_bytes(8))
+    return (bits >> 32) & 0x7FFFFFFF, bits & 0x7FFFFFFF
 
 
 class Phase(Enum):
@@ -107,12 +111,11 @@ class ClientConn(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
-        sock = transport.get_extra_info("socket")
         client = self.client
+        # No setsockopt(TCP_NODELAY) of our own: asyncio and uvloop both set it on every TCP
+        # transport they accept, and asking for the socket object costs a getsockname.
         if isinstance(peer, tuple):
             client.addr, client.port = str(peer[0]), int(peer[1])
-            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         else:
             client.addr, client.port = "unix", 0
         local = transport.get_extra_info("sockname")
@@ -427,28 +430,32 @@ class ClientConn(asyncio.Protocol):
             self.transport.write(self.held)
         self.held = b""
 
-    def finish_login(self, welcome: dict[str, str]) -> None:
+    def finish_login(self, welcome: m.Welcome) -> None:
         """Send the parameters, our cancel key and ReadyForQuery; then replay anything early."""
         client = self.client
-        params = dict(welcome)
+        startup = self.startup
+        own: dict[str, str] = {}  # what this client is shown in place of the pool's values
         for name in TRACKED_PARAMS:
-            if name in self.startup:
-                params[name] = self.startup[name]
+            if name in startup:
+                own[name] = startup[name]
             elif name == "application_name":
                 # A client that names itself wins; else the [databases] entry's name, if any.
                 pool = client.pool
                 dbc = pool.db.config if pool is not None else None
-                params[name] = getattr(dbc, "application_name", None) or ""
-        client.params = {name: params.get(name, "") for name in TRACKED_PARAMS}
-        pid = secrets.randbits(31)
-        key = secrets.randbits(31)
-        while (pid, key) in self.app.pooler.cancel_keys:
-            key = secrets.randbits(31)
+                own[name] = getattr(dbc, "application_name", None) or ""
+        source = welcome.source
+        client.params = {
+            name: own[name] if name in own else source.get(name, "") for name in TRACKED_PARAMS
+        }
+        cancel_keys = self.app.pooler.cancel_keys
+        pid, key = _cancel_key()
+        while (pid, key) in cancel_keys:
+            key = _cancel_key()[1]
         client.cancel_key = (pid, key)
-        self.app.pooler.cancel_keys[(pid, key)] = client
+        cancel_keys[(pid, key)] = client
         out = [self.held]
         self.held = b""
-        out += [m.parameter_status(k, v) for k, v in params.items()]
+        out += welcome.messages(own)
         out.append(m.backend_key_data(pid, key))
         out.append(m.ready_for_query())
         assert self.transport is not None

@@ -87,6 +87,32 @@ def parameter_status(name: str, value: str) -> bytes:
     return message(b"S", cstr(name) + cstr(value))
 
 
+class Welcome:
+    """The parameters a pool shows its new clients, each ParameterStatus encoded once: every
+    login of the pool sends the same messages but for the few its startup packet sets.
+    `source` is a copy of what it was built from, for the owner to compare with the pool's
+    current parameters and build a new one when they differ."""
+
+    __slots__ = ("encoded", "source")
+
+    def __init__(self, params: Mapping[str, str]) -> None:
+        self.source = dict(params)
+        self.encoded = {name: parameter_status(name, value) for name, value in params.items()}
+
+    def messages(self, own: Mapping[str, str]) -> list[bytes]:
+        """The ParameterStatus messages of a client shown `own` in place of the pool's values:
+        the pool's order, then `own`'s names the pool does not report, in `own`'s order."""
+        source = self.source
+        out = [
+            enc
+            if (value := own.get(name)) is None or value == source[name]
+            else parameter_status(name, value)
+            for name, enc in self.encoded.items()
+        ]
+        out += [parameter_status(k, v) for k, v in own.items() if k not in source]
+        return out
+
+
 def backend_key_data(pid: int, key: int) -> bytes:
     return message(b"K", struct.pack("!ii", pid, key))
 

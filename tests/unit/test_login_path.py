@@ -1,0 +1,236 @@
+"""A client's login through ClientConn and a real (never started) App, byte by byte: the
+welcome a pool shows (encoded once, built again when its servers report other parameters),
+AuthenticationOk in the same write as that welcome, cancel keys, and the refusals."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pgfunnel.config.loader import load_config
+from pgfunnel.net.app import App
+from pgfunnel.net.client_conn import ClientConn, Phase
+from pgfunnel.pool.scheduler import Pool
+from pgfunnel.proto import messages as m
+from pgfunnel.proto import sqlstate as ss
+from pgfunnel.proto.auth import ServerAuth, random_bytes
+from pgfunnel.proto.messages import ServerError
+
+WELCOME = {
+    "server_version": "16.4",
+    "server_encoding": "UTF8",
+    "client_encoding": "UTF8",
+    "DateStyle": "ISO, MDY",
+    "TimeZone": "UTC",
+    "standard_conforming_strings": "on",
+    "integer_datetimes": "on",
+    "IntervalStyle": "postgres",
+    "is_superuser": "off",
+}
+
+
+class Transport:
+    """Records each write; enough of asyncio.Transport for a login."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_extra_info(self, name: str) -> Any:
+        return {"peername": ("10.0.0.7", 4242), "sockname": ("127.0.0.1", 6432)}.get(name)
+
+
+def split(data: bytes) -> list[tuple[str, bytes]]:
+    """The backend messages in `data`, as (type, payload)."""
+    out, at = [], 0
+    while at < len(data):
+        kind = chr(data[at])
+        (length,) = struct.unpack_from("!i", data, at + 1)
+        out.append((kind, data[at + 5 : at + 1 + length]))
+        at += 1 + length
+    assert at == len(data)
+    return out
+
+
+def shown(messages: list[tuple[str, bytes]]) -> dict[str, str]:
+    return dict(m.parse_parameter_status(p) for k, p in messages if k == "S")
+
+
+@pytest.fixture(params=["md5", "scram-sha-256"])
+def app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[App]:
+    """An App that is never started; `shop` is never connected to: its pool's welcome is set
+    by the test, as a server login would set it."""
+    (tmp_path / "users.txt").write_text('"app" "pw"\n')
+    ini = tmp_path / "pgbouncer.ini"
+    ini.write_text(
+        "[databases]\n"
+        "shop = host=127.0.0.1 port=5999 dbname=shop\n"
+        "named = host=127.0.0.1 port=5999 dbname=shop application_name=from_ini\n"
+        "[pgbouncer]\n"
+        f"auth_file = {tmp_path / 'users.txt'}\n"
+        f"auth_type = {request.param}\n"
+        "pool_mode = transaction\n"
+        f"unix_socket_dir = {tmp_path}\n"
+    )
+    loop = asyncio.new_event_loop()
+    try:
+        yield App(load_config(ini), loop)
+    finally:
+        loop.close()
+
+
+def ready_pool(app: App, db: str = "shop", welcome: dict[str, str] | None = None) -> Pool:
+    database = app.database(db)
+    assert database is not None
+    pool = app.pooler.get_pool(database, app.user("app"))
+    pool.welcome = dict(WELCOME if welcome is None else welcome)
+    return pool
+
+
+def login(
+    app: App, password: str = "pw", db: str = "shop", **startup: str
+) -> tuple[ClientConn, Transport, list[bytes]]:
+    """Log in as `app` with `password`; the writes that answered the client's last message."""
+    conn = ClientConn(app)
+    transport = Transport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    conn.data_received(m.startup_message({"user": "app", "database": db, **startup}))
+    client = ServerAuth("app", password)  # the client side of md5 and SCRAM
+    while conn.phase is Phase.AUTH:
+        kind, payload = split(transport.writes[-1])[-1]  # the request to answer
+        assert kind == "R"
+        reply = client.respond(m.read_i32(payload), payload[4:])
+        assert reply is not None
+        before = len(transport.writes)
+        conn.data_received(reply)
+        answer = transport.writes[before:]
+    return conn, transport, answer
+
+
+def test_auth_ok_and_welcome_go_in_one_write(app: App) -> None:
+    ready_pool(app)
+    conn, _, answer = login(app)
+    assert len(answer) == 1
+    kinds = [k for k, _ in split(answer[0])]
+    # SCRAM's SASLFinal comes first, then AuthenticationOk, the parameters, the key, RFQ.
+    assert kinds[-2:] == ["K", "Z"] and set(kinds[:-2]) <= {"R", "S"}
+    auths = [m.read_i32(p) for k, p in split(answer[0]) if k == "R"]
+    assert auths[-1] == m.AUTH_OK
+    assert kinds.index("S") > kinds.index("R")
+    assert conn.phase is Phase.FORWARD
+
+
+def test_welcome_shows_the_pool_parameters_and_the_clients_own(app: App) -> None:
+    ready_pool(app)
+    _, _, answer = login(app, client_encoding="LATIN1", application_name="psql")
+    messages = split(answer[0])
+    params = shown(messages)
+    assert params == {**WELCOME, "client_encoding": "LATIN1", "application_name": "psql"}
+    # The pool's order, then what the pool does not report.
+    names = [m.parse_parameter_status(p)[0] for k, p in messages if k == "S"]
+    assert names == [*WELCOME, "application_name"]
+    # The client's parameters are tracked as shown.
+    client = next(iter(app.pooler.cancel_keys.values()))
+    assert client.params["client_encoding"] == "LATIN1"
+    assert client.params["TimeZone"] == "UTC"
+    assert client.params["application_name"] == "psql"
+
+
+def test_database_application_name_is_shown_to_a_client_without_one(app: App) -> None:
+    ready_pool(app, "named")
+    _, _, answer = login(app, db="named")
+    assert shown(split(answer[0]))["application_name"] == "from_ini"
+
+
+def test_cached_welcome_is_rebuilt_when_the_pool_parameters_change(app: App) -> None:
+    pool = ready_pool(app)
+    _, _, first = login(app)
+    cached = app.welcome_of(pool)
+    assert app.welcome_of(pool) is cached  # the same parameters: encoded once
+    # A new server login reports another TimeZone (a RELOAD changed the entry): the pool's
+    # welcome is a new dict.
+    pool.welcome = {**WELCOME, "TimeZone": "Europe/Paris"}
+    _, _, second = login(app)
+    assert shown(split(first[0]))["TimeZone"] == "UTC"
+    assert shown(split(second[0]))["TimeZone"] == "Europe/Paris"
+    assert app.welcome_of(pool) is not cached
+    # Changed in place, too.
+    assert pool.welcome is not None
+    pool.welcome["DateStyle"] = "German, DMY"
+    _, _, third = login(app)
+    assert shown(split(third[0]))["DateStyle"] == "German, DMY"
+    assert shown(split(third[0]))["TimeZone"] == "Europe/Paris"
+
+
+def test_cancel_keys_are_distinct_31_bit_and_registered(app: App) -> None:
+    ready_pool(app)
+    keys = []
+    for _ in range(20):
+        _, _, answer = login(app)
+        (payload,) = [p for k, p in split(answer[0]) if k == "K"]
+        pid, key = struct.unpack("!ii", payload)
+        assert 0 <= pid < 2**31 and 0 <= key < 2**31
+        assert app.pooler.cancel_keys[(pid, key)].cancel_key == (pid, key)
+        keys.append((pid, key))
+    assert len(set(keys)) == len(keys)
+
+
+def test_wrong_password_gets_no_auth_ok(app: App) -> None:
+    ready_pool(app)
+    conn, transport, answer = login(app, password="nope")
+    messages = split(b"".join(answer))
+    assert [k for k, _ in messages] == ["E"]
+    error = m.parse_error_fields(messages[0][1])
+    assert error.sqlstate == ss.INVALID_PASSWORD
+    assert error.message == 'password authentication failed for user "app"'
+    assert transport.closed and conn.phase is Phase.CLOSED
+    assert not app.pooler.cancel_keys
+
+
+def test_refused_after_authentication_gets_auth_ok_then_the_error(app: App) -> None:
+    pool = ready_pool(app)
+    pool.welcome = None  # the pool's server logins fail: no welcome, an error to repeat
+    pool.login_error = ServerError("FATAL", "3D000", 'database "shop" does not exist')
+    pool.login_failed_until = app.now() + 60
+    _, transport, answer = login(app)
+    messages = split(b"".join(answer))
+    assert [k for k, _ in messages][-2:] == ["R", "E"]
+    assert m.read_i32(messages[-2][1]) == m.AUTH_OK
+    assert m.parse_error_fields(messages[-1][1]).sqlstate == "3D000"
+    assert transport.closed
+
+
+def test_a_plain_password_is_derived_into_scram_once(app: App) -> None:
+    ready_pool(app)
+    login(app)
+    login(app)
+    if app.settings.auth_type == "scram-sha-256":
+        assert list(app.scram_derived) == ["pw"]
+    else:
+        assert not app.scram_derived
+
+
+def test_random_bytes_are_fresh() -> None:
+    draws = [random_bytes(8) for _ in range(2000)]  # crosses the page it draws at a time
+    assert all(len(d) == 8 for d in draws)
+    assert len(set(draws)) == len(draws)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pgfunnel.admin.host import AdminError
 from pgfunnel.config.ini import ConfigError
 from pgfunnel.config.settings import SETTINGS, parse_value
+from pgfunnel.net import logfile
 from pgfunnel.net.client_conn import ClientConn
 from pgfunnel.net.config_check import load_checked
 from pgfunnel.pool.objects import ClientState
@@ -380,6 +381,8 @@ class Commands(Protocol):
         for name, user in self.pooler.users.items():
             user.config = self.config.users.get(name)
         self.pooler.retune()
+        # The file logrotate left in the old one's place, or the file a changed setting names.
+        logfile.reopen(self.settings.logfile)
         for warning in self.config.unsupported:
             log.warning("%s", warning)
 
@@ -403,3 +406,5 @@ class Commands(Protocol):
         self.config = dataclasses.replace(self.config, settings=self.settings)
         self._apply_settings()
         self.pooler.retune()
+        if name == "logfile":
+            logfile.reopen(self.settings.logfile)

@@ -1,5 +1,5 @@
 """`pgfunnel serve`: the config checks at start, daemonizing, the pidfile, the user switch,
-the fd limit, logging in PgBouncer's line format, and the event loop that runs the App."""
+the fd limit, logging (net/logfile.py), and the event loop that runs the App."""
 
 from __future__ import annotations
 
@@ -12,59 +12,17 @@ import pwd
 import resource
 import signal
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import ClassVar
 
 from pgfunnel.config.ini import ConfigError
 from pgfunnel.config.loader import Config
+from pgfunnel.net import logfile
 from pgfunnel.net.app import App
 from pgfunnel.net.config_check import load_checked
 from pgfunnel.net.signals import HANDLED_SIGNALS, block_handled_signals, install_signals
 
 log = logging.getLogger("pgfunnel")
-
-
-class _Formatter(logging.Formatter):
-    """PgBouncer's log line: `2024-04-19 14:21:06.654 UTC [pid] LOG message`."""
-
-    LEVELS: ClassVar[dict[str, str]] = {
-        "DEBUG": "DEBUG",
-        "INFO": "LOG",
-        "WARNING": "WARNING",
-        "ERROR": "ERROR",
-        "CRITICAL": "FATAL",  # die()
-    }
-
-    def format(self, record: logging.LogRecord) -> str:
-        t = time.gmtime(record.created)
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", t) + f".{int(record.msecs):03d} UTC"
-        level = self.LEVELS.get(record.levelname, record.levelname)
-        text = f"{stamp} [{os.getpid()}] {level} {record.getMessage()}"
-        if record.exc_info:
-            text += "\n" + self.formatException(record.exc_info)
-        return text
-
-
-def _setup_logging(config: Config, quiet: bool, verbose: int, daemon: bool) -> None:
-    root = logging.getLogger("pgfunnel")
-    root.handlers.clear()
-    level = logging.DEBUG if (int(config.settings.verbose) + verbose) > 0 else logging.INFO
-    root.setLevel(level)
-    fmt = _Formatter()
-    if config.settings.logfile:
-        # UTF-8 whatever the locale; a character it cannot write never costs the line.
-        fh = logging.FileHandler(
-            config.settings.logfile, encoding="utf-8", errors="backslashreplace"
-        )
-        fh.setFormatter(fmt)
-        root.addHandler(fh)
-    if not quiet and not daemon:
-        sh = logging.StreamHandler(sys.stderr)
-        sh.setFormatter(fmt)
-        root.addHandler(sh)
-    root.propagate = False
 
 
 def _daemonize() -> None:
@@ -123,7 +81,15 @@ def serve_main(args: argparse.Namespace) -> int:
             return 1
     if args.daemon:
         _daemonize()
-    _setup_logging(config, args.quiet, args.verbose, args.daemon)
+    try:
+        logfile.setup(
+            config.settings.logfile,
+            verbose=int(config.settings.verbose) + args.verbose > 0,
+            stderr=not args.quiet and not args.daemon,
+        )
+    except OSError as exc:
+        print(f"pgfunnel: cannot open logfile: {exc}", file=sys.stderr)
+        return 1
     if stale:
         log.info("stale pidfile, removing")
     for warning in config.unsupported:

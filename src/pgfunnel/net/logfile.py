@@ -1,0 +1,115 @@
+"""`pgfunnel serve`'s log: PgBouncer's line format, and the logfile, opened again on RELOAD and
+SIGHUP so that logrotate can move it away (or the setting can name another file)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from typing import ClassVar
+
+log = logging.getLogger("pgfunnel")
+
+# The process id printed in every line. os.getpid() is a system call; a pooler logging two
+# lines per connection (log_connections, log_disconnections) asked for it twice per login.
+# A forked child (daemonizing happens before logging is set up) reads it again.
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+class LineFormat(logging.Formatter):
+    """PgBouncer's log line: `2024-04-19 14:21:06.654 UTC [pid] LOG message`."""
+
+    LEVELS: ClassVar[dict[str, str]] = {
+        "DEBUG": "DEBUG",
+        "INFO": "LOG",
+        "WARNING": "WARNING",
+        "ERROR": "ERROR",
+        "CRITICAL": "FATAL",  # die()
+    }
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = -1
+        self._stamp = ""
+
+    def format(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if second != self._second:  # the date and time change once a second, not per line
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
+            self._second = second
+        level = self.LEVELS.get(record.levelname, record.levelname)
+        text = f"{self._stamp}.{int(record.msecs):03d} UTC [{_pid}] {level} {record.getMessage()}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+class _LogFile(logging.FileHandler):
+    """The logfile: UTF-8 whatever the locale; a character it cannot write never costs the
+    line."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path, encoding="utf-8", errors="backslashreplace")
+
+
+_configured = False  # set by setup(): reopen() acts on a log that serve set up, never a test's
+
+
+def setup(logfile: str, *, verbose: bool, stderr: bool) -> None:
+    """Log to `logfile` (if set) and to stderr (unless -q or daemonized), in PgBouncer's
+    format. Raises OSError when the logfile cannot be opened."""
+    global _configured
+    root = logging.getLogger("pgfunnel")
+    root.handlers.clear()
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    fmt = LineFormat()
+    if logfile:
+        handler = _LogFile(logfile)
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+    if stderr:
+        sh = logging.StreamHandler(sys.stderr)
+        sh.setFormatter(fmt)
+        root.addHandler(sh)
+    root.propagate = False
+    _configured = True
+
+
+def reopen(logfile: str) -> None:
+    """RELOAD / SIGHUP: open the logfile again by its name, the file logrotate put in place of
+    the one it moved away, or the file a changed setting names; an empty setting stops file
+    logging. A file that cannot be opened is logged and the old one stays in use."""
+    if not _configured:
+        return
+    root = logging.getLogger("pgfunnel")
+    old = [h for h in root.handlers if isinstance(h, _LogFile)]
+    new: _LogFile | None = None
+    if logfile:
+        try:
+            new = _LogFile(logfile)
+        except OSError as exc:
+            log.error(
+                "could not open logfile '%s': %s; logging goes on where it went", logfile, exc
+            )
+            return
+        new.setFormatter(old[0].formatter if old else _formatter_of(root))
+        root.addHandler(new)
+    for handler in old:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def _formatter_of(root: logging.Logger) -> logging.Formatter:
+    for handler in root.handlers:
+        if handler.formatter is not None:
+            return handler.formatter
+    return LineFormat()

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from pgfunnel.config.pools import PoolSettings
 from pgfunnel.pool.objects import Client, ClientState, Server, ServerState
 from pgfunnel.pool.scheduler import (
     Action,
@@ -19,7 +20,6 @@ from pgfunnel.pool.scheduler import (
     Link,
     Pool,
     Pooler,
-    PoolSettings,
     RunQueries,
     User,
 )

@@ -14,10 +14,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pgfunnel.admin.console import Statement
 from pgfunnel.config.loader import DatabaseConfig, UserConfig, load_config
+from pgfunnel.config.pools import resolve_pool_settings
 from pgfunnel.config.settings import Settings
 from pgfunnel.metrics.collector import make_registry
 from pgfunnel.net.app import App
-from pgfunnel.pool.settings import resolve_pool_settings
 
 GLOBAL = Settings(
     pool_mode="session",

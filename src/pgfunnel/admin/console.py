@@ -17,10 +17,10 @@ from typing import Any, Protocol
 
 from pgfunnel import __version__
 from pgfunnel.admin.host import AdminError, Host
+from pgfunnel.config.pools import resolve_pool_settings
 from pgfunnel.config.settings import SETTINGS, format_value
 from pgfunnel.pool.objects import Client, ClientState, Server, ServerState
 from pgfunnel.pool.scheduler import Holder, Pool, PoolStats
-from pgfunnel.pool.settings import resolve_pool_settings
 from pgfunnel.proto import messages as m
 from pgfunnel.proto import sqlstate as ss
 from pgfunnel.proto.strings import Msg

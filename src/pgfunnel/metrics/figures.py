@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from pgfunnel.admin.console import POOLS_COLUMNS, Console
 from pgfunnel.config.loader import ADMIN_DATABASE
+from pgfunnel.config.pools import resolve_pool_settings
 from pgfunnel.pool.objects import ServerState
-from pgfunnel.pool.settings import resolve_pool_settings
 
 if TYPE_CHECKING:
     from pgfunnel.admin.host import Host

@@ -17,6 +17,7 @@ from pgfunnel import __version__
 from pgfunnel.admin.console import Console
 from pgfunnel.config.ini import ConfigError
 from pgfunnel.config.loader import Config, DatabaseConfig
+from pgfunnel.config.pools import PoolSettings, resolve_pool_settings
 from pgfunnel.net.auth_query import AuthLookups
 from pgfunnel.net.client_conn import ClientConn
 from pgfunnel.net.commands import ADMIN_DATABASES, Commands
@@ -35,11 +36,9 @@ from pgfunnel.pool.scheduler import (
     Notify,
     Pool,
     Pooler,
-    PoolSettings,
     RunQueries,
     User,
 )
-from pgfunnel.pool.settings import resolve_pool_settings
 from pgfunnel.proto import messages as m
 from pgfunnel.proto import sqlstate as ss
 from pgfunnel.proto.auth import ScramSecret

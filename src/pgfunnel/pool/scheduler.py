@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from pgfunnel.config.pools import PoolSettings
 from pgfunnel.pool.objects import Client, ClientState, Server, ServerState
 from pgfunnel.proto import sqlstate as ss
 from pgfunnel.proto.messages import TRACKED_PARAMS, ServerError
@@ -77,34 +78,6 @@ class Notify:
 
 
 Action = Link | Connect | RunQueries | CloseServer | CloseClient | FinishLogin | Notify
-
-# --- settings the scheduler needs ------------------------------------------------------------
-
-
-@dataclass
-class PoolSettings:
-    """The resolved limits of one pool ([users] over [databases] over [pgbouncer], as PgBouncer)."""
-
-    pool_mode: str = "session"
-    pool_size: int = 20
-    min_pool_size: int = 0
-    reserve_pool_size: int = 0
-    reserve_pool_timeout: float = 5.0
-    max_db_connections: int = 0
-    max_user_connections: int = 0
-    server_lifetime: float = 3600.0
-    server_idle_timeout: float = 600.0
-    server_connect_timeout: float = 15.0
-    server_login_retry: float = 15.0
-    server_reset_query: str = "DISCARD ALL"
-    server_reset_query_always: bool = False
-    server_check_query: str | None = ""  # None: no check; "": an empty query
-    server_check_delay: float = 30.0
-    query_timeout: float = 0.0
-    query_wait_timeout: float = 120.0
-    query_wait_notify: float = 5.0
-    client_idle_timeout: float = 0.0
-    idle_transaction_timeout: float = 0.0
 
 
 @dataclass

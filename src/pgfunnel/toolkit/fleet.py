@@ -138,6 +138,12 @@ class PoolerSpec:
     max_client_conn: int = 100
     pools: list[tuple[str, str]] = field(default_factory=list)  # (database, user)
     pool_sizes: dict[str, int] = field(default_factory=dict)  # per-database pool_size
+    # Read from a pgbouncer.ini: per (database, user) pool its pool_size + reserve_pool_size,
+    # and the per-entry max_db_connections / max_user_connections, as the pooler resolves them
+    # ([users] over [databases] over [pgbouncer]: config.pools.resolve_pool_settings).
+    pool_caps: dict[tuple[str, str], int] = field(default_factory=dict)
+    db_caps: dict[str, int] = field(default_factory=dict)
+    user_caps: dict[str, int] = field(default_factory=dict)
     dbnames: dict[str, str] = field(default_factory=dict)  # [databases] name -> real dbname
     source: str = ""
     line: int = 0
@@ -165,16 +171,21 @@ class PoolerSpec:
                 continue
             if database is not None and self.dbnames.get(db, db) not in (database, "*"):
                 continue
-            size = self.pool_sizes.get(db, self.default_pool_size) + self.reserve_pool_size
+            size = self.pool_caps.get((db, user))
+            if size is None:
+                size = self.pool_sizes.get(db, self.default_pool_size) + self.reserve_pool_size
             per_db[db] = per_db.get(db, 0) + size
             per_user[user] = per_user.get(user, 0) + size
+
+        def capped(total: int, cap: int) -> int:
+            return min(total, cap) if cap else total
+
         by_db = sum(
-            min(n, self.max_db_connections) if self.max_db_connections else n
-            for n in per_db.values()
+            capped(n, self.db_caps.get(db, self.max_db_connections)) for db, n in per_db.items()
         )
         by_user = sum(
-            min(n, self.max_user_connections) if self.max_user_connections else n
-            for n in per_user.values()
+            capped(n, self.user_caps.get(user, self.max_user_connections))
+            for user, n in per_user.items()
         )
         return min(by_db, by_user)
 

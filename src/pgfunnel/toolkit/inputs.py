@@ -410,6 +410,7 @@ def supply_from_conf(conf: dict[str, str], path: str, out: Inputs) -> None:
 def read_pgbouncer_ini(path: str, out: Inputs) -> None:
     from pgfunnel.config.ini import ConfigError
     from pgfunnel.config.loader import load_config
+    from pgfunnel.config.pools import resolve_pool_settings
 
     try:
         cfg = load_config(path)
@@ -438,7 +439,9 @@ def read_pgbouncer_ini(path: str, out: Inputs) -> None:
         # Pooler findings point at the pool size, else at the [pgbouncer] section.
         key = "default_pool_size" if "default_pool_size" in ini_text else "[pgbouncer]"
         spec.line = _line_of(ini_text, key)
-    users = sorted(cfg.userlist) or ["*"]
+    # Every user who may log in: the auth_file's, and those a [users] entry names (found by
+    # auth_query, say); with neither, any user ('*').
+    users = sorted(set(cfg.userlist) | set(cfg.users)) or ["*"]
     for name, db in cfg.databases.items():
         if name == "*":
             continue
@@ -446,9 +449,13 @@ def read_pgbouncer_ini(path: str, out: Inputs) -> None:
             spec.pool_sizes[name] = db.pool_size
         if db.dbname:
             spec.dbnames[name] = db.dbname
+        spec.db_caps[name] = resolve_pool_settings(st, db).max_db_connections
         db_users = [db.user] if db.user else users
         for u in db_users:
             spec.pools.append((name, u))
+            ps = resolve_pool_settings(st, db, cfg.users.get(u))
+            spec.pool_caps[(name, u)] = ps.pool_size + ps.reserve_pool_size
+            spec.user_caps[u] = ps.max_user_connections
     if not spec.pools:
         spec.pools.append(("*", "*"))
         spec.notes.append("no [databases] entries besides '*': one pool assumed")

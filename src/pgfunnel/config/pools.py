@@ -1,10 +1,12 @@
-"""The one rule for a pool's effective settings: [users] over [databases] over [pgbouncer].
+"""A pool's settings (`PoolSettings`) and the one rule that resolves them: [users] over
+[databases] over [pgbouncer].
 
-The scheduler, the admin console (SHOW DATABASES, POOLS, USERS) and /metrics all take their
-figures from `resolve_pool_settings`, so a pool never runs with one size while SHOW or a
-dashboard reports another. The order per setting is PgBouncer 1.25's (src/server.c
-pool_pool_size, pool_res_pool_size, probably_wrong_pool_pool_mode, database_max_connections,
-user_max_connections):
+The scheduler, the admin console (SHOW DATABASES, POOLS, USERS), /metrics and the toolkit's
+`check` (reading a pgbouncer.ini) all take their figures from `resolve_pool_settings`, so a
+pool never runs with one size while SHOW, a dashboard or the CI gate counts another. It lives
+in config/ because each of those layers may import config/. The order per setting is
+PgBouncer 1.25's (src/server.c pool_pool_size, pool_res_pool_size,
+probably_wrong_pool_pool_mode, database_max_connections, user_max_connections):
 
 - pool_mode, pool_size, reserve_pool_size: the user's, else the database's, else the global;
 - min_pool_size, server_lifetime, max_db_connections: the database's, else the global;
@@ -17,15 +19,40 @@ already None in the loaded entry, except the connection caps, where 0 falls back
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-
-from pgfunnel.pool.scheduler import PoolSettings
 
 if TYPE_CHECKING:
     from pgfunnel.config.loader import DatabaseConfig, UserConfig
     from pgfunnel.config.settings import Settings
 
-__all__ = ["resolve_pool_settings"]
+__all__ = ["PoolSettings", "resolve_pool_settings"]
+
+
+@dataclass
+class PoolSettings:
+    """The resolved limits of one pool ([users] over [databases] over [pgbouncer], as PgBouncer)."""
+
+    pool_mode: str = "session"
+    pool_size: int = 20
+    min_pool_size: int = 0
+    reserve_pool_size: int = 0
+    reserve_pool_timeout: float = 5.0
+    max_db_connections: int = 0
+    max_user_connections: int = 0
+    server_lifetime: float = 3600.0
+    server_idle_timeout: float = 600.0
+    server_connect_timeout: float = 15.0
+    server_login_retry: float = 15.0
+    server_reset_query: str = "DISCARD ALL"
+    server_reset_query_always: bool = False
+    server_check_query: str | None = ""  # None: no check; "": an empty query
+    server_check_delay: float = 30.0
+    query_timeout: float = 0.0
+    query_wait_timeout: float = 120.0
+    query_wait_notify: float = 5.0
+    client_idle_timeout: float = 0.0
+    idle_transaction_timeout: float = 0.0
 
 
 def _first(*values: Any) -> Any:

@@ -202,6 +202,7 @@ static int Switch_init(SwitchObject *self, PyObject *args, PyObject *kw)
     }
     if (loop_init(sw) < 0) {
         PyErr_SetFromErrno(PyExc_OSError);
+        params_fini(sw);
         loop_fini(sw);
         goto out;
     }

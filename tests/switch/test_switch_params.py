@@ -263,6 +263,57 @@ def test_a_server_owing_the_set_answer_is_not_released(sw: Switch) -> None:
     assert_silent(c)
 
 
+def test_a_released_server_handed_to_a_waiter_in_c_gets_its_set(sw: Switch) -> None:
+    """The hand-off without Python: a's transaction ends, the server goes straight to b, and
+    b's values go ahead of b's query."""
+    sw.add_pool(POOL, Mode.TRANSACTION)
+    srv, sid = fake_server(sw, {"application_name": "a"})
+    a = client(sw, {"application_name": "a"})
+    a.sendall(m.query("begin"))
+    assert recv_exact(srv, len(m.query("begin"))) == m.query("begin")
+    srv.sendall(m.command_complete("BEGIN") + m.ready_for_query(b"T"))
+    read_until_z(a)
+    b = client(sw, {"application_name": "b"})
+    b.sendall(m.query("select 'b'"))
+    wait_for(lambda: sw.pools()[0].cl_waiting == 1)
+    a.sendall(m.query("commit"))
+    assert recv_exact(srv, len(m.query("commit"))) == m.query("commit")
+    srv.sendall(m.command_complete("COMMIT") + m.ready_for_query())
+    assert read_until_z(a)[-1] == (b"Z", b"I")
+    expect = m.query("SET application_name = 'b'") + m.query("select 'b'")
+    assert recv_exact(srv, len(expect)) == expect
+    srv.sendall(SET_ANSWER + SELECT_ANSWER)
+    assert recv_exact(b, len(SELECT_ANSWER)) == SELECT_ANSWER
+    assert_silent(b)
+    assert sw.params(sid)["application_name"] == "b"
+    wait_for(lambda: sw.pools()[0].sv_idle == 1)
+    pool = sw.pools()[0]
+    assert (pool.xact_count, pool.query_count) == (2, 3)
+
+
+def test_a_waiter_given_a_new_server_gets_its_set(sw: Switch) -> None:
+    sw.add_pool(POOL, Mode.TRANSACTION)
+    c = client(sw, {"TimeZone": "Asia/Tokyo"})
+    c.sendall(m.query("select 1"))
+    wait_for(lambda: sw.pools()[0].cl_waiting == 1)
+    srv, _ = fake_server(sw, {"TimeZone": "UTC"})
+    expect = m.query("SET TimeZone = 'Asia/Tokyo'") + m.query("select 1")
+    assert recv_exact(srv, len(expect)) == expect
+
+
+def test_statement_mode_swallows_the_set_answer_too(sw: Switch) -> None:
+    events = Events(sw)
+    sw.add_pool(POOL, Mode.STATEMENT)
+    srv, _ = fake_server(sw, {"application_name": "a"})
+    c = client(sw, {"application_name": "b"})
+    c.sendall(m.query("select 1"))
+    recv_exact(srv, len(m.query("SET application_name = 'b'") + m.query("select 1")))
+    srv.sendall(SET_ANSWER + SELECT_ANSWER)
+    assert recv_exact(c, len(SELECT_ANSWER)) == SELECT_ANSWER
+    wait_for(lambda: sw.pools()[0].sv_idle == 1)
+    assert [e for e in events.poll() if e.kind is EventKind.CLOSED] == []
+
+
 def test_session_mode_sets_at_the_single_link(sw: Switch) -> None:
     sw.add_pool(POOL, Mode.SESSION)
     srv, _ = fake_server(sw, {"application_name": "a"})

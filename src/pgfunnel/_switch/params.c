@@ -28,6 +28,7 @@ static int valid_name(const char *p, size_t n)
     return 1;
 }
 
+/* Once, when the switch is made: every connection's slots are sized by ntracked. */
 int params_set_tracked(struct sw *sw, const char *const *names, const size_t *lens, size_t n)
 {
     if (n > PARAM_MAX_TRACKED)

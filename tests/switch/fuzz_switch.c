@@ -3,7 +3,9 @@
  *
  * One client and one server in one pool (mode from the input); the input is a list of
  * operations: bytes from the client, bytes from the server, either side reading what the
- * switch sent it, the client leaving, a turn of the loop. Checked after every turn:
+ * switch sent it, the client leaving, a turn of the loop. Two parameters are tracked (params.c):
+ * the client may want a value the server does not have (a SET and its swallowed answer at each
+ * link), and the server's bytes may carry ParameterStatus. Checked after every turn:
  *   - what the server has received is whole messages of the types a client may send (never a
  *     Terminate, never a refused type) whenever the server is idle in the pool;
  *   - the pool's counts agree with the connections that exist. */
@@ -102,6 +104,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     buf_append(&sw.msg_server_gone, ERR, 5);
     struct pool *pool = pool_add(&sw, 1, data[0] % 3);
     CHECK(pool != NULL);
+    static const char *const names[] = {"application_name", "TimeZone"};
+    static const size_t lens[] = {16, 8};
+    CHECK(params_set_tracked(&sw, names, lens, 2) == 0);
+    const uint8_t *pn[] = {(const uint8_t *)"application_name", (const uint8_t *)"TimeZone"};
+    const uint8_t *pv_server[] = {(const uint8_t *)"a", (const uint8_t *)"UTC"};
+    const uint8_t *pv_client[] = {(const uint8_t *)((data[0] / 3) % 2 ? "b" : "a"),
+                                  (const uint8_t *)"UTC"};
+    const size_t vl[] = {1, 3};
 
     int cl[2], sv[2];
     CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, cl) == 0);
@@ -113,10 +123,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct conn *s = conn_new(&sw, sv[1], KIND_SERVER, pool);
     CHECK(s != NULL && loop_add(&sw, s) == 0);
     uint64_t sid = s->id;
+    CHECK(params_set(&sw, s, pn, lens, pv_server, vl, 2) == 0);
     pool_release(&sw, s);
     struct conn *c = conn_new(&sw, cl[1], KIND_CLIENT, pool);
     CHECK(c != NULL && loop_add(&sw, c) == 0);
     conn_set_state(c, CL_ACTIVE);
+    CHECK(params_set(&sw, c, pn, lens, pv_client, vl, 2) == 0);
 
     struct received got = {0};
     int client_open = 1;
@@ -165,6 +177,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             /* Nothing more is coming to an idle server: all it got must be whole. */
             drain(sv[0], &got);
             CHECK(got.hdr_len == 0 && got.skip == 0);
+            CHECK(srv->swallow == 0 && srv->pw.rem == 0); /* no SET answer owed */
         }
         sw.nev = 0; /* events are Python's: not kept */
     }
@@ -178,6 +191,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     conn_free_dead(&sw);
     free(sw.slots);
+    params_fini(&sw);
     free(pool);
     free(sw.evq);
     buf_free(&sw.msg_unsupported);

@@ -20,30 +20,50 @@ def main() -> None:
     spec.loader.exec_module(native)
     sys.modules["pgfunnel._switch._switch"] = native
 
-    from pgfunnel._switch import EventKind, Mode
+    from pgfunnel._switch import EventKind, Mode, Switch
     from pgfunnel.proto import messages as m
     from pgfunnel.throwaway import SUPERUSER
-    from tests.switch.conftest import make_switch, read_until_z
+    from tests.switch.conftest import LONG_TX, SERVER_GONE, UNSUPPORTED, read_until_z
 
     def login() -> int:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(10)
         sock.connect(str(sockdir / f".s.PGSQL.{port}"))
         sock.sendall(m.startup_message({"user": SUPERUSER, "database": "postgres"}))
-        read_until_z(sock)
-        return sock.detach()
+        params = dict(
+            m.parse_parameter_status(payload)
+            for kind, payload in read_until_z(sock)
+            if kind == b"S"
+        )
+        return sw.add_server(sock.detach(), 1, params=params)
 
-    sw = make_switch(buffer_size=4096)
+    sw = Switch(
+        unsupported_pkt=UNSUPPORTED,
+        long_tx=LONG_TX,
+        server_gone=SERVER_GONE,
+        buffer_size=4096,
+        tracked=m.TRACKED_PARAMS,
+    )
     sw.start()
     sw.add_pool(1, Mode.TRANSACTION)
-    sw.add_server(login(), 1)
-    sw.add_server(login(), 1)
+    login()
+    login()
+    zones = ["UTC", "Asia/Tokyo", "Europe/Paris", "No/Such_Zone"]  # the last: a failed SET
     for i in range(rounds):
         ours, theirs = socket.socketpair()
         ours.settimeout(10)
-        sw.add_client(theirs.detach(), 1)
+        # Tracked values that differ from round to round: a SET (and its swallowed answer) at
+        # most links; the first query sometimes comes as bytes Python read after the login.
+        wants = {"application_name": f"app{i % 3}", "TimeZone": zones[i % 4]}
+        first = m.query("select 1")
+        sw.add_client(theirs.detach(), 1, pending=first if i % 2 else b"", params=wants)
+        if i % 2 == 0:
+            ours.sendall(first)
+        read_until_z(ours)
         if i % 5 == 0:
             ours.sendall(m.query("select repeat('x', 20000)"))  # bigger than the buffer
+        elif i % 6 == 1:
+            ours.sendall(m.query("set application_name = 'mine'"))  # its own SET: noted
         else:
             ours.sendall(m.query("select 1"))
         read_until_z(ours)
@@ -63,7 +83,7 @@ def main() -> None:
         for e in events:
             if e.kind is EventKind.ATTENTION:
                 sw.close(e.conn)
-                sw.add_server(login(), 1)
+                login()
     sw.stop()
 
 

@@ -1,6 +1,7 @@
 """Writes the fuzz harnesses' seed corpora: tests/switch/corpus/ for fuzz_scan.c (client and
 server streams, each prefixed by the harness's two control bytes: split seed, max length) and
-tests/switch/corpus_switch/ for fuzz_switch.c (a pool mode byte, then operations)."""
+tests/switch/corpus_switch/ for fuzz_switch.c (a pool mode byte, then operations; the mode
+byte plus WANTS_SET: the client wants an application_name its server does not have)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ STREAMS = [
 # fuzz_switch.c's operations: (length << 3) | kind, then `length` bytes for kinds 0-3.
 CLIENT, SERVER, CLIENT_READS, SERVER_READS, CLIENT_LEAVES = 0, 2, 4, 5, 6
 SESSION, TRANSACTION, STATEMENT = 0, 1, 2
+WANTS_SET = 3
 
 
 def ops(mode: int, *steps: tuple[int, bytes]) -> bytes:
@@ -77,6 +79,43 @@ SCENARIOS = [
         (CLIENT, m.query("select '" + "x" * 200 + "'")),
         (SERVER_READS, b""),
         (SERVER, m.data_row(["y" * 200]) + ANSWER),
+        (CLIENT_READS, b""),
+    ),
+    ops(
+        TRANSACTION + WANTS_SET,
+        (CLIENT, m.query("select 1")),
+        (SERVER_READS, b""),
+        (
+            SERVER,
+            m.command_complete("SET")
+            + m.parameter_status("application_name", "b")
+            + m.notice_response("n")
+            + m.ready_for_query(),
+        ),
+        (SERVER, ANSWER),
+        (CLIENT_READS, b""),
+        (CLIENT, m.query("select 2")),
+        (SERVER, m.parameter_status("application_name", "c") + ANSWER),
+        (CLIENT, m.terminate()),
+    ),
+    ops(
+        STATEMENT + WANTS_SET,
+        (CLIENT, m.query("select 1")),
+        (SERVER, m.error_response("22023", "bad value") + m.ready_for_query()),
+        (SERVER, ANSWER),
+        (CLIENT_LEAVES, b""),
+    ),
+    ops(
+        SESSION + WANTS_SET,
+        (CLIENT, m.message(b"d", b"x")),
+        (SERVER_READS, b""),
+        (CLIENT_LEAVES, b""),
+    ),
+    ops(
+        TRANSACTION,
+        (SERVER, m.parameter_status("TimeZone", "Europe/Oslo")),
+        (CLIENT, m.query("select 1")),
+        (SERVER, ANSWER),
         (CLIENT_READS, b""),
     ),
 ]

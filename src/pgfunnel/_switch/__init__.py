@@ -9,6 +9,7 @@ docs/switch.md describes the threads and the rules the switch enforces.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from enum import IntEnum
 from typing import NamedTuple, Protocol
 
@@ -34,6 +35,10 @@ class EventKind(IntEnum):
     # A server left its client in a state only Python can judge; it is parked: not read, in no
     # list, until Python closes or detaches it.
     ATTENTION = _native.EV_ATTENTION
+    # The switch's SET of a client's tracked parameters failed on the server it linked (the
+    # server keeps what it last reported, the client's queries go on): Python logs it, as
+    # net/app.py internal_done does.
+    PARAMS_FAILED = _native.EV_PARAMS_FAILED
 
 
 class Reason(IntEnum):
@@ -97,6 +102,7 @@ class PoolSnapshot(NamedTuple):
     query_time_us: int
     wait_time_us: int
     wait_hist: tuple[int, ...]  # counts per WAIT_BUCKETS_US bound, the last one +Inf
+    paused: bool  # PAUSE: no client is linked to a server
 
 
 class ConnSnapshot(NamedTuple):
@@ -116,6 +122,10 @@ class ConnSnapshot(NamedTuple):
 # Upper bounds (µs) of the wait histogram; the same buckets as pool.scheduler.WAIT_BUCKETS.
 WAIT_BUCKETS_US: tuple[int, ...] = tuple(_native.WAIT_BUCKETS_US)
 
+# Tracked parameter values: a mapping, or (name, value) pairs (names as ParameterStatus
+# reports them).
+Params = Mapping[str, str] | Sequence[tuple[str, str]]
+
 
 class SwitchAPI(Protocol):
     """What Python may ask of the switch: the narrow seam between the two planes."""
@@ -132,12 +142,32 @@ class SwitchAPI(Protocol):
 
     def add_pool(self, pool: int, mode: Mode) -> None: ...
 
-    def add_client(self, fd: int, pool: int) -> int:
-        """Hand in a logged-in client socket (the switch owns the fd from now on)."""
+    def add_client(
+        self, fd: int, pool: int, pending: bytes = b"", params: Params | None = None
+    ) -> int:
+        """Hand in a logged-in client socket (the switch owns the fd from now on). `pending`:
+        bytes already read from it after the login, taken as if the switch had read them;
+        `params`: its tracked values (as set_params), in place before it can be linked."""
         ...
 
-    def add_server(self, fd: int, pool: int) -> int:
-        """Hand in a logged-in server: given to the pool's first waiter, else pushed idle."""
+    def add_server(self, fd: int, pool: int, params: Params | None = None) -> int:
+        """Hand in a logged-in server: given to the pool's first waiter, else pushed idle.
+        `params`: what its login reported (as set_params), in place before it is linked."""
+        ...
+
+    def set_params(self, conn: int, params: Params) -> None:
+        """Tracked values: a client's wishes (what Python showed it at login; a name not
+        given: no wish), or what a server's login reported (a name not given: ""). Names not
+        tracked are ignored; a value over 4096 UTF-8 bytes or holding a NUL is a ValueError."""
+        ...
+
+    def params(self, conn: int) -> dict[str, str]:
+        """A client's wishes, or the values a server has now (unknown ones left out)."""
+        ...
+
+    def pause(self, pool: int, on: bool) -> None:
+        """PAUSE (on): link no client to a server (waiters stay queued, released servers go
+        idle, linked clients keep theirs until their boundary); off: serve the waiters FIFO."""
         ...
 
     def send(self, conn: int, data: bytes) -> None:
@@ -176,6 +206,7 @@ class Switch:
         server_gone: bytes,
         max_packet_size: int = 2**31 - 1,
         buffer_size: int = 65536,
+        tracked: Sequence[str] = (),
     ) -> None:
         self._sw = _native.Switch(
             unsupported_pkt=unsupported_pkt,
@@ -183,6 +214,7 @@ class Switch:
             server_gone=server_gone,
             max_packet_size=max_packet_size,
             buffer_size=buffer_size,
+            tracked=tuple(tracked),
         )
 
     def fileno(self) -> int:
@@ -197,11 +229,22 @@ class Switch:
     def add_pool(self, pool: int, mode: Mode) -> None:
         self._sw.add_pool(pool, int(mode))
 
-    def add_client(self, fd: int, pool: int) -> int:
-        return self._sw.add_client(fd, pool)
+    def add_client(
+        self, fd: int, pool: int, pending: bytes = b"", params: Params | None = None
+    ) -> int:
+        return self._sw.add_client(fd, pool, pending=pending, params=params)
 
-    def add_server(self, fd: int, pool: int) -> int:
-        return self._sw.add_server(fd, pool)
+    def add_server(self, fd: int, pool: int, params: Params | None = None) -> int:
+        return self._sw.add_server(fd, pool, params=params)
+
+    def set_params(self, conn: int, params: Params) -> None:
+        self._sw.set_params(conn, params)
+
+    def params(self, conn: int) -> dict[str, str]:
+        return self._sw.params(conn)
+
+    def pause(self, pool: int, on: bool) -> None:
+        self._sw.pause(pool, on)
 
     def send(self, conn: int, data: bytes) -> None:
         self._sw.send(conn, data)
@@ -220,7 +263,7 @@ class Switch:
 
     def pools(self) -> list[PoolSnapshot]:
         return [
-            PoolSnapshot(row[0], Mode(row[1]), *row[2:15], tuple(row[15]))
+            PoolSnapshot(row[0], Mode(row[1]), *row[2:15], tuple(row[15]), row[16])
             for row in self._sw.pools()
         ]
 

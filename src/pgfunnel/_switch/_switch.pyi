@@ -1,11 +1,14 @@
 """Type stub of the C extension; the typed face is pgfunnel._switch (see docs/switch.md)."""
 
+from collections.abc import Mapping, Sequence
+
 MODE_SESSION: int
 MODE_TRANSACTION: int
 MODE_STATEMENT: int
 EV_WAITERS: int
 EV_CLOSED: int
 EV_ATTENTION: int
+EV_PARAMS_FAILED: int
 R_CLIENT_TERMINATE: int
 R_CLIENT_EOF: int
 R_SERVER_EOF: int
@@ -36,6 +39,7 @@ SCAN_TOO_BIG: int
 SCAN_UNKNOWN_TYPE: int
 WAIT_BUCKETS_US: tuple[int, ...]
 
+def quote_literal(data: bytes, /) -> bytes: ...
 def scan(
     server: bool, state: tuple[int, bytes, int, bool], data: bytes, max_len: int, /
 ) -> tuple[int, int, tuple[int, bytes, int, bool], bytes]: ...
@@ -49,13 +53,32 @@ class Switch:
         server_gone: bytes,
         max_packet_size: int = ...,
         buffer_size: int = ...,
+        tracked: tuple[str, ...] = ...,
     ) -> None: ...
     def fileno(self) -> int: ...
     def start(self) -> None: ...
     def stop(self) -> None: ...
     def add_pool(self, pool: int, mode: int, /) -> None: ...
-    def add_client(self, fd: int, pool: int, /) -> int: ...
-    def add_server(self, fd: int, pool: int, /) -> int: ...
+    def add_client(
+        self,
+        fd: int,
+        pool: int,
+        /,
+        pending: bytes = ...,
+        params: Mapping[str, str] | Sequence[tuple[str, str]] | None = ...,
+    ) -> int: ...
+    def add_server(
+        self,
+        fd: int,
+        pool: int,
+        /,
+        params: Mapping[str, str] | Sequence[tuple[str, str]] | None = ...,
+    ) -> int: ...
+    def set_params(
+        self, conn: int, params: Mapping[str, str] | Sequence[tuple[str, str]], /
+    ) -> None: ...
+    def params(self, conn: int, /) -> dict[str, str]: ...
+    def pause(self, pool: int, on: bool, /) -> None: ...
     def send(self, conn: int, data: bytes, /) -> None: ...
     def close(self, conn: int, final: bytes = ..., /) -> bool: ...
     def detach(self, conn: int, /) -> tuple[int, bytes]: ...
@@ -81,6 +104,7 @@ class Switch:
             int,
             int,
             tuple[int, ...],
+            bool,
         ]
     ]: ...
     def conns(self) -> list[tuple[int, int, int, int, int, int, int, int, int, str, int]]: ...

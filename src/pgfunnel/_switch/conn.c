@@ -195,6 +195,7 @@ void conn_destroy(struct sw *sw, struct conn *c, uint8_t reason, int report)
     }
     buf_free(&c->out);
     buf_free(&c->hold);
+    params_free(sw, c);
     conn_set_state(c, ST_DEAD);
     c->close_reason = reason;
     uint32_t slot = (uint32_t)(c->id & 0xffffffffu);
@@ -398,9 +399,10 @@ static void long_transaction(struct sw *sw, struct conn *s, struct conn *c)
 static int server_read(struct sw *sw, struct conn *s)
 {
     if (s->state == SV_IDLE) {
-        /* An idle server has nothing to say; if it does (a FATAL before it goes, say), it is
-         * not reused. */
-        uint8_t scratch[256];
+        /* An idle server has nothing to say but a ParameterStatus (a reload changed a
+         * reported setting); anything else (a FATAL before it goes, say), and it is not
+         * reused. */
+        uint8_t scratch[PARAM_MSG_MAX + 5];
         ssize_t n;
         do
             n = read(s->fd, scratch, sizeof(scratch));
@@ -408,6 +410,11 @@ static int server_read(struct sw *sw, struct conn *s)
         if (n < 0 && would_block()) {
             s->readable = 0;
             return 0;
+        }
+        if (n > 0 && params_idle_bytes(sw, s, scratch, (size_t)n) == 0) {
+            if ((size_t)n < sizeof(scratch) && !s->hup)
+                s->readable = 0;
+            return 1;
         }
         conn_server_gone(sw, s, n == 0 ? R_SERVER_EOF : n < 0 ? R_IO_ERROR : R_IDLE_DATA);
         return 0;
@@ -441,9 +448,25 @@ static int server_read(struct sw *sw, struct conn *s)
     s->pool->st.bytes_sent += (uint64_t)n;
     for (;;) {
         int stop;
-        size_t used = scan_server(&s->sc, &c->tr, dst->data + dst->scanned,
+        uint32_t from = dst->scanned;
+        struct track own = {0}; /* the switch's own SET owes the client nothing */
+        size_t used = scan_server(&s->sc, s->swallow ? &own : &c->tr, dst->data + dst->scanned,
                                   dst->end - dst->scanned, sw->max_packet, &stop);
         dst->scanned += (uint32_t)used;
+        if (sw->ntracked > 0)
+            params_server_bytes(sw, s, dst->data + from, used);
+        if (s->swallow) {
+            /* The answer to the switch's SET: out of the client's buffer before anything of
+             * it can be written, and not counted. */
+            memmove(dst->data + from, dst->data + dst->scanned, dst->end - dst->scanned);
+            dst->end -= (uint32_t)used;
+            dst->scanned = from;
+            s->pool->st.bytes_sent -= used;
+            if (stop == SCAN_RFQ) {
+                params_swallowed(sw, s);
+                continue;
+            }
+        }
         if (stop == SCAN_MORE)
             break;
         if (stop != SCAN_RFQ) {
@@ -460,6 +483,31 @@ static int server_read(struct sw *sw, struct conn *s)
     conn_write(sw, c);
     pool_check_release(sw, s);
     return 1;
+}
+
+/* Bytes Python read from a client after its login (a query pipelined after the password):
+ * taken as if the switch had read them. Returns -1 when out of memory. */
+int conn_client_pending(struct sw *sw, struct conn *c, const uint8_t *p, size_t n)
+{
+    struct buf *dst = &c->hold;
+    if (n == 0)
+        return 0;
+    if (buf_append(dst, p, n) < 0)
+        return -1;
+    dst->scanned = dst->end - (uint32_t)n; /* appended as whole: to be scanned like a read */
+    c->pool->st.bytes_recv += (uint64_t)n;
+    c->request_wall = sw->now_wall;
+    int stop;
+    size_t used = scan_client(&c->sc, &c->tr, dst->data + dst->scanned, dst->end - dst->scanned,
+                              sw->max_packet, &stop);
+    dst->scanned += (uint32_t)used;
+    if (stop != SCAN_MORE) {
+        dst->end = dst->scanned;
+        client_scan_failed(sw, c, stop);
+    } else if (c->state == CL_ACTIVE && dst->scanned > dst->start) {
+        pool_wants_server(sw, c);
+    }
+    return 0;
 }
 
 /* Moves bytes while it can; re-queues itself rather than starve the other connections. */

@@ -50,18 +50,130 @@ static int copy_msg(struct buf *b, Py_buffer *v)
     return buf_append(b, v->buf, (size_t)v->len);
 }
 
+/* tracked=: the parameter names (str) whose values the switch keeps in step (params.c). */
+static int set_tracked(struct sw *sw, PyObject *obj)
+{
+    PyObject *seq = PySequence_Fast(obj, "tracked must be a sequence of str");
+    if (seq == NULL)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    const char *names[PARAM_MAX_TRACKED];
+    size_t lens[PARAM_MAX_TRACKED];
+    int rc = -1;
+    if (n > PARAM_MAX_TRACKED) {
+        PyErr_Format(PyExc_ValueError, "at most %d tracked parameters", PARAM_MAX_TRACKED);
+        goto out;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t len;
+        names[i] = PyUnicode_AsUTF8AndSize(PySequence_Fast_GET_ITEM(seq, i), &len);
+        if (names[i] == NULL)
+            goto out;
+        lens[i] = (size_t)len;
+    }
+    rc = params_set_tracked(sw, names, lens, (size_t)n);
+    if (rc == -2)
+        PyErr_NoMemory();
+    else if (rc < 0)
+        PyErr_SetString(PyExc_ValueError, "tracked: names of letters, digits, '_' and '.' (at "
+                                          "most 63 bytes), each once");
+out:
+    Py_DECREF(seq);
+    return rc < 0 ? -1 : 0;
+}
+
+/* A params argument (a mapping, or a sequence of (name, value) pairs of str) as UTF-8
+ * pointers into the str objects `items` keeps alive. Values are checked here, before any
+ * command changes a thing. */
+struct pargs {
+    PyObject *items;
+    size_t n;
+    const uint8_t **names, **values;
+    size_t *nlens, *vlens;
+};
+
+static void pargs_free(struct pargs *a)
+{
+    Py_CLEAR(a->items);
+    PyMem_Free(a->names);
+    PyMem_Free(a->values);
+    PyMem_Free(a->nlens);
+    PyMem_Free(a->vlens);
+    memset(a, 0, sizeof(*a));
+}
+
+static int pargs_parse(PyObject *obj, struct pargs *a)
+{
+    memset(a, 0, sizeof(*a));
+    if (obj == NULL || obj == Py_None)
+        return 0;
+    if (PyDict_Check(obj) || PyObject_HasAttrString(obj, "items"))
+        a->items = PyMapping_Items(obj);
+    else
+        a->items = PySequence_List(obj);
+    if (a->items == NULL)
+        return -1;
+    Py_ssize_t n = PyList_GET_SIZE(a->items);
+    a->n = (size_t)n;
+    a->names = PyMem_Calloc(a->n + 1, sizeof(*a->names));
+    a->values = PyMem_Calloc(a->n + 1, sizeof(*a->values));
+    a->nlens = PyMem_Calloc(a->n + 1, sizeof(*a->nlens));
+    a->vlens = PyMem_Calloc(a->n + 1, sizeof(*a->vlens));
+    if (!a->names || !a->values || !a->nlens || !a->vlens) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(a->items, i);
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2 ||
+            !PyUnicode_Check(PyTuple_GET_ITEM(item, 0)) ||
+            !PyUnicode_Check(PyTuple_GET_ITEM(item, 1))) {
+            PyErr_SetString(PyExc_TypeError, "params: (name, value) pairs of str");
+            goto fail;
+        }
+        Py_ssize_t nl, vl;
+        a->names[i] = (const uint8_t *)PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(item, 0), &nl);
+        if (a->names[i] == NULL)
+            goto fail;
+        a->values[i] = (const uint8_t *)PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(item, 1), &vl);
+        if (a->values[i] == NULL)
+            goto fail; /* a lone surrogate: not UTF-8 (UnicodeEncodeError, a ValueError) */
+        a->nlens[i] = (size_t)nl;
+        a->vlens[i] = (size_t)vl;
+        if (!params_valid_value(a->values[i], a->vlens[i])) {
+            PyErr_Format(PyExc_ValueError,
+                         "params: the value of %R is over %d bytes or holds a NUL",
+                         PyTuple_GET_ITEM(item, 0), PARAM_VALUE_MAX);
+            goto fail;
+        }
+    }
+    return 0;
+fail:
+    pargs_free(a);
+    return -1;
+}
+
+static int pargs_apply(struct sw *sw, struct conn *c, struct pargs *a)
+{
+    if (a->items == NULL)
+        return 0;
+    return params_set(sw, c, a->names, a->nlens, a->values, a->vlens, a->n);
+}
+
 static int Switch_init(SwitchObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"unsupported_pkt", "long_tx",     "server_gone",
-                             "max_packet_size", "buffer_size", NULL};
+                             "max_packet_size", "buffer_size", "tracked",
+                             NULL};
     Py_buffer unsupported = {0}, long_tx = {0}, gone = {0};
     unsigned long long max_packet = 0x7fffffffULL, bufsize = 65536;
+    PyObject *tracked = NULL;
     if (self->ready) {
         PyErr_SetString(PyExc_RuntimeError, "Switch.__init__ called twice");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|$y*y*y*KK", kwlist, &unsupported, &long_tx,
-                                     &gone, &max_packet, &bufsize))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|$y*y*y*KKO", kwlist, &unsupported, &long_tx,
+                                     &gone, &max_packet, &bufsize, &tracked))
         return -1;
     int rc = -1;
     if (unsupported.buf == NULL || long_tx.buf == NULL || gone.buf == NULL) {
@@ -82,8 +194,15 @@ static int Switch_init(SwitchObject *self, PyObject *args, PyObject *kw)
         PyErr_NoMemory();
         goto out;
     }
+    if (tracked != NULL && set_tracked(sw, tracked) < 0) {
+        buf_free(&sw->msg_unsupported);
+        buf_free(&sw->msg_long_tx);
+        buf_free(&sw->msg_server_gone);
+        goto out;
+    }
     if (loop_init(sw) < 0) {
         PyErr_SetFromErrno(PyExc_OSError);
+        params_fini(sw);
         loop_fini(sw);
         goto out;
     }
@@ -131,6 +250,7 @@ static void shutdown_switch(SwitchObject *self)
     buf_free(&sw->msg_unsupported);
     buf_free(&sw->msg_long_tx);
     buf_free(&sw->msg_server_gone);
+    params_fini(sw);
     loop_fini(sw);
     pthread_mutex_destroy(&sw->lock);
 }
@@ -183,55 +303,184 @@ static PyObject *Switch_add_pool(SwitchObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* Takes ownership of fd once it is registered; on an error the caller still owns it. */
-static PyObject *add_conn(SwitchObject *self, PyObject *args, uint8_t kind)
+/* Takes ownership of fd once it is registered; on an error the caller still owns it. Its
+ * tracked values (params) are in place before it can be linked; a client's pending bytes are
+ * taken as read. */
+static PyObject *add_conn(SwitchObject *self, int fd, long long pool_id, uint8_t kind,
+                          Py_buffer *pending, PyObject *params)
 {
-    int fd;
-    long long pool_id;
-    if (!PyArg_ParseTuple(args, "iL", &fd, &pool_id) || check_open(self) < 0)
+    struct pargs pa;
+    if (check_open(self) < 0 || pargs_parse(params, &pa) < 0)
         return NULL;
     int fl = fcntl(fd, F_GETFL);
-    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) {
+        pargs_free(&pa);
         return PyErr_SetFromErrno(PyExc_OSError);
+    }
     struct sw *sw = &self->sw;
     sw_lock(sw);
     struct pool *p = pool_find(sw, pool_id);
     if (p == NULL) {
         sw_unlock(sw);
+        pargs_free(&pa);
         PyErr_Format(PyExc_KeyError, "no pool %lld", pool_id);
         return NULL;
     }
     struct conn *c = conn_new(sw, fd, kind, p);
     if (c == NULL) {
         sw_unlock(sw);
+        pargs_free(&pa);
         return PyErr_NoMemory();
     }
-    if (loop_add(sw, c) < 0) {
-        int err = errno;
+    int err = 0;
+    if (pargs_apply(sw, c, &pa) < 0)
+        err = ENOMEM;
+    else if (loop_add(sw, c) < 0)
+        err = errno;
+    if (err != 0) {
+        params_free(sw, c);
         sw->slots[(c->id & 0xffffffffu) - 1] = NULL;
         p->n[ST_NEW]--;
         free(c);
         sw_unlock(sw);
+        pargs_free(&pa);
         errno = err;
         return PyErr_SetFromErrno(PyExc_OSError);
     }
-    if (kind == KIND_CLIENT)
-        conn_set_state(c, CL_ACTIVE);
-    else
-        pool_release(sw, c);
     uint64_t id = c->id;
+    if (kind == KIND_CLIENT) {
+        conn_set_state(c, CL_ACTIVE);
+        if (pending != NULL && pending->len > 0 &&
+            conn_client_pending(sw, c, pending->buf, (size_t)pending->len) < 0)
+            conn_destroy(sw, c, R_IO_ERROR, 1);
+    } else {
+        pool_release(sw, c);
+    }
     sw_unlock(sw);
+    pargs_free(&pa);
     return PyLong_FromUnsignedLongLong(id);
 }
 
-static PyObject *Switch_add_client(SwitchObject *self, PyObject *args)
+static PyObject *Switch_add_client(SwitchObject *self, PyObject *args, PyObject *kw)
 {
-    return add_conn(self, args, KIND_CLIENT);
+    static char *kwlist[] = {"", "", "pending", "params", NULL};
+    int fd;
+    long long pool_id;
+    Py_buffer pending = {0};
+    PyObject *params = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iL|y*O", kwlist, &fd, &pool_id, &pending,
+                                     &params))
+        return NULL;
+    PyObject *r = add_conn(self, fd, pool_id, KIND_CLIENT, pending.buf ? &pending : NULL, params);
+    PyBuffer_Release(&pending);
+    return r;
 }
 
-static PyObject *Switch_add_server(SwitchObject *self, PyObject *args)
+static PyObject *Switch_add_server(SwitchObject *self, PyObject *args, PyObject *kw)
 {
-    return add_conn(self, args, KIND_SERVER);
+    static char *kwlist[] = {"", "", "params", NULL};
+    int fd;
+    long long pool_id;
+    PyObject *params = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iL|O", kwlist, &fd, &pool_id, &params))
+        return NULL;
+    return add_conn(self, fd, pool_id, KIND_SERVER, NULL, params);
+}
+
+static PyObject *Switch_set_params(SwitchObject *self, PyObject *args)
+{
+    unsigned long long id;
+    PyObject *params;
+    struct pargs pa;
+    if (!PyArg_ParseTuple(args, "KO", &id, &params) || check_open(self) < 0)
+        return NULL;
+    if (params == Py_None) {
+        PyErr_SetString(PyExc_TypeError, "params: a mapping or (name, value) pairs");
+        return NULL;
+    }
+    if (pargs_parse(params, &pa) < 0)
+        return NULL;
+    struct sw *sw = &self->sw;
+    sw_lock(sw);
+    struct conn *c = conn_find(sw, id);
+    int rc = c != NULL ? pargs_apply(sw, c, &pa) : 0;
+    sw_unlock(sw);
+    pargs_free(&pa);
+    if (c == NULL) {
+        PyErr_Format(PyExc_KeyError, "no connection %llu", id);
+        return NULL;
+    }
+    if (rc < 0)
+        return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+/* The values in use: a client's wishes, or what a server has now (unknown ones left out). */
+static PyObject *Switch_params(SwitchObject *self, PyObject *args)
+{
+    unsigned long long id;
+    if (!PyArg_ParseTuple(args, "K", &id) || check_open(self) < 0)
+        return NULL;
+    struct sw *sw = &self->sw;
+    sw_lock(sw);
+    struct conn *c = conn_find(sw, id);
+    if (c == NULL) {
+        sw_unlock(sw);
+        PyErr_Format(PyExc_KeyError, "no connection %llu", id);
+        return NULL;
+    }
+    uint32_t t = sw->ntracked;
+    size_t total = 0;
+    for (uint32_t i = 0; c->pv != NULL && i < t; i++)
+        total += c->pv[i].known ? c->pv[i].len : 0;
+    /* copied out under the lock; Python objects are made after it */
+    uint8_t *copy = malloc(total ? total : 1);
+    int32_t lens[PARAM_MAX_TRACKED];
+    if (copy == NULL) {
+        sw_unlock(sw);
+        return PyErr_NoMemory();
+    }
+    size_t o = 0;
+    for (uint32_t i = 0; i < t; i++) {
+        lens[i] = c->pv != NULL && c->pv[i].known ? (int32_t)c->pv[i].len : -1;
+        if (lens[i] > 0) {
+            memcpy(copy + o, c->pv[i].v, c->pv[i].len);
+            o += c->pv[i].len;
+        }
+    }
+    sw_unlock(sw);
+    PyObject *d = PyDict_New();
+    o = 0;
+    for (uint32_t i = 0; d != NULL && i < t; i++) {
+        if (lens[i] < 0)
+            continue;
+        PyObject *v = PyUnicode_DecodeUTF8((const char *)copy + o, lens[i], "strict");
+        o += (size_t)lens[i];
+        if (v == NULL || PyDict_SetItemString(d, sw->tracked[i].name, v) < 0)
+            Py_CLEAR(d);
+        Py_XDECREF(v);
+    }
+    free(copy);
+    return d;
+}
+
+static PyObject *Switch_pause(SwitchObject *self, PyObject *args)
+{
+    long long pool_id;
+    int on;
+    if (!PyArg_ParseTuple(args, "Lp", &pool_id, &on) || check_open(self) < 0)
+        return NULL;
+    struct sw *sw = &self->sw;
+    sw_lock(sw);
+    struct pool *p = pool_find(sw, pool_id);
+    if (p != NULL)
+        pool_pause(sw, p, on);
+    sw_unlock(sw);
+    if (p == NULL) {
+        PyErr_Format(PyExc_KeyError, "no pool %lld", pool_id);
+        return NULL;
+    }
+    Py_RETURN_NONE;
 }
 
 static PyObject *Switch_send(SwitchObject *self, PyObject *args)
@@ -392,6 +641,7 @@ struct pool_row {
     uint32_t cl_active, cl_waiting, sv_active, sv_idle, sv_parked;
     int64_t maxwait;
     struct stats st;
+    int paused;
 };
 
 static PyObject *Switch_pools(SwitchObject *self, PyObject *Py_UNUSED(a))
@@ -420,6 +670,7 @@ static PyObject *Switch_pools(SwitchObject *self, PyObject *Py_UNUSED(a))
             .sv_parked = p->n[SV_PARKED],
             .maxwait = p->wq_head != NULL ? sw->now_mono - p->wq_head->wait_start : 0,
             .st = p->st,
+            .paused = p->paused,
         };
     }
     sw_unlock(sw);
@@ -435,7 +686,7 @@ static PyObject *Switch_pools(SwitchObject *self, PyObject *Py_UNUSED(a))
                 PyTuple_SET_ITEM(hist, b, v);
         }
         PyObject *t = hist == NULL ? NULL
-                                   : Py_BuildValue("(LiIIIIILKKKKKKKN)", (long long)r->id,
+                                   : Py_BuildValue("(LiIIIIILKKKKKKKNN)", (long long)r->id,
                                                    r->mode, r->cl_active, r->cl_waiting,
                                                    r->sv_active, r->sv_idle, r->sv_parked,
                                                    (long long)r->maxwait,
@@ -445,7 +696,8 @@ static PyObject *Switch_pools(SwitchObject *self, PyObject *Py_UNUSED(a))
                                                    (unsigned long long)r->st.bytes_sent,
                                                    (unsigned long long)r->st.xact_us,
                                                    (unsigned long long)r->st.query_us,
-                                                   (unsigned long long)r->st.wait_us, hist);
+                                                   (unsigned long long)r->st.wait_us, hist,
+                                                   PyBool_FromLong(r->paused));
         if (t == NULL)
             Py_CLEAR(list);
         else
@@ -546,8 +798,35 @@ static PyObject *mod_scan(PyObject *Py_UNUSED(m), PyObject *args)
                          PyBool_FromLong(tr.batch), (const char *)statuses, (Py_ssize_t)nst);
 }
 
+/* quote_literal(utf8) -> the SQL literal params.c writes in its SET (tests). */
+static PyObject *mod_quote_literal(PyObject *Py_UNUSED(m), PyObject *args)
+{
+    Py_buffer data;
+    if (!PyArg_ParseTuple(args, "y*", &data))
+        return NULL;
+    PyObject *r = NULL;
+    size_t n = (size_t)data.len;
+    if (!params_valid_utf8(data.buf, n)) {
+        PyErr_SetString(PyExc_ValueError, "not UTF-8");
+    } else if (n > ((size_t)PY_SSIZE_T_MAX - 3) / 6) {
+        PyErr_NoMemory();
+    } else {
+        uint8_t *out = malloc(3 + 6 * n);
+        if (out == NULL) {
+            PyErr_NoMemory();
+        } else {
+            size_t len = quote_literal(data.buf, n, out);
+            r = PyBytes_FromStringAndSize((const char *)out, (Py_ssize_t)len);
+            free(out);
+        }
+    }
+    PyBuffer_Release(&data);
+    return r;
+}
+
 static PyMethodDef module_methods[] = {
     {"scan", mod_scan, METH_VARARGS, "scan(server, state, data, max_len) (tests)"},
+    {"quote_literal", mod_quote_literal, METH_VARARGS, "quote_literal(utf8) -> literal (tests)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -556,8 +835,13 @@ static PyMethodDef Switch_methods[] = {
     {"start", (PyCFunction)Switch_start, METH_NOARGS, "Start the switch's thread."},
     {"stop", (PyCFunction)Switch_stop, METH_NOARGS, "Stop it and close every connection."},
     {"add_pool", (PyCFunction)Switch_add_pool, METH_VARARGS, "add_pool(pool, mode)"},
-    {"add_client", (PyCFunction)Switch_add_client, METH_VARARGS, "add_client(fd, pool) -> id"},
-    {"add_server", (PyCFunction)Switch_add_server, METH_VARARGS, "add_server(fd, pool) -> id"},
+    {"add_client", (PyCFunction)(void (*)(void))Switch_add_client, METH_VARARGS | METH_KEYWORDS,
+     "add_client(fd, pool, pending=b'', params=None) -> id"},
+    {"add_server", (PyCFunction)(void (*)(void))Switch_add_server, METH_VARARGS | METH_KEYWORDS,
+     "add_server(fd, pool, params=None) -> id"},
+    {"set_params", (PyCFunction)Switch_set_params, METH_VARARGS, "set_params(conn, params)"},
+    {"params", (PyCFunction)Switch_params, METH_VARARGS, "params(conn) -> dict"},
+    {"pause", (PyCFunction)Switch_pause, METH_VARARGS, "pause(pool, on)"},
     {"send", (PyCFunction)Switch_send, METH_VARARGS, "send(conn, data)"},
     {"close", (PyCFunction)Switch_close, METH_VARARGS, "close(conn, final=b'') -> found"},
     {"detach", (PyCFunction)Switch_detach, METH_VARARGS, "detach(conn) -> (fd, held bytes)"},
@@ -605,6 +889,7 @@ PyMODINIT_FUNC PyInit__switch(void)
     ADD_INT(m, EV_WAITERS);
     ADD_INT(m, EV_CLOSED);
     ADD_INT(m, EV_ATTENTION);
+    ADD_INT(m, EV_PARAMS_FAILED);
     ADD_INT(m, R_CLIENT_TERMINATE);
     ADD_INT(m, R_CLIENT_EOF);
     ADD_INT(m, R_SERVER_EOF);

@@ -98,6 +98,10 @@ static void link(struct sw *sw, struct conn *c, struct conn *s)
     c->stmt_abs = c->out.done + (c->out.end - c->out.start);
     s->query_start = s->xact_start = sw->now_mono;
     s->request_wall = sw->now_wall;
+    if (params_link(sw, c, s) < 0) {
+        conn_server_gone(sw, s, R_IO_ERROR);
+        return;
+    }
     struct buf *h = &c->hold;
     struct buf *o = &s->out;
     uint32_t held = h->end - h->start;
@@ -120,7 +124,7 @@ void pool_wants_server(struct sw *sw, struct conn *c)
 {
     struct pool *p = c->pool;
     struct conn *s = p->idle;
-    if (s != NULL) {
+    if (s != NULL && !p->paused) {
         pool_unlist(sw, s);
         link(sw, c, s);
         return;
@@ -128,7 +132,7 @@ void pool_wants_server(struct sw *sw, struct conn *c)
     conn_set_state(c, CL_WAITING);
     c->wait_start = sw->now_mono;
     wq_push(p, c);
-    if (!p->waiters_reported) {
+    if (!p->waiters_reported && !p->paused) {
         p->waiters_reported = 1;
         sw_post(sw, EV_WAITERS, 0, p->id, p->n[CL_WAITING]);
     }
@@ -152,7 +156,7 @@ void pool_release(struct sw *sw, struct conn *s)
         return;
     }
     struct conn *w = p->wq_head;
-    if (w != NULL) {
+    if (w != NULL && !p->paused) {
         link(sw, w, s);
         return;
     }
@@ -167,8 +171,9 @@ void pool_check_release(struct sw *sw, struct conn *s)
     if (s->state != SV_ACTIVE || s->pool->mode == MODE_SESSION)
         return;
     struct conn *c = s->peer;
-    if (s->out.start != s->out.end)
-        return; /* client bytes not yet written to the server, or a partial header held */
+    if (s->out.start != s->out.end || s->swallow)
+        return; /* client bytes not yet written to the server, or a partial header held, or
+                 * the answer to the switch's SET still to come */
     if (!scan_may_release(&c->sc, s->out.end - s->out.scanned, &s->sc,
                           c->out.end - c->out.scanned, &c->tr))
         return;
@@ -198,7 +203,7 @@ void pool_client_left(struct sw *sw, struct conn *c)
     /* A partial header at the tail was never sent: the server has not seen it. */
     s->out.end = s->out.scanned;
     int in_flight = c->sc.skip != 0 || s->sc.skip != 0 || c->out.scanned != c->out.end ||
-                    s->out.start != s->out.end;
+                    s->out.start != s->out.end || s->swallow;
     uint8_t reason;
     if (in_flight || c->tr.owed != 0 || c->tr.batch)
         reason = R_DIRTY_BUSY;
@@ -216,4 +221,23 @@ void pool_client_left(struct sw *sw, struct conn *c)
      * scan state goes with it. */
     c->tr.owed = 0;
     c->tr.batch = 0;
+}
+
+/* PAUSE (on) links no client to a server: waiters stay queued, released servers go idle, linked
+ * clients keep theirs until their boundary. Resume (off) serves the waiters FIFO at once. */
+void pool_pause(struct sw *sw, struct pool *p, int on)
+{
+    int was = p->paused;
+    p->paused = on != 0;
+    if (on || !was)
+        return;
+    while (p->wq_head != NULL && p->idle != NULL) {
+        struct conn *s = p->idle;
+        pool_unlist(sw, s);
+        link(sw, p->wq_head, s);
+    }
+    if (p->wq_head != NULL) {
+        p->waiters_reported = 1;
+        sw_post(sw, EV_WAITERS, 0, p->id, p->n[CL_WAITING]);
+    }
 }

@@ -27,7 +27,7 @@ enum state {
 
 enum mode { MODE_SESSION = 0, MODE_TRANSACTION = 1, MODE_STATEMENT = 2 };
 
-enum ev_kind { EV_WAITERS = 1, EV_CLOSED = 2, EV_ATTENTION = 3 };
+enum ev_kind { EV_WAITERS = 1, EV_CLOSED = 2, EV_ATTENTION = 3, EV_PARAMS_FAILED = 4 };
 
 enum reason {
     R_NONE = 0,
@@ -60,6 +60,34 @@ struct buf {
 
 struct pool;
 
+/* params.c: tracked startup parameters (names as PostgreSQL reports them). */
+#define PARAM_MAX_TRACKED 32
+#define PARAM_NAME_MAX 63    /* NAMEDATALEN - 1 */
+#define PARAM_VALUE_MAX 4096 /* bytes of a value the switch keeps (see docs/switch.md) */
+#define PARAM_MSG_MAX (PARAM_NAME_MAX + 1 + PARAM_VALUE_MAX + 1)
+struct ptrack {
+    char name[PARAM_NAME_MAX + 1];
+    uint32_t len;
+};
+
+/* params.c: one tracked parameter's value on a connection. `known` 0: a client has no wish
+ * for it (nothing is SET), a server's value is unknown (any wish differs from it). */
+struct pval {
+    uint8_t *v;
+    uint32_t len;
+    uint8_t known;
+};
+
+/* params.c: a server's stream as params.c walks it after scan.c: the current message, and
+ * the body of a ParameterStatus copied out as it passes (bounded). */
+struct pwalk {
+    uint32_t rem;   /* body bytes of the current message still to come */
+    uint8_t type;   /* its type */
+    uint8_t over;   /* a ParameterStatus too long to keep */
+    uint32_t len;   /* bytes of its body in buf */
+    uint8_t *buf;   /* PARAM_MSG_MAX bytes, allocated at the first ParameterStatus */
+};
+
 struct conn {
     uint64_t id;
     int fd;
@@ -82,6 +110,12 @@ struct conn {
     uint64_t stmt_abs; /* client: out's offset where the current statement's answer starts */
     int64_t connect_wall, request_wall; /* µs, CLOCK_REALTIME */
     int64_t wait_start, query_start, xact_start; /* µs, CLOCK_MONOTONIC */
+    /* params.c: tracked values (clients: wanted; servers: believed, then last reported),
+     * sw->ntracked each, NULL until first needed */
+    struct pval *pv;
+    struct pwalk pw;
+    uint8_t swallow;  /* server: answers to the switch's own SET query still to swallow */
+    uint8_t set_err;  /* server: that answer held an ErrorResponse */
 };
 
 struct stats {
@@ -94,6 +128,7 @@ struct pool {
     int64_t id;
     uint8_t mode;
     uint8_t waiters_reported; /* EV_WAITERS sent; again only once the queue has emptied */
+    uint8_t paused;           /* PAUSE: no client is linked to a server */
     struct conn *idle;        /* LIFO stack, through qnext */
     struct conn *wq_head, *wq_tail;
     uint32_t n[ST_COUNT];
@@ -123,6 +158,8 @@ struct sw {
     struct conn *todo_head, *todo_tail, *dead;
     struct buf msg_unsupported, msg_long_tx, msg_server_gone;
     int64_t now_mono, now_wall;
+    struct ptrack *tracked; /* params.c: the tracked parameter names, in SET order */
+    uint32_t ntracked;
 };
 
 /* loop.c: the only file that calls epoll */
@@ -148,6 +185,7 @@ void conn_close_with(struct sw *sw, struct conn *c, const uint8_t *msg, size_t l
                      uint8_t reason);
 void conn_server_gone(struct sw *sw, struct conn *s, uint8_t reason);
 void conn_free_dead(struct sw *sw);
+int conn_client_pending(struct sw *sw, struct conn *c, const uint8_t *p, size_t n);
 int buf_append(struct buf *b, const uint8_t *p, size_t n);
 void buf_free(struct buf *b);
 
@@ -160,6 +198,21 @@ void pool_check_release(struct sw *sw, struct conn *s);
 void pool_client_left(struct sw *sw, struct conn *c);
 void pool_unlist(struct sw *sw, struct conn *c);
 void pool_park(struct sw *sw, struct conn *s, uint8_t reason);
+void pool_pause(struct sw *sw, struct pool *p, int on);
+
+/* params.c */
+int params_set_tracked(struct sw *sw, const char *const *names, const size_t *lens, size_t n);
+void params_fini(struct sw *sw);
+int params_set(struct sw *sw, struct conn *c, const uint8_t *const *names, const size_t *nlens,
+               const uint8_t *const *values, const size_t *vlens, size_t n);
+void params_free(struct sw *sw, struct conn *c);
+int params_link(struct sw *sw, struct conn *c, struct conn *s);
+void params_server_bytes(struct sw *sw, struct conn *s, const uint8_t *p, size_t n);
+int params_idle_bytes(struct sw *sw, struct conn *s, const uint8_t *p, size_t n);
+void params_swallowed(struct sw *sw, struct conn *s);
+int params_valid_utf8(const uint8_t *p, size_t n);
+int params_valid_value(const uint8_t *p, size_t n);
+size_t quote_literal(const uint8_t *p, size_t n, uint8_t *out);
 
 /* stats.c */
 void stats_wait(struct stats *st, int64_t us);

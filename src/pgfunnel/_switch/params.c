@@ -1,0 +1,421 @@
+/* params.c: the tracked startup parameters: what each client wants and each server has, the
+ * SET query that makes a server match its new client at a link, and the walk over server bytes
+ * that notes ParameterStatus and swallows the answer to that query. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "switch.h"
+
+static uint32_t be32(const uint8_t *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+/* ---- names and values ------------------------------------------------------------------- */
+
+/* The names go into SET unquoted, as net/app.py writes them: only what a GUC name (custom
+ * ones included, "ext.name") is made of. */
+static int valid_name(const char *p, size_t n)
+{
+    if (n == 0 || n > PARAM_NAME_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char ch = p[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '_' || ch == '.'))
+            return 0;
+    }
+    return 1;
+}
+
+/* Once, when the switch is made: every connection's slots are sized by ntracked. */
+int params_set_tracked(struct sw *sw, const char *const *names, const size_t *lens, size_t n)
+{
+    if (n > PARAM_MAX_TRACKED)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        if (!valid_name(names[i], lens[i]))
+            return -1;
+        for (size_t j = 0; j < i; j++)
+            if (lens[j] == lens[i] && memcmp(names[j], names[i], lens[i]) == 0)
+                return -1;
+    }
+    struct ptrack *t = n ? calloc(n, sizeof(*t)) : NULL;
+    if (n && t == NULL)
+        return -2;
+    for (size_t i = 0; i < n; i++) {
+        memcpy(t[i].name, names[i], lens[i]);
+        t[i].len = (uint32_t)lens[i];
+    }
+    free(sw->tracked);
+    sw->tracked = t;
+    sw->ntracked = (uint32_t)n;
+    return 0;
+}
+
+void params_fini(struct sw *sw)
+{
+    free(sw->tracked);
+    sw->tracked = NULL;
+    sw->ntracked = 0;
+}
+
+static int tracked_index(const struct sw *sw, const uint8_t *name, size_t n)
+{
+    for (uint32_t i = 0; i < sw->ntracked; i++)
+        if (sw->tracked[i].len == n && memcmp(sw->tracked[i].name, name, n) == 0)
+            return (int)i;
+    return -1;
+}
+
+/* Strict UTF-8: no overlong forms, no surrogates, nothing past U+10FFFF. */
+int params_valid_utf8(const uint8_t *p, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        uint8_t b = p[i];
+        if (b < 0x80) {
+            i++;
+            continue;
+        }
+        size_t extra;
+        uint32_t cp, min;
+        if (b >= 0xC2 && b <= 0xDF) {
+            extra = 1, cp = b & 0x1F, min = 0x80;
+        } else if (b >= 0xE0 && b <= 0xEF) {
+            extra = 2, cp = b & 0x0F, min = 0x800;
+        } else if (b >= 0xF0 && b <= 0xF4) {
+            extra = 3, cp = b & 0x07, min = 0x10000;
+        } else {
+            return 0;
+        }
+        if (n - i <= extra)
+            return 0;
+        for (size_t k = 1; k <= extra; k++) {
+            if ((p[i + k] & 0xC0) != 0x80)
+                return 0;
+            cp = (cp << 6) | (p[i + k] & 0x3F);
+        }
+        if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+            return 0;
+        i += extra + 1;
+    }
+    return 1;
+}
+
+/* What the switch keeps and quotes: at most PARAM_VALUE_MAX bytes of UTF-8 without NUL (no
+ * value PostgreSQL reports holds one, and a SET of it would fail). */
+int params_valid_value(const uint8_t *p, size_t n)
+{
+    return n <= PARAM_VALUE_MAX && (n == 0 || memchr(p, 0, n) == NULL) && params_valid_utf8(p, n);
+}
+
+/* The slots: [0, ntracked) the value in use (client: wanted; server: what it has now),
+ * [ntracked, 2 ntracked) a server's last reported value. */
+static struct pval *pv_of(struct sw *sw, struct conn *c)
+{
+    if (c->pv == NULL && sw->ntracked > 0)
+        c->pv = calloc(2 * (size_t)sw->ntracked, sizeof(*c->pv));
+    return c->pv;
+}
+
+static void pval_clear(struct pval *v)
+{
+    free(v->v);
+    v->v = NULL;
+    v->len = 0;
+    v->known = 0;
+}
+
+static int pval_set(struct pval *v, const uint8_t *p, size_t n)
+{
+    uint8_t *q = malloc(n ? n : 1);
+    if (q == NULL)
+        return -1;
+    memcpy(q, p, n);
+    free(v->v);
+    v->v = q;
+    v->len = (uint32_t)n;
+    v->known = 1;
+    return 0;
+}
+
+static int pval_copy(struct pval *dst, const struct pval *src)
+{
+    if (!src->known) {
+        pval_clear(dst);
+        return 0;
+    }
+    return pval_set(dst, src->v, src->len);
+}
+
+static int pval_equal(const struct pval *a, const struct pval *b)
+{
+    return a->known && b->known && a->len == b->len && memcmp(a->v, b->v, a->len) == 0;
+}
+
+void params_free(struct sw *sw, struct conn *c)
+{
+    if (c->pv != NULL) {
+        for (uint32_t i = 0; i < 2 * sw->ntracked; i++)
+            free(c->pv[i].v);
+        free(c->pv);
+        c->pv = NULL;
+    }
+    free(c->pw.buf);
+    c->pw.buf = NULL;
+}
+
+/* Python's values for a connection: a client's wishes (a name not given: no wish), or what a
+ * server's login reported (a name not given: "", as pool/scheduler.py server_login_ok keeps
+ * it). Checked whole before anything changes; names not tracked are ignored. */
+int params_set(struct sw *sw, struct conn *c, const uint8_t *const *names, const size_t *nlens,
+               const uint8_t *const *values, const size_t *vlens, size_t n)
+{
+    for (size_t k = 0; k < n; k++)
+        if (!params_valid_value(values[k], vlens[k]))
+            return -1;
+    if (sw->ntracked == 0)
+        return 0;
+    struct pval *pv = pv_of(sw, c);
+    if (pv == NULL)
+        return -2;
+    for (uint32_t i = 0; i < sw->ntracked; i++) {
+        const uint8_t *v = NULL;
+        size_t vn = 0;
+        for (size_t k = 0; k < n; k++)
+            if (nlens[k] == sw->tracked[i].len &&
+                memcmp(names[k], sw->tracked[i].name, nlens[k]) == 0) {
+                v = values[k];
+                vn = vlens[k];
+            }
+        if (v == NULL && c->kind == KIND_CLIENT) {
+            pval_clear(&pv[i]);
+            continue;
+        }
+        if (pval_set(&pv[i], v != NULL ? v : (const uint8_t *)"", vn) < 0)
+            return -2;
+        if (c->kind == KIND_SERVER && pval_set(&pv[sw->ntracked + i], pv[i].v, pv[i].len) < 0)
+            return -2;
+    }
+    return 0;
+}
+
+/* ---- the SET query ---------------------------------------------------------------------- */
+
+/* pgfunnel.proto.messages.quote_literal byte for byte, on valid UTF-8 (params_valid_value):
+ * printable ASCII only, so that the literal reads the same in every client_encoding a shared
+ * server may be left in (issue 10: SJIS, where a second byte may be a backslash). `out` has
+ * room for 3 + 6 * n bytes. Returns the length written. */
+size_t quote_literal(const uint8_t *p, size_t n, uint8_t *out)
+{
+    static const char hex[] = "0123456789abcdef";
+    int plain = 1;
+    for (size_t i = 0; i < n; i++)
+        if (p[i] < 0x20 || p[i] > 0x7E || p[i] == '\\')
+            plain = 0;
+    size_t o = 0;
+    if (!plain)
+        out[o++] = 'E';
+    out[o++] = '\'';
+    size_t i = 0;
+    while (i < n) {
+        uint32_t cp = p[i];
+        size_t extra = cp < 0x80 ? 0 : cp < 0xE0 ? 1 : cp < 0xF0 ? 2 : 3;
+        if (extra > 0)
+            cp &= extra == 1 ? 0x1F : extra == 2 ? 0x0F : 0x07;
+        for (size_t k = 1; k <= extra && i + k < n; k++)
+            cp = (cp << 6) | (p[i + k] & 0x3F);
+        i += extra + 1;
+        if (cp == '\'') {
+            out[o++] = '\'';
+            out[o++] = '\'';
+        } else if (cp == '\\') { /* only in the E'' form: plain has none */
+            out[o++] = '\\';
+            out[o++] = '\\';
+        } else if (cp >= 0x20 && cp < 0x7F) {
+            out[o++] = (uint8_t)cp;
+        } else {
+            int digits = cp <= 0xFFFF ? 4 : 8;
+            out[o++] = '\\';
+            out[o++] = digits == 4 ? 'u' : 'U';
+            for (int d = digits - 1; d >= 0; d--)
+                out[o++] = (uint8_t)hex[(cp >> (4 * d)) & 0xF];
+        }
+    }
+    out[o++] = '\'';
+    return o;
+}
+
+/* At a link: if the client wants values the server does not have, one simple Query
+ * "SET a = <lit>; SET b = <lit>" (the differing names, in the tracked order, as net/app.py
+ * _link builds it) goes to the server ahead of the client's bytes, the server is taken to have
+ * them, and its answer is swallowed (server_read). Returns -1 when out of memory. */
+int params_link(struct sw *sw, struct conn *c, struct conn *s)
+{
+    if (sw->ntracked == 0 || c->pv == NULL)
+        return 0;
+    struct pval *want = c->pv;
+    struct pval *have = pv_of(sw, s);
+    if (have == NULL)
+        return -1;
+    size_t size = 5 + 1;
+    int differ = 0;
+    for (uint32_t i = 0; i < sw->ntracked; i++) {
+        if (!want[i].known || pval_equal(&want[i], &have[i]))
+            continue;
+        differ = 1;
+        size += 4 + sw->tracked[i].len + 3 + 3 + 6 * (size_t)want[i].len + 2;
+    }
+    if (!differ)
+        return 0;
+    uint8_t *q = malloc(size);
+    if (q == NULL)
+        return -1;
+    size_t o = 5;
+    for (uint32_t i = 0; i < sw->ntracked; i++) {
+        if (!want[i].known || pval_equal(&want[i], &have[i]))
+            continue;
+        if (o > 5) {
+            memcpy(q + o, "; ", 2);
+            o += 2;
+        }
+        memcpy(q + o, "SET ", 4);
+        o += 4;
+        memcpy(q + o, sw->tracked[i].name, sw->tracked[i].len);
+        o += sw->tracked[i].len;
+        memcpy(q + o, " = ", 3);
+        o += 3;
+        o += quote_literal(want[i].v, want[i].len, q + o);
+    }
+    q[o++] = 0;
+    q[0] = 'Q';
+    uint32_t len = (uint32_t)(o - 1);
+    q[1] = (uint8_t)(len >> 24);
+    q[2] = (uint8_t)(len >> 16);
+    q[3] = (uint8_t)(len >> 8);
+    q[4] = (uint8_t)len;
+    int rc = buf_append(&s->out, q, o);
+    free(q);
+    if (rc < 0)
+        return -1;
+    for (uint32_t i = 0; i < sw->ntracked; i++)
+        if (want[i].known && pval_copy(&have[i], &want[i]) < 0)
+            pval_clear(&have[i]); /* unknown: the next link SETs it again */
+    s->swallow++;
+    s->set_err = 0;
+    return 0;
+}
+
+/* The swallowed answer ended with its ReadyForQuery. A failed simple query applies none of
+ * its SETs: the server has what it last reported (server_conn.py _internal_data), and Python
+ * hears of it (net/app.py internal_done logs it); the client's bytes go on as sent. */
+void params_swallowed(struct sw *sw, struct conn *s)
+{
+    if (s->swallow > 0)
+        s->swallow--;
+    if (s->swallow > 0 || !s->set_err)
+        return;
+    s->set_err = 0;
+    if (s->pv != NULL)
+        for (uint32_t i = 0; i < sw->ntracked; i++)
+            if (pval_copy(&s->pv[i], &s->pv[sw->ntracked + i]) < 0)
+                pval_clear(&s->pv[i]);
+    sw_post(sw, EV_PARAMS_FAILED, s->id, s->pool->id, 0);
+}
+
+/* ---- ParameterStatus -------------------------------------------------------------------- */
+
+/* A whole ParameterStatus body (name\0value\0), or its first PARAM_MSG_MAX bytes (`over`).
+ * The server's value is noted (both slots); a value the switch cannot keep (too long, not
+ * UTF-8) leaves it unknown, so that the next link SETs the client's value. While linked and
+ * not inside the switch's own SET, the client SET it: it wants that value from now on
+ * (server_conn.py _param); one the switch cannot keep leaves the client's earlier wish. */
+static void param_status(struct sw *sw, struct conn *s, const uint8_t *p, size_t n, int over)
+{
+    const uint8_t *nul = memchr(p, 0, n);
+    if (nul == NULL)
+        return;
+    int i = tracked_index(sw, p, (size_t)(nul - p));
+    if (i < 0)
+        return;
+    const uint8_t *v = nul + 1;
+    const uint8_t *end = memchr(v, 0, n - (size_t)(v - p));
+    int keep = !over && end != NULL && params_valid_value(v, (size_t)(end - v));
+    struct pval *have = pv_of(sw, s);
+    if (have == NULL)
+        return;
+    uint32_t t = sw->ntracked;
+    if (!keep || pval_set(&have[i], v, (size_t)(end - v)) < 0)
+        pval_clear(&have[i]);
+    if (pval_copy(&have[t + i], &have[i]) < 0)
+        pval_clear(&have[t + i]);
+    struct conn *c = s->state == SV_ACTIVE && s->swallow == 0 ? s->peer : NULL;
+    if (c != NULL && have[i].known) {
+        struct pval *want = pv_of(sw, c);
+        if (want != NULL && pval_copy(&want[i], &have[i]) < 0)
+            pval_clear(&want[i]);
+    }
+}
+
+/* Server bytes scan_server has just consumed (so every header in them is whole and checked),
+ * in stream order: ParameterStatus bodies are copied out as they pass, and an ErrorResponse
+ * inside the switch's own SET answer is noted. */
+void params_server_bytes(struct sw *sw, struct conn *s, const uint8_t *p, size_t n)
+{
+    struct pwalk *w = &s->pw;
+    while (n > 0) {
+        if (w->rem == 0) {
+            if (n < 5)
+                return; /* cannot happen: scan.c consumes whole headers */
+            w->type = p[0];
+            w->rem = be32(p + 1) - 4;
+            p += 5;
+            n -= 5;
+            if (w->type == 'E' && s->swallow > 0)
+                s->set_err = 1;
+            if (w->type == 'S') {
+                w->len = 0;
+                w->over = w->rem > PARAM_MSG_MAX;
+                if (w->buf == NULL && (w->buf = malloc(PARAM_MSG_MAX)) == NULL && s->pv)
+                    for (uint32_t i = 0; i < sw->ntracked; i++)
+                        pval_clear(&s->pv[i]); /* no memory: every value unknown */
+            }
+        } else {
+            size_t take = w->rem < n ? w->rem : n;
+            if (w->type == 'S' && w->buf != NULL && w->len < PARAM_MSG_MAX) {
+                size_t room = PARAM_MSG_MAX - w->len;
+                size_t copy = take < room ? take : room;
+                memcpy(w->buf + w->len, p, copy);
+                w->len += (uint32_t)copy;
+            }
+            w->rem -= (uint32_t)take;
+            p += take;
+            n -= take;
+        }
+        if (w->rem == 0 && w->type == 'S') {
+            w->type = 0;
+            if (w->buf != NULL)
+                param_status(sw, s, w->buf, w->len, w->over);
+        }
+    }
+}
+
+/* Bytes from an idle server (one read): whole ParameterStatus messages are noted (a reload
+ * changed a reported setting); anything else, or a message cut by the read, returns -1 and
+ * the server is not reused, as before. */
+int params_idle_bytes(struct sw *sw, struct conn *s, const uint8_t *p, size_t n)
+{
+    while (n > 0) {
+        if (n < 5 || p[0] != 'S')
+            return -1;
+        uint32_t len = be32(p + 1);
+        if (len < 4 || len - 4 > n - 5 || len - 4 > PARAM_MSG_MAX)
+            return -1;
+        if (sw->ntracked > 0)
+            param_status(sw, s, p + 5, len - 4, 0);
+        p += 1 + len;
+        n -= 1 + len;
+    }
+    return 0;
+}

@@ -6,6 +6,7 @@ MODE_STATEMENT: int
 EV_WAITERS: int
 EV_CLOSED: int
 EV_ATTENTION: int
+EV_DEADLINE: int
 R_CLIENT_TERMINATE: int
 R_CLIENT_EOF: int
 R_SERVER_EOF: int
@@ -20,6 +21,14 @@ R_SESSION_END: int
 R_DIRTY_TXN: int
 R_DIRTY_BUSY: int
 R_CLOSE_NEEDED: int
+R_QUERY_WAIT: int
+R_QUERY_WAIT_NOTIFY: int
+R_QUERY: int
+R_IDLE_TRANSACTION: int
+R_CLIENT_IDLE: int
+R_SERVER_IDLE: int
+R_SERVER_LIFETIME: int
+R_RESERVE: int
 KIND_CLIENT: int
 KIND_SERVER: int
 CL_ACTIVE: int
@@ -49,17 +58,34 @@ class Switch:
         server_gone: bytes,
         max_packet_size: int = ...,
         buffer_size: int = ...,
+        tick_ms: int = ...,
     ) -> None: ...
     def fileno(self) -> int: ...
     def start(self) -> None: ...
     def stop(self) -> None: ...
     def add_pool(self, pool: int, mode: int, /) -> None: ...
     def add_client(self, fd: int, pool: int, /) -> int: ...
-    def add_server(self, fd: int, pool: int, /) -> int: ...
+    def add_server(self, fd: int, pool: int, connected_us: int = ..., /) -> int: ...
     def send(self, conn: int, data: bytes, /) -> None: ...
     def close(self, conn: int, final: bytes = ..., /) -> bool: ...
     def detach(self, conn: int, /) -> tuple[int, bytes]: ...
     def set_close_needed(self, conn: int, /) -> bool: ...
+    def set_timeouts(
+        self,
+        pool: int,
+        /,
+        *,
+        query_wait: int = ...,
+        query_wait_notify: int = ...,
+        query: int = ...,
+        idle_transaction: int = ...,
+        client_idle: int = ...,
+        server_idle: int = ...,
+        server_lifetime: int = ...,
+        reserve: int = ...,
+    ) -> None: ...
+    def expire(self, conn: int, reason: int, final: bytes = ..., /) -> bool: ...
+    def ticks(self) -> int: ...
     def events(self) -> list[tuple[int, int, int, int]]: ...
     def pools(
         self,

@@ -53,15 +53,16 @@ static int copy_msg(struct buf *b, Py_buffer *v)
 static int Switch_init(SwitchObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"unsupported_pkt", "long_tx",     "server_gone",
-                             "max_packet_size", "buffer_size", NULL};
+                             "max_packet_size", "buffer_size", "tick_ms", NULL};
     Py_buffer unsupported = {0}, long_tx = {0}, gone = {0};
     unsigned long long max_packet = 0x7fffffffULL, bufsize = 65536;
+    unsigned int tick_ms = 100;
     if (self->ready) {
         PyErr_SetString(PyExc_RuntimeError, "Switch.__init__ called twice");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|$y*y*y*KK", kwlist, &unsupported, &long_tx,
-                                     &gone, &max_packet, &bufsize))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|$y*y*y*KKI", kwlist, &unsupported, &long_tx,
+                                     &gone, &max_packet, &bufsize, &tick_ms))
         return -1;
     int rc = -1;
     if (unsupported.buf == NULL || long_tx.buf == NULL || gone.buf == NULL) {
@@ -72,9 +73,14 @@ static int Switch_init(SwitchObject *self, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_ValueError, "max_packet_size or buffer_size out of range");
         goto out;
     }
+    if (tick_ms < 1 || tick_ms > 60000) {
+        PyErr_SetString(PyExc_ValueError, "tick_ms out of range (1..60000)");
+        goto out;
+    }
     struct sw *sw = &self->sw;
     memset(sw, 0, sizeof(*sw));
-    sw->epfd = sw->wake_fd = sw->ev_fd = -1;
+    sw->epfd = sw->wake_fd = sw->ev_fd = sw->timer_fd = -1;
+    sw->tick_ms = tick_ms;
     sw->max_packet = (uint32_t)max_packet;
     sw->bufsize = (uint32_t)bufsize;
     if (copy_msg(&sw->msg_unsupported, &unsupported) < 0 ||
@@ -187,8 +193,9 @@ static PyObject *Switch_add_pool(SwitchObject *self, PyObject *args)
 static PyObject *add_conn(SwitchObject *self, PyObject *args, uint8_t kind)
 {
     int fd;
-    long long pool_id;
-    if (!PyArg_ParseTuple(args, "iL", &fd, &pool_id) || check_open(self) < 0)
+    long long pool_id, connected = 0;
+    if (!PyArg_ParseTuple(args, kind == KIND_SERVER ? "iL|L" : "iL", &fd, &pool_id, &connected) ||
+        check_open(self) < 0)
         return NULL;
     int fl = fcntl(fd, F_GETFL);
     if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
@@ -215,6 +222,10 @@ static PyObject *add_conn(SwitchObject *self, PyObject *args, uint8_t kind)
         errno = err;
         return PyErr_SetFromErrno(PyExc_OSError);
     }
+    /* A server Python connected earlier (and maybe detached and cleaned since) keeps its
+     * age: server_lifetime counts from its connect, in CLOCK_MONOTONIC µs. */
+    if (connected > 0 && connected < sw->now_mono)
+        c->connect_mono = connected;
     if (kind == KIND_CLIENT)
         conn_set_state(c, CL_ACTIVE);
     else
@@ -357,6 +368,75 @@ static PyObject *Switch_set_close_needed(SwitchObject *self, PyObject *args)
     }
     sw_unlock(sw);
     return PyBool_FromLong(found);
+}
+
+static PyObject *Switch_set_timeouts(SwitchObject *self, PyObject *args, PyObject *kw)
+{
+    /* In the order of the deadline reasons (struct timeouts). */
+    static char *kwlist[] = {"pool",        "query_wait",       "query_wait_notify",
+                             "query",       "idle_transaction", "client_idle",
+                             "server_idle", "server_lifetime",  "reserve",
+                             NULL};
+    long long pool_id, v[R_RESERVE - R_QUERY_WAIT + 1] = {0};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "L|$LLLLLLLL", kwlist, &pool_id, &v[0], &v[1],
+                                     &v[2], &v[3], &v[4], &v[5], &v[6], &v[7]) ||
+        check_open(self) < 0)
+        return NULL;
+    struct timeouts to;
+    for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+        if (v[i] < 0) {
+            PyErr_SetString(PyExc_ValueError, "a timeout is >= 0 (µs; 0: off)");
+            return NULL;
+        }
+        to.us[i] = v[i];
+    }
+    struct sw *sw = &self->sw;
+    sw_lock(sw);
+    struct pool *p = pool_find(sw, pool_id);
+    int rc = p != NULL ? timers_set(sw, p, &to) : 0;
+    sw_unlock(sw);
+    if (p == NULL) {
+        PyErr_Format(PyExc_KeyError, "no pool %lld", pool_id);
+        return NULL;
+    }
+    if (rc < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Switch_expire(SwitchObject *self, PyObject *args)
+{
+    unsigned long long id;
+    unsigned int reason;
+    Py_buffer final = {0};
+    if (!PyArg_ParseTuple(args, "KI|y*", &id, &reason, &final))
+        return NULL;
+    if (check_open(self) < 0) {
+        PyBuffer_Release(&final);
+        return NULL;
+    }
+    struct sw *sw = &self->sw;
+    sw_lock(sw);
+    struct conn *c = conn_find(sw, id);
+    int rc = c == NULL || reason > 255
+                 ? 0
+                 : timers_expire(sw, c, (uint8_t)reason, final.buf,
+                                 final.buf ? (size_t)final.len : 0);
+    sw_unlock(sw);
+    PyBuffer_Release(&final);
+    if (rc < 0)
+        return PyErr_NoMemory();
+    return PyBool_FromLong(rc);
+}
+
+static PyObject *Switch_ticks(SwitchObject *self, PyObject *Py_UNUSED(a))
+{
+    if (check_open(self) < 0)
+        return NULL;
+    sw_lock(&self->sw);
+    unsigned long long n = self->sw.ticks;
+    sw_unlock(&self->sw);
+    return PyLong_FromUnsignedLongLong(n);
 }
 
 static PyObject *Switch_events(SwitchObject *self, PyObject *Py_UNUSED(a))
@@ -563,6 +643,11 @@ static PyMethodDef Switch_methods[] = {
     {"detach", (PyCFunction)Switch_detach, METH_VARARGS, "detach(conn) -> (fd, held bytes)"},
     {"set_close_needed", (PyCFunction)Switch_set_close_needed, METH_VARARGS,
      "set_close_needed(conn) -> found"},
+    {"set_timeouts", (PyCFunction)(void (*)(void))Switch_set_timeouts,
+     METH_VARARGS | METH_KEYWORDS, "set_timeouts(pool, *, query_wait=0, ...) in µs"},
+    {"expire", (PyCFunction)Switch_expire, METH_VARARGS,
+     "expire(conn, reason, final=b'') -> acted"},
+    {"ticks", (PyCFunction)Switch_ticks, METH_NOARGS, "Deadline sweeps run so far."},
     {"events", (PyCFunction)Switch_events, METH_NOARGS, "Drain the events."},
     {"pools", (PyCFunction)Switch_pools, METH_NOARGS, "Per pool counts and counters."},
     {"conns", (PyCFunction)Switch_conns, METH_NOARGS, "Per connection state."},
@@ -605,6 +690,7 @@ PyMODINIT_FUNC PyInit__switch(void)
     ADD_INT(m, EV_WAITERS);
     ADD_INT(m, EV_CLOSED);
     ADD_INT(m, EV_ATTENTION);
+    ADD_INT(m, EV_DEADLINE);
     ADD_INT(m, R_CLIENT_TERMINATE);
     ADD_INT(m, R_CLIENT_EOF);
     ADD_INT(m, R_SERVER_EOF);
@@ -619,6 +705,14 @@ PyMODINIT_FUNC PyInit__switch(void)
     ADD_INT(m, R_DIRTY_TXN);
     ADD_INT(m, R_DIRTY_BUSY);
     ADD_INT(m, R_CLOSE_NEEDED);
+    ADD_INT(m, R_QUERY_WAIT);
+    ADD_INT(m, R_QUERY_WAIT_NOTIFY);
+    ADD_INT(m, R_QUERY);
+    ADD_INT(m, R_IDLE_TRANSACTION);
+    ADD_INT(m, R_CLIENT_IDLE);
+    ADD_INT(m, R_SERVER_IDLE);
+    ADD_INT(m, R_SERVER_LIFETIME);
+    ADD_INT(m, R_RESERVE);
     ADD_INT(m, KIND_CLIENT);
     ADD_INT(m, KIND_SERVER);
     ADD_INT(m, CL_ACTIVE);

@@ -20,7 +20,7 @@ def main() -> None:
     spec.loader.exec_module(native)
     sys.modules["pgfunnel._switch._switch"] = native
 
-    from pgfunnel._switch import EventKind, Mode
+    from pgfunnel._switch import Event, EventKind, Mode, Reason
     from pgfunnel.proto import messages as m
     from pgfunnel.throwaway import SUPERUSER
     from tests.switch.conftest import make_switch, read_until_z
@@ -33,15 +33,49 @@ def main() -> None:
         read_until_z(sock)
         return sock.detach()
 
-    sw = make_switch(buffer_size=4096)
+    def handle(events: list[Event]) -> None:
+        for e in events:
+            if e.kind is EventKind.ATTENTION:
+                sw.close(e.conn)
+                sw.add_server(login(), 1)
+            elif e.kind is EventKind.DEADLINE and e.reason == Reason.SERVER_LIFETIME:
+                if sw.expire(e.conn, Reason.SERVER_LIFETIME):
+                    handle(sw.events())  # an idle one is parked at once: ATTENTION
+
+    sw = make_switch(buffer_size=4096, tick_ms=5)
     sw.start()
     sw.add_pool(1, Mode.TRANSACTION)
+    # Every deadline swept; servers live 30 ms (recycled through expire, ATTENTION, close and
+    # a new login), silent clients are reported after 20 ms (some are closed through expire).
+    long = 60_000_000
+    sw.set_timeouts(
+        1,
+        query_wait=long,
+        query_wait_notify=long,
+        query=long,
+        idle_transaction=long,
+        client_idle=20_000,
+        server_idle=long,
+        server_lifetime=30_000,
+        reserve=long,
+    )
     sw.add_server(login(), 1)
     sw.add_server(login(), 1)
     for i in range(rounds):
         ours, theirs = socket.socketpair()
         ours.settimeout(10)
-        sw.add_client(theirs.detach(), 1)
+        cid = sw.add_client(theirs.detach(), 1)
+        if i % 11 == 7:
+            seen: list[Event] = []
+            while not any(e.kind is EventKind.DEADLINE and e.conn == cid for e in seen):
+                batch = sw.events()
+                handle(batch)
+                seen += batch
+            assert sw.expire(cid, Reason.CLIENT_IDLE, m.error_response("08P01", "idle"))
+            while ours.recv(4096):
+                pass
+            ours.close()
+            continue
         if i % 5 == 0:
             ours.sendall(m.query("select repeat('x', 20000)"))  # bigger than the buffer
         else:
@@ -60,10 +94,7 @@ def main() -> None:
         events = []
         while not any(e.kind is EventKind.CLOSED for e in events):
             events += sw.events()
-        for e in events:
-            if e.kind is EventKind.ATTENTION:
-                sw.close(e.conn)
-                sw.add_server(login(), 1)
+        handle(events)
     sw.stop()
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from pgfunnel.throwaway import Cluster
 
 ROOT = Path(__file__).resolve().parents[2]
-OURS = re.compile(r"_switch/(scan|conn|pool|stats|loop|module)\.c")
+OURS = re.compile(r"_switch/(scan|conn|pool|stats|loop|timers|module)\.c")
 
 
 def asan_build() -> Path:
@@ -49,7 +49,8 @@ def test_connect_query_disconnect_leaks_nothing(pg: Cluster, tmp_path: Path) -> 
         "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0:fast_unwind_on_malloc=0",
         "LSAN_OPTIONS": f"exitcode=0:log_path={tmp_path}/lsan",
         "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1",
-        "PYTHONPATH": str(ROOT),
+        # The tree under test, its src/ first (not an installed copy of the package).
+        "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}",
     }
     proc = subprocess.run(
         [

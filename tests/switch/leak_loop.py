@@ -20,7 +20,7 @@ def main() -> None:
     spec.loader.exec_module(native)
     sys.modules["pgfunnel._switch._switch"] = native
 
-    from pgfunnel._switch import EventKind, Mode, Switch
+    from pgfunnel._switch import Event, EventKind, Mode, Reason, Switch
     from pgfunnel.proto import messages as m
     from pgfunnel.throwaway import SUPERUSER
     from tests.switch.conftest import LONG_TX, SERVER_GONE, UNSUPPORTED, read_until_z
@@ -37,15 +37,39 @@ def main() -> None:
         )
         return sw.add_server(sock.detach(), 1, params=params)
 
+    def handle(events: list[Event]) -> None:
+        for e in events:
+            if e.kind is EventKind.ATTENTION:
+                sw.close(e.conn)
+                login()
+            elif e.kind is EventKind.DEADLINE and e.reason == Reason.SERVER_LIFETIME:
+                if sw.expire(e.conn, Reason.SERVER_LIFETIME):
+                    handle(sw.events())  # an idle one is parked at once: ATTENTION
+
     sw = Switch(
         unsupported_pkt=UNSUPPORTED,
         long_tx=LONG_TX,
         server_gone=SERVER_GONE,
         buffer_size=4096,
         tracked=m.TRACKED_PARAMS,
+        tick_ms=5,
     )
     sw.start()
     sw.add_pool(1, Mode.TRANSACTION)
+    # Every deadline swept; servers live 30 ms (recycled through expire, ATTENTION, close and
+    # a new login), silent clients are reported after 20 ms (some are closed through expire).
+    long = 60_000_000
+    sw.set_timeouts(
+        1,
+        query_wait=long,
+        query_wait_notify=long,
+        query=long,
+        idle_transaction=long,
+        client_idle=20_000,
+        server_idle=long,
+        server_lifetime=30_000,
+        reserve=long,
+    )
     login()
     login()
     zones = ["UTC", "Asia/Tokyo", "Europe/Paris", "No/Such_Zone"]  # the last: a failed SET
@@ -56,8 +80,20 @@ def main() -> None:
         # most links; the first query sometimes comes as bytes Python read after the login.
         wants = {"application_name": f"app{i % 3}", "TimeZone": zones[i % 4]}
         first = m.query("select 1")
-        sw.add_client(theirs.detach(), 1, pending=first if i % 2 else b"", params=wants)
-        if i % 2 == 0:
+        early = first if i % 2 and i % 11 != 7 else b""
+        cid = sw.add_client(theirs.detach(), 1, pending=early, params=wants)
+        if i % 11 == 7:
+            seen: list[Event] = []
+            while not any(e.kind is EventKind.DEADLINE and e.conn == cid for e in seen):
+                batch = sw.events()
+                handle(batch)
+                seen += batch
+            assert sw.expire(cid, Reason.CLIENT_IDLE, m.error_response("08P01", "idle"))
+            while ours.recv(4096):
+                pass
+            ours.close()
+            continue
+        if not early:
             ours.sendall(first)
         read_until_z(ours)
         if i % 5 == 0:
@@ -80,10 +116,7 @@ def main() -> None:
         events = []
         while not any(e.kind is EventKind.CLOSED for e in events):
             events += sw.events()
-        for e in events:
-            if e.kind is EventKind.ATTENTION:
-                sw.close(e.conn)
-                login()
+        handle(events)
     sw.stop()
 
 

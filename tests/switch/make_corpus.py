@@ -38,6 +38,8 @@ STREAMS = [
 
 # fuzz_switch.c's operations: (length << 3) | kind, then `length` bytes for kinds 0-3.
 CLIENT, SERVER, CLIENT_READS, SERVER_READS, CLIENT_LEAVES = 0, 2, 4, 5, 6
+# A deadline sweep; and Python acting on what it reported, for clients, servers or both.
+TICK, ACT_CLIENTS, ACT_SERVERS, TICK_ACT = 7, (1 << 3) | 7, (2 << 3) | 7, (3 << 3) | 7
 SESSION, TRANSACTION, STATEMENT = 0, 1, 2
 WANTS_SET = 3
 
@@ -117,6 +119,27 @@ SCENARIOS = [
         (CLIENT, m.query("select 1")),
         (SERVER, ANSWER),
         (CLIENT_READS, b""),
+    ),
+    # Deadlines: an idle client and server, a query that runs on, an open transaction, a
+    # session whose server outlives its lifetime.
+    ops(TRANSACTION, (TICK_ACT, b""), (CLIENT, m.query("select 1"))),
+    ops(TRANSACTION, (CLIENT, m.query("select 1")), (SERVER_READS, b""), (TICK_ACT, b"")),
+    ops(
+        TRANSACTION,
+        (CLIENT, m.query("begin")),
+        (SERVER, m.command_complete("BEGIN") + m.ready_for_query(b"T")),
+        (CLIENT_READS, b""),
+        (TICK_ACT, b""),
+    ),
+    # The idle server closed: the client's query waits, and waits too long.
+    ops(TRANSACTION, (ACT_SERVERS, b""), (CLIENT, m.query("select 1")), (ACT_CLIENTS, b"")),
+    ops(
+        SESSION,
+        (CLIENT, m.query("select 1")),
+        (SERVER, ANSWER),
+        (TICK_ACT, b""),
+        (CLIENT, m.query("select 2")),
+        (CLIENT_LEAVES, b""),
     ),
 ]
 

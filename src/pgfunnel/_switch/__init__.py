@@ -39,6 +39,9 @@ class EventKind(IntEnum):
     # server keeps what it last reported, the client's queries go on): Python logs it, as
     # net/app.py internal_done does.
     PARAMS_FAILED = _native.EV_PARAMS_FAILED
+    # A timeout set with set_timeouts passed (`reason` says which); once per episode. The
+    # switch acts on none: Python decides, and acts through `expire` (see SwitchAPI.expire).
+    DEADLINE = _native.EV_DEADLINE
 
 
 class Reason(IntEnum):
@@ -59,6 +62,16 @@ class Reason(IntEnum):
     DIRTY_TXN = _native.R_DIRTY_TXN
     DIRTY_BUSY = _native.R_DIRTY_BUSY
     CLOSE_NEEDED = _native.R_CLOSE_NEEDED
+    # Deadline reasons (EventKind.DEADLINE). `conn` is the client for the first five (the one
+    # Python sends the error to), the server for SERVER_IDLE and SERVER_LIFETIME, 0 for RESERVE.
+    QUERY_WAIT = _native.R_QUERY_WAIT  # waited in the queue longer than query_wait
+    QUERY_WAIT_NOTIFY = _native.R_QUERY_WAIT_NOTIFY  # waited longer than query_wait_notify
+    QUERY = _native.R_QUERY  # its server has run the current query longer than query
+    IDLE_TRANSACTION = _native.R_IDLE_TRANSACTION  # linked, owed nothing, status T or E
+    CLIENT_IDLE = _native.R_CLIENT_IDLE  # holds no server, not queued, silent that long
+    SERVER_IDLE = _native.R_SERVER_IDLE  # on the idle stack longer than server_idle
+    SERVER_LIFETIME = _native.R_SERVER_LIFETIME  # connected longer than server_lifetime
+    RESERVE = _native.R_RESERVE  # the pool's oldest waiter waited longer than reserve
 
 
 class Kind(IntEnum):
@@ -82,7 +95,7 @@ class Event(NamedTuple):
     kind: EventKind
     conn: int  # 0 for WAITERS
     pool: int
-    reason: int  # a Reason for CLOSED/ATTENTION; the queue length for WAITERS
+    reason: int  # a Reason for CLOSED/ATTENTION/DEADLINE; the queue length for WAITERS
 
 
 class PoolSnapshot(NamedTuple):
@@ -150,9 +163,13 @@ class SwitchAPI(Protocol):
         `params`: its tracked values (as set_params), in place before it can be linked."""
         ...
 
-    def add_server(self, fd: int, pool: int, params: Params | None = None) -> int:
+    def add_server(
+        self, fd: int, pool: int, params: Params | None = None, connected_us: int = 0
+    ) -> int:
         """Hand in a logged-in server: given to the pool's first waiter, else pushed idle.
-        `params`: what its login reported (as set_params), in place before it is linked."""
+        `params`: what its login reported (as set_params), in place before it is linked.
+        `connected_us`: when it connected, in CLOCK_MONOTONIC µs (`time.monotonic_ns() //
+        1000`), so that server_lifetime survives a detach and add_server again; 0: now."""
         ...
 
     def set_params(self, conn: int, params: Params) -> None:
@@ -188,6 +205,36 @@ class SwitchAPI(Protocol):
         """Do not reuse this server: parked with CLOSE_NEEDED now if idle, else at release."""
         ...
 
+    def set_timeouts(
+        self,
+        pool: int,
+        *,
+        query_wait: int = 0,
+        query_wait_notify: int = 0,
+        query: int = 0,
+        idle_transaction: int = 0,
+        client_idle: int = 0,
+        server_idle: int = 0,
+        server_lifetime: int = 0,
+        reserve: int = 0,
+    ) -> None:
+        """The pool's timeouts in µs (0: off), replacing the previous ones (RELOAD, SET). While
+        any pool has one, the switch sweeps every tick_ms and posts DEADLINE events."""
+        ...
+
+    def expire(self, conn: int, reason: Reason, final: bytes = b"") -> bool:
+        """Act on a DEADLINE event if its episode is still the connection's current one (else
+        nothing, False: the waiter got its server, the idle client sent a query...). QUERY_WAIT,
+        CLIENT_IDLE: write `final` to the client and close it; QUERY, IDLE_TRANSACTION: the
+        same, and close its server; QUERY_WAIT_NOTIFY: send `final` (a notice), the client
+        waits on; SERVER_IDLE: close the server; SERVER_LIFETIME: as set_close_needed. Closes
+        are quiet (no CLOSED event)."""
+        ...
+
+    def ticks(self) -> int:
+        """Deadline sweeps run so far (0 while no pool has a timeout: no wake-ups)."""
+        ...
+
     def events(self) -> list[Event]: ...
 
     def pools(self) -> list[PoolSnapshot]: ...
@@ -207,6 +254,7 @@ class Switch:
         max_packet_size: int = 2**31 - 1,
         buffer_size: int = 65536,
         tracked: Sequence[str] = (),
+        tick_ms: int = 100,
     ) -> None:
         self._sw = _native.Switch(
             unsupported_pkt=unsupported_pkt,
@@ -215,6 +263,7 @@ class Switch:
             max_packet_size=max_packet_size,
             buffer_size=buffer_size,
             tracked=tuple(tracked),
+            tick_ms=tick_ms,
         )
 
     def fileno(self) -> int:
@@ -234,8 +283,10 @@ class Switch:
     ) -> int:
         return self._sw.add_client(fd, pool, pending=pending, params=params)
 
-    def add_server(self, fd: int, pool: int, params: Params | None = None) -> int:
-        return self._sw.add_server(fd, pool, params=params)
+    def add_server(
+        self, fd: int, pool: int, params: Params | None = None, connected_us: int = 0
+    ) -> int:
+        return self._sw.add_server(fd, pool, params=params, connected_us=connected_us)
 
     def set_params(self, conn: int, params: Params) -> None:
         self._sw.set_params(conn, params)
@@ -257,6 +308,37 @@ class Switch:
 
     def set_close_needed(self, conn: int) -> bool:
         return self._sw.set_close_needed(conn)
+
+    def set_timeouts(
+        self,
+        pool: int,
+        *,
+        query_wait: int = 0,
+        query_wait_notify: int = 0,
+        query: int = 0,
+        idle_transaction: int = 0,
+        client_idle: int = 0,
+        server_idle: int = 0,
+        server_lifetime: int = 0,
+        reserve: int = 0,
+    ) -> None:
+        self._sw.set_timeouts(
+            pool,
+            query_wait=query_wait,
+            query_wait_notify=query_wait_notify,
+            query=query,
+            idle_transaction=idle_transaction,
+            client_idle=client_idle,
+            server_idle=server_idle,
+            server_lifetime=server_lifetime,
+            reserve=reserve,
+        )
+
+    def expire(self, conn: int, reason: Reason, final: bytes = b"") -> bool:
+        return self._sw.expire(conn, int(reason), final)
+
+    def ticks(self) -> int:
+        return self._sw.ticks()
 
     def events(self) -> list[Event]:
         return [Event(EventKind(k), c, p, r) for k, c, p, r in self._sw.events()]

@@ -9,6 +9,7 @@ EV_WAITERS: int
 EV_CLOSED: int
 EV_ATTENTION: int
 EV_PARAMS_FAILED: int
+EV_DEADLINE: int
 R_CLIENT_TERMINATE: int
 R_CLIENT_EOF: int
 R_SERVER_EOF: int
@@ -23,6 +24,14 @@ R_SESSION_END: int
 R_DIRTY_TXN: int
 R_DIRTY_BUSY: int
 R_CLOSE_NEEDED: int
+R_QUERY_WAIT: int
+R_QUERY_WAIT_NOTIFY: int
+R_QUERY: int
+R_IDLE_TRANSACTION: int
+R_CLIENT_IDLE: int
+R_SERVER_IDLE: int
+R_SERVER_LIFETIME: int
+R_RESERVE: int
 KIND_CLIENT: int
 KIND_SERVER: int
 CL_ACTIVE: int
@@ -54,6 +63,7 @@ class Switch:
         max_packet_size: int = ...,
         buffer_size: int = ...,
         tracked: tuple[str, ...] = ...,
+        tick_ms: int = ...,
     ) -> None: ...
     def fileno(self) -> int: ...
     def start(self) -> None: ...
@@ -73,6 +83,7 @@ class Switch:
         pool: int,
         /,
         params: Mapping[str, str] | Sequence[tuple[str, str]] | None = ...,
+        connected_us: int = ...,
     ) -> int: ...
     def set_params(
         self, conn: int, params: Mapping[str, str] | Sequence[tuple[str, str]], /
@@ -83,6 +94,22 @@ class Switch:
     def close(self, conn: int, final: bytes = ..., /) -> bool: ...
     def detach(self, conn: int, /) -> tuple[int, bytes]: ...
     def set_close_needed(self, conn: int, /) -> bool: ...
+    def set_timeouts(
+        self,
+        pool: int,
+        /,
+        *,
+        query_wait: int = ...,
+        query_wait_notify: int = ...,
+        query: int = ...,
+        idle_transaction: int = ...,
+        client_idle: int = ...,
+        server_idle: int = ...,
+        server_lifetime: int = ...,
+        reserve: int = ...,
+    ) -> None: ...
+    def expire(self, conn: int, reason: int, final: bytes = ..., /) -> bool: ...
+    def ticks(self) -> int: ...
     def events(self) -> list[tuple[int, int, int, int]]: ...
     def pools(
         self,

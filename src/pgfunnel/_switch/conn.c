@@ -105,6 +105,7 @@ struct conn *conn_new(struct sw *sw, int fd, uint8_t kind, struct pool *pool)
     c->writable = 1;
     c->sc.status = 'I';
     c->connect_wall = c->request_wall = sw->now_wall;
+    c->connect_mono = c->idle_since = sw->now_mono;
     pool->n[ST_NEW]++;
     sw->slots[slot] = c;
     sw->slot_hint = slot + 1;
@@ -358,6 +359,7 @@ static int client_read(struct sw *sw, struct conn *c)
     dst->end += (uint32_t)n;
     c->pool->st.bytes_recv += (uint64_t)n;
     c->request_wall = sw->now_wall;
+    c->idle_since = sw->now_mono;
     int fresh = c->tr.owed == 0 && !c->tr.batch && c->sc.skip == 0 && dst->scanned == dst->start;
     int stop;
     size_t used = scan_client(&c->sc, &c->tr, dst->data + dst->scanned, dst->end - dst->scanned,

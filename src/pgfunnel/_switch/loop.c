@@ -6,6 +6,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -18,10 +19,33 @@ int loop_init(struct sw *sw)
     sw->epfd = epoll_create1(EPOLL_CLOEXEC);
     sw->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     sw->ev_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (sw->epfd < 0 || sw->wake_fd < 0 || sw->ev_fd < 0)
+    sw->timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (sw->epfd < 0 || sw->wake_fd < 0 || sw->ev_fd < 0 || sw->timer_fd < 0)
         return -1;
     struct epoll_event ev = {.events = EPOLLIN | EPOLLET, .data.ptr = NULL};
-    return epoll_ctl(sw->epfd, EPOLL_CTL_ADD, sw->wake_fd, &ev);
+    if (epoll_ctl(sw->epfd, EPOLL_CTL_ADD, sw->wake_fd, &ev) < 0)
+        return -1;
+    /* Registered once, disarmed: it ticks only while some pool has a timeout. */
+    struct epoll_event tev = {.events = EPOLLIN | EPOLLET, .data.ptr = &sw->timer_fd};
+    return epoll_ctl(sw->epfd, EPOLL_CTL_ADD, sw->timer_fd, &tev);
+}
+
+/* Arms (every tick_ms) or disarms the deadline timer; called with the lock held, from either
+ * thread (a set_timeouts). */
+int loop_timer(struct sw *sw, int on)
+{
+    if (sw->timer_on == !!on)
+        return 0;
+    struct itimerspec its = {0};
+    if (on) {
+        its.it_interval.tv_sec = sw->tick_ms / 1000;
+        its.it_interval.tv_nsec = (long)(sw->tick_ms % 1000) * 1000000L;
+        its.it_value = its.it_interval;
+    }
+    if (timerfd_settime(sw->timer_fd, 0, &its, NULL) < 0)
+        return -1;
+    sw->timer_on = !!on;
+    return 0;
 }
 
 void loop_fini(struct sw *sw)
@@ -32,7 +56,9 @@ void loop_fini(struct sw *sw)
         close(sw->wake_fd);
     if (sw->ev_fd >= 0)
         close(sw->ev_fd);
-    sw->epfd = sw->wake_fd = sw->ev_fd = -1;
+    if (sw->timer_fd >= 0)
+        close(sw->timer_fd);
+    sw->epfd = sw->wake_fd = sw->ev_fd = sw->timer_fd = -1;
 }
 
 /* Edge-triggered, every interest at once, registered once: no epoll_ctl per transaction. */
@@ -120,7 +146,14 @@ void loop_once(struct sw *sw, int timeout_ms)
     int n = epoll_wait(sw->epfd, evs, MAX_EVENTS, timeout);
     pthread_mutex_lock(&sw->lock);
     sw_clock(sw);
+    int tick = 0;
     for (int i = 0; i < n; i++) {
+        if (evs[i].data.ptr == &sw->timer_fd) {
+            uint64_t v;
+            ssize_t r = read(sw->timer_fd, &v, sizeof(v));
+            tick = r == (ssize_t)sizeof(v); /* overruns collapse into one sweep */
+            continue;
+        }
         struct conn *c = evs[i].data.ptr;
         if (c == NULL) {
             uint64_t v;
@@ -140,6 +173,8 @@ void loop_once(struct sw *sw, int timeout_ms)
         conn_service(sw, c);
     }
     run_todo(sw);
+    if (tick && sw->timer_on)
+        timers_tick(sw); /* after the batch: it reports, it changes nothing */
     conn_free_dead(sw);
 }
 

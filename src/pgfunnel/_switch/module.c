@@ -164,16 +164,17 @@ static int Switch_init(SwitchObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"unsupported_pkt", "long_tx",     "server_gone",
                              "max_packet_size", "buffer_size", "tracked",
-                             NULL};
+                             "tick_ms",         NULL};
     Py_buffer unsupported = {0}, long_tx = {0}, gone = {0};
     unsigned long long max_packet = 0x7fffffffULL, bufsize = 65536;
     PyObject *tracked = NULL;
+    unsigned int tick_ms = 100;
     if (self->ready) {
         PyErr_SetString(PyExc_RuntimeError, "Switch.__init__ called twice");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|$y*y*y*KKO", kwlist, &unsupported, &long_tx,
-                                     &gone, &max_packet, &bufsize, &tracked))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|$y*y*y*KKOI", kwlist, &unsupported, &long_tx,
+                                     &gone, &max_packet, &bufsize, &tracked, &tick_ms))
         return -1;
     int rc = -1;
     if (unsupported.buf == NULL || long_tx.buf == NULL || gone.buf == NULL) {
@@ -184,9 +185,14 @@ static int Switch_init(SwitchObject *self, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_ValueError, "max_packet_size or buffer_size out of range");
         goto out;
     }
+    if (tick_ms < 1 || tick_ms > 60000) {
+        PyErr_SetString(PyExc_ValueError, "tick_ms out of range (1..60000)");
+        goto out;
+    }
     struct sw *sw = &self->sw;
     memset(sw, 0, sizeof(*sw));
-    sw->epfd = sw->wake_fd = sw->ev_fd = -1;
+    sw->epfd = sw->wake_fd = sw->ev_fd = sw->timer_fd = -1;
+    sw->tick_ms = tick_ms;
     sw->max_packet = (uint32_t)max_packet;
     sw->bufsize = (uint32_t)bufsize;
     if (copy_msg(&sw->msg_unsupported, &unsupported) < 0 ||
@@ -307,7 +313,7 @@ static PyObject *Switch_add_pool(SwitchObject *self, PyObject *args)
  * tracked values (params) are in place before it can be linked; a client's pending bytes are
  * taken as read. */
 static PyObject *add_conn(SwitchObject *self, int fd, long long pool_id, uint8_t kind,
-                          Py_buffer *pending, PyObject *params)
+                          Py_buffer *pending, PyObject *params, long long connected)
 {
     struct pargs pa;
     if (check_open(self) < 0 || pargs_parse(params, &pa) < 0)
@@ -347,6 +353,10 @@ static PyObject *add_conn(SwitchObject *self, int fd, long long pool_id, uint8_t
         errno = err;
         return PyErr_SetFromErrno(PyExc_OSError);
     }
+    /* A server Python connected earlier (and maybe detached and cleaned since) keeps its
+     * age: server_lifetime counts from its connect, in CLOCK_MONOTONIC µs. */
+    if (connected > 0 && connected < sw->now_mono)
+        c->connect_mono = connected;
     uint64_t id = c->id;
     if (kind == KIND_CLIENT) {
         conn_set_state(c, CL_ACTIVE);
@@ -371,20 +381,22 @@ static PyObject *Switch_add_client(SwitchObject *self, PyObject *args, PyObject 
     if (!PyArg_ParseTupleAndKeywords(args, kw, "iL|y*O", kwlist, &fd, &pool_id, &pending,
                                      &params))
         return NULL;
-    PyObject *r = add_conn(self, fd, pool_id, KIND_CLIENT, pending.buf ? &pending : NULL, params);
+    PyObject *r = add_conn(self, fd, pool_id, KIND_CLIENT, pending.buf ? &pending : NULL, params,
+                            0);
     PyBuffer_Release(&pending);
     return r;
 }
 
 static PyObject *Switch_add_server(SwitchObject *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"", "", "params", NULL};
+    static char *kwlist[] = {"", "", "params", "connected_us", NULL};
     int fd;
-    long long pool_id;
+    long long pool_id, connected = 0;
     PyObject *params = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "iL|O", kwlist, &fd, &pool_id, &params))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iL|OL", kwlist, &fd, &pool_id, &params,
+                                     &connected))
         return NULL;
-    return add_conn(self, fd, pool_id, KIND_SERVER, NULL, params);
+    return add_conn(self, fd, pool_id, KIND_SERVER, NULL, params, connected);
 }
 
 static PyObject *Switch_set_params(SwitchObject *self, PyObject *args)
@@ -606,6 +618,75 @@ static PyObject *Switch_set_close_needed(SwitchObject *self, PyObject *args)
     }
     sw_unlock(sw);
     return PyBool_FromLong(found);
+}
+
+static PyObject *Switch_set_timeouts(SwitchObject *self, PyObject *args, PyObject *kw)
+{
+    /* In the order of the deadline reasons (struct timeouts). */
+    static char *kwlist[] = {"pool",        "query_wait",       "query_wait_notify",
+                             "query",       "idle_transaction", "client_idle",
+                             "server_idle", "server_lifetime",  "reserve",
+                             NULL};
+    long long pool_id, v[R_RESERVE - R_QUERY_WAIT + 1] = {0};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "L|$LLLLLLLL", kwlist, &pool_id, &v[0], &v[1],
+                                     &v[2], &v[3], &v[4], &v[5], &v[6], &v[7]) ||
+        check_open(self) < 0)
+        return NULL;
+    struct timeouts to;
+    for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+        if (v[i] < 0) {
+            PyErr_SetString(PyExc_ValueError, "a timeout is >= 0 (µs; 0: off)");
+            return NULL;
+        }
+        to.us[i] = v[i];
+    }
+    struct sw *sw = &self->sw;
+    sw_lock(sw);
+    struct pool *p = pool_find(sw, pool_id);
+    int rc = p != NULL ? timers_set(sw, p, &to) : 0;
+    sw_unlock(sw);
+    if (p == NULL) {
+        PyErr_Format(PyExc_KeyError, "no pool %lld", pool_id);
+        return NULL;
+    }
+    if (rc < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Switch_expire(SwitchObject *self, PyObject *args)
+{
+    unsigned long long id;
+    unsigned int reason;
+    Py_buffer final = {0};
+    if (!PyArg_ParseTuple(args, "KI|y*", &id, &reason, &final))
+        return NULL;
+    if (check_open(self) < 0) {
+        PyBuffer_Release(&final);
+        return NULL;
+    }
+    struct sw *sw = &self->sw;
+    sw_lock(sw);
+    struct conn *c = conn_find(sw, id);
+    int rc = c == NULL || reason > 255
+                 ? 0
+                 : timers_expire(sw, c, (uint8_t)reason, final.buf,
+                                 final.buf ? (size_t)final.len : 0);
+    sw_unlock(sw);
+    PyBuffer_Release(&final);
+    if (rc < 0)
+        return PyErr_NoMemory();
+    return PyBool_FromLong(rc);
+}
+
+static PyObject *Switch_ticks(SwitchObject *self, PyObject *Py_UNUSED(a))
+{
+    if (check_open(self) < 0)
+        return NULL;
+    sw_lock(&self->sw);
+    unsigned long long n = self->sw.ticks;
+    sw_unlock(&self->sw);
+    return PyLong_FromUnsignedLongLong(n);
 }
 
 static PyObject *Switch_events(SwitchObject *self, PyObject *Py_UNUSED(a))
@@ -838,7 +919,7 @@ static PyMethodDef Switch_methods[] = {
     {"add_client", (PyCFunction)(void (*)(void))Switch_add_client, METH_VARARGS | METH_KEYWORDS,
      "add_client(fd, pool, pending=b'', params=None) -> id"},
     {"add_server", (PyCFunction)(void (*)(void))Switch_add_server, METH_VARARGS | METH_KEYWORDS,
-     "add_server(fd, pool, params=None) -> id"},
+     "add_server(fd, pool, params=None, connected_us=0) -> id"},
     {"set_params", (PyCFunction)Switch_set_params, METH_VARARGS, "set_params(conn, params)"},
     {"params", (PyCFunction)Switch_params, METH_VARARGS, "params(conn) -> dict"},
     {"pause", (PyCFunction)Switch_pause, METH_VARARGS, "pause(pool, on)"},
@@ -847,6 +928,11 @@ static PyMethodDef Switch_methods[] = {
     {"detach", (PyCFunction)Switch_detach, METH_VARARGS, "detach(conn) -> (fd, held bytes)"},
     {"set_close_needed", (PyCFunction)Switch_set_close_needed, METH_VARARGS,
      "set_close_needed(conn) -> found"},
+    {"set_timeouts", (PyCFunction)(void (*)(void))Switch_set_timeouts,
+     METH_VARARGS | METH_KEYWORDS, "set_timeouts(pool, *, query_wait=0, ...) in µs"},
+    {"expire", (PyCFunction)Switch_expire, METH_VARARGS,
+     "expire(conn, reason, final=b'') -> acted"},
+    {"ticks", (PyCFunction)Switch_ticks, METH_NOARGS, "Deadline sweeps run so far."},
     {"events", (PyCFunction)Switch_events, METH_NOARGS, "Drain the events."},
     {"pools", (PyCFunction)Switch_pools, METH_NOARGS, "Per pool counts and counters."},
     {"conns", (PyCFunction)Switch_conns, METH_NOARGS, "Per connection state."},
@@ -890,6 +976,7 @@ PyMODINIT_FUNC PyInit__switch(void)
     ADD_INT(m, EV_CLOSED);
     ADD_INT(m, EV_ATTENTION);
     ADD_INT(m, EV_PARAMS_FAILED);
+    ADD_INT(m, EV_DEADLINE);
     ADD_INT(m, R_CLIENT_TERMINATE);
     ADD_INT(m, R_CLIENT_EOF);
     ADD_INT(m, R_SERVER_EOF);
@@ -904,6 +991,14 @@ PyMODINIT_FUNC PyInit__switch(void)
     ADD_INT(m, R_DIRTY_TXN);
     ADD_INT(m, R_DIRTY_BUSY);
     ADD_INT(m, R_CLOSE_NEEDED);
+    ADD_INT(m, R_QUERY_WAIT);
+    ADD_INT(m, R_QUERY_WAIT_NOTIFY);
+    ADD_INT(m, R_QUERY);
+    ADD_INT(m, R_IDLE_TRANSACTION);
+    ADD_INT(m, R_CLIENT_IDLE);
+    ADD_INT(m, R_SERVER_IDLE);
+    ADD_INT(m, R_SERVER_LIFETIME);
+    ADD_INT(m, R_RESERVE);
     ADD_INT(m, KIND_CLIENT);
     ADD_INT(m, KIND_SERVER);
     ADD_INT(m, CL_ACTIVE);

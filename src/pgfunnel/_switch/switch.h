@@ -27,7 +27,13 @@ enum state {
 
 enum mode { MODE_SESSION = 0, MODE_TRANSACTION = 1, MODE_STATEMENT = 2 };
 
-enum ev_kind { EV_WAITERS = 1, EV_CLOSED = 2, EV_ATTENTION = 3, EV_PARAMS_FAILED = 4 };
+enum ev_kind {
+    EV_WAITERS = 1,
+    EV_CLOSED = 2,
+    EV_ATTENTION = 3,
+    EV_PARAMS_FAILED = 4, /* params.c: the switch's SET failed on a server */
+    EV_DEADLINE = 5,      /* timers.c: a timeout passed (reason: R_QUERY_WAIT..R_RESERVE) */
+};
 
 enum reason {
     R_NONE = 0,
@@ -45,7 +51,18 @@ enum reason {
     R_DIRTY_TXN,
     R_DIRTY_BUSY,
     R_CLOSE_NEEDED,
+    /* deadlines (timers.c), in the order of struct timeouts and conn.dl_at */
+    R_QUERY_WAIT,
+    R_QUERY_WAIT_NOTIFY,
+    R_QUERY,
+    R_IDLE_TRANSACTION,
+    R_CLIENT_IDLE,
+    R_SERVER_IDLE,
+    R_SERVER_LIFETIME,
+    R_RESERVE, /* pool-level: no conn, no dl_at slot */
 };
+#define DL_FIRST R_QUERY_WAIT
+#define DL_CONN_COUNT (R_SERVER_LIFETIME - R_QUERY_WAIT + 1)
 
 #define WAIT_BUCKETS 14 /* 13 bounds and +Inf */
 extern const int64_t wait_bounds_us[WAIT_BUCKETS - 1];
@@ -116,6 +133,9 @@ struct conn {
     struct pwalk pw;
     uint8_t swallow;  /* server: answers to the switch's own SET query still to swallow */
     uint8_t set_err;  /* server: that answer held an ErrorResponse */
+    int64_t connect_mono; /* server: when it connected (Python may say), for server_lifetime */
+    int64_t idle_since;   /* client: its last read or release; server: pushed idle */
+    int64_t dl_at[DL_CONN_COUNT]; /* per deadline: the episode start it was reported for */
 };
 
 struct stats {
@@ -124,15 +144,23 @@ struct stats {
     uint64_t wait_hist[WAIT_BUCKETS];
 };
 
+/* A pool's timeouts in µs (0: off), indexed as the deadline reasons from R_QUERY_WAIT. */
+struct timeouts {
+    int64_t us[R_RESERVE - R_QUERY_WAIT + 1];
+};
+
 struct pool {
     int64_t id;
     uint8_t mode;
     uint8_t waiters_reported; /* EV_WAITERS sent; again only once the queue has emptied */
     uint8_t paused;           /* PAUSE: no client is linked to a server */
+    uint8_t reserve_reported; /* R_RESERVE sent; again only once the queue has emptied */
     struct conn *idle;        /* LIFO stack, through qnext */
+    struct conn *idle_tail;   /* its bottom: the longest idle */
     struct conn *wq_head, *wq_tail;
     uint32_t n[ST_COUNT];
     struct stats st;
+    struct timeouts to;
     struct pool *next;
 };
 
@@ -147,7 +175,10 @@ struct sw {
     pthread_mutex_t lock; /* the loop holds it while it handles a batch; commands take it */
     pthread_t thread;
     int running, stopping;
-    int epfd, wake_fd, ev_fd;
+    int epfd, wake_fd, ev_fd, timer_fd;
+    uint32_t tick_ms;  /* the deadline sweep's period */
+    uint8_t timer_on;  /* armed: some pool has a timeout */
+    uint64_t ticks;    /* sweeps run (tests: no timeouts, no wake-ups) */
     uint32_t bufsize, max_packet;
     struct conn **slots;
     uint32_t nslots, slot_hint;
@@ -173,6 +204,7 @@ int loop_start(struct sw *sw);
 void loop_stop(struct sw *sw);
 void sw_post(struct sw *sw, uint8_t kind, uint64_t conn, int64_t pool, uint32_t reason);
 void sw_clock(struct sw *sw);
+int loop_timer(struct sw *sw, int on);
 
 /* conn.c */
 struct conn *conn_new(struct sw *sw, int fd, uint8_t kind, struct pool *pool);
@@ -218,5 +250,10 @@ size_t quote_literal(const uint8_t *p, size_t n, uint8_t *out);
 void stats_wait(struct stats *st, int64_t us);
 void stats_rfq(struct sw *sw, struct conn *s, uint8_t status);
 void stats_request(struct sw *sw, struct conn *s);
+
+/* timers.c */
+int timers_set(struct sw *sw, struct pool *p, const struct timeouts *to);
+void timers_tick(struct sw *sw);
+int timers_expire(struct sw *sw, struct conn *c, uint8_t reason, const uint8_t *msg, size_t len);
 
 #endif

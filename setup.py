@@ -15,7 +15,8 @@ setup(
         Extension(
             "pgfunnel._switch._switch",
             sources=[
-                SRC + f for f in ("scan.c", "conn.c", "pool.c", "stats.c", "loop.c", "module.c")
+                SRC + f
+                for f in ("scan.c", "conn.c", "pool.c", "stats.c", "loop.c", "login.c", "module.c")
             ],
             depends=[SRC + "switch.h", SRC + "scan.h"],
             extra_compile_args=FLAGS,

@@ -13,7 +13,8 @@ SRC=src/pgfunnel/_switch
 INC=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 SUFFIX=$("$PY" -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
 WARN=(-std=c11 -Wall -Wextra -Werror -Wshadow -Wvla)
-CORE=("$SRC/scan.c" "$SRC/conn.c" "$SRC/pool.c" "$SRC/stats.c" "$SRC/loop.c" "$SRC/module.c")
+CORE=("$SRC/scan.c" "$SRC/conn.c" "$SRC/pool.c" "$SRC/stats.c" "$SRC/loop.c" "$SRC/login.c"
+    "$SRC/module.c")
 
 case "${1:-dev}" in
 dev)
@@ -34,7 +35,7 @@ fuzz)
     clang "${WARN[@]}" "${FUZZ[@]}" "$SRC/scan.c" tests/switch/fuzz_scan.c \
         -o build/switch-fuzz/fuzz_scan
     # Everything but the CPython glue: the connection and pool code over real socket pairs.
-    clang "${WARN[@]}" "${FUZZ[@]}" "${CORE[@]:0:5}" tests/switch/fuzz_switch.c -lpthread \
+    clang "${WARN[@]}" "${FUZZ[@]}" "${CORE[@]:0:6}" tests/switch/fuzz_switch.c -lpthread \
         -o build/switch-fuzz/fuzz_switch
     echo build/switch-fuzz/fuzz_scan build/switch-fuzz/fuzz_switch
     ;;

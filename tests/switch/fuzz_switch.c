@@ -166,7 +166,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             drain(sv[0], &got);
             CHECK(got.hdr_len == 0 && got.skip == 0);
         }
-        sw.nev = 0; /* events are Python's: not kept */
+        sw_drop_events(&sw); /* events are Python's: not kept */
     }
 
     for (uint32_t k = 0; k < sw.nslots; k++)
@@ -179,6 +179,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     conn_free_dead(&sw);
     free(sw.slots);
     free(pool);
+    sw_drop_events(&sw);
     free(sw.evq);
     buf_free(&sw.msg_unsupported);
     buf_free(&sw.msg_long_tx);

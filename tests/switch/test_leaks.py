@@ -13,7 +13,7 @@ from pathlib import Path
 from pgfunnel.throwaway import Cluster
 
 ROOT = Path(__file__).resolve().parents[2]
-OURS = re.compile(r"_switch/(scan|conn|pool|stats|loop|module)\.c")
+OURS = re.compile(r"_switch/(scan|conn|pool|stats|loop|login|module)\.c")
 
 
 def asan_build() -> Path:
@@ -33,7 +33,9 @@ def switch_leaks(log_dir: Path) -> list[str]:
     found = []
     for log in log_dir.glob("lsan.*"):
         for block in log.read_text().split("\n\n"):
-            if "leak of" in block and OURS.search(block):
+            # PyType_Ready's dict of the static Switch type, made once at import: the
+            # interpreter does not free static types' dicts at exit (not a per-round leak).
+            if "leak of" in block and OURS.search(block) and "PyInit__switch" not in block:
                 found.append(block)
     return found
 
@@ -49,7 +51,8 @@ def test_connect_query_disconnect_leaks_nothing(pg: Cluster, tmp_path: Path) -> 
         "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0:fast_unwind_on_malloc=0",
         "LSAN_OPTIONS": f"exitcode=0:log_path={tmp_path}/lsan",
         "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1",
-        "PYTHONPATH": str(ROOT),
+        # This tree's package first (the extension's Python face must match its build).
+        "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}",
     }
     proc = subprocess.run(
         [

@@ -9,7 +9,7 @@ docs/switch.md describes the threads and the rules the switch enforces.
 
 from __future__ import annotations
 
-from enum import IntEnum
+from enum import IntEnum, IntFlag
 from typing import NamedTuple, Protocol
 
 from pgfunnel._switch import _switch as _native
@@ -34,6 +34,15 @@ class EventKind(IntEnum):
     # A server left its client in a state only Python can judge; it is parked: not read, in no
     # list, until Python closes or detaches it.
     ATTENTION = _native.EV_ATTENTION
+    # A listener accepted a client (state CL_LOGIN, in no pool yet); `pool` is the listener's
+    # id. Python counts it against max_client_conn.
+    ACCEPTED = _native.EV_ACCEPTED
+    # A listener stopped accepting (out of fds or memory: `reason` is the errno; `conn` the
+    # listener) until listen_resume.
+    LISTEN_ERROR = _native.EV_LISTEN_ERROR
+    # Whole login messages of a CL_LOGIN/SV_LOGIN connection in `data`; `reason` holds
+    # MessageFlag bits. Nothing more from it until read_next.
+    MESSAGE = _native.EV_MESSAGE
 
 
 class Reason(IntEnum):
@@ -54,6 +63,18 @@ class Reason(IntEnum):
     DIRTY_TXN = _native.R_DIRTY_TXN
     DIRTY_BUSY = _native.R_DIRTY_BUSY
     CLOSE_NEEDED = _native.R_CLOSE_NEEDED
+    # A server's connect() failed (Event.errno says why).
+    CONNECT_FAILED = _native.R_CONNECT_FAILED
+
+
+class MessageFlag(IntFlag):
+    """The `reason` bits of a MESSAGE event."""
+
+    # Bytes were already buffered after an SSLRequest/GSSENCRequest: the client did not wait
+    # for the answer (CVE-2021-23214): refuse them.
+    MORE_BUFFERED = _native.MSG_MORE_BUFFERED
+    # An untyped packet (StartupMessage, SSLRequest, GSSENCRequest, CancelRequest), alone.
+    UNTYPED = _native.MSG_UNTYPED
 
 
 class Kind(IntEnum):
@@ -71,13 +92,32 @@ class State(IntEnum):
     SV_IDLE = _native.SV_IDLE  # on its pool's LIFO idle stack
     SV_ACTIVE = _native.SV_ACTIVE  # linked to a client
     SV_PARKED = _native.SV_PARKED  # reported with ATTENTION, waiting for Python
+    CL_LOGIN = _native.CL_LOGIN  # accepted, logging in (messages go up), in no pool yet
+    SV_LOGIN = _native.SV_LOGIN  # connecting or logging in (messages go up)
 
 
 class Event(NamedTuple):
     kind: EventKind
-    conn: int  # 0 for WAITERS
-    pool: int
-    reason: int  # a Reason for CLOSED/ATTENTION; the queue length for WAITERS
+    conn: int  # 0 for WAITERS; the listener for LISTEN_ERROR
+    pool: int  # the listener for ACCEPTED; LOGIN_POOL for a client not promoted yet
+    reason: int  # a Reason for CLOSED/ATTENTION; the queue length for WAITERS; MessageFlag
+    # bits for MESSAGE; the errno for LISTEN_ERROR
+    data: bytes = b""  # MESSAGE: the whole messages; CLOSED IO_ERROR/CONNECT_FAILED: errno text
+
+    @property
+    def errno(self) -> int:
+        """The errno of a LISTEN_ERROR, or of a CLOSED with IO_ERROR/CONNECT_FAILED; else 0."""
+        if self.kind is EventKind.LISTEN_ERROR:
+            return self.reason
+        if self.kind is EventKind.CLOSED and self.data:
+            return int(self.data)
+        return 0
+
+
+# The pool id the switch reports for a client accepted by a listener and not promoted yet.
+LOGIN_POOL = -1
+# A login message (typed) may be at most this long by default: PostgreSQL's auth token cap.
+LOGIN_MAX = 65536
 
 
 class PoolSnapshot(NamedTuple):
@@ -97,6 +137,7 @@ class PoolSnapshot(NamedTuple):
     query_time_us: int
     wait_time_us: int
     wait_hist: tuple[int, ...]  # counts per WAIT_BUCKETS_US bound, the last one +Inf
+    sv_login: int = 0  # connecting or logging in (SHOW POOLS' sv_login)
 
 
 class ConnSnapshot(NamedTuple):
@@ -158,6 +199,38 @@ class SwitchAPI(Protocol):
         """Do not reuse this server: parked with CLOSE_NEEDED now if idle, else at release."""
         ...
 
+    def listen(self, fd: int) -> int:
+        """Hand in a bound, listening socket: the switch accepts on it (ACCEPTED events); the
+        id closes it with close(id)."""
+        ...
+
+    def listen_resume(self, listener: int) -> None:
+        """Accept again on a listener paused by a LISTEN_ERROR."""
+        ...
+
+    def connect_server(self, fd: int, pool: int, first: bytes = b"") -> int:
+        """Hand in a server socket on which connect() was called (EINPROGRESS is fine): state
+        SV_LOGIN; `first` (the StartupMessage) and what `send` queues are written once it is
+        connected; its messages come up. A failed connect is a CLOSED CONNECT_FAILED event
+        (it may come before any send: `first` cannot miss)."""
+        ...
+
+    def read_next(self, conn: int) -> bool:
+        """Let the next login message(s) of this connection come up. False if it is gone."""
+        ...
+
+    def promote(self, conn: int, pool: int) -> bool:
+        """Move a login into a pool: a client as add_client does (bytes read after its last
+        passed-up message are kept), a server as add_server does (bytes after its last
+        passed-up message close it: IDLE_DATA). False if it is gone; ValueError if it is not
+        in login."""
+        ...
+
+    def peer(self, conn: int) -> tuple[int, str, int, int, int]:
+        """(family, host or unix path, port, uid, pid); uid/pid from SO_PEERCRED on unix
+        sockets, -1 on TCP; port 0 on unix sockets."""
+        ...
+
     def events(self) -> list[Event]: ...
 
     def pools(self) -> list[PoolSnapshot]: ...
@@ -176,6 +249,7 @@ class Switch:
         server_gone: bytes,
         max_packet_size: int = 2**31 - 1,
         buffer_size: int = 65536,
+        login_max: int = LOGIN_MAX,
     ) -> None:
         self._sw = _native.Switch(
             unsupported_pkt=unsupported_pkt,
@@ -183,6 +257,7 @@ class Switch:
             server_gone=server_gone,
             max_packet_size=max_packet_size,
             buffer_size=buffer_size,
+            login_max=login_max,
         )
 
     def fileno(self) -> int:
@@ -215,12 +290,30 @@ class Switch:
     def set_close_needed(self, conn: int) -> bool:
         return self._sw.set_close_needed(conn)
 
+    def listen(self, fd: int) -> int:
+        return self._sw.listen(fd)
+
+    def listen_resume(self, listener: int) -> None:
+        self._sw.listen_resume(listener)
+
+    def connect_server(self, fd: int, pool: int, first: bytes = b"") -> int:
+        return self._sw.connect_server(fd, pool, first)
+
+    def read_next(self, conn: int) -> bool:
+        return self._sw.read_next(conn)
+
+    def promote(self, conn: int, pool: int) -> bool:
+        return self._sw.promote(conn, pool)
+
+    def peer(self, conn: int) -> tuple[int, str, int, int, int]:
+        return self._sw.peer(conn)
+
     def events(self) -> list[Event]:
-        return [Event(EventKind(k), c, p, r) for k, c, p, r in self._sw.events()]
+        return [Event(EventKind(k), c, p, r, d) for k, c, p, r, d in self._sw.events()]
 
     def pools(self) -> list[PoolSnapshot]:
         return [
-            PoolSnapshot(row[0], Mode(row[1]), *row[2:15], tuple(row[15]))
+            PoolSnapshot(row[0], Mode(row[1]), *row[2:15], tuple(row[15]), row[16])
             for row in self._sw.pools()
         ]
 

@@ -39,8 +39,8 @@ enum ev_kind {
 };
 
 /* EV_MESSAGE's reason: flags. */
-#define MSG_MORE_BUFFERED 1 /* bytes already followed an SSLRequest/GSSENCRequest */
-#define MSG_UNTYPED 2       /* an untyped packet (startup, SSL/GSS request, cancel) */
+#define MSG_UNTYPED 1       /* bit 0: an untyped packet (startup, SSL/GSS request, cancel) */
+#define MSG_MORE_BUFFERED 2 /* bit 1: bytes already followed an SSLRequest/GSSENCRequest */
 
 enum reason {
     R_NONE = 0,

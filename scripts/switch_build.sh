@@ -4,7 +4,8 @@
 #   dev   the extension in place, as the test build: C11, -Wall -Wextra -Werror
 #   asan  the extension with ASan+UBSan, into build/switch-asan/ (tests load it through
 #         PGFUNNEL_SWITCH_SO, see tests/switch/conftest.py)
-#   fuzz  the libFuzzer harnesses (scan.c alone; conn/pool/loop over socket pairs), into
+#   fuzz  the libFuzzer harnesses (scan.c alone; conn/pool/loop over socket pairs; the login
+#         phases), into
 #         build/switch-fuzz/ (needs clang)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,7 +38,10 @@ fuzz)
     # Everything but the CPython glue: the connection and pool code over real socket pairs.
     clang "${WARN[@]}" "${FUZZ[@]}" "${CORE[@]:0:6}" tests/switch/fuzz_switch.c -lpthread \
         -o build/switch-fuzz/fuzz_switch
-    echo build/switch-fuzz/fuzz_scan build/switch-fuzz/fuzz_switch
+    # The login phases: accept, connect completion, framing, flow control (login.c).
+    clang "${WARN[@]}" "${FUZZ[@]}" "${CORE[@]:0:6}" tests/switch/fuzz_login.c -lpthread \
+        -o build/switch-fuzz/fuzz_login
+    echo build/switch-fuzz/fuzz_scan build/switch-fuzz/fuzz_switch build/switch-fuzz/fuzz_login
     ;;
 *)
     echo "usage: $0 [dev|asan|fuzz]" >&2

@@ -114,6 +114,12 @@ def login_rounds(sw: Switch, sockdir: Path, port: int, rounds: int) -> None:
         if not server_login.done:
             sw.read_next(sid)
     sw.promote(sid, 1)
+    # The pooler's own query on it (talk), then back into the pool.
+    sw.talk(sid)
+    sw.send(sid, m.query("select 1"))
+    while not message(sid).endswith(m.ready_for_query()):
+        sw.read_next(sid)
+    sw.promote(sid, 1)
     refused = socket.socket()
     refused.bind(("127.0.0.1", 0))
     closed_port = refused.getsockname()[1]

@@ -537,3 +537,110 @@ def test_psycopg_through_listen_and_promote(switch: Switch, pg: Cluster, sockdir
 def test_a_fresh_switch_refuses_a_login_max_below_the_startup_cap() -> None:
     with pytest.raises(ValueError):
         make_switch(login_max=9999)
+
+
+# ---- talk: the pooler's own queries on a server the switch keeps -------------------------
+
+
+def values(payload: bytes) -> list[bytes]:
+    """A DataRow's column values (text; no NULLs in these tests)."""
+    out, pos = [], 2
+    for _ in range(int.from_bytes(payload[:2], "big")):
+        length = int.from_bytes(payload[pos : pos + 4], "big")
+        out.append(payload[pos + 4 : pos + 4 + length])
+        pos += 4 + length
+    return out
+
+
+def talk_query(sw: Switch, inbox: Inbox, sid: int, sql: str) -> list[tuple[int, bytes]]:
+    """Runs one simple query on a server in talk mode: its answer up to ReadyForQuery."""
+    sw.send(sid, m.query(sql))
+    out: list[tuple[int, bytes]] = []
+    while not out or out[-1][0] != m.READY_FOR_QUERY:
+        if out:
+            sw.read_next(sid)
+        out += messages(inbox.message(sid).data)
+    return out
+
+
+def test_a_transaction_left_open_is_rolled_back_in_talk_mode(
+    switch: Switch, pg: Cluster, sockdir: str
+) -> None:
+    inbox = Inbox(switch)
+    switch.add_pool(POOL, Mode.TRANSACTION)
+    pg.psql("drop table if exists switch_talk; create table switch_talk (v int)")
+    login = ServerLogin(SUPERUSER, "postgres", None, {})
+    u = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    u.setblocking(False)
+    u.connect(str(pg.sockdir / f".s.PGSQL.{pg.port}"))
+    sid = switch.connect_server(u.detach(), POOL, login.start())
+    server_login(switch, inbox, sid, login)
+    a, afd = pair()
+    switch.add_client(afd, POOL)
+    a.sendall(m.query("begin; insert into switch_talk values (1)"))
+    assert read_until_z(a)[-1] == (b"Z", b"T")
+    a.close()
+    att = inbox.take(lambda e: e.kind is EventKind.ATTENTION)
+    assert (att.conn, att.reason) == (sid, Reason.DIRTY_TXN)
+    assert switch.talk(sid)
+    assert switch.pools()[0].sv_talk == 1
+    with pytest.raises(ValueError):
+        switch.promote(sid, POOL)  # its last ReadyForQuery said 'T'
+    answer = talk_query(switch, inbox, sid, "rollback")
+    assert answer[-1] == (m.READY_FOR_QUERY, b"I")
+    assert switch.promote(sid, POOL)
+    assert (switch.pools()[0].sv_talk, switch.pools()[0].sv_idle) == (0, 1)
+    b, bfd = pair()
+    switch.add_client(bfd, POOL)
+    b.sendall(m.query(f"select count(*), pg_backend_pid() = {login.result.pid} from switch_talk"))
+    rows = [values(p) for k, p in read_until_z(b) if k == b"D"]
+    assert rows == [[b"0", b"t"]]  # rolled back, and on the same backend
+    pg.psql("drop table switch_talk")
+
+
+def test_an_idle_server_answers_a_check_query_in_talk_mode(switch: Switch, pg: Cluster) -> None:
+    inbox = Inbox(switch)
+    switch.add_pool(POOL, Mode.SESSION)
+    login = ServerLogin(SUPERUSER, "postgres", None, {})
+    u = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    u.setblocking(False)
+    u.connect(str(pg.sockdir / f".s.PGSQL.{pg.port}"))
+    sid = switch.connect_server(u.detach(), POOL, login.start())
+    server_login(switch, inbox, sid, login)
+    assert switch.talk(sid)
+    rows = [values(p) for k, p in talk_query(switch, inbox, sid, "select 1") if k == m.DATA_ROW]
+    assert rows == [[b"1"]]
+    assert switch.promote(sid, POOL)
+    # Session mode: the client leaves, the server is parked SESSION_END, reset in talk mode.
+    c, cfd = pair()
+    switch.add_client(cfd, POOL)
+    c.sendall(m.query("set application_name = 'x'"))
+    read_until_z(c)
+    c.close()
+    att = inbox.take(lambda e: e.kind is EventKind.ATTENTION)
+    assert att.reason == Reason.SESSION_END
+    assert switch.talk(att.conn)
+    assert talk_query(switch, inbox, sid, "discard all")[-1] == (m.READY_FOR_QUERY, b"I")
+    assert switch.promote(sid, POOL)
+    d, dfd = pair()
+    switch.add_client(dfd, POOL)
+    d.sendall(m.query("show application_name"))
+    assert [values(p) for k, p in read_until_z(d) if k == b"D"] == [[b""]]  # reset
+
+
+def test_talk_refuses_a_server_that_may_be_mid_message(switch: Switch) -> None:
+    inbox = Inbox(switch)
+    switch.add_pool(POOL, Mode.TRANSACTION)
+    server, sfd = pair()
+    sid = switch.add_server(sfd, POOL)
+    c, cfd = pair()
+    switch.add_client(cfd, POOL)
+    c.sendall(m.query("select 1"))
+    assert read_exact(server, len(m.query("select 1"))) == m.query("select 1")
+    c.close()  # gone before the answer
+    att = inbox.take(lambda e: e.kind is EventKind.ATTENTION)
+    assert att.reason == Reason.DIRTY_BUSY
+    with pytest.raises(ValueError):
+        switch.talk(sid)
+    assert switch.close(sid)
+    assert not switch.talk(sid)  # gone

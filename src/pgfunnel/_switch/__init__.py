@@ -94,6 +94,7 @@ class State(IntEnum):
     SV_PARKED = _native.SV_PARKED  # reported with ATTENTION, waiting for Python
     CL_LOGIN = _native.CL_LOGIN  # accepted, logging in (messages go up), in no pool yet
     SV_LOGIN = _native.SV_LOGIN  # connecting or logging in (messages go up)
+    SV_TALK = _native.SV_TALK  # running the pooler's own queries (messages go up)
 
 
 class Event(NamedTuple):
@@ -138,6 +139,7 @@ class PoolSnapshot(NamedTuple):
     wait_time_us: int
     wait_hist: tuple[int, ...]  # counts per WAIT_BUCKETS_US bound, the last one +Inf
     sv_login: int = 0  # connecting or logging in (SHOW POOLS' sv_login)
+    sv_talk: int = 0  # running the pooler's own queries (talk: reset, ROLLBACK, check)
 
 
 class ConnSnapshot(NamedTuple):
@@ -221,9 +223,16 @@ class SwitchAPI(Protocol):
 
     def promote(self, conn: int, pool: int) -> bool:
         """Move a login into a pool: a client as add_client does (bytes read after its last
-        passed-up message are kept), a server as add_server does (bytes after its last
-        passed-up message close it: IDLE_DATA). False if it is gone; ValueError if it is not
-        in login."""
+        passed-up message are kept), a server (login or talk) as add_server does (bytes after
+        its last passed-up message close it: IDLE_DATA; its last ReadyForQuery must have said
+        idle). False if it is gone; ValueError if it is not in login or talk."""
+        ...
+
+    def talk(self, conn: int) -> bool:
+        """Take an idle or parked server (not DIRTY_BUSY) for the pooler's own queries: state
+        SV_TALK; Python writes with `send`, its answers come up as MESSAGE events (read_next for
+        more), then `promote` hands it back once its last ReadyForQuery said idle. False if it
+        is gone."""
         ...
 
     def peer(self, conn: int) -> tuple[int, str, int, int, int]:
@@ -305,6 +314,9 @@ class Switch:
     def promote(self, conn: int, pool: int) -> bool:
         return self._sw.promote(conn, pool)
 
+    def talk(self, conn: int) -> bool:
+        return self._sw.talk(conn)
+
     def peer(self, conn: int) -> tuple[int, str, int, int, int]:
         return self._sw.peer(conn)
 
@@ -313,7 +325,7 @@ class Switch:
 
     def pools(self) -> list[PoolSnapshot]:
         return [
-            PoolSnapshot(row[0], Mode(row[1]), *row[2:15], tuple(row[15]), row[16])
+            PoolSnapshot(row[0], Mode(row[1]), *row[2:15], tuple(row[15]), row[16], row[17])
             for row in self._sw.pools()
         ]
 

@@ -12,6 +12,7 @@ EV_MESSAGE: int
 R_CONNECT_FAILED: int
 CL_LOGIN: int
 SV_LOGIN: int
+SV_TALK: int
 MSG_MORE_BUFFERED: int
 MSG_UNTYPED: int
 MAX_STARTUP_PACKET: int
@@ -75,6 +76,7 @@ class Switch:
     def connect_server(self, fd: int, pool: int, first: bytes = ..., /) -> int: ...
     def read_next(self, conn: int, /) -> bool: ...
     def promote(self, conn: int, pool: int, /) -> bool: ...
+    def talk(self, conn: int, /) -> bool: ...
     def peer(self, conn: int, /) -> tuple[int, str, int, int, int]: ...
     def events(self) -> list[tuple[int, int, int, int, bytes]]: ...
     def pools(
@@ -97,6 +99,7 @@ class Switch:
             int,
             int,
             tuple[int, ...],
+            int,
             int,
         ]
     ]: ...

@@ -144,13 +144,16 @@ static int legal(uint8_t kind, uint8_t from, uint8_t to)
     }
     switch (to) {
     case SV_IDLE:
-        return from == ST_NEW || from == SV_ACTIVE || from == SV_LOGIN;
+        return from == ST_NEW || from == SV_ACTIVE || from == SV_LOGIN || from == SV_TALK;
     case SV_ACTIVE:
-        return from == ST_NEW || from == SV_IDLE || from == SV_ACTIVE || from == SV_LOGIN;
+        return from == ST_NEW || from == SV_IDLE || from == SV_ACTIVE || from == SV_LOGIN ||
+               from == SV_TALK;
     case SV_PARKED:
-        return from == SV_IDLE || from == SV_ACTIVE || from == SV_LOGIN;
+        return from == SV_IDLE || from == SV_ACTIVE || from == SV_LOGIN || from == SV_TALK;
     case SV_LOGIN: /* connect_server (login.c) */
         return from == ST_NEW;
+    case SV_TALK: /* talk (login.c): the pooler's own queries */
+        return from == SV_IDLE || from == SV_PARKED;
     default:
         return 0;
     }
@@ -516,7 +519,7 @@ void conn_service(struct sw *sw, struct conn *c)
                 conn_destroy(sw, c, c->close_reason, !c->quiet);
             return;
         }
-        if (c->state == CL_LOGIN || c->state == SV_LOGIN)
+        if (c->state == CL_LOGIN || c->state == SV_LOGIN || c->state == SV_TALK)
             progress |= login_service(sw, c);
         else if (c->readable)
             progress |= c->kind == KIND_CLIENT ? client_read(sw, c) : server_read(sw, c);

@@ -35,12 +35,14 @@ static uint32_t be32(const uint8_t *p)
  * Python. A server's typed messages go up together, up to and including a ReadyForQuery: what
  * follows that is not login any more (promote calls it IDLE_DATA). `max_len` caps a typed
  * message, type byte included. A bad length is reported (*stop) only when it is the first
- * message, so that a stream frames the same however it is cut into reads. */
+ * message, so that a stream frames the same however it is cut into reads. *status: the
+ * status of a ReadyForQuery (5 bytes) that ends the batch, else 0. */
 size_t login_frame(uint8_t *phase, const uint8_t *p, size_t n, uint32_t max_len, int *stop,
-                   uint32_t *flags)
+                   uint32_t *flags, uint8_t *status)
 {
     *stop = LOGIN_MORE;
     *flags = 0;
+    *status = 0;
     if (*phase == LP_UNTYPED) {
         if (n < 4)
             return 0;
@@ -75,6 +77,8 @@ size_t login_frame(uint8_t *phase, const uint8_t *p, size_t n, uint32_t max_len,
         }
         if (n - off - 1 < len)
             break;
+        if (type == 'Z' && len == 5)
+            *status = p[off + 5];
         off += 1 + (size_t)len;
         if (*phase == LP_TYPED || type == 'Z')
             break;
@@ -127,8 +131,9 @@ static void login_pass_up(struct sw *sw, struct conn *c)
         cap = sw->max_packet + 1; /* the length word plus the type byte */
     int stop;
     uint32_t flags;
+    uint8_t status;
     size_t used = login_frame(&c->login_phase, b->data + b->start, b->end - b->start, cap, &stop,
-                              &flags);
+                              &flags, &status);
     if (stop != LOGIN_MORE) {
         login_failed(sw, c, stop == LOGIN_TOO_BIG ? R_TOO_BIG : R_BAD_PACKET, 0);
         return;
@@ -140,6 +145,8 @@ static void login_pass_up(struct sw *sw, struct conn *c)
         return;
     }
     c->login_sent = 1;
+    if (status != 0)
+        c->sc.status = status; /* promote hands on only a server that said idle */
     b->start += (uint32_t)used;
     b->scanned = b->start;
     if (b->start == b->end)
@@ -182,7 +189,8 @@ static int login_read(struct sw *sw, struct conn *c)
     return 1;
 }
 
-/* A connection in CL_LOGIN or SV_LOGIN: pass up what is whole, read, pass up again. */
+/* A connection in CL_LOGIN, SV_LOGIN or SV_TALK: pass up what is whole, read, pass up
+ * again. */
 int login_service(struct sw *sw, struct conn *c)
 {
     login_pass_up(sw, c);
@@ -352,6 +360,24 @@ void login_read_next(struct sw *sw, struct conn *c)
     conn_schedule(sw, c);
 }
 
+/* The pooler's own queries (ROLLBACK, the reset query, a check) on an idle or parked server:
+ * its messages go up as a login's do, Python writes with send, then promotes it again. A
+ * server parked DIRTY_BUSY may be mid-message (a partial header was with its client): no. */
+const char *login_talk(struct sw *sw, struct conn *s)
+{
+    if (s->kind != KIND_SERVER || (s->state != SV_IDLE && s->state != SV_PARKED))
+        return "only an idle or parked server can talk";
+    if (s->state == SV_PARKED && s->park_reason == R_DIRTY_BUSY)
+        return "a server parked DIRTY_BUSY may be mid-message: close it";
+    pool_unlist(sw, s);
+    conn_set_state(s, SV_TALK);
+    s->login_phase = LP_SERVER;
+    s->login_sent = 0;
+    s->stalled = 0;
+    conn_schedule(sw, s); /* what it sent while parked is in the kernel: read it now */
+    return NULL;
+}
+
 /* Moves a connection's count to another pool (a client leaves the login pool). */
 static void move_pool(struct conn *c, struct pool *p)
 {
@@ -380,12 +406,14 @@ const char *login_promote(struct sw *sw, struct conn *c, struct pool *p)
         conn_schedule(sw, c);
         return NULL;
     }
-    if (c->state != SV_LOGIN)
-        return "only a client or a server in login can be promoted";
+    if (c->state != SV_LOGIN && c->state != SV_TALK)
+        return "only a client or a server in login (or talk) can be promoted";
     if (c->connecting)
         return "the server is not connected yet";
     if (c->out.start != c->out.end)
         return "the server still has bytes to write";
+    if (c->hold.end == c->hold.start && c->sc.status != 'I')
+        return "the server's last ReadyForQuery did not say idle";
     move_pool(c, p);
     c->login_sent = 0;
     if (c->hold.end != c->hold.start) {

@@ -262,7 +262,7 @@ static PyObject *Switch_send(SwitchObject *self, PyObject *args)
     const char *err = NULL;
     if (c == NULL)
         err = "no such connection";
-    else if (c->kind == KIND_SERVER ? c->state != SV_LOGIN
+    else if (c->kind == KIND_SERVER ? c->state != SV_LOGIN && c->state != SV_TALK
                                     : c->kind != KIND_CLIENT || c->state == CL_LINKED ||
                                           c->state == CL_CLOSING)
         err = "send is for a client that holds no server, or a connection in login";
@@ -329,13 +329,15 @@ static PyObject *Switch_detach(SwitchObject *self, PyObject *args)
         return NULL;
     }
     if (c->state != SV_IDLE && c->state != SV_PARKED && c->state != CL_ACTIVE &&
-        c->state != CL_WAITING && c->state != CL_LOGIN && c->state != SV_LOGIN) {
+        c->state != CL_WAITING && c->state != CL_LOGIN && c->state != SV_LOGIN &&
+        c->state != SV_TALK) {
         sw_unlock(sw);
         PyErr_SetString(PyExc_ValueError, "only an idle or parked server, a client that "
                                           "holds no server, or a login, can be detached");
         return NULL;
     }
-    if ((c->kind == KIND_CLIENT || c->state == SV_LOGIN) && c->out.start != c->out.end) {
+    if ((c->kind == KIND_CLIENT || c->state == SV_LOGIN || c->state == SV_TALK) &&
+        c->out.start != c->out.end) {
         sw_unlock(sw);
         PyErr_SetString(PyExc_ValueError, "the client still has bytes to receive");
         return NULL;
@@ -412,7 +414,7 @@ static PyObject *Switch_events(SwitchObject *self, PyObject *Py_UNUSED(a))
 struct pool_row {
     int64_t id;
     uint8_t mode;
-    uint32_t cl_active, cl_waiting, sv_active, sv_idle, sv_parked, sv_login;
+    uint32_t cl_active, cl_waiting, sv_active, sv_idle, sv_parked, sv_login, sv_talk;
     int64_t maxwait;
     struct stats st;
 };
@@ -442,6 +444,7 @@ static PyObject *Switch_pools(SwitchObject *self, PyObject *Py_UNUSED(a))
             .sv_idle = p->n[SV_IDLE],
             .sv_parked = p->n[SV_PARKED],
             .sv_login = p->n[SV_LOGIN],
+            .sv_talk = p->n[SV_TALK],
             .maxwait = p->wq_head != NULL ? sw->now_mono - p->wq_head->wait_start : 0,
             .st = p->st,
         };
@@ -459,7 +462,7 @@ static PyObject *Switch_pools(SwitchObject *self, PyObject *Py_UNUSED(a))
                 PyTuple_SET_ITEM(hist, b, v);
         }
         PyObject *t = hist == NULL ? NULL
-                                   : Py_BuildValue("(LiIIIIILKKKKKKKNI)", (long long)r->id,
+                                   : Py_BuildValue("(LiIIIIILKKKKKKKNII)", (long long)r->id,
                                                    r->mode, r->cl_active, r->cl_waiting,
                                                    r->sv_active, r->sv_idle, r->sv_parked,
                                                    (long long)r->maxwait,
@@ -470,7 +473,7 @@ static PyObject *Switch_pools(SwitchObject *self, PyObject *Py_UNUSED(a))
                                                    (unsigned long long)r->st.xact_us,
                                                    (unsigned long long)r->st.query_us,
                                                    (unsigned long long)r->st.wait_us, hist,
-                                                   r->sv_login);
+                                                   r->sv_login, r->sv_talk);
         if (t == NULL)
             Py_CLEAR(list);
         else
@@ -642,7 +645,7 @@ static PyObject *Switch_read_next(SwitchObject *self, PyObject *args)
     sw_lock(sw);
     struct conn *c = conn_find(sw, id);
     int found = c != NULL, wrong = 0;
-    if (c != NULL && c->state != CL_LOGIN && c->state != SV_LOGIN)
+    if (c != NULL && c->state != CL_LOGIN && c->state != SV_LOGIN && c->state != SV_TALK)
         wrong = 1;
     else if (c != NULL)
         login_read_next(sw, c);
@@ -672,6 +675,23 @@ static PyObject *Switch_promote(SwitchObject *self, PyObject *args)
         PyErr_Format(PyExc_KeyError, "no pool %lld", pool_id);
         return NULL;
     }
+    if (err != NULL) {
+        PyErr_SetString(PyExc_ValueError, err);
+        return NULL;
+    }
+    return PyBool_FromLong(c != NULL);
+}
+
+static PyObject *Switch_talk(SwitchObject *self, PyObject *args)
+{
+    unsigned long long id;
+    if (!PyArg_ParseTuple(args, "K", &id) || check_open(self) < 0)
+        return NULL;
+    struct sw *sw = &self->sw;
+    sw_lock(sw);
+    struct conn *c = conn_find(sw, id);
+    const char *err = c != NULL ? login_talk(sw, c) : NULL;
+    sw_unlock(sw);
     if (err != NULL) {
         PyErr_SetString(PyExc_ValueError, err);
         return NULL;
@@ -809,6 +829,7 @@ static PyMethodDef Switch_methods[] = {
      "connect_server(fd, pool, first=b'') -> id"},
     {"read_next", (PyCFunction)Switch_read_next, METH_VARARGS, "read_next(conn) -> found"},
     {"promote", (PyCFunction)Switch_promote, METH_VARARGS, "promote(conn, pool) -> found"},
+    {"talk", (PyCFunction)Switch_talk, METH_VARARGS, "talk(conn) -> found"},
     {"peer", (PyCFunction)Switch_peer, METH_VARARGS,
      "peer(conn) -> (family, host, port, uid, pid)"},
     {"events", (PyCFunction)Switch_events, METH_NOARGS, "Drain the events."},
@@ -859,6 +880,7 @@ PyMODINIT_FUNC PyInit__switch(void)
     ADD_INT(m, R_CONNECT_FAILED);
     ADD_INT(m, CL_LOGIN);
     ADD_INT(m, SV_LOGIN);
+    ADD_INT(m, SV_TALK);
     ADD_INT(m, MSG_MORE_BUFFERED);
     ADD_INT(m, MSG_UNTYPED);
     ADD_INT(m, MAX_STARTUP_PACKET);

@@ -23,6 +23,7 @@ enum state {
     SV_PARKED,  /* reported to Python, not read, in no list */
     CL_LOGIN,   /* accepted, logging in: messages go up to Python (login.c); in no pool yet */
     SV_LOGIN,   /* connecting or logging in: messages go up to Python (login.c) */
+    SV_TALK,    /* taken from idle/parked for the pooler's own queries: messages go up */
     ST_DEAD,
     ST_COUNT
 };
@@ -90,6 +91,7 @@ struct conn {
     uint8_t connecting;   /* login.c: a server's connect() not yet confirmed */
     uint8_t inet;         /* listener: TCP (accepted clients get TCP_NODELAY) */
     int err;              /* the errno of an IO_ERROR/CONNECT_FAILED close */
+    uint8_t park_reason;  /* server: why it was last parked (R_DIRTY_BUSY: no talk) */
     struct pool *pool;
     struct conn *peer;
     struct conn *qprev, *qnext; /* the idle stack or the wait queue */
@@ -193,7 +195,7 @@ enum login_phase { LP_UNTYPED = 0, LP_TYPED = 1, LP_SERVER = 2 };
 enum login_stop { LOGIN_MORE = 0, LOGIN_BAD = 1, LOGIN_TOO_BIG = 2 };
 #define MAX_STARTUP_PACKET 10000 /* PostgreSQL's MAX_STARTUP_PACKET_LENGTH */
 size_t login_frame(uint8_t *phase, const uint8_t *p, size_t n, uint32_t max_len, int *stop,
-                   uint32_t *flags);
+                   uint32_t *flags, uint8_t *status);
 void login_accept(struct sw *sw, struct conn *l);
 int login_connecting(struct sw *sw, struct conn *c);
 int login_service(struct sw *sw, struct conn *c);
@@ -201,6 +203,7 @@ struct conn *login_listen(struct sw *sw, int fd);
 struct conn *login_connect(struct sw *sw, int fd, struct pool *p);
 const char *login_promote(struct sw *sw, struct conn *c, struct pool *p);
 void login_read_next(struct sw *sw, struct conn *c);
+const char *login_talk(struct sw *sw, struct conn *s);
 
 /* stats.c */
 void stats_wait(struct stats *st, int64_t us);

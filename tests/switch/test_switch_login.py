@@ -437,13 +437,13 @@ def server_login(sw: Switch, inbox: Inbox, sid: int, login: ServerLogin) -> None
 
 
 def client_login(sw: Switch, inbox: Inbox, cid: int) -> dict[str, str]:
-    """A small trust responder: reads the startup packet (answering 'N' to SSLRequest), then
-    welcomes the client and promotes it."""
+    """A small trust responder: reads the startup packet (answering 'N' to SSLRequest and
+    GSSENCRequest), then welcomes the client and promotes it."""
     while True:
         ev = inbox.message(cid)
         assert ev.reason & MessageFlag.UNTYPED
         code = int.from_bytes(ev.data[4:8], "big")
-        if code != m.SSL_REQUEST_CODE:
+        if code not in (m.SSL_REQUEST_CODE, m.GSSENC_REQUEST_CODE):
             break
         assert not ev.reason & MessageFlag.MORE_BUFFERED
         sw.send(cid, b"N")
@@ -644,3 +644,33 @@ def test_talk_refuses_a_server_that_may_be_mid_message(switch: Switch) -> None:
         switch.talk(sid)
     assert switch.close(sid)
     assert not switch.talk(sid)  # gone
+
+
+def test_close_and_detach_of_a_server_in_login(switch: Switch) -> None:
+    inbox = Inbox(switch)
+    switch.add_pool(POOL, Mode.TRANSACTION)
+    one, fd1 = pair()
+    sid1 = switch.connect_server(fd1, POOL, STARTUP)
+    assert read_exact(one, len(STARTUP)) == STARTUP
+    assert switch.close(sid1)
+    assert assert_eof(one) == b""
+    assert not switch.read_next(sid1)  # gone: its CLOSED (none, Python closed it) is not owed
+    two, fd2 = pair()
+    sid2 = switch.connect_server(fd2, POOL, STARTUP)
+    assert read_exact(two, len(STARTUP)) == STARTUP
+    two.sendall(m.auth_request(m.AUTH_CLEARTEXT))
+    assert messages(inbox.message(sid2).data) == [(ord("R"), struct.pack("!i", 3))]
+
+    def last_read() -> int:
+        return next(c.request_time_us for c in switch.conns() if c.conn == sid2)
+
+    before = last_read()
+    time.sleep(0.002)  # the wall clock moves on before the next read
+    two.sendall(m.auth_ok()[:4])  # half a message, read and held
+    wait_for(lambda: last_read() != before)
+    fd, held = switch.detach(sid2)
+    os.close(fd)
+    assert held == m.auth_ok()[:4]
+    assert switch.pools()[0].sv_login == 0
+    inbox.none_for(sid1)
+    inbox.none_for(sid2)

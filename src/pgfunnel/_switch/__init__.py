@@ -40,7 +40,7 @@ class EventKind(IntEnum):
     # A listener stopped accepting (out of fds or memory: `reason` is the errno; `conn` the
     # listener) until listen_resume.
     LISTEN_ERROR = _native.EV_LISTEN_ERROR
-    # Whole login messages of a CL_LOGIN/SV_LOGIN connection in `data`; `reason` holds
+    # Whole messages of a CL_LOGIN/SV_LOGIN/SV_TALK connection in `data`; `reason` holds
     # MessageFlag bits. Nothing more from it until read_next.
     MESSAGE = _native.EV_MESSAGE
 

@@ -24,6 +24,7 @@ setup(
                     "loop.c",
                     "params.c",
                     "timers.c",
+                    "login.c",
                     "module.c",
                 )
             ],

@@ -195,7 +195,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             CHECK(got.hdr_len == 0 && got.skip == 0);
             CHECK(srv->swallow == 0 && srv->pw.rem == 0); /* no SET answer owed */
         }
-        sw.nev = 0; /* events are Python's: not kept */
+        sw_drop_events(&sw); /* events are Python's: not kept */
     }
 
     for (uint32_t k = 0; k < sw.nslots; k++)
@@ -209,6 +209,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     free(sw.slots);
     params_fini(&sw);
     free(pool);
+    sw_drop_events(&sw);
     free(sw.evq);
     buf_free(&sw.msg_unsupported);
     buf_free(&sw.msg_long_tx);

@@ -1,11 +1,14 @@
 """Writes the fuzz harnesses' seed corpora: tests/switch/corpus/ for fuzz_scan.c (client and
 server streams, each prefixed by the harness's two control bytes: split seed, max length) and
 tests/switch/corpus_switch/ for fuzz_switch.c (a pool mode byte, then operations; the mode
-byte plus WANTS_SET: the client wants an application_name its server does not have)."""
+byte plus WANTS_SET: the client wants an application_name its server does not have; op 7: a
+deadline sweep) and tests/switch/corpus_login/ for fuzz_login.c (client or server, then
+operations)."""
 
 from __future__ import annotations
 
 import hashlib
+import struct
 from pathlib import Path
 
 from pgfunnel.proto import messages as m
@@ -144,6 +147,53 @@ SCENARIOS = [
 ]
 
 
+# fuzz_login.c's operations: (length << 3) | kind; kind 0 then `length` stream bytes, kind 2
+# then one byte repeated (length + 1) * 128 times, 3 read_next, 4 the peer leaves.
+LOGIN_CLIENT, LOGIN_SERVER = 0, 1
+SEND, FILL, READ_NEXT, LEAVES = 0, 2, 3, 4
+
+
+def login_ops(side: int, *steps: tuple[int, bytes]) -> bytes:
+    out = bytearray([side])
+    for kind, data in steps:
+        if kind == SEND:
+            for i in range(0, len(data), 31):
+                piece = data[i : i + 31]
+                out += bytes([(len(piece) << 3) | SEND]) + piece
+        elif kind == FILL:
+            out += bytes([(data[0] << 3) | FILL, data[1]])
+        else:
+            out.append(kind)
+    return bytes(out)
+
+
+SSL = struct.pack("!ii", 8, m.SSL_REQUEST_CODE)
+STARTUP = m.startup_message({"user": "u", "database": "d"})
+LOGIN_SCENARIOS = [
+    login_ops(LOGIN_CLIENT, (SEND, STARTUP), (READ_NEXT, b""), (SEND, m.password_message(b"pw"))),
+    login_ops(LOGIN_CLIENT, (SEND, SSL + STARTUP), (READ_NEXT, b""), (READ_NEXT, b"")),
+    login_ops(LOGIN_CLIENT, (SEND, m.cancel_request(1, 2)), (LEAVES, b"")),
+    login_ops(LOGIN_CLIENT, (SEND, struct.pack("!ii", 7, 0))),
+    login_ops(
+        LOGIN_CLIENT,
+        (SEND, STARTUP + b"p" + struct.pack("!i", 9000)),
+        (FILL, bytes([31, 0x61])),
+        (FILL, bytes([31, 0x61])),
+        (READ_NEXT, b""),
+    ),
+    login_ops(
+        LOGIN_SERVER,
+        (SEND, m.auth_request(m.AUTH_MD5, b"salt")),
+        (READ_NEXT, b""),
+        (SEND, m.auth_ok() + m.parameter_status("a", "b") + m.backend_key_data(1, 2)),
+        (SEND, m.ready_for_query() + m.notice_response("late")),
+    ),
+    login_ops(
+        LOGIN_SERVER, (SEND, m.error_response("28P01", "no", severity="FATAL")), (LEAVES, b"")
+    ),
+]
+
+
 def write(out: Path, items: list[bytes]) -> None:
     out.mkdir(exist_ok=True)
     for data in items:
@@ -161,6 +211,7 @@ def main() -> None:
         ],
     )
     write(here / "corpus_switch", SCENARIOS)
+    write(here / "corpus_login", LOGIN_SCENARIOS)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ docs/switch.md describes the threads and the rules the switch enforces.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from enum import IntEnum
+from enum import IntEnum, IntFlag
 from typing import NamedTuple, Protocol
 
 from pgfunnel._switch import _switch as _native
@@ -42,6 +42,15 @@ class EventKind(IntEnum):
     # A timeout set with set_timeouts passed (`reason` says which); once per episode. The
     # switch acts on none: Python decides, and acts through `expire` (see SwitchAPI.expire).
     DEADLINE = _native.EV_DEADLINE
+    # A listener accepted a client (state CL_LOGIN, in no pool yet); `pool` is the listener's
+    # id. Python counts it against max_client_conn.
+    ACCEPTED = _native.EV_ACCEPTED
+    # A listener stopped accepting (out of fds or memory: `reason` is the errno; `conn` the
+    # listener) until listen_resume.
+    LISTEN_ERROR = _native.EV_LISTEN_ERROR
+    # Whole messages of a CL_LOGIN/SV_LOGIN/SV_TALK connection in `data`; `reason` holds
+    # MessageFlag bits. Nothing more from it until read_next.
+    MESSAGE = _native.EV_MESSAGE
 
 
 class Reason(IntEnum):
@@ -72,6 +81,18 @@ class Reason(IntEnum):
     SERVER_IDLE = _native.R_SERVER_IDLE  # on the idle stack longer than server_idle
     SERVER_LIFETIME = _native.R_SERVER_LIFETIME  # connected longer than server_lifetime
     RESERVE = _native.R_RESERVE  # the pool's oldest waiter waited longer than reserve
+    # A server's connect() failed (Event.errno says why).
+    CONNECT_FAILED = _native.R_CONNECT_FAILED
+
+
+class MessageFlag(IntFlag):
+    """The `reason` bits of a MESSAGE event."""
+
+    # Bytes were already buffered after an SSLRequest/GSSENCRequest: the client did not wait
+    # for the answer (CVE-2021-23214): refuse them.
+    MORE_BUFFERED = _native.MSG_MORE_BUFFERED
+    # An untyped packet (StartupMessage, SSLRequest, GSSENCRequest, CancelRequest), alone.
+    UNTYPED = _native.MSG_UNTYPED
 
 
 class Kind(IntEnum):
@@ -89,13 +110,34 @@ class State(IntEnum):
     SV_IDLE = _native.SV_IDLE  # on its pool's LIFO idle stack
     SV_ACTIVE = _native.SV_ACTIVE  # linked to a client
     SV_PARKED = _native.SV_PARKED  # reported with ATTENTION, waiting for Python
+    CL_LOGIN = _native.CL_LOGIN  # accepted, logging in (messages go up), in no pool yet
+    SV_LOGIN = _native.SV_LOGIN  # connecting or logging in (messages go up)
+    SV_TALK = _native.SV_TALK  # running the pooler's own queries (messages go up)
 
 
 class Event(NamedTuple):
     kind: EventKind
-    conn: int  # 0 for WAITERS
-    pool: int
-    reason: int  # a Reason for CLOSED/ATTENTION/DEADLINE; the queue length for WAITERS
+    conn: int  # 0 for WAITERS; the listener for LISTEN_ERROR
+    pool: int  # the listener for ACCEPTED; LOGIN_POOL for a client not promoted yet
+    reason: int  # a Reason for CLOSED/ATTENTION/DEADLINE; the queue length for WAITERS; MessageFlag
+    # bits for MESSAGE; the errno for LISTEN_ERROR
+    # MESSAGE: the whole messages; CLOSED IO_ERROR/CONNECT_FAILED: errno text; else b""
+    data: bytes = b""
+
+    @property
+    def errno(self) -> int:
+        """The errno of a LISTEN_ERROR, or of a CLOSED with IO_ERROR/CONNECT_FAILED; else 0."""
+        if self.kind is EventKind.LISTEN_ERROR:
+            return self.reason
+        if self.kind is EventKind.CLOSED and self.data:
+            return int(self.data)
+        return 0
+
+
+# The pool id the switch reports for a client accepted by a listener and not promoted yet.
+LOGIN_POOL = -1
+# A login message (typed) may be at most this long by default: PostgreSQL's auth token cap.
+LOGIN_MAX = 65536
 
 
 class PoolSnapshot(NamedTuple):
@@ -116,6 +158,8 @@ class PoolSnapshot(NamedTuple):
     wait_time_us: int
     wait_hist: tuple[int, ...]  # counts per WAIT_BUCKETS_US bound, the last one +Inf
     paused: bool  # PAUSE: no client is linked to a server
+    sv_login: int = 0  # connecting or logging in (SHOW POOLS' sv_login)
+    sv_talk: int = 0  # running the pooler's own queries (talk: reset, ROLLBACK, check)
 
 
 class ConnSnapshot(NamedTuple):
@@ -233,6 +277,49 @@ class SwitchAPI(Protocol):
 
     def ticks(self) -> int:
         """Deadline sweeps run so far (0 while no pool has a timeout: no wake-ups)."""
+
+    def listen(self, fd: int) -> int:
+        """Hand in a bound, listening socket: the switch accepts on it (ACCEPTED events); the
+        id closes it with close(id)."""
+        ...
+
+    def listen_resume(self, listener: int) -> None:
+        """Accept again on a listener paused by a LISTEN_ERROR."""
+        ...
+
+    def connect_server(self, fd: int, pool: int, first: bytes = b"") -> int:
+        """Hand in a server socket on which connect() was called (EINPROGRESS is fine): state
+        SV_LOGIN; `first` (the StartupMessage) and what `send` queues are written once it is
+        connected; its messages come up. A failed connect is a CLOSED CONNECT_FAILED event
+        (it may come before any send: `first` cannot miss)."""
+        ...
+
+    def read_next(self, conn: int) -> bool:
+        """Let the next login message(s) of this connection come up. False if it is gone."""
+        ...
+
+    def promote(
+        self, conn: int, pool: int, params: Params | None = None, pending: bytes = b""
+    ) -> bool:
+        """Move a login into a pool: a client as add_client does (bytes read after its last
+        passed-up message are kept), a server (login or talk) as add_server does (bytes after
+        its last passed-up message close it: IDLE_DATA; its last ReadyForQuery must have said
+        idle). `params`: its tracked values (as set_params), in place before it can be linked;
+        `pending` (a client only): bytes Python received in MESSAGE events after the login,
+        taken as read before what the switch still holds, as add_client's pending. False if it
+        is gone; ValueError if it is not in login or talk."""
+        ...
+
+    def talk(self, conn: int) -> bool:
+        """Take an idle or parked server (not DIRTY_BUSY) for the pooler's own queries: state
+        SV_TALK; Python writes with `send`, its answers come up as MESSAGE events (read_next for
+        more), then `promote` hands it back once its last ReadyForQuery said idle. False if it
+        is gone."""
+        ...
+
+    def peer(self, conn: int) -> tuple[int, str, int, int, int]:
+        """(family, host or unix path, port, uid, pid); uid/pid from SO_PEERCRED on unix
+        sockets, -1 on TCP; port 0 on unix sockets."""
         ...
 
     def events(self) -> list[Event]: ...
@@ -255,6 +342,7 @@ class Switch:
         buffer_size: int = 65536,
         tracked: Sequence[str] = (),
         tick_ms: int = 100,
+        login_max: int = LOGIN_MAX,
     ) -> None:
         self._sw = _native.Switch(
             unsupported_pkt=unsupported_pkt,
@@ -264,6 +352,7 @@ class Switch:
             buffer_size=buffer_size,
             tracked=tuple(tracked),
             tick_ms=tick_ms,
+            login_max=login_max,
         )
 
     def fileno(self) -> int:
@@ -340,12 +429,37 @@ class Switch:
     def ticks(self) -> int:
         return self._sw.ticks()
 
+    def listen(self, fd: int) -> int:
+        return self._sw.listen(fd)
+
+    def listen_resume(self, listener: int) -> None:
+        self._sw.listen_resume(listener)
+
+    def connect_server(self, fd: int, pool: int, first: bytes = b"") -> int:
+        return self._sw.connect_server(fd, pool, first)
+
+    def read_next(self, conn: int) -> bool:
+        return self._sw.read_next(conn)
+
+    def promote(
+        self, conn: int, pool: int, params: Params | None = None, pending: bytes = b""
+    ) -> bool:
+        return self._sw.promote(conn, pool, params=params, pending=pending)
+
+    def talk(self, conn: int) -> bool:
+        return self._sw.talk(conn)
+
+    def peer(self, conn: int) -> tuple[int, str, int, int, int]:
+        return self._sw.peer(conn)
+
     def events(self) -> list[Event]:
-        return [Event(EventKind(k), c, p, r) for k, c, p, r in self._sw.events()]
+        return [Event(EventKind(k), c, p, r, d) for k, c, p, r, d in self._sw.events()]
 
     def pools(self) -> list[PoolSnapshot]:
         return [
-            PoolSnapshot(row[0], Mode(row[1]), *row[2:15], tuple(row[15]), row[16])
+            PoolSnapshot(
+                row[0], Mode(row[1]), *row[2:15], tuple(row[15]), row[16], row[17], row[18]
+            )
             for row in self._sw.pools()
         ]
 

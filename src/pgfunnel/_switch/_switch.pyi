@@ -10,6 +10,16 @@ EV_CLOSED: int
 EV_ATTENTION: int
 EV_PARAMS_FAILED: int
 EV_DEADLINE: int
+EV_ACCEPTED: int
+EV_LISTEN_ERROR: int
+EV_MESSAGE: int
+R_CONNECT_FAILED: int
+CL_LOGIN: int
+SV_LOGIN: int
+SV_TALK: int
+MSG_MORE_BUFFERED: int
+MSG_UNTYPED: int
+MAX_STARTUP_PACKET: int
 R_CLIENT_TERMINATE: int
 R_CLIENT_EOF: int
 R_SERVER_EOF: int
@@ -64,6 +74,7 @@ class Switch:
         buffer_size: int = ...,
         tracked: tuple[str, ...] = ...,
         tick_ms: int = ...,
+        login_max: int = ...,
     ) -> None: ...
     def fileno(self) -> int: ...
     def start(self) -> None: ...
@@ -110,7 +121,21 @@ class Switch:
     ) -> None: ...
     def expire(self, conn: int, reason: int, final: bytes = ..., /) -> bool: ...
     def ticks(self) -> int: ...
-    def events(self) -> list[tuple[int, int, int, int]]: ...
+    def listen(self, fd: int, /) -> int: ...
+    def listen_resume(self, listener: int, /) -> None: ...
+    def connect_server(self, fd: int, pool: int, first: bytes = ..., /) -> int: ...
+    def read_next(self, conn: int, /) -> bool: ...
+    def promote(
+        self,
+        conn: int,
+        pool: int,
+        /,
+        params: Mapping[str, str] | Sequence[tuple[str, str]] | None = ...,
+        pending: bytes = ...,
+    ) -> bool: ...
+    def talk(self, conn: int, /) -> bool: ...
+    def peer(self, conn: int, /) -> tuple[int, str, int, int, int]: ...
+    def events(self) -> list[tuple[int, int, int, int, bytes]]: ...
     def pools(
         self,
     ) -> list[
@@ -132,6 +157,8 @@ class Switch:
             int,
             tuple[int, ...],
             bool,
+            int,
+            int,
         ]
     ]: ...
     def conns(self) -> list[tuple[int, int, int, int, int, int, int, int, int, str, int]]: ...

@@ -97,24 +97,49 @@ void sw_clock(struct sw *sw)
 }
 
 /* Queues an event for Python; the event fd becomes readable when the queue stops being
- * empty (Python's drain resets it). */
-void sw_post(struct sw *sw, uint8_t kind, uint64_t conn, int64_t pool, uint32_t reason)
+ * empty (Python's drain resets it). `data` is copied (a login message, an errno's text).
+ * -1: no memory (the event is lost; a MESSAGE's caller closes the connection). */
+int sw_post_data(struct sw *sw, uint8_t kind, uint64_t conn, int64_t pool, uint32_t reason,
+                 const uint8_t *data, size_t len)
 {
+    uint8_t *copy = NULL;
+    if (len > 0) {
+        if (len > UINT32_MAX || (copy = malloc(len)) == NULL)
+            return -1;
+        memcpy(copy, data, len);
+    }
     if (sw->nev == sw->evcap) {
         size_t cap = sw->evcap ? sw->evcap * 2 : 64;
         struct event *q = realloc(sw->evq, cap * sizeof(*q));
-        if (q == NULL)
-            return; /* Python still learns of it from the next snapshot */
+        if (q == NULL) {
+            free(copy);
+            return -1;
+        }
         sw->evq = q;
         sw->evcap = cap;
     }
     sw->evq[sw->nev++] = (struct event){.conn = conn, .pool = pool, .reason = reason,
-                                        .kind = kind};
+                                        .kind = kind, .data = copy, .len = (uint32_t)len};
     if (sw->nev == 1) {
         uint64_t one = 1;
         ssize_t n = write(sw->ev_fd, &one, sizeof(one));
         (void)n;
     }
+    return 0;
+}
+
+void sw_post(struct sw *sw, uint8_t kind, uint64_t conn, int64_t pool, uint32_t reason)
+{
+    /* Without memory the event is lost: Python still learns of it from the next snapshot. */
+    (void)sw_post_data(sw, kind, conn, pool, reason, NULL, 0);
+}
+
+/* Forgets the queued events (and their data): at shutdown, and in the fuzz harnesses. */
+void sw_drop_events(struct sw *sw)
+{
+    for (size_t i = 0; i < sw->nev; i++)
+        free(sw->evq[i].data);
+    sw->nev = 0;
 }
 
 /* Runs the connections queued for another turn, only those queued before this call: one

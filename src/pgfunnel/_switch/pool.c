@@ -146,6 +146,7 @@ void pool_park(struct sw *sw, struct conn *s, uint8_t reason)
 {
     pool_unlist(sw, s);
     s->peer = NULL;
+    s->park_reason = reason;
     conn_set_state(s, SV_PARKED);
     sw_post(sw, EV_ATTENTION, s->id, s->pool->id, reason);
 }

@@ -16,7 +16,17 @@ setup(
             "pgfunnel._switch._switch",
             sources=[
                 SRC + f
-                for f in ("scan.c", "conn.c", "pool.c", "stats.c", "loop.c", "params.c", "module.c")
+                for f in (
+                    "scan.c",
+                    "conn.c",
+                    "pool.c",
+                    "stats.c",
+                    "loop.c",
+                    "params.c",
+                    "timers.c",
+                    "login.c",
+                    "module.c",
+                )
             ],
             depends=[SRC + "switch.h", SRC + "scan.h"],
             extra_compile_args=FLAGS,

@@ -4,7 +4,8 @@
 #   dev   the extension in place, as the test build: C11, -Wall -Wextra -Werror
 #   asan  the extension with ASan+UBSan, into build/switch-asan/ (tests load it through
 #         PGFUNNEL_SWITCH_SO, see tests/switch/conftest.py)
-#   fuzz  the libFuzzer harnesses (scan.c alone; conn/pool/loop over socket pairs), into
+#   fuzz  the libFuzzer harnesses (scan.c alone; conn/pool/loop over socket pairs; the login
+#         phases), into
 #         build/switch-fuzz/ (needs clang)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,7 @@ INC=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 SUFFIX=$("$PY" -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
 WARN=(-std=c11 -Wall -Wextra -Werror -Wshadow -Wvla)
 CORE=("$SRC/scan.c" "$SRC/conn.c" "$SRC/pool.c" "$SRC/stats.c" "$SRC/loop.c" "$SRC/params.c"
+    "$SRC/timers.c" "$SRC/login.c"
     "$SRC/module.c")
 
 case "${1:-dev}" in
@@ -35,9 +37,12 @@ fuzz)
     clang "${WARN[@]}" "${FUZZ[@]}" "$SRC/scan.c" tests/switch/fuzz_scan.c \
         -o build/switch-fuzz/fuzz_scan
     # Everything but the CPython glue: the connection and pool code over real socket pairs.
-    clang "${WARN[@]}" "${FUZZ[@]}" "${CORE[@]:0:6}" tests/switch/fuzz_switch.c -lpthread \
+    clang "${WARN[@]}" "${FUZZ[@]}" "${CORE[@]:0:8}" tests/switch/fuzz_switch.c -lpthread \
         -o build/switch-fuzz/fuzz_switch
-    echo build/switch-fuzz/fuzz_scan build/switch-fuzz/fuzz_switch
+    # The login phases: accept, connect completion, framing, flow control (login.c).
+    clang "${WARN[@]}" "${FUZZ[@]}" "${CORE[@]:0:8}" tests/switch/fuzz_login.c -lpthread \
+        -o build/switch-fuzz/fuzz_login
+    echo build/switch-fuzz/fuzz_scan build/switch-fuzz/fuzz_switch build/switch-fuzz/fuzz_login
     ;;
 *)
     echo "usage: $0 [dev|asan|fuzz]" >&2

@@ -2,14 +2,16 @@
 # The switch's native checks, time-bounded for `make test` (about a minute together):
 #   1. tests/switch under the ASan+UBSan build of the extension (leaks checked by
 #      tests/switch/test_leaks.py under LeakSanitizer, in the same run);
-#   2. the libFuzzer harnesses from their checked-in corpora: scan.c alone (SCAN_SECONDS) and
-#      the connection/pool code over socket pairs (SWITCH_SECONDS).
+#   2. the libFuzzer harnesses from their checked-in corpora: scan.c alone (SCAN_SECONDS), the
+#      connection/pool code over socket pairs (SWITCH_SECONDS) and the login phases
+#      (LOGIN_SECONDS).
 # A sanitizer report or a fuzz crash fails it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 SCAN_SECONDS=${SCAN_SECONDS:-12}
 SWITCH_SECONDS=${SWITCH_SECONDS:-20}
+LOGIN_SECONDS=${LOGIN_SECONDS:-8}
 
 so=$(bash scripts/switch_build.sh asan | tail -1)
 libasan=$(gcc -print-file-name=libasan.so)
@@ -44,3 +46,4 @@ fuzz() {
 }
 fuzz fuzz_scan "$SCAN_SECONDS" tests/switch/corpus
 fuzz fuzz_switch "$SWITCH_SECONDS" tests/switch/corpus_switch
+fuzz fuzz_login "$LOGIN_SECONDS" tests/switch/corpus_login

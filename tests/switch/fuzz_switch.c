@@ -1,11 +1,13 @@
 /* fuzz_switch.c: libFuzzer harness over the switch's connection and pool code (conn.c,
- * pool.c, loop.c, scan.c, stats.c) with real socket pairs, in one thread.
+ * pool.c, loop.c, scan.c, stats.c, timers.c) with real socket pairs, in one thread.
  *
  * One client and one server in one pool (mode from the input); the input is a list of
  * operations: bytes from the client, bytes from the server, either side reading what the
- * switch sent it, the client leaving, a turn of the loop. Two parameters are tracked (params.c):
- * the client may want a value the server does not have (a SET and its swallowed answer at each
- * link), and the server's bytes may carry ParameterStatus. Checked after every turn:
+ * switch sent it, the client leaving, a turn of the loop, a deadline sweep (every timeout 1 µs)
+ * and, if the input says so, Python acting on what it reported (`timers_expire`). Two
+ * parameters are tracked (params.c): the client may want a value the server does not have (a
+ * SET and its swallowed answer at each link), and the server's bytes may carry
+ * ParameterStatus. Checked after every turn:
  *   - what the server has received is whole messages of the types a client may send (never a
  *     Terminate, never a refused type) whenever the server is idle in the pool;
  *   - the pool's counts agree with the connections that exist. */
@@ -92,7 +94,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     struct sw sw;
     memset(&sw, 0, sizeof(sw));
-    sw.epfd = sw.wake_fd = sw.ev_fd = -1;
+    sw.epfd = sw.wake_fd = sw.ev_fd = sw.timer_fd = -1;
     sw.bufsize = 64; /* small: flow control and partial messages on every path */
     sw.max_packet = 4096;
     CHECK(loop_init(&sw) == 0);
@@ -112,6 +114,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const uint8_t *pv_client[] = {(const uint8_t *)((data[0] / 3) % 2 ? "b" : "a"),
                                   (const uint8_t *)"UTC"};
     const size_t vl[] = {1, 3};
+    for (size_t k = 0; k < sizeof(pool->to.us) / sizeof(pool->to.us[0]); k++)
+        pool->to.us[k] = 1; /* the timer stays off: the input runs the sweep (op 7) */
 
     int cl[2], sv[2];
     CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, cl) == 0);
@@ -135,6 +139,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t i = 1;
     while (i < size) {
         uint8_t op = data[i++];
+        int act = (op >> 3) & 3; /* op 7's flags (it takes no bytes): 1 clients, 2 servers */
         size_t len = op >> 3;
         if (len > size - i)
             len = size - i;
@@ -166,8 +171,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 client_open = 0;
             }
             break;
-        default:
+        default: {
+            /* A sweep; Python then acts on each deadline it reported of the connections the
+             * flags name (late: after the others of the same sweep were acted on). */
+            size_t from = sw.nev;
+            sw_clock(&sw);
+            timers_tick(&sw);
+            for (size_t e = from; act && e < sw.nev; e++) {
+                struct conn *dc = conn_find(&sw, sw.evq[e].conn);
+                if (sw.evq[e].kind == EV_DEADLINE && dc != NULL && (act & dc->kind))
+                    CHECK(timers_expire(&sw, dc, (uint8_t)sw.evq[e].reason, ERR, 5) >= 0);
+            }
             break;
+        }
         }
         loop_once(&sw, 0);
         loop_once(&sw, 0);
@@ -179,7 +195,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             CHECK(got.hdr_len == 0 && got.skip == 0);
             CHECK(srv->swallow == 0 && srv->pw.rem == 0); /* no SET answer owed */
         }
-        sw.nev = 0; /* events are Python's: not kept */
+        sw_drop_events(&sw); /* events are Python's: not kept */
     }
 
     for (uint32_t k = 0; k < sw.nslots; k++)
@@ -193,6 +209,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     free(sw.slots);
     params_fini(&sw);
     free(pool);
+    sw_drop_events(&sw);
     free(sw.evq);
     buf_free(&sw.msg_unsupported);
     buf_free(&sw.msg_long_tx);

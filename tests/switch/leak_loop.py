@@ -7,9 +7,17 @@ usage: leak_loop.py SWITCH_SO SOCKDIR PORT ROUNDS
 from __future__ import annotations
 
 import importlib.util
+import os
 import socket
+import struct
 import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pgfunnel._switch import Switch
 
 
 def main() -> None:
@@ -20,7 +28,7 @@ def main() -> None:
     spec.loader.exec_module(native)
     sys.modules["pgfunnel._switch._switch"] = native
 
-    from pgfunnel._switch import EventKind, Mode, Switch
+    from pgfunnel._switch import Event, EventKind, Mode, Reason, Switch
     from pgfunnel.proto import messages as m
     from pgfunnel.throwaway import SUPERUSER
     from tests.switch.conftest import LONG_TX, SERVER_GONE, UNSUPPORTED, read_until_z
@@ -37,15 +45,39 @@ def main() -> None:
         )
         return sw.add_server(sock.detach(), 1, params=params)
 
+    def handle(events: list[Event]) -> None:
+        for e in events:
+            if e.kind is EventKind.ATTENTION:
+                sw.close(e.conn)
+                login()
+            elif e.kind is EventKind.DEADLINE and e.reason == Reason.SERVER_LIFETIME:
+                if sw.expire(e.conn, Reason.SERVER_LIFETIME):
+                    handle(sw.events())  # an idle one is parked at once: ATTENTION
+
     sw = Switch(
         unsupported_pkt=UNSUPPORTED,
         long_tx=LONG_TX,
         server_gone=SERVER_GONE,
         buffer_size=4096,
         tracked=m.TRACKED_PARAMS,
+        tick_ms=5,
     )
     sw.start()
     sw.add_pool(1, Mode.TRANSACTION)
+    # Every deadline swept; servers live 30 ms (recycled through expire, ATTENTION, close and
+    # a new login), silent clients are reported after 20 ms (some are closed through expire).
+    long = 60_000_000
+    sw.set_timeouts(
+        1,
+        query_wait=long,
+        query_wait_notify=long,
+        query=long,
+        idle_transaction=long,
+        client_idle=20_000,
+        server_idle=long,
+        server_lifetime=30_000,
+        reserve=long,
+    )
     login()
     login()
     zones = ["UTC", "Asia/Tokyo", "Europe/Paris", "No/Such_Zone"]  # the last: a failed SET
@@ -56,8 +88,20 @@ def main() -> None:
         # most links; the first query sometimes comes as bytes Python read after the login.
         wants = {"application_name": f"app{i % 3}", "TimeZone": zones[i % 4]}
         first = m.query("select 1")
-        sw.add_client(theirs.detach(), 1, pending=first if i % 2 else b"", params=wants)
-        if i % 2 == 0:
+        early = first if i % 2 and i % 11 != 7 else b""
+        cid = sw.add_client(theirs.detach(), 1, pending=early, params=wants)
+        if i % 11 == 7:
+            seen: list[Event] = []
+            while not any(e.kind is EventKind.DEADLINE and e.conn == cid for e in seen):
+                batch = sw.events()
+                handle(batch)
+                seen += batch
+            assert sw.expire(cid, Reason.CLIENT_IDLE, m.error_response("08P01", "idle"))
+            while ours.recv(4096):
+                pass
+            ours.close()
+            continue
+        if not early:
             ours.sendall(first)
         read_until_z(ours)
         if i % 5 == 0:
@@ -80,11 +124,106 @@ def main() -> None:
         events = []
         while not any(e.kind is EventKind.CLOSED for e in events):
             events += sw.events()
-        for e in events:
-            if e.kind is EventKind.ATTENTION:
-                sw.close(e.conn)
-                login()
+        handle(events)
+    login_rounds(sw, sockdir, port, rounds // 3)
     sw.stop()
+
+
+def login_rounds(sw: Switch, sockdir: Path, port: int, rounds: int) -> None:
+    """Accept, messages up, promote or a refusal; a server logged in through MESSAGE events
+    and one whose connect fails; a listener paused by nothing, left for stop() to close."""
+    from pgfunnel._switch import Event, EventKind, Reason
+    from pgfunnel.proto import messages as m
+    from pgfunnel.proto.login import ServerLogin
+    from pgfunnel.throwaway import SUPERUSER
+    from tests.switch.conftest import read_until_z
+
+    seen: list[Event] = []
+
+    def take(pred: Callable[[Event], bool]) -> Event:
+        while True:
+            for e in seen:
+                if pred(e):
+                    seen.remove(e)
+                    return e
+            seen.extend(sw.events())
+
+    def message(conn: int) -> bytes:
+        return take(lambda e: e.kind is EventKind.MESSAGE and e.conn == conn).data
+
+    # A server logged in by Python from MESSAGE events, promoted into pool 1.
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.setblocking(False)
+    srv.connect(str(sockdir / f".s.PGSQL.{port}"))
+    sid = sw.connect_server(srv.detach(), 1)
+    server_login = ServerLogin(SUPERUSER, "postgres", None, {})
+    sw.send(sid, server_login.start())
+    while not server_login.done:
+        data = message(sid)
+        while data:
+            length = int.from_bytes(data[1:5], "big")
+            server_login.receive(data[0], data[5 : 1 + length])
+            data = data[1 + length :]
+        if not server_login.done:
+            sw.read_next(sid)
+    sw.promote(sid, 1, params={"application_name": "", "TimeZone": "UTC"})
+    # The pooler's own query on it (talk), then back into the pool.
+    sw.talk(sid)
+    sw.send(sid, m.query("select 1"))
+    while not message(sid).endswith(m.ready_for_query()):
+        sw.read_next(sid)
+    sw.promote(sid, 1)
+    refused = socket.socket()
+    refused.bind(("127.0.0.1", 0))
+    closed_port = refused.getsockname()[1]
+    refused.close()
+    failing = socket.socket()
+    failing.setblocking(False)
+    failing.connect_ex(("127.0.0.1", closed_port))
+    fid = sw.connect_server(failing.detach(), 1, server_login.start())
+    take(lambda e: e.kind is EventKind.CLOSED and e.conn == fid)
+
+    with tempfile.TemporaryDirectory(dir="/tmp") as d:
+        path = os.path.join(d, "l.sock")
+        ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        ls.bind(path)
+        ls.listen(16)
+        ls.setblocking(False)
+        lid = sw.listen(ls.detach())
+        ssl = struct.pack("!ii", 8, m.SSL_REQUEST_CODE)
+        startup = m.startup_message({"user": "u", "database": "d"})
+        welcome = m.auth_ok() + m.backend_key_data(1, 2) + m.ready_for_query()
+        for i in range(rounds):
+            c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            c.settimeout(10)
+            c.connect(path)
+            cid = take(lambda e: e.kind is EventKind.ACCEPTED and e.pool == lid).conn
+            if i % 4 == 1:
+                c.sendall(struct.pack("!ii", 7, 0))  # refused by the switch
+                assert take(lambda e, c_id=cid: e.conn == c_id).reason == Reason.BAD_PACKET
+            elif i % 4 == 2:
+                c.sendall(startup + m.password_message(b"x"))
+                message(cid)
+                sw.close(cid, m.error_response("28000", "no", severity="FATAL"))
+            else:
+                # The query comes after the startup from the socket, or (i % 4 == 0) as bytes
+                # Python carries into promote; the client wants its own application_name.
+                first = m.query("select 1")
+                c.sendall(ssl + startup + (first if i % 4 == 3 else b""))
+                message(cid)
+                sw.send(cid, b"N")
+                sw.read_next(cid)
+                message(cid)
+                sw.send(cid, welcome)
+                wants = {"application_name": f"login{i % 3}"}
+                sw.promote(cid, 1, params=wants, pending=b"" if i % 4 == 3 else first)
+                assert c.recv(1) == b"N"
+                read_until_z(c)
+                read_until_z(c)
+                c.sendall(m.terminate())
+            while c.recv(4096):
+                pass
+            c.close()
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
 """Writes the fuzz harnesses' seed corpora: tests/switch/corpus/ for fuzz_scan.c (client and
 server streams, each prefixed by the harness's two control bytes: split seed, max length) and
 tests/switch/corpus_switch/ for fuzz_switch.c (a pool mode byte, then operations; the mode
-byte plus WANTS_SET: the client wants an application_name its server does not have)."""
+byte plus WANTS_SET: the client wants an application_name its server does not have; op 7: a
+deadline sweep) and tests/switch/corpus_login/ for fuzz_login.c (client or server, then
+operations)."""
 
 from __future__ import annotations
 
 import hashlib
+import struct
 from pathlib import Path
 
 from pgfunnel.proto import messages as m
@@ -38,6 +41,8 @@ STREAMS = [
 
 # fuzz_switch.c's operations: (length << 3) | kind, then `length` bytes for kinds 0-3.
 CLIENT, SERVER, CLIENT_READS, SERVER_READS, CLIENT_LEAVES = 0, 2, 4, 5, 6
+# A deadline sweep; and Python acting on what it reported, for clients, servers or both.
+TICK, ACT_CLIENTS, ACT_SERVERS, TICK_ACT = 7, (1 << 3) | 7, (2 << 3) | 7, (3 << 3) | 7
 SESSION, TRANSACTION, STATEMENT = 0, 1, 2
 WANTS_SET = 3
 
@@ -118,6 +123,74 @@ SCENARIOS = [
         (SERVER, ANSWER),
         (CLIENT_READS, b""),
     ),
+    # Deadlines: an idle client and server, a query that runs on, an open transaction, a
+    # session whose server outlives its lifetime.
+    ops(TRANSACTION, (TICK_ACT, b""), (CLIENT, m.query("select 1"))),
+    ops(TRANSACTION, (CLIENT, m.query("select 1")), (SERVER_READS, b""), (TICK_ACT, b"")),
+    ops(
+        TRANSACTION,
+        (CLIENT, m.query("begin")),
+        (SERVER, m.command_complete("BEGIN") + m.ready_for_query(b"T")),
+        (CLIENT_READS, b""),
+        (TICK_ACT, b""),
+    ),
+    # The idle server closed: the client's query waits, and waits too long.
+    ops(TRANSACTION, (ACT_SERVERS, b""), (CLIENT, m.query("select 1")), (ACT_CLIENTS, b"")),
+    ops(
+        SESSION,
+        (CLIENT, m.query("select 1")),
+        (SERVER, ANSWER),
+        (TICK_ACT, b""),
+        (CLIENT, m.query("select 2")),
+        (CLIENT_LEAVES, b""),
+    ),
+]
+
+
+# fuzz_login.c's operations: (length << 3) | kind; kind 0 then `length` stream bytes, kind 2
+# then one byte repeated (length + 1) * 128 times, 3 read_next, 4 the peer leaves.
+LOGIN_CLIENT, LOGIN_SERVER = 0, 1
+SEND, FILL, READ_NEXT, LEAVES = 0, 2, 3, 4
+
+
+def login_ops(side: int, *steps: tuple[int, bytes]) -> bytes:
+    out = bytearray([side])
+    for kind, data in steps:
+        if kind == SEND:
+            for i in range(0, len(data), 31):
+                piece = data[i : i + 31]
+                out += bytes([(len(piece) << 3) | SEND]) + piece
+        elif kind == FILL:
+            out += bytes([(data[0] << 3) | FILL, data[1]])
+        else:
+            out.append(kind)
+    return bytes(out)
+
+
+SSL = struct.pack("!ii", 8, m.SSL_REQUEST_CODE)
+STARTUP = m.startup_message({"user": "u", "database": "d"})
+LOGIN_SCENARIOS = [
+    login_ops(LOGIN_CLIENT, (SEND, STARTUP), (READ_NEXT, b""), (SEND, m.password_message(b"pw"))),
+    login_ops(LOGIN_CLIENT, (SEND, SSL + STARTUP), (READ_NEXT, b""), (READ_NEXT, b"")),
+    login_ops(LOGIN_CLIENT, (SEND, m.cancel_request(1, 2)), (LEAVES, b"")),
+    login_ops(LOGIN_CLIENT, (SEND, struct.pack("!ii", 7, 0))),
+    login_ops(
+        LOGIN_CLIENT,
+        (SEND, STARTUP + b"p" + struct.pack("!i", 9000)),
+        (FILL, bytes([31, 0x61])),
+        (FILL, bytes([31, 0x61])),
+        (READ_NEXT, b""),
+    ),
+    login_ops(
+        LOGIN_SERVER,
+        (SEND, m.auth_request(m.AUTH_MD5, b"salt")),
+        (READ_NEXT, b""),
+        (SEND, m.auth_ok() + m.parameter_status("a", "b") + m.backend_key_data(1, 2)),
+        (SEND, m.ready_for_query() + m.notice_response("late")),
+    ),
+    login_ops(
+        LOGIN_SERVER, (SEND, m.error_response("28P01", "no", severity="FATAL")), (LEAVES, b"")
+    ),
 ]
 
 
@@ -138,6 +211,7 @@ def main() -> None:
         ],
     )
     write(here / "corpus_switch", SCENARIOS)
+    write(here / "corpus_login", LOGIN_SCENARIOS)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from pathlib import Path
 from pgfunnel.throwaway import Cluster
 
 ROOT = Path(__file__).resolve().parents[2]
-OURS = re.compile(r"_switch/(scan|conn|pool|stats|loop|params|module)\.c")
+OURS = re.compile(r"_switch/(scan|conn|pool|stats|loop|params|timers|login|module)\.c")
 
 
 def asan_build() -> Path:
@@ -33,7 +33,11 @@ def switch_leaks(log_dir: Path) -> list[str]:
     found = []
     for log in log_dir.glob("lsan.*"):
         for block in log.read_text().split("\n\n"):
-            if "leak of" in block and OURS.search(block):
+            # The static Switch type's dict, made once by PyType_Ready in PyInit__switch,
+            # lives as long as the process: not a leak (with enough methods its keys outgrow
+            # pymalloc's 512 bytes and LeakSanitizer sees them).
+            frames = [line for line in block.splitlines() if "in PyInit__switch " not in line]
+            if "leak of" in block and OURS.search("\n".join(frames)):
                 found.append(block)
     return found
 

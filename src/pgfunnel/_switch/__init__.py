@@ -10,7 +10,7 @@ docs/switch.md describes the threads and the rules the switch enforces.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from enum import IntEnum
+from enum import IntEnum, IntFlag
 from typing import NamedTuple, Protocol
 
 from pgfunnel._switch import _switch as _native
@@ -39,6 +39,18 @@ class EventKind(IntEnum):
     # server keeps what it last reported, the client's queries go on): Python logs it, as
     # net/app.py internal_done does.
     PARAMS_FAILED = _native.EV_PARAMS_FAILED
+    # A timeout set with set_timeouts passed (`reason` says which); once per episode. The
+    # switch acts on none: Python decides, and acts through `expire` (see SwitchAPI.expire).
+    DEADLINE = _native.EV_DEADLINE
+    # A listener accepted a client (state CL_LOGIN, in no pool yet); `pool` is the listener's
+    # id. Python counts it against max_client_conn.
+    ACCEPTED = _native.EV_ACCEPTED
+    # A listener stopped accepting (out of fds or memory: `reason` is the errno; `conn` the
+    # listener) until listen_resume.
+    LISTEN_ERROR = _native.EV_LISTEN_ERROR
+    # Whole messages of a CL_LOGIN/SV_LOGIN/SV_TALK connection in `data`; `reason` holds
+    # MessageFlag bits. Nothing more from it until read_next.
+    MESSAGE = _native.EV_MESSAGE
 
 
 class Reason(IntEnum):
@@ -59,6 +71,28 @@ class Reason(IntEnum):
     DIRTY_TXN = _native.R_DIRTY_TXN
     DIRTY_BUSY = _native.R_DIRTY_BUSY
     CLOSE_NEEDED = _native.R_CLOSE_NEEDED
+    # Deadline reasons (EventKind.DEADLINE). `conn` is the client for the first five (the one
+    # Python sends the error to), the server for SERVER_IDLE and SERVER_LIFETIME, 0 for RESERVE.
+    QUERY_WAIT = _native.R_QUERY_WAIT  # waited in the queue longer than query_wait
+    QUERY_WAIT_NOTIFY = _native.R_QUERY_WAIT_NOTIFY  # waited longer than query_wait_notify
+    QUERY = _native.R_QUERY  # its server has run the current query longer than query
+    IDLE_TRANSACTION = _native.R_IDLE_TRANSACTION  # linked, owed nothing, status T or E
+    CLIENT_IDLE = _native.R_CLIENT_IDLE  # holds no server, not queued, silent that long
+    SERVER_IDLE = _native.R_SERVER_IDLE  # on the idle stack longer than server_idle
+    SERVER_LIFETIME = _native.R_SERVER_LIFETIME  # connected longer than server_lifetime
+    RESERVE = _native.R_RESERVE  # the pool's oldest waiter waited longer than reserve
+    # A server's connect() failed (Event.errno says why).
+    CONNECT_FAILED = _native.R_CONNECT_FAILED
+
+
+class MessageFlag(IntFlag):
+    """The `reason` bits of a MESSAGE event."""
+
+    # Bytes were already buffered after an SSLRequest/GSSENCRequest: the client did not wait
+    # for the answer (CVE-2021-23214): refuse them.
+    MORE_BUFFERED = _native.MSG_MORE_BUFFERED
+    # An untyped packet (StartupMessage, SSLRequest, GSSENCRequest, CancelRequest), alone.
+    UNTYPED = _native.MSG_UNTYPED
 
 
 class Kind(IntEnum):
@@ -76,13 +110,34 @@ class State(IntEnum):
     SV_IDLE = _native.SV_IDLE  # on its pool's LIFO idle stack
     SV_ACTIVE = _native.SV_ACTIVE  # linked to a client
     SV_PARKED = _native.SV_PARKED  # reported with ATTENTION, waiting for Python
+    CL_LOGIN = _native.CL_LOGIN  # accepted, logging in (messages go up), in no pool yet
+    SV_LOGIN = _native.SV_LOGIN  # connecting or logging in (messages go up)
+    SV_TALK = _native.SV_TALK  # running the pooler's own queries (messages go up)
 
 
 class Event(NamedTuple):
     kind: EventKind
-    conn: int  # 0 for WAITERS
-    pool: int
-    reason: int  # a Reason for CLOSED/ATTENTION; the queue length for WAITERS
+    conn: int  # 0 for WAITERS; the listener for LISTEN_ERROR
+    pool: int  # the listener for ACCEPTED; LOGIN_POOL for a client not promoted yet
+    reason: int  # a Reason for CLOSED/ATTENTION/DEADLINE; the queue length for WAITERS; MessageFlag
+    # bits for MESSAGE; the errno for LISTEN_ERROR
+    # MESSAGE: the whole messages; CLOSED IO_ERROR/CONNECT_FAILED: errno text; else b""
+    data: bytes = b""
+
+    @property
+    def errno(self) -> int:
+        """The errno of a LISTEN_ERROR, or of a CLOSED with IO_ERROR/CONNECT_FAILED; else 0."""
+        if self.kind is EventKind.LISTEN_ERROR:
+            return self.reason
+        if self.kind is EventKind.CLOSED and self.data:
+            return int(self.data)
+        return 0
+
+
+# The pool id the switch reports for a client accepted by a listener and not promoted yet.
+LOGIN_POOL = -1
+# A login message (typed) may be at most this long by default: PostgreSQL's auth token cap.
+LOGIN_MAX = 65536
 
 
 class PoolSnapshot(NamedTuple):
@@ -103,6 +158,8 @@ class PoolSnapshot(NamedTuple):
     wait_time_us: int
     wait_hist: tuple[int, ...]  # counts per WAIT_BUCKETS_US bound, the last one +Inf
     paused: bool  # PAUSE: no client is linked to a server
+    sv_login: int = 0  # connecting or logging in (SHOW POOLS' sv_login)
+    sv_talk: int = 0  # running the pooler's own queries (talk: reset, ROLLBACK, check)
 
 
 class ConnSnapshot(NamedTuple):
@@ -150,9 +207,13 @@ class SwitchAPI(Protocol):
         `params`: its tracked values (as set_params), in place before it can be linked."""
         ...
 
-    def add_server(self, fd: int, pool: int, params: Params | None = None) -> int:
+    def add_server(
+        self, fd: int, pool: int, params: Params | None = None, connected_us: int = 0
+    ) -> int:
         """Hand in a logged-in server: given to the pool's first waiter, else pushed idle.
-        `params`: what its login reported (as set_params), in place before it is linked."""
+        `params`: what its login reported (as set_params), in place before it is linked.
+        `connected_us`: when it connected, in CLOCK_MONOTONIC µs (`time.monotonic_ns() //
+        1000`), so that server_lifetime survives a detach and add_server again; 0: now."""
         ...
 
     def set_params(self, conn: int, params: Params) -> None:
@@ -188,6 +249,79 @@ class SwitchAPI(Protocol):
         """Do not reuse this server: parked with CLOSE_NEEDED now if idle, else at release."""
         ...
 
+    def set_timeouts(
+        self,
+        pool: int,
+        *,
+        query_wait: int = 0,
+        query_wait_notify: int = 0,
+        query: int = 0,
+        idle_transaction: int = 0,
+        client_idle: int = 0,
+        server_idle: int = 0,
+        server_lifetime: int = 0,
+        reserve: int = 0,
+    ) -> None:
+        """The pool's timeouts in µs (0: off), replacing the previous ones (RELOAD, SET). While
+        any pool has one, the switch sweeps every tick_ms and posts DEADLINE events."""
+        ...
+
+    def expire(self, conn: int, reason: Reason, final: bytes = b"") -> bool:
+        """Act on a DEADLINE event if its episode is still the connection's current one (else
+        nothing, False: the waiter got its server, the idle client sent a query...). QUERY_WAIT,
+        CLIENT_IDLE: write `final` to the client and close it; QUERY, IDLE_TRANSACTION: the
+        same, and close its server; QUERY_WAIT_NOTIFY: send `final` (a notice), the client
+        waits on; SERVER_IDLE: close the server; SERVER_LIFETIME: as set_close_needed. Closes
+        are quiet (no CLOSED event)."""
+        ...
+
+    def ticks(self) -> int:
+        """Deadline sweeps run so far (0 while no pool has a timeout: no wake-ups)."""
+
+    def listen(self, fd: int) -> int:
+        """Hand in a bound, listening socket: the switch accepts on it (ACCEPTED events); the
+        id closes it with close(id)."""
+        ...
+
+    def listen_resume(self, listener: int) -> None:
+        """Accept again on a listener paused by a LISTEN_ERROR."""
+        ...
+
+    def connect_server(self, fd: int, pool: int, first: bytes = b"") -> int:
+        """Hand in a server socket on which connect() was called (EINPROGRESS is fine): state
+        SV_LOGIN; `first` (the StartupMessage) and what `send` queues are written once it is
+        connected; its messages come up. A failed connect is a CLOSED CONNECT_FAILED event
+        (it may come before any send: `first` cannot miss)."""
+        ...
+
+    def read_next(self, conn: int) -> bool:
+        """Let the next login message(s) of this connection come up. False if it is gone."""
+        ...
+
+    def promote(
+        self, conn: int, pool: int, params: Params | None = None, pending: bytes = b""
+    ) -> bool:
+        """Move a login into a pool: a client as add_client does (bytes read after its last
+        passed-up message are kept), a server (login or talk) as add_server does (bytes after
+        its last passed-up message close it: IDLE_DATA; its last ReadyForQuery must have said
+        idle). `params`: its tracked values (as set_params), in place before it can be linked;
+        `pending` (a client only): bytes Python received in MESSAGE events after the login,
+        taken as read before what the switch still holds, as add_client's pending. False if it
+        is gone; ValueError if it is not in login or talk."""
+        ...
+
+    def talk(self, conn: int) -> bool:
+        """Take an idle or parked server (not DIRTY_BUSY) for the pooler's own queries: state
+        SV_TALK; Python writes with `send`, its answers come up as MESSAGE events (read_next for
+        more), then `promote` hands it back once its last ReadyForQuery said idle. False if it
+        is gone."""
+        ...
+
+    def peer(self, conn: int) -> tuple[int, str, int, int, int]:
+        """(family, host or unix path, port, uid, pid); uid/pid from SO_PEERCRED on unix
+        sockets, -1 on TCP; port 0 on unix sockets."""
+        ...
+
     def events(self) -> list[Event]: ...
 
     def pools(self) -> list[PoolSnapshot]: ...
@@ -207,6 +341,8 @@ class Switch:
         max_packet_size: int = 2**31 - 1,
         buffer_size: int = 65536,
         tracked: Sequence[str] = (),
+        tick_ms: int = 100,
+        login_max: int = LOGIN_MAX,
     ) -> None:
         self._sw = _native.Switch(
             unsupported_pkt=unsupported_pkt,
@@ -215,6 +351,8 @@ class Switch:
             max_packet_size=max_packet_size,
             buffer_size=buffer_size,
             tracked=tuple(tracked),
+            tick_ms=tick_ms,
+            login_max=login_max,
         )
 
     def fileno(self) -> int:
@@ -234,8 +372,10 @@ class Switch:
     ) -> int:
         return self._sw.add_client(fd, pool, pending=pending, params=params)
 
-    def add_server(self, fd: int, pool: int, params: Params | None = None) -> int:
-        return self._sw.add_server(fd, pool, params=params)
+    def add_server(
+        self, fd: int, pool: int, params: Params | None = None, connected_us: int = 0
+    ) -> int:
+        return self._sw.add_server(fd, pool, params=params, connected_us=connected_us)
 
     def set_params(self, conn: int, params: Params) -> None:
         self._sw.set_params(conn, params)
@@ -258,12 +398,68 @@ class Switch:
     def set_close_needed(self, conn: int) -> bool:
         return self._sw.set_close_needed(conn)
 
+    def set_timeouts(
+        self,
+        pool: int,
+        *,
+        query_wait: int = 0,
+        query_wait_notify: int = 0,
+        query: int = 0,
+        idle_transaction: int = 0,
+        client_idle: int = 0,
+        server_idle: int = 0,
+        server_lifetime: int = 0,
+        reserve: int = 0,
+    ) -> None:
+        self._sw.set_timeouts(
+            pool,
+            query_wait=query_wait,
+            query_wait_notify=query_wait_notify,
+            query=query,
+            idle_transaction=idle_transaction,
+            client_idle=client_idle,
+            server_idle=server_idle,
+            server_lifetime=server_lifetime,
+            reserve=reserve,
+        )
+
+    def expire(self, conn: int, reason: Reason, final: bytes = b"") -> bool:
+        return self._sw.expire(conn, int(reason), final)
+
+    def ticks(self) -> int:
+        return self._sw.ticks()
+
+    def listen(self, fd: int) -> int:
+        return self._sw.listen(fd)
+
+    def listen_resume(self, listener: int) -> None:
+        self._sw.listen_resume(listener)
+
+    def connect_server(self, fd: int, pool: int, first: bytes = b"") -> int:
+        return self._sw.connect_server(fd, pool, first)
+
+    def read_next(self, conn: int) -> bool:
+        return self._sw.read_next(conn)
+
+    def promote(
+        self, conn: int, pool: int, params: Params | None = None, pending: bytes = b""
+    ) -> bool:
+        return self._sw.promote(conn, pool, params=params, pending=pending)
+
+    def talk(self, conn: int) -> bool:
+        return self._sw.talk(conn)
+
+    def peer(self, conn: int) -> tuple[int, str, int, int, int]:
+        return self._sw.peer(conn)
+
     def events(self) -> list[Event]:
-        return [Event(EventKind(k), c, p, r) for k, c, p, r in self._sw.events()]
+        return [Event(EventKind(k), c, p, r, d) for k, c, p, r, d in self._sw.events()]
 
     def pools(self) -> list[PoolSnapshot]:
         return [
-            PoolSnapshot(row[0], Mode(row[1]), *row[2:15], tuple(row[15]), row[16])
+            PoolSnapshot(
+                row[0], Mode(row[1]), *row[2:15], tuple(row[15]), row[16], row[17], row[18]
+            )
             for row in self._sw.pools()
         ]
 

@@ -9,6 +9,17 @@ EV_WAITERS: int
 EV_CLOSED: int
 EV_ATTENTION: int
 EV_PARAMS_FAILED: int
+EV_DEADLINE: int
+EV_ACCEPTED: int
+EV_LISTEN_ERROR: int
+EV_MESSAGE: int
+R_CONNECT_FAILED: int
+CL_LOGIN: int
+SV_LOGIN: int
+SV_TALK: int
+MSG_MORE_BUFFERED: int
+MSG_UNTYPED: int
+MAX_STARTUP_PACKET: int
 R_CLIENT_TERMINATE: int
 R_CLIENT_EOF: int
 R_SERVER_EOF: int
@@ -23,6 +34,14 @@ R_SESSION_END: int
 R_DIRTY_TXN: int
 R_DIRTY_BUSY: int
 R_CLOSE_NEEDED: int
+R_QUERY_WAIT: int
+R_QUERY_WAIT_NOTIFY: int
+R_QUERY: int
+R_IDLE_TRANSACTION: int
+R_CLIENT_IDLE: int
+R_SERVER_IDLE: int
+R_SERVER_LIFETIME: int
+R_RESERVE: int
 KIND_CLIENT: int
 KIND_SERVER: int
 CL_ACTIVE: int
@@ -54,6 +73,8 @@ class Switch:
         max_packet_size: int = ...,
         buffer_size: int = ...,
         tracked: tuple[str, ...] = ...,
+        tick_ms: int = ...,
+        login_max: int = ...,
     ) -> None: ...
     def fileno(self) -> int: ...
     def start(self) -> None: ...
@@ -73,6 +94,7 @@ class Switch:
         pool: int,
         /,
         params: Mapping[str, str] | Sequence[tuple[str, str]] | None = ...,
+        connected_us: int = ...,
     ) -> int: ...
     def set_params(
         self, conn: int, params: Mapping[str, str] | Sequence[tuple[str, str]], /
@@ -83,7 +105,37 @@ class Switch:
     def close(self, conn: int, final: bytes = ..., /) -> bool: ...
     def detach(self, conn: int, /) -> tuple[int, bytes]: ...
     def set_close_needed(self, conn: int, /) -> bool: ...
-    def events(self) -> list[tuple[int, int, int, int]]: ...
+    def set_timeouts(
+        self,
+        pool: int,
+        /,
+        *,
+        query_wait: int = ...,
+        query_wait_notify: int = ...,
+        query: int = ...,
+        idle_transaction: int = ...,
+        client_idle: int = ...,
+        server_idle: int = ...,
+        server_lifetime: int = ...,
+        reserve: int = ...,
+    ) -> None: ...
+    def expire(self, conn: int, reason: int, final: bytes = ..., /) -> bool: ...
+    def ticks(self) -> int: ...
+    def listen(self, fd: int, /) -> int: ...
+    def listen_resume(self, listener: int, /) -> None: ...
+    def connect_server(self, fd: int, pool: int, first: bytes = ..., /) -> int: ...
+    def read_next(self, conn: int, /) -> bool: ...
+    def promote(
+        self,
+        conn: int,
+        pool: int,
+        /,
+        params: Mapping[str, str] | Sequence[tuple[str, str]] | None = ...,
+        pending: bytes = ...,
+    ) -> bool: ...
+    def talk(self, conn: int, /) -> bool: ...
+    def peer(self, conn: int, /) -> tuple[int, str, int, int, int]: ...
+    def events(self) -> list[tuple[int, int, int, int, bytes]]: ...
     def pools(
         self,
     ) -> list[
@@ -105,6 +157,8 @@ class Switch:
             int,
             tuple[int, ...],
             bool,
+            int,
+            int,
         ]
     ]: ...
     def conns(self) -> list[tuple[int, int, int, int, int, int, int, int, int, str, int]]: ...

@@ -105,6 +105,7 @@ struct conn *conn_new(struct sw *sw, int fd, uint8_t kind, struct pool *pool)
     c->writable = 1;
     c->sc.status = 'I';
     c->connect_wall = c->request_wall = sw->now_wall;
+    c->connect_mono = c->idle_since = sw->now_mono;
     pool->n[ST_NEW]++;
     sw->slots[slot] = c;
     sw->slot_hint = slot + 1;
@@ -127,24 +128,33 @@ static int legal(uint8_t kind, uint8_t from, uint8_t to)
     if (kind == KIND_CLIENT) {
         switch (to) {
         case CL_ACTIVE: /* logged in; its server released; or out of the queue to leave */
-            return from == ST_NEW || from == CL_LINKED || from == CL_WAITING;
+            return from == ST_NEW || from == CL_LINKED || from == CL_WAITING ||
+                   from == CL_LOGIN;
         case CL_WAITING:
             return from == CL_ACTIVE;
         case CL_LINKED:
             return from == CL_ACTIVE || from == CL_WAITING;
         case CL_CLOSING:
-            return from == CL_ACTIVE || from == CL_WAITING || from == CL_LINKED;
+            return from == CL_ACTIVE || from == CL_WAITING || from == CL_LINKED ||
+                   from == CL_LOGIN;
+        case CL_LOGIN: /* accepted by a listener (login.c) */
+            return from == ST_NEW;
         default:
             return 0;
         }
     }
     switch (to) {
     case SV_IDLE:
-        return from == ST_NEW || from == SV_ACTIVE;
+        return from == ST_NEW || from == SV_ACTIVE || from == SV_LOGIN || from == SV_TALK;
     case SV_ACTIVE:
-        return from == ST_NEW || from == SV_IDLE || from == SV_ACTIVE;
+        return from == ST_NEW || from == SV_IDLE || from == SV_ACTIVE || from == SV_LOGIN ||
+               from == SV_TALK;
     case SV_PARKED:
-        return from == SV_IDLE || from == SV_ACTIVE;
+        return from == SV_IDLE || from == SV_ACTIVE || from == SV_LOGIN || from == SV_TALK;
+    case SV_LOGIN: /* connect_server (login.c) */
+        return from == ST_NEW;
+    case SV_TALK: /* talk (login.c): the pooler's own queries */
+        return from == SV_IDLE || from == SV_PARKED;
     default:
         return 0;
     }
@@ -200,8 +210,15 @@ void conn_destroy(struct sw *sw, struct conn *c, uint8_t reason, int report)
     c->close_reason = reason;
     uint32_t slot = (uint32_t)(c->id & 0xffffffffu);
     sw->slots[slot - 1] = NULL;
-    if (report)
-        sw_post(sw, EV_CLOSED, c->id, c->pool->id, reason);
+    if (report) {
+        /* Python logs the errno of a failed connect or I/O error (as text: data is bytes). */
+        char num[16];
+        int len = 0;
+        if (c->err != 0 && (reason == R_IO_ERROR || reason == R_CONNECT_FAILED))
+            len = snprintf(num, sizeof(num), "%d", c->err);
+        sw_post_data(sw, EV_CLOSED, c->id, c->pool->id, reason, (const uint8_t *)num,
+                     len > 0 ? (size_t)len : 0);
+    }
     c->dead_next = sw->dead;
     sw->dead = c;
 }
@@ -276,6 +293,7 @@ static int conn_write(struct sw *sw, struct conn *c)
             c->writable = 0;
             return 0;
         }
+        c->err = errno;
         if (c->kind == KIND_SERVER) {
             conn_server_gone(sw, c, R_IO_ERROR);
         } else {
@@ -317,6 +335,8 @@ static void client_scan_failed(struct sw *sw, struct conn *c, int stop)
     }
 }
 
+static int client_scan(struct sw *sw, struct conn *c, struct buf *dst, struct conn *s);
+
 /* Reads a client into its server's out buffer (or its own hold buffer while it has no
  * server); returns 1 if it read anything. */
 static int client_read(struct sw *sw, struct conn *c)
@@ -343,6 +363,7 @@ static int client_read(struct sw *sw, struct conn *c)
             c->readable = 0;
             return 0;
         }
+        c->err = errno;
         pool_client_left(sw, c);
         conn_destroy(sw, c, R_IO_ERROR, 1);
         return 0;
@@ -358,6 +379,14 @@ static int client_read(struct sw *sw, struct conn *c)
     dst->end += (uint32_t)n;
     c->pool->st.bytes_recv += (uint64_t)n;
     c->request_wall = sw->now_wall;
+    c->idle_since = sw->now_mono;
+    return client_scan(sw, c, dst, s);
+}
+
+/* Scans what a client sent into dst (its server's out buffer, or its hold buffer) and moves
+ * it on: to the server, or into the queue for one. */
+static int client_scan(struct sw *sw, struct conn *c, struct buf *dst, struct conn *s)
+{
     int fresh = c->tr.owed == 0 && !c->tr.batch && c->sc.skip == 0 && dst->scanned == dst->start;
     int stop;
     size_t used = scan_client(&c->sc, &c->tr, dst->data + dst->scanned, dst->end - dst->scanned,
@@ -377,6 +406,12 @@ static int client_read(struct sw *sw, struct conn *c)
         pool_wants_server(sw, c);
     }
     return 1;
+}
+
+/* A client promoted from login with bytes already read (login.c): scanned as if read now. */
+void conn_client_held(struct sw *sw, struct conn *c)
+{
+    client_scan(sw, c, &c->hold, NULL);
 }
 
 /* Statement mode and the server opened a transaction: the client gets the reason in place of
@@ -416,6 +451,7 @@ static int server_read(struct sw *sw, struct conn *s)
                 s->readable = 0;
             return 1;
         }
+        s->err = n < 0 ? errno : 0;
         conn_server_gone(sw, s, n == 0 ? R_SERVER_EOF : n < 0 ? R_IO_ERROR : R_IDLE_DATA);
         return 0;
     }
@@ -437,6 +473,7 @@ static int server_read(struct sw *sw, struct conn *s)
         return 0;
     }
     if (n <= 0) {
+        s->err = n < 0 ? errno : 0;
         conn_server_gone(sw, s, n == 0 ? R_SERVER_EOF : R_IO_ERROR);
         return 0;
     }
@@ -513,6 +550,14 @@ int conn_client_pending(struct sw *sw, struct conn *c, const uint8_t *p, size_t 
 /* Moves bytes while it can; re-queues itself rather than starve the other connections. */
 void conn_service(struct sw *sw, struct conn *c)
 {
+    if (c->state == ST_DEAD)
+        return;
+    if (c->kind == KIND_LISTENER) {
+        login_accept(sw, c);
+        return;
+    }
+    if (login_connecting(sw, c))
+        return;
     for (int round = 0; round < 16; round++) {
         if (c->state == ST_DEAD)
             return;
@@ -524,7 +569,9 @@ void conn_service(struct sw *sw, struct conn *c)
                 conn_destroy(sw, c, c->close_reason, !c->quiet);
             return;
         }
-        if (c->readable)
+        if (c->state == CL_LOGIN || c->state == SV_LOGIN || c->state == SV_TALK)
+            progress |= login_service(sw, c);
+        else if (c->readable)
             progress |= c->kind == KIND_CLIENT ? client_read(sw, c) : server_read(sw, c);
         if (!progress)
             return;

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -18,10 +19,33 @@ int loop_init(struct sw *sw)
     sw->epfd = epoll_create1(EPOLL_CLOEXEC);
     sw->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     sw->ev_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (sw->epfd < 0 || sw->wake_fd < 0 || sw->ev_fd < 0)
+    sw->timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (sw->epfd < 0 || sw->wake_fd < 0 || sw->ev_fd < 0 || sw->timer_fd < 0)
         return -1;
     struct epoll_event ev = {.events = EPOLLIN | EPOLLET, .data.ptr = NULL};
-    return epoll_ctl(sw->epfd, EPOLL_CTL_ADD, sw->wake_fd, &ev);
+    if (epoll_ctl(sw->epfd, EPOLL_CTL_ADD, sw->wake_fd, &ev) < 0)
+        return -1;
+    /* Registered once, disarmed: it ticks only while some pool has a timeout. */
+    struct epoll_event tev = {.events = EPOLLIN | EPOLLET, .data.ptr = &sw->timer_fd};
+    return epoll_ctl(sw->epfd, EPOLL_CTL_ADD, sw->timer_fd, &tev);
+}
+
+/* Arms (every tick_ms) or disarms the deadline timer; called with the lock held, from either
+ * thread (a set_timeouts). */
+int loop_timer(struct sw *sw, int on)
+{
+    if (sw->timer_on == !!on)
+        return 0;
+    struct itimerspec its = {0};
+    if (on) {
+        its.it_interval.tv_sec = sw->tick_ms / 1000;
+        its.it_interval.tv_nsec = (long)(sw->tick_ms % 1000) * 1000000L;
+        its.it_value = its.it_interval;
+    }
+    if (timerfd_settime(sw->timer_fd, 0, &its, NULL) < 0)
+        return -1;
+    sw->timer_on = !!on;
+    return 0;
 }
 
 void loop_fini(struct sw *sw)
@@ -32,7 +56,9 @@ void loop_fini(struct sw *sw)
         close(sw->wake_fd);
     if (sw->ev_fd >= 0)
         close(sw->ev_fd);
-    sw->epfd = sw->wake_fd = sw->ev_fd = -1;
+    if (sw->timer_fd >= 0)
+        close(sw->timer_fd);
+    sw->epfd = sw->wake_fd = sw->ev_fd = sw->timer_fd = -1;
 }
 
 /* Edge-triggered, every interest at once, registered once: no epoll_ctl per transaction. */
@@ -71,24 +97,49 @@ void sw_clock(struct sw *sw)
 }
 
 /* Queues an event for Python; the event fd becomes readable when the queue stops being
- * empty (Python's drain resets it). */
-void sw_post(struct sw *sw, uint8_t kind, uint64_t conn, int64_t pool, uint32_t reason)
+ * empty (Python's drain resets it). `data` is copied (a login message, an errno's text).
+ * -1: no memory (the event is lost; a MESSAGE's caller closes the connection). */
+int sw_post_data(struct sw *sw, uint8_t kind, uint64_t conn, int64_t pool, uint32_t reason,
+                 const uint8_t *data, size_t len)
 {
+    uint8_t *copy = NULL;
+    if (len > 0) {
+        if (len > UINT32_MAX || (copy = malloc(len)) == NULL)
+            return -1;
+        memcpy(copy, data, len);
+    }
     if (sw->nev == sw->evcap) {
         size_t cap = sw->evcap ? sw->evcap * 2 : 64;
         struct event *q = realloc(sw->evq, cap * sizeof(*q));
-        if (q == NULL)
-            return; /* Python still learns of it from the next snapshot */
+        if (q == NULL) {
+            free(copy);
+            return -1;
+        }
         sw->evq = q;
         sw->evcap = cap;
     }
     sw->evq[sw->nev++] = (struct event){.conn = conn, .pool = pool, .reason = reason,
-                                        .kind = kind};
+                                        .kind = kind, .data = copy, .len = (uint32_t)len};
     if (sw->nev == 1) {
         uint64_t one = 1;
         ssize_t n = write(sw->ev_fd, &one, sizeof(one));
         (void)n;
     }
+    return 0;
+}
+
+void sw_post(struct sw *sw, uint8_t kind, uint64_t conn, int64_t pool, uint32_t reason)
+{
+    /* Without memory the event is lost: Python still learns of it from the next snapshot. */
+    (void)sw_post_data(sw, kind, conn, pool, reason, NULL, 0);
+}
+
+/* Forgets the queued events (and their data): at shutdown, and in the fuzz harnesses. */
+void sw_drop_events(struct sw *sw)
+{
+    for (size_t i = 0; i < sw->nev; i++)
+        free(sw->evq[i].data);
+    sw->nev = 0;
 }
 
 /* Runs the connections queued for another turn, only those queued before this call: one
@@ -120,7 +171,14 @@ void loop_once(struct sw *sw, int timeout_ms)
     int n = epoll_wait(sw->epfd, evs, MAX_EVENTS, timeout);
     pthread_mutex_lock(&sw->lock);
     sw_clock(sw);
+    int tick = 0;
     for (int i = 0; i < n; i++) {
+        if (evs[i].data.ptr == &sw->timer_fd) {
+            uint64_t v;
+            ssize_t r = read(sw->timer_fd, &v, sizeof(v));
+            tick = r == (ssize_t)sizeof(v); /* overruns collapse into one sweep */
+            continue;
+        }
         struct conn *c = evs[i].data.ptr;
         if (c == NULL) {
             uint64_t v;
@@ -140,6 +198,8 @@ void loop_once(struct sw *sw, int timeout_ms)
         conn_service(sw, c);
     }
     run_todo(sw);
+    if (tick && sw->timer_on)
+        timers_tick(sw); /* after the batch: it reports, it changes nothing */
     conn_free_dead(sw);
 }
 

@@ -4,7 +4,11 @@
 #include <Python.h>
 
 #include <errno.h>
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -164,16 +168,18 @@ static int Switch_init(SwitchObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"unsupported_pkt", "long_tx",     "server_gone",
                              "max_packet_size", "buffer_size", "tracked",
-                             NULL};
+                             "tick_ms",         "login_max",   NULL};
     Py_buffer unsupported = {0}, long_tx = {0}, gone = {0};
-    unsigned long long max_packet = 0x7fffffffULL, bufsize = 65536;
+    unsigned long long max_packet = 0x7fffffffULL, bufsize = 65536, login_max = 65536;
     PyObject *tracked = NULL;
+    unsigned int tick_ms = 100;
     if (self->ready) {
         PyErr_SetString(PyExc_RuntimeError, "Switch.__init__ called twice");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|$y*y*y*KKO", kwlist, &unsupported, &long_tx,
-                                     &gone, &max_packet, &bufsize, &tracked))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|$y*y*y*KKOIK", kwlist, &unsupported, &long_tx,
+                                     &gone, &max_packet, &bufsize, &tracked, &tick_ms,
+                                     &login_max))
         return -1;
     int rc = -1;
     if (unsupported.buf == NULL || long_tx.buf == NULL || gone.buf == NULL) {
@@ -184,11 +190,23 @@ static int Switch_init(SwitchObject *self, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_ValueError, "max_packet_size or buffer_size out of range");
         goto out;
     }
+    if (tick_ms < 1 || tick_ms > 60000) {
+        PyErr_SetString(PyExc_ValueError, "tick_ms out of range (1..60000)");
+        goto out;
+    }
+    /* A startup packet (up to MAX_STARTUP_PACKET) must fit in the login buffer. */
+    if (login_max < MAX_STARTUP_PACKET || login_max > (1u << 30)) {
+        PyErr_SetString(PyExc_ValueError, "login_max out of range");
+        goto out;
+    }
     struct sw *sw = &self->sw;
     memset(sw, 0, sizeof(*sw));
-    sw->epfd = sw->wake_fd = sw->ev_fd = -1;
+    sw->epfd = sw->wake_fd = sw->ev_fd = sw->timer_fd = -1;
+    sw->tick_ms = tick_ms;
     sw->max_packet = (uint32_t)max_packet;
     sw->bufsize = (uint32_t)bufsize;
+    sw->login_max = (uint32_t)login_max;
+    sw->login_pool.id = -1;
     if (copy_msg(&sw->msg_unsupported, &unsupported) < 0 ||
         copy_msg(&sw->msg_long_tx, &long_tx) < 0 || copy_msg(&sw->msg_server_gone, &gone) < 0) {
         PyErr_NoMemory();
@@ -244,6 +262,7 @@ static void shutdown_switch(SwitchObject *self)
         sw->pools = p->next;
         free(p);
     }
+    sw_drop_events(sw);
     free(sw->evq);
     sw->evq = NULL;
     sw->nev = sw->evcap = 0;
@@ -307,7 +326,7 @@ static PyObject *Switch_add_pool(SwitchObject *self, PyObject *args)
  * tracked values (params) are in place before it can be linked; a client's pending bytes are
  * taken as read. */
 static PyObject *add_conn(SwitchObject *self, int fd, long long pool_id, uint8_t kind,
-                          Py_buffer *pending, PyObject *params)
+                          Py_buffer *pending, PyObject *params, long long connected)
 {
     struct pargs pa;
     if (check_open(self) < 0 || pargs_parse(params, &pa) < 0)
@@ -347,6 +366,10 @@ static PyObject *add_conn(SwitchObject *self, int fd, long long pool_id, uint8_t
         errno = err;
         return PyErr_SetFromErrno(PyExc_OSError);
     }
+    /* A server Python connected earlier (and maybe detached and cleaned since) keeps its
+     * age: server_lifetime counts from its connect, in CLOCK_MONOTONIC µs. */
+    if (connected > 0 && connected < sw->now_mono)
+        c->connect_mono = connected;
     uint64_t id = c->id;
     if (kind == KIND_CLIENT) {
         conn_set_state(c, CL_ACTIVE);
@@ -371,20 +394,22 @@ static PyObject *Switch_add_client(SwitchObject *self, PyObject *args, PyObject 
     if (!PyArg_ParseTupleAndKeywords(args, kw, "iL|y*O", kwlist, &fd, &pool_id, &pending,
                                      &params))
         return NULL;
-    PyObject *r = add_conn(self, fd, pool_id, KIND_CLIENT, pending.buf ? &pending : NULL, params);
+    PyObject *r = add_conn(self, fd, pool_id, KIND_CLIENT, pending.buf ? &pending : NULL, params,
+                            0);
     PyBuffer_Release(&pending);
     return r;
 }
 
 static PyObject *Switch_add_server(SwitchObject *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"", "", "params", NULL};
+    static char *kwlist[] = {"", "", "params", "connected_us", NULL};
     int fd;
-    long long pool_id;
+    long long pool_id, connected = 0;
     PyObject *params = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "iL|O", kwlist, &fd, &pool_id, &params))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iL|OL", kwlist, &fd, &pool_id, &params,
+                                     &connected))
         return NULL;
-    return add_conn(self, fd, pool_id, KIND_SERVER, NULL, params);
+    return add_conn(self, fd, pool_id, KIND_SERVER, NULL, params, connected);
 }
 
 static PyObject *Switch_set_params(SwitchObject *self, PyObject *args)
@@ -499,8 +524,10 @@ static PyObject *Switch_send(SwitchObject *self, PyObject *args)
     const char *err = NULL;
     if (c == NULL)
         err = "no such connection";
-    else if (c->kind != KIND_CLIENT || c->state == CL_LINKED || c->state == CL_CLOSING)
-        err = "send is for a client that holds no server";
+    else if (c->kind == KIND_SERVER ? c->state != SV_LOGIN && c->state != SV_TALK
+                                    : c->kind != KIND_CLIENT || c->state == CL_LINKED ||
+                                          c->state == CL_CLOSING)
+        err = "send is for a client that holds no server, or a connection in login";
     else if (buf_append(&c->out, data.buf, (size_t)data.len) < 0)
         err = "out of memory";
     else
@@ -564,13 +591,15 @@ static PyObject *Switch_detach(SwitchObject *self, PyObject *args)
         return NULL;
     }
     if (c->state != SV_IDLE && c->state != SV_PARKED && c->state != CL_ACTIVE &&
-        c->state != CL_WAITING) {
+        c->state != CL_WAITING && c->state != CL_LOGIN && c->state != SV_LOGIN &&
+        c->state != SV_TALK) {
         sw_unlock(sw);
-        PyErr_SetString(PyExc_ValueError, "only an idle or parked server, or a client that "
-                                          "holds no server, can be detached");
+        PyErr_SetString(PyExc_ValueError, "only an idle or parked server, a client that "
+                                          "holds no server, or a login, can be detached");
         return NULL;
     }
-    if (c->kind == KIND_CLIENT && c->out.start != c->out.end) {
+    if ((c->kind == KIND_CLIENT || c->state == SV_LOGIN || c->state == SV_TALK) &&
+        c->out.start != c->out.end) {
         sw_unlock(sw);
         PyErr_SetString(PyExc_ValueError, "the client still has bytes to receive");
         return NULL;
@@ -608,6 +637,75 @@ static PyObject *Switch_set_close_needed(SwitchObject *self, PyObject *args)
     return PyBool_FromLong(found);
 }
 
+static PyObject *Switch_set_timeouts(SwitchObject *self, PyObject *args, PyObject *kw)
+{
+    /* In the order of the deadline reasons (struct timeouts). */
+    static char *kwlist[] = {"pool",        "query_wait",       "query_wait_notify",
+                             "query",       "idle_transaction", "client_idle",
+                             "server_idle", "server_lifetime",  "reserve",
+                             NULL};
+    long long pool_id, v[R_RESERVE - R_QUERY_WAIT + 1] = {0};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "L|$LLLLLLLL", kwlist, &pool_id, &v[0], &v[1],
+                                     &v[2], &v[3], &v[4], &v[5], &v[6], &v[7]) ||
+        check_open(self) < 0)
+        return NULL;
+    struct timeouts to;
+    for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+        if (v[i] < 0) {
+            PyErr_SetString(PyExc_ValueError, "a timeout is >= 0 (µs; 0: off)");
+            return NULL;
+        }
+        to.us[i] = v[i];
+    }
+    struct sw *sw = &self->sw;
+    sw_lock(sw);
+    struct pool *p = pool_find(sw, pool_id);
+    int rc = p != NULL ? timers_set(sw, p, &to) : 0;
+    sw_unlock(sw);
+    if (p == NULL) {
+        PyErr_Format(PyExc_KeyError, "no pool %lld", pool_id);
+        return NULL;
+    }
+    if (rc < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Switch_expire(SwitchObject *self, PyObject *args)
+{
+    unsigned long long id;
+    unsigned int reason;
+    Py_buffer final = {0};
+    if (!PyArg_ParseTuple(args, "KI|y*", &id, &reason, &final))
+        return NULL;
+    if (check_open(self) < 0) {
+        PyBuffer_Release(&final);
+        return NULL;
+    }
+    struct sw *sw = &self->sw;
+    sw_lock(sw);
+    struct conn *c = conn_find(sw, id);
+    int rc = c == NULL || reason > 255
+                 ? 0
+                 : timers_expire(sw, c, (uint8_t)reason, final.buf,
+                                 final.buf ? (size_t)final.len : 0);
+    sw_unlock(sw);
+    PyBuffer_Release(&final);
+    if (rc < 0)
+        return PyErr_NoMemory();
+    return PyBool_FromLong(rc);
+}
+
+static PyObject *Switch_ticks(SwitchObject *self, PyObject *Py_UNUSED(a))
+{
+    if (check_open(self) < 0)
+        return NULL;
+    sw_lock(&self->sw);
+    unsigned long long n = self->sw.ticks;
+    sw_unlock(&self->sw);
+    return PyLong_FromUnsignedLongLong(n);
+}
+
 static PyObject *Switch_events(SwitchObject *self, PyObject *Py_UNUSED(a))
 {
     if (check_open(self) < 0)
@@ -624,13 +722,22 @@ static PyObject *Switch_events(SwitchObject *self, PyObject *Py_UNUSED(a))
     sw_unlock(sw);
     PyObject *list = PyList_New((Py_ssize_t)n);
     for (size_t i = 0; list != NULL && i < n; i++) {
-        PyObject *t = Py_BuildValue("(iKLI)", q[i].kind, (unsigned long long)q[i].conn,
-                                    (long long)q[i].pool, q[i].reason);
+        /* ACCEPTED carries the listener's id (unsigned, like every id) in the pool field. */
+        PyObject *t = q[i].kind == EV_ACCEPTED
+                          ? Py_BuildValue("(iKKIy#)", q[i].kind, (unsigned long long)q[i].conn,
+                                          (unsigned long long)q[i].pool, q[i].reason, "",
+                                          (Py_ssize_t)0)
+                          : Py_BuildValue("(iKLIy#)", q[i].kind, (unsigned long long)q[i].conn,
+                                          (long long)q[i].pool, q[i].reason,
+                                          q[i].data != NULL ? (const char *)q[i].data : "",
+                                          (Py_ssize_t)q[i].len);
         if (t == NULL)
             Py_CLEAR(list);
         else
             PyList_SET_ITEM(list, (Py_ssize_t)i, t);
     }
+    for (size_t i = 0; i < n; i++)
+        free(q[i].data);
     free(q);
     return list;
 }
@@ -638,7 +745,7 @@ static PyObject *Switch_events(SwitchObject *self, PyObject *Py_UNUSED(a))
 struct pool_row {
     int64_t id;
     uint8_t mode;
-    uint32_t cl_active, cl_waiting, sv_active, sv_idle, sv_parked;
+    uint32_t cl_active, cl_waiting, sv_active, sv_idle, sv_parked, sv_login, sv_talk;
     int64_t maxwait;
     struct stats st;
     int paused;
@@ -668,6 +775,8 @@ static PyObject *Switch_pools(SwitchObject *self, PyObject *Py_UNUSED(a))
             .sv_active = p->n[SV_ACTIVE],
             .sv_idle = p->n[SV_IDLE],
             .sv_parked = p->n[SV_PARKED],
+            .sv_login = p->n[SV_LOGIN],
+            .sv_talk = p->n[SV_TALK],
             .maxwait = p->wq_head != NULL ? sw->now_mono - p->wq_head->wait_start : 0,
             .st = p->st,
             .paused = p->paused,
@@ -686,7 +795,7 @@ static PyObject *Switch_pools(SwitchObject *self, PyObject *Py_UNUSED(a))
                 PyTuple_SET_ITEM(hist, b, v);
         }
         PyObject *t = hist == NULL ? NULL
-                                   : Py_BuildValue("(LiIIIIILKKKKKKKNN)", (long long)r->id,
+                                   : Py_BuildValue("(LiIIIIILKKKKKKKNNII)", (long long)r->id,
                                                    r->mode, r->cl_active, r->cl_waiting,
                                                    r->sv_active, r->sv_idle, r->sv_parked,
                                                    (long long)r->maxwait,
@@ -697,7 +806,8 @@ static PyObject *Switch_pools(SwitchObject *self, PyObject *Py_UNUSED(a))
                                                    (unsigned long long)r->st.xact_us,
                                                    (unsigned long long)r->st.query_us,
                                                    (unsigned long long)r->st.wait_us, hist,
-                                                   PyBool_FromLong(r->paused));
+                                                   PyBool_FromLong(r->paused), r->sv_login,
+                                                   r->sv_talk);
         if (t == NULL)
             Py_CLEAR(list);
         else
@@ -723,7 +833,7 @@ static PyObject *Switch_conns(SwitchObject *self, PyObject *Py_UNUSED(a))
     sw_lock(sw);
     size_t n = 0;
     for (uint32_t i = 0; i < sw->nslots; i++)
-        n += sw->slots[i] != NULL;
+        n += sw->slots[i] != NULL && sw->slots[i]->kind != KIND_LISTENER;
     struct conn_row *rows = calloc(n ? n : 1, sizeof(*rows));
     if (rows == NULL) {
         sw_unlock(sw);
@@ -732,7 +842,7 @@ static PyObject *Switch_conns(SwitchObject *self, PyObject *Py_UNUSED(a))
     size_t k = 0;
     for (uint32_t i = 0; i < sw->nslots; i++) {
         struct conn *c = sw->slots[i];
-        if (c == NULL)
+        if (c == NULL || c->kind == KIND_LISTENER)
             continue;
         rows[k++] = (struct conn_row){
             .id = c->id,
@@ -764,6 +874,260 @@ static PyObject *Switch_conns(SwitchObject *self, PyObject *Py_UNUSED(a))
     }
     free(rows);
     return list;
+}
+
+/* ---- login phases (login.c) ----------------------------------------------------------- */
+
+static PyObject *Switch_listen(SwitchObject *self, PyObject *args)
+{
+    int fd;
+    if (!PyArg_ParseTuple(args, "i", &fd) || check_open(self) < 0)
+        return NULL;
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    struct sw *sw = &self->sw;
+    sw_lock(sw);
+    struct conn *l = login_listen(sw, fd);
+    int err = errno;
+    uint64_t id = l != NULL ? l->id : 0;
+    sw_unlock(sw);
+    if (l == NULL) {
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyLong_FromUnsignedLongLong(id);
+}
+
+static PyObject *Switch_listen_resume(SwitchObject *self, PyObject *args)
+{
+    unsigned long long id;
+    if (!PyArg_ParseTuple(args, "K", &id) || check_open(self) < 0)
+        return NULL;
+    struct sw *sw = &self->sw;
+    sw_lock(sw);
+    struct conn *l = conn_find(sw, id);
+    int found = l != NULL && l->kind == KIND_LISTENER;
+    if (found) {
+        l->stalled = 0;
+        l->readable = 1; /* what waits in the backlog brings no new edge */
+        conn_schedule(sw, l);
+    }
+    sw_unlock(sw);
+    if (!found) {
+        PyErr_Format(PyExc_KeyError, "no listener %llu", id);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* connect_server(fd, pool, first=b""): `first` (the StartupMessage) is queued with the
+ * registration, so that a connect failing at once cannot make Python's first send miss. */
+static PyObject *Switch_connect_server(SwitchObject *self, PyObject *args)
+{
+    int fd;
+    long long pool_id;
+    Py_buffer first = {0};
+    if (!PyArg_ParseTuple(args, "iL|y*", &fd, &pool_id, &first))
+        return NULL;
+    PyObject *result = NULL;
+    int fl;
+    if (check_open(self) < 0)
+        goto out;
+    fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto out;
+    }
+    struct sw *sw = &self->sw;
+    sw_lock(sw);
+    struct pool *p = pool_find(sw, pool_id);
+    if (p == NULL) {
+        sw_unlock(sw);
+        PyErr_Format(PyExc_KeyError, "no pool %lld", pool_id);
+        goto out;
+    }
+    struct conn *c = login_connect(sw, fd, p);
+    int err = errno;
+    uint64_t id = c != NULL ? c->id : 0;
+    if (c != NULL && first.buf != NULL && first.len > 0 &&
+        buf_append(&c->out, first.buf, (size_t)first.len) < 0) {
+        err = ENOMEM; /* the fd stays Python's: undo the registration */
+        loop_del(sw, c);
+        c->fd = -1;
+        conn_destroy(sw, c, R_NONE, 0);
+        c = NULL;
+    }
+    sw_unlock(sw);
+    if (c == NULL) {
+        errno = err;
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto out;
+    }
+    result = PyLong_FromUnsignedLongLong(id);
+out:
+    PyBuffer_Release(&first);
+    return result;
+}
+
+static PyObject *Switch_read_next(SwitchObject *self, PyObject *args)
+{
+    unsigned long long id;
+    if (!PyArg_ParseTuple(args, "K", &id) || check_open(self) < 0)
+        return NULL;
+    struct sw *sw = &self->sw;
+    sw_lock(sw);
+    struct conn *c = conn_find(sw, id);
+    int found = c != NULL, wrong = 0;
+    if (c != NULL && c->state != CL_LOGIN && c->state != SV_LOGIN && c->state != SV_TALK)
+        wrong = 1;
+    else if (c != NULL)
+        login_read_next(sw, c);
+    sw_unlock(sw);
+    if (wrong) {
+        PyErr_SetString(PyExc_ValueError, "read_next is for a connection in login");
+        return NULL;
+    }
+    return PyBool_FromLong(found);
+}
+
+/* Its tracked values (params) are in place before it can be linked, as add_client/add_server's;
+ * a client's pending bytes (received by Python in MESSAGE events after its login) are taken
+ * as read before what the switch still holds from it. */
+static PyObject *Switch_promote(SwitchObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"", "", "params", "pending", NULL};
+    unsigned long long id;
+    long long pool_id;
+    PyObject *params = NULL;
+    Py_buffer pending = {0};
+    struct pargs pa;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "KL|Oy*", kwlist, &id, &pool_id, &params,
+                                     &pending))
+        return NULL;
+    if (check_open(self) < 0 || pargs_parse(params, &pa) < 0) {
+        PyBuffer_Release(&pending);
+        return NULL;
+    }
+    struct sw *sw = &self->sw;
+    sw_lock(sw);
+    struct pool *p = pool_find(sw, pool_id);
+    struct conn *c = conn_find(sw, id);
+    const char *err = NULL;
+    int nomem = 0;
+    if (p != NULL && c != NULL) {
+        err = login_promotable(c, pending.len > 0);
+        if (err == NULL && pargs_apply(sw, c, &pa) < 0)
+            nomem = 1;
+        else if (err == NULL && login_promote(sw, c, p, pending.buf, (size_t)pending.len) < 0)
+            nomem = 1;
+    }
+    sw_unlock(sw);
+    pargs_free(&pa);
+    PyBuffer_Release(&pending);
+    if (nomem)
+        return PyErr_NoMemory();
+    if (p == NULL) {
+        PyErr_Format(PyExc_KeyError, "no pool %lld", pool_id);
+        return NULL;
+    }
+    if (err != NULL) {
+        PyErr_SetString(PyExc_ValueError, err);
+        return NULL;
+    }
+    return PyBool_FromLong(c != NULL);
+}
+
+static PyObject *Switch_talk(SwitchObject *self, PyObject *args)
+{
+    unsigned long long id;
+    if (!PyArg_ParseTuple(args, "K", &id) || check_open(self) < 0)
+        return NULL;
+    struct sw *sw = &self->sw;
+    sw_lock(sw);
+    struct conn *c = conn_find(sw, id);
+    const char *err = c != NULL ? login_talk(sw, c) : NULL;
+    sw_unlock(sw);
+    if (err != NULL) {
+        PyErr_SetString(PyExc_ValueError, err);
+        return NULL;
+    }
+    return PyBool_FromLong(c != NULL);
+}
+
+static PyObject *Switch_peer(SwitchObject *self, PyObject *args)
+{
+    unsigned long long id;
+    if (!PyArg_ParseTuple(args, "K", &id) || check_open(self) < 0)
+        return NULL;
+    struct sw *sw = &self->sw;
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    struct ucred cred = {.pid = -1, .uid = (uid_t)-1, .gid = (gid_t)-1};
+    socklen_t clen = sizeof(cred);
+    int missing = 0, rc = -1, err = 0;
+    sw_lock(sw);
+    struct conn *c = conn_find(sw, id);
+    if (c == NULL || c->kind == KIND_LISTENER || c->fd < 0) {
+        missing = 1;
+    } else {
+        memset(&ss, 0, sizeof(ss));
+        rc = getpeername(c->fd, (struct sockaddr *)&ss, &len);
+        err = errno;
+        if (rc == 0 && ss.ss_family == AF_UNIX &&
+            getsockopt(c->fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) < 0)
+            cred.pid = -1, cred.uid = (uid_t)-1;
+    }
+    sw_unlock(sw);
+    if (missing) {
+        PyErr_Format(PyExc_KeyError, "no connection %llu", id);
+        return NULL;
+    }
+    if (rc < 0) {
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    char host[INET6_ADDRSTRLEN + 1] = "";
+    int port = 0;
+    long uid = -1, pid = -1;
+    PyObject *name = NULL;
+    if (ss.ss_family == AF_INET) {
+        struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+        inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+        port = ntohs(a->sin_port);
+    } else if (ss.ss_family == AF_INET6) {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+        port = ntohs(a->sin6_port);
+    } else if (ss.ss_family == AF_UNIX) {
+        struct sockaddr_un *a = (struct sockaddr_un *)&ss;
+        size_t off = offsetof(struct sockaddr_un, sun_path);
+        size_t plen = len > off ? len - off : 0;
+        if (plen > sizeof(a->sun_path))
+            plen = sizeof(a->sun_path);
+        if (plen > 0 && a->sun_path[0] == '\0') { /* abstract: '@name', as ss(8) shows it */
+            PyObject *raw = PyUnicode_DecodeFSDefaultAndSize(a->sun_path + 1,
+                                                             (Py_ssize_t)plen - 1);
+            if (raw == NULL)
+                return NULL;
+            name = PyUnicode_FromFormat("@%U", raw);
+            Py_DECREF(raw);
+        } else {
+            name = PyUnicode_DecodeFSDefaultAndSize(a->sun_path,
+                                                    (Py_ssize_t)strnlen(a->sun_path, plen));
+        }
+        if (name == NULL)
+            return NULL;
+        if (cred.pid != -1) {
+            uid = (long)cred.uid;
+            pid = (long)cred.pid;
+        }
+    }
+    if (name == NULL)
+        name = PyUnicode_FromString(host);
+    if (name == NULL)
+        return NULL;
+    return Py_BuildValue("(iNill)", (int)ss.ss_family, name, port, uid, pid);
 }
 
 /* scan(server, state, data, max_len) -> (consumed, stop, state, statuses): scan.c on one chunk,
@@ -838,7 +1202,7 @@ static PyMethodDef Switch_methods[] = {
     {"add_client", (PyCFunction)(void (*)(void))Switch_add_client, METH_VARARGS | METH_KEYWORDS,
      "add_client(fd, pool, pending=b'', params=None) -> id"},
     {"add_server", (PyCFunction)(void (*)(void))Switch_add_server, METH_VARARGS | METH_KEYWORDS,
-     "add_server(fd, pool, params=None) -> id"},
+     "add_server(fd, pool, params=None, connected_us=0) -> id"},
     {"set_params", (PyCFunction)Switch_set_params, METH_VARARGS, "set_params(conn, params)"},
     {"params", (PyCFunction)Switch_params, METH_VARARGS, "params(conn) -> dict"},
     {"pause", (PyCFunction)Switch_pause, METH_VARARGS, "pause(pool, on)"},
@@ -847,6 +1211,21 @@ static PyMethodDef Switch_methods[] = {
     {"detach", (PyCFunction)Switch_detach, METH_VARARGS, "detach(conn) -> (fd, held bytes)"},
     {"set_close_needed", (PyCFunction)Switch_set_close_needed, METH_VARARGS,
      "set_close_needed(conn) -> found"},
+    {"set_timeouts", (PyCFunction)(void (*)(void))Switch_set_timeouts,
+     METH_VARARGS | METH_KEYWORDS, "set_timeouts(pool, *, query_wait=0, ...) in µs"},
+    {"expire", (PyCFunction)Switch_expire, METH_VARARGS,
+     "expire(conn, reason, final=b'') -> acted"},
+    {"ticks", (PyCFunction)Switch_ticks, METH_NOARGS, "Deadline sweeps run so far."},
+    {"listen", (PyCFunction)Switch_listen, METH_VARARGS, "listen(fd) -> listener id"},
+    {"listen_resume", (PyCFunction)Switch_listen_resume, METH_VARARGS, "listen_resume(id)"},
+    {"connect_server", (PyCFunction)Switch_connect_server, METH_VARARGS,
+     "connect_server(fd, pool, first=b'') -> id"},
+    {"read_next", (PyCFunction)Switch_read_next, METH_VARARGS, "read_next(conn) -> found"},
+    {"promote", (PyCFunction)(void (*)(void))Switch_promote, METH_VARARGS | METH_KEYWORDS,
+     "promote(conn, pool, params=None, pending=b'') -> found"},
+    {"talk", (PyCFunction)Switch_talk, METH_VARARGS, "talk(conn) -> found"},
+    {"peer", (PyCFunction)Switch_peer, METH_VARARGS,
+     "peer(conn) -> (family, host, port, uid, pid)"},
     {"events", (PyCFunction)Switch_events, METH_NOARGS, "Drain the events."},
     {"pools", (PyCFunction)Switch_pools, METH_NOARGS, "Per pool counts and counters."},
     {"conns", (PyCFunction)Switch_conns, METH_NOARGS, "Per connection state."},
@@ -890,6 +1269,17 @@ PyMODINIT_FUNC PyInit__switch(void)
     ADD_INT(m, EV_CLOSED);
     ADD_INT(m, EV_ATTENTION);
     ADD_INT(m, EV_PARAMS_FAILED);
+    ADD_INT(m, EV_DEADLINE);
+    ADD_INT(m, EV_ACCEPTED);
+    ADD_INT(m, EV_LISTEN_ERROR);
+    ADD_INT(m, EV_MESSAGE);
+    ADD_INT(m, R_CONNECT_FAILED);
+    ADD_INT(m, CL_LOGIN);
+    ADD_INT(m, SV_LOGIN);
+    ADD_INT(m, SV_TALK);
+    ADD_INT(m, MSG_MORE_BUFFERED);
+    ADD_INT(m, MSG_UNTYPED);
+    ADD_INT(m, MAX_STARTUP_PACKET);
     ADD_INT(m, R_CLIENT_TERMINATE);
     ADD_INT(m, R_CLIENT_EOF);
     ADD_INT(m, R_SERVER_EOF);
@@ -904,6 +1294,14 @@ PyMODINIT_FUNC PyInit__switch(void)
     ADD_INT(m, R_DIRTY_TXN);
     ADD_INT(m, R_DIRTY_BUSY);
     ADD_INT(m, R_CLOSE_NEEDED);
+    ADD_INT(m, R_QUERY_WAIT);
+    ADD_INT(m, R_QUERY_WAIT_NOTIFY);
+    ADD_INT(m, R_QUERY);
+    ADD_INT(m, R_IDLE_TRANSACTION);
+    ADD_INT(m, R_CLIENT_IDLE);
+    ADD_INT(m, R_SERVER_IDLE);
+    ADD_INT(m, R_SERVER_LIFETIME);
+    ADD_INT(m, R_RESERVE);
     ADD_INT(m, KIND_CLIENT);
     ADD_INT(m, KIND_SERVER);
     ADD_INT(m, CL_ACTIVE);

@@ -38,6 +38,8 @@ static void idle_push(struct pool *p, struct conn *s)
     s->qnext = p->idle;
     if (p->idle != NULL)
         p->idle->qprev = s;
+    else
+        p->idle_tail = s;
     p->idle = s;
 }
 
@@ -64,6 +66,8 @@ void pool_unlist(struct sw *sw, struct conn *c)
             p->idle = c->qnext;
         if (c->qnext != NULL)
             c->qnext->qprev = c->qprev;
+        else
+            p->idle_tail = c->qprev;
     } else if (c->state == CL_WAITING) {
         if (c->qprev != NULL)
             c->qprev->qnext = c->qnext;
@@ -74,7 +78,7 @@ void pool_unlist(struct sw *sw, struct conn *c)
         else
             p->wq_tail = c->qprev;
         if (p->wq_head == NULL)
-            p->waiters_reported = 0;
+            p->waiters_reported = p->reserve_reported = 0;
     } else {
         return;
     }
@@ -142,6 +146,7 @@ void pool_park(struct sw *sw, struct conn *s, uint8_t reason)
 {
     pool_unlist(sw, s);
     s->peer = NULL;
+    s->park_reason = reason;
     conn_set_state(s, SV_PARKED);
     sw_post(sw, EV_ATTENTION, s->id, s->pool->id, reason);
 }
@@ -161,6 +166,7 @@ void pool_release(struct sw *sw, struct conn *s)
         return;
     }
     conn_set_state(s, SV_IDLE);
+    s->idle_since = sw->now_mono; /* the stack stays ordered by it: server_idle_timeout */
     idle_push(p, s);
 }
 
@@ -180,6 +186,7 @@ void pool_check_release(struct sw *sw, struct conn *s)
     s->peer = NULL;
     c->peer = NULL;
     conn_set_state(c, CL_ACTIVE);
+    c->idle_since = sw->now_mono; /* client_idle_timeout counts from here */
     if (c->out.start == c->out.end)
         buf_free(&c->out);
     pool_release(sw, s);

@@ -8,7 +8,7 @@
 
 #include "scan.h"
 
-enum kind { KIND_CLIENT = 1, KIND_SERVER = 2 };
+enum kind { KIND_CLIENT = 1, KIND_SERVER = 2, KIND_LISTENER = 3 /* login.c: accepts */ };
 
 /* One enum for both sides, as PgBouncer's cl_* / sv_* lists; conn_set_state is the only
  * place that changes it. */
@@ -21,13 +21,29 @@ enum state {
     SV_IDLE,    /* on its pool's LIFO stack */
     SV_ACTIVE,  /* linked to a client */
     SV_PARKED,  /* reported to Python, not read, in no list */
+    CL_LOGIN,   /* accepted, logging in: messages go up to Python (login.c); in no pool yet */
+    SV_LOGIN,   /* connecting or logging in: messages go up to Python (login.c) */
+    SV_TALK,    /* taken from idle/parked for the pooler's own queries: messages go up */
     ST_DEAD,
     ST_COUNT
 };
 
 enum mode { MODE_SESSION = 0, MODE_TRANSACTION = 1, MODE_STATEMENT = 2 };
 
-enum ev_kind { EV_WAITERS = 1, EV_CLOSED = 2, EV_ATTENTION = 3, EV_PARAMS_FAILED = 4 };
+enum ev_kind {
+    EV_WAITERS = 1,
+    EV_CLOSED = 2,
+    EV_ATTENTION = 3,
+    EV_PARAMS_FAILED = 4, /* params.c: the switch's SET failed on a server */
+    EV_DEADLINE = 5,      /* timers.c: a timeout passed (reason: R_QUERY_WAIT..R_RESERVE) */
+    EV_ACCEPTED = 6,      /* login.c: a client accepted (pool: the listener's id) */
+    EV_LISTEN_ERROR = 7,  /* login.c: a listener paused (conn: its id, reason: errno) */
+    EV_MESSAGE = 8,       /* login.c: whole login messages in `data` */
+};
+
+/* EV_MESSAGE's reason: flags. */
+#define MSG_UNTYPED 1       /* bit 0: an untyped packet (startup, SSL/GSS request, cancel) */
+#define MSG_MORE_BUFFERED 2 /* bit 1: bytes already followed an SSLRequest/GSSENCRequest */
 
 enum reason {
     R_NONE = 0,
@@ -45,7 +61,19 @@ enum reason {
     R_DIRTY_TXN,
     R_DIRTY_BUSY,
     R_CLOSE_NEEDED,
+    /* deadlines (timers.c), in the order of struct timeouts and conn.dl_at */
+    R_QUERY_WAIT,
+    R_QUERY_WAIT_NOTIFY,
+    R_QUERY,
+    R_IDLE_TRANSACTION,
+    R_CLIENT_IDLE,
+    R_SERVER_IDLE,
+    R_SERVER_LIFETIME,
+    R_RESERVE, /* pool-level: no conn, no dl_at slot */
+    R_CONNECT_FAILED, /* login.c: the server's connect() failed (errno in the event) */
 };
+#define DL_FIRST R_QUERY_WAIT
+#define DL_CONN_COUNT (R_SERVER_LIFETIME - R_QUERY_WAIT + 1)
 
 #define WAIT_BUCKETS 14 /* 13 bounds and +Inf */
 extern const int64_t wait_bounds_us[WAIT_BUCKETS - 1];
@@ -99,6 +127,12 @@ struct conn {
     uint8_t close_needed;
     uint8_t close_reason;
     uint8_t quiet; /* closed by Python: no EV_CLOSED */
+    uint8_t login_phase;  /* login.c: LP_* (what the next message looks like) */
+    uint8_t login_sent;   /* login.c: passed up, not read_next'ed yet */
+    uint8_t connecting;   /* login.c: a server's connect() not yet confirmed */
+    uint8_t inet;         /* listener: TCP (accepted clients get TCP_NODELAY) */
+    int err;              /* the errno of an IO_ERROR/CONNECT_FAILED close */
+    uint8_t park_reason;  /* server: why it was last parked (R_DIRTY_BUSY: no talk) */
     struct pool *pool;
     struct conn *peer;
     struct conn *qprev, *qnext; /* the idle stack or the wait queue */
@@ -116,6 +150,9 @@ struct conn {
     struct pwalk pw;
     uint8_t swallow;  /* server: answers to the switch's own SET query still to swallow */
     uint8_t set_err;  /* server: that answer held an ErrorResponse */
+    int64_t connect_mono; /* server: when it connected (Python may say), for server_lifetime */
+    int64_t idle_since;   /* client: its last read or release; server: pushed idle */
+    int64_t dl_at[DL_CONN_COUNT]; /* per deadline: the episode start it was reported for */
 };
 
 struct stats {
@@ -124,15 +161,23 @@ struct stats {
     uint64_t wait_hist[WAIT_BUCKETS];
 };
 
+/* A pool's timeouts in µs (0: off), indexed as the deadline reasons from R_QUERY_WAIT. */
+struct timeouts {
+    int64_t us[R_RESERVE - R_QUERY_WAIT + 1];
+};
+
 struct pool {
     int64_t id;
     uint8_t mode;
     uint8_t waiters_reported; /* EV_WAITERS sent; again only once the queue has emptied */
     uint8_t paused;           /* PAUSE: no client is linked to a server */
+    uint8_t reserve_reported; /* R_RESERVE sent; again only once the queue has emptied */
     struct conn *idle;        /* LIFO stack, through qnext */
+    struct conn *idle_tail;   /* its bottom: the longest idle */
     struct conn *wq_head, *wq_tail;
     uint32_t n[ST_COUNT];
     struct stats st;
+    struct timeouts to;
     struct pool *next;
 };
 
@@ -141,14 +186,21 @@ struct event {
     int64_t pool;
     uint32_t reason;
     uint8_t kind;
+    uint8_t *data; /* malloc'ed (EV_MESSAGE; errno text of a failed close), or NULL */
+    uint32_t len;
 };
 
 struct sw {
     pthread_mutex_t lock; /* the loop holds it while it handles a batch; commands take it */
     pthread_t thread;
     int running, stopping;
-    int epfd, wake_fd, ev_fd;
+    int epfd, wake_fd, ev_fd, timer_fd;
+    uint32_t tick_ms;  /* the deadline sweep's period */
+    uint8_t timer_on;  /* armed: some pool has a timeout */
+    uint64_t ticks;    /* sweeps run (tests: no timeouts, no wake-ups) */
     uint32_t bufsize, max_packet;
+    uint32_t login_max;       /* login.c: most bytes buffered / one message in login */
+    struct pool login_pool;   /* login.c: clients not promoted yet (id -1, not listed) */
     struct conn **slots;
     uint32_t nslots, slot_hint;
     uint32_t gen;
@@ -172,7 +224,11 @@ void loop_once(struct sw *sw, int timeout_ms);
 int loop_start(struct sw *sw);
 void loop_stop(struct sw *sw);
 void sw_post(struct sw *sw, uint8_t kind, uint64_t conn, int64_t pool, uint32_t reason);
+int sw_post_data(struct sw *sw, uint8_t kind, uint64_t conn, int64_t pool, uint32_t reason,
+                 const uint8_t *data, size_t len);
+void sw_drop_events(struct sw *sw);
 void sw_clock(struct sw *sw);
+int loop_timer(struct sw *sw, int on);
 
 /* conn.c */
 struct conn *conn_new(struct sw *sw, int fd, uint8_t kind, struct pool *pool);
@@ -188,6 +244,7 @@ void conn_free_dead(struct sw *sw);
 int conn_client_pending(struct sw *sw, struct conn *c, const uint8_t *p, size_t n);
 int buf_append(struct buf *b, const uint8_t *p, size_t n);
 void buf_free(struct buf *b);
+void conn_client_held(struct sw *sw, struct conn *c);
 
 /* pool.c */
 struct pool *pool_find(struct sw *sw, int64_t id);
@@ -214,9 +271,31 @@ int params_valid_utf8(const uint8_t *p, size_t n);
 int params_valid_value(const uint8_t *p, size_t n);
 size_t quote_literal(const uint8_t *p, size_t n, uint8_t *out);
 
+/* login.c: listeners, accept, connect completion and login framing */
+enum login_phase { LP_UNTYPED = 0, LP_TYPED = 1, LP_SERVER = 2 };
+enum login_stop { LOGIN_MORE = 0, LOGIN_BAD = 1, LOGIN_TOO_BIG = 2 };
+#define MAX_STARTUP_PACKET 10000 /* PostgreSQL's MAX_STARTUP_PACKET_LENGTH */
+size_t login_frame(uint8_t *phase, const uint8_t *p, size_t n, uint32_t max_len, int *stop,
+                   uint32_t *flags, uint8_t *status);
+void login_accept(struct sw *sw, struct conn *l);
+int login_connecting(struct sw *sw, struct conn *c);
+int login_service(struct sw *sw, struct conn *c);
+struct conn *login_listen(struct sw *sw, int fd);
+struct conn *login_connect(struct sw *sw, int fd, struct pool *p);
+const char *login_promotable(const struct conn *c, int pending);
+int login_promote(struct sw *sw, struct conn *c, struct pool *p, const uint8_t *pending,
+                  size_t plen);
+void login_read_next(struct sw *sw, struct conn *c);
+const char *login_talk(struct sw *sw, struct conn *s);
+
 /* stats.c */
 void stats_wait(struct stats *st, int64_t us);
 void stats_rfq(struct sw *sw, struct conn *s, uint8_t status);
 void stats_request(struct sw *sw, struct conn *s);
+
+/* timers.c */
+int timers_set(struct sw *sw, struct pool *p, const struct timeouts *to);
+void timers_tick(struct sw *sw);
+int timers_expire(struct sw *sw, struct conn *c, uint8_t reason, const uint8_t *msg, size_t len);
 
 #endif

@@ -194,7 +194,7 @@ static int login_read(struct sw *sw, struct conn *c)
 int login_service(struct sw *sw, struct conn *c)
 {
     login_pass_up(sw, c);
-    if (c->state == ST_DEAD || !c->readable)
+    if (c->state == ST_DEAD || !c->readable || sw->suspended)
         return 0;
     int got = login_read(sw, c);
     if (got)
@@ -262,7 +262,7 @@ static int accept_skippable(int err)
 
 void login_accept(struct sw *sw, struct conn *l)
 {
-    if (l->stalled || !l->readable || l->state == ST_DEAD)
+    if (l->stalled || !l->readable || l->state == ST_DEAD || sw->suspended)
         return;
     for (int i = 0; i < ACCEPT_BATCH; i++) {
         int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);

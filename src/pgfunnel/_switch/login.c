@@ -429,6 +429,7 @@ int login_promote(struct sw *sw, struct conn *c, struct pool *p, const uint8_t *
         move_pool(c, p);
         c->login_sent = 0;
         conn_set_state(c, CL_ACTIVE);
+        c->idle_since = sw->now_mono; /* client_idle_timeout counts from its last login message */
         if (h->end == h->start) {
             buf_free(h);
         } else {

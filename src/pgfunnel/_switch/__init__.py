@@ -83,6 +83,11 @@ class Reason(IntEnum):
     RESERVE = _native.R_RESERVE  # the pool's oldest waiter waited longer than reserve
     # A server's connect() failed (Event.errno says why).
     CONNECT_FAILED = _native.R_CONNECT_FAILED
+    # Attention reasons of set_pool_checks: idle at least check_delay_us (Python runs the
+    # server_check_query in talk mode and promotes it, or closes it); released by its client
+    # in a reset_always pool (Python runs server_reset_query in talk mode and promotes it).
+    CHECK_NEEDED = _native.R_CHECK_NEEDED
+    RESET_NEEDED = _native.R_RESET_NEEDED
 
 
 class MessageFlag(IntFlag):
@@ -121,7 +126,8 @@ class Event(NamedTuple):
     pool: int  # the listener for ACCEPTED; LOGIN_POOL for a client not promoted yet
     reason: int  # a Reason for CLOSED/ATTENTION/DEADLINE; the queue length for WAITERS; MessageFlag
     # bits for MESSAGE; the errno for LISTEN_ERROR
-    # MESSAGE: the whole messages; CLOSED IO_ERROR/CONNECT_FAILED: errno text; else b""
+    # MESSAGE: the whole messages; CLOSED IO_ERROR/CONNECT_FAILED: errno text; CLOSED
+    # UNKNOWN_TYPE: the refused type byte; else b""
     data: bytes = b""
 
     @property
@@ -129,9 +135,21 @@ class Event(NamedTuple):
         """The errno of a LISTEN_ERROR, or of a CLOSED with IO_ERROR/CONNECT_FAILED; else 0."""
         if self.kind is EventKind.LISTEN_ERROR:
             return self.reason
-        if self.kind is EventKind.CLOSED and self.data:
+        if (
+            self.kind is EventKind.CLOSED
+            and self.reason in (Reason.IO_ERROR, Reason.CONNECT_FAILED)
+            and self.data
+        ):
             return int(self.data)
         return 0
+
+    @property
+    def packet_type(self) -> int:
+        """The type byte a CLOSED UNKNOWN_TYPE refused (PgBouncer's `unknown pkt from
+        client: %d/%#x`); -1 for any other event."""
+        if self.kind is EventKind.CLOSED and self.reason == Reason.UNKNOWN_TYPE and self.data:
+            return self.data[0]
+        return -1
 
 
 # The pool id the switch reports for a client accepted by a listener and not promoted yet.
@@ -174,6 +192,9 @@ class ConnSnapshot(NamedTuple):
     wait_us: int  # how long it has waited in the queue, 0 if not waiting
     tx_status: str  # servers: the last ReadyForQuery status ('I', 'T', 'E'); clients: ''
     owed: int  # clients: ReadyForQuery messages owed by the server
+    # SHOW HOLDERS, on both rows of a linked pair (0 otherwise), wall clock (CLOCK_REALTIME):
+    link_us: int = 0  # when the server was given to its current client
+    xact_us: int = 0  # the start of the transaction running on it (a request in flight or T/E)
 
 
 # Upper bounds (µs) of the wait histogram; the same buckets as pool.scheduler.WAIT_BUCKETS.
@@ -326,6 +347,37 @@ class SwitchAPI(Protocol):
 
     def pools(self) -> list[PoolSnapshot]: ...
 
+    def peer_of(self, conn: int) -> int:
+        """The linked connection's id, 0 if none (KeyError if unknown): where a cancel goes."""
+        ...
+
+    def suspend(self, on: bool) -> None:
+        """SUSPEND (on): read no socket (clients, servers, logins; listeners stop accepting)
+        but go on writing what the buffers hold; deadlines are not swept meanwhile. Off: read
+        everything that became readable meanwhile, sweep again."""
+        ...
+
+    def unflushed(self) -> list[int]:
+        """The connections whose out buffer still holds bytes (SUSPEND waits for none)."""
+        ...
+
+    def cancel_wait(self, client: int) -> int:
+        """A CancelRequest for a client waiting in the queue: if its held bytes end at a message
+        boundary, it leaves the queue (CL_ACTIVE, no server), its held bytes are dropped, and the
+        answer is the ReadyForQuery messages it was owed (> 0: send (57014 + ReadyForQuery) that
+        many times), or -2: none owed (a batch was open: send the 57014 error alone); -1:
+        nothing done (not waiting, or half a message held). KeyError if unknown."""
+        ...
+
+    def set_pool_checks(
+        self, pool: int, *, check_delay_us: int = -1, reset_always: bool = False
+    ) -> None:
+        """check_delay_us >= 0: an idle server idle that long is not linked but parked with
+        ATTENTION CHECK_NEEDED (server_check_delay); -1: no checks. reset_always: a server
+        released at its client's boundary (transaction/statement mode) is parked with
+        ATTENTION RESET_NEEDED instead of going idle (server_reset_query_always)."""
+        ...
+
     def conns(self) -> list[ConnSnapshot]: ...
 
 
@@ -465,6 +517,23 @@ class Switch:
 
     def conns(self) -> list[ConnSnapshot]:
         return [
-            ConnSnapshot(c, Kind(k), p, State(s), fd, peer, ct, rt, w, tx, owed)
-            for c, k, p, s, fd, peer, ct, rt, w, tx, owed in self._sw.conns()
+            ConnSnapshot(c, Kind(k), p, State(s), fd, peer, ct, rt, w, tx, owed, lk, xa)
+            for c, k, p, s, fd, peer, ct, rt, w, tx, owed, lk, xa in self._sw.conns()
         ]
+
+    def peer_of(self, conn: int) -> int:
+        return self._sw.peer_of(conn)
+
+    def suspend(self, on: bool) -> None:
+        self._sw.suspend(on)
+
+    def unflushed(self) -> list[int]:
+        return self._sw.unflushed()
+
+    def cancel_wait(self, client: int) -> int:
+        return self._sw.cancel_wait(client)
+
+    def set_pool_checks(
+        self, pool: int, *, check_delay_us: int = -1, reset_always: bool = False
+    ) -> None:
+        self._sw.set_pool_checks(pool, check_delay_us=check_delay_us, reset_always=reset_always)

@@ -216,6 +216,8 @@ void conn_destroy(struct sw *sw, struct conn *c, uint8_t reason, int report)
         int len = 0;
         if (c->err != 0 && (reason == R_IO_ERROR || reason == R_CONNECT_FAILED))
             len = snprintf(num, sizeof(num), "%d", c->err);
+        else if (reason == R_UNKNOWN_TYPE) /* Python logs "unknown pkt from client" with it */
+            num[len++] = (char)c->bad_type;
         sw_post_data(sw, EV_CLOSED, c->id, c->pool->id, reason, (const uint8_t *)num,
                      len > 0 ? (size_t)len : 0);
     }
@@ -321,8 +323,9 @@ static int conn_write(struct sw *sw, struct conn *c)
     return 1;
 }
 
-static void client_scan_failed(struct sw *sw, struct conn *c, int stop)
+static void client_scan_failed(struct sw *sw, struct conn *c, int stop, uint8_t type)
 {
+    c->bad_type = type;
     if (stop == SCAN_TERMINATE) {
         pool_client_left(sw, c);
         conn_destroy(sw, c, R_CLIENT_TERMINATE, 1);
@@ -393,8 +396,9 @@ static int client_scan(struct sw *sw, struct conn *c, struct buf *dst, struct co
                               sw->max_packet, &stop);
     dst->scanned += (uint32_t)used;
     if (stop != SCAN_MORE) {
+        uint8_t type = dst->data[dst->scanned]; /* the offender's header is whole */
         dst->end = dst->scanned; /* the offender and what follows never reach a server */
-        client_scan_failed(sw, c, stop);
+        client_scan_failed(sw, c, stop, type);
         return 0;
     }
     if (s != NULL) {
@@ -539,8 +543,9 @@ int conn_client_pending(struct sw *sw, struct conn *c, const uint8_t *p, size_t 
                               sw->max_packet, &stop);
     dst->scanned += (uint32_t)used;
     if (stop != SCAN_MORE) {
+        uint8_t type = dst->data[dst->scanned];
         dst->end = dst->scanned;
-        client_scan_failed(sw, c, stop);
+        client_scan_failed(sw, c, stop, type);
     } else if (c->state == CL_ACTIVE && dst->scanned > dst->start) {
         pool_wants_server(sw, c);
     }
@@ -571,7 +576,7 @@ void conn_service(struct sw *sw, struct conn *c)
         }
         if (c->state == CL_LOGIN || c->state == SV_LOGIN || c->state == SV_TALK)
             progress |= login_service(sw, c);
-        else if (c->readable)
+        else if (c->readable && !sw->suspended) /* SUSPEND: writes go on, reads wait */
             progress |= c->kind == KIND_CLIENT ? client_read(sw, c) : server_read(sw, c);
         if (!progress)
             return;

@@ -194,7 +194,7 @@ static int login_read(struct sw *sw, struct conn *c)
 int login_service(struct sw *sw, struct conn *c)
 {
     login_pass_up(sw, c);
-    if (c->state == ST_DEAD || !c->readable)
+    if (c->state == ST_DEAD || !c->readable || sw->suspended)
         return 0;
     int got = login_read(sw, c);
     if (got)
@@ -262,7 +262,7 @@ static int accept_skippable(int err)
 
 void login_accept(struct sw *sw, struct conn *l)
 {
-    if (l->stalled || !l->readable || l->state == ST_DEAD)
+    if (l->stalled || !l->readable || l->state == ST_DEAD || sw->suspended)
         return;
     for (int i = 0; i < ACCEPT_BATCH; i++) {
         int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -429,6 +429,7 @@ int login_promote(struct sw *sw, struct conn *c, struct pool *p, const uint8_t *
         move_pool(c, p);
         c->login_sent = 0;
         conn_set_state(c, CL_ACTIVE);
+        c->idle_since = sw->now_mono; /* client_idle_timeout counts from its last login message */
         if (h->end == h->start) {
             buf_free(h);
         } else {

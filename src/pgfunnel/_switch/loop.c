@@ -48,6 +48,22 @@ int loop_timer(struct sw *sw, int on)
     return 0;
 }
 
+/* SUSPEND (on): no socket is read and no listener accepts; what the buffers hold is still
+ * written. Epoll's edges keep setting `readable` meanwhile (only a read clears it), so
+ * resuming (off) runs every connection whose flag is set: nothing readable is forgotten. */
+void loop_suspend(struct sw *sw, int on)
+{
+    int was = sw->suspended;
+    sw->suspended = on != 0;
+    if (on || !was)
+        return;
+    for (uint32_t i = 0; i < sw->nslots; i++) {
+        struct conn *c = sw->slots[i];
+        if (c != NULL && c->fd >= 0 && c->readable)
+            conn_schedule(sw, c);
+    }
+}
+
 void loop_fini(struct sw *sw)
 {
     if (sw->epfd >= 0)
@@ -198,7 +214,7 @@ void loop_once(struct sw *sw, int timeout_ms)
         conn_service(sw, c);
     }
     run_todo(sw);
-    if (tick && sw->timer_on)
+    if (tick && sw->timer_on && !sw->suspended)
         timers_tick(sw); /* after the batch: it reports, it changes nothing */
     conn_free_dead(sw);
 }

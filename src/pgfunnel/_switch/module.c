@@ -820,6 +820,7 @@ static PyObject *Switch_pools(SwitchObject *self, PyObject *Py_UNUSED(a))
 struct conn_row {
     uint64_t id, peer;
     int64_t pool, connect_wall, request_wall, wait_us;
+    int64_t link_wall, xact_wall; /* SHOW HOLDERS: held for, transaction for */
     int fd;
     uint32_t owed;
     uint8_t kind, state, status;
@@ -844,7 +845,18 @@ static PyObject *Switch_conns(SwitchObject *self, PyObject *Py_UNUSED(a))
         struct conn *c = sw->slots[i];
         if (c == NULL || c->kind == KIND_LISTENER)
             continue;
+        /* A linked pair's server: when it was given to its client, and the start of the
+         * transaction running on it (a request in flight or status T/E), on both rows. */
+        const struct conn *s = c->kind == KIND_SERVER ? c : c->peer;
+        int64_t link_wall = 0, xact_wall = 0;
+        if (s != NULL && s->state == SV_ACTIVE && s->peer != NULL) {
+            link_wall = s->link_wall;
+            if (s->sc.status != 'I' || s->peer->tr.owed != 0 || s->peer->tr.batch)
+                xact_wall = sw->now_wall - (sw->now_mono - s->xact_start);
+        }
         rows[k++] = (struct conn_row){
+            .link_wall = link_wall,
+            .xact_wall = xact_wall,
             .id = c->id,
             .peer = c->peer != NULL ? c->peer->id : 0,
             .pool = c->pool->id,
@@ -864,9 +876,10 @@ static PyObject *Switch_conns(SwitchObject *self, PyObject *Py_UNUSED(a))
         struct conn_row *r = &rows[i];
         char status[2] = {(char)r->status, 0};
         PyObject *t = Py_BuildValue(
-            "(KiLiiKLLLsI)", (unsigned long long)r->id, r->kind, (long long)r->pool, r->state,
+            "(KiLiiKLLLsILL)", (unsigned long long)r->id, r->kind, (long long)r->pool, r->state,
             r->fd, (unsigned long long)r->peer, (long long)r->connect_wall,
-            (long long)r->request_wall, (long long)r->wait_us, status, r->owed);
+            (long long)r->request_wall, (long long)r->wait_us, status, r->owed,
+            (long long)r->link_wall, (long long)r->xact_wall);
         if (t == NULL)
             Py_CLEAR(list);
         else
@@ -874,6 +887,113 @@ static PyObject *Switch_conns(SwitchObject *self, PyObject *Py_UNUSED(a))
     }
     free(rows);
     return list;
+}
+
+/* The linked connection's id (0: none): routing a cancel without a conns() snapshot. */
+static PyObject *Switch_peer_of(SwitchObject *self, PyObject *args)
+{
+    unsigned long long id;
+    if (!PyArg_ParseTuple(args, "K", &id) || check_open(self) < 0)
+        return NULL;
+    struct sw *sw = &self->sw;
+    sw_lock(sw);
+    struct conn *c = conn_find(sw, id);
+    int found = c != NULL && c->kind != KIND_LISTENER;
+    uint64_t peer = found && c->peer != NULL ? c->peer->id : 0;
+    sw_unlock(sw);
+    if (!found) {
+        PyErr_Format(PyExc_KeyError, "no connection %llu", id);
+        return NULL;
+    }
+    return PyLong_FromUnsignedLongLong(peer);
+}
+
+/* SUSPEND: reads stop everywhere, writes go on (loop.c); off reads what became readable. */
+static PyObject *Switch_suspend(SwitchObject *self, PyObject *args)
+{
+    int on;
+    if (!PyArg_ParseTuple(args, "p", &on) || check_open(self) < 0)
+        return NULL;
+    sw_lock(&self->sw);
+    loop_suspend(&self->sw, on);
+    sw_unlock(&self->sw);
+    Py_RETURN_NONE;
+}
+
+/* The connections whose out buffer still holds bytes (SUSPEND waits for none). */
+static PyObject *Switch_unflushed(SwitchObject *self, PyObject *Py_UNUSED(a))
+{
+    if (check_open(self) < 0)
+        return NULL;
+    struct sw *sw = &self->sw;
+    sw_lock(sw);
+    size_t n = 0;
+    for (uint32_t i = 0; i < sw->nslots; i++)
+        n += sw->slots[i] != NULL && sw->slots[i]->out.start != sw->slots[i]->out.end;
+    uint64_t *ids = malloc((n ? n : 1) * sizeof(*ids));
+    if (ids == NULL) {
+        sw_unlock(sw);
+        return PyErr_NoMemory();
+    }
+    size_t k = 0;
+    for (uint32_t i = 0; i < sw->nslots; i++)
+        if (sw->slots[i] != NULL && sw->slots[i]->out.start != sw->slots[i]->out.end)
+            ids[k++] = sw->slots[i]->id;
+    sw_unlock(sw);
+    PyObject *list = PyList_New((Py_ssize_t)n);
+    for (size_t i = 0; list != NULL && i < n; i++) {
+        PyObject *v = PyLong_FromUnsignedLongLong(ids[i]);
+        if (v == NULL)
+            Py_CLEAR(list);
+        else
+            PyList_SET_ITEM(list, (Py_ssize_t)i, v);
+    }
+    free(ids);
+    return list;
+}
+
+static PyObject *Switch_cancel_wait(SwitchObject *self, PyObject *args)
+{
+    unsigned long long id;
+    if (!PyArg_ParseTuple(args, "K", &id) || check_open(self) < 0)
+        return NULL;
+    struct sw *sw = &self->sw;
+    sw_lock(sw);
+    struct conn *c = conn_find(sw, id);
+    int rc = c != NULL ? pool_cancel_wait(sw, c) : -1;
+    sw_unlock(sw);
+    if (c == NULL) {
+        PyErr_Format(PyExc_KeyError, "no connection %llu", id);
+        return NULL;
+    }
+    return PyLong_FromLong(rc);
+}
+
+static PyObject *Switch_set_pool_checks(SwitchObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"pool", "check_delay_us", "reset_always", NULL};
+    long long pool_id, delay = -1;
+    int reset = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "L|$Lp", kwlist, &pool_id, &delay, &reset) ||
+        check_open(self) < 0)
+        return NULL;
+    if (delay < -1) {
+        PyErr_SetString(PyExc_ValueError, "check_delay_us is >= 0, or -1: no checks");
+        return NULL;
+    }
+    struct sw *sw = &self->sw;
+    sw_lock(sw);
+    struct pool *p = pool_find(sw, pool_id);
+    if (p != NULL) {
+        p->check_delay = delay;
+        p->reset_always = reset != 0;
+    }
+    sw_unlock(sw);
+    if (p == NULL) {
+        PyErr_Format(PyExc_KeyError, "no pool %lld", pool_id);
+        return NULL;
+    }
+    Py_RETURN_NONE;
 }
 
 /* ---- login phases (login.c) ----------------------------------------------------------- */
@@ -1229,6 +1349,14 @@ static PyMethodDef Switch_methods[] = {
     {"events", (PyCFunction)Switch_events, METH_NOARGS, "Drain the events."},
     {"pools", (PyCFunction)Switch_pools, METH_NOARGS, "Per pool counts and counters."},
     {"conns", (PyCFunction)Switch_conns, METH_NOARGS, "Per connection state."},
+    {"peer_of", (PyCFunction)Switch_peer_of, METH_VARARGS, "peer_of(conn) -> linked id or 0"},
+    {"suspend", (PyCFunction)Switch_suspend, METH_VARARGS, "suspend(on)"},
+    {"unflushed", (PyCFunction)Switch_unflushed, METH_NOARGS, "Ids with bytes still to write."},
+    {"cancel_wait", (PyCFunction)Switch_cancel_wait, METH_VARARGS,
+     "cancel_wait(client) -> owed, -2 (none owed) or -1 (nothing done)"},
+    {"set_pool_checks", (PyCFunction)(void (*)(void))Switch_set_pool_checks,
+     METH_VARARGS | METH_KEYWORDS,
+     "set_pool_checks(pool, *, check_delay_us=-1, reset_always=False)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1274,6 +1402,8 @@ PyMODINIT_FUNC PyInit__switch(void)
     ADD_INT(m, EV_LISTEN_ERROR);
     ADD_INT(m, EV_MESSAGE);
     ADD_INT(m, R_CONNECT_FAILED);
+    ADD_INT(m, R_CHECK_NEEDED);
+    ADD_INT(m, R_RESET_NEEDED);
     ADD_INT(m, CL_LOGIN);
     ADD_INT(m, SV_LOGIN);
     ADD_INT(m, SV_TALK);

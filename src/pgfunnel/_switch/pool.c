@@ -25,6 +25,7 @@ struct pool *pool_add(struct sw *sw, int64_t id, uint8_t mode)
         return NULL;
     p->id = id;
     p->mode = mode;
+    p->check_delay = -1;
     p->next = sw->pools;
     sw->pools = p;
     return p;
@@ -101,7 +102,7 @@ static void link(struct sw *sw, struct conn *c, struct conn *s)
     s->peer = c;
     c->stmt_abs = c->out.done + (c->out.end - c->out.start);
     s->query_start = s->xact_start = sw->now_mono;
-    s->request_wall = sw->now_wall;
+    s->request_wall = s->link_wall = sw->now_wall;
     if (params_link(sw, c, s) < 0) {
         conn_server_gone(sw, s, R_IO_ERROR);
         return;
@@ -124,12 +125,26 @@ static void link(struct sw *sw, struct conn *c, struct conn *s)
     conn_schedule(sw, c);
 }
 
+/* The top idle server, taken off the stack; one idle for the pool's check delay or longer
+ * is parked CHECK_NEEDED instead (PgBouncer's server_check_delay: Python runs the check
+ * query in talk mode and promotes it back, or closes it) and the next one is tried. */
+static struct conn *idle_take(struct sw *sw, struct pool *p)
+{
+    struct conn *s;
+    while ((s = p->idle) != NULL) {
+        pool_unlist(sw, s);
+        if (p->check_delay < 0 || sw->now_mono - s->idle_since < p->check_delay)
+            return s;
+        pool_park(sw, s, R_CHECK_NEEDED);
+    }
+    return NULL;
+}
+
 void pool_wants_server(struct sw *sw, struct conn *c)
 {
     struct pool *p = c->pool;
-    struct conn *s = p->idle;
-    if (s != NULL && !p->paused) {
-        pool_unlist(sw, s);
+    struct conn *s = p->paused ? NULL : idle_take(sw, p);
+    if (s != NULL) {
         link(sw, c, s);
         return;
     }
@@ -189,7 +204,18 @@ void pool_check_release(struct sw *sw, struct conn *s)
     c->idle_since = sw->now_mono; /* client_idle_timeout counts from here */
     if (c->out.start == c->out.end)
         buf_free(&c->out);
-    pool_release(sw, s);
+    pool_server_free(sw, s);
+}
+
+/* A client released its server at the boundary (transaction/statement mode): in a
+ * reset_always pool (PgBouncer's server_reset_query_always) it is parked RESET_NEEDED for
+ * Python's reset query, else released. */
+void pool_server_free(struct sw *sw, struct conn *s)
+{
+    if (s->pool->reset_always && !s->close_needed)
+        pool_park(sw, s, R_RESET_NEEDED);
+    else
+        pool_release(sw, s);
 }
 
 /* A client is leaving (or being closed): out of the queue, and its server judged. A server
@@ -221,7 +247,7 @@ void pool_client_left(struct sw *sw, struct conn *c)
     else
         reason = R_NONE;
     if (reason == R_NONE)
-        pool_release(sw, s);
+        pool_server_free(sw, s);
     else
         pool_park(sw, s, reason);
     /* Python judges what remains of this client's work on the server; the client's own
@@ -238,13 +264,36 @@ void pool_pause(struct sw *sw, struct pool *p, int on)
     p->paused = on != 0;
     if (on || !was)
         return;
-    while (p->wq_head != NULL && p->idle != NULL) {
-        struct conn *s = p->idle;
-        pool_unlist(sw, s);
+    struct conn *s;
+    while (p->wq_head != NULL && (s = idle_take(sw, p)) != NULL)
         link(sw, p->wq_head, s);
-    }
     if (p->wq_head != NULL) {
         p->waiters_reported = 1;
         sw_post(sw, EV_WAITERS, 0, p->id, p->n[CL_WAITING]);
     }
+}
+
+/* A CancelRequest for a client waiting in the queue (pgfunnel answers it; PgBouncer ignores
+ * it): only at a message boundary (half a message cannot be dropped without breaking the
+ * stream), it leaves the queue holding nothing, and Python answers what it was owed.
+ * Returns the ReadyForQuery messages owed (> 0), -2 when none was owed (a batch was open:
+ * the error alone), -1 when nothing was done (not waiting, or half a message held). */
+int pool_cancel_wait(struct sw *sw, struct conn *c)
+{
+    if (c->kind != KIND_CLIENT || c->state != CL_WAITING || c->sc.skip != 0 ||
+        c->hold.scanned != c->hold.end)
+        return -1;
+    pool_unlist(sw, c);
+    conn_set_state(c, CL_ACTIVE);
+    c->wait_start = 0;
+    c->idle_since = sw->now_mono; /* client_idle_timeout counts from here */
+    buf_free(&c->hold);
+    int owed = c->tr.owed > (uint32_t)INT32_MAX ? INT32_MAX : (int)c->tr.owed;
+    c->tr.owed = 0;
+    c->tr.batch = 0;
+    if (c->stalled) { /* it was not read while its hold buffer was full */
+        c->stalled = 0;
+        conn_schedule(sw, c);
+    }
+    return owed > 0 ? owed : -2;
 }

@@ -71,6 +71,8 @@ enum reason {
     R_SERVER_LIFETIME,
     R_RESERVE, /* pool-level: no conn, no dl_at slot */
     R_CONNECT_FAILED, /* login.c: the server's connect() failed (errno in the event) */
+    R_CHECK_NEEDED,   /* pool.c: idle longer than the pool's check delay: Python checks it */
+    R_RESET_NEEDED,   /* pool.c: released in a reset_always pool: Python resets it */
 };
 #define DL_FIRST R_QUERY_WAIT
 #define DL_CONN_COUNT (R_SERVER_LIFETIME - R_QUERY_WAIT + 1)
@@ -133,6 +135,8 @@ struct conn {
     uint8_t inet;         /* listener: TCP (accepted clients get TCP_NODELAY) */
     int err;              /* the errno of an IO_ERROR/CONNECT_FAILED close */
     uint8_t park_reason;  /* server: why it was last parked (R_DIRTY_BUSY: no talk) */
+    uint8_t bad_type;     /* client: the refused type byte (UNKNOWN_TYPE's event data) */
+    int64_t link_wall;    /* server: CLOCK_REALTIME µs of its link to its current client */
     struct pool *pool;
     struct conn *peer;
     struct conn *qprev, *qnext; /* the idle stack or the wait queue */
@@ -172,6 +176,8 @@ struct pool {
     uint8_t waiters_reported; /* EV_WAITERS sent; again only once the queue has emptied */
     uint8_t paused;           /* PAUSE: no client is linked to a server */
     uint8_t reserve_reported; /* R_RESERVE sent; again only once the queue has emptied */
+    uint8_t reset_always;     /* a released server is parked RESET_NEEDED, never idle */
+    int64_t check_delay;      /* µs idle before a server is parked CHECK_NEEDED; -1: never */
     struct conn *idle;        /* LIFO stack, through qnext */
     struct conn *idle_tail;   /* its bottom: the longest idle */
     struct conn *wq_head, *wq_tail;
@@ -212,6 +218,7 @@ struct sw {
     int64_t now_mono, now_wall;
     struct ptrack *tracked; /* params.c: the tracked parameter names, in SET order */
     uint32_t ntracked;
+    uint8_t suspended; /* SUSPEND: no socket is read, listeners do not accept */
 };
 
 /* loop.c: the only file that calls epoll */
@@ -229,6 +236,7 @@ int sw_post_data(struct sw *sw, uint8_t kind, uint64_t conn, int64_t pool, uint3
 void sw_drop_events(struct sw *sw);
 void sw_clock(struct sw *sw);
 int loop_timer(struct sw *sw, int on);
+void loop_suspend(struct sw *sw, int on);
 
 /* conn.c */
 struct conn *conn_new(struct sw *sw, int fd, uint8_t kind, struct pool *pool);
@@ -256,6 +264,8 @@ void pool_client_left(struct sw *sw, struct conn *c);
 void pool_unlist(struct sw *sw, struct conn *c);
 void pool_park(struct sw *sw, struct conn *s, uint8_t reason);
 void pool_pause(struct sw *sw, struct pool *p, int on);
+int pool_cancel_wait(struct sw *sw, struct conn *c);
+void pool_server_free(struct sw *sw, struct conn *s);
 
 /* params.c */
 int params_set_tracked(struct sw *sw, const char *const *names, const size_t *lens, size_t n);

@@ -35,8 +35,10 @@ static int64_t episode_start(const struct conn *c, uint8_t reason)
     case R_SERVER_IDLE:
         return c->state == SV_IDLE ? c->idle_since : 0;
     case R_SERVER_LIFETIME:
-        /* Once per server: Python marks it close_needed (or closes it). */
-        if ((c->state != SV_IDLE && c->state != SV_ACTIVE) || c->close_needed)
+        /* Once per server: Python marks it close_needed (or closes it). A server in talk
+         * mode (login.c) ages too: marked, it is parked when promoted back. */
+        if ((c->state != SV_IDLE && c->state != SV_ACTIVE && c->state != SV_TALK) ||
+            c->close_needed)
             return 0;
         return c->connect_mono;
     default:
@@ -123,6 +125,7 @@ void timers_tick(struct sw *sw)
             break;
         case SV_IDLE:
         case SV_ACTIVE:
+        case SV_TALK:
             check(sw, c, R_SERVER_LIFETIME);
             break;
         default:
@@ -183,8 +186,8 @@ int timers_expire(struct sw *sw, struct conn *c, uint8_t reason, const uint8_t *
         conn_destroy(sw, c, R_NONE, 0);
         return 1;
     case R_SERVER_LIFETIME:
-        /* In use: parked when released; idle: parked now. Python gets ATTENTION CLOSE_NEEDED
-         * either way and closes it with its log line. */
+        /* In use (or in talk mode): parked when released (promoted); idle: parked now.
+         * Python gets ATTENTION CLOSE_NEEDED either way and closes it with its log line. */
         c->close_needed = 1;
         if (c->state == SV_IDLE)
             pool_park(sw, c, R_CLOSE_NEEDED);

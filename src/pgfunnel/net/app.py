@@ -407,19 +407,37 @@ class App(Commands):
             if client.conn is not None:
                 client.conn.cancel_admin()
             return
-        server = self.linked_server(client)
-        if server is None or not server.pid:
-            return  # not holding a server: nothing runs to cancel (as PgBouncer)
-        self.loop.create_task(self._send_cancel(server))
+        if client.conn is not None or not client.sid:
+            return  # still logging in: nothing runs to cancel
+        sw = self.bridge.sw
+        try:
+            peer = sw.peer_of(client.sid)
+        except KeyError:
+            return  # gone meanwhile
+        if peer:
+            server = self.bridge.servers.get(peer)
+            if server is not None and server.pid:
+                self.loop.create_task(self._send_cancel(server))
+            return
+        # Queued: its queries are answered with 57014 and dropped, and it leaves the queue,
+        # still connected. (PgBouncer ignores such a cancel and the query runs later.) One
+        # error and ReadyForQuery per Query/Sync it sent; messages after its last Sync (a
+        # batch still open) get the error alone, as PostgreSQL skips to the client's next Sync.
+        owed = sw.cancel_wait(client.sid)
+        if owed == -1:
+            return  # not waiting, or half a message held: it keeps waiting
+        error = m.error_response(ss.QUERY_CANCELED, Msg.QUERY_CANCELED)
+        sw.send(client.sid, (error + m.ready_for_query()) * owed if owed > 0 else error)
 
     def linked_server(self, client: Client) -> Server | None:
         """The server the switch has linked to `client` right now, if any."""
         if not client.sid:
             return None
-        for row in self.bridge.sw.conns():
-            if row.conn == client.sid:
-                return self.bridge.servers.get(row.peer) if row.peer else None
-        return None
+        try:
+            peer = self.bridge.sw.peer_of(client.sid)
+        except KeyError:
+            return None
+        return self.bridge.servers.get(peer) if peer else None
 
     async def _send_cancel(self, server: Server) -> None:
         dbc: DatabaseConfig = server.pool.db.config
@@ -565,6 +583,8 @@ class App(Commands):
             SwReason.DIRTY_TXN: "dirty_txn",
             SwReason.DIRTY_BUSY: "dirty_busy",
             SwReason.CLOSE_NEEDED: "close_needed",
+            SwReason.CHECK_NEEDED: "check_needed",
+            SwReason.RESET_NEEDED: "reset_needed",
         }
         now = self.now()
         if why is not SwReason.DIRTY_BUSY and server.state is not ServerState.CLOSED:
@@ -865,8 +885,10 @@ class App(Commands):
                 server.request_time = since
                 if state is ServerState.IDLE:
                     server.idle_since = since
-                elif linked is not None and server.link_time < server.connect_time:
-                    server.link_time = since
+                if row.link_us:
+                    server.link_time = now - max(0.0, wall_now - row.link_us / 1e6)
+                if row.xact_us:
+                    server.xact_start = now - max(0.0, wall_now - row.xact_us / 1e6)
         for pool in pooler.pools.values():
             queue = sorted(queues.get(pool, []), key=lambda item: -item[0])
             pool.waiting = deque(client for _, client in queue)

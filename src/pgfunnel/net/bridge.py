@@ -197,6 +197,9 @@ class Bridge:
             server_lifetime=us(s.server_lifetime),
             reserve=us(s.reserve_pool_timeout) if s.reserve_pool_size else 0,
         )
+        # server_check_delay 0 checks before every use; no server_check_query, never.
+        check = -1 if s.server_check_query is None else int(s.server_check_delay * 1_000_000)
+        self.sw.set_pool_checks(pid, check_delay_us=check, reset_always=s.server_reset_query_always)
 
     # --- talking -----------------------------------------------------------------------------
     def forget_talker(self, sid: int) -> None:
@@ -275,7 +278,10 @@ class Bridge:
     def _accepted(self, sid: int, listener: int) -> None:
         from pgfunnel.net.client_conn import ClientConn
 
-        family, host, port, uid, _pid = self.sw.peer(sid)
+        try:
+            family, host, port, uid, _pid = self.sw.peer(sid)
+        except KeyError:
+            return  # it left before we heard of it (a port probe): nothing to undo
         extra: dict[str, Any] = {"sockname": self._local.get(listener, ("", 0))}
         if family == socket.AF_UNIX:
             extra["peername"] = host or ""

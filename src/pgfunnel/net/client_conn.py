@@ -211,8 +211,11 @@ class ClientConn:
             self.fail(verdict, verdict.message)
             return
         # The method (auth_type, hba, peer) and the user's secret, perhaps from auth_query:
-        # net/auth_query.py decides and calls begin_auth. Bytes arriving meanwhile wait in buf.
+        # net/auth_query.py decides and calls begin_auth. Bytes arriving meanwhile wait in the
+        # switch: a client is read only while Python expects a message from it (see
+        # _authenticated).
         self.phase = Phase.WAIT_LOGIN
+        self.pause_reading()
         app.auth_lookups.start(self, dbname, user)
 
     def begin_auth(self, auth: ClientAuth) -> None:
@@ -236,6 +239,8 @@ class ClientConn:
             early = bytes(self.buf)
             self.buf.clear()
             self._auth_data(early)
+        if self.phase is Phase.AUTH:
+            self.resume_reading()  # the password message, from the switch
 
     def _auth_data(self, data: bytes) -> None:
         self.reader.feed(data)
@@ -266,7 +271,12 @@ class ClientConn:
         rest = self.reader.take_rest()
         if rest:
             self.buf += rest
+        # Not read again until promoted (or in the console): a message asked for from the
+        # switch could be on its way up when the promote goes down, and would be lost; the
+        # promote scans what the switch holds instead. A query pipelined after the password
+        # waits in the switch (bounded by its login buffer) or in the kernel.
         self.phase = Phase.WAIT_LOGIN
+        self.pause_reading()
         self.app.authenticated(self)
         if self.held and self.transport is not None:
             # No welcome yet (the pool's first server login is on its way): AuthenticationOk

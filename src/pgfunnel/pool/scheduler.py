@@ -654,7 +654,8 @@ class Pooler:
 
     def server_attention(self, server: Server, why: str, now: float) -> list[Action]:
         """The switch parked a server its client left in a state only the pooler can judge
-        (`why`: "session_end", "dirty_txn", "dirty_busy", "close_needed"); it is in no list
+        (`why`: "session_end", "dirty_txn", "dirty_busy", "close_needed", "check_needed",
+        "reset_needed"); it is in no list
         until it is cleaned and promoted again, or closed."""
         pool = server.pool
         s = pool.settings
@@ -669,10 +670,17 @@ class Pooler:
             reason = Reason.OBSOLETE if server.close_needed else Reason.LIFETIME
             return [self._close_server(server, reason, now), *self._launch(pool, now)]
         queries: list[str] = []
-        if why == "dirty_txn":
+        if why == "check_needed":
+            # Idle past server_check_delay: the check query before the next client uses it
+            # (an empty string is PgBouncer's "<empty>": an empty query).
+            if s.server_check_query is not None:
+                queries.append(s.server_check_query)
+        elif why == "dirty_txn":
             queries.append("ROLLBACK")
-        if s.server_reset_query and (
-            s.server_reset_query_always or (why == "session_end" and s.pool_mode == "session")
+        if (
+            why != "check_needed"
+            and s.server_reset_query
+            and (s.server_reset_query_always or (why == "session_end" and s.pool_mode == "session"))
         ):
             queries.append(s.server_reset_query)
         self._set_server_state(server, ServerState.TESTED, now)

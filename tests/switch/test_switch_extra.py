@@ -5,6 +5,7 @@ queued client, per-pool checks and resets, and the link/transaction times of SHO
 from __future__ import annotations
 
 import socket
+import struct
 import time
 
 import pytest
@@ -24,6 +25,8 @@ from tests.switch.conftest import (
 )
 
 POOL = 1
+_BODY = struct.pack("!i", 196608) + b"user\0u\0\0"
+STARTUP = struct.pack("!i", len(_BODY) + 4) + _BODY
 ANSWER = m.command_complete("SELECT 1")
 PARSE = m.message(b"P", b"\0select 1\0\0\0")
 SYNC = m.message(b"S")
@@ -99,8 +102,11 @@ def test_suspend_writes_what_its_buffers_hold_and_unflushed_lists_the_rest(
     wait_for(lambda: switch.unflushed() == [])
 
 
-def test_a_listener_does_not_accept_while_suspended(switch: Switch) -> None:
+def test_a_listener_accepts_and_logins_go_on_while_suspended(switch: Switch) -> None:
+    """The admin console is a connection in login mode: SUSPEND must leave it (and new
+    sessions, which bring the RESUME) working; a client promoted meanwhile is not read."""
     events = Events(switch)
+    setup(switch, servers=0)
     lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     lsock.bind("")  # abstract name: nothing to clean up
     lsock.listen(8)
@@ -108,11 +114,17 @@ def test_a_listener_does_not_accept_while_suspended(switch: Switch) -> None:
     switch.listen(lsock.detach())
     switch.suspend(True)
     a = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    a.connect(addr)  # the kernel's backlog takes it
+    a.connect(addr)
+    accepted = events.wait(lambda e: e.kind is EventKind.ACCEPTED)
+    a.sendall(STARTUP)
+    got = events.wait(lambda e: e.kind is EventKind.MESSAGE and e.conn == accepted.conn)
+    assert got.data == STARTUP
+    assert switch.promote(accepted.conn, POOL)
+    a.sendall(m.query("select 1"))
     time.sleep(0.2)
-    assert [e for e in events.poll() if e.kind is EventKind.ACCEPTED] == []
+    assert state(switch, accepted.conn) is State.CL_ACTIVE  # not read: it would wait for a server
     switch.suspend(False)
-    events.wait(lambda e: e.kind is EventKind.ACCEPTED)
+    wait_for(lambda: state(switch, accepted.conn) is State.CL_WAITING)
     a.close()
 
 

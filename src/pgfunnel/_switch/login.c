@@ -190,11 +190,12 @@ static int login_read(struct sw *sw, struct conn *c)
 }
 
 /* A connection in CL_LOGIN, SV_LOGIN or SV_TALK: pass up what is whole, read, pass up
- * again. */
+ * again. SUSPEND does not stop it: the admin console (and its RESUME) is a connection in
+ * login mode, and Python reads a login only when it asks for the next message. */
 int login_service(struct sw *sw, struct conn *c)
 {
     login_pass_up(sw, c);
-    if (c->state == ST_DEAD || !c->readable || sw->suspended)
+    if (c->state == ST_DEAD || !c->readable)
         return 0;
     int got = login_read(sw, c);
     if (got)
@@ -262,8 +263,8 @@ static int accept_skippable(int err)
 
 void login_accept(struct sw *sw, struct conn *l)
 {
-    if (l->stalled || !l->readable || l->state == ST_DEAD || sw->suspended)
-        return;
+    if (l->stalled || !l->readable || l->state == ST_DEAD)
+        return; /* accepts while suspended: new console sessions must reach RESUME */
     for (int i = 0; i < ACCEPT_BATCH; i++) {
         int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {

@@ -218,7 +218,7 @@ struct sw {
     int64_t now_mono, now_wall;
     struct ptrack *tracked; /* params.c: the tracked parameter names, in SET order */
     uint32_t ntracked;
-    uint8_t suspended; /* SUSPEND: no socket is read, listeners do not accept */
+    uint8_t suspended; /* SUSPEND: no pooled connection is read (logins and listeners go on) */
 };
 
 /* loop.c: the only file that calls epoll */

@@ -236,8 +236,6 @@ class App(Commands):
 
     # --- events from client connections ------------------------------------------------------
     def client_opened(self, conn: ClientConn) -> None:
-        if self.suspended and conn.transport is not None:
-            conn.transport.pause_reading()  # read once RESUME comes
         self.client_count += 1
         self.logging_in[conn] = None  # oldest first: client_login_timeout scans from the front
         if self.client_count > int(self.settings.max_client_conn) or (
@@ -696,7 +694,8 @@ class App(Commands):
                     self.count_refusal(Refusal.SERVER_LOGIN_FAILING)
                 self.fail_client(action.client, action.error, action.reason)
             elif isinstance(action, EvictIdle):
-                self.take_idle(action.server, Reason.EVICTED)
+                if self.take_idle(action.server, Reason.EVICTED):
+                    self.apply(self.pooler.evicted(action.pool, self.now()))
             elif isinstance(action, MarkCloseNeeded):
                 self.bridge.sw.set_close_needed(action.server.sid)
             elif isinstance(action, FinishLogin):

@@ -135,8 +135,7 @@ class ClientConn:
     def resume_reading(self) -> None:
         if self.transport is not None and self.paused:
             self.paused = False
-            if not self.app.suspended:
-                self.transport.resume_reading()
+            self.transport.resume_reading()  # SUSPEND holds pooled connections, not logins
 
     # --- startup and authentication ----------------------------------------------------------
     def _startup_data(self, data: bytes) -> None:
@@ -389,12 +388,15 @@ class ClientConn:
         if self.phase is Phase.CLOSED or self.phase is Phase.FORWARD:
             return  # FORWARD: the switch has it (App.fail_client closes it there)
         self.phase = Phase.CLOSED
-        if self.transport is not None:
-            if self.held:
-                self.transport.write(self.held)
-                self.held = b""
-            self.transport.close()
+        transport = self.transport
+        if transport is not None and self.held:
+            transport.write(self.held)
+            self.held = b""
+        # Logged before the close: the switch's thread may end the socket at once, and
+        # whoever sees the EOF may look for the `closing because` line.
         self._leave(reason)
+        if transport is not None:
+            transport.close()
 
     def _leave(self, reason: str | None) -> None:
         """Tell the App the client is gone."""

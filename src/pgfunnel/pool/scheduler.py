@@ -31,9 +31,12 @@ class Promote:
 
 @dataclass(frozen=True)
 class EvictIdle:
-    """At a database/user cap: close `server` if the switch still has it idle."""
+    """At a database/user cap: close `server` if the switch still has it idle, then open
+    for `pool` (the room is only there once the close happened: the switch may have handed
+    the server out meanwhile)."""
 
     server: Server
+    pool: Pool
 
 
 @dataclass(frozen=True)
@@ -511,15 +514,20 @@ class Pooler:
             return False
         db, user = pool.db, pool.user
         if s.max_db_connections and db.server_count >= s.max_db_connections:
-            if not self._evict(lambda p: p.db is db and p is not pool, now, actions):
-                return False
+            self._evict(pool, lambda p: p.db is db and p is not pool, actions)
+            return False
         if s.max_user_connections and user.server_count >= s.max_user_connections:
-            if not self._evict(lambda p: p.user is user and p is not pool, now, actions):
-                return False
+            self._evict(pool, lambda p: p.user is user and p is not pool, actions)
+            return False
         return True
 
-    def _evict(self, match: Callable[[Pool], bool], now: float, actions: list[Action]) -> bool:
-        """At a database/user cap: close the longest-idle server of a sibling pool to make room."""
+    def evicted(self, pool: Pool, now: float) -> list[Action]:
+        """An EvictIdle for `pool` closed its server: the room it made is `pool`'s now."""
+        return self._launch(pool, now)
+
+    def _evict(self, pool: Pool, match: Callable[[Pool], bool], actions: list[Action]) -> bool:
+        """At a database/user cap: close the longest-idle server of a sibling pool to make room
+        for `pool` (which opens once the close is done, never alongside it)."""
         best: Server | None = None
         for other in self.pools.values():
             if not match(other):
@@ -530,7 +538,7 @@ class Pooler:
                 break  # dicts keep insertion order: the first idle one is the oldest
         if best is None:
             return False
-        actions.append(EvictIdle(best))
+        actions.append(EvictIdle(best, pool))
         return True
 
     def _new_server(self, pool: Pool, now: float) -> Server:
@@ -680,7 +688,9 @@ class Pooler:
         if (
             why != "check_needed"
             and s.server_reset_query
-            and (s.server_reset_query_always or (why == "session_end" and s.pool_mode == "session"))
+            # Session mode resets however the client left: a session that ended inside a
+            # transaction (DIRTY_TXN) carries its SETs and prepared statements all the same.
+            and (s.server_reset_query_always or s.pool_mode == "session")
         ):
             queries.append(s.server_reset_query)
         self._set_server_state(server, ServerState.TESTED, now)
@@ -700,6 +710,9 @@ class Pooler:
         if pool.db.paused:
             return [self._close_server(server, Reason.PAUSE_MODE, now)]
         self._set_server_state(server, ServerState.IDLE, now)
+        # The switch gives it to the first waiter: one fewer to open a server for, until the
+        # next snapshot says how many wait (else every login would start one more).
+        pool.sw_waiting = max(0, pool.sw_waiting - 1)
         return [Promote(server)]
 
     def internal_done(self, server: Server, ok: bool, now: float) -> list[Action]:

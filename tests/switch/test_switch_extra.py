@@ -409,3 +409,16 @@ def test_session_link_time_stays_and_xact_time_follows_the_transaction(switch: S
     assert second[sid].link_us == first[sid].link_us
     assert second[sid].xact_us >= first[sid].link_us + 20_000
     assert second[cid].xact_us == second[sid].xact_us
+
+
+def test_each_link_counts_one_server_assignment(switch: Switch) -> None:
+    """SHOW STATS' server_assignment_count: one per server given to a client (transaction
+    mode: one per transaction), read from the pool snapshot."""
+    (server,) = setup(switch)
+    c, _ = client(switch)
+    for n in (1, 2, 3):
+        c.sendall(m.query(f"select {n}"))
+        serve_one(server, m.query(f"select {n}"))
+        assert read_exact(c, len(ANSWER) + 6) == ANSWER + m.ready_for_query()
+    wait_for(lambda: switch.pools()[0].assign_count == 3)
+    assert switch.pools()[0].xact_count == 3

@@ -178,6 +178,7 @@ class PoolSnapshot(NamedTuple):
     paused: bool  # PAUSE: no client is linked to a server
     sv_login: int = 0  # connecting or logging in (SHOW POOLS' sv_login)
     sv_talk: int = 0  # running the pooler's own queries (talk: reset, ROLLBACK, check)
+    assign_count: int = 0  # servers given to clients (SHOW STATS' server_assignment_count)
 
 
 class ConnSnapshot(NamedTuple):
@@ -510,7 +511,7 @@ class Switch:
     def pools(self) -> list[PoolSnapshot]:
         return [
             PoolSnapshot(
-                row[0], Mode(row[1]), *row[2:15], tuple(row[15]), row[16], row[17], row[18]
+                row[0], Mode(row[1]), *row[2:15], tuple(row[15]), row[16], row[17], row[18], row[19]
             )
             for row in self._sw.pools()
         ]

@@ -161,6 +161,7 @@ class Switch:
             bool,
             int,
             int,
+            int,
         ]
     ]: ...
     def conns(

@@ -795,7 +795,7 @@ static PyObject *Switch_pools(SwitchObject *self, PyObject *Py_UNUSED(a))
                 PyTuple_SET_ITEM(hist, b, v);
         }
         PyObject *t = hist == NULL ? NULL
-                                   : Py_BuildValue("(LiIIIIILKKKKKKKNNII)", (long long)r->id,
+                                   : Py_BuildValue("(LiIIIIILKKKKKKKNNIIK)", (long long)r->id,
                                                    r->mode, r->cl_active, r->cl_waiting,
                                                    r->sv_active, r->sv_idle, r->sv_parked,
                                                    (long long)r->maxwait,
@@ -807,7 +807,8 @@ static PyObject *Switch_pools(SwitchObject *self, PyObject *Py_UNUSED(a))
                                                    (unsigned long long)r->st.query_us,
                                                    (unsigned long long)r->st.wait_us, hist,
                                                    PyBool_FromLong(r->paused), r->sv_login,
-                                                   r->sv_talk);
+                                                   r->sv_talk,
+                                                   (unsigned long long)r->st.assign_count);
         if (t == NULL)
             Py_CLEAR(list);
         else

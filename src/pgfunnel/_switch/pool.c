@@ -98,6 +98,7 @@ static void link(struct sw *sw, struct conn *c, struct conn *s)
     }
     conn_set_state(c, CL_LINKED);
     conn_set_state(s, SV_ACTIVE);
+    c->pool->st.assign_count++;
     c->peer = s;
     s->peer = c;
     c->stmt_abs = c->out.done + (c->out.end - c->out.start);

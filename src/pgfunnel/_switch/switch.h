@@ -163,6 +163,7 @@ struct stats {
     uint64_t xact_count, query_count, bytes_recv, bytes_sent;
     uint64_t xact_us, query_us, wait_us;
     uint64_t wait_hist[WAIT_BUCKETS];
+    uint64_t assign_count; /* servers given to clients (SHOW STATS' server_assignment_count) */
 };
 
 /* A pool's timeouts in µs (0: off), indexed as the deadline reasons from R_QUERY_WAIT. */

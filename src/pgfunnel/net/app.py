@@ -843,6 +843,7 @@ class App(Commands):
             st.wait_time = snap.wait_time_us / 1e6
             st.wait_buckets = list(snap.wait_hist)
             st.wait_count = sum(snap.wait_hist)
+            st.server_assignment_count = snap.assign_count
 
     def refresh(self) -> None:
         """Read the switch's connection snapshot into the pool objects (states, links, what

@@ -422,3 +422,26 @@ def test_each_link_counts_one_server_assignment(switch: Switch) -> None:
         assert read_exact(c, len(ANSWER) + 6) == ANSWER + m.ready_for_query()
     wait_for(lambda: switch.pools()[0].assign_count == 3)
     assert switch.pools()[0].xact_count == 3
+
+
+@pytest.mark.parametrize(
+    ("header", "text"),
+    [
+        (b"Q" + struct.pack("!i", -1), b"bad packet header: type 'Q' length -1"),
+        (b"Q" + struct.pack("!i", 2), b"bad packet header: type 'Q' length 2"),
+    ],
+)
+def test_a_malformed_header_gets_a_fatal_08p01_naming_it_then_eof(
+    switch: Switch, header: bytes, text: bytes
+) -> None:
+    """The client hears why it is dropped, as it would at login; nothing reaches a server."""
+    (server,) = setup(switch)
+    c, _ = client(switch)
+    c.sendall(header)
+    got = b""
+    c.settimeout(5)
+    while chunk := c.recv(4096):
+        got += chunk
+    assert got[:1] == b"E" and struct.unpack("!i", got[1:5])[0] == len(got) - 1
+    assert b"SFATAL\0" in got and b"C08P01\0" in got and text in got
+    assert_silent(server, 0.1)

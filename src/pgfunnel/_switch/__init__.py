@@ -88,6 +88,7 @@ class Reason(IntEnum):
     # in a reset_always pool (Python runs server_reset_query in talk mode and promotes it).
     CHECK_NEEDED = _native.R_CHECK_NEEDED
     RESET_NEEDED = _native.R_RESET_NEEDED
+    DIRTY_PARTIAL = _native.R_DIRTY_PARTIAL  # left mid-message or with a batch open: close it
 
 
 class MessageFlag(IntFlag):

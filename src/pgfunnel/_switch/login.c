@@ -368,7 +368,8 @@ const char *login_talk(struct sw *sw, struct conn *s)
 {
     if (s->kind != KIND_SERVER || (s->state != SV_IDLE && s->state != SV_PARKED))
         return "only an idle or parked server can talk";
-    if (s->state == SV_PARKED && s->park_reason == R_DIRTY_BUSY)
+    if (s->state == SV_PARKED &&
+        (s->park_reason == R_DIRTY_BUSY || s->park_reason == R_DIRTY_PARTIAL))
         return "a server parked DIRTY_BUSY may be mid-message: close it";
     pool_unlist(sw, s);
     conn_set_state(s, SV_TALK);

@@ -73,6 +73,7 @@ enum reason {
     R_CONNECT_FAILED, /* login.c: the server's connect() failed (errno in the event) */
     R_CHECK_NEEDED,   /* pool.c: idle longer than the pool's check delay: Python checks it */
     R_RESET_NEEDED,   /* pool.c: released in a reset_always pool: Python resets it */
+    R_DIRTY_PARTIAL,  /* pool.c: its client left mid-message or with a batch open (no Sync) */
 };
 #define DL_FIRST R_QUERY_WAIT
 #define DL_CONN_COUNT (R_SERVER_LIFETIME - R_QUERY_WAIT + 1)

@@ -583,9 +583,12 @@ class App(Commands):
             SwReason.CLOSE_NEEDED: "close_needed",
             SwReason.CHECK_NEEDED: "check_needed",
             SwReason.RESET_NEEDED: "reset_needed",
+            SwReason.DIRTY_PARTIAL: "dirty_partial",
         }
         now = self.now()
-        if why is not SwReason.DIRTY_BUSY and server.state is not ServerState.CLOSED:
+        if why not in (SwReason.DIRTY_BUSY, SwReason.DIRTY_PARTIAL) and (
+            server.state is not ServerState.CLOSED
+        ):
             self.pooler.mirror_server(server, ServerState.USED)
         actions = self.pooler.server_attention(server, names.get(why, "dirty_busy"), now)
         talks = any(isinstance(a, RunQueries | Promote) and a.server is server for a in actions)

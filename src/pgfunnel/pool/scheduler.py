@@ -662,16 +662,22 @@ class Pooler:
 
     def server_attention(self, server: Server, why: str, now: float) -> list[Action]:
         """The switch parked a server its client left in a state only the pooler can judge
-        (`why`: "session_end", "dirty_txn", "dirty_busy", "close_needed", "check_needed",
+        (`why`: "session_end", "dirty_txn", "dirty_busy", "dirty_partial", "close_needed", "check_needed",
         "reset_needed"); it is in no list
         until it is cleaned and promoted again, or closed."""
         pool = server.pool
         s = pool.settings
         if server.state is ServerState.CLOSED:
             return []
+        if why == "dirty_partial":
+            # Half a message went to the server (the next one would be glued onto it), or a
+            # batch without its Sync (its statements would run, and commit, with the next
+            # client's): never reused.
+            reason = server.close_reason or Reason.CLIENT_GONE_NOT_READY
+            return [self._close_server(server, reason, now), *self._launch(pool, now)]
         if why == "dirty_busy" or not server.ready:
-            # A query, a batch or half a message was in flight: nothing the pooler sends can
-            # be sure to land at a message boundary.
+            # A query was in flight: nothing the pooler sends can be sure to land at a
+            # message boundary.
             reason = server.close_reason or Reason.CLIENT_GONE_BUSY
             return [self._close_server(server, reason, now), *self._launch(pool, now)]
         if why == "close_needed" or server.lifetime_over or server.close_needed:

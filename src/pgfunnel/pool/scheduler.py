@@ -662,9 +662,9 @@ class Pooler:
 
     def server_attention(self, server: Server, why: str, now: float) -> list[Action]:
         """The switch parked a server its client left in a state only the pooler can judge
-        (`why`: "session_end", "dirty_txn", "dirty_busy", "dirty_partial", "close_needed", "check_needed",
-        "reset_needed"); it is in no list
-        until it is cleaned and promoted again, or closed."""
+        (`why`: "session_end", "dirty_txn", "dirty_busy", "dirty_partial", "close_needed",
+        "check_needed", "reset_needed"); it is in no list until it is cleaned and promoted
+        again, or closed."""
         pool = server.pool
         s = pool.settings
         if server.state is ServerState.CLOSED:

@@ -233,7 +233,9 @@ def test_a_bad_login_length_closes_that_connection_only(
         assert inbox.message(bad_id).data == STARTUP
         switch.read_next(bad_id)
     assert inbox.closed(bad_id).reason == reason
-    assert assert_eof(bad) == b""
+    said = assert_eof(bad)  # told why (FATAL 08P01), then closed
+    assert said[:1] == b"E" and b"SFATAL\0" in said and b"C08P01\0" in said
+    assert (b"oversized packet" if reason == Reason.TOO_BIG else b"bad packet header") in said
     good.sendall(STARTUP)
     assert inbox.message(good_id).data == STARTUP
     other, other_id = login_client(switch, inbox, path, lid)  # still accepting

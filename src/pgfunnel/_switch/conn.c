@@ -325,7 +325,7 @@ static int conn_write(struct sw *sw, struct conn *c)
 
 /* A FATAL 08P01 ErrorResponse with `text` (PgBouncer's and the login path's wording) into
  * out[0..cap); its length, 0 if it does not fit. */
-static size_t fatal_protocol_error(uint8_t *out, size_t cap, const char *text)
+size_t fatal_protocol_error(uint8_t *out, size_t cap, const char *text)
 {
     static const char head[] = "SFATAL\0VFATAL\0C08P01\0M";
     size_t hlen = sizeof head - 1, tlen = strlen(text);

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -135,7 +136,29 @@ static void login_pass_up(struct sw *sw, struct conn *c)
     size_t used = login_frame(&c->login_phase, b->data + b->start, b->end - b->start, cap, &stop,
                               &flags, &status);
     if (stop != LOGIN_MORE) {
-        login_failed(sw, c, stop == LOGIN_TOO_BIG ? R_TOO_BIG : R_BAD_PACKET, 0);
+        uint8_t reason = stop == LOGIN_TOO_BIG ? R_TOO_BIG : R_BAD_PACKET;
+        if (c->kind != KIND_CLIENT) {
+            login_failed(sw, c, reason, 0);
+            return;
+        }
+        /* A client hears why, before a byte more of it is buffered. The length word follows
+         * the type byte of a typed message; an untyped packet starts with it. */
+        const uint8_t *p = b->data + b->start;
+        size_t off = c->login_phase == LP_UNTYPED ? 0 : 1;
+        long len = b->end - b->start >= off + 4
+                       ? (long)(int32_t)(((uint32_t)p[off] << 24) | ((uint32_t)p[off + 1] << 16) |
+                                         ((uint32_t)p[off + 2] << 8) | p[off + 3])
+                       : -1;
+        char text[128];
+        if (reason == R_TOO_BIG && len >= 4)
+            snprintf(text, sizeof text, "oversized packet: %ld bytes (max %lu during login)", len,
+                     (unsigned long)cap - 1);
+        else
+            snprintf(text, sizeof text, "bad packet header: length %ld", len);
+        uint8_t msg[192];
+        size_t n = fatal_protocol_error(msg, sizeof msg, text);
+        c->login_sent = 1; /* nothing more goes up */
+        conn_close_with(sw, c, msg, n, reason);
         return;
     }
     if (used == 0)

@@ -247,6 +247,7 @@ void conn_set_state(struct conn *c, uint8_t state);
 void conn_service(struct sw *sw, struct conn *c);
 void conn_schedule(struct sw *sw, struct conn *c);
 void conn_destroy(struct sw *sw, struct conn *c, uint8_t reason, int report);
+size_t fatal_protocol_error(uint8_t *out, size_t cap, const char *text);
 void conn_close_with(struct sw *sw, struct conn *c, const uint8_t *msg, size_t len,
                      uint8_t reason);
 void conn_server_gone(struct sw *sw, struct conn *s, uint8_t reason);

@@ -354,6 +354,30 @@ def test_out_of_fds_pauses_the_listener_until_resumed(switch: Switch, sockdir: s
         assert inbox.message(cid).data == STARTUP
 
 
+def test_the_login_cap_pauses_the_listener_until_resumed(switch: Switch, sockdir: str) -> None:
+    inbox = Inbox(switch)
+    path, lid = unix_listener(switch, sockdir)
+    switch.set_login_cap(2)
+    clients = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(4)]
+    _ours.extend(clients)
+    for c in clients:
+        c.connect(path)
+    first = {accepted(inbox, lid) for _ in range(2)}
+    ev = inbox.take(lambda e: e.kind is EventKind.LISTEN_ERROR)
+    assert (ev.conn, ev.errno) == (lid, 0)  # errno 0: the cap, not a failure of accept()
+    inbox.none_for(lid, 0.2)  # the other two wait in the backlog
+    for cid in first:
+        switch.close(cid)
+    switch.set_login_cap(0)
+    switch.listen_resume(lid)
+    rest = {accepted(inbox, lid) for _ in range(2)}
+    assert len(rest) == 2 and not rest & first
+    clients[2].sendall(STARTUP)
+    clients[3].sendall(STARTUP)
+    for cid in rest:
+        assert inbox.message(cid).data == STARTUP
+
+
 # ---- promote -----------------------------------------------------------------------------
 
 

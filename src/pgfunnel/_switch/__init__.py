@@ -310,6 +310,11 @@ class SwitchAPI(Protocol):
         """Accept again on a listener paused by a LISTEN_ERROR."""
         ...
 
+    def set_login_cap(self, n: int) -> None:
+        """Accept only while fewer than n clients are in login (0: no cap); at the cap a
+        listener pauses with a LISTEN_ERROR whose errno is 0, until listen_resume."""
+        ...
+
     def connect_server(self, fd: int, pool: int, first: bytes = b"") -> int:
         """Hand in a server socket on which connect() was called (EINPROGRESS is fine): state
         SV_LOGIN; `first` (the StartupMessage) and what `send` queues are written once it is
@@ -488,6 +493,9 @@ class Switch:
 
     def listen_resume(self, listener: int) -> None:
         self._sw.listen_resume(listener)
+
+    def set_login_cap(self, n: int) -> None:
+        self._sw.set_login_cap(n)
 
     def connect_server(self, fd: int, pool: int, first: bytes = b"") -> int:
         return self._sw.connect_server(fd, pool, first)

@@ -289,6 +289,13 @@ void login_accept(struct sw *sw, struct conn *l)
     if (l->stalled || !l->readable || l->state == ST_DEAD)
         return; /* accepts while suspended: new console sessions must reach RESUME */
     for (int i = 0; i < ACCEPT_BATCH; i++) {
+        if (sw->login_cap != 0 && sw->login_pool.n[CL_LOGIN] >= sw->login_cap) {
+            /* A flood of silent sockets: the backlog keeps the rest, rather than the
+             * process running out of fds (the console and /metrics need some). Python
+             * evicts the oldest silent ones and resumes (errno 0: the cap, not an error). */
+            listen_pause(sw, l, 0);
+            return;
+        }
         int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             int err = errno;

@@ -921,6 +921,19 @@ static PyObject *Switch_suspend(SwitchObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* At most n clients in login at once (0: no cap): a listener pauses with LISTEN_ERROR errno
+ * 0 at the cap. */
+static PyObject *Switch_set_login_cap(SwitchObject *self, PyObject *args)
+{
+    unsigned int n;
+    if (!PyArg_ParseTuple(args, "I", &n) || check_open(self) < 0)
+        return NULL;
+    sw_lock(&self->sw);
+    self->sw.login_cap = n;
+    sw_unlock(&self->sw);
+    Py_RETURN_NONE;
+}
+
 /* The connections whose out buffer still holds bytes (SUSPEND waits for none). */
 static PyObject *Switch_unflushed(SwitchObject *self, PyObject *Py_UNUSED(a))
 {
@@ -1339,6 +1352,7 @@ static PyMethodDef Switch_methods[] = {
     {"ticks", (PyCFunction)Switch_ticks, METH_NOARGS, "Deadline sweeps run so far."},
     {"listen", (PyCFunction)Switch_listen, METH_VARARGS, "listen(fd) -> listener id"},
     {"listen_resume", (PyCFunction)Switch_listen_resume, METH_VARARGS, "listen_resume(id)"},
+    {"set_login_cap", (PyCFunction)Switch_set_login_cap, METH_VARARGS, "set_login_cap(n)"},
     {"connect_server", (PyCFunction)Switch_connect_server, METH_VARARGS,
      "connect_server(fd, pool, first=b'') -> id"},
     {"read_next", (PyCFunction)Switch_read_next, METH_VARARGS, "read_next(conn) -> found"},

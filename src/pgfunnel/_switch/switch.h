@@ -221,6 +221,7 @@ struct sw {
     struct ptrack *tracked; /* params.c: the tracked parameter names, in SET order */
     uint32_t ntracked;
     uint8_t suspended; /* SUSPEND: no pooled connection is read (logins and listeners go on) */
+    uint32_t login_cap; /* login.c: accept while fewer clients are in login (0: no cap) */
 };
 
 /* loop.c: the only file that calls epoll */

@@ -255,6 +255,22 @@ class App(Commands):
         limit leaves less room (then some is kept free for new logins)."""
         return min(int(self.settings.max_client_conn), self._fd_room() - FD_SPARE)
 
+    def login_cap(self) -> int:
+        """How many sockets may be in login at once: what the fd limit leaves beside the
+        logged-in clients and the servers (the switch accepts no more; 0: no cap)."""
+        if self.fd_limit == resource.RLIM_INFINITY:
+            return 0
+        logged_in = self.client_count - len(self.logging_in)
+        return max(FD_SPARE, self._fd_room() - logged_in)
+
+    def login_cap_reached(self) -> None:
+        """The switch stopped accepting at the login cap: the oldest silent sockets past their
+        grace make room (the listener resumes shortly after)."""
+        now = self.now()
+        if self._evict_logins(now, FD_SPARE):
+            self._log_limit(now)
+        self.bridge.sw.set_login_cap(self.login_cap())
+
     def _make_room(self, new: ClientConn) -> None:
         """Over max_client_conn (or the fd limit): every socket counts, logged in or not. The
         oldest one that has not logged in for EVICT_GRACE goes, so that silent sockets cannot
@@ -805,6 +821,7 @@ class App(Commands):
                 # Silent sockets opened faster than the grace let them be evicted at accept.
                 if self._evict_logins(now, excess):
                     self._log_limit(now)
+            self.bridge.sw.set_login_cap(self.login_cap())
             self.sync_pools()
             if self.shutting_down == "WAIT_FOR_SERVERS":
                 if any(p.sw_waiting for p in self.pooler.pools.values()):
@@ -1023,6 +1040,7 @@ class App(Commands):
             self.metrics = MetricsServer(self)
             await self.metrics.start()
         self.bridge.start()
+        self.bridge.sw.set_login_cap(self.login_cap())
         addrs = await self._listen()
         self._warm_forced_pools()
         self._janitor = self.loop.call_later(JANITOR_INTERVAL, self._tick)

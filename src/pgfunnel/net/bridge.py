@@ -314,8 +314,11 @@ class Bridge:
     def _listen_error(self, lid: int, errno_: int) -> None:
         import os
 
-        label = self.listeners.get(lid, "?")
-        log.warning("accept() failed on %s: %s", label, os.strerror(errno_))
+        if errno_ == 0:
+            self.app.login_cap_reached()  # the switch's login cap, not an error
+        else:
+            label = self.listeners.get(lid, "?")
+            log.warning("accept() failed on %s: %s", label, os.strerror(errno_))
 
         def again() -> None:
             if lid in self.listeners:

@@ -125,6 +125,10 @@ class World:
         """The switch takes a clean server: to the pool's first waiter, else idle."""
         assert server.state is ServerState.IDLE
         self.promoted.append(server)
+        self._hand_on(server)
+
+    def _hand_on(self, server: Server) -> None:
+        """A free server goes to its pool's first waiter (unless paused), else idle."""
         pool = server.pool
         queue = self.queue(pool)
         if queue and not pool.db.paused:
@@ -142,13 +146,7 @@ class World:
                 why = "close_needed"  # parked at release
             else:
                 self.pooler.mirror_server(server, ServerState.IDLE)
-                pool = server.pool
-                queue = self.queue(pool)
-                if queue and not pool.db.paused:
-                    pool.waiting.remove(queue[0])
-                    self._link(queue[0], server)
-                else:
-                    self.idle.setdefault(pool, []).append(server)
+                self._hand_on(server)
                 return []
         return self.attention(server, why, t)
 

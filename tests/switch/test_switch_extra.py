@@ -5,6 +5,7 @@ queued client, per-pool checks and resets, and the link/transaction times of SHO
 from __future__ import annotations
 
 import socket
+import struct
 import time
 
 import pytest
@@ -24,6 +25,8 @@ from tests.switch.conftest import (
 )
 
 POOL = 1
+_BODY = struct.pack("!i", 196608) + b"user\0u\0\0"
+STARTUP = struct.pack("!i", len(_BODY) + 4) + _BODY
 ANSWER = m.command_complete("SELECT 1")
 PARSE = m.message(b"P", b"\0select 1\0\0\0")
 SYNC = m.message(b"S")
@@ -99,8 +102,11 @@ def test_suspend_writes_what_its_buffers_hold_and_unflushed_lists_the_rest(
     wait_for(lambda: switch.unflushed() == [])
 
 
-def test_a_listener_does_not_accept_while_suspended(switch: Switch) -> None:
+def test_a_listener_accepts_and_logins_go_on_while_suspended(switch: Switch) -> None:
+    """The admin console is a connection in login mode: SUSPEND must leave it (and new
+    sessions, which bring the RESUME) working; a client promoted meanwhile is not read."""
     events = Events(switch)
+    setup(switch, servers=0)
     lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     lsock.bind("")  # abstract name: nothing to clean up
     lsock.listen(8)
@@ -108,11 +114,17 @@ def test_a_listener_does_not_accept_while_suspended(switch: Switch) -> None:
     switch.listen(lsock.detach())
     switch.suspend(True)
     a = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    a.connect(addr)  # the kernel's backlog takes it
+    a.connect(addr)
+    accepted = events.wait(lambda e: e.kind is EventKind.ACCEPTED)
+    a.sendall(STARTUP)
+    got = events.wait(lambda e: e.kind is EventKind.MESSAGE and e.conn == accepted.conn)
+    assert got.data == STARTUP
+    assert switch.promote(accepted.conn, POOL)
+    a.sendall(m.query("select 1"))
     time.sleep(0.2)
-    assert [e for e in events.poll() if e.kind is EventKind.ACCEPTED] == []
+    assert state(switch, accepted.conn) is State.CL_ACTIVE  # not read: it would wait for a server
     switch.suspend(False)
-    events.wait(lambda e: e.kind is EventKind.ACCEPTED)
+    wait_for(lambda: state(switch, accepted.conn) is State.CL_WAITING)
     a.close()
 
 
@@ -397,3 +409,39 @@ def test_session_link_time_stays_and_xact_time_follows_the_transaction(switch: S
     assert second[sid].link_us == first[sid].link_us
     assert second[sid].xact_us >= first[sid].link_us + 20_000
     assert second[cid].xact_us == second[sid].xact_us
+
+
+def test_each_link_counts_one_server_assignment(switch: Switch) -> None:
+    """SHOW STATS' server_assignment_count: one per server given to a client (transaction
+    mode: one per transaction), read from the pool snapshot."""
+    (server,) = setup(switch)
+    c, _ = client(switch)
+    for n in (1, 2, 3):
+        c.sendall(m.query(f"select {n}"))
+        serve_one(server, m.query(f"select {n}"))
+        assert read_exact(c, len(ANSWER) + 6) == ANSWER + m.ready_for_query()
+    wait_for(lambda: switch.pools()[0].assign_count == 3)
+    assert switch.pools()[0].xact_count == 3
+
+
+@pytest.mark.parametrize(
+    ("header", "text"),
+    [
+        (b"Q" + struct.pack("!i", -1), b"bad packet header: type 'Q' length -1"),
+        (b"Q" + struct.pack("!i", 2), b"bad packet header: type 'Q' length 2"),
+    ],
+)
+def test_a_malformed_header_gets_a_fatal_08p01_naming_it_then_eof(
+    switch: Switch, header: bytes, text: bytes
+) -> None:
+    """The client hears why it is dropped, as it would at login; nothing reaches a server."""
+    (server,) = setup(switch)
+    c, _ = client(switch)
+    c.sendall(header)
+    got = b""
+    c.settimeout(5)
+    while chunk := c.recv(4096):
+        got += chunk
+    assert got[:1] == b"E" and struct.unpack("!i", got[1:5])[0] == len(got) - 1
+    assert b"SFATAL\0" in got and b"C08P01\0" in got and text in got
+    assert_silent(server, 0.1)

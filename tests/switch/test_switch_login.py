@@ -233,7 +233,9 @@ def test_a_bad_login_length_closes_that_connection_only(
         assert inbox.message(bad_id).data == STARTUP
         switch.read_next(bad_id)
     assert inbox.closed(bad_id).reason == reason
-    assert assert_eof(bad) == b""
+    said = assert_eof(bad)  # told why (FATAL 08P01), then closed
+    assert said[:1] == b"E" and b"SFATAL\0" in said and b"C08P01\0" in said
+    assert (b"oversized packet" if reason == Reason.TOO_BIG else b"bad packet header") in said
     good.sendall(STARTUP)
     assert inbox.message(good_id).data == STARTUP
     other, other_id = login_client(switch, inbox, path, lid)  # still accepting
@@ -349,6 +351,30 @@ def test_out_of_fds_pauses_the_listener_until_resumed(switch: Switch, sockdir: s
     for c in clients:
         c.sendall(STARTUP)
     for cid in ids:
+        assert inbox.message(cid).data == STARTUP
+
+
+def test_the_login_cap_pauses_the_listener_until_resumed(switch: Switch, sockdir: str) -> None:
+    inbox = Inbox(switch)
+    path, lid = unix_listener(switch, sockdir)
+    switch.set_login_cap(2)
+    clients = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(4)]
+    _ours.extend(clients)
+    for c in clients:
+        c.connect(path)
+    first = {accepted(inbox, lid) for _ in range(2)}
+    ev = inbox.take(lambda e: e.kind is EventKind.LISTEN_ERROR)
+    assert (ev.conn, ev.errno) == (lid, 0)  # errno 0: the cap, not a failure of accept()
+    inbox.none_for(lid, 0.2)  # the other two wait in the backlog
+    for cid in first:
+        switch.close(cid)
+    switch.set_login_cap(0)
+    switch.listen_resume(lid)
+    rest = {accepted(inbox, lid) for _ in range(2)}
+    assert len(rest) == 2 and not rest & first
+    clients[2].sendall(STARTUP)
+    clients[3].sendall(STARTUP)
+    for cid in rest:
         assert inbox.message(cid).data == STARTUP
 
 

@@ -79,7 +79,7 @@ def test_an_unsynced_insert_of_a_vanished_client_is_never_committed(
     b.sendall(m.query("select 1"))  # waits: the only server holds a's open batch
     a.close()
     att = events.wait(lambda e: e.kind is EventKind.ATTENTION)
-    assert att.reason == Reason.DIRTY_BUSY
+    assert att.reason == Reason.DIRTY_PARTIAL
     assert switch.close(att.conn)
     second = pg_login(pg)
     switch.add_server(second.detach(), POOL)

@@ -166,7 +166,7 @@ def test_a_batch_without_sync_keeps_the_server(switch: Switch) -> None:
     wait_for(lambda: switch.pools()[0].cl_waiting == 1)
     a.close()
     att = events.wait(lambda e: e.kind is EventKind.ATTENTION)
-    assert att.reason == Reason.DIRTY_BUSY
+    assert att.reason == Reason.DIRTY_PARTIAL
     assert_silent(server)  # b's query never reached it
     assert switch.pools()[0].cl_waiting == 1
 
@@ -337,7 +337,7 @@ def test_a_client_leaving_mid_message_gets_its_server_reported(switch: Switch) -
     assert read_exact(server, 100) == big[:100]
     a.close()
     att = events.wait(lambda e: e.kind is EventKind.ATTENTION)
-    assert att.reason == Reason.DIRTY_BUSY
+    assert att.reason == Reason.DIRTY_PARTIAL
 
 
 def test_a_client_leaving_inside_a_transaction(switch: Switch) -> None:

@@ -1,6 +1,7 @@
 """A client's login through ClientConn and a real (never started) App, byte by byte: the
 welcome a pool shows (encoded once, built again when its servers report other parameters),
-AuthenticationOk in the same write as that welcome, cancel keys, and the refusals."""
+AuthenticationOk in the same write as that welcome, cancel keys, the refusals, and the hand-over
+to the switch (App.promote_client) with what the client sent early."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 from pgfunnel.config.loader import load_config
 from pgfunnel.net.app import App
 from pgfunnel.net.client_conn import ClientConn, Phase
+from pgfunnel.pool.objects import Client, ClientState, ServerState
 from pgfunnel.pool.scheduler import Pool
 from pgfunnel.proto import messages as m
 from pgfunnel.proto import sqlstate as ss
@@ -35,11 +37,12 @@ WELCOME = {
 
 
 class Transport:
-    """Records each write; enough of asyncio.Transport for a login."""
+    """Records each write; enough of the bridge's SwitchTransport for a login."""
 
     def __init__(self) -> None:
         self.writes: list[bytes] = []
         self.closed = False
+        self.sid = 7  # the switch's id for the connection
 
     def write(self, data: bytes) -> None:
         self.writes.append(bytes(data))
@@ -76,6 +79,19 @@ def shown(messages: list[tuple[str, bytes]]) -> dict[str, str]:
     return dict(m.parse_parameter_status(p) for k, p in messages if k == "S")
 
 
+class Promotions:
+    """Stands in for Bridge.promote_client (the switch is never started): records what each
+    logged-in client is handed over with; `ok` False plays a client gone meanwhile."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Client, Any, bytes]] = []
+        self.ok = True
+
+    def __call__(self, client: Client, transport: Any, pending: bytes) -> bool:
+        self.calls.append((client, transport, pending))
+        return self.ok
+
+
 @pytest.fixture(params=["md5", "scram-sha-256"])
 def app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[App]:
     """An App that is never started; `shop` is never connected to: its pool's welcome is set
@@ -94,9 +110,17 @@ def app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[App]:
     )
     loop = asyncio.new_event_loop()
     try:
-        yield App(load_config(ini), loop)
+        app = App(load_config(ini), loop)
+        app.bridge.promote_client = Promotions()  # type: ignore[method-assign]
+        yield app
     finally:
         loop.close()
+
+
+def promotions(app: App) -> Promotions:
+    recorder = app.bridge.promote_client
+    assert isinstance(recorder, Promotions)
+    return recorder
 
 
 def ready_pool(app: App, db: str = "shop", welcome: dict[str, str] | None = None) -> Pool:
@@ -108,9 +132,10 @@ def ready_pool(app: App, db: str = "shop", welcome: dict[str, str] | None = None
 
 
 def login(
-    app: App, password: str = "pw", db: str = "shop", **startup: str
+    app: App, password: str = "pw", db: str = "shop", early: bytes = b"", **startup: str
 ) -> tuple[ClientConn, Transport, list[bytes]]:
-    """Log in as `app` with `password`; the writes that answered the client's last message."""
+    """Log in as `app` with `password` (`early`: sent in the same read as the last answer);
+    the writes that answered the client's last message."""
     conn = ClientConn(app)
     transport = Transport()
     conn.connection_made(transport)  # type: ignore[arg-type]
@@ -119,8 +144,11 @@ def login(
     while conn.phase is Phase.AUTH:
         kind, payload = split(transport.writes[-1])[-1]  # the request to answer
         assert kind == "R"
-        reply = client.respond(m.read_i32(payload), payload[4:])
+        code = m.read_i32(payload)
+        reply = client.respond(code, payload[4:])
         assert reply is not None
+        if code != m.AUTH_SASL:  # the last message of the exchange: a driver pipelines after it
+            reply += early
         before = len(transport.writes)
         conn.data_received(reply)
         answer = transport.writes[before:]
@@ -234,3 +262,55 @@ def test_random_bytes_are_fresh() -> None:
     draws = [random_bytes(8) for _ in range(2000)]  # crosses the page it draws at a time
     assert all(len(d) == 8 for d in draws)
     assert len(set(draws)) == len(draws)
+
+
+def test_a_logged_in_client_is_handed_to_the_switch_with_what_it_sent_early(app: App) -> None:
+    pool = ready_pool(app)
+    early = m.query("SELECT 1") + m.query("SELECT 2")
+    conn, transport, answer = login(app, early=early)
+    [(client, handed, pending)] = promotions(app).calls
+    assert handed is transport and client is conn.client
+    assert pending == early  # queued in the switch behind the welcome, in order
+    kinds = [k for k, _ in split(b"".join(answer))]
+    assert kinds[-1] == "Z" and "E" not in kinds  # the welcome went out, nothing of the queries
+    assert conn.phase is Phase.FORWARD and client.conn is None  # the switch carries it now
+    assert client.pool is pool and client.state is ClientState.ACTIVE
+    assert client.auth_info[0] == app.settings.auth_type  # kept for SHOW CLIENTS / USERS
+    assert not transport.closed
+    assert conn not in app.logging_in
+
+
+def test_a_client_gone_before_the_hand_over_is_counted_out(app: App) -> None:
+    pool = ready_pool(app)
+    promotions(app).ok = False  # it closed meanwhile: its CLOSED event is on its way
+    before = app.client_count
+    conn, _, _ = login(app)
+    assert app.client_count == before
+    assert conn.client.state is ClientState.CLOSED
+    assert all(conn.client not in members for members in pool.clients.values())
+    assert conn.client.cancel_key not in app.pooler.cancel_keys
+
+
+def test_a_client_of_a_pool_not_yet_logged_in_waits_then_is_handed_over(app: App) -> None:
+    pool = ready_pool(app)
+    pool.welcome = None  # no server has logged in yet: the client waits for the first
+    connecting: list[object] = []
+
+    async def connect(server: object) -> None:  # no socket: the login is played below
+        connecting.append(server)
+
+    app._connect = connect  # type: ignore[method-assign]
+    conn, transport, answer = login(app, early=m.query("SELECT 1"))
+    app.loop.run_until_complete(asyncio.sleep(0))
+    messages = split(b"".join(answer))
+    assert {k for k, _ in messages} == {"R"}  # AuthenticationOk alone (after SASLFinal)
+    assert m.read_i32(messages[-1][1]) == m.AUTH_OK
+    assert conn.client.state is ClientState.WAITING_LOGIN
+    assert promotions(app).calls == []
+    [server] = list(pool.servers[ServerState.LOGIN])
+    assert connecting == [server]
+    app.bridge.promote_server = lambda server: True  # type: ignore[method-assign]
+    app.server_login_ok(server, WELCOME)  # the pool's first login: FinishLogin, then Promote
+    [(client, _, pending)] = promotions(app).calls
+    assert client is conn.client and pending == m.query("SELECT 1")
+    assert [k for k, _ in split(transport.writes[-1])][-2:] == ["K", "Z"]

@@ -15,8 +15,8 @@ from pgfunnel.metrics.collector import bounded, make_registry
 from pgfunnel.metrics.health import BACKPRESSURE, DEGRADED, OK, pool_status
 from pgfunnel.metrics.status_page import render
 from pgfunnel.net.app import App
-from pgfunnel.pool.objects import Client, Server
-from pgfunnel.pool.scheduler import WAIT_BUCKETS, Connect, Link, Pool
+from pgfunnel.pool.objects import Client, ClientState, Server, ServerState
+from pgfunnel.pool.scheduler import WAIT_BUCKETS, Connect, Pool, Promote
 from pgfunnel.proto.messages import ServerError
 
 PARAMS = {"server_version": "16.3", "client_encoding": "UTF8"}
@@ -52,21 +52,26 @@ def pool_of(app: App, db: str = "shop", user: str = "app") -> Pool:
 
 
 def linked(app: App, pool: Pool, app_name: str = "") -> tuple[Client, Server]:
-    """A client holding one of `pool`'s servers in a transaction."""
+    """A client holding one of `pool`'s servers in a transaction: the scheduler opens the
+    server, and the link is set as App.refresh copies it from the switch's snapshot."""
     now = app.now()
     client = Client(conn=None, addr="10.0.0.7", port=4242, now=now)
     client.username = pool.user.name
     client.params["application_name"] = app_name
     actions = app.pooler.client_authenticated(client, pool, now)
-    if actions and isinstance(actions[0], Connect):
-        app.pooler.server_login_ok(actions[0].server, PARAMS, now)
+    if not actions or not isinstance(actions[0], Connect):
+        actions = app.pooler.pool_waiters(pool, 1, now)  # the switch queued its query
+    [connect] = [a for a in actions if isinstance(a, Connect)]
+    server = connect.server
+    assert Promote(server) in app.pooler.server_login_ok(server, PARAMS, now)
+    pool.sw_waiting = 0  # the switch gave it to the waiting client
+    app.pooler.mirror_server(server, ServerState.ACTIVE)
+    app.pooler.mirror_client(client, ClientState.ACTIVE)
+    client.link, server.link = server, client
+    server.link_time = server.xact_start = now
     client.expect_rfq = 1
-    actions = app.pooler.client_wants_server(client, now)
-    if actions and isinstance(actions[0], Connect):
-        actions = app.pooler.server_login_ok(actions[0].server, PARAMS, now)
-    [link] = [a for a in actions if isinstance(a, Link)]
-    link.server.pid = 4711
-    return client, link.server
+    server.pid = 4711
+    return client, server
 
 
 def samples(app: App) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -88,8 +93,11 @@ def shop(**extra: str) -> tuple[tuple[str, str], ...]:
 def test_pool_figures_and_counters(app: App) -> None:
     pool = pool_of(app)
     linked(app, pool, "billing")
+    # The traffic totals are the switch's (sync_pools copies them); server assignments too
+    # would come from there. What is checked here is that each is exported under its name.
     pool.stats.xact_count = 7
     pool.stats.xact_time = 1.5
+    pool.stats.server_assignment_count = 3
     pool.stats.timeouts["query_wait_timeout"] = 2
     pool.stats.login_refusals["53300"] = 3
     s = samples(app)
@@ -99,7 +107,7 @@ def test_pool_figures_and_counters(app: App) -> None:
     assert s[("pgfunnel_pools_server_granted_connections", SHOP)] == 2
     assert s[("pgfunnel_stats_sql_transactions_pooled_total", SHOP)] == 7
     assert s[("pgfunnel_stats_server_in_transaction_seconds_total", SHOP)] == 1.5
-    assert s[("pgfunnel_stats_server_assignments_total", SHOP)] == 1
+    assert s[("pgfunnel_stats_server_assignments_total", SHOP)] == 3
     assert s[("pgfunnel_pools_timeouts_total", shop(reason="query_wait_timeout"))] == 2
     refused = ("pgfunnel_pools_server_login_refusals_total", shop(sqlstate="53300"))
     assert s[refused] == 3
@@ -140,8 +148,8 @@ def test_backpressure_gauges_and_status(app: App) -> None:
     now = app.now()
     waiter = Client(conn=None, addr="10.0.0.8", port=1, now=now)
     app.pooler.client_authenticated(waiter, pool, now)
-    waiter.expect_rfq = 1
-    [connect] = app.pooler.client_wants_server(waiter, now)
+    # Its query queued in the switch: the WAITERS event asks the scheduler for a server.
+    [connect] = app.pooler.pool_waiters(pool, 1, now)
     assert isinstance(connect, Connect)
     refusal = ServerError("FATAL", "53300", "sorry, too many clients already")
     app.pooler.server_login_failed(connect.server, refusal, now)

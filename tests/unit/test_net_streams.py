@@ -1,35 +1,34 @@
-"""The bytes ClientConn and ServerConn carry, fed at every split: no partial header reaches a
-server, batches and answers owed are counted as PostgreSQL counts them, release comes only at
-the last ReadyForQuery."""
+"""The bytes ServerConn still reads in Python, fed at every split: a server's login, and the
+answers to the pooler's own queries (connect_query, ROLLBACK, the reset query). The switch
+carries everything else, and its framing is tested in tests/switch/ (test_scan.py,
+test_switch_sockets.py)."""
 
 from __future__ import annotations
 
 import itertools
-import struct
 from types import SimpleNamespace
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pgfunnel.net.client_conn import ClientConn, Phase
 from pgfunnel.net.server_conn import ServerConn
-from pgfunnel.pool.objects import Client, ClientState, Server
+from pgfunnel.pool.objects import Server
 from pgfunnel.proto import messages as m
+from pgfunnel.proto.login import ServerLogin
+from pgfunnel.proto.messages import ServerError
 from pgfunnel.proto.strings import Reason
 
 
 class Transport:
-    """Records what is written; enough of asyncio.Transport for the forwarding paths."""
+    """Records what is written; what ServerConn asks of the bridge's SwitchTransport."""
 
     def __init__(self) -> None:
         self.written = bytearray()
-        self.writes: list[int] = []  # total written after each write
         self.closed = False
 
     def write(self, data: bytes) -> None:
         self.written += data
-        self.writes.append(len(self.written))
 
     def is_closing(self) -> bool:
         return self.closed
@@ -37,247 +36,204 @@ class Transport:
     def close(self) -> None:
         self.closed = True
 
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def get_extra_info(self, name: str) -> Any:
-        return None
-
 
 class App:
-    """What the forwarding paths ask of the App, recorded."""
+    """What ServerConn reports to the App, recorded in order."""
 
     def __init__(self) -> None:
-        self.max_packet_size = 2**31 - 1
-        self.suspended = False
-        self.gone: list[str | None] = []
-        self.boundaries = 0
-        self.wanted = 0
+        self.events: list[tuple[Any, ...]] = []
 
-    def now(self) -> float:
-        return 0.0
+    def server_login_ok(self, server: Server, params: dict[str, str]) -> None:
+        self.events.append(("login_ok", dict(params)))
 
-    def wants_server(self, client: Client) -> None:
-        self.wanted += 1
+    def server_login_failed(self, server: Server, error: ServerError | None, reason: str) -> None:
+        self.events.append(("login_failed", error, reason))
 
-    def client_gone(self, client: Client, reason: str | None) -> None:
-        self.gone.append(reason)
+    def internal_done(self, server: Server, ok: bool) -> None:
+        self.events.append(("internal_done", ok, server.tx_status))
 
-    def transaction_boundary(self, client: Client, server: Server) -> None:
-        self.boundaries += 1
+    def close_server(self, server: Server, reason: str) -> None:
+        self.events.append(("close_server", reason))
+
+    def server_gone(self, server: Server, reason: str) -> None:
+        self.events.append(("gone", reason))
 
 
-def linked() -> tuple[App, ClientConn, Server, Transport]:
+def server_conn(login: bool) -> tuple[App, ServerConn, Server, Transport]:
     app = App()
-    conn = ClientConn(app)  # type: ignore[arg-type]
-    conn.transport = Transport()  # type: ignore[assignment]
-    conn.phase = Phase.FORWARD
-    client = conn.client
-    client.state = ClientState.ACTIVE
-    pool = SimpleNamespace(
-        stats=SimpleNamespace(
-            bytes_out=0, query_count=0, query_time=0.0, xact_count=0, xact_time=0.0
-        ),
-        settings=SimpleNamespace(pool_mode="transaction"),
+    server = Server(SimpleNamespace(), 0.0)  # type: ignore[arg-type]
+    conn = ServerConn(
+        app,  # type: ignore[arg-type]
+        server,
+        ServerLogin("app", "shop", None, {}),
+        "127.0.0.1:5432",
+        ("127.0.0.1", 40000),
     )
-    server = Server(pool, 0.0)  # type: ignore[arg-type]
-    to_server = Transport()
-    server.conn = SimpleNamespace(transport=to_server)
-    client.link = server
-    server.link = client
-    return app, conn, server, to_server
-
-
-def p(sql: str) -> bytes:
-    return m.message(b"P", m.cstr("") + m.cstr(sql) + struct.pack("!h", 0))
-
-
-B = m.message(b"B", b"\0\0" + struct.pack("!hhh", 0, 0, 0))
-D = m.message(b"D", b"P\0")
-E = m.message(b"E", b"\0" + struct.pack("!i", 0))
-S = m.message(b"S")
-H = m.message(b"H")
-
-# A client's stream as drivers send it: simple queries, an extended batch with its Sync, a
-# batch flushed but not yet synced, COPY data, a FunctionCall, then the Sync, then Terminate.
-CLIENT_PARTS = [
-    m.query("SELECT 1"),
-    p("SELECT $1") + B + D + E + S,
-    p("INSERT INTO t VALUES (1)") + B + E + H,
-    m.message(b"d", b"x" * 300) + m.message(b"c"),
-    m.message(b"F", struct.pack("!i", 1234) + b"\0\0\0\0\0\0\0\0"),
-    S,
-    m.query("SELECT 'a long one " + "y" * 200 + "'"),
-]
-CLIENT = b"".join(CLIENT_PARTS)
-OWED = 5  # two Query, two Sync, one FunctionCall
-
-
-def message_spans(stream: bytes) -> list[tuple[int, int]]:
-    """(start, end) of each message as a scanner walks the stream; the last may run past
-    the end, and a header the scanner would refuse ends the walk."""
-    out = []
-    pos = 0
-    while pos < len(stream):
-        if pos + 5 > len(stream):
-            out.append((pos, pos + 5))
-            break
-        (length,) = struct.unpack_from("!i", stream, pos + 1)
-        if length < 4:
-            break
-        out.append((pos, pos + 1 + length))
-        pos += 1 + length
-    return out
-
-
-SPANS = message_spans(CLIENT + m.terminate())
-
-
-def inside_a_header(offset: int) -> bool:
-    return any(start < offset < start + 5 for start, _ in SPANS)
-
-
-def feed(conn: ClientConn, chunks: list[bytes]) -> None:
-    for chunk in chunks:
-        if conn.phase is not Phase.FORWARD:
-            break
-        conn.data_received(chunk)
+    transport = Transport()
+    conn.connection_made(transport)
+    if not login:
+        conn.login = None
+    return app, conn, server, transport
 
 
 def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = [0, *sorted(cuts), len(data)]
+    points = [0, *sorted(c % (len(data) + 1) for c in cuts), len(data)]
     return [data[a:b] for a, b in itertools.pairwise(points)]
 
 
-def check_client_stream(chunks: list[bytes]) -> None:
-    app, conn, _, to_server = linked()
-    feed(conn, chunks)
-    assert bytes(to_server.written) == CLIENT  # everything but the Terminate, in order
-    assert not any(inside_a_header(n) for n in to_server.writes), to_server.writes
-    assert conn.client.expect_rfq == OWED
-    assert not conn.scanner.batch  # the last Sync closed the flushed batch
-    assert app.gone == [Reason.CLIENT_CLOSE]
+def every_two_way_split(data: bytes) -> list[list[bytes]]:
+    return [[data[:cut], data[cut:]] for cut in range(len(data) + 1)]
 
 
-def test_client_stream_at_every_two_way_split() -> None:
-    stream = CLIENT + m.terminate()
-    for cut in range(len(stream) + 1):
-        check_client_stream([stream[:cut], stream[cut:]])
-
-
-def test_client_stream_byte_by_byte() -> None:
-    stream = CLIENT + m.terminate()
-    check_client_stream([stream[i : i + 1] for i in range(len(stream))])
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.integers(min_value=0, max_value=len(CLIENT) + 5), max_size=30))
-def test_client_stream_at_random_splits(cuts: list[int]) -> None:
-    check_client_stream(split_at(CLIENT + m.terminate(), cuts))
-
-
-@settings(max_examples=200, deadline=None)
-@given(
-    st.lists(st.sampled_from(range(len(CLIENT_PARTS))), min_size=1, max_size=8),
-    st.lists(st.integers(min_value=0, max_value=4000), max_size=10),
-    st.booleans(),
+# --- a server's login ---------------------------------------------------------------------------
+LOGIN = b"".join(
+    [
+        m.auth_ok(),
+        m.parameter_status("server_version", "16.4"),
+        m.parameter_status("TimeZone", "UTC"),
+        m.backend_key_data(4711, 99),
+        m.ready_for_query(b"I"),
+    ]
 )
-def test_a_client_leaving_at_any_point_closes_a_server_it_left_unfinished(
-    parts: list[int], cuts: list[int], terminate: bool
-) -> None:
-    """Whatever was sent and wherever the client stops, a server is kept only if it holds
-    whole messages and no batch after the last Sync/Query/FunctionCall."""
-    stream = b"".join(CLIENT_PARTS[i] for i in parts)
-    cut = cuts[0] % (len(stream) + 1) if cuts else len(stream)
-    sent = stream[:cut] + (m.terminate() if terminate else b"")
-    _, conn, server, to_server = linked()
-    feed(conn, split_at(sent, [c % (len(sent) + 1) for c in cuts[1:]]))
-    if conn.phase is Phase.FORWARD:
-        conn.connection_lost(None)
-    written = bytes(to_server.written)
-    spans = message_spans(sent)
-    assert not any(start < len(written) < start + 5 for start, _ in spans)  # no half header
-    partial = not any(end == len(written) for _, end in spans) and len(written) > 0
-    batch = False
-    for start, end in spans:
-        if end > len(written):
-            break
-        kind = sent[start : start + 1]
-        if kind in b"PBEDC":
-            batch = True
-        elif kind in b"QSF":
-            batch = False
-    assert server.ready is not (partial or batch), (written, partial, batch)
 
 
-def test_unknown_message_type_passes_nothing_of_its_chunk_on() -> None:
-    app, conn, server, to_server = linked()
-    conn.data_received(p("INSERT INTO t VALUES (1)") + B + E + H)
-    conn.data_received(S + b"?" + struct.pack("!i", 4))
-    assert bytes(to_server.written) == p("INSERT INTO t VALUES (1)") + B + E + H
-    assert conn.phase is Phase.CLOSED
-    assert conn.scanner.batch  # the Sync in the refused chunk never reached the server
-    assert server.ready is False  # so the server is not reused
-    assert b"unknown pkt" in bytes(conn.transport.written)  # type: ignore[union-attr]
-    assert app.gone == [Reason.UNKNOWN_PKT]
+def test_login_sends_the_startup_message_first() -> None:
+    _, _, _, transport = server_conn(login=True)
+    assert bytes(transport.written) == m.startup_message({"user": "app", "database": "shop"})
 
 
-def test_unknown_message_at_a_clean_boundary_leaves_the_server_reusable() -> None:
-    app, conn, server, to_server = linked()
-    conn.data_received(m.query("SELECT 1"))
-    conn.data_received(b"\x00\x00\x00\x00\x04")
-    assert bytes(to_server.written) == m.query("SELECT 1")
-    assert server.ready is True  # whole messages only: the scheduler decides (query owed)
-    assert app.gone == [Reason.UNKNOWN_PKT]
+def test_login_at_every_split_reports_once_with_pid_key_and_params() -> None:
+    for chunks in every_two_way_split(LOGIN):
+        app, conn, server, _ = server_conn(login=True)
+        for chunk in chunks:
+            conn.data_received(chunk)
+        assert app.events == [("login_ok", {"server_version": "16.4", "TimeZone": "UTC"})]
+        assert (server.pid, server.key) == (4711, 99)
+        assert conn.login is None
 
 
-# --- the server side ----------------------------------------------------------------------------
-SERVER_PARTS = [
-    m.row_description([("a", 23)]),
-    m.data_row(["1"]),
-    m.command_complete("SELECT 1"),
-    m.ready_for_query(b"I"),
-    m.parameter_status("application_name", "x" * 50),
-    m.data_row(["y" * 400]),
-    m.command_complete("SELECT 1"),
-    m.ready_for_query(b"T"),
-    m.command_complete("COMMIT"),
-    m.ready_for_query(b"I"),
-]
-SERVER = b"".join(SERVER_PARTS)
+def test_answers_after_the_login_in_the_same_read_are_not_lost() -> None:
+    # connect_query's answer may arrive with the login's ReadyForQuery in one read.
+    app, conn, server, _ = server_conn(login=True)
+    server.internal = 1
+    conn.data_received(LOGIN + m.command_complete("SET") + m.ready_for_query(b"I"))
+    assert app.events[0][0] == "login_ok"
+    assert app.events[1:] == [("internal_done", True, b"I")]
 
 
-def check_server_stream(chunks: list[bytes]) -> None:
-    app, conn, server, _ = linked()
-    to_client = conn.transport
-    sconn = ServerConn(app, server, None, "test")  # type: ignore[arg-type]
-    sconn.login = None
-    sconn.transport = Transport()  # type: ignore[assignment]
-    conn.client.expect_rfq = 3
-    conn.client.params = {"application_name": ""}
-    server.tracked = {"application_name": ""}
-    released_at = []
+def test_an_error_during_login_is_a_failed_login_and_closes() -> None:
+    app, conn, _, transport = server_conn(login=True)
+    refusal = m.error_response("53300", "sorry, too many clients already", severity="FATAL")
+    for chunk in split_at(refusal, [3, 9]):
+        conn.data_received(chunk)
+    [(what, error, _)] = app.events
+    assert what == "login_failed"
+    assert error.sqlstate == "53300" and error.message == "sorry, too many clients already"
+    assert transport.closed
+
+
+def test_a_connection_lost_during_login_is_a_network_failure() -> None:
+    app, conn, _, _ = server_conn(login=True)
+    conn.data_received(m.auth_ok())
+    conn.connection_lost(ConnectionResetError("reset"))
+    [(what, error, reason)] = app.events
+    assert what == "login_failed" and error is None
+    assert "connection lost during login" in reason
+
+
+# --- the pooler's own queries -------------------------------------------------------------------
+# ROLLBACK then the reset query (DISCARD ALL), answered in one stream; a ParameterStatus in the
+# middle (DISCARD ALL resets TimeZone) must reach the server's tracked parameters.
+ANSWERS = b"".join(
+    [
+        m.command_complete("ROLLBACK"),
+        m.ready_for_query(b"I"),
+        m.parameter_status("TimeZone", "Europe/Paris"),
+        m.command_complete("DISCARD ALL"),
+        m.ready_for_query(b"I"),
+    ]
+)
+
+
+def check_answers(chunks: list[bytes]) -> None:
+    app, conn, server, _ = server_conn(login=False)
+    server.tracked = {"TimeZone": "UTC"}
+    server.internal = 2
+    server.tx_status = b"T"
+    reported_at: list[int] = []
     for i, chunk in enumerate(chunks):
-        sconn.data_received(chunk)
-        if app.boundaries and not released_at:
-            released_at.append(i)
-    assert bytes(to_client.written) == SERVER  # type: ignore[union-attr]
-    assert app.boundaries == 1
-    last = max(i for i, c in enumerate(chunks) if c)
-    assert released_at == [last]  # only with the last ReadyForQuery
-    assert server.tx_status == b"I"
-    assert conn.client.params["application_name"] == "x" * 50
+        conn.data_received(chunk)
+        if app.events and not reported_at:
+            reported_at.append(i)
+    assert app.events == [("internal_done", True, b"I")]  # once, after the last answer
+    assert reported_at == [max(i for i, c in enumerate(chunks) if c)]
+    assert server.internal == 0
+    assert server.tracked == {"TimeZone": "Europe/Paris"}
+    assert server.params["TimeZone"] == "Europe/Paris"
 
 
-def test_server_stream_at_every_two_way_split() -> None:
-    for cut in range(len(SERVER) + 1):
-        check_server_stream([SERVER[:cut], SERVER[cut:]])
+def test_internal_answers_at_every_two_way_split() -> None:
+    for chunks in every_two_way_split(ANSWERS):
+        check_answers(chunks)
+
+
+def test_internal_answers_byte_by_byte() -> None:
+    check_answers([ANSWERS[i : i + 1] for i in range(len(ANSWERS))])
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.integers(min_value=0, max_value=len(SERVER)), max_size=30))
-def test_server_stream_at_random_splits(cuts: list[int]) -> None:
-    check_server_stream(split_at(SERVER, cuts))
+@given(st.lists(st.integers(min_value=0, max_value=len(ANSWERS)), max_size=30))
+def test_internal_answers_at_random_splits(cuts: list[int]) -> None:
+    check_answers(split_at(ANSWERS, cuts))
+
+
+def test_an_error_in_any_internal_query_fails_the_whole_and_keeps_the_first() -> None:
+    app, conn, server, _ = server_conn(login=False)
+    server.internal = 2
+    first = m.error_response("25P02", "current transaction is aborted", severity="ERROR")
+    second = m.error_response("42601", "syntax error", severity="ERROR")
+    conn.data_received(first + m.ready_for_query(b"E") + second + m.ready_for_query(b"I"))
+    assert app.events == [("internal_done", False, b"I")]
+    assert server.internal_error is not None and server.internal_error.sqlstate == "25P02"
+    # The next round starts clean.
+    server.internal = 1
+    conn.data_received(m.command_complete("ROLLBACK") + m.ready_for_query(b"I"))
+    assert app.events[-1] == ("internal_done", True, b"I")
+
+
+def test_a_transaction_left_open_is_reported_as_such() -> None:
+    app, conn, server, _ = server_conn(login=False)
+    server.internal = 1
+    conn.data_received(m.command_complete("BEGIN") + m.ready_for_query(b"T"))
+    assert app.events == [("internal_done", True, b"T")]  # the scheduler closes it
+
+
+def test_a_malformed_answer_closes_the_server() -> None:
+    app, conn, server, _ = server_conn(login=False)
+    server.internal = 1
+    conn.data_received(b"C\x00\x00\x00\x02")  # a length below 4
+    [(what, reason)] = app.events
+    assert what == "close_server" and reason.startswith(Reason.PROTOCOL)
+
+
+def test_talk_starts_a_fresh_reader() -> None:
+    # A server taken back from the switch: leftovers of an earlier talk must not prefix it.
+    app, conn, server, _ = server_conn(login=False)
+    server.internal = 1
+    conn.data_received(m.command_complete("ROLLBACK")[:3])
+    fresh = Transport()
+    conn.talk(fresh)
+    conn.data_received(m.command_complete("ROLLBACK") + m.ready_for_query(b"I"))
+    assert app.events == [("internal_done", True, b"I")]
+    conn.write(m.query("DISCARD ALL"))
+    assert bytes(fresh.written) == m.query("DISCARD ALL")
+
+
+def test_close_says_terminate_once_logged_in_only() -> None:
+    _, conn, _, transport = server_conn(login=False)
+    conn.close()
+    assert bytes(transport.written).endswith(m.terminate()) and transport.closed
+    _, conn, _, transport = server_conn(login=True)
+    sent = bytes(transport.written)
+    conn.close()
+    assert bytes(transport.written) == sent and transport.closed

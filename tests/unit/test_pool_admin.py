@@ -1,5 +1,9 @@
 """The scheduler's side of the admin commands (PAUSE, RESUME, RECONNECT, KILL), the queue
-notice, holders and the statistics it keeps: decisions checked with injected time."""
+notice, holders and the statistics it keeps: decisions checked with injected time.
+
+The switch pauses a pool's links and parks servers marked close-needed; what is left to the
+scheduler is whether to open, keep or close a server, and the words a client or a log sees.
+"""
 
 from __future__ import annotations
 
@@ -9,42 +13,59 @@ from pgfunnel.pool.scheduler import (
     CloseClient,
     CloseServer,
     Connect,
-    Link,
-    Notify,
+    FinishLogin,
+    MarkCloseNeeded,
     PoolStats,
+    Promote,
     RunQueries,
 )
 from pgfunnel.proto import sqlstate as ss
 from pgfunnel.proto.messages import ServerError
 from pgfunnel.proto.strings import Msg, Reason
-from tests.unit.test_pool_scheduler import World, state_of
+from tests.unit.sched_helpers import World, connects, state_of
 
 
-def test_pause_closes_idle_servers_and_holds_new_queries_until_resume() -> None:
+def test_pause_opens_nothing_until_resume_and_drains_to_zero() -> None:
     w = World(pool_size=2)
     warm = w.warm(2)
     busy_client, busy = w.linked_client(5.0)
     [idle] = [s for s in warm if s is not busy]
-    actions = w.pooler.pause(w.db, 6.0)
-    assert actions == [CloseServer(idle, Reason.PAUSE_MODE)]
+    assert w.pooler.pause(w.db, 6.0) == []  # the net layer pauses the switch's pool
+    assert w.db.paused
+    # App closes the idle servers it finds in the switch (PAUSE_MODE).
+    w.apply(w.server_gone(idle, Reason.PAUSE_MODE, 6.0), 6.0)
     assert w.pooler.servers_of(w.db) == 1  # the busy one: PAUSE is not done yet
 
     # A query arriving now waits; nothing is launched for it while paused.
-    waiter = w.ready_client(6.0) if w.pool.welcome else None
-    assert waiter is not None
+    waiter = w.ready_client(6.0)
     waiter.expect_rfq = 1
-    assert w.pooler.client_wants_server(waiter, 6.5) == []
+    assert w.query(waiter, 6.5) == []
+    w.sync()
     assert waiter.state is ClientState.WAITING
-
-    # The busy server's transaction ends: it is closed, not handed to the waiter.
-    busy_client.expect_rfq = 0
-    assert w.pooler.release_server(busy, 7.0) == [CloseServer(busy, Reason.PAUSE_MODE)]
-    assert w.pooler.servers_of(w.db) == 0
+    assert w.pooler.pool_waiters(w.pool, 1, 6.6) == []
     assert w.pooler.maint(8.0) == []  # the janitor does not launch while paused
+
+    # The busy server's transaction ends; the paused switch idles it and App closes it.
+    busy_client.expect_rfq = 0
+    w.release(busy, 7.0)
+    w.apply(w.server_gone(busy, Reason.PAUSE_MODE, 7.0), 7.0)
+    assert w.pooler.servers_of(w.db) == 0
 
     [connect] = w.pooler.resume(w.db, 9.0)
     assert isinstance(connect, Connect)
-    assert Link(waiter, connect.server) in w.login_ok(connect.server, 9.1)
+    w.apply(w.login_ok(connect.server, 9.1), 9.1)
+    assert waiter.link is connect.server
+
+
+def test_a_server_cleaned_during_pause_is_closed_not_pooled() -> None:
+    w = World(pool_mode="session")
+    client, server = w.linked_client(0.0)
+    w.pooler.pause(w.db, 0.5)
+    client.expect_rfq = 0
+    [reset] = w.release(server, 1.0, "session_end")
+    assert reset == RunQueries(server, ("DISCARD ALL",))
+    assert w.pooler.internal_done(server, True, 1.1) == [CloseServer(server, Reason.PAUSE_MODE)]
+    assert w.pooler.servers_of(w.db) == 0
 
 
 def test_a_login_finishing_during_pause_is_closed_not_pooled() -> None:
@@ -53,8 +74,9 @@ def test_a_login_finishing_during_pause_is_closed_not_pooled() -> None:
     w.pooler.pause(w.db, 0.1)
     actions = w.login_ok(connect.server, 0.2)
     assert CloseServer(connect.server, Reason.PAUSE_MODE) in actions
+    assert Promote(connect.server) not in actions
+    assert FinishLogin(client) in actions  # its login completes; its queries will wait
     assert w.pooler.servers_of(w.db) == 0
-    assert client.state is ClientState.ACTIVE  # its login completed; its queries will wait
 
 
 def test_reconnect_replaces_idle_servers_now_and_busy_ones_when_released() -> None:
@@ -63,29 +85,44 @@ def test_reconnect_replaces_idle_servers_now_and_busy_ones_when_released() -> No
     client, busy = w.linked_client(5.0)
     [idle] = [s for s in warm if s is not busy]
     actions = w.pooler.reconnect(w.db, 6.0)
-    assert actions == [CloseServer(idle, Reason.OBSOLETE)]
+    assert sorted(actions, key=lambda a: a.server.id) == [
+        MarkCloseNeeded(idle),
+        MarkCloseNeeded(busy),
+    ]
+    assert w.pooler.reconnect(w.db, 6.1) == []  # marked once
+    w.apply(actions, 6.0)  # the switch parks the idle one at once: ATTENTION close_needed
+    assert idle.state is ServerState.CLOSED and idle.close_reason == Reason.OBSOLETE
     assert busy.close_needed and state_of(w.pool, busy) is ServerState.ACTIVE
     assert w.pooler.obsolete_servers(w.db) == 1  # WAIT_CLOSE still waits
 
     client.expect_rfq = 0
-    assert w.pooler.release_server(busy, 7.0) == [CloseServer(busy, Reason.OBSOLETE)]
+    assert w.release(busy, 7.0) == [CloseServer(busy, Reason.OBSOLETE)]
     assert w.pooler.obsolete_servers(w.db) == 0
     # The next query gets a fresh server.
     client.expect_rfq = 1
-    [connect] = w.pooler.client_wants_server(client, 8.0)
-    assert isinstance(connect, Connect) and not connect.server.close_needed
+    [fresh] = connects(w.query(client, 8.0))
+    assert not fresh.close_needed
 
 
-def test_reconnect_waits_for_the_rollback_of_a_server_left_in_a_transaction() -> None:
+def test_a_marked_server_left_in_a_transaction_is_closed_not_rolled_back() -> None:
     w = World()
     client, server = w.linked_client(0.0)
-    w.pooler.reconnect(w.db, 1.0)
+    w.apply(w.pooler.reconnect(w.db, 1.0), 1.0)
     server.tx_status = b"T"
     client.expect_rfq = 0
-    [rollback] = w.pooler.client_closed(client, 2.0)
-    assert rollback == RunQueries(server, ("ROLLBACK",))
-    server.tx_status = b"I"
-    assert w.pooler.internal_done(server, True, 2.1) == [CloseServer(server, Reason.OBSOLETE)]
+    assert w.release(server, 2.0, "dirty_txn") == [CloseServer(server, Reason.OBSOLETE)]
+
+
+def test_a_login_in_flight_during_reconnect_is_not_pooled() -> None:
+    w = World()
+    client, [connect] = w.new_client(0.0)
+    assert w.pooler.reconnect(w.db, 0.1) == []  # nothing in the switch to mark yet
+    assert w.pooler.obsolete_servers(w.db) == 1
+    actions = w.login_ok(connect.server, 0.2)
+    assert FinishLogin(client) in actions
+    assert CloseServer(connect.server, Reason.OBSOLETE) in actions
+    assert Promote(connect.server) not in actions
+    assert w.pooler.obsolete_servers(w.db) == 0
 
 
 def test_kill_drops_every_client_and_server_and_pauses() -> None:
@@ -98,35 +135,46 @@ def test_kill_drops_every_client_and_server_and_pauses() -> None:
     closed_clients = {a.client for a in actions if isinstance(a, CloseClient)}
     closed_servers = {a.server for a in actions if isinstance(a, CloseServer)}
     assert closed_clients == {holder, idle_client}
+    assert all(a.error == error for a in actions if isinstance(a, CloseClient))
     assert busy in closed_servers and len(closed_servers) == 2
     assert holder.link is None and busy.link is None
     assert w.db.paused and w.pooler.servers_of(w.db) == 0
+    assert w.db.server_count == w.user.server_count == 0
+    assert Msg.KILLED.format(db="x") == "database killed by the admin console (KILL x)"
 
 
-def test_query_wait_notify_tells_each_waiter_once_with_its_position() -> None:
+def test_query_wait_notice_names_the_place_and_why() -> None:
+    # The switch's QUERY_WAIT_NOTIFY deadline sends the notice once per wait; App asks the
+    # scheduler for its words, with the place read from the switch's queue.
     w = World(pool_size=1, query_wait_notify=5.0, query_wait_timeout=100.0)
     w.linked_client(0.0)
     waiters = []
     for t in (1.0, 2.0, 8.0):
         c = w.ready_client(t)
         c.expect_rfq = 1
-        w.pooler.client_wants_server(c, t)
+        w.query(c, t)
         waiters.append(c)
-    assert w.pooler.maint(5.5) == []  # nobody has waited 5 s yet
-    notes = [a for a in w.pooler.maint(7.5) if isinstance(a, Notify)]
-    assert [n.client for n in notes] == waiters[:2]
-    assert notes[0].message == f"{Msg.QUEUED} (position 1 of 3 in the queue of db/u)"
-    assert "position 2 of 3" in notes[1].message
-    assert notes[1].detail is not None and "pool_size 1 are busy" in notes[1].detail
-    assert [a for a in w.pooler.maint(9.0) if isinstance(a, Notify)] == []  # once per wait
-    [late] = [a for a in w.pooler.maint(13.0) if isinstance(a, Notify)]
-    assert late.client is waiters[2] and "position 3 of 3" in late.message
+    w.sync()
+    queue = w.pooler.queued(w.pool)
+    assert queue == waiters
+    assert [w.pooler.queue_position(c) for c in waiters] == [1, 2, 3]
+    message, detail = w.pooler.wait_notice(w.pool, 1, len(queue), 5.0)
+    assert message == f"{Msg.QUEUED} (position 1 of 3 in the queue of db/u)"
+    assert detail == (
+        "waited 5.0 s: all 1 server connections of pool_size 1 are busy; query_wait_timeout=100 s"
+    )
+    w.client_leaves(waiters[0], 9.0)
+    w.sync()
+    assert w.pooler.queue_position(waiters[2]) == 2
 
 
 def test_holders_longest_first_with_transaction_state() -> None:
     w = World(pool_size=3)
     a, sa = w.linked_client(0.0)
-    b, _ = w.linked_client(2.0)
+    b, sb = w.linked_client(2.0)
+    # What refresh() reads from the switch's snapshot: link and transaction times.
+    sa.link_time, sa.xact_start = 0.0, 1.0
+    sb.link_time, sb.xact_start = 2.0, 2.0
     a.expect_rfq = 0
     sa.tx_status = b"T"
     b.expect_rfq = 1
@@ -135,9 +183,14 @@ def test_holders_longest_first_with_transaction_state() -> None:
         (a, "idle in transaction", 10.0),
         (b, "active", 8.0),
     ]
-    assert holders[0].xact == 10.0
+    assert holders[0].xact == 9.0
     assert w.pooler.holders(10.0, limit=1)[0].client is a
     assert w.pooler.holders(10.0, db="other") == []
+    b.expect_rfq = 0
+    sb.tx_status = b"E"
+    assert w.pooler.holders(10.0)[1].state == "idle in transaction (aborted)"
+    sb.tx_status = b"I"
+    assert w.pooler.holders(10.0)[1].xact == 0.0  # between transactions (session mode)
 
 
 def test_wait_histogram_and_period_deltas() -> None:
@@ -155,17 +208,3 @@ def test_wait_histogram_and_period_deltas() -> None:
     w.pool.stats.xact_count = 25
     w.pool.roll_period(60.0)
     assert w.pool.last_period.xact_count == 15 and w.pool.period_seconds == 60.0
-
-
-def test_server_assignments_and_waits_are_counted() -> None:
-    w = World(pool_size=1)
-    client, server = w.linked_client(0.0)
-    before = w.pool.stats.server_assignment_count
-    waiter = w.ready_client(1.0)
-    waiter.expect_rfq = 1
-    w.pooler.client_wants_server(waiter, 1.0)
-    client.expect_rfq = 0
-    assert w.pooler.release_server(server, 3.0) == [Link(waiter, server)]
-    assert w.pool.stats.server_assignment_count == before + 1
-    assert w.pool.stats.wait_count == 1 and w.pool.stats.wait_time == 2.0
-    assert Msg.KILLED.format(db="x") == "database killed by the admin console (KILL x)"

@@ -1,29 +1,22 @@
-"""Login failures: 53300 and outages become back-pressure, bad logins are refused at once."""
+"""Login failures: 53300 and outages become back-pressure, bad logins are refused at once.
+
+The clients wait in the switch's queue; the scheduler decides when the next login may go out,
+how many servers the pool keeps, and what a client hears when it gives up or is refused.
+"""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from pgfunnel.pool.objects import Client, ClientState, Server, ServerState
-from pgfunnel.pool.scheduler import (
-    Action,
-    CloseClient,
-    Connect,
-    Database,
-    FinishLogin,
-    Link,
-    Pool,
-    Pooler,
-    PoolSettings,
-    User,
-)
+from pgfunnel.pool.scheduler import Action, CloseClient, Connect, FinishLogin, Promote
 from pgfunnel.proto.messages import ServerError
 from pgfunnel.proto.strings import Reason
+from tests.unit.sched_helpers import PARAMS, connects
+from tests.unit.sched_helpers import World as BaseWorld
 
-PARAMS = {"server_version": "16.3"}
 ROLE = ServerError("FATAL", "53300", 'too many connections for role "app"')
 SORRY = ServerError("FATAL", "53300", "sorry, too many clients already")
 DATABASE = ServerError("FATAL", "53300", 'too many connections for database "shop"')
@@ -37,68 +30,34 @@ NO_DATABASE = ServerError("FATAL", "3D000", 'database "shop" does not exist')
 JITTER = 0.75  # rng() = 0.5 gives delay * (0.5 + 0.5 * 0.5)
 
 
-class World:
-    """A Pooler with injected time and rng=0.5; helpers play the net layer's part."""
+class World(BaseWorld):
+    """The pool tests' world with back-pressure settings: pool_size 5, no connect timeout."""
 
     def __init__(self, **overrides: Any) -> None:
         base: dict[str, Any] = {
-            "pool_mode": "transaction",
             "pool_size": 5,
-            "server_check_query": None,
-            "server_lifetime": 0.0,
-            "server_idle_timeout": 0.0,
             "server_connect_timeout": 0.0,
             "server_login_retry": 15.0,
             "query_wait_timeout": 120.0,
         }
         base.update(overrides)
-        self.settings = PoolSettings(**base)
-        self.pooler = Pooler(settings_for=lambda db, user: replace(self.settings), rng=lambda: 0.5)
-        self.pool: Pool = self.pooler.get_pool(Database("shop", config=None), User("app"))
-
-    def new_client(self, t: float) -> tuple[Client, list[Action]]:
-        client = Client(conn=None, addr="1.2.3.4", port=1, now=t)
-        return client, self.pooler.client_authenticated(client, self.pool, t)
-
-    def ready_client(self, t: float) -> Client:
-        client, actions = self.new_client(t)
-        if self.pool.welcome is None:
-            [connect] = actions
-            assert isinstance(connect, Connect)
-            self.pooler.server_login_ok(connect.server, PARAMS, t)
-        assert client.state is ClientState.ACTIVE
-        return client
+        super().__init__(**base)
+        self.db.name, self.user.name = "shop", "app"
 
     def busy(self, t: float) -> tuple[Client, Server]:
-        """A client holding a server with a query in flight (the pool's first login if needed)."""
-        client = self.ready_client(t)
-        client.expect_rfq = 1
-        actions = self.pooler.client_wants_server(client, t)
-        if actions and isinstance(actions[0], Link):
-            return client, actions[0].server
-        [connect] = actions
-        assert isinstance(connect, Connect)
-        self.pooler.server_login_ok(connect.server, PARAMS, t)
-        assert client.link is connect.server
-        return client, connect.server
+        """A client holding a server with a query in flight."""
+        return self.linked_client(t)
 
     def waiter(self, t: float) -> tuple[Client, list[Action]]:
+        """A client that sent a query and waits in the switch's queue."""
         client = self.ready_client(t)
         client.expect_rfq = 1
-        return client, self.pooler.client_wants_server(client, t)
-
-    def apply(self, actions: list[Action], t: float) -> None:
-        """What the net layer does with CloseClient: closing the client reports it gone."""
-        for action in actions:
-            if isinstance(action, CloseClient):
-                self.apply(self.pooler.client_closed(action.client, t), t)
+        actions = self.query(client, t)
+        assert client.state is ClientState.WAITING
+        return client, actions
 
     def waiting(self) -> list[Client]:
-        return list(self.pool.waiting_clients())
-
-
-def connects(actions: list[Action]) -> list[Server]:
-    return [a.server for a in actions if isinstance(a, Connect)]
+        return self.queue(self.pool)
 
 
 def refused_once(
@@ -110,6 +69,7 @@ def refused_once(
     waiter, actions = w.waiter(1.0)
     [probe] = connects(actions)
     assert w.pooler.server_login_failed(probe, error, 2.0, "connection refused") == []
+    w.sync()
     return w, holder, waiter
 
 
@@ -121,14 +81,14 @@ def test_53300_keeps_clients_waiting_and_records_what_the_server_granted(
     error: ServerError,
 ) -> None:
     w, _, waiter = refused_once(error)
-    assert waiter.state is ClientState.WAITING
-    assert w.waiting() == [waiter]
+    assert w.waiting() == [waiter]  # nobody closed it
     bo = w.pool.backoff
     assert bo.active and bo.failures == 1
     assert bo.error == error
     assert bo.since == 2.0
     assert bo.granted == 1  # the busy server: all the server let us keep
     assert w.pool.stats.refused_53300 == 1
+    assert w.pool.stats.login_refusals == {"53300": 1}
     assert w.pool.server_count == 1
 
 
@@ -139,21 +99,24 @@ def test_first_login_refused_keeps_the_client_waiting_for_login() -> None:
     assert client.state is ClientState.WAITING_LOGIN
     assert w.pool.backoff.granted == 0
     [retry] = connects(w.pooler.maint(w.pool.backoff.retry_at))
-    assert w.pooler.server_login_ok(retry, PARAMS, 1.0) == [FinishLogin(client)]
+    assert w.pooler.server_login_ok(retry, PARAMS, 1.0) == [FinishLogin(client), Promote(retry)]
 
 
 def test_retry_waits_for_the_jittered_backoff_one_probe_at_a_time() -> None:
     w, _, _ = refused_once(ROLE)
     bo = w.pool.backoff
     assert bo.retry_at == pytest.approx(2.0 + 0.05 * JITTER)
-    second, actions = w.waiter(2.01)
-    assert connects(actions) == []  # under back-pressure a new waiter does not probe early
+    second, _ = w.waiter(2.01)
+    w.sync()
+    # Under back-pressure the switch's report of waiters does not probe early.
+    assert w.pooler.pool_waiters(w.pool, 2, 2.01) == []
     assert connects(w.pooler.maint(bo.retry_at - 1e-6)) == []
     [probe] = connects(w.pooler.maint(bo.retry_at))  # two waiters, one probe
     assert connects(w.pooler.maint(bo.retry_at + 0.01)) == []
     assert connects(w.pooler.maint(bo.retry_at + 10.0)) == []  # still one probe in flight
+    assert w.pooler.pool_waiters(w.pool, 2, bo.retry_at + 10.0) == []
     assert w.pool.servers[ServerState.LOGIN] == {probe: None}
-    assert second.state is ClientState.WAITING
+    assert second in w.waiting()
 
 
 def test_backoff_doubles_per_failure_up_to_server_login_retry() -> None:
@@ -178,14 +141,30 @@ def test_a_successful_probe_serves_the_first_waiter_and_ends_the_back_pressure()
     [probe] = connects(w.pooler.maint(w.pool.backoff.retry_at))
     second, actions = w.waiter(2.5)
     assert connects(actions) == []  # the probe is still out
+    w.sync()
     actions = w.pooler.server_login_ok(probe, PARAMS, 3.1)
-    assert actions[0] == Link(first, probe)
+    assert actions[0] == Promote(probe)
     bo = w.pool.backoff
     assert not bo.active
     assert bo.granted == 2  # what we hold now, below pool_size: keep taking capacity back
     [more] = connects(actions)  # a success takes capacity back for the remaining waiter
-    assert w.pooler.server_login_ok(more, PARAMS, 3.2) == [Link(second, more)]
+    w.apply(actions, 3.1)
+    assert first.link is probe
+    w.sync()
+    w.apply(w.pooler.server_login_ok(more, PARAMS, 3.2), 3.2)
+    assert second.link is more
     assert w.waiting() == []
+
+
+def test_a_probe_that_serves_the_only_waiter_starts_no_other_login() -> None:
+    # Under 53300 every login the server did not need is one more refusal and a longer wait:
+    # the Promote serves the one queued client, so nothing else may go out.
+    w, _, waiter = refused_once(SORRY)
+    [probe] = connects(w.pooler.maint(w.pool.backoff.retry_at))
+    actions = w.pooler.server_login_ok(probe, PARAMS, 3.0)
+    assert actions == [Promote(probe)]
+    w.apply(actions, 3.0)
+    assert waiter.link is probe
 
 
 def test_successes_take_capacity_back_up_to_pool_size() -> None:
@@ -197,16 +176,17 @@ def test_successes_take_capacity_back_up_to_pool_size() -> None:
         waiters.append(client)
         for server in connects(actions):
             w.pooler.server_login_failed(server, SORRY, 1.0)
+    w.sync()
     assert w.pool.backoff.active and w.pool.server_count == 1
     t = 1.0
-    pending: list[Action] = []
     for _ in range(20):
         t += 1.0
-        pending += w.pooler.maint(t)
+        pending = w.apply(w.pooler.maint(t), t)
         while pending:  # the server has room again: every login succeeds
             action = pending.pop(0)
             if isinstance(action, Connect):
-                pending += w.pooler.server_login_ok(action.server, PARAMS, t)
+                pending += w.apply(w.pooler.server_login_ok(action.server, PARAMS, t), t)
+        w.sync()
     assert w.pool.server_count == 4
     assert not w.pool.backoff.active
     assert sum(c.link is not None for c in waiters) == 3
@@ -220,13 +200,16 @@ def test_after_a_successful_probe_capacity_is_taken_back_one_login_at_a_time() -
         w.waiter(1.0)
     for server in list(w.pool.servers[ServerState.LOGIN]):
         w.pooler.server_login_failed(server, SORRY, 1.5)
+    w.sync()
     t = w.pool.backoff.retry_at
     [probe] = connects(w.pooler.maint(t))
     actions = w.pooler.server_login_ok(probe, PARAMS, t + 0.1)
+    w.apply(actions, t + 0.1)
     assert len(w.waiting()) == 5
-    assert len(connects(actions)) <= 1  # today: 5, one per remaining waiter
+    assert len(connects(actions)) <= 1
 
 
+# --- what a client that gives up hears ----------------------------------------------------------
 @pytest.mark.parametrize(
     ("error", "names", "hint"),
     [
@@ -240,21 +223,9 @@ def test_after_a_successful_probe_capacity_is_taken_back_one_login_at_a_time() -
 def test_query_wait_timeout_under_53300_names_the_limit(
     error: ServerError, names: str, hint: str
 ) -> None:
-    w = World(query_wait_timeout=30.0)
-    w.busy(0.0)
-    waiter, actions = w.waiter(1.0)
-    for server in connects(actions):
-        w.pooler.server_login_failed(server, error, 1.0)
-    t = 1.0
-    closes: list[CloseClient] = []
-    while not closes:
-        t = round(t + 0.5, 3)
-        actions = w.pooler.maint(t)
-        for server in connects(actions):
-            assert w.pooler.server_login_failed(server, error, t) == []
-        closes = [a for a in actions if isinstance(a, CloseClient)]
-    assert t == 31.0
-    [close] = closes
+    # The switch's QUERY_WAIT deadline fires after 30 s; App.deadline asks for the error.
+    w, _, waiter = refused_once(error, query_wait_timeout=30.0)
+    close = w.pooler.wait_timeout(waiter, w.pool, 31.0, 30.0)
     assert close.client is waiter
     assert close.reason == Reason.QUERY_WAIT_TIMEOUT
     err = close.error
@@ -264,7 +235,9 @@ def test_query_wait_timeout_under_53300_names_the_limit(
     assert "waited 30.0 s" in err.message
     assert "query_wait_timeout=30" in err.message
     assert err.detail is not None and error.message in err.detail
+    assert "the pool holds 1 of pool_size 5" in err.detail
     assert err.hint is not None and hint in err.hint
+    assert w.pool.stats.timeouts == {Reason.QUERY_WAIT_TIMEOUT: 1}
 
 
 def test_network_failure_keeps_clients_waiting_and_times_out_naming_it() -> None:
@@ -274,16 +247,8 @@ def test_network_failure_keeps_clients_waiting_and_times_out_naming_it() -> None
     assert bo.error is not None and bo.error.sqlstate == "08006"
     assert bo.error.message == "connection refused"
     assert bo.granted is None  # only 53300 says how many the server lets us keep
-    assert waiter.state is ClientState.WAITING
-    t = 2.0
-    closes: list[CloseClient] = []
-    while not closes:
-        t = round(t + 0.5, 3)
-        actions = w.pooler.maint(t)
-        for server in connects(actions):
-            w.pooler.server_login_failed(server, None, t, "connection refused")
-        closes = [a for a in actions if isinstance(a, CloseClient)]
-    [close] = closes
+    assert w.waiting() == [waiter]
+    close = w.pooler.wait_timeout(waiter, w.pool, 12.0, 10.0)
     assert close.error is not None
     assert close.error.sqlstate == "08006"
     assert "cannot reach the server" in close.error.message
@@ -292,12 +257,22 @@ def test_network_failure_keeps_clients_waiting_and_times_out_naming_it() -> None
     assert close.error.hint
 
 
+def test_the_queue_notice_names_the_refusal() -> None:
+    w, _, _ = refused_once(SORRY, query_wait_timeout=30.0)
+    message, detail = w.pooler.wait_notice(w.pool, 1, 1, 5.0)
+    assert "position 1 of 1 in the queue of shop/app" in message
+    assert "the server refused new connections (sorry, too many clients already)" in detail
+    assert "waited 5.0 s" in detail and "query_wait_timeout=30 s" in detail
+
+
 def test_server_closing_during_login_is_a_network_failure() -> None:
     w = World()
     client, [connect] = w.new_client(0.0)
     assert w.pooler.server_closed(connect.server, "connection reset", 0.5) == []
     assert client.state is ClientState.WAITING_LOGIN
     assert w.pool.backoff.active
+    assert w.pool.backoff.error is not None
+    assert w.pool.backoff.error.message == "connection reset"
 
 
 @pytest.mark.parametrize("sqlstate", ["57P03", "57P01"])
@@ -307,6 +282,7 @@ def test_server_starting_or_shutting_down_is_back_pressure_too(sqlstate: str) ->
     error = ServerError("FATAL", sqlstate, "the database system is starting up")
     assert w.pooler.server_login_failed(connect.server, error, 0.5) == []
     assert client.state is ClientState.WAITING_LOGIN
+    assert w.pool.backoff.active
 
 
 # --- failures that waiting will not cure --------------------------------------------------------
@@ -315,6 +291,7 @@ def test_non_transient_failure_closes_every_waiting_client_at_once(error: Server
     w = World()
     a, [connect] = w.new_client(0.0)
     b, more = w.new_client(0.1)
+    assert more == []  # one login in flight
     actions = w.pooler.server_login_failed(connect.server, error, 0.2)
     assert len(actions) == 2
     assert {id(x.client) for x in actions if isinstance(x, CloseClient)} == {id(a), id(b)}
@@ -324,9 +301,8 @@ def test_non_transient_failure_closes_every_waiting_client_at_once(error: Server
         assert close.error == ServerError("FATAL", error.sqlstate, error.message)
     assert not w.pool.backoff.active
     w.apply(actions, 0.2)
-    for server in connects(more):  # a second login in flight fails the same way
-        assert w.pooler.server_login_failed(server, error, 0.3) == []
     assert w.pool.clients[ClientState.WAITING_LOGIN] == {}
+    assert connects(w.pooler.maint(1.0)) == []
 
 
 def test_non_transient_failure_also_closes_queued_clients_of_a_live_pool() -> None:
@@ -334,6 +310,7 @@ def test_non_transient_failure_also_closes_queued_clients_of_a_live_pool() -> No
     holder, server = w.busy(0.0)
     waiter, actions = w.waiter(1.0)
     [probe] = connects(actions)
+    w.sync()
     [close] = w.pooler.server_login_failed(probe, NO_DATABASE, 2.0)
     assert isinstance(close, CloseClient) and close.client is waiter
     assert close.error is not None and close.error.sqlstate == "3D000"
@@ -359,16 +336,41 @@ def test_new_clients_are_refused_for_server_login_retry() -> None:
     assert len(connects(actions)) == 1
 
 
-def test_a_good_login_after_a_bad_one_clears_the_refusal() -> None:
+def test_queued_clients_of_a_pool_without_servers_hear_the_refusal() -> None:
+    # The pool had logged in once (clients are promoted), then lost its servers; a bad login
+    # now means no server comes for server_login_retry: the switch's queue is told why.
     w = World(server_login_retry=15.0)
-    holder, _ = w.busy(0.0)
+    a = w.ready_client(0.0)
+    [server] = list(w.pool.servers[ServerState.IDLE])
+    w.apply(w.server_gone(server, Reason.SERVER_CLOSED, 0.5), 0.5)
+    [probe] = connects(w.query(a, 1.0))
+    w.apply(w.pooler.server_login_failed(probe, BAD_PASSWORD, 1.1), 1.1)
+    assert a.state is ClientState.CLOSED  # queued when it failed: told at once
+    b = w.ready_client(2.0)  # the welcome is known: its login completes
+    w.query(b, 2.0)
+    w.sync()
+    [close] = w.pooler.pool_waiters(w.pool, 1, 2.0)
+    assert isinstance(close, CloseClient) and close.client is b
+    assert close.reason == Reason.LOGIN_FAILING
+    assert close.error is not None and close.error.sqlstate == "28P01"
+
+
+def test_a_live_server_keeps_serving_while_logins_are_refused() -> None:
+    w = World(server_login_retry=15.0)
+    holder, server = w.busy(0.0)
     _, actions = w.waiter(1.0)
     [probe] = connects(actions)
     w.apply(w.pooler.server_login_failed(probe, BAD_PASSWORD, 1.0), 1.0)
+    w.sync()
     holder.expect_rfq = 0
-    [server] = [s for s in w.pool.servers[ServerState.ACTIVE]]
-    w.pooler.release_server(server, 2.0)
+    w.release(server, 2.0)
     assert w.pool.login_error is not None
-    # A server still alive serves new clients even while logins are being refused.
+    # The pool still has a server: new clients log in and the queue is not refused.
     c = w.ready_client(3.0)
-    assert w.pooler.client_wants_server(c, 3.0) == [Link(c, server)]
+    assert w.query(c, 3.0) == []
+    assert c.link is server
+    assert w.pooler.pool_waiters(w.pool, 1, 3.0) == []
+    # After server_login_retry a login goes out again, and a good one clears the refusal.
+    [again] = connects(w.pooler.pool_waiters(w.pool, 1, 16.5))
+    w.pooler.server_login_ok(again, PARAMS, 17.0)
+    assert w.pool.login_error is None and w.pool.login_failed_until == 0.0

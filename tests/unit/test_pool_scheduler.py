@@ -1,102 +1,33 @@
-"""The pure pool scheduler: logins, FIFO waiters, LIFO reuse, limits, cleanup and the janitor."""
+"""The pure pool scheduler on the switch's events: logins, how many servers a pool may open,
+the database/user caps, cleaning a server its client left, the warm pool and the janitor.
+
+Linking clients to servers, the idle stack and the FIFO hand-off are the switch's and are
+tested in tests/switch/; `World` (sched_helpers) plays the switch's part around the scheduler.
+"""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from pgfunnel.config.pools import PoolSettings
-from pgfunnel.pool.objects import Client, ClientState, Server, ServerState
+from pgfunnel.pool.objects import ClientState, Server, ServerState
 from pgfunnel.pool.scheduler import (
     Action,
     CloseClient,
     CloseServer,
     Connect,
     Database,
+    EvictIdle,
     FinishLogin,
     IllegalStateChange,
-    Link,
-    Pool,
-    Pooler,
+    Promote,
     RunQueries,
     User,
 )
 from pgfunnel.proto.messages import ServerError
 from pgfunnel.proto.strings import Reason
-
-PARAMS = {"server_version": "16.3", "client_encoding": "UTF8"}
-
-
-class World:
-    """A Pooler with injected time and rng=0.5, and helpers that play the net layer's part."""
-
-    def __init__(self, **overrides: Any) -> None:
-        base: dict[str, Any] = {
-            "pool_mode": "transaction",
-            "pool_size": 2,
-            "server_check_query": None,
-            "server_lifetime": 0.0,
-            "server_idle_timeout": 0.0,
-            "query_wait_notify": 0.0,  # tests of the notice turn it on
-        }
-        base.update(overrides)
-        self.settings = PoolSettings(**base)
-        self.pooler = Pooler(settings_for=lambda db, user: replace(self.settings), rng=lambda: 0.5)
-        self.db = Database("db", config=None)
-        self.user = User("u")
-        self.pool = self.pooler.get_pool(self.db, self.user)
-
-    def new_client(self, t: float, pool: Pool | None = None) -> tuple[Client, list[Action]]:
-        client = Client(conn=None, addr="1.2.3.4", port=1, now=t)
-        return client, self.pooler.client_authenticated(client, pool or self.pool, t)
-
-    def login_ok(self, server: Server, t: float) -> list[Action]:
-        return self.pooler.server_login_ok(server, PARAMS, t)
-
-    def ready_client(self, t: float, pool: Pool | None = None) -> Client:
-        """An authenticated, logged-in client holding no server (the pool's first login is
-        completed when needed, leaving that server idle)."""
-        pool = pool or self.pool
-        client, actions = self.new_client(t, pool)
-        if pool.welcome is None:
-            [connect] = actions
-            assert isinstance(connect, Connect)
-            assert FinishLogin(client) in self.login_ok(connect.server, t)
-        else:
-            assert actions == [FinishLogin(client)]
-        assert client.state is ClientState.ACTIVE
-        return client
-
-    def linked_client(self, t: float, pool: Pool | None = None) -> tuple[Client, Server]:
-        """A client holding a server, with a query in flight."""
-        client = self.ready_client(t, pool)
-        client.expect_rfq = 1
-        actions = self.pooler.client_wants_server(client, t)
-        if len(actions) == 1 and isinstance(actions[0], Link):
-            server = actions[0].server
-        else:
-            [connect] = actions
-            assert isinstance(connect, Connect)
-            server = connect.server
-            assert Link(client, server) in self.login_ok(server, t)
-        assert client.link is server and server.link is client
-        return client, server
-
-    def warm(self, n: int, t: float = 0.0, pool: Pool | None = None) -> list[Server]:
-        """n logged-in idle servers, released one per second from t, oldest first."""
-        pairs = [self.linked_client(t, pool) for _ in range(n)]
-        for i, (client, server) in enumerate(pairs):
-            client.expect_rfq = 0
-            assert self.pooler.release_server(server, t + i) == []
-            assert self.pooler.client_closed(client, t + i) == []
-        return [server for _, server in pairs]
-
-
-def state_of(pool: Pool, server: Server) -> ServerState:
-    [state] = [s for s, members in pool.servers.items() if server in members]
-    return state
+from tests.unit.sched_helpers import PARAMS, World, connects, state_of
 
 
 # --- logins -------------------------------------------------------------------------------------
@@ -111,7 +42,9 @@ def test_first_client_waits_for_a_login_then_finishes_its_own() -> None:
     assert server in w.pool.servers[ServerState.LOGIN]
     assert w.db.server_count == w.user.server_count == 1
 
-    assert w.login_ok(server, 0.2) == [FinishLogin(client)]
+    # The client's login completes and the server goes to the switch; no second server is
+    # opened: the one client is all the demand there is.
+    assert w.login_ok(server, 0.2) == [FinishLogin(client), Promote(server)]
     assert client.state is ClientState.ACTIVE
     assert w.pool.welcome == PARAMS
     assert state_of(w.pool, server) is ServerState.IDLE
@@ -123,7 +56,8 @@ def test_first_client_waits_for_a_login_then_finishes_its_own() -> None:
 def test_clients_arriving_during_the_first_login_all_finish_with_it() -> None:
     w = World(pool_size=5)
     a, first = w.new_client(0.0)
-    b, _ = w.new_client(0.1)
+    b, second = w.new_client(0.1)
+    assert second == []  # one login in flight per pool
     [connect] = first
     actions = w.login_ok(connect.server, 0.2)
     assert FinishLogin(a) in actions and FinishLogin(b) in actions
@@ -133,101 +67,111 @@ def test_client_that_leaves_during_the_first_login_loses_no_server() -> None:
     w = World()
     client, [connect] = w.new_client(0.0)
     assert w.pooler.client_closed(client, 0.1) == []
-    assert w.login_ok(connect.server, 0.2) == []
+    assert w.login_ok(connect.server, 0.2) == [Promote(connect.server)]
     assert state_of(w.pool, connect.server) is ServerState.IDLE
 
 
-# --- waiting and reuse --------------------------------------------------------------------------
-def test_waiting_clients_are_served_first_in_first_out() -> None:
-    w = World(pool_size=1)
-    c1, server = w.linked_client(0.0)
-    waiters = [w.ready_client(t) for t in (1.0, 2.0, 3.0, 4.0)]
-    for i, c in enumerate(waiters):
-        assert w.pooler.client_wants_server(c, 1.0 + i) == []
-        assert c.state is ClientState.WAITING
-    assert w.pooler.client_closed(waiters[2], 5.0) == []  # one leaves the queue
-    holder = c1
-    for expected in (waiters[0], waiters[1], waiters[3]):
-        holder.expect_rfq = 0
-        assert w.pooler.release_server(server, 6.0) == [Link(expected, server)]
-        assert expected.state is ClientState.ACTIVE and expected.link is server
-        holder = expected
-    holder.expect_rfq = 0
-    assert w.pooler.release_server(server, 7.0) == []
-    assert state_of(w.pool, server) is ServerState.IDLE
-
-
-def test_idle_servers_are_reused_last_in_first_out() -> None:
+# --- how many servers a pool opens --------------------------------------------------------------
+def test_one_waiter_gets_one_login() -> None:
+    # The switch reports waiters once per queue episode; the login that serves the only
+    # waiter must not start another (the Promote hands it to that waiter).
     w = World(pool_size=3)
-    s1, s2, s3 = w.warm(3)
-    got = []
-    for t in (10.0, 11.0, 12.0):
-        client = w.ready_client(t)
-        [link] = w.pooler.client_wants_server(client, t)
-        assert isinstance(link, Link)
-        got.append(link.server)
-    assert got == [s3, s2, s1]
+    holder = w.ready_client(0.0)
+    w.query(holder, 0.5)  # takes the pool's only (idle) server
+    waiter = w.ready_client(1.0)
+    [server] = connects(w.query(waiter, 1.0))
+    actions = w.login_ok(server, 1.1)
+    assert actions == [Promote(server)]
 
 
-def test_a_released_server_is_the_next_one_used() -> None:
+def test_waiters_open_servers_one_login_at_a_time_up_to_pool_size() -> None:
     w = World(pool_size=3)
-    _, s2, s3 = w.warm(3)
-    c, _ = w.linked_client(10.0)  # takes s3
-    [link] = w.pooler.client_wants_server(w.ready_client(11.0), 11.0)  # takes s2
-    assert link.server is s2
-    c.expect_rfq = 0
-    w.pooler.release_server(s3, 12.0)
-    [link] = w.pooler.client_wants_server(w.ready_client(13.0), 13.0)
-    assert link.server is s3
+    holder = w.ready_client(0.0)
+    w.query(holder, 0.0)  # the pool's first server, now linked
+    waiters = [w.ready_client(1.0) for _ in range(5)]
+    [first] = connects(w.query(waiters[0], 1.0))
+    for c in waiters[1:]:
+        assert w.query(c, 1.0) == []  # queued in the same episode: no new WAITERS
+    w.sync()
+    assert w.pool.sw_waiting == 5
+    assert connects(w.pooler.maint(1.05)) == []  # a login is in flight already
+    opened = [first]
+    t = 1.1
+    pending = [first]
+    while pending:
+        server = pending.pop()
+        actions = w.apply(w.login_ok(server, t), t)
+        w.sync()
+        pending += connects(actions) + connects(w.pooler.maint(t + 0.05))
+        opened += connects(actions)
+        t += 0.1
+    assert len(set(opened)) == 2
+    assert w.pool.server_count == 3 == w.settings.pool_size
+    assert len(w.queue(w.pool)) == 3  # the rest wait for a release
+    assert connects(w.pooler.maint(60.0)) == []
+    assert w.pooler.pool_waiters(w.pool, 3, 60.0) == []
 
 
-def test_pool_size_caps_the_servers() -> None:
-    w = World(pool_size=2)
-    c1 = w.ready_client(0.0)  # the first login left one idle server
-    clients = [c1] + [w.ready_client(0.0) for _ in range(3)]
-    actions = [a for c in clients for a in w.pooler.client_wants_server(c, 1.0)]
-    assert sum(isinstance(a, Link) for a in actions) == 1
-    assert sum(isinstance(a, Connect) for a in actions) == 1
-    assert w.pool.server_count == 2
-    assert [a for a in w.pooler.maint(5.0) if isinstance(a, Connect)] == []
-    assert len(list(w.pool.waiting_clients())) == 3
-
-
-def test_a_client_that_already_holds_a_server_is_not_queued() -> None:
-    w = World()
-    client, _ = w.linked_client(0.0)
-    assert w.pooler.client_wants_server(client, 1.0) == []
-    assert client.state is ClientState.ACTIVE
+def test_a_paused_pool_opens_nothing_for_its_waiters() -> None:
+    w = World(pool_size=3)
+    w.ready_client(0.0)
+    w.pooler.pause(w.db, 1.0)
+    assert w.pooler.pool_waiters(w.pool, 4, 1.0) == []
+    assert connects(w.pooler.maint(2.0)) == []
+    assert connects(w.pooler.resume(w.db, 3.0)) != []
 
 
 # --- reserve pool -------------------------------------------------------------------------------
-def test_reserve_pool_only_after_reserve_pool_timeout() -> None:
+@pytest.mark.parametrize("via", ["deadline", "snapshot"])
+def test_reserve_pool_only_after_reserve_pool_timeout(via: str) -> None:
     w = World(pool_size=1, reserve_pool_size=1, reserve_pool_timeout=5.0)
     w.linked_client(0.0)
     c2 = w.ready_client(10.0)
-    assert w.pooler.client_wants_server(c2, 10.0) == []
-    assert w.pooler.maint(14.9) == []
-    [connect] = w.pooler.maint(15.0)
+    assert w.query(c2, 10.0) == []  # at pool_size
+    w.pool.sw_maxwait = 4.9  # what the switch's snapshot says at 14.9
+    w.sync()
+    assert connects(w.pooler.maint(14.9)) == []
+    if via == "deadline":
+        # The switch's RESERVE deadline: App.deadline marks the pool and asks again.
+        w.pool.reserve_due = True
+        [connect] = w.pooler.pool_waiters(w.pool, w.pool.sw_waiting, 15.0)
+    else:
+        w.pool.sw_maxwait = 5.0  # the janitor's sync_pools read the oldest wait
+        [connect] = w.pooler.maint(15.0)
     assert isinstance(connect, Connect)
-    assert w.login_ok(connect.server, 15.1) == [Link(c2, connect.server)]
+    w.apply(w.login_ok(connect.server, 15.1), 15.1)
+    assert c2.link is connect.server
+    w.sync()
     assert w.pool.server_count == 2
     c3 = w.ready_client(16.0)
-    assert w.pooler.client_wants_server(c3, 16.0) == []
-    assert [a for a in w.pooler.maint(30.0) if isinstance(a, Connect)] == []
+    w.pool.reserve_due = True
+    w.pool.sw_maxwait = 100.0
+    assert w.query(c3, 16.0) == []  # pool_size + reserve_pool_size is the ceiling
+    w.sync()
+    assert connects(w.pooler.maint(30.0)) == []
     assert w.pool.server_count == 2
 
 
 # --- database and user caps ---------------------------------------------------------------------
+def evict_and_open(w: World, actions: list[Action], t: float) -> list[Server]:
+    """Apply an eviction and what came with it; the servers opened for the pool that asked,
+    whether the Connect came with the EvictIdle or once the evicted server had closed (the
+    janitor's next pass)."""
+    opened = connects(w.apply(actions, t))
+    if not opened:
+        opened = connects(w.apply(w.pooler.maint(t + 0.05), t + 0.05))
+    return [s for s in opened if s.pool is w.pool]
+
+
 def test_max_db_connections_evicts_the_longest_idle_server_of_a_sibling_pool() -> None:
     w = World(pool_size=5, max_db_connections=2)
     other = w.pooler.get_pool(w.db, User("v"))
     old, young = w.warm(2, t=1.0, pool=other)
     assert w.db.server_count == 2
     _, actions = w.new_client(10.0)
-    [evict, connect] = actions
-    assert evict == CloseServer(old, Reason.EVICTED)
-    assert isinstance(connect, Connect)
-    assert old.state is ServerState.CLOSED
+    assert actions[0] == EvictIdle(old, w.pool)
+    assert len(evict_and_open(w, actions, 10.0)) == 1
+    assert old.state is ServerState.CLOSED  # App.take_idle: it was still idle in the switch
     assert state_of(other, young) is ServerState.IDLE
     assert w.db.server_count == 2
     assert other.server_count == 1 and w.pool.server_count == 1
@@ -241,12 +185,13 @@ def test_max_db_connections_waits_while_siblings_are_busy_then_evicts() -> None:
     client, actions = w.new_client(1.0)
     assert actions == []
     assert client.state is ClientState.WAITING_LOGIN
-    assert [a for a in w.pooler.maint(2.0) if isinstance(a, Connect)] == []
+    assert w.pooler.maint(2.0) == []  # nothing idle to evict: the client waits
     c1.expect_rfq = 0
-    assert w.pooler.release_server(s1, 3.0) == []  # idle in its own pool: no waiter there
+    assert w.release(s1, 3.0) == []  # idle in its own pool: no waiter there
     actions = w.pooler.maint(3.1)
-    assert actions[0] == CloseServer(s1, Reason.EVICTED)
-    assert isinstance(actions[1], Connect)
+    assert actions[0] == EvictIdle(s1, w.pool)
+    assert len(evict_and_open(w, actions, 3.1)) == 1
+    assert s1.state is ServerState.CLOSED
     assert w.db.server_count == 2
 
 
@@ -255,9 +200,9 @@ def test_max_user_connections_evicts_from_the_users_other_database() -> None:
     other = w.pooler.get_pool(Database("other", config=None), w.user)
     [idle] = w.warm(1, pool=other)
     _, actions = w.new_client(5.0)
-    assert actions[0] == CloseServer(idle, Reason.EVICTED)
-    assert isinstance(actions[1], Connect)
-    assert w.user.server_count == 1
+    assert actions[0] == EvictIdle(idle, w.pool)
+    assert len(evict_and_open(w, actions, 5.0)) == 1
+    assert w.user.server_count == 1 and other.server_count == 0
 
 
 def test_max_user_connections_without_anything_to_evict_waits() -> None:
@@ -276,56 +221,57 @@ def test_both_caps_are_enforced_when_both_are_reached() -> None:
     w.warm(1, pool=sibling_db)
     w.warm(1, pool=sibling_user)
     assert w.db.server_count == 1 and w.user.server_count == 1
-    w.new_client(5.0)
+    _, actions = w.new_client(5.0)
+    w.apply(actions, 5.0)
     assert w.db.server_count <= 1
     assert w.user.server_count <= 1
 
 
-# --- warm pool and server timeouts --------------------------------------------------------------
+def test_an_eviction_that_finds_its_server_taken_opens_nothing_past_the_cap() -> None:
+    # EvictIdle is decided on the mirror; by the time App applies it the switch may have
+    # linked that server to a client of its own pool (take_idle then does nothing). The
+    # Connect decided with it must not take the database past max_db_connections.
+    w = World(pool_size=5, max_db_connections=2)
+    other = w.pooler.get_pool(w.db, User("v"))
+    old, _ = w.warm(2, t=1.0, pool=other)
+    _, actions = w.new_client(10.0)
+    assert EvictIdle(old, w.pool) in actions
+    w.idle[other].remove(old)  # the switch gave it to a client of `other` meanwhile
+    w.apply(actions, 10.0)
+    assert w.db.server_count <= 2
+
+
+# --- warm pool, lifetime ------------------------------------------------------------------------
 def test_min_pool_size_is_kept_warm_one_login_at_a_time() -> None:
     w = World(pool_size=5, min_pool_size=2)
     [c1] = w.pooler.maint(0.0)
     assert isinstance(c1, Connect)
     assert w.pooler.maint(0.5) == []  # one login at a time
-    assert w.login_ok(c1.server, 1.0) == []
+    assert w.login_ok(c1.server, 1.0) == [Promote(c1.server)]
     [c2] = w.pooler.maint(1.0)
     assert isinstance(c2, Connect)
-    w.login_ok(c2.server, 2.0)
+    w.apply(w.login_ok(c2.server, 2.0), 2.0)
     assert w.pooler.maint(3.0) == []
     assert len(w.pool.servers[ServerState.IDLE]) == 2
 
 
-def test_server_idle_timeout_closes_oldest_idle_but_not_below_min_pool_size() -> None:
-    w = World(pool_size=5, min_pool_size=2, server_idle_timeout=10.0)
-    s1, s2, s3 = w.warm(3, t=1.0)  # idle since 1, 2, 3
-    assert w.pooler.maint(10.9) == []
-    assert w.pooler.maint(11.0) == [CloseServer(s1, Reason.IDLE_TIMEOUT)]
-    assert w.pooler.maint(100.0) == []
-    assert w.pool.server_count == 2
-    assert s2.state is s3.state is ServerState.IDLE
-
-
-def test_server_idle_timeout_without_min_pool_size_empties_the_pool() -> None:
-    w = World(server_idle_timeout=10.0)
-    [s] = w.warm(1, t=0.0)
-    assert w.pooler.maint(10.0) == [CloseServer(s, Reason.IDLE_TIMEOUT)]
-    assert w.pool.server_count == 0 == w.db.server_count == w.user.server_count
-
-
-def test_server_lifetime_closes_idle_servers_and_warm_pool_replaces_them() -> None:
+def test_server_lifetime_closes_an_idle_server_and_the_warm_pool_replaces_it() -> None:
     w = World(min_pool_size=1, server_lifetime=50.0)
     [s] = w.warm(1, t=0.0)
-    assert w.pooler.maint(49.9) == []
-    close, connect = w.pooler.maint(50.0)
-    assert close == CloseServer(s, Reason.LIFETIME)
+    # The switch's SERVER_LIFETIME deadline: App marks it, the switch parks it at once.
+    s.lifetime_over = True
+    assert w.attention(s, "close_needed", 50.0) == [CloseServer(s, Reason.LIFETIME)]
+    assert w.pool.server_count == 0
+    [connect] = w.pooler.maint(50.1)
     assert isinstance(connect, Connect)
 
 
 def test_server_lifetime_applies_when_a_server_is_released() -> None:
     w = World(server_lifetime=50.0)
     client, server = w.linked_client(0.0)
+    server.lifetime_over = True  # passed while its client held it
     client.expect_rfq = 0
-    assert w.pooler.release_server(server, 60.0) == [CloseServer(server, Reason.LIFETIME)]
+    assert w.release(server, 60.0) == [CloseServer(server, Reason.LIFETIME)]
     assert server.state is ServerState.CLOSED
 
 
@@ -337,19 +283,19 @@ def test_server_connect_timeout() -> None:
     assert connect.server.state is ServerState.CLOSED
     assert client.state is ClientState.WAITING_LOGIN  # still waiting: a retry follows
     assert w.pool.backoff.active
+    assert connects(w.pooler.maint(w.pool.backoff.retry_at - 0.001)) == []
     [retry] = w.pooler.maint(w.pool.backoff.retry_at)
     assert isinstance(retry, Connect)
 
 
 # --- query_wait_timeout when the pool is merely busy -------------------------------------------
 def test_query_wait_timeout_is_pgbouncers_error() -> None:
+    # The switch's QUERY_WAIT deadline fires; App.deadline asks the scheduler for the error.
     w = World(pool_size=1, query_wait_timeout=10.0)
     w.linked_client(0.0)
     waiter = w.ready_client(5.0)
-    assert w.pooler.client_wants_server(waiter, 5.0) == []
-    assert w.pooler.maint(14.9) == []
-    [close] = w.pooler.maint(15.0)
-    assert isinstance(close, CloseClient)
+    assert w.query(waiter, 5.0) == []
+    close = w.pooler.wait_timeout(waiter, w.pool, 15.0, 10.0)
     assert close.client is waiter
     assert close.reason == "query_wait_timeout"
     assert close.error is not None
@@ -359,30 +305,34 @@ def test_query_wait_timeout_is_pgbouncers_error() -> None:
         "query_wait_timeout",
     )
     assert "pool_size=1" in (close.error.detail or "")
-    w.pooler.client_closed(waiter, 15.0)
-    assert w.pooler.maint(16.0) == []
+    assert "waited 10.0 s" in (close.error.detail or "")
+    assert w.pool.stats.timeouts[Reason.QUERY_WAIT_TIMEOUT] == 1
 
 
 def test_query_wait_timeout_applies_to_clients_waiting_for_the_first_login() -> None:
     w = World(query_wait_timeout=10.0, server_connect_timeout=0.0)
     client, _ = w.new_client(0.0)
+    assert w.pooler.maint(9.9) == []
     [close] = w.pooler.maint(10.0)
     assert isinstance(close, CloseClient) and close.client is client
     assert close.reason == Reason.QUERY_WAIT_TIMEOUT
 
 
-# --- cleaning servers after their clients -------------------------------------------------------
+# --- cleaning servers after their clients (ATTENTION) ------------------------------------------
 def test_client_leaving_idle_in_transaction_gets_a_rollback_then_reuse() -> None:
     w = World(pool_size=1)
     client, server = w.linked_client(0.0)
     client.expect_rfq = 0
     server.tx_status = b"T"
-    assert w.pooler.client_closed(client, 1.0) == [RunQueries(server, ("ROLLBACK",))]
+    w.client_leaves(client, 1.0)
+    assert w.release(server, 1.0, "dirty_txn") == [RunQueries(server, ("ROLLBACK",))]
     assert state_of(w.pool, server) is ServerState.TESTED
     waiter = w.ready_client(1.5)
-    assert w.pooler.client_wants_server(waiter, 1.5) == []  # the rollback will serve it
+    assert w.query(waiter, 1.5) == []  # the rollback will serve it: no new login
     server.tx_status = b"I"
-    assert w.pooler.internal_done(server, True, 2.0) == [Link(waiter, server)]
+    assert w.pooler.internal_done(server, True, 2.0) == [Promote(server)]
+    w.apply([Promote(server)], 2.0)
+    assert waiter.link is server
 
 
 def test_failed_rollback_closes_the_server() -> None:
@@ -390,7 +340,7 @@ def test_failed_rollback_closes_the_server() -> None:
     client, server = w.linked_client(0.0)
     client.expect_rfq = 0
     server.tx_status = b"E"
-    assert w.pooler.client_closed(client, 1.0) == [RunQueries(server, ("ROLLBACK",))]
+    assert w.release(server, 1.0, "dirty_txn") == [RunQueries(server, ("ROLLBACK",))]
     assert w.pooler.internal_done(server, False, 2.0) == [CloseServer(server, Reason.RESET_FAILED)]
     assert w.pool.server_count == 0
 
@@ -398,169 +348,130 @@ def test_failed_rollback_closes_the_server() -> None:
 @pytest.mark.parametrize("cause", ["query in flight", "not ready"])
 def test_client_leaving_with_a_query_in_flight_closes_the_server(cause: str) -> None:
     w = World()
-    client, server = w.linked_client(0.0)
+    _, server = w.linked_client(0.0)
+    why = "dirty_busy"
     if cause == "not ready":
-        client.expect_rfq = 0
-        server.ready = False
-    assert w.pooler.client_closed(client, 1.0) == [CloseServer(server, Reason.CLIENT_GONE_BUSY)]
+        why = "dirty_txn"
+        server.ready = False  # the pooler no longer trusts it, whatever the switch says
+    assert w.release(server, 1.0, why) == [CloseServer(server, Reason.CLIENT_GONE_BUSY)]
     assert server.state is ServerState.CLOSED
-    assert w.db.server_count == w.user.server_count == w.pool.server_count
+    assert w.db.server_count == w.user.server_count == w.pool.server_count == 0
+
+
+def test_a_busy_close_opens_a_replacement_for_waiters() -> None:
+    w = World(pool_size=1)
+    _, server = w.linked_client(0.0)
+    waiter = w.ready_client(0.5)
+    w.query(waiter, 0.5)
+    w.sync()
+    [close, connect] = w.release(server, 1.0, "dirty_busy")
+    assert close == CloseServer(server, Reason.CLIENT_GONE_BUSY)
+    assert isinstance(connect, Connect)
 
 
 def test_session_mode_runs_the_reset_query_when_the_client_leaves() -> None:
     w = World(pool_mode="session")
     client, server = w.linked_client(0.0)
     client.expect_rfq = 0
-    assert w.pooler.client_closed(client, 1.0) == [RunQueries(server, ("DISCARD ALL",))]
-    assert w.pooler.internal_done(server, True, 1.1) == []
+    assert w.release(server, 1.0, "session_end") == [RunQueries(server, ("DISCARD ALL",))]
+    assert w.pooler.internal_done(server, True, 1.1) == [Promote(server)]
     assert state_of(w.pool, server) is ServerState.IDLE
 
 
 def test_session_mode_idle_in_transaction_rolls_back_then_resets() -> None:
+    # The switch reports DIRTY_TXN (not SESSION_END) for a session client that leaves inside
+    # a transaction; its session state must still be reset before another client gets it.
     w = World(pool_mode="session")
     client, server = w.linked_client(0.0)
     client.expect_rfq = 0
     server.tx_status = b"T"
-    assert w.pooler.client_closed(client, 1.0) == [RunQueries(server, ("ROLLBACK", "DISCARD ALL"))]
+    assert w.release(server, 1.0, "dirty_txn") == [RunQueries(server, ("ROLLBACK", "DISCARD ALL"))]
 
 
-def test_transaction_mode_release_has_no_reset_unless_always() -> None:
-    w = World()
-    client, server = w.linked_client(0.0)
-    client.expect_rfq = 0
-    assert w.pooler.release_server(server, 1.0) == []
-    assert state_of(w.pool, server) is ServerState.IDLE
+def test_session_end_without_a_reset_query_goes_straight_back() -> None:
+    w = World(pool_mode="session", server_reset_query="")
+    _, server = w.linked_client(0.0)
+    assert w.release(server, 1.0, "session_end") == [Promote(server)]
 
+
+@pytest.mark.parametrize(
+    ("always", "queries"), [(False, ("ROLLBACK",)), (True, ("ROLLBACK", "DISCARD ALL"))]
+)
+def test_transaction_mode_resets_only_when_always(always: bool, queries: tuple[str, ...]) -> None:
+    w = World(server_reset_query_always=always)
+    _, server = w.linked_client(0.0)
+    assert w.release(server, 1.0, "dirty_txn") == [RunQueries(server, queries)]
+
+
+def test_reset_query_always_cleans_a_server_released_at_a_boundary() -> None:
+    # server_reset_query_always: the switch parks every released server RESET_NEEDED.
     w = World(server_reset_query_always=True)
-    client, server = w.linked_client(0.0)
-    client.expect_rfq = 0
-    assert w.pooler.release_server(server, 1.0) == [RunQueries(server, ("DISCARD ALL",))]
+    _, server = w.linked_client(0.0)
+    assert w.release(server, 1.0, "reset_needed") == [RunQueries(server, ("DISCARD ALL",))]
+    assert w.pooler.internal_done(server, True, 1.1) == [Promote(server)]
 
 
-def test_release_unlinks_and_the_client_stays_logged_in() -> None:
-    w = World()
-    client, server = w.linked_client(0.0)
-    client.expect_rfq = 0
-    w.pooler.release_server(server, 1.0)
-    assert client.link is None and server.link is None
-    assert client.state is ClientState.ACTIVE
+def test_server_check_query_runs_on_a_long_idle_server_before_reuse() -> None:
+    # Idle past server_check_delay, the switch parks it CHECK_NEEDED instead of linking it;
+    # the client it skipped waits, and the checked server is what serves it.
+    w = World(server_check_query="SELECT 1", server_check_delay=30.0)
+    [server] = w.warm(1, t=0.0)
+    assert w.attention(server, "check_needed", 40.0) == [RunQueries(server, ("SELECT 1",))]
+    assert state_of(w.pool, server) is ServerState.TESTED
+    waiter = w.ready_client(40.0)
+    assert w.query(waiter, 40.0) == []  # no new login: the checked server is coming
+    assert w.apply(w.pooler.internal_done(server, True, 40.1), 40.1) == []
+    assert waiter.link is server
+
+
+def test_a_failed_check_closes_the_server_and_opens_another_for_the_waiter() -> None:
+    w = World(server_check_query="", server_check_delay=30.0)  # "": an empty query
+    [server] = w.warm(1, t=0.0)
+    assert w.attention(server, "check_needed", 40.0) == [RunQueries(server, ("",))]
+    waiter = w.ready_client(40.0)
+    w.query(waiter, 40.0)
+    w.sync()
+    [close, connect] = w.pooler.internal_done(server, False, 40.1)
+    assert close == CloseServer(server, Reason.RESET_FAILED)
+    assert isinstance(connect, Connect)
 
 
 def test_internal_done_with_a_transaction_still_open_closes_the_server() -> None:
     w = World(pool_mode="session")
     client, server = w.linked_client(0.0)
     client.expect_rfq = 0
-    w.pooler.client_closed(client, 1.0)
+    w.release(server, 1.0, "session_end")
     server.tx_status = b"T"
     assert w.pooler.internal_done(server, True, 1.1) == [CloseServer(server, Reason.RESET_FAILED)]
 
 
-def test_server_check_query_runs_on_a_long_idle_server_before_reuse() -> None:
-    w = World(server_check_query="", server_check_delay=30.0)
-    [server] = w.warm(1, t=0.0)
-    waiter = w.ready_client(40.0)
-    assert w.pooler.client_wants_server(waiter, 40.0) == [RunQueries(server, ("",))]
-    assert waiter.state is ClientState.WAITING
-    assert w.pooler.internal_done(server, True, 40.1) == [Link(waiter, server)]
-    fresh = w.ready_client(41.0)
-    waiter.expect_rfq = 0
-    w.pooler.release_server(server, 41.0)
-    assert w.pooler.client_wants_server(fresh, 42.0) == [Link(fresh, server)]
-
-
-def test_server_dying_under_its_client_closes_the_client() -> None:
-    w = World()
-    client, server = w.linked_client(0.0)
-    [close] = w.pooler.server_closed(server, Reason.SERVER_CLOSED, 1.0)
-    assert isinstance(close, CloseClient) and close.client is client
-    assert close.error is not None and close.error.sqlstate == "08006"
-    assert client.link is None and server.state is ServerState.CLOSED
-
-
-# --- janitor timeouts on linked and idle clients ------------------------------------------------
-def test_idle_transaction_timeout() -> None:
-    w = World(idle_transaction_timeout=10.0)
-    client, server = w.linked_client(0.0)
-    client.expect_rfq = 0
-    server.tx_status = b"T"
-    server.request_time = 3.0  # the last ReadyForQuery
-    assert w.pooler.maint(12.9) == []
-    close_server, close_client = w.pooler.maint(13.0)
-    assert close_server == CloseServer(server, Reason.IDLE_TX_TIMEOUT)
-    assert isinstance(close_client, CloseClient) and close_client.client is client
-    assert close_client.reason == Reason.IDLE_TX_TIMEOUT
-    assert close_client.error is not None and close_client.error.sqlstate == "08P01"
-    assert client.link is None
-
-
-@pytest.mark.parametrize(("expect_rfq", "tx_status"), [(1, b"T"), (0, b"I")])
-def test_idle_transaction_timeout_spares_running_queries_and_idle_sessions(
-    expect_rfq: int, tx_status: bytes
-) -> None:
-    w = World(pool_mode="session", idle_transaction_timeout=10.0)
-    client, server = w.linked_client(0.0)
-    client.expect_rfq = expect_rfq
-    server.tx_status = tx_status
-    assert w.pooler.maint(100.0) == []
-
-
-def test_query_timeout() -> None:
-    w = World(query_timeout=5.0)
-    _, server = w.linked_client(0.0)
-    server.query_start = 2.0
-    assert w.pooler.maint(6.9) == []
-    close_server, close_client = w.pooler.maint(7.0)
-    assert close_server == CloseServer(server, Reason.QUERY_TIMEOUT)
-    assert isinstance(close_client, CloseClient) and close_client.reason == Reason.QUERY_TIMEOUT
-    assert w.pool.stats.timeouts[Reason.QUERY_TIMEOUT] == 1
-
-
-def test_client_idle_timeout_closes_only_idle_clients() -> None:
-    w = World(client_idle_timeout=30.0)
-    idle = w.ready_client(0.0)
-    busy, _ = w.linked_client(0.0)
-    assert w.pooler.maint(29.9) == []
-    [close] = w.pooler.maint(30.0)
-    assert isinstance(close, CloseClient) and close.client is idle
-    assert close.reason == Reason.CLIENT_IDLE_TIMEOUT
-    assert busy.link is not None
-
-
-# --- hand-off cannot lose a connection (habit 8) -------------------------------------------------
-def test_hand_off_to_a_waiter_that_left_returns_the_server_to_idle() -> None:
+def test_a_server_dying_under_its_client_frees_its_slot() -> None:
+    # The switch closes the client with server_gone itself; the scheduler counts the server
+    # out and opens a replacement for those waiting.
     w = World(pool_size=1)
-    holder, server = w.linked_client(0.0)
-    gone = w.ready_client(1.0)
-    w.pooler.client_wants_server(gone, 1.0)
-    w.pooler.client_closed(gone, 2.0)
-    holder.expect_rfq = 0
-    assert w.pooler.release_server(server, 3.0) == []
-    assert state_of(w.pool, server) is ServerState.IDLE
-    newcomer = w.ready_client(4.0)
-    assert w.pooler.client_wants_server(newcomer, 4.0) == [Link(newcomer, server)]
-
-
-def test_a_waiter_being_closed_for_query_wait_timeout_is_not_given_a_server() -> None:
-    w = World(pool_size=1, query_wait_timeout=10.0)
-    holder, server = w.linked_client(0.0)
-    waiter = w.ready_client(1.0)
-    w.pooler.client_wants_server(waiter, 1.0)
-    [close] = w.pooler.maint(11.0)
-    assert isinstance(close, CloseClient) and close.client is waiter
-    holder.expect_rfq = 0
-    assert w.pooler.release_server(server, 11.1) == []  # the close is still on its way
-    assert state_of(w.pool, server) is ServerState.IDLE
-    assert waiter.link is None
+    client, server = w.linked_client(0.0)
+    waiter = w.ready_client(0.5)
+    w.query(waiter, 0.5)
+    w.sync()
+    actions = w.pooler.server_closed(server, Reason.SERVER_CLOSED, 1.0)
+    assert not [a for a in actions if isinstance(a, CloseClient)]
+    assert len(connects(actions)) == 1
+    assert client.link is None and server.link is None
+    assert server.state is ServerState.CLOSED
+    assert w.db.server_count == w.user.server_count == w.pool.server_count == 1
 
 
 def test_login_finishing_after_its_waiter_left_keeps_the_server() -> None:
     w = World(pool_size=2)
     w.linked_client(0.0)
     waiter = w.ready_client(1.0)
-    [connect] = w.pooler.client_wants_server(waiter, 1.0)
-    w.pooler.client_closed(waiter, 1.5)
-    assert w.login_ok(connect.server, 2.0) == []
-    assert state_of(w.pool, connect.server) is ServerState.IDLE
+    [server] = connects(w.query(waiter, 1.0))
+    w.client_leaves(waiter, 1.5)
+    w.sync()
+    assert w.login_ok(server, 2.0) == [Promote(server)]  # to the switch's idle stack
+    w.apply([Promote(server)], 2.0)
+    assert state_of(w.pool, server) is ServerState.IDLE
+    assert w.idle[w.pool] == [server]
 
 
 # --- state machine ------------------------------------------------------------------------------
@@ -569,11 +480,11 @@ def test_illegal_state_changes_are_refused_loudly() -> None:
     [idle] = w.warm(1)
     with pytest.raises(IllegalStateChange, match="IDLE -> IDLE"):
         w.login_ok(idle, 5.0)
-    with pytest.raises(IllegalStateChange):
-        w.pooler.release_server(idle, 5.0)
     w.pooler.server_closed(idle, "gone", 6.0)
     with pytest.raises(IllegalStateChange, match="CLOSED"):
         w.login_ok(idle, 7.0)
+    assert w.pooler.server_attention(idle, "session_end", 7.0) == []  # already gone
+    assert w.pooler.internal_done(idle, True, 7.0) == []
 
 
 def test_closing_a_client_twice_is_harmless() -> None:
@@ -585,6 +496,21 @@ def test_closing_a_client_twice_is_harmless() -> None:
     assert all(client not in members for members in w.pool.clients.values())
 
 
+def test_the_mirror_copies_states_without_counting_or_reviving() -> None:
+    w = World()
+    client, server = w.linked_client(0.0)
+    assert w.pool.server_count == 1
+    w.pooler.mirror_server(server, ServerState.IDLE)
+    assert state_of(w.pool, server) is ServerState.IDLE and w.pool.server_count == 1
+    w.pooler.server_closed(server, "gone", 1.0)
+    w.pooler.mirror_server(server, ServerState.ACTIVE)  # a stale snapshot row
+    assert server.state is ServerState.CLOSED and w.pool.server_count == 0
+    w.pooler.client_closed(client, 1.0)
+    w.pooler.mirror_client(client, ClientState.WAITING)
+    assert client.state is ClientState.CLOSED
+    assert all(client not in members for members in w.pool.clients.values())
+
+
 @pytest.mark.parametrize("enum", [ClientState, ServerState])
 def test_state_enums_have_no_aliases(enum: Any) -> None:
     values = [member.value for member in enum.__members__.values()]
@@ -592,31 +518,31 @@ def test_state_enums_have_no_aliases(enum: Any) -> None:
     assert len(list(enum)) == len(enum.__members__)
 
 
-# --- a stuck server never keeps its slot; connect_query; cancel while queued --------------------
-def test_rollback_behind_half_a_message_times_out_and_frees_the_slot() -> None:
-    # The net layer marks a server not ready when its client left mid-message; should a reset
-    # still hang (the server waits for bytes that never come), the janitor ends it.
+# --- a stuck server never keeps its slot; connect_query -----------------------------------------
+def test_rollback_that_hangs_times_out_and_frees_the_slot() -> None:
     w = World(pool_size=1, server_connect_timeout=5.0)
     client, server = w.linked_client(0.0)
     client.expect_rfq = 0
     server.tx_status = b"T"
-    assert w.pooler.client_closed(client, 1.0) == [RunQueries(server, ("ROLLBACK",))]
+    assert w.release(server, 1.0, "dirty_txn") == [RunQueries(server, ("ROLLBACK",))]
     waiter = w.ready_client(1.5)
-    assert w.pooler.client_wants_server(waiter, 1.5) == []
+    assert w.query(waiter, 1.5) == []
+    w.sync()
     assert not [a for a in w.pooler.maint(5.9) if isinstance(a, CloseServer)]
     actions = w.pooler.maint(6.0)
     assert CloseServer(server, Reason.INTERNAL_QUERY_TIMEOUT) in actions
-    [connect] = [a for a in actions if isinstance(a, Connect)]  # the waiter gets a new one
+    [connect] = connects(actions)  # the waiter gets a new one
     assert w.pool.server_count == 1
-    assert Link(waiter, connect.server) in w.login_ok(connect.server, 6.5)
+    w.apply(w.login_ok(connect, 6.5), 6.5)
+    assert waiter.link is connect
 
 
 def test_internal_queries_time_out_even_with_server_connect_timeout_off() -> None:
-    w = World(server_connect_timeout=0.0, server_check_query="", server_check_delay=1.0)
-    [server] = w.warm(1, t=0.0)
-    waiter = w.ready_client(10.0)
-    assert w.pooler.client_wants_server(waiter, 10.0) == [RunQueries(server, ("",))]
-    assert not [a for a in w.pooler.maint(24.0) if isinstance(a, CloseServer)]
+    w = World(server_connect_timeout=0.0)
+    _, server = w.linked_client(0.0)
+    server.tx_status = b"T"
+    assert w.release(server, 10.0, "dirty_txn") == [RunQueries(server, ("ROLLBACK",))]
+    assert not [a for a in w.pooler.maint(24.9) if isinstance(a, CloseServer)]
     assert CloseServer(server, Reason.INTERNAL_QUERY_TIMEOUT) in w.pooler.maint(25.0)
 
 
@@ -635,11 +561,9 @@ def test_connect_query_runs_before_any_client_gets_the_server() -> None:
     assert client.state is ClientState.WAITING_LOGIN  # no FinishLogin yet
     assert w.pool.welcome is None
     server.params["TimeZone"] = "Asia/Tokyo"  # reported by the server while it ran
-    assert w.pooler.internal_done(server, True, 0.2) == [FinishLogin(client)]
+    assert w.pooler.internal_done(server, True, 0.2) == [FinishLogin(client), Promote(server)]
     assert w.pool.welcome is not None and w.pool.welcome["TimeZone"] == "Asia/Tokyo"
     assert state_of(w.pool, server) is ServerState.IDLE
-    client.expect_rfq = 1
-    assert w.pooler.client_wants_server(client, 0.3) == [Link(client, server)]
 
 
 def test_failing_connect_query_closes_the_server_and_tells_the_waiters() -> None:
@@ -682,23 +606,3 @@ def test_connect_query_that_never_answers_is_a_failed_login() -> None:
     assert CloseServer(server, Reason.INTERNAL_QUERY_TIMEOUT) in actions
     assert w.pool.backoff.active  # retried on the backoff schedule, the client still waits
     assert client.state is ClientState.WAITING_LOGIN
-
-
-def test_cancel_takes_a_waiting_client_out_of_the_queue() -> None:
-    w = World(pool_size=1)
-    holder, server = w.linked_client(0.0)
-    a, b = w.ready_client(1.0), w.ready_client(2.0)
-    assert w.pooler.client_wants_server(a, 1.0) == []
-    assert w.pooler.client_wants_server(b, 2.0) == []
-    assert w.pooler.cancel_wait(a, 3.0)
-    assert a.state is ClientState.ACTIVE and a.link is None
-    assert a not in w.pool.waiting
-    assert not w.pooler.cancel_wait(a, 3.1)  # not waiting any more: nothing to cancel
-    assert not w.pooler.cancel_wait(holder, 3.1)  # holds a server: the cancel goes there
-    # Waiting again puts it at the back, behind b.
-    assert w.pooler.client_wants_server(a, 4.0) == []
-    holder.expect_rfq = 0
-    assert w.pooler.release_server(server, 5.0) == [Link(b, server)]
-    b.expect_rfq = 0
-    assert w.pooler.release_server(server, 6.0) == [Link(a, server)]
-    assert w.pool.stats.wait_count == 3  # the canceled wait counts as a wait that ended

@@ -1,4 +1,4 @@
-"""Message framing: header scanning, whole-message reading and startup packets at every split."""
+"""Message framing: whole-message reading and startup packets at every split."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from pgfunnel.proto.framing import (
     GSSENCRequest,
     MessageReader,
     ProtocolViolation,
-    Scanner,
     SSLRequest,
     StartupMessage,
     UnsupportedProtocol,
@@ -43,42 +42,6 @@ STREAM_PARTS = [
     m.ready_for_query(b"E"),
 ]
 STREAM = b"".join(STREAM_PARTS)
-BOUNDARIES = frozenset(sum(len(p) for p in STREAM_PARTS[:i]) for i in range(len(STREAM_PARTS) + 1))
-
-# Report CommandComplete and RowDescription; capture ReadyForQuery, ErrorResponse,
-# ParameterStatus and BackendKeyData; ignore the rest (DataRow above all).
-WATCH = Scanner.table(report=b"CT", capture=b"ZESK")
-
-
-def expected_events(stream: bytes, watch: bytes) -> list[tuple[int, bytes | None, int]]:
-    """The events a header scanner must report, computed by walking the stream directly."""
-    out = []
-    pos = 0
-    while pos < len(stream):
-        kind = stream[pos]
-        (length,) = struct.unpack_from("!i", stream, pos + 1)
-        end = pos + 1 + length
-        if watch[kind] == 2:
-            out.append((kind, stream[pos + 5 : end], end))
-        elif watch[kind] == 1:
-            out.append((kind, None, end))
-        pos = end
-    return out
-
-
-def scan(chunks: list[bytes], watch: bytes = WATCH) -> list[tuple[int, bytes | None, int]]:
-    """Feed chunks to one Scanner; events with their end offsets made absolute."""
-    scanner = Scanner(watch)
-    out = []
-    base = 0
-    for chunk in chunks:
-        events = scanner.feed(chunk)
-        if events is not None:
-            assert events, "feed returns None, not an empty list, when nothing ended"
-            out += [(kind, payload, base + end) for kind, payload, end in events]
-        base += len(chunk)
-    assert scanner.at_boundary
-    return out
 
 
 def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
@@ -86,165 +49,8 @@ def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
     return [data[a:b] for a, b in itertools.pairwise(points)]
 
 
-# --- Scanner ----------------------------------------------------------------------------------
-def test_whole_stream_events_match_a_direct_walk() -> None:
-    events = scan([STREAM])
-    assert events == expected_events(STREAM, WATCH)
-    kinds = bytes(kind for kind, _, _ in events)
-    assert kinds == b"SSKZTCZEZ"
-    z_payloads = [payload for kind, payload, _ in events if kind == m.READY_FOR_QUERY]
-    assert z_payloads == [b"I", b"T", b"E"]
-
-
-@pytest.mark.parametrize(
-    "watch",
-    [
-        WATCH,
-        Scanner.table(capture=bytes(range(256))),
-        Scanner.table(report=bytes(range(256))),
-        Scanner.table(),
-    ],
-    ids=["mixed", "capture-all", "report-all", "none"],
-)
-def test_every_two_way_split_gives_the_same_events(watch: bytes) -> None:
-    whole = scan([STREAM], watch)
-    assert whole == expected_events(STREAM, watch)
-    for cut in range(len(STREAM) + 1):
-        assert scan([STREAM[:cut], STREAM[cut:]], watch) == whole, f"split at {cut}"
-
-
-def test_one_byte_at_a_time_splits_every_header_and_payload() -> None:
-    chunks = [STREAM[i : i + 1] for i in range(len(STREAM))]
-    assert scan(chunks) == expected_events(STREAM, WATCH)
-
-
-def test_header_split_at_each_of_its_five_bytes_then_payload_in_pieces() -> None:
-    msg = m.error_response("53300", "sorry, too many clients already", severity="FATAL")
-    for cut in range(1, 5):
-        for cut2 in range(cut + 1, len(msg)):
-            chunks = [msg[:cut], msg[cut:cut2], msg[cut2:]]
-            assert scan(chunks) == [(m.ERROR_RESPONSE, msg[5:], len(msg))]
-
-
-@settings(max_examples=150, deadline=None)
-@given(st.lists(st.integers(min_value=0, max_value=len(STREAM)), max_size=40))
-def test_random_multi_way_splits_give_the_same_events(cuts: list[int]) -> None:
-    assert scan(split_at(STREAM, cuts)) == expected_events(STREAM, WATCH)
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    st.lists(
-        st.tuples(st.sampled_from(b"DZCETSK"), st.binary(max_size=40)), min_size=1, max_size=12
-    ),
-    st.data(),
-)
-def test_random_streams_and_splits(messages: list[tuple[int, bytes]], data: st.DataObject) -> None:
-    stream = b"".join(m.message(bytes([kind]), payload) for kind, payload in messages)
-    cuts = data.draw(st.lists(st.integers(min_value=0, max_value=len(stream)), max_size=20))
-    assert scan(split_at(stream, cuts)) == expected_events(stream, WATCH)
-
-
-def test_memoryview_and_bytearray_chunks_give_bytes_payloads() -> None:
-    scanner = Scanner(WATCH)
-    rfq = m.ready_for_query(b"I")
-    assert scanner.feed(memoryview(rfq)[:3]) is None
-    events = scanner.feed(bytearray(rfq[3:]))
-    assert events == [(m.READY_FOR_QUERY, b"I", 3)]
-    assert type(events[0][1]) is bytes
-
-
-def test_at_boundary_is_true_exactly_at_message_ends() -> None:
-    for cut in range(len(STREAM) + 1):
-        scanner = Scanner(WATCH)
-        scanner.feed(STREAM[:cut])
-        assert scanner.at_boundary is (cut in BOUNDARIES), f"after {cut} bytes"
-
-
-def test_at_boundary_through_a_byte_by_byte_feed() -> None:
-    scanner = Scanner(Scanner.table())
-    assert scanner.at_boundary
-    for i in range(len(STREAM)):
-        scanner.feed(STREAM[i : i + 1])
-        assert scanner.at_boundary is (i + 1 in BOUNDARIES)
-
-
-def test_empty_chunks_change_nothing() -> None:
-    scanner = Scanner(WATCH)
-    rfq = m.ready_for_query(b"T")
-    assert scanner.feed(b"") is None
-    assert scanner.feed(rfq[:2]) is None
-    assert scanner.feed(b"") is None
-    assert scanner.feed(rfq[2:4]) is None
-    assert scanner.feed(b"") is None
-    assert scanner.feed(rfq[4:]) == [(m.READY_FOR_QUERY, b"T", 2)]
-
-
-def test_message_ending_exactly_at_chunk_end_then_next_chunk_starts_fresh() -> None:
-    scanner = Scanner(WATCH)
-    row = m.data_row(["x" * 50])
-    cc = m.command_complete("SELECT 1")
-    assert scanner.feed(row[:10]) is None
-    assert scanner.feed(row[10:]) is None  # ignored kind: no event, but the body is passed
-    assert scanner.at_boundary
-    assert scanner.feed(cc) == [(m.COMMAND_COMPLETE, None, len(cc))]
-
-
-def test_watch_table_must_have_256_entries() -> None:
-    with pytest.raises(ValueError, match="256"):
-        Scanner(b"\0" * 255)
-
-
-def test_table_capture_wins_over_report() -> None:
-    t = Scanner.table(report=b"Z", capture=b"Z")
-    assert t[ord("Z")] == 2
-    assert sum(t) == 2
-
-
-# --- Scanner: bad input -----------------------------------------------------------------------
 def _header(kind: bytes, length: int) -> bytes:
     return kind + struct.pack("!i", length)
-
-
-@pytest.mark.parametrize("cut", [0, 1, 3, 4, 5])
-def test_oversized_packet_raises_naming_the_limit(cut: int) -> None:
-    big = m.data_row(["y" * 200])
-    length = len(big) - 1
-    scanner = Scanner(WATCH, max_packet_size=100)
-    with pytest.raises(ProtocolViolation) as info:
-        scanner.feed(big[:cut])
-        scanner.feed(big[cut:])
-    text = str(info.value)
-    assert "oversized packet" in text
-    assert str(length) in text
-    assert "max_packet_size=100" in text
-
-
-def test_packet_of_exactly_max_packet_size_is_accepted() -> None:
-    payload = b"z" * 96
-    msg = m.message(b"d", payload)  # length field = 100
-    assert Scanner(WATCH, max_packet_size=100).feed(msg) is None
-    with pytest.raises(ProtocolViolation):
-        Scanner(WATCH, max_packet_size=99).feed(msg)
-
-
-@pytest.mark.parametrize("length", [-1, -(2**31), 0, 3])
-@pytest.mark.parametrize("cut", [0, 2, 5])
-def test_negative_or_too_small_length_raises(length: int, cut: int) -> None:
-    stream = m.ready_for_query(b"I") + _header(b"Q", length) + b"abcd"
-    split = len(m.ready_for_query()) + cut
-    scanner = Scanner(WATCH)
-    with pytest.raises(ProtocolViolation) as info:
-        scanner.feed(stream[:split])
-        scanner.feed(stream[split:])
-    assert "bad packet header" in str(info.value)
-    assert f"length {length}" in str(info.value)
-
-
-def test_length_four_is_a_valid_empty_message() -> None:
-    assert Scanner(Scanner.table(report=b"I")).feed(m.empty_query_response()) == [
-        (ord("I"), None, 5)
-    ]
 
 
 # --- MessageReader ----------------------------------------------------------------------------

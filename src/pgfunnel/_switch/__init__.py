@@ -88,6 +88,7 @@ class Reason(IntEnum):
     # in a reset_always pool (Python runs server_reset_query in talk mode and promotes it).
     CHECK_NEEDED = _native.R_CHECK_NEEDED
     RESET_NEEDED = _native.R_RESET_NEEDED
+    DIRTY_PARTIAL = _native.R_DIRTY_PARTIAL  # left mid-message or with a batch open: close it
 
 
 class MessageFlag(IntFlag):
@@ -178,6 +179,7 @@ class PoolSnapshot(NamedTuple):
     paused: bool  # PAUSE: no client is linked to a server
     sv_login: int = 0  # connecting or logging in (SHOW POOLS' sv_login)
     sv_talk: int = 0  # running the pooler's own queries (talk: reset, ROLLBACK, check)
+    assign_count: int = 0  # servers given to clients (SHOW STATS' server_assignment_count)
 
 
 class ConnSnapshot(NamedTuple):
@@ -306,6 +308,11 @@ class SwitchAPI(Protocol):
 
     def listen_resume(self, listener: int) -> None:
         """Accept again on a listener paused by a LISTEN_ERROR."""
+        ...
+
+    def set_login_cap(self, n: int) -> None:
+        """Accept only while fewer than n clients are in login (0: no cap); at the cap a
+        listener pauses with a LISTEN_ERROR whose errno is 0, until listen_resume."""
         ...
 
     def connect_server(self, fd: int, pool: int, first: bytes = b"") -> int:
@@ -487,6 +494,9 @@ class Switch:
     def listen_resume(self, listener: int) -> None:
         self._sw.listen_resume(listener)
 
+    def set_login_cap(self, n: int) -> None:
+        self._sw.set_login_cap(n)
+
     def connect_server(self, fd: int, pool: int, first: bytes = b"") -> int:
         return self._sw.connect_server(fd, pool, first)
 
@@ -510,7 +520,7 @@ class Switch:
     def pools(self) -> list[PoolSnapshot]:
         return [
             PoolSnapshot(
-                row[0], Mode(row[1]), *row[2:15], tuple(row[15]), row[16], row[17], row[18]
+                row[0], Mode(row[1]), *row[2:15], tuple(row[15]), row[16], row[17], row[18], row[19]
             )
             for row in self._sw.pools()
         ]

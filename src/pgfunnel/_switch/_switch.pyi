@@ -16,6 +16,7 @@ EV_MESSAGE: int
 R_CONNECT_FAILED: int
 R_CHECK_NEEDED: int
 R_RESET_NEEDED: int
+R_DIRTY_PARTIAL: int
 CL_LOGIN: int
 SV_LOGIN: int
 SV_TALK: int
@@ -125,6 +126,7 @@ class Switch:
     def ticks(self) -> int: ...
     def listen(self, fd: int, /) -> int: ...
     def listen_resume(self, listener: int, /) -> None: ...
+    def set_login_cap(self, n: int, /) -> None: ...
     def connect_server(self, fd: int, pool: int, first: bytes = ..., /) -> int: ...
     def read_next(self, conn: int, /) -> bool: ...
     def promote(
@@ -159,6 +161,7 @@ class Switch:
             int,
             tuple[int, ...],
             bool,
+            int,
             int,
             int,
         ]

@@ -323,8 +323,30 @@ static int conn_write(struct sw *sw, struct conn *c)
     return 1;
 }
 
-static void client_scan_failed(struct sw *sw, struct conn *c, int stop, uint8_t type)
+/* A FATAL 08P01 ErrorResponse with `text` (PgBouncer's and the login path's wording) into
+ * out[0..cap); its length, 0 if it does not fit. */
+size_t fatal_protocol_error(uint8_t *out, size_t cap, const char *text)
 {
+    static const char head[] = "SFATAL\0VFATAL\0C08P01\0M";
+    size_t hlen = sizeof head - 1, tlen = strlen(text);
+    size_t len = 4 + hlen + tlen + 2; /* the length word, the fields, text's NUL, the end NUL */
+    if (1 + len > cap || len > UINT32_MAX)
+        return 0;
+    out[0] = 'E';
+    out[1] = (uint8_t)(len >> 24);
+    out[2] = (uint8_t)(len >> 16);
+    out[3] = (uint8_t)(len >> 8);
+    out[4] = (uint8_t)len;
+    memcpy(out + 5, head, hlen);
+    memcpy(out + 5 + hlen, text, tlen + 1);
+    out[5 + hlen + tlen + 1] = 0;
+    return 1 + len;
+}
+
+/* `hdr`: the offender's whole 5-byte header (type and length word). */
+static void client_scan_failed(struct sw *sw, struct conn *c, int stop, const uint8_t *hdr)
+{
+    uint8_t type = hdr[0];
     c->bad_type = type;
     if (stop == SCAN_TERMINATE) {
         pool_client_left(sw, c);
@@ -333,8 +355,22 @@ static void client_scan_failed(struct sw *sw, struct conn *c, int stop, uint8_t 
         conn_close_with(sw, c, sw->msg_unsupported.data,
                         sw->msg_unsupported.end - sw->msg_unsupported.start, R_UNKNOWN_TYPE);
     } else {
-        pool_client_left(sw, c);
-        conn_destroy(sw, c, stop == SCAN_TOO_BIG ? R_TOO_BIG : R_BAD_PACKET, 1);
+        /* The client is told why, as at login (proto/framing.py words it the same way). */
+        int32_t len = (int32_t)(((uint32_t)hdr[1] << 24) | ((uint32_t)hdr[2] << 16) |
+                                ((uint32_t)hdr[3] << 8) | hdr[4]);
+        char text[128];
+        if (stop == SCAN_TOO_BIG && len >= 4) /* a negative length word is no size at all */
+            snprintf(text, sizeof text, "oversized packet: %ld bytes (max_packet_size=%lu)",
+                     (long)len, (unsigned long)sw->max_packet);
+        else if (type >= 0x20 && type < 0x7f)
+            snprintf(text, sizeof text, "bad packet header: type '%c' length %ld", (char)type,
+                     (long)len);
+        else
+            snprintf(text, sizeof text, "bad packet header: type %u length %ld", (unsigned)type,
+                     (long)len);
+        uint8_t msg[192];
+        size_t n = fatal_protocol_error(msg, sizeof msg, text);
+        conn_close_with(sw, c, msg, n, stop == SCAN_TOO_BIG ? R_TOO_BIG : R_BAD_PACKET);
     }
 }
 
@@ -396,9 +432,10 @@ static int client_scan(struct sw *sw, struct conn *c, struct buf *dst, struct co
                               sw->max_packet, &stop);
     dst->scanned += (uint32_t)used;
     if (stop != SCAN_MORE) {
-        uint8_t type = dst->data[dst->scanned]; /* the offender's header is whole */
+        uint8_t hdr[5]; /* the offender's header is whole */
+        memcpy(hdr, dst->data + dst->scanned, sizeof hdr);
         dst->end = dst->scanned; /* the offender and what follows never reach a server */
-        client_scan_failed(sw, c, stop, type);
+        client_scan_failed(sw, c, stop, hdr);
         return 0;
     }
     if (s != NULL) {
@@ -543,9 +580,10 @@ int conn_client_pending(struct sw *sw, struct conn *c, const uint8_t *p, size_t 
                               sw->max_packet, &stop);
     dst->scanned += (uint32_t)used;
     if (stop != SCAN_MORE) {
-        uint8_t type = dst->data[dst->scanned];
+        uint8_t hdr[5];
+        memcpy(hdr, dst->data + dst->scanned, sizeof hdr);
         dst->end = dst->scanned;
-        client_scan_failed(sw, c, stop, type);
+        client_scan_failed(sw, c, stop, hdr);
     } else if (c->state == CL_ACTIVE && dst->scanned > dst->start) {
         pool_wants_server(sw, c);
     }

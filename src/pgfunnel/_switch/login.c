@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -135,7 +136,29 @@ static void login_pass_up(struct sw *sw, struct conn *c)
     size_t used = login_frame(&c->login_phase, b->data + b->start, b->end - b->start, cap, &stop,
                               &flags, &status);
     if (stop != LOGIN_MORE) {
-        login_failed(sw, c, stop == LOGIN_TOO_BIG ? R_TOO_BIG : R_BAD_PACKET, 0);
+        uint8_t reason = stop == LOGIN_TOO_BIG ? R_TOO_BIG : R_BAD_PACKET;
+        if (c->kind != KIND_CLIENT) {
+            login_failed(sw, c, reason, 0);
+            return;
+        }
+        /* A client hears why, before a byte more of it is buffered. The length word follows
+         * the type byte of a typed message; an untyped packet starts with it. */
+        const uint8_t *p = b->data + b->start;
+        size_t off = c->login_phase == LP_UNTYPED ? 0 : 1;
+        long len = b->end - b->start >= off + 4
+                       ? (long)(int32_t)(((uint32_t)p[off] << 24) | ((uint32_t)p[off + 1] << 16) |
+                                         ((uint32_t)p[off + 2] << 8) | p[off + 3])
+                       : -1;
+        char text[128];
+        if (reason == R_TOO_BIG && len >= 4)
+            snprintf(text, sizeof text, "oversized packet: %ld bytes (max %lu during login)", len,
+                     (unsigned long)cap - 1);
+        else
+            snprintf(text, sizeof text, "bad packet header: length %ld", len);
+        uint8_t msg[192];
+        size_t n = fatal_protocol_error(msg, sizeof msg, text);
+        c->login_sent = 1; /* nothing more goes up */
+        conn_close_with(sw, c, msg, n, reason);
         return;
     }
     if (used == 0)
@@ -190,11 +213,12 @@ static int login_read(struct sw *sw, struct conn *c)
 }
 
 /* A connection in CL_LOGIN, SV_LOGIN or SV_TALK: pass up what is whole, read, pass up
- * again. */
+ * again. SUSPEND does not stop it: the admin console (and its RESUME) is a connection in
+ * login mode, and Python reads a login only when it asks for the next message. */
 int login_service(struct sw *sw, struct conn *c)
 {
     login_pass_up(sw, c);
-    if (c->state == ST_DEAD || !c->readable || sw->suspended)
+    if (c->state == ST_DEAD || !c->readable)
         return 0;
     int got = login_read(sw, c);
     if (got)
@@ -262,9 +286,16 @@ static int accept_skippable(int err)
 
 void login_accept(struct sw *sw, struct conn *l)
 {
-    if (l->stalled || !l->readable || l->state == ST_DEAD || sw->suspended)
-        return;
+    if (l->stalled || !l->readable || l->state == ST_DEAD)
+        return; /* accepts while suspended: new console sessions must reach RESUME */
     for (int i = 0; i < ACCEPT_BATCH; i++) {
+        if (sw->login_cap != 0 && sw->login_pool.n[CL_LOGIN] >= sw->login_cap) {
+            /* A flood of silent sockets: the backlog keeps the rest, rather than the
+             * process running out of fds (the console and /metrics need some). Python
+             * evicts the oldest silent ones and resumes (errno 0: the cap, not an error). */
+            listen_pause(sw, l, 0);
+            return;
+        }
         int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             int err = errno;
@@ -367,7 +398,8 @@ const char *login_talk(struct sw *sw, struct conn *s)
 {
     if (s->kind != KIND_SERVER || (s->state != SV_IDLE && s->state != SV_PARKED))
         return "only an idle or parked server can talk";
-    if (s->state == SV_PARKED && s->park_reason == R_DIRTY_BUSY)
+    if (s->state == SV_PARKED &&
+        (s->park_reason == R_DIRTY_BUSY || s->park_reason == R_DIRTY_PARTIAL))
         return "a server parked DIRTY_BUSY may be mid-message: close it";
     pool_unlist(sw, s);
     conn_set_state(s, SV_TALK);

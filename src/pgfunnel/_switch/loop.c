@@ -48,8 +48,9 @@ int loop_timer(struct sw *sw, int on)
     return 0;
 }
 
-/* SUSPEND (on): no socket is read and no listener accepts; what the buffers hold is still
- * written. Epoll's edges keep setting `readable` meanwhile (only a read clears it), so
+/* SUSPEND (on): no pooled connection is read; what the buffers hold is still written.
+ * Listeners and connections in login or talk mode go on (login.c): the console stays
+ * reachable, and a client that logs in meanwhile waits in its pool, unread. Epoll's edges keep setting `readable` meanwhile (only a read clears it), so
  * resuming (off) runs every connection whose flag is set: nothing readable is forgotten. */
 void loop_suspend(struct sw *sw, int on)
 {

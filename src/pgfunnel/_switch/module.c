@@ -795,7 +795,7 @@ static PyObject *Switch_pools(SwitchObject *self, PyObject *Py_UNUSED(a))
                 PyTuple_SET_ITEM(hist, b, v);
         }
         PyObject *t = hist == NULL ? NULL
-                                   : Py_BuildValue("(LiIIIIILKKKKKKKNNII)", (long long)r->id,
+                                   : Py_BuildValue("(LiIIIIILKKKKKKKNNIIK)", (long long)r->id,
                                                    r->mode, r->cl_active, r->cl_waiting,
                                                    r->sv_active, r->sv_idle, r->sv_parked,
                                                    (long long)r->maxwait,
@@ -807,7 +807,8 @@ static PyObject *Switch_pools(SwitchObject *self, PyObject *Py_UNUSED(a))
                                                    (unsigned long long)r->st.query_us,
                                                    (unsigned long long)r->st.wait_us, hist,
                                                    PyBool_FromLong(r->paused), r->sv_login,
-                                                   r->sv_talk);
+                                                   r->sv_talk,
+                                                   (unsigned long long)r->st.assign_count);
         if (t == NULL)
             Py_CLEAR(list);
         else
@@ -916,6 +917,19 @@ static PyObject *Switch_suspend(SwitchObject *self, PyObject *args)
         return NULL;
     sw_lock(&self->sw);
     loop_suspend(&self->sw, on);
+    sw_unlock(&self->sw);
+    Py_RETURN_NONE;
+}
+
+/* At most n clients in login at once (0: no cap): a listener pauses with LISTEN_ERROR errno
+ * 0 at the cap. */
+static PyObject *Switch_set_login_cap(SwitchObject *self, PyObject *args)
+{
+    unsigned int n;
+    if (!PyArg_ParseTuple(args, "I", &n) || check_open(self) < 0)
+        return NULL;
+    sw_lock(&self->sw);
+    self->sw.login_cap = n;
     sw_unlock(&self->sw);
     Py_RETURN_NONE;
 }
@@ -1338,6 +1352,7 @@ static PyMethodDef Switch_methods[] = {
     {"ticks", (PyCFunction)Switch_ticks, METH_NOARGS, "Deadline sweeps run so far."},
     {"listen", (PyCFunction)Switch_listen, METH_VARARGS, "listen(fd) -> listener id"},
     {"listen_resume", (PyCFunction)Switch_listen_resume, METH_VARARGS, "listen_resume(id)"},
+    {"set_login_cap", (PyCFunction)Switch_set_login_cap, METH_VARARGS, "set_login_cap(n)"},
     {"connect_server", (PyCFunction)Switch_connect_server, METH_VARARGS,
      "connect_server(fd, pool, first=b'') -> id"},
     {"read_next", (PyCFunction)Switch_read_next, METH_VARARGS, "read_next(conn) -> found"},
@@ -1404,6 +1419,7 @@ PyMODINIT_FUNC PyInit__switch(void)
     ADD_INT(m, R_CONNECT_FAILED);
     ADD_INT(m, R_CHECK_NEEDED);
     ADD_INT(m, R_RESET_NEEDED);
+    ADD_INT(m, R_DIRTY_PARTIAL);
     ADD_INT(m, CL_LOGIN);
     ADD_INT(m, SV_LOGIN);
     ADD_INT(m, SV_TALK);

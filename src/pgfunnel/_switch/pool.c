@@ -98,6 +98,7 @@ static void link(struct sw *sw, struct conn *c, struct conn *s)
     }
     conn_set_state(c, CL_LINKED);
     conn_set_state(s, SV_ACTIVE);
+    c->pool->st.assign_count++;
     c->peer = s;
     s->peer = c;
     c->stmt_abs = c->out.done + (c->out.end - c->out.start);
@@ -238,7 +239,9 @@ void pool_client_left(struct sw *sw, struct conn *c)
     int in_flight = c->sc.skip != 0 || s->sc.skip != 0 || c->out.scanned != c->out.end ||
                     s->out.start != s->out.end || s->swallow;
     uint8_t reason;
-    if (in_flight || c->tr.owed != 0 || c->tr.batch)
+    if (c->sc.skip != 0 || c->tr.batch)
+        reason = R_DIRTY_PARTIAL; /* PgBouncer's "client disconnect while server was not ready" */
+    else if (in_flight || c->tr.owed != 0)
         reason = R_DIRTY_BUSY;
     else if (s->sc.status != 'I')
         reason = R_DIRTY_TXN;

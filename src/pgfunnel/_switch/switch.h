@@ -73,6 +73,7 @@ enum reason {
     R_CONNECT_FAILED, /* login.c: the server's connect() failed (errno in the event) */
     R_CHECK_NEEDED,   /* pool.c: idle longer than the pool's check delay: Python checks it */
     R_RESET_NEEDED,   /* pool.c: released in a reset_always pool: Python resets it */
+    R_DIRTY_PARTIAL,  /* pool.c: its client left mid-message or with a batch open (no Sync) */
 };
 #define DL_FIRST R_QUERY_WAIT
 #define DL_CONN_COUNT (R_SERVER_LIFETIME - R_QUERY_WAIT + 1)
@@ -163,6 +164,7 @@ struct stats {
     uint64_t xact_count, query_count, bytes_recv, bytes_sent;
     uint64_t xact_us, query_us, wait_us;
     uint64_t wait_hist[WAIT_BUCKETS];
+    uint64_t assign_count; /* servers given to clients (SHOW STATS' server_assignment_count) */
 };
 
 /* A pool's timeouts in µs (0: off), indexed as the deadline reasons from R_QUERY_WAIT. */
@@ -218,7 +220,8 @@ struct sw {
     int64_t now_mono, now_wall;
     struct ptrack *tracked; /* params.c: the tracked parameter names, in SET order */
     uint32_t ntracked;
-    uint8_t suspended; /* SUSPEND: no socket is read, listeners do not accept */
+    uint8_t suspended; /* SUSPEND: no pooled connection is read (logins and listeners go on) */
+    uint32_t login_cap; /* login.c: accept while fewer clients are in login (0: no cap) */
 };
 
 /* loop.c: the only file that calls epoll */
@@ -245,6 +248,7 @@ void conn_set_state(struct conn *c, uint8_t state);
 void conn_service(struct sw *sw, struct conn *c);
 void conn_schedule(struct sw *sw, struct conn *c);
 void conn_destroy(struct sw *sw, struct conn *c, uint8_t reason, int report);
+size_t fatal_protocol_error(uint8_t *out, size_t cap, const char *text);
 void conn_close_with(struct sw *sw, struct conn *c, const uint8_t *msg, size_t len,
                      uint8_t reason);
 void conn_server_gone(struct sw *sw, struct conn *s, uint8_t reason);

@@ -545,6 +545,7 @@ class Console:
             raise _syntax_error(stmt)
         if what == "HELP":
             return m.notice_response("Console usage", detail=HELP_TEXT) + m.command_complete("SHOW")
+        self.host.refresh()  # the switch's states, links and counters, as of now
         columns, rows = show(stmt)
         return result_set(columns, rows)
 
@@ -862,7 +863,7 @@ class Console:
             method, line = _auth_of(client)
             if method:
                 methods.setdefault(client.username, set()).add(f"{method} {line}".strip())
-                source = getattr(client.conn.auth, "source", "")
+                source = _auth_source(client)
                 if source:
                     sources[client.username] = source
         names = {ADMIN_DB} | set(host.config.userlist) | set(host.config.users)
@@ -1088,7 +1089,15 @@ def _required_db(stmt: Statement) -> str:
 
 def _auth_of(client: Client) -> tuple[str, str]:
     """(method, "file:line" of the hba rule) a client logged in with; empty while it logs in."""
+    if client.auth_info[0]:
+        return client.auth_info[0], client.auth_info[1]
     auth = getattr(client.conn, "auth", None)
     if auth is None or not auth.done:
         return "", ""
     return str(auth.label), str(auth.hba_line)
+
+
+def _auth_source(client: Client) -> str:
+    if client.auth_info[0]:
+        return client.auth_info[2]
+    return str(getattr(getattr(client.conn, "auth", None), "source", "") or "")

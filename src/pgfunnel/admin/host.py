@@ -51,6 +51,10 @@ class Host(Protocol):
 
     def holders(self, limit: int | None = None, db: str | None = None) -> list[Holder]: ...
 
+    def refresh(self) -> None:
+        """Read the switch's snapshots into the pool objects before reporting them."""
+        ...
+
     # --- commands (raise AdminError on a bad request) ----------------------------------------
     async def pause(self, db: str | None) -> None: ...
 

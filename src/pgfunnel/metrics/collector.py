@@ -87,6 +87,7 @@ class PoolerCollector(Collector):
         return []  # no collect() at registration: the host may not be started yet
 
     def collect(self) -> Iterator[Metric]:
+        self.host.refresh()  # the switch's states and counters, as of this scrape
         yield from self._process()
         yield from self._pools()
         yield from self._databases()

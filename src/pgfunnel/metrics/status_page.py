@@ -108,6 +108,7 @@ def _seconds(value: float) -> str:
 
 def render(host: Host) -> str:
     """The whole page, from the host's state now."""
+    host.refresh()
     now = host.now()
     pools_by_db: dict[str, list[Pool]] = {}
     for pool in sorted(host.pooler.pools.values(), key=lambda p: p.user.name):

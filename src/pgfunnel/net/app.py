@@ -8,21 +8,27 @@ import contextlib
 import logging
 import os
 import resource
+import socket
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from pgfunnel import __version__
+from pgfunnel._switch import Kind as SwKind
+from pgfunnel._switch import Reason as SwReason
+from pgfunnel._switch import State as SwState
 from pgfunnel.admin.console import Console
 from pgfunnel.config.ini import ConfigError
 from pgfunnel.config.loader import Config, DatabaseConfig
 from pgfunnel.config.pools import PoolSettings, resolve_pool_settings
 from pgfunnel.net.auth_query import AuthLookups
+from pgfunnel.net.bridge import CLOSE_TEXT, Bridge
 from pgfunnel.net.client_conn import ClientConn
 from pgfunnel.net.commands import ADMIN_DATABASES, Commands
 from pgfunnel.net.server_conn import ServerConn
-from pgfunnel.net.unixsock import is_unix, sockaddr, unix_connect, unix_path
+from pgfunnel.net.unixsock import is_unix, sockaddr, tcp_connect, unix_connect, unix_path
 from pgfunnel.pool.objects import Client, ClientState, Server, ServerState
 from pgfunnel.pool.scheduler import (
     Action,
@@ -30,14 +36,16 @@ from pgfunnel.pool.scheduler import (
     CloseServer,
     Connect,
     Database,
+    EvictIdle,
     FinishLogin,
     Holder,
-    Link,
-    Notify,
+    MarkCloseNeeded,
     Pool,
     Pooler,
+    Promote,
     RunQueries,
     User,
+    pooler_error,
 )
 from pgfunnel.proto import messages as m
 from pgfunnel.proto import sqlstate as ss
@@ -89,8 +97,9 @@ class App(Commands):
         self._stats_at = time.monotonic()
         self._stats_last: list[float] = [0, 0, 0, 0, 0, 0.0, 0]
         self.client_count = 0
-        self.servers_listening: list[asyncio.AbstractServer] = []  # TCP (listen_addr)
-        self.unix_listening: asyncio.AbstractServer | None = None  # unix_socket_dir
+        self.bridge = Bridge(self)  # the switch, which owns every socket
+        self.servers_listening: list[int] = []  # the switch's TCP listeners (listen_addr)
+        self.unix_listening: int | None = None  # and the unix socket's (unix_socket_dir)
         self.unix_path: str | None = None
         self._wall = time.time() - time.monotonic()
         self._janitor: asyncio.TimerHandle | None = None
@@ -166,6 +175,7 @@ class App(Commands):
         return user
 
     def holders(self, limit: int | None = None, db: str | None = None) -> list[Holder]:
+        self.refresh()
         return self.pooler.holders(self.now(), limit, db)
 
     def count_refusal(self, reason: str) -> None:
@@ -226,8 +236,6 @@ class App(Commands):
 
     # --- events from client connections ------------------------------------------------------
     def client_opened(self, conn: ClientConn) -> None:
-        if self.suspended and conn.transport is not None:
-            conn.transport.pause_reading()  # read once RESUME comes
         self.client_count += 1
         self.logging_in[conn] = None  # oldest first: client_login_timeout scans from the front
         if self.client_count > int(self.settings.max_client_conn) or (
@@ -246,6 +254,22 @@ class App(Commands):
         """How many client sockets may stay open: max_client_conn, or fewer where the fd
         limit leaves less room (then some is kept free for new logins)."""
         return min(int(self.settings.max_client_conn), self._fd_room() - FD_SPARE)
+
+    def login_cap(self) -> int:
+        """How many sockets may be in login at once: what the fd limit leaves beside the
+        logged-in clients and the servers (the switch accepts no more; 0: no cap)."""
+        if self.fd_limit == resource.RLIM_INFINITY:
+            return 0
+        logged_in = self.client_count - len(self.logging_in)
+        return max(FD_SPARE, self._fd_room() - logged_in)
+
+    def login_cap_reached(self) -> None:
+        """The switch stopped accepting at the login cap: the oldest silent sockets past their
+        grace make room (the listener resumes shortly after)."""
+        now = self.now()
+        if self._evict_logins(now, FD_SPARE):
+            self._log_limit(now)
+        self.bridge.sw.set_login_cap(self.login_cap())
 
     def _make_room(self, new: ClientConn) -> None:
         """Over max_client_conn (or the fd limit): every socket counts, logged in or not. The
@@ -377,12 +401,6 @@ class App(Commands):
         )
         self.apply(self.pooler.client_authenticated(client, pool, self.now()))
 
-    def wants_server(self, client: Client) -> None:
-        if self.shutting_down == "WAIT_FOR_SERVERS":
-            self._close_for_shutdown(client)  # a new transaction: no server is handed out
-            return
-        self.apply(self.pooler.client_wants_server(client, self.now()))
-
     def client_gone(self, client: Client, reason: str | None) -> None:
         self.client_count -= 1
         self.logging_in.pop(client.conn, None)
@@ -397,18 +415,43 @@ class App(Commands):
 
     def cancel(self, pid: int, key: int) -> None:
         client = self.pooler.cancel_keys.get((pid, key))
-        if client is not None and client.is_admin:
-            client.conn.cancel_admin()
-            return
         if client is None:
             return
-        if client.link is None:
-            client.conn.cancel_queued()  # a query waiting in the queue is dropped, not run
+        if client.is_admin:
+            if client.conn is not None:
+                client.conn.cancel_admin()
             return
-        server = client.link
-        if server.state is not ServerState.ACTIVE or server.conn is None:
+        if client.conn is not None or not client.sid:
+            return  # still logging in: nothing runs to cancel
+        sw = self.bridge.sw
+        try:
+            peer = sw.peer_of(client.sid)
+        except KeyError:
+            return  # gone meanwhile
+        if peer:
+            server = self.bridge.servers.get(peer)
+            if server is not None and server.pid:
+                self.loop.create_task(self._send_cancel(server))
             return
-        self.loop.create_task(self._send_cancel(server))
+        # Queued: its queries are answered with 57014 and dropped, and it leaves the queue,
+        # still connected. (PgBouncer ignores such a cancel and the query runs later.) One
+        # error and ReadyForQuery per Query/Sync it sent; messages after its last Sync (a
+        # batch still open) get the error alone, as PostgreSQL skips to the client's next Sync.
+        owed = sw.cancel_wait(client.sid)
+        if owed == -1:
+            return  # not waiting, or half a message held: it keeps waiting
+        error = m.error_response(ss.QUERY_CANCELED, Msg.QUERY_CANCELED)
+        sw.send(client.sid, (error + m.ready_for_query()) * owed if owed > 0 else error)
+
+    def linked_server(self, client: Client) -> Server | None:
+        """The server the switch has linked to `client` right now, if any."""
+        if not client.sid:
+            return None
+        try:
+            peer = self.bridge.sw.peer_of(client.sid)
+        except KeyError:
+            return None
+        return self.bridge.servers.get(peer) if peer else None
 
     async def _send_cancel(self, server: Server) -> None:
         dbc: DatabaseConfig = server.pool.db.config
@@ -469,58 +512,191 @@ class App(Commands):
         self.apply(self.pooler.server_closed(server, reason, self.now()))
 
     def close_server(self, server: Server, reason: str) -> None:
-        client = server.link
         actions: list[Action] = []
         if server.state is not ServerState.CLOSED:
             actions = self.pooler.server_closed(server, reason, self.now())
+            self._log_server_close(server, reason)
         server.close_reason = reason
-        if server.conn is not None:
-            server.conn.close()
-        if client is not None and not actions:
-            client.conn.close(reason)
+        self._close_server_conn(server)
         self.apply(actions)
 
-    def transaction_boundary(self, client: Client, server: Server) -> None:
-        """The linked client has every answer it asked for: release per the pool mode."""
-        pool = server.pool
-        mode = pool.settings.pool_mode
-        if mode == "session":
-            return
-        if server.tx_status != b"I":
-            return  # statement mode never gets here: ServerConn stops at a 'T' first
-        conn: ClientConn = client.conn
-        scanner = conn.scanner
-        if scanner.in_body or scanner.batch or conn.pending:
-            # Half a message is on its way to this server, or the client has sent part of an
-            # extended-protocol batch after its last Sync: keep the link until its Sync.
-            return
-        self.apply(self.pooler.release_server(server, self.now()))
+    def _close_server_conn(self, server: Server) -> None:
+        if server.sid in self.bridge.talkers and server.conn is not None:
+            server.conn.close()  # Terminate, then close; connection_lost finds it closed
+        else:
+            self.bridge.close_server(server, m.terminate())
 
-    def long_transaction(self, client: Client, server: Server) -> None:
-        """Statement pooling and the server opened a transaction: as PgBouncer, the client
-        gets the reason instead of that ReadyForQuery, and the server is not reused."""
-        server.ready = False
-        server.close_reason = Reason.LONG_TX
-        client.conn.fail(
-            ServerError("FATAL", ss.PROTOCOL_VIOLATION, Reason.LONG_TX), Reason.LONG_TX
-        )
-
-    def internal_done(
-        self, server: Server, ok: bool, rest: bytes, events: list[tuple[int, bytes | None, int]]
-    ) -> None:
-        client = server.link
-        if client is not None:
-            if not ok:
-                log.warning("S-%#x: could not apply the client's parameters", server.id)
-            server.conn.forward_rest(rest, events)
-            return
+    def internal_done(self, server: Server, ok: bool) -> None:
         self.apply(self.pooler.internal_done(server, ok, self.now()))
+
+    # --- events from the switch --------------------------------------------------------------
+    def promote_client(self, conn: ClientConn, early: bytes) -> None:
+        """A logged-in client's welcome is written: the switch carries it from now on."""
+        client = conn.client
+        self.logging_in.pop(conn, None)
+        auth = conn.auth
+        if auth is not None and auth.done:
+            client.auth_info = (str(auth.label), str(auth.hba_line), str(auth.source or ""))
+        transport = conn.transport
+        assert transport is not None
+        ok = self.bridge.promote_client(client, transport, early)
+        client.conn = None
+        if not ok:
+            self.client_gone(client, Reason.CLIENT_EOF)
+
+    def fail_client(self, client: Client, error: ServerError | None, reason: str) -> None:
+        """Close a client (with `error` first, if any), wherever it is."""
+        if client.state is ClientState.CLOSED:
+            return
+        conn = client.conn
+        if conn is not None:
+            if error is not None:
+                conn.fail(error, reason)
+            else:
+                conn.close(reason)
+            return
+        final = error.encode(severity="FATAL") if error is not None else b""
+        self.bridge.close_client(client, final)
+        self.client_gone(client, reason)
+
+    def switch_client_closed(self, client: Client, why: SwReason, data: bytes) -> None:
+        if why is SwReason.UNKNOWN_TYPE:
+            kind = data[0] if data else 0
+            log.error(
+                "C-%#x: %s/%s@%s:%s unknown pkt from client: %d/%#x",
+                client.id,
+                client.dbname,
+                client.username,
+                client.addr,
+                client.port,
+                kind,
+                kind,
+            )
+        self.client_gone(client, CLOSE_TEXT.get(why, Reason.CLIENT_EOF))
+
+    def switch_server_closed(self, server: Server, why: SwReason) -> None:
+        if server.state is ServerState.CLOSED:
+            return
+        self.server_gone(server, CLOSE_TEXT.get(why, Reason.SERVER_CLOSED))
+
+    def pool_waiters(self, pool: Pool, waiting: int) -> None:
+        now = self.now()
+        if self.shutting_down == "WAIT_FOR_SERVERS":
+            self.refresh()
+            self._close_waiting_for_shutdown()
+            return
+        if pool.login_failed_until > now and not pool.server_count:
+            self.refresh()
+        self.apply(self.pooler.pool_waiters(pool, waiting, now))
+
+    def server_attention(self, server: Server, why: SwReason) -> None:
+        """The switch parked a server whose client left it in a state only the pooler can
+        judge: clean it (ROLLBACK, the reset query) and give it back, or close it."""
+        names = {
+            SwReason.SESSION_END: "session_end",
+            SwReason.DIRTY_TXN: "dirty_txn",
+            SwReason.DIRTY_BUSY: "dirty_busy",
+            SwReason.CLOSE_NEEDED: "close_needed",
+            SwReason.CHECK_NEEDED: "check_needed",
+            SwReason.RESET_NEEDED: "reset_needed",
+            SwReason.DIRTY_PARTIAL: "dirty_partial",
+        }
+        now = self.now()
+        if why not in (SwReason.DIRTY_BUSY, SwReason.DIRTY_PARTIAL) and (
+            server.state is not ServerState.CLOSED
+        ):
+            self.pooler.mirror_server(server, ServerState.USED)
+        actions = self.pooler.server_attention(server, names.get(why, "dirty_busy"), now)
+        talks = any(isinstance(a, RunQueries | Promote) and a.server is server for a in actions)
+        if talks and not self._talk(server):
+            return
+        self.apply(actions)
+
+    def _talk(self, server: Server) -> bool:
+        """Take a parked server back from the switch to run the pooler's own queries on it."""
+        try:
+            values = self.bridge.sw.params(server.sid)
+            if not self.bridge.sw.talk(server.sid):
+                return False  # gone: its CLOSED event is on its way
+        except (KeyError, ValueError):
+            self.close_server(server, Reason.CLIENT_GONE_BUSY)
+            return False
+        self.bridge.servers.pop(server.sid, None)
+        server.tracked = {name: values.get(name, "") for name in server.tracked}
+        conn: ServerConn = server.conn
+        conn.talk(self.bridge.talk_to_server(server.sid, conn, conn.peer))
+        return True
+
+    def deadline(self, sid: int, pool: Pool | None, why: SwReason) -> None:
+        """A timeout the switch watches passed; the pooler decides and acts through `expire`,
+        which does nothing if the connection has moved on meanwhile."""
+        if pool is None:
+            return
+        now = self.now()
+        s = pool.settings
+        sw = self.bridge.sw
+        if why is SwReason.RESERVE:
+            pool.reserve_due = True
+            self.apply(self.pooler.pool_waiters(pool, pool.sw_waiting, now))
+            return
+        if why in (SwReason.SERVER_IDLE, SwReason.SERVER_LIFETIME):
+            server = self.bridge.servers.get(sid)
+            if server is None:
+                return
+            if why is SwReason.SERVER_LIFETIME:
+                server.lifetime_over = True
+                sw.expire(sid, why)  # closed when its client lets go: ATTENTION CLOSE_NEEDED
+                return
+            if pool.server_count <= s.min_pool_size:
+                return
+            if sw.expire(sid, why, m.terminate()):
+                self.bridge.servers.pop(sid, None)
+                self.pooler.count_timeout(pool, Reason.IDLE_TIMEOUT)
+                self._log_server_close(server, Reason.IDLE_TIMEOUT)
+                self.apply(self.pooler.server_closed(server, Reason.IDLE_TIMEOUT, now))
+            return
+        client = self.bridge.clients.get(sid)
+        if client is None:
+            return
+        if why is SwReason.QUERY_WAIT_NOTIFY:
+            self.refresh()
+            queue = self.pooler.queued(pool)
+            position = next((i for i, c in enumerate(queue, 1) if c is client), len(queue))
+            message, detail = self.pooler.wait_notice(
+                pool, position, len(queue), s.query_wait_notify
+            )
+            sw.expire(sid, why, m.notice_response(message, detail=detail))
+            return
+        held: Server | None = None
+        if why is SwReason.QUERY_WAIT:
+            action = self.pooler.wait_timeout(client, pool, now, s.query_wait_timeout)
+            reason, error = action.reason, action.error
+        elif why is SwReason.CLIENT_IDLE:
+            reason = Reason.CLIENT_IDLE_TIMEOUT
+            error = pooler_error(reason)
+        else:
+            reason = Reason.QUERY_TIMEOUT if why is SwReason.QUERY else Reason.IDLE_TX_TIMEOUT
+            error = pooler_error(reason)
+            held = self.linked_server(client)
+        assert error is not None
+        if not sw.expire(sid, why, error.encode(severity="FATAL")):
+            return
+        if why is not SwReason.QUERY_WAIT:
+            self.pooler.count_timeout(pool, reason)
+        self.bridge.clients.pop(sid, None)
+        self.client_gone(client, reason)
+        if held is not None:  # closed with it (only that ends a query or a transaction)
+            self.bridge.servers.pop(held.sid, None)
+            self._log_server_close(held, reason)
+            self.apply(self.pooler.server_closed(held, reason, now))
 
     # --- applying actions --------------------------------------------------------------------
     def apply(self, actions: Iterable[Action]) -> None:
         for action in actions:
-            if isinstance(action, Link):
-                self._link(action.client, action.server)
+            if isinstance(action, Promote):
+                server = action.server
+                if not self.bridge.promote_server(server):
+                    self.server_gone(server, Reason.SERVER_CLOSED)
             elif isinstance(action, Connect):
                 self.loop.create_task(self._connect(action.server))
             elif isinstance(action, RunQueries):
@@ -529,25 +705,22 @@ class App(Commands):
             elif isinstance(action, CloseServer):
                 server = action.server
                 server.close_reason = action.reason
-                if server.conn is not None:
+                if server.conn is not None or server.sid:
                     self._log_server_close(server, action.reason)
-                    server.conn.close()
+                    self._close_server_conn(server)
             elif isinstance(action, CloseClient):
                 if action.reason is Reason.LOGIN_FAILING:
                     self.count_refusal(Refusal.SERVER_LOGIN_FAILING)
-                conn: ClientConn = action.client.conn
-                if action.error is not None:
-                    conn.fail(action.error, action.reason)
-                else:
-                    conn.close(action.reason)
-            elif isinstance(action, Notify):
-                transport = action.client.conn.transport
-                if transport is not None:
-                    transport.write(m.notice_response(action.message, detail=action.detail))
+                self.fail_client(action.client, action.error, action.reason)
+            elif isinstance(action, EvictIdle):
+                if self.take_idle(action.server, Reason.EVICTED):
+                    self.apply(self.pooler.evicted(action.pool, self.now()))
+            elif isinstance(action, MarkCloseNeeded):
+                self.bridge.sw.set_close_needed(action.server.sid)
             elif isinstance(action, FinishLogin):
                 client = action.client
                 pool = client.pool
-                assert pool is not None
+                assert pool is not None and client.conn is not None
                 client.conn.finish_login(self.welcome_of(pool))
 
     def welcome_of(self, pool: Pool) -> m.Welcome:
@@ -561,26 +734,6 @@ class App(Commands):
         if cached is None or cached.source != welcome:
             cached = self._welcomes[pool] = m.Welcome(welcome)
         return cached
-
-    def _link(self, client: Client, server: Server) -> None:
-        conn: ClientConn = client.conn
-        sconn: ServerConn = server.conn
-        wanted = client.params
-        if wanted != server.tracked:
-            have = server.tracked
-            sets = [
-                f"SET {name} = {m.quote_literal(value)}"
-                for name, value in wanted.items()
-                if have.get(name) != value
-            ]
-            server.tracked = dict(wanted)
-            if sets:
-                server.internal += 1
-                sconn.write(m.query("; ".join(sets)))
-        data = conn.flush_pending()
-        if data:
-            sconn.write(data)
-        server.query_start = self.now()
 
     async def _connect(self, server: Server) -> None:
         pool = server.pool
@@ -613,20 +766,23 @@ class App(Commands):
                     self._no_unix_dir(server)
                     return
                 sock = await unix_connect(self.loop, path)
-                try:
-                    await self.loop.create_unix_connection(
-                        lambda: ServerConn(self, server, login, path), sock=sock
-                    )
-                except BaseException:
-                    sock.close()  # not handed over: ours to close
-                    raise
+                peer, local = path, ("", 0)
             else:
+                sock = await tcp_connect(self.loop, str(dbc.host), int(dbc.port))
                 peer = f"{dbc.host}:{dbc.port}"
-                await self.loop.create_connection(
-                    lambda: ServerConn(self, server, login, peer), str(dbc.host), dbc.port
-                )
+                here = sock.getsockname()
+                local = (str(here[0]), int(here[1]))
         except OSError as exc:
             self.server_login_failed(server, None, f"connect failed: {exc.strerror or exc}")
+            return
+        if server.state is ServerState.CLOSED:  # connect timeout, KILL, ... meanwhile
+            sock.close()
+            return
+        # The switch owns the socket from here; Python talks the login through it.
+        sid = self.bridge.sw.connect_server(sock.detach(), self.bridge.pool_id(pool))
+        server.sid = sid
+        conn = ServerConn(self, server, login, peer, local)
+        conn.connection_made(self.bridge.talk_to_server(sid, conn, peer))
 
     def _no_unix_dir(self, server: Server) -> None:
         """A database without host while unix_socket_dir is empty: PgBouncer's log line, and
@@ -665,8 +821,13 @@ class App(Commands):
                 # Silent sockets opened faster than the grace let them be evicted at accept.
                 if self._evict_logins(now, excess):
                     self._log_limit(now)
+            self.bridge.sw.set_login_cap(self.login_cap())
+            self.sync_pools()
             if self.shutting_down == "WAIT_FOR_SERVERS":
+                if any(p.sw_waiting for p in self.pooler.pools.values()):
+                    self.refresh()
                 self._close_waiting_for_shutdown()  # those queued since by any path
+            self._close_paused_idle()
             self.apply(self.pooler.maint(now))
             self._log_holders(now)
             period = float(self.settings.stats_period)
@@ -678,6 +839,125 @@ class App(Commands):
         except Exception:  # a bug in one tick must not stop every future timeout
             log.exception("janitor failed")
         self._janitor = self.loop.call_later(JANITOR_INTERVAL, self._tick)
+
+    # --- reading the switch ------------------------------------------------------------------
+    def sync_pools(self) -> None:
+        """Per pool, what the switch counts (its queue, the oldest wait, the traffic totals):
+        one snapshot row per pool, cheap enough for every janitor tick."""
+        pools = self.bridge.pools
+        for snap in self.bridge.sw.pools():
+            pool = pools.get(snap.pool)
+            if pool is None:
+                continue
+            pool.sw_waiting = snap.cl_waiting
+            pool.sw_maxwait = snap.maxwait_us / 1e6
+            if not snap.cl_waiting:
+                pool.reserve_due = False
+            st = pool.stats
+            st.xact_count = snap.xact_count
+            st.query_count = snap.query_count
+            st.bytes_in = snap.bytes_received
+            st.bytes_out = snap.bytes_sent
+            st.xact_time = snap.xact_time_us / 1e6
+            st.query_time = snap.query_time_us / 1e6
+            st.wait_time = snap.wait_time_us / 1e6
+            st.wait_buckets = list(snap.wait_hist)
+            st.wait_count = sum(snap.wait_hist)
+            st.server_assignment_count = snap.assign_count
+
+    def refresh(self) -> None:
+        """Read the switch's connection snapshot into the pool objects (states, links, what
+        each client is owed, waits): what SHOW, /metrics, the status page and the holders
+        report, read just before they report it. O(connections): not per transaction."""
+        self.sync_pools()
+        bridge = self.bridge
+        now = self.now()
+        wall_now = time.time()
+        pooler = self.pooler
+        queues: dict[Pool, list[tuple[int, Client]]] = {}
+        for row in bridge.sw.conns():
+            if row.kind == SwKind.CLIENT:
+                client = bridge.clients.get(row.conn)
+                if client is None:
+                    continue
+                waiting = row.state == SwState.CL_WAITING
+                pooler.mirror_client(client, ClientState.WAITING if waiting else ClientState.ACTIVE)
+                client.expect_rfq = row.owed
+                client.request_time = now - max(0.0, wall_now - row.request_time_us / 1e6)
+                client.link = bridge.servers.get(row.peer) if row.peer else None
+                if waiting and client.pool is not None:
+                    client.wait_start = now - row.wait_us / 1e6
+                    queues.setdefault(client.pool, []).append((row.wait_us, client))
+            elif row.kind == SwKind.SERVER:
+                server = bridge.servers.get(row.conn)
+                if server is None:
+                    continue
+                state = {
+                    SwState.SV_IDLE: ServerState.IDLE,
+                    SwState.SV_ACTIVE: ServerState.ACTIVE,
+                }.get(SwState(row.state), ServerState.USED)
+                pooler.mirror_server(server, state)
+                if row.tx_status:
+                    server.tx_status = row.tx_status.encode()
+                linked = bridge.clients.get(row.peer) if row.peer else None
+                server.link = linked
+                since = now - max(0.0, wall_now - row.request_time_us / 1e6)
+                server.request_time = since
+                if state is ServerState.IDLE:
+                    server.idle_since = since
+                if row.link_us:
+                    server.link_time = now - max(0.0, wall_now - row.link_us / 1e6)
+                if row.xact_us:
+                    server.xact_start = now - max(0.0, wall_now - row.xact_us / 1e6)
+        for pool in pooler.pools.values():
+            queue = sorted(queues.get(pool, []), key=lambda item: -item[0])
+            pool.waiting = deque(client for _, client in queue)
+        for client in bridge.clients.values():
+            if client.link is not None and client.link.link is not client:
+                client.link = None
+
+    def pause_pools(self, db: Database, on: bool) -> None:
+        """PAUSE / RESUME in the switch: a paused pool links no client to a server."""
+        for pool in self.pooler.db_pools(db):
+            pid = self.bridge.pool_ids.get(pool)
+            if pid is not None:
+                self.bridge.sw.pause(pid, on)
+        if on:
+            self._close_paused_idle()
+
+    def retune(self) -> None:
+        """RELOAD or SET changed settings: every pool's limits, mode and timeouts afresh."""
+        self.pooler.retune()
+        for pool in self.pooler.pools.values():
+            self.bridge.apply_settings(pool)
+
+    def _close_paused_idle(self) -> None:
+        """PAUSE closes a paused database's servers as they go idle (the switch keeps them in
+        its idle stack; `detach` takes back only an idle one, so a server being handed out
+        meanwhile is never cut)."""
+        for pool in self.pooler.pools.values():
+            if not pool.db.paused or pool.server_count == 0:
+                continue
+            for row in self.bridge.sw.conns():
+                if row.pool != self.bridge.pool_ids.get(pool) or row.state != SwState.SV_IDLE:
+                    continue
+                server = self.bridge.servers.get(row.conn)
+                if server is not None:
+                    self.take_idle(server, Reason.PAUSE_MODE)
+
+    def take_idle(self, server: Server, reason: str) -> bool:
+        """Close an idle server the switch holds; False if it is not idle any more."""
+        try:
+            fd, _ = self.bridge.sw.detach(server.sid)
+        except (KeyError, ValueError):
+            return False
+        self.bridge.servers.pop(server.sid, None)
+        with contextlib.suppress(OSError):
+            os.write(fd, m.terminate())
+        os.close(fd)
+        self._log_server_close(server, reason)
+        self.apply(self.pooler.server_closed(server, reason, self.now()))
+        return True
 
     def _log_holders(self, now: float) -> None:
         """Once per queue: when a pool's clients have waited HOLDERS_LOG_AFTER seconds, one
@@ -691,6 +971,7 @@ class App(Commands):
             if pool.holders_logged:
                 continue
             pool.holders_logged = True
+            self.refresh()
             # This pool's own holders: filtered before the top is taken, since the database's
             # other pools (other users) may hold it longer.
             top = [h for h in self.pooler.holders(now, None, pool.db.name) if h.server.pool is pool]
@@ -758,6 +1039,8 @@ class App(Commands):
 
             self.metrics = MetricsServer(self)
             await self.metrics.start()
+        self.bridge.start()
+        self.bridge.sw.set_login_cap(self.login_cap())
         addrs = await self._listen()
         self._warm_forced_pools()
         self._janitor = self.loop.call_later(JANITOR_INTERVAL, self._tick)
@@ -769,34 +1052,56 @@ class App(Commands):
         )
 
     async def _listen(self) -> list[str]:
-        """Open the TCP listeners of listen_addr and the unix socket; returns the addresses."""
+        """Open the TCP listeners of listen_addr and the unix socket, handed to the switch,
+        which accepts on them; returns the addresses."""
         s = self.settings
         port = int(s.listen_port)
         raw = s.listen_addr
         addrs = [a.strip() for a in (raw.split(",") if isinstance(raw, str) else raw) if a.strip()]
-        for addr in addrs:
-            host = None if addr == "*" else addr
-            srv = await self.loop.create_server(
-                lambda: ClientConn(self),
-                host,
-                port,
-                reuse_address=True,
-                backlog=int(s.listen_backlog),
-            )
-            self.servers_listening.append(srv)
-        if s.unix_socket_dir:
-            path = unix_path(None, port, s.unix_socket_dir)
-            abstract = path.startswith("@")  # no file to remove, chmod or unlink at exit
-            if not abstract:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
-            self.unix_listening = await self.loop.create_unix_server(
-                lambda: ClientConn(self), sockaddr(path)
-            )
-            if not abstract:
-                self.unix_path = path
-                with contextlib.suppress(OSError):
-                    os.chmod(path, int(s.unix_socket_mode))
+        backlog = int(s.listen_backlog)
+        socks: list[tuple[socket.socket, str]] = []
+        unix: tuple[socket.socket, str] | None = None
+        try:
+            for addr in addrs:
+                host = None if addr == "*" else addr
+                infos = await self.loop.getaddrinfo(
+                    host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+                )
+                for family, kind, proto, _, sa in dict.fromkeys(infos):
+                    sock = socket.socket(family, kind, proto)
+                    socks.append((sock, f"{sa[0]!s}:{sa[1]!s}"))
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    if family == socket.AF_INET6:
+                        # One socket per family, as asyncio's create_server does.
+                        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                    sock.bind(sa)
+                    sock.listen(backlog)
+                    sock.setblocking(False)
+            if s.unix_socket_dir:
+                path = unix_path(None, port, s.unix_socket_dir)
+                abstract = path.startswith("@")  # no file to remove, chmod or unlink at exit
+                if not abstract:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+                usock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                unix = (usock, path)
+                usock.bind(sockaddr(path))
+                usock.listen(backlog)
+                usock.setblocking(False)
+                if not abstract:
+                    self.unix_path = path
+                    with contextlib.suppress(OSError):
+                        os.chmod(path, int(s.unix_socket_mode))
+        except BaseException:
+            for sock, _ in socks:
+                sock.close()
+            if unix is not None:
+                unix[0].close()
+            raise
+        for sock, label in socks:
+            self.servers_listening.append(self.bridge.listen(sock, label))
+        if unix is not None:
+            self.unix_listening = self.bridge.listen(unix[0], unix[1])
         if not self.servers_listening and self.unix_listening is None:
             raise ConfigError(self.config.path, 0, "no listen_addr and no unix_socket_dir")
         return addrs
@@ -804,21 +1109,22 @@ class App(Commands):
     async def stop(self) -> None:
         if self._janitor is not None:
             self._janitor.cancel()
-        for srv in self.servers_listening:
-            srv.close()
+        for lid in self.servers_listening:
+            self.bridge.close_listener(lid)
         if self.unix_listening is not None:
-            self.unix_listening.close()
+            self.bridge.close_listener(self.unix_listening)
             if self.unix_path is not None:  # as PgBouncer: the socket file goes with us
                 with contextlib.suppress(OSError):
                     os.unlink(self.unix_path)
         if self.metrics is not None:
             await self.metrics.stop()
+        error = ServerError("FATAL", ss.ADMIN_SHUTDOWN, Reason.SHUTDOWN)
         for client in list(self.pooler.all_clients()) + list(self.admin_clients):
-            client.conn.fail(
-                ServerError("FATAL", ss.ADMIN_SHUTDOWN, Reason.SHUTDOWN), Reason.SHUTDOWN
-            )
+            self.fail_client(client, error, Reason.SHUTDOWN)
+        for conn in list(self.logging_in):
+            conn.fail(error, Reason.SHUTDOWN)
         for server in list(self.pooler.all_servers()):
-            if server.conn is not None:
-                server.conn.close()
+            self._close_server_conn(server)
         self.auth_lookups.close()
-        await asyncio.sleep(0)
+        await asyncio.sleep(0.05)  # the switch writes the goodbyes
+        self.bridge.stop()

@@ -8,7 +8,6 @@ import contextlib
 import logging
 import os
 import pwd
-import socket
 import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -376,15 +375,11 @@ class AuthLookups:
 
 
 def peer_cred(conn: ClientConn) -> tuple[int | None, str | None]:
-    """The uid and OS user name at the other end of a unix socket (SO_PEERCRED)."""
+    """The uid and OS user name at the other end of a unix socket (SO_PEERCRED, read by the
+    switch when it accepted the socket)."""
     transport = conn.transport
-    sock = transport.get_extra_info("socket") if transport is not None else None
-    if sock is None or not hasattr(socket, "SO_PEERCRED"):
-        return None, None
-    try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
-        _, uid, _ = _PEERCRED.unpack(raw)
-    except (OSError, struct.error):
+    uid = transport.get_extra_info("peer_uid") if transport is not None else None
+    if uid is None:
         return None, None
     try:
         return uid, pwd.getpwuid(uid).pw_name

@@ -1,13 +1,14 @@
-"""One client connection: startup and authentication, then forwarding to its linked server."""
+"""One client connection while Python talks on it: startup and authentication, then either
+the admin console, or the hand-over to the switch (`promote`), which carries it from then on."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from enum import Enum
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
-from pgfunnel.pool.objects import Client, ClientState
+from pgfunnel.pool.objects import Client
 from pgfunnel.proto import messages as m
 from pgfunnel.proto import sqlstate as ss
 from pgfunnel.proto.auth import AuthFailed, ClientAuth, random_bytes
@@ -16,10 +17,8 @@ from pgfunnel.proto.framing import (
     GSSENCRequest,
     MessageReader,
     ProtocolViolation,
-    Scanner,
     SSLRequest,
     StartupMessage,
-    UnknownMessage,
     UnsupportedProtocol,
     read_startup_packet,
 )
@@ -28,21 +27,11 @@ from pgfunnel.proto.strings import Msg, Reason, Refusal
 
 if TYPE_CHECKING:
     from pgfunnel.net.app import App
-    from pgfunnel.net.server_conn import ServerConn
+    from pgfunnel.net.bridge import SwitchTransport
 
 log = logging.getLogger("pgfunnel")
 
-# Client -> server. Reported: the messages that earn a ReadyForQuery, and Terminate. A message
-# of the extended protocol opens a batch that only the next Sync (or Query, FunctionCall)
-# closes: until then the server is not at a transaction boundary, whatever its last
-# ReadyForQuery said. Every other type is refused, as PgBouncer does ("unknown pkt"): passed
-# on, it would end the backend with a FATAL and cost a fork per try.
-_FRONTEND = b"QFPBEDCHSdcfX"
-_WATCH = Scanner.table(
-    report=b"QSFX", opens=b"PBEDC", closes=b"QSF", empty=b"X", stop=b"X", allowed=_FRONTEND
-)
-_X = m.TERMINATE
-_PENDING_PAUSE = 1 << 20  # stop reading a client that queued this much while it waits
+_PENDING_PAUSE = 1 << 20  # stop reading a client that sent this much before its login ended
 # PostgreSQL's limit for a password or SASL message (PG_MAX_AUTH_TOKEN_LENGTH), plus the
 # length word itself: a login-phase message may not make an unauthenticated peer cost more.
 AUTH_MAX_MESSAGE = 65535 + 4
@@ -67,7 +56,7 @@ class Phase(Enum):
     CLOSED = 6
 
 
-class ClientConn(asyncio.Protocol):
+class ClientConn:
     __slots__ = (
         "admin_task",
         "app",
@@ -77,24 +66,19 @@ class ClientConn(asyncio.Protocol):
         "held",
         "negotiated",
         "paused",
-        "paused_server",
-        "pending",
         "phase",
         "reader",
-        "scanner",
         "startup",
         "transport",
     )
 
     def __init__(self, app: App) -> None:
         self.app = app
-        self.transport: asyncio.Transport | None = None
+        self.transport: SwitchTransport | None = None
         self.phase = Phase.STARTUP
         self.buf = bytearray()
         self.reader = MessageReader(AUTH_MAX_MESSAGE)
         self.negotiated: set[type] = set()  # SSLRequest / GSSENCRequest, each answered once
-        self.scanner = Scanner(_WATCH, app.max_packet_size)
-        self.pending = bytearray()  # what the client sent while it held no server
         self.auth: ClientAuth | None = None
         # The exchange's last message (AuthenticationOk, after SASLFinal for SCRAM), kept to go
         # out in one write with what follows it: the welcome when the pool is ready, else an
@@ -102,14 +86,12 @@ class ClientConn(asyncio.Protocol):
         self.held = b""
         self.startup: dict[str, str] = {}
         self.paused = False
-        self.paused_server: ServerConn | None = None  # the server whose reading we hold back
         self.admin_task: asyncio.Future[bytes] | None = None  # a console command in progress
         self.client: Client = Client(self, "", 0, app.now())
 
     # --- asyncio callbacks -------------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
-        self.transport = cast(asyncio.Transport, transport)
+    def connection_made(self, transport: SwitchTransport) -> None:
+        self.transport = transport
         peer = transport.get_extra_info("peername")
         client = self.client
         # No setsockopt(TCP_NODELAY) of our own: asyncio and uvloop both set it on every TCP
@@ -124,9 +106,7 @@ class ClientConn(asyncio.Protocol):
         self.app.client_opened(self)
 
     def data_received(self, data: bytes) -> None:
-        if self.phase is Phase.FORWARD:
-            self._forward(data)
-        elif self.phase is Phase.STARTUP:
+        if self.phase is Phase.STARTUP:
             self._startup_data(data)
         elif self.phase is Phase.AUTH:
             self._auth_data(data)
@@ -147,24 +127,6 @@ class ClientConn(asyncio.Protocol):
             self.phase = Phase.CLOSED
             self._leave(Reason.CLIENT_EOF)
 
-    # Flow control: a full socket on one side stops reading on the other. While SUSPEND holds
-    # every socket, the flags still change but only RESUME starts reading again.
-    # The server paused is remembered: by the time the socket drains, the server may have been
-    # released and `client.link` may be None or another server.
-    def pause_writing(self) -> None:
-        server = self.client.link
-        if server is not None and server.conn is not None and server.conn.transport is not None:
-            sconn = server.conn
-            sconn.paused = self
-            self.paused_server = sconn
-            sconn.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        sconn = self.paused_server
-        if sconn is not None:
-            self.paused_server = None
-            sconn.unpause(self)
-
     def pause_reading(self) -> None:
         if self.transport is not None and not self.paused:
             self.paused = True
@@ -173,126 +135,7 @@ class ClientConn(asyncio.Protocol):
     def resume_reading(self) -> None:
         if self.transport is not None and self.paused:
             self.paused = False
-            if not self.app.suspended:
-                self.transport.resume_reading()
-
-    # --- the hot path ------------------------------------------------------------------------
-    def _forward(self, data: bytes) -> None:
-        client = self.client
-        scanner = self.scanner
-        held = scanner.partial_header
-        batch = scanner.batch
-        in_body = scanner.in_body
-        try:
-            events = scanner.feed(data)
-        except ProtocolViolation as exc:
-            # Nothing of this chunk was passed on: the server's stream is where it was.
-            scanner.batch = batch
-            self._refuse(exc, in_body)
-            return
-        tail = scanner.partial_header
-        offset = 0
-        if held or tail:
-            # Never pass on part of a header: a client that leaves (or a Terminate that comes
-            # split) would leave it in a backend that goes back to the pool, glued to the
-            # next client's query. Those bytes wait here for the rest of their header.
-            stream = held + data
-            offset = len(held)
-            data = stream[: len(stream) - len(tail)]
-            if not data:
-                return
-        idle = client.expect_rfq == 0
-        if events is not None:
-            for kind, _, end in events:
-                if kind == _X:
-                    self._terminate(data[: offset + end - 5])
-                    return
-                client.expect_rfq += 1
-        server = client.link
-        if client.pool is not None:
-            client.pool.stats.bytes_in += len(data)
-        if server is not None:
-            server.conn.transport.write(data)
-            if events is not None:
-                now = self.app.now()
-                if idle:
-                    server.query_start = now
-                    if server.tx_status == b"I":
-                        server.xact_start = now
-            return
-        self.pending += data
-        if len(self.pending) > _PENDING_PAUSE:
-            self.pause_reading()
-        if client.state is ClientState.ACTIVE:
-            self.app.wants_server(client)
-
-    def _refuse(self, exc: ProtocolViolation, in_body: bool) -> None:
-        """A message the pooler will not pass on: the client goes, with the reason. Its server
-        is closed only if it holds part of a message; otherwise the scheduler treats it as
-        any server whose client left (in a transaction or a batch: rolled back or closed)."""
-        client = self.client
-        if client.link is not None and in_body:
-            client.link.ready = False
-            client.link.close_reason = Reason.PROTOCOL
-        if isinstance(exc, UnknownMessage):
-            log.error(
-                "C-%#x: %s/%s@%s:%s unknown pkt from client: %d/%#x",
-                client.id,
-                client.dbname,
-                client.username,
-                client.addr,
-                client.port,
-                exc.kind,
-                exc.kind,
-            )
-            error = ServerError("FATAL", ss.PROTOCOL_VIOLATION, Reason.UNKNOWN_PKT)
-            self.fail(error, Reason.UNKNOWN_PKT)
-            return
-        self.fail(ServerError("FATAL", ss.PROTOCOL_VIOLATION, str(exc)), Reason.PROTOCOL)
-
-    def _terminate(self, before: bytes) -> None:
-        """Terminate: pass on what came before it, then leave; the server stays pooled."""
-        client = self.client
-        if before:
-            if client.link is not None:
-                client.link.conn.transport.write(before)
-            else:
-                self.pending += before
-        self.close(Reason.CLIENT_CLOSE)
-
-    def cancel_queued(self) -> None:
-        """A CancelRequest while this client waits in the queue: its queued queries are
-        answered with 57014 and dropped, and it leaves the queue, still connected. Half a
-        message cannot be dropped without breaking the stream, so then it keeps waiting.
-        (PgBouncer ignores such a cancel and the query runs once a server is free.)"""
-        client = self.client
-        transport = self.transport
-        if (
-            self.phase is not Phase.FORWARD
-            or transport is None
-            or client.link is not None
-            or not self.scanner.at_boundary
-        ):
-            return
-        if not self.app.pooler.cancel_wait(client, self.app.now()):
-            return
-        owed = client.expect_rfq
-        client.expect_rfq = 0
-        self.pending.clear()
-        if self.paused:
-            self.resume_reading()
-        error = m.error_response(ss.QUERY_CANCELED, Msg.QUERY_CANCELED)
-        # One error and ReadyForQuery per Query/Sync it sent; messages after the last Sync
-        # (an extended-protocol batch still open) get the error alone, as PostgreSQL answers
-        # an error there and skips to the client's next Sync.
-        transport.write((error + m.ready_for_query()) * owed if owed else error)
-
-    def flush_pending(self) -> bytes:
-        data = bytes(self.pending)
-        self.pending.clear()
-        if self.paused:
-            self.resume_reading()
-        return data
+            self.transport.resume_reading()  # SUSPEND holds pooled connections, not logins
 
     # --- startup and authentication ----------------------------------------------------------
     def _startup_data(self, data: bytes) -> None:
@@ -367,8 +210,11 @@ class ClientConn(asyncio.Protocol):
             self.fail(verdict, verdict.message)
             return
         # The method (auth_type, hba, peer) and the user's secret, perhaps from auth_query:
-        # net/auth_query.py decides and calls begin_auth. Bytes arriving meanwhile wait in buf.
+        # net/auth_query.py decides and calls begin_auth. Bytes arriving meanwhile wait in the
+        # switch: a client is read only while Python expects a message from it (see
+        # _authenticated).
         self.phase = Phase.WAIT_LOGIN
+        self.pause_reading()
         app.auth_lookups.start(self, dbname, user)
 
     def begin_auth(self, auth: ClientAuth) -> None:
@@ -392,6 +238,8 @@ class ClientConn(asyncio.Protocol):
             early = bytes(self.buf)
             self.buf.clear()
             self._auth_data(early)
+        if self.phase is Phase.AUTH:
+            self.resume_reading()  # the password message, from the switch
 
     def _auth_data(self, data: bytes) -> None:
         self.reader.feed(data)
@@ -422,7 +270,12 @@ class ClientConn(asyncio.Protocol):
         rest = self.reader.take_rest()
         if rest:
             self.buf += rest
+        # Not read again until promoted (or in the console): a message asked for from the
+        # switch could be on its way up when the promote goes down, and would be lost; the
+        # promote scans what the switch holds instead. A query pipelined after the password
+        # waits in the switch (bounded by its login buffer) or in the kernel.
         self.phase = Phase.WAIT_LOGIN
+        self.pause_reading()
         self.app.authenticated(self)
         if self.held and self.transport is not None:
             # No welcome yet (the pool's first server login is on its way): AuthenticationOk
@@ -460,15 +313,19 @@ class ClientConn(asyncio.Protocol):
         out.append(m.ready_for_query())
         assert self.transport is not None
         self.transport.write(b"".join(out))
-        self.phase = Phase.ADMIN if client.is_admin else Phase.FORWARD
-        if client.is_admin:
-            self.reader = MessageReader(self.app.max_packet_size)
         early = bytes(self.buf)
         self.buf.clear()
+        if not client.is_admin:
+            # The switch carries it from here, with what it sent before our ReadyForQuery.
+            self.phase = Phase.FORWARD
+            self.app.promote_client(self, early)
+            return
+        self.phase = Phase.ADMIN
+        self.reader = MessageReader(self.app.max_packet_size)
         if early:
             self.data_received(early)
-        if self.paused and len(self.pending) <= _PENDING_PAUSE:
-            self.resume_reading()  # paused while it waited for login; no longer holding much
+        if self.paused:
+            self.resume_reading()
 
     # --- admin console -----------------------------------------------------------------------
     def _admin_data(self, data: bytes) -> None:
@@ -482,7 +339,7 @@ class ClientConn(asyncio.Protocol):
         try:
             while self.transport is not None and (msg := self.reader.next()) is not None:
                 kind, payload = msg
-                if kind == _X:
+                if kind == m.TERMINATE:
                     self.close(Reason.CLIENT_CLOSE)
                     return
                 out = self.app.admin.handle(self, kind, payload)
@@ -520,36 +377,27 @@ class ClientConn(asyncio.Protocol):
     # --- closing -----------------------------------------------------------------------------
     def fail(self, error: ServerError, reason: str) -> None:
         """Send a FATAL error and close: used for every refusal, so clients see why."""
+        if self.phase is Phase.FORWARD:
+            return
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(self.held + error.encode(severity="FATAL"))
             self.held = b""
         self.close(reason)
 
     def close(self, reason: str | None) -> None:
-        if self.phase is Phase.CLOSED:
-            return
+        if self.phase is Phase.CLOSED or self.phase is Phase.FORWARD:
+            return  # FORWARD: the switch has it (App.fail_client closes it there)
         self.phase = Phase.CLOSED
-        if self.transport is not None:
-            if self.held:
-                self.transport.write(self.held)
-                self.held = b""
-            self.transport.close()
+        transport = self.transport
+        if transport is not None and self.held:
+            transport.write(self.held)
+            self.held = b""
+        # Logged before the close: the switch's thread may end the socket at once, and
+        # whoever sees the EOF may look for the `closing because` line.
         self._leave(reason)
+        if transport is not None:
+            transport.close()
 
     def _leave(self, reason: str | None) -> None:
-        """Tell the App the client is gone, after the checks that only matter at this rare
-        moment (so the hot path stays free of them)."""
-        server = self.client.link
-        if server is not None and (self.scanner.in_body or self.scanner.batch):
-            # Half a message went to the server (the next one written there would be glued
-            # onto it, and a ROLLBACK would wait behind it forever), or a batch without its
-            # Sync (its statements, maybe a BEGIN or an INSERT, would run with the next
-            # client's, and commit with them). Close it, never reuse it.
-            server.ready = False
-            if not server.close_reason:
-                server.close_reason = Reason.CLIENT_GONE_NOT_READY
-        sconn = self.paused_server
-        if sconn is not None:
-            self.paused_server = None
-            sconn.unpause(self)
+        """Tell the App the client is gone."""
         self.app.client_gone(self.client, reason)

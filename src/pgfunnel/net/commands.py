@@ -7,14 +7,16 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from pgfunnel.admin.host import AdminError
 from pgfunnel.config.ini import ConfigError
 from pgfunnel.config.settings import SETTINGS, parse_value
 from pgfunnel.net import logfile
+from pgfunnel.net.bridge import Bridge
 from pgfunnel.net.client_conn import ClientConn
 from pgfunnel.net.config_check import load_checked
+from pgfunnel.net.server_conn import ServerConn
 from pgfunnel.pool.objects import ClientState
 from pgfunnel.proto import sqlstate as ss
 from pgfunnel.proto.messages import ServerError
@@ -50,7 +52,8 @@ class Commands(Protocol):
     pooler: Pooler
     logging_in: dict[ClientConn, None]
     admin_clients: dict[Client, None]
-    servers_listening: list[asyncio.AbstractServer]
+    servers_listening: list[int]
+    bridge: Bridge
     auth_lookups: AuthLookups
     scram_derived: dict[str, ScramSecret]
     paused_all: bool
@@ -68,6 +71,14 @@ class Commands(Protocol):
     def apply(self, actions: Iterable[Action]) -> None: ...
 
     def close_server(self, server: Server, reason: str) -> None: ...
+
+    def fail_client(self, client: Client, error: ServerError | None, reason: str) -> None: ...
+
+    def refresh(self) -> None: ...
+
+    def pause_pools(self, db: Database, on: bool) -> None: ...
+
+    def retune(self) -> None: ...
 
     async def wait_until(self, done: Callable[[], bool]) -> None: ...
 
@@ -106,6 +117,7 @@ class Commands(Protocol):
             self.paused_all = True
             for d in list(self.pooler.databases.values()):
                 self.apply(self.pooler.pause(d, now))
+                self.pause_pools(d, True)
             return lambda: (
                 not self.paused_all
                 or all(self.pooler.servers_of(d) == 0 for d in self.pooler.databases.values())
@@ -114,6 +126,7 @@ class Commands(Protocol):
         target = self._db_arg(db, "pause")
         self._paused_dbs.add(target.name)
         self.apply(self.pooler.pause(target, now))
+        self.pause_pools(target, True)
         return lambda: not target.paused or self.pooler.servers_of(target) == 0
 
     def resume(self, db: str | None, command: bool = True) -> None:
@@ -132,6 +145,7 @@ class Commands(Protocol):
                 self._unsuspend()
             for d in list(self.pooler.databases.values()):
                 if d.paused and d.name not in self._paused_dbs:
+                    self.pause_pools(d, False)
                     self.apply(self.pooler.resume(d, now))
             return
         log.info("RESUME '%s' command issued", db)
@@ -140,6 +154,7 @@ class Commands(Protocol):
             raise AdminError(ss.PROTOCOL_VIOLATION, f"database {db} is not paused")
         self._paused_dbs.discard(target.name)
         if not self.paused_all:
+            self.pause_pools(target, False)
             self.apply(self.pooler.resume(target, now))
 
     def disable(self, db: str) -> None:
@@ -182,6 +197,8 @@ class Commands(Protocol):
         error = ServerError(
             "FATAL", ss.ADMIN_SHUTDOWN, Reason.DB_REMOVED, Msg.KILLED.format(db=target.name)
         )
+        self.pause_pools(target, True)
+        self.refresh()
         self.apply(self.pooler.kill(target, self.now(), Reason.DB_REMOVED, error))
 
     def kill_client(self, client_id: int) -> None:
@@ -196,20 +213,10 @@ class Commands(Protocol):
                 # PgBouncer's disconnect_client(..., "admin forced disconnect"): that text
                 # as the client's error and the logged reason.
                 reason = Reason.ADMIN_KILL_CLIENT
-                client.conn.fail(ServerError("FATAL", ss.PROTOCOL_VIOLATION, reason), reason)
+                error = ServerError("FATAL", ss.PROTOCOL_VIOLATION, reason)
+                self.fail_client(client, error, reason)
                 return
         raise AdminError(ss.PROTOCOL_VIOLATION, f"client not found: {client_id}")
-
-    def _transports(self) -> Iterable[Any]:
-        for conn in self.logging_in:
-            if conn.transport is not None:
-                yield conn
-        for client in self.pooler.all_clients():
-            if client.conn.transport is not None:
-                yield client.conn
-        for server in self.pooler.all_servers():
-            if server.conn is not None and server.conn.transport is not None:
-                yield server.conn
 
     async def suspend(self) -> None:
         """SUSPEND: stop reading every client and server socket and return once everything
@@ -221,41 +228,48 @@ class Commands(Protocol):
             raise AdminError(ss.PROTOCOL_VIOLATION, "cannot suspend with paused databases")
         log.info("SUSPEND command issued")
         self.suspended = True
-        for conn in self._transports():
-            conn.transport.pause_reading()
+        sw = self.bridge.sw
+        sw.suspend(True)  # the switch reads no socket and goes on writing what it holds
 
         def flushed() -> bool:
-            return not self.suspended or not any(True for _ in self._unflushed())
+            return not self.suspended or not sw.unflushed()
 
         timeout = float(self.settings.suspend_timeout)
         try:
             async with asyncio.timeout(timeout if timeout > 0 else None):
                 await self.wait_until(flushed)
         except TimeoutError:
-            stuck = list(self._unflushed())
+            stuck = sw.unflushed()
             log.warning(
                 "SUSPEND: %d connections still unflushed after suspend_timeout=%gs, dropping them",
                 len(stuck),
                 timeout,
             )
-            for conn in stuck:
-                transport = conn.transport
-                if isinstance(conn, ClientConn):
-                    conn.close(Reason.SUSPEND_TIMEOUT)
-                else:
-                    self.close_server(conn.server, Reason.SUSPEND_TIMEOUT)
-                transport.abort()  # its peer is not reading: do not wait for the buffer
+            for sid in stuck:
+                self._drop_unflushed(sid)
 
-    def _unflushed(self) -> Iterable[Any]:
-        for conn in self._transports():
-            if conn.transport.get_write_buffer_size() > 0:
-                yield conn
+    def _drop_unflushed(self, sid: int) -> None:
+        bridge = self.bridge
+        client = bridge.clients.get(sid)
+        if client is not None:
+            self.fail_client(client, None, Reason.SUSPEND_TIMEOUT)
+            return
+        server = bridge.servers.get(sid)
+        if server is not None:
+            self.close_server(server, Reason.SUSPEND_TIMEOUT)
+            return
+        talker = bridge.talkers.get(sid)
+        if talker is None:
+            return
+        conn = talker.talker
+        if isinstance(conn, ClientConn):
+            conn.close(Reason.SUSPEND_TIMEOUT)
+        elif isinstance(conn, ServerConn):
+            self.close_server(conn.server, Reason.SUSPEND_TIMEOUT)
 
     def _unsuspend(self) -> None:
         self.suspended = False
-        for conn in self._transports():
-            if not conn.paused:  # held back by flow control: its peer resumes it
-                conn.transport.resume_reading()
+        self.bridge.sw.suspend(False)
 
     def shutdown(self, mode: str | None) -> None:
         """SHUTDOWN: exit now; SHUTDOWN WAIT_FOR_SERVERS / WAIT_FOR_CLIENTS: see
@@ -285,8 +299,8 @@ class Commands(Protocol):
         if first:
             # As PgBouncer: the TCP listeners close; the unix socket stays until the process
             # exits, so the admin console can still be reached to watch the drain.
-            for srv in self.servers_listening:
-                srv.close()
+            for lid in self.servers_listening:
+                self.bridge.close_listener(lid)
             self.servers_listening = []
         if mode == "WAIT_FOR_SERVERS":
             if not self.paused_all:
@@ -294,6 +308,8 @@ class Commands(Protocol):
                 now = self.now()
                 for d in list(self.pooler.databases.values()):
                     self.apply(self.pooler.pause(d, now))
+                    self.pause_pools(d, True)
+            self.refresh()
             self._close_waiting_for_shutdown()
         if first:
             self._shutdown_task = self.loop.create_task(self._shutdown_when_done())
@@ -321,7 +337,7 @@ class Commands(Protocol):
 
     def _close_for_shutdown(self, client: Client) -> None:
         reason = Reason.SERVER_SHUTTING_DOWN
-        client.conn.fail(ServerError("FATAL", ss.PROTOCOL_VIOLATION, reason), reason)
+        self.fail_client(client, ServerError("FATAL", ss.PROTOCOL_VIOLATION, reason), reason)
 
     def die(self, message: str) -> None:
         """PgBouncer's die(): a FATAL line and exit 1, at once."""
@@ -380,7 +396,7 @@ class Commands(Protocol):
                 self.apply(self.pooler.reconnect(db, now))
         for name, user in self.pooler.users.items():
             user.config = self.config.users.get(name)
-        self.pooler.retune()
+        self.retune()
         # The file logrotate left in the old one's place, or the file a changed setting names.
         logfile.reopen(self.settings.logfile)
         for warning in self.config.unsupported:
@@ -405,6 +421,6 @@ class Commands(Protocol):
         self.settings = self.settings.with_values({name: parsed})
         self.config = dataclasses.replace(self.config, settings=self.settings)
         self._apply_settings()
-        self.pooler.retune()
+        self.retune()
         if name == "logfile":
             logfile.reopen(self.settings.logfile)

@@ -1,5 +1,6 @@
 """Where a server's unix socket is (a directory, `@name` in Linux's abstract namespace, or
-none) and how to connect to it: shared by server logins, cancels, auth_query and /ready."""
+none) and how to connect to it, and to a TCP server: shared by server logins, cancels,
+auth_query and /ready."""
 
 from __future__ import annotations
 
@@ -43,3 +44,25 @@ async def unix_connect(loop: asyncio.AbstractEventLoop, path: str) -> socket.soc
         sock.close()
         raise
     return sock
+
+
+async def tcp_connect(loop: asyncio.AbstractEventLoop, host: str, port: int) -> socket.socket:
+    """A connected, non-blocking TCP socket with TCP_NODELAY, trying each address the name
+    resolves to in turn (as create_connection does), for a socket the switch then owns."""
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    last: OSError = OSError(f"cannot resolve {host}")
+    for family, kind, proto, _, addr in infos:
+        sock = socket.socket(family, kind, proto)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, addr)
+        except OSError as exc:
+            sock.close()
+            last = exc
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+    raise last

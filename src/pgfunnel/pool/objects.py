@@ -49,6 +49,7 @@ class Client:
     __slots__ = (
         "addr",
         "app_name",
+        "auth_info",
         "cancel_key",
         "close_reason",
         "conn",
@@ -63,6 +64,7 @@ class Client:
         "pool",
         "port",
         "request_time",
+        "sid",
         "state",
         "username",
         "wait_notified",
@@ -92,6 +94,10 @@ class Client:
         self.expect_rfq = 0  # ReadyForQuery messages still owed for what the client sent
         self.is_admin = False
         self.close_reason = ""
+        self.sid = 0  # the switch's id for this connection, once it carries it
+        # How it logged in (method, hba file:line, secret source), kept when its login
+        # object goes (SHOW CLIENTS, SHOW USERS).
+        self.auth_info = ("", "", "")
 
     def __repr__(self) -> str:
         return f"C-{self.id:#x}"
@@ -110,8 +116,10 @@ class Server:
         "internal",
         "internal_error",
         "key",
+        "lifetime_over",
         "link",
         "link_time",
+        "local",
         "params",
         "pid",
         "pool",
@@ -119,6 +127,7 @@ class Server:
         "ready",
         "request_time",
         "setup",
+        "sid",
         "state",
         "tested_since",
         "tracked",
@@ -152,6 +161,9 @@ class Server:
         self.ready = True  # False once the server can no longer be trusted for reuse
         self.close_needed = False  # RECONNECT / RELOAD: close instead of reusing once released
         self.close_reason = ""
+        self.sid = 0  # the switch's id for this connection
+        self.lifetime_over = False  # server_lifetime passed: closed once its client lets go
+        self.local: tuple[str, int] = ("", 0)  # its local address (SHOW SERVERS)
 
     def __repr__(self) -> str:
         return f"S-{self.id:#x}"

@@ -7,7 +7,6 @@ socket or reads a clock. Objects move between states only through `_set_client_s
 
 from __future__ import annotations
 
-import contextlib
 import random
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -24,10 +23,27 @@ from pgfunnel.proto.strings import Msg, Reason
 
 
 @dataclass(frozen=True)
-class Link:
-    """Give `server` to `client`: sync parameters, then flush what the client sent."""
+class Promote:
+    """Hand a clean, logged-in `server` to the switch: to its pool's first waiter, else idle."""
 
-    client: Client
+    server: Server
+
+
+@dataclass(frozen=True)
+class EvictIdle:
+    """At a database/user cap: close `server` if the switch still has it idle, then open
+    for `pool` (the room is only there once the close happened: the switch may have handed
+    the server out meanwhile)."""
+
+    server: Server
+    pool: Pool
+
+
+@dataclass(frozen=True)
+class MarkCloseNeeded:
+    """RECONNECT / RELOAD: the switch reuses `server` no more (closed once its client lets
+    go; at once if idle)."""
+
     server: Server
 
 
@@ -68,16 +84,16 @@ class FinishLogin:
     client: Client
 
 
-@dataclass(frozen=True)
-class Notify:
-    """Send `client` a NOTICE (query_wait_notify: it is queued, and where)."""
-
-    client: Client
-    message: str
-    detail: str | None = None
-
-
-Action = Link | Connect | RunQueries | CloseServer | CloseClient | FinishLogin | Notify
+Action = (
+    Promote
+    | EvictIdle
+    | MarkCloseNeeded
+    | Connect
+    | RunQueries
+    | CloseServer
+    | CloseClient
+    | FinishLogin
+)
 
 
 @dataclass
@@ -135,6 +151,11 @@ class Pool:
         self._period_start = PoolStats()
         self.server_total = 0
         self.holders_logged = False  # the holders line was logged for the current queue
+        # Read from the switch, which owns the queue: its length (WAITERS events, each janitor
+        # tick), the oldest wait, and whether reserve_pool_timeout has passed for it.
+        self.sw_waiting = 0
+        self.sw_maxwait = 0.0
+        self.reserve_due = False
 
     def roll_period(self, seconds: float) -> None:
         """A stats_period ended: its counts become the averages' source."""
@@ -161,16 +182,15 @@ class Pool:
                 yield client
 
     def oldest_wait(self, now: float) -> float:
-        for client in self.waiting_clients():
-            return now - client.wait_start
+        oldest = self.sw_maxwait if self.sw_waiting else 0.0
         for client in self.clients[ClientState.WAITING_LOGIN]:
-            return now - client.wait_start
-        return 0.0
+            return max(oldest, now - client.wait_start)
+        return oldest
 
     def demand(self) -> int:
         """Servers wanted beyond those already coming: waiting clients minus logins in flight."""
         return (
-            len(self.clients[ClientState.WAITING])
+            self.sw_waiting
             + len(self.clients[ClientState.WAITING_LOGIN])
             - len(self.servers[ServerState.LOGIN])
             - len(self.servers[ServerState.TESTED])
@@ -271,6 +291,8 @@ _SERVER_EDGES: dict[ServerState, frozenset[ServerState]] = {
 }
 
 _BACKOFF_BASE = 0.05  # first retry after a transient refusal, doubled per failure
+# The states of a server the switch holds (idle, linked, or parked for the pooler), as last read.
+IN_SWITCH = (ServerState.IDLE, ServerState.ACTIVE, ServerState.USED)
 # How long the pooler's own queries may take when server_connect_timeout is 0 (off): a server
 # that never answers them must still give its pool slot back.
 _INTERNAL_QUERY_TIMEOUT = 15.0
@@ -381,6 +403,27 @@ class Pooler:
             server.internal_error = None
         server.state = new
 
+    # --- the mirror of the switch ------------------------------------------------------------
+    # Which client holds which server, the queues and the idle stacks live in the switch; what
+    # SHOW, /metrics and the holders report is read from its snapshots into these objects just
+    # before (net/app.py refresh). These move an object between its pool's state dicts without
+    # the edge checks: they copy a fact, they do not make one.
+    def mirror_client(self, client: Client, state: ClientState) -> None:
+        pool = client.pool
+        if pool is None or client.state is state or client.state is ClientState.CLOSED:
+            return
+        pool.clients[client.state].pop(client, None)
+        pool.clients[state][client] = None
+        client.state = state
+
+    def mirror_server(self, server: Server, state: ServerState) -> None:
+        if server.state is state or server.state not in IN_SWITCH:
+            return
+        pool = server.pool
+        pool.servers[server.state].pop(server, None)
+        pool.servers[state][server] = None
+        server.state = state
+
     # --- clients -----------------------------------------------------------------------------
     def client_authenticated(self, client: Client, pool: Pool, now: float) -> list[Action]:
         """A client passed authentication: finish its login now, or once a server told us its
@@ -405,98 +448,39 @@ class Pooler:
             ServerError("FATAL", err.sqlstate, err.message, Reason.LOGIN_FAILING, err.hint),
         )
 
-    def client_wants_server(self, client: Client, now: float) -> list[Action]:
-        """The client sent a query while holding no server."""
-        pool = client.pool
-        assert pool is not None
-        if client.link is not None or client.state is not ClientState.ACTIVE:
-            return []
-        if pool.login_failed_until > now and pool.login_error is not None:
-            if not pool.servers[ServerState.IDLE] and not pool.servers[ServerState.ACTIVE]:
-                return [self._refuse_for_failed_login(client, pool, now)]
-        client.request_time = now
-        if not pool.db.paused:
-            server = self._pick_idle(pool, now)
-            if server is not None:
-                self._link(client, server, now)
-                return [Link(client, server)]
-        self._set_client_state(client, ClientState.WAITING, now)
-        actions: list[Action] = []
-        if not pool.db.paused:
-            actions += self._check_or_launch(pool, now)
-        return actions
-
     def client_closed(self, client: Client, now: float) -> list[Action]:
-        """The client went away (or we closed it). Its server, if any, is cleaned for reuse."""
+        """The client went away (or we closed it). Its server, if it held one, the switch
+        judges (back to the pool at a boundary, else an ATTENTION event)."""
         if client.state is ClientState.CLOSED:
             return []
         self.cancel_keys.pop(client.cancel_key, None)
-        server = client.link
-        was_waiting_login = client.state is ClientState.WAITING_LOGIN
         self._set_client_state(client, ClientState.CLOSED, now)
-        actions: list[Action] = []
-        if server is not None:
-            client.link = None
-            server.link = None
-            busy = client.expect_rfq > 0 or not server.ready
-            actions += self._reclaim(server, now, client_gone=True, busy=busy)
-        if was_waiting_login and client.pool is not None:
-            # Nothing to do: logins in flight still complete and warm the pool.
-            pass
-        return actions
-
-    def cancel_wait(self, client: Client, now: float) -> bool:
-        """A CancelRequest for a queued client: it leaves the queue (and stays connected).
-        False when it is not waiting (it holds a server, or never asked for one)."""
-        pool = client.pool
-        if pool is None or client.state is not ClientState.WAITING:
-            return False
-        # Rare enough for an O(n) removal; a stale entry left behind would put the client back
-        # at its old place in the queue should it wait again.
-        with contextlib.suppress(ValueError):
-            pool.waiting.remove(client)
-        self._set_client_state(client, ClientState.ACTIVE, now)
-        return True
+        client.link = None
+        return []
 
     # --- servers -----------------------------------------------------------------------------
-    def _pick_idle(self, pool: Pool, now: float) -> Server | None:
-        idle = pool.servers[ServerState.IDLE]
-        if not idle:
-            return None
-        s = pool.settings
-        # LIFO: the most recently used server is warmest and lets the others age out.
-        server = next(reversed(idle))
-        if s.server_check_query is not None and now - server.idle_since >= s.server_check_delay:
-            return None  # _check_or_launch checks it first
-        return server
-
-    def _check_or_launch(self, pool: Pool, now: float) -> list[Action]:
-        s = pool.settings
-        idle = pool.servers[ServerState.IDLE]
-        if idle and s.server_check_query is not None:
-            server = next(reversed(idle))
-            if now - server.idle_since >= s.server_check_delay:
-                self._set_server_state(server, ServerState.TESTED, now)
-                return [RunQueries(server, (s.server_check_query,))]
+    def pool_waiters(self, pool: Pool, waiting: int, now: float) -> list[Action]:
+        """The switch queued clients in a pool that has no idle server: open servers for them,
+        within every limit that applies."""
+        pool.sw_waiting = max(pool.sw_waiting, waiting)
+        if pool.login_failed_until > now and pool.login_error is not None:
+            if not pool.server_count:
+                # No server will come for server_login_retry: the queued clients hear why.
+                return [self._refuse_for_failed_login(c, pool, now) for c in self.queued(pool)]
+        if pool.db.paused:
+            return []
         return self._launch(pool, now)
 
-    def _link(self, client: Client, server: Server, now: float) -> None:
-        if client.state is ClientState.WAITING:
-            self._set_client_state(client, ClientState.ACTIVE, now)
-        self._set_server_state(server, ServerState.ACTIVE, now)
-        client.link = server
-        server.link = client
-        server.request_time = now
-        server.query_start = now
-        server.link_time = now
-        server.xact_start = now
-        client.request_time = now
-        server.pool.stats.server_assignment_count += 1
+    def queued(self, pool: Pool) -> list[Client]:
+        """The clients in the pool's queue as last read from the switch."""
+        return list(pool.waiting_clients())
 
     def _limit(self, pool: Pool, now: float) -> int:
         s = pool.settings
         limit = s.pool_size
-        if s.reserve_pool_size and pool.oldest_wait(now) >= s.reserve_pool_timeout:
+        if s.reserve_pool_size and (
+            pool.reserve_due or pool.oldest_wait(now) >= s.reserve_pool_timeout
+        ):
             limit += s.reserve_pool_size
         return limit
 
@@ -530,15 +514,20 @@ class Pooler:
             return False
         db, user = pool.db, pool.user
         if s.max_db_connections and db.server_count >= s.max_db_connections:
-            if not self._evict(lambda p: p.db is db and p is not pool, now, actions):
-                return False
+            self._evict(pool, lambda p: p.db is db and p is not pool, actions)
+            return False
         if s.max_user_connections and user.server_count >= s.max_user_connections:
-            if not self._evict(lambda p: p.user is user and p is not pool, now, actions):
-                return False
+            self._evict(pool, lambda p: p.user is user and p is not pool, actions)
+            return False
         return True
 
-    def _evict(self, match: Callable[[Pool], bool], now: float, actions: list[Action]) -> bool:
-        """At a database/user cap: close the longest-idle server of a sibling pool to make room."""
+    def evicted(self, pool: Pool, now: float) -> list[Action]:
+        """An EvictIdle for `pool` closed its server: the room it made is `pool`'s now."""
+        return self._launch(pool, now)
+
+    def _evict(self, pool: Pool, match: Callable[[Pool], bool], actions: list[Action]) -> bool:
+        """At a database/user cap: close the longest-idle server of a sibling pool to make room
+        for `pool` (which opens once the close is done, never alongside it)."""
         best: Server | None = None
         for other in self.pools.values():
             if not match(other):
@@ -549,7 +538,7 @@ class Pooler:
                 break  # dicts keep insertion order: the first idle one is the oldest
         if best is None:
             return False
-        actions.append(self._close_server(best, Reason.EVICTED, now))
+        actions.append(EvictIdle(best, pool))
         return True
 
     def _new_server(self, pool: Pool, now: float) -> Server:
@@ -671,46 +660,66 @@ class Pooler:
             actions.append(CloseClient(client, Reason.LOGIN_FAILED, fatal))
         return actions
 
-    def release_server(self, server: Server, now: float) -> list[Action]:
-        """The linked client finished its transaction (or statement): the server is free."""
-        client = server.link
-        if client is not None:
-            client.link = None
-            server.link = None
-        return self._reclaim(server, now, client_gone=False, busy=False)
-
-    def _reclaim(self, server: Server, now: float, client_gone: bool, busy: bool) -> list[Action]:
-        """A server lost its client: decide whether it is reusable, needs cleaning, or goes."""
+    def server_attention(self, server: Server, why: str, now: float) -> list[Action]:
+        """The switch parked a server its client left in a state only the pooler can judge
+        (`why`: "session_end", "dirty_txn", "dirty_busy", "dirty_partial", "close_needed",
+        "check_needed", "reset_needed"); it is in no list until it is cleaned and promoted
+        again, or closed."""
         pool = server.pool
         s = pool.settings
         if server.state is ServerState.CLOSED:
             return []
-        if busy or not server.ready:
-            return [self._close_server(server, server.close_reason or Reason.CLIENT_GONE_BUSY, now)]
-        if now - server.connect_time >= s.server_lifetime > 0:
-            return [self._close_server(server, Reason.LIFETIME, now), *self._launch(pool, now)]
+        if why == "dirty_partial":
+            # Half a message went to the server (the next one would be glued onto it), or a
+            # batch without its Sync (its statements would run, and commit, with the next
+            # client's): never reused.
+            reason = server.close_reason or Reason.CLIENT_GONE_NOT_READY
+            return [self._close_server(server, reason, now), *self._launch(pool, now)]
+        if why == "dirty_busy" or not server.ready:
+            # A query was in flight: nothing the pooler sends can be sure to land at a
+            # message boundary.
+            reason = server.close_reason or Reason.CLIENT_GONE_BUSY
+            return [self._close_server(server, reason, now), *self._launch(pool, now)]
+        if why == "close_needed" or server.lifetime_over or server.close_needed:
+            reason = Reason.OBSOLETE if server.close_needed else Reason.LIFETIME
+            return [self._close_server(server, reason, now), *self._launch(pool, now)]
         queries: list[str] = []
-        if server.tx_status != b"I":
+        if why == "check_needed":
+            # Idle past server_check_delay: the check query before the next client uses it
+            # (an empty string is PgBouncer's "<empty>": an empty query).
+            if s.server_check_query is not None:
+                queries.append(s.server_check_query)
+        elif why == "dirty_txn":
             queries.append("ROLLBACK")
-        if s.server_reset_query and (
-            s.server_reset_query_always or (client_gone and s.pool_mode == "session")
+        if (
+            why != "check_needed"
+            and s.server_reset_query
+            # Session mode resets however the client left: a session that ended inside a
+            # transaction (DIRTY_TXN) carries its SETs and prepared statements all the same.
+            and (s.server_reset_query_always or s.pool_mode == "session")
         ):
             queries.append(s.server_reset_query)
+        self._set_server_state(server, ServerState.TESTED, now)
         if queries:
-            self._set_server_state(server, ServerState.TESTED, now)
             return [RunQueries(server, tuple(queries))]
-        return self._to_idle(server, now)
+        return self.internal_done(server, True, now)
 
     def _to_idle(self, server: Server, now: float) -> list[Action]:
-        """A clean server is free: give it to a waiter, unless RECONNECT/RELOAD or PAUSE want
-        it closed (PgBouncer's "obsolete connection" and "pause mode")."""
+        """A clean server is free: back to the switch (to its pool's first waiter, else idle),
+        unless RECONNECT/RELOAD or PAUSE want it closed (PgBouncer's "obsolete connection" and
+        "pause mode")."""
         pool = server.pool
         if server.close_needed:
             return [self._close_server(server, Reason.OBSOLETE, now), *self._launch(pool, now)]
+        if server.lifetime_over:
+            return [self._close_server(server, Reason.LIFETIME, now), *self._launch(pool, now)]
         if pool.db.paused:
             return [self._close_server(server, Reason.PAUSE_MODE, now)]
         self._set_server_state(server, ServerState.IDLE, now)
-        return self._hand_off(server, now)
+        # The switch gives it to the first waiter: one fewer to open a server for, until the
+        # next snapshot says how many wait (else every login would start one more).
+        pool.sw_waiting = max(0, pool.sw_waiting - 1)
+        return [Promote(server)]
 
     def internal_done(self, server: Server, ok: bool, now: float) -> list[Action]:
         """The pooler's own queries on `server` finished; an error means the server goes."""
@@ -728,40 +737,20 @@ class Pooler:
             ]
         return self._to_idle(server, now)
 
-    def _hand_off(self, server: Server, now: float) -> list[Action]:
-        """An IDLE server goes straight to the first waiting client, if any."""
-        pool = server.pool
-        if pool.db.paused:
-            return []
-        while pool.waiting:
-            client = pool.waiting.popleft()
-            if client.state is not ClientState.WAITING or client.pool is not pool:
-                continue  # stale entry: the client left or was served already
-            self._link(client, server, now)
-            return [Link(client, server)]
-        return []
-
     def server_closed(self, server: Server, reason: str, now: float) -> list[Action]:
         """The server connection ended (it died, or we closed it)."""
         pool = server.pool
         actions: list[Action] = []
         if server.state is ServerState.LOGIN:
             return self.server_login_failed(server, None, now, reason)
-        client = server.link
         if server.state is not ServerState.CLOSED:
             self._set_server_state(server, ServerState.CLOSED, now)
             server.close_reason = reason
+        # Its client, if it had one, the switch closed with server_gone (its own event).
+        client = server.link
         if client is not None:
             client.link = None
             server.link = None
-            if client.state is not ClientState.CLOSED:
-                actions.append(
-                    CloseClient(
-                        client,
-                        Reason.SERVER_GONE,
-                        ServerError("FATAL", ss.CONNECTION_FAILURE, Reason.SERVER_GONE),
-                    )
-                )
         if pool.demand() > 0:
             actions += self._launch(pool, now)
         return actions
@@ -771,14 +760,11 @@ class Pooler:
         return [pool for pool in self.pools.values() if pool.db is db]
 
     def pause(self, db: Database, now: float) -> list[Action]:
-        """PAUSE: no server is handed out; idle ones close now, the rest as they are released.
-        Clients stay connected and their queries wait."""
+        """PAUSE: no server is handed out; the net layer pauses the database's pools in the
+        switch and closes their idle servers, now and as they are released. Clients stay
+        connected and their queries wait."""
         db.paused = True
-        actions: list[Action] = []
-        for pool in self.db_pools(db):
-            for server in list(pool.servers[ServerState.IDLE]):
-                actions.append(self._close_server(server, Reason.PAUSE_MODE, now))
-        return actions
+        return []
 
     def servers_of(self, db: Database) -> int:
         """Server connections the database's pools still hold (PAUSE waits for zero)."""
@@ -789,7 +775,7 @@ class Pooler:
         actions: list[Action] = []
         for pool in self.db_pools(db):
             if pool.demand() > 0:
-                actions += self._check_or_launch(pool, now)
+                actions += self._launch(pool, now)
         return actions
 
     def reconnect(self, db: Database, now: float) -> list[Action]:
@@ -797,14 +783,14 @@ class Pooler:
         their client releases them; nothing a client is using is cut."""
         actions: list[Action] = []
         for pool in self.db_pools(db):
-            for state in (ServerState.LOGIN, ServerState.ACTIVE, ServerState.USED):
+            for state in (ServerState.LOGIN, ServerState.TESTED):
                 for server in pool.servers[state]:
                     server.close_needed = True
-            for server in pool.servers[ServerState.TESTED]:
-                server.close_needed = True
-            for server in list(pool.servers[ServerState.IDLE]):
-                server.close_needed = True
-                actions.append(self._close_server(server, Reason.OBSOLETE, now))
+            for state in IN_SWITCH:
+                for server in pool.servers[state]:
+                    if not server.close_needed:
+                        server.close_needed = True
+                        actions.append(MarkCloseNeeded(server))
         return actions
 
     def obsolete_servers(self, db: Database) -> int:
@@ -864,25 +850,15 @@ class Pooler:
         return actions
 
     def _maint_pool(self, pool: Pool, now: float) -> list[Action]:
+        """What the switch does not watch: clients waiting for their pool's first server
+        login, server logins and the pooler's own queries (both in Python's hands), the warm
+        pool and login retries. Everything else times out through the switch's deadlines."""
         s = pool.settings
         actions: list[Action] = []
-        # Waiting clients: query_wait_timeout, FIFO so the first one not expired ends the scan.
         if s.query_wait_timeout > 0:
-            while pool.waiting:
-                client = pool.waiting[0]
-                if client.state is not ClientState.WAITING or client.pool is not pool:
-                    pool.waiting.popleft()
-                    continue
-                if now - client.wait_start < s.query_wait_timeout:
-                    break
-                pool.waiting.popleft()
-                actions.append(self._wait_timeout(client, pool, now))
             for client in list(pool.clients[ClientState.WAITING_LOGIN]):
                 if now - client.wait_start >= s.query_wait_timeout:
-                    actions.append(self._wait_timeout(client, pool, now))
-        if s.query_wait_notify > 0 and pool.clients[ClientState.WAITING]:
-            actions += self._notify_waiters(pool, now)
-        # Servers: connect timeout, lifetime, idle timeout.
+                    actions.append(self.wait_timeout(client, pool, now, now - client.wait_start))
         for server in list(pool.servers[ServerState.LOGIN]):
             if (
                 s.server_connect_timeout > 0
@@ -902,45 +878,6 @@ class Pooler:
                         actions += self.server_login_failed(
                             server, None, now, Reason.INTERNAL_QUERY_TIMEOUT
                         )
-        idle = pool.servers[ServerState.IDLE]
-        keep = s.min_pool_size
-        for server in list(idle):
-            total = pool.server_count
-            if s.server_lifetime > 0 and now - server.connect_time >= s.server_lifetime:
-                actions.append(self._close_server(server, Reason.LIFETIME, now))
-            elif (
-                s.server_idle_timeout > 0
-                and now - server.idle_since >= s.server_idle_timeout
-                and total > keep
-            ):
-                actions.append(self._close_server(server, Reason.IDLE_TIMEOUT, now))
-        # Linked servers: query_timeout and idle_transaction_timeout.
-        for server in list(pool.servers[ServerState.ACTIVE]):
-            linked = server.link
-            if linked is None:
-                continue
-            if s.query_timeout > 0 and linked.expect_rfq > 0:
-                if now - server.query_start >= s.query_timeout:
-                    actions += self._timeout_linked(linked, server, Reason.QUERY_TIMEOUT, now)
-                    continue
-            if (
-                s.idle_transaction_timeout > 0
-                and linked.expect_rfq == 0
-                and server.tx_status != b"I"
-                and now - server.request_time >= s.idle_transaction_timeout
-            ):
-                actions += self._timeout_linked(linked, server, Reason.IDLE_TX_TIMEOUT, now)
-        # Idle clients.
-        if s.client_idle_timeout > 0:
-            for client in list(pool.clients[ClientState.ACTIVE]):
-                if client.link is None and now - client.request_time >= s.client_idle_timeout:
-                    actions.append(
-                        CloseClient(
-                            client,
-                            Reason.CLIENT_IDLE_TIMEOUT,
-                            _pooler_error(Reason.CLIENT_IDLE_TIMEOUT),
-                        )
-                    )
         # Warm pool (min_pool_size) and login retries under back-pressure.
         if not pool.db.paused:  # DISABLE refuses new clients; connected ones are still served
             if pool.demand() > 0:
@@ -956,50 +893,25 @@ class Pooler:
                     actions.append(Connect(self._new_server(pool, now)))
         return actions
 
-    def _notify_waiters(self, pool: Pool, now: float) -> list[Action]:
-        """query_wait_notify: one NOTICE per wait to each client queued that long, with its
-        place in the queue (PgBouncer 1.25 sends the notice without a place)."""
+    def wait_notice(self, pool: Pool, position: int, total: int, waited: float) -> tuple[str, str]:
+        """query_wait_notify's NOTICE (message, detail), with the client's place in the queue
+        (PgBouncer 1.25 sends the notice without a place)."""
         s = pool.settings
-        actions: list[Action] = []
-        total = len(pool.clients[ClientState.WAITING])
-        for position, client in enumerate(pool.waiting_clients(), 1):
-            waited = now - client.wait_start
-            if waited < s.query_wait_notify:
-                break  # FIFO: everyone behind has waited less
-            if client.wait_notified:
-                continue
-            client.wait_notified = True
-            why = f"all {pool.server_count} server connections of pool_size {s.pool_size} are busy"
-            bo = pool.backoff
-            if bo.active and bo.error is not None:
-                why = f"the server refused new connections ({bo.error.message})"
-            actions.append(
-                Notify(
-                    client,
-                    f"{Msg.QUEUED} (position {position} of {total} in the queue of {pool})",
-                    f"waited {waited:.1f} s: {why}; query_wait_timeout={s.query_wait_timeout:g} s",
-                )
-            )
-        return actions
-
-    def _timeout_linked(
-        self, client: Client, server: Server, reason: str, now: float
-    ) -> list[Action]:
-        pool = server.pool
-        pool.stats.timeouts[reason] = pool.stats.timeouts.get(reason, 0) + 1
-        client.link = None
-        server.link = None
-        return [
-            self._close_server(server, reason, now),
-            CloseClient(client, reason, _pooler_error(reason)),
-        ]
-
-    def _wait_timeout(self, client: Client, pool: Pool, now: float) -> CloseClient:
-        """query_wait_timeout ran out. Under back-pressure the error names the server's limit."""
-        waited = now - client.wait_start
-        pool.stats.timeouts[Reason.QUERY_WAIT_TIMEOUT] = (
-            pool.stats.timeouts.get(Reason.QUERY_WAIT_TIMEOUT, 0) + 1
+        why = f"all {pool.server_count} server connections of pool_size {s.pool_size} are busy"
+        bo = pool.backoff
+        if bo.active and bo.error is not None:
+            why = f"the server refused new connections ({bo.error.message})"
+        return (
+            f"{Msg.QUEUED} (position {position} of {total} in the queue of {pool})",
+            f"waited {waited:.1f} s: {why}; query_wait_timeout={s.query_wait_timeout:g} s",
         )
+
+    def count_timeout(self, pool: Pool, reason: str) -> None:
+        pool.stats.timeouts[reason] = pool.stats.timeouts.get(reason, 0) + 1
+
+    def wait_timeout(self, client: Client, pool: Pool, now: float, waited: float) -> CloseClient:
+        """query_wait_timeout ran out. Under back-pressure the error names the server's limit."""
+        self.count_timeout(pool, Reason.QUERY_WAIT_TIMEOUT)
         bo = pool.backoff
         if bo.active and bo.error is not None:
             err = bo.error
@@ -1034,7 +946,7 @@ class Pooler:
         return CloseClient(
             client,
             Reason.QUERY_WAIT_TIMEOUT,
-            _pooler_error(
+            pooler_error(
                 Reason.QUERY_WAIT_TIMEOUT,
                 detail=f"waited {waited:.1f} s for one of pool_size={pool.settings.pool_size} "
                 "servers, all busy",
@@ -1044,5 +956,5 @@ class Pooler:
         )
 
 
-def _pooler_error(reason: str, detail: str | None = None, hint: str | None = None) -> ServerError:
+def pooler_error(reason: str, detail: str | None = None, hint: str | None = None) -> ServerError:
     return ServerError("FATAL", ss.PROTOCOL_VIOLATION, reason, detail, hint)

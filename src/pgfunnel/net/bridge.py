@@ -1,0 +1,342 @@
+"""The bridge to the switch: the one place where net/ meets `pgfunnel._switch`.
+
+The switch owns every client and server socket from accept (and, for servers, from the moment
+Python has connected them) to close, and carries logged-in connections alone. Python talks on
+a connection only while it needs judgement: a client's startup and authentication, the admin
+console, a server's login and the pooler's own queries (connect_query, ROLLBACK, the reset and
+check queries). For those, `SwitchTransport` stands in for an asyncio transport, so that
+ClientConn and ServerConn speak the protocol as they always did; MESSAGE events feed their
+`data_received`. Once Python is done, `promote` moves the connection into its pool, and from
+then on only the switch's events (CLOSED, WAITERS, ATTENTION, DEADLINE) reach Python.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pgfunnel._switch import Event, EventKind, Mode, Switch, SwitchAPI
+from pgfunnel._switch import Reason as SwReason
+from pgfunnel.proto import messages as m
+from pgfunnel.proto import sqlstate as ss
+from pgfunnel.proto.strings import Reason
+
+if TYPE_CHECKING:
+    from pgfunnel.net.app import App
+    from pgfunnel.pool.objects import Client, Server
+    from pgfunnel.pool.scheduler import Pool
+
+log = logging.getLogger("pgfunnel")
+
+# PostgreSQL's limit for a password or SASL message (PG_MAX_AUTH_TOKEN_LENGTH) and its length
+# word; the switch's login_max is at least 10000 (a startup packet must fit).
+LOGIN_MAX = 65535 + 5
+LISTEN_RETRY = 0.2  # seconds before accepting again after EMFILE/ENFILE
+
+MODES = {"session": Mode.SESSION, "transaction": Mode.TRANSACTION, "statement": Mode.STATEMENT}
+
+# Why the switch closed a connection, in PgBouncer's words (`closing because: ...`).
+CLOSE_TEXT: dict[int, str] = {
+    SwReason.CLIENT_TERMINATE: Reason.CLIENT_CLOSE,
+    SwReason.CLIENT_EOF: Reason.CLIENT_EOF,
+    SwReason.SERVER_EOF: Reason.SERVER_CLOSED,
+    SwReason.IO_ERROR: Reason.SERVER_GONE,
+    SwReason.BAD_PACKET: Reason.PROTOCOL,
+    SwReason.TOO_BIG: Reason.PROTOCOL,
+    SwReason.UNKNOWN_TYPE: Reason.UNKNOWN_PKT,
+    SwReason.LONG_TX: Reason.LONG_TX,
+    SwReason.IDLE_DATA: Reason.SERVER_GONE,
+    SwReason.SERVER_GONE: Reason.SERVER_GONE,
+}
+
+
+class Talker(Protocol):
+    """ClientConn or ServerConn: what the bridge calls on the object talking on a connection."""
+
+    def connection_made(self, transport: Any) -> None: ...
+
+    def data_received(self, data: bytes) -> None: ...
+
+    def connection_lost(self, exc: Exception | None) -> None: ...
+
+
+class SwitchTransport:
+    """The few asyncio.Transport methods ClientConn and ServerConn use, on a connection the
+    switch owns while Python talks on it. Reading is one MESSAGE at a time: the next is asked
+    for once the last was handled, unless reading is paused (a client's bytes waiting for its
+    pool's first server are bounded that way, as before)."""
+
+    __slots__ = ("bridge", "closing", "extra", "paused", "read_owed", "sid", "talker")
+
+    def __init__(self, bridge: Bridge, sid: int, talker: Talker, extra: dict[str, Any]) -> None:
+        self.bridge = bridge
+        self.sid = sid
+        self.talker = talker
+        self.extra = extra
+        self.closing = False
+        self.paused = False
+        self.read_owed = False
+
+    def write(self, data: bytes) -> None:
+        if not self.closing and data:
+            self.bridge.sw.send(self.sid, data)
+
+    def close(self) -> None:
+        """Write what was queued, then close; the talker hears connection_lost as from asyncio."""
+        if self.closing:
+            return
+        self.closing = True
+        self.bridge.forget_talker(self.sid)
+        self.bridge.sw.close(self.sid)
+        self.bridge.loop.call_soon(self.talker.connection_lost, None)
+
+    abort = close
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        if self.paused:
+            self.paused = False
+            if self.read_owed and not self.closing:
+                self.read_owed = False
+                self.bridge.sw.read_next(self.sid)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.extra.get(name, default)
+
+    def get_write_buffer_size(self) -> int:
+        return 0  # the switch holds the bytes; SUSPEND asks the switch
+
+
+class Bridge:
+    """The Switch and the map from its connection ids to Python's objects."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.loop = app.loop
+        s = app.settings
+        gone = m.error_response(ss.CONNECTION_FAILURE, Reason.SERVER_GONE, severity="FATAL")
+        self.sw: SwitchAPI = Switch(
+            unsupported_pkt=m.error_response(
+                ss.PROTOCOL_VIOLATION, Reason.UNKNOWN_PKT, severity="FATAL"
+            ),
+            long_tx=m.error_response(ss.PROTOCOL_VIOLATION, Reason.LONG_TX, severity="FATAL"),
+            server_gone=gone,
+            max_packet_size=int(s.max_packet_size),
+            tracked=m.TRACKED_PARAMS,
+            login_max=LOGIN_MAX,
+        )
+        self.talkers: dict[int, SwitchTransport] = {}  # connections Python talks on
+        self.clients: dict[int, Client] = {}  # promoted clients
+        self.servers: dict[int, Server] = {}  # servers in a pool
+        self.listeners: dict[int, str] = {}  # listener id -> its address, for the logs
+        self.pool_ids: dict[Pool, int] = {}
+        self.pools: dict[int, Pool] = {}
+        self._next_pool = 1
+        self._local: dict[int, tuple[str, int]] = {}  # listener id -> its bound address
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self.sw.start()
+        self.loop.add_reader(self.sw.fileno(), self.drain)
+
+    def stop(self) -> None:
+        self.loop.remove_reader(self.sw.fileno())
+        self.sw.stop()
+
+    def listen(self, sock: socket.socket, label: str) -> int:
+        local = sock.getsockname()
+        lid = self.sw.listen(sock.detach())
+        self.listeners[lid] = label
+        if isinstance(local, tuple):
+            self._local[lid] = (str(local[0]), int(local[1]))
+        return lid
+
+    def close_listener(self, lid: int) -> None:
+        if self.listeners.pop(lid, None) is not None:
+            self.sw.close(lid)
+
+    # --- pools -------------------------------------------------------------------------------
+    def pool_id(self, pool: Pool) -> int:
+        pid = self.pool_ids.get(pool)
+        if pid is None:
+            pid = self._next_pool
+            self._next_pool += 1
+            self.pool_ids[pool] = pid
+            self.pools[pid] = pool
+            self.sw.add_pool(pid, MODES[pool.settings.pool_mode])
+            self.apply_settings(pool)
+            if pool.db.paused:
+                self.sw.pause(pid, True)
+        return pid
+
+    def apply_settings(self, pool: Pool) -> None:
+        """The pool's mode and timeouts, in the switch (at creation, RELOAD, SET)."""
+        pid = self.pool_ids.get(pool)
+        if pid is None:
+            return
+        s = pool.settings
+        self.sw.add_pool(pid, MODES[s.pool_mode])
+
+        def us(seconds: float) -> int:
+            return int(seconds * 1_000_000) if seconds > 0 else 0
+
+        self.sw.set_timeouts(
+            pid,
+            query_wait=us(s.query_wait_timeout),
+            query_wait_notify=us(s.query_wait_notify),
+            query=us(s.query_timeout),
+            idle_transaction=us(s.idle_transaction_timeout),
+            client_idle=us(s.client_idle_timeout),
+            server_idle=us(s.server_idle_timeout),
+            server_lifetime=us(s.server_lifetime),
+            reserve=us(s.reserve_pool_timeout) if s.reserve_pool_size else 0,
+        )
+        # server_check_delay 0 checks before every use; no server_check_query, never.
+        check = -1 if s.server_check_query is None else int(s.server_check_delay * 1_000_000)
+        self.sw.set_pool_checks(pid, check_delay_us=check, reset_always=s.server_reset_query_always)
+
+    # --- talking -----------------------------------------------------------------------------
+    def forget_talker(self, sid: int) -> None:
+        self.talkers.pop(sid, None)
+
+    def talk_to_server(self, sid: int, talker: Talker, peer: str) -> SwitchTransport:
+        t = SwitchTransport(self, sid, talker, {"peername": peer})
+        self.talkers[sid] = t
+        return t
+
+    def promote_client(self, client: Client, transport: SwitchTransport, pending: bytes) -> bool:
+        """A logged-in client joins its pool; from now on the switch carries it."""
+        pool = client.pool
+        assert pool is not None
+        sid = transport.sid
+        self.talkers.pop(sid, None)
+        transport.closing = True  # the transport is done: nothing more goes through it
+        if not self.sw.promote(sid, self.pool_id(pool), params=client.params, pending=pending):
+            return False  # it left meanwhile: its CLOSED event is on its way
+        client.sid = sid
+        self.clients[sid] = client
+        return True
+
+    def promote_server(self, server: Server) -> bool:
+        transport = self.talkers.pop(server.sid, None)
+        if transport is not None:
+            transport.closing = True
+        if not self.sw.promote(server.sid, self.pool_id(server.pool), params=server.tracked):
+            return False
+        self.servers[server.sid] = server
+        return True
+
+    # --- events ------------------------------------------------------------------------------
+    def drain(self) -> None:
+        try:
+            events = self.sw.events()
+        except Exception:  # the switch is stopped
+            return
+        for ev in events:
+            try:
+                self._event(ev)
+            except Exception:
+                log.exception("switch event %s failed", ev)
+
+    def _event(self, ev: Event) -> None:
+        kind = ev.kind
+        if kind is EventKind.MESSAGE:
+            t = self.talkers.get(ev.conn)
+            if t is None:
+                return
+            t.talker.data_received(ev.data)
+            if not t.closing and self.talkers.get(ev.conn) is t:
+                if t.paused:
+                    t.read_owed = True
+                else:
+                    self.sw.read_next(ev.conn)
+        elif kind is EventKind.ACCEPTED:
+            self._accepted(ev.conn, ev.pool)
+        elif kind is EventKind.CLOSED:
+            self._closed(ev)
+        elif kind is EventKind.WAITERS:
+            pool = self.pools.get(ev.pool)
+            if pool is not None:
+                self.app.pool_waiters(pool, ev.reason)
+        elif kind is EventKind.ATTENTION:
+            server = self.servers.get(ev.conn)
+            if server is not None:
+                self.app.server_attention(server, SwReason(ev.reason))
+        elif kind is EventKind.DEADLINE:
+            self.app.deadline(ev.conn, self.pools.get(ev.pool), SwReason(ev.reason))
+        elif kind is EventKind.PARAMS_FAILED:
+            log.warning("S-%#x: could not apply the client's parameters", ev.conn)
+        elif kind is EventKind.LISTEN_ERROR:
+            self._listen_error(ev.conn, ev.reason)
+
+    def _accepted(self, sid: int, listener: int) -> None:
+        from pgfunnel.net.client_conn import ClientConn
+
+        try:
+            family, host, port, uid, _pid = self.sw.peer(sid)
+        except KeyError:
+            return  # it left before we heard of it (a port probe): nothing to undo
+        extra: dict[str, Any] = {"sockname": self._local.get(listener, ("", 0))}
+        if family == socket.AF_UNIX:
+            extra["peername"] = host or ""
+            extra["peer_uid"] = uid if uid >= 0 else None
+        else:
+            extra["peername"] = (host, port)
+        conn = ClientConn(self.app)
+        t = SwitchTransport(self, sid, conn, extra)
+        self.talkers[sid] = t
+        conn.connection_made(t)
+
+    def _closed(self, ev: Event) -> None:
+        sid = ev.conn
+        t = self.talkers.pop(sid, None)
+        if t is not None:
+            t.closing = True
+            exc = None
+            if ev.reason not in (SwReason.CLIENT_EOF, SwReason.CLIENT_TERMINATE):
+                exc = ConnectionError(CLOSE_TEXT.get(ev.reason, "connection closed"))
+            t.talker.connection_lost(exc)
+            return
+        client = self.clients.pop(sid, None)
+        if client is not None:
+            self.app.switch_client_closed(client, SwReason(ev.reason), ev.data)
+            return
+        server = self.servers.pop(sid, None)
+        if server is not None:
+            self.app.switch_server_closed(server, SwReason(ev.reason))
+
+    def _listen_error(self, lid: int, errno_: int) -> None:
+        import os
+
+        if errno_ == 0:
+            self.app.login_cap_reached()  # the switch's login cap, not an error
+        else:
+            label = self.listeners.get(lid, "?")
+            log.warning("accept() failed on %s: %s", label, os.strerror(errno_))
+
+        def again() -> None:
+            if lid in self.listeners:
+                self.sw.listen_resume(lid)
+
+        self.loop.call_later(LISTEN_RETRY, again)
+
+    # --- commands on pooled connections ------------------------------------------------------
+    def close_client(self, client: Client, final: bytes = b"") -> None:
+        """Write `final` and close a promoted client; its bookkeeping is the caller's (the
+        switch reports no CLOSED for a close Python asked for)."""
+        if self.clients.pop(client.sid, None) is not None:
+            self.sw.close(client.sid, final)
+
+    def close_server(self, server: Server, final: bytes = b"") -> None:
+        t = self.talkers.pop(server.sid, None)
+        if t is not None:
+            t.closing = True
+        self.servers.pop(server.sid, None)
+        if server.sid:
+            self.sw.close(server.sid, final)

@@ -296,7 +296,11 @@ static int conn_write(struct sw *sw, struct conn *c)
             return 0;
         }
         c->err = errno;
-        if (c->kind == KIND_SERVER) {
+        if (c->state == CL_CLOSING) {
+            /* Closing already (the error was a last word to a client that has gone): the
+             * reason stays the one that decided the close, BAD_PACKET rather than EPIPE. */
+            conn_destroy(sw, c, c->close_reason, !c->quiet);
+        } else if (c->kind == KIND_SERVER) {
             conn_server_gone(sw, c, R_IO_ERROR);
         } else {
             pool_client_left(sw, c);

@@ -359,9 +359,10 @@ class SwitchAPI(Protocol):
         ...
 
     def suspend(self, on: bool) -> None:
-        """SUSPEND (on): read no socket (clients, servers, logins; listeners stop accepting)
-        but go on writing what the buffers hold; deadlines are not swept meanwhile. Off: read
-        everything that became readable meanwhile, sweep again."""
+        """SUSPEND (on): read no pooled connection (clients and servers in a pool) but go on
+        writing what the buffers hold; listeners, logins and talk go on (a console session
+        can log in and RESUME); deadlines are not swept meanwhile. Off: read everything that
+        became readable meanwhile, sweep again."""
         ...
 
     def unflushed(self) -> list[int]:

@@ -354,6 +354,27 @@ def test_non_ascii_startup_values_reach_the_server_as_sent(f: Funnel, pg: Cluste
         assert got[0] == got[1], name
 
 
+def test_a_startup_value_too_long_to_track_is_refused_and_costs_no_slot(f: Funnel) -> None:
+    """A 5000-byte application_name fits a startup packet but not the switch's tracked values:
+    the client hears why (22023) before it is welcomed, and nothing is left counted."""
+    before = f.admin("SHOW LISTS")
+    with socket.create_connection(("127.0.0.1", f.port)) as sock:
+        sock.settimeout(30)
+        sock.sendall(startup("postgres", "one", application_name="x" * 5000))
+        answer = read_until_closed(sock)
+    assert [kind for kind, _ in answer] == [b"E"]  # refused before any welcome
+    fields = error_fields(answer[0][1])
+    assert (fields["S"], fields["C"]) == ("FATAL", "22023")
+    assert fields["M"] == 'invalid value for parameter "application_name": over 4096 bytes'
+    with psycopg.connect(
+        f.dsn(dbname="one", password=None), autocommit=True, application_name="y" * 4000
+    ) as conn:
+        assert conn.execute("SELECT length(current_setting('application_name'))").fetchone()
+    after = f.admin("SHOW LISTS")
+    used = {r["list"]: r["items"] for r in after}["used_clients"]
+    assert used == {r["list"]: r["items"] for r in before}["used_clients"]
+
+
 # --- 2. bounded memory before and during login -----------------------------------------------
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

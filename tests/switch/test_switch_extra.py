@@ -240,6 +240,25 @@ def test_cancel_wait_of_an_open_batch_owes_nothing(switch: Switch) -> None:
     assert state(switch, cid) is State.CL_ACTIVE
 
 
+def test_cancel_wait_with_an_error_queues_the_answers_in_the_same_step(switch: Switch) -> None:
+    err = m.error_response("57014", "canceling statement due to user request")
+    setup(switch, servers=0)
+    c, cid = client(switch)
+    c.sendall(m.query("select 1") + m.query("select 2"))
+    wait_for(lambda: state(switch, cid) is State.CL_WAITING)
+    assert switch.cancel_wait(cid, err) == 2
+    assert read_exact(c, 2 * (len(err) + 6)) == (err + m.ready_for_query()) * 2
+    assert switch.cancel_wait(cid, err) == -1  # no longer waiting: nothing sent
+    assert_silent(c)
+    # A batch without its Sync: the error alone (PostgreSQL skips to the next Sync).
+    d, did = client(switch)
+    d.sendall(PARSE)
+    wait_for(lambda: state(switch, did) is State.CL_WAITING)
+    assert switch.cancel_wait(did, err) == -2
+    assert read_exact(d, len(err)) == err
+    assert_silent(d)
+
+
 def test_cancel_wait_refuses_half_a_message(switch: Switch) -> None:
     setup(switch, servers=0)
     c, cid = client(switch)
@@ -286,6 +305,38 @@ def test_check_delay_parks_a_long_idle_server_and_the_client_takes_the_next(
     assert read_exact(d, len(ANSWER) + 6) == ANSWER + m.ready_for_query()
     serve_one(fresh, m.query("select 3"))
     assert read_exact(e, len(ANSWER) + 6) == ANSWER + m.ready_for_query()
+
+
+def test_check_delay_parks_every_long_idle_server_and_loses_none(switch: Switch) -> None:
+    """Each idle server past the delay is parked for its check in turn; the ones under it
+    stay on the stack (a parked server's second unlist once emptied the whole stack)."""
+    events = Events(switch)
+    servers = setup(switch, servers=3)
+    ids = server_ids(switch)
+    time.sleep(0.2)
+    switch.set_pool_checks(POOL, check_delay_us=100_000)
+    c, cid = client(switch)
+    c.sendall(m.query("select 1"))
+    parked = set()
+    for _ in ids:
+        ev = events.wait(lambda ev: ev.kind is EventKind.ATTENTION and ev.conn not in parked)
+        assert ev.reason == Reason.CHECK_NEEDED
+        parked.add(ev.conn)
+    assert parked == set(ids)
+    wait_for(lambda: state(switch, cid) is State.CL_WAITING)
+    (snap,) = [p for p in switch.pools() if p.pool == POOL]
+    assert snap.sv_idle == 0 and snap.cl_waiting == 1
+    for sock in servers:
+        assert_silent(sock)
+    # Checked and handed back, each serves again: the first to the waiter.
+    first = ids[0]
+    assert switch.talk(first)
+    switch.send(first, m.query("select 1"))
+    serve_one(servers[0], m.query("select 1"))
+    events.wait(lambda ev: ev.kind is EventKind.MESSAGE and ev.conn == first)
+    assert switch.promote(first, POOL)
+    serve_one(servers[0], m.query("select 1"))
+    assert read_exact(c, len(ANSWER) + 6) == ANSWER + m.ready_for_query()
 
 
 def test_check_needed_server_goes_back_after_talk_and_serves_the_waiter(switch: Switch) -> None:

@@ -202,6 +202,9 @@ class ConnSnapshot(NamedTuple):
 # Upper bounds (µs) of the wait histogram; the same buckets as pool.scheduler.WAIT_BUCKETS.
 WAIT_BUCKETS_US: tuple[int, ...] = tuple(_native.WAIT_BUCKETS_US)
 
+# The longest tracked parameter value (UTF-8 bytes) the switch keeps and re-applies.
+PARAM_VALUE_MAX: int = _native.PARAM_VALUE_MAX
+
 # Tracked parameter values: a mapping, or (name, value) pairs (names as ParameterStatus
 # reports them).
 Params = Mapping[str, str] | Sequence[tuple[str, str]]
@@ -369,12 +372,13 @@ class SwitchAPI(Protocol):
         """The connections whose out buffer still holds bytes (SUSPEND waits for none)."""
         ...
 
-    def cancel_wait(self, client: int) -> int:
+    def cancel_wait(self, client: int, error: bytes = b"") -> int:
         """A CancelRequest for a client waiting in the queue: if its held bytes end at a message
         boundary, it leaves the queue (CL_ACTIVE, no server), its held bytes are dropped, and the
-        answer is the ReadyForQuery messages it was owed (> 0: send (57014 + ReadyForQuery) that
-        many times), or -2: none owed (a batch was open: send the 57014 error alone); -1:
-        nothing done (not waiting, or half a message held). KeyError if unknown."""
+        answer is the ReadyForQuery messages it was owed (> 0), or -2: none owed (a batch was
+        open); -1: nothing done (not waiting, or half a message held). KeyError if unknown.
+        With `error` (the 57014 ErrorResponse), the switch queues the client's answers in the
+        same step: `error` + ReadyForQuery per one owed, or `error` alone."""
         ...
 
     def set_pool_checks(
@@ -541,8 +545,8 @@ class Switch:
     def unflushed(self) -> list[int]:
         return self._sw.unflushed()
 
-    def cancel_wait(self, client: int) -> int:
-        return self._sw.cancel_wait(client)
+    def cancel_wait(self, client: int, error: bytes = b"") -> int:
+        return self._sw.cancel_wait(client, error)
 
     def set_pool_checks(
         self, pool: int, *, check_delay_us: int = -1, reset_always: bool = False

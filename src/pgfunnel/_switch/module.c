@@ -966,16 +966,37 @@ static PyObject *Switch_unflushed(SwitchObject *self, PyObject *Py_UNUSED(a))
     return list;
 }
 
+/* cancel_wait(client, error=b""): with `error` (an ErrorResponse), the answers are queued in
+ * the same step, error + ReadyForQuery per one owed (the error alone when none is), so that
+ * no byte the client sends meanwhile can link it to a server before they are. */
 static PyObject *Switch_cancel_wait(SwitchObject *self, PyObject *args)
 {
+    static const uint8_t rfq[6] = {'Z', 0, 0, 0, 5, 'I'};
     unsigned long long id;
-    if (!PyArg_ParseTuple(args, "K", &id) || check_open(self) < 0)
+    Py_buffer error = {0};
+    if (!PyArg_ParseTuple(args, "K|y*", &id, &error))
         return NULL;
+    if (check_open(self) < 0) {
+        PyBuffer_Release(&error);
+        return NULL;
+    }
     struct sw *sw = &self->sw;
     sw_lock(sw);
     struct conn *c = conn_find(sw, id);
     int rc = c != NULL ? pool_cancel_wait(sw, c) : -1;
+    if (rc != -1 && error.len > 0) {
+        int ok = 1;
+        for (int i = 0; ok && i < (rc > 0 ? rc : 1); i++) {
+            ok = buf_append(&c->out, error.buf, (size_t)error.len) == 0 &&
+                 (rc <= 0 || buf_append(&c->out, rfq, sizeof rfq) == 0);
+        }
+        if (ok)
+            conn_schedule(sw, c);
+        else
+            conn_close_with(sw, c, NULL, 0, R_IO_ERROR); /* no memory: it hears CLOSED */
+    }
     sw_unlock(sw);
+    PyBuffer_Release(&error);
     if (c == NULL) {
         PyErr_Format(PyExc_KeyError, "no connection %llu", id);
         return NULL;
@@ -1368,7 +1389,7 @@ static PyMethodDef Switch_methods[] = {
     {"suspend", (PyCFunction)Switch_suspend, METH_VARARGS, "suspend(on)"},
     {"unflushed", (PyCFunction)Switch_unflushed, METH_NOARGS, "Ids with bytes still to write."},
     {"cancel_wait", (PyCFunction)Switch_cancel_wait, METH_VARARGS,
-     "cancel_wait(client) -> owed, -2 (none owed) or -1 (nothing done)"},
+     "cancel_wait(client, error=b'') -> owed, -2 (none owed) or -1 (nothing done)"},
     {"set_pool_checks", (PyCFunction)(void (*)(void))Switch_set_pool_checks,
      METH_VARARGS | METH_KEYWORDS,
      "set_pool_checks(pool, *, check_delay_us=-1, reset_always=False)"},
@@ -1406,6 +1427,7 @@ PyMODINIT_FUNC PyInit__switch(void)
     if (m == NULL)
         return NULL;
     ADD_INT(m, MODE_SESSION);
+    ADD_INT(m, PARAM_VALUE_MAX);
     ADD_INT(m, MODE_TRANSACTION);
     ADD_INT(m, MODE_STATEMENT);
     ADD_INT(m, EV_WAITERS);

@@ -60,6 +60,12 @@ void pool_unlist(struct sw *sw, struct conn *c)
 {
     struct pool *p = c->pool;
     (void)sw;
+    if (c->state != SV_IDLE && c->state != CL_WAITING)
+        return;
+    /* Not in its list (taken off already, its state not changed yet): nothing to do. A second
+     * unlist of the head must not take the rest of the list with it. */
+    if (c->qprev == NULL && (c->state == SV_IDLE ? p->idle : p->wq_head) != c)
+        return;
     if (c->state == SV_IDLE) {
         if (c->qprev != NULL)
             c->qprev->qnext = c->qnext;
@@ -133,10 +139,12 @@ static struct conn *idle_take(struct sw *sw, struct pool *p)
 {
     struct conn *s;
     while ((s = p->idle) != NULL) {
+        if (p->check_delay >= 0 && sw->now_mono - s->idle_since >= p->check_delay) {
+            pool_park(sw, s, R_CHECK_NEEDED); /* off the stack; the next one is tried */
+            continue;
+        }
         pool_unlist(sw, s);
-        if (p->check_delay < 0 || sw->now_mono - s->idle_since < p->check_delay)
-            return s;
-        pool_park(sw, s, R_CHECK_NEEDED);
+        return s;
     }
     return NULL;
 }

@@ -437,11 +437,9 @@ class App(Commands):
         # still connected. (PgBouncer ignores such a cancel and the query runs later.) One
         # error and ReadyForQuery per Query/Sync it sent; messages after its last Sync (a
         # batch still open) get the error alone, as PostgreSQL skips to the client's next Sync.
-        owed = sw.cancel_wait(client.sid)
-        if owed == -1:
-            return  # not waiting, or half a message held: it keeps waiting
-        error = m.error_response(ss.QUERY_CANCELED, Msg.QUERY_CANCELED)
-        sw.send(client.sid, (error + m.ready_for_query()) * owed if owed > 0 else error)
+        # The switch queues the answers in the same step (a byte the client sends meanwhile
+        # could otherwise link it to a server first). -1: not waiting, or half a message held.
+        sw.cancel_wait(client.sid, m.error_response(ss.QUERY_CANCELED, Msg.QUERY_CANCELED))
 
     def linked_server(self, client: Client) -> Server | None:
         """The server the switch has linked to `client` right now, if any."""
@@ -641,6 +639,10 @@ class App(Commands):
             return
         if why in (SwReason.SERVER_IDLE, SwReason.SERVER_LIFETIME):
             server = self.bridge.servers.get(sid)
+            talking = self.bridge.talkers.get(sid)
+            if server is None and why is SwReason.SERVER_LIFETIME and talking is not None:
+                # Running the pooler's own queries: marked now, closed when they end.
+                server = getattr(talking.talker, "server", None)
             if server is None:
                 return
             if why is SwReason.SERVER_LIFETIME:

@@ -12,6 +12,7 @@ then on only the switch's events (CLOSED, WAITERS, ATTENTION, DEADLINE) reach Py
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 from typing import TYPE_CHECKING, Any, Protocol
@@ -80,7 +81,9 @@ class SwitchTransport:
 
     def write(self, data: bytes) -> None:
         if not self.closing and data:
-            self.bridge.sw.send(self.sid, data)
+            # ValueError: the switch closed it already (as asyncio, a write after that is lost).
+            with contextlib.suppress(ValueError):
+                self.bridge.sw.send(self.sid, data)
 
     def close(self) -> None:
         """Write what was queued, then close; the talker hears connection_lost as from asyncio."""
@@ -217,8 +220,14 @@ class Bridge:
         sid = transport.sid
         self.talkers.pop(sid, None)
         transport.closing = True  # the transport is done: nothing more goes through it
-        if not self.sw.promote(sid, self.pool_id(pool), params=client.params, pending=pending):
-            return False  # it left meanwhile: its CLOSED event is on its way
+        try:
+            if not self.sw.promote(sid, self.pool_id(pool), params=client.params, pending=pending):
+                return False  # it left meanwhile: its CLOSED event is on its way
+        except ValueError as exc:  # a value the switch cannot keep (refused at startup)
+            log.error("C-%#x: cannot hand the client to its pool: %s", client.id, exc)
+            gone = m.error_response(ss.PROTOCOL_VIOLATION, str(exc), severity="FATAL")
+            self.sw.close(sid, gone)  # quiet: the caller counts it gone
+            return False
         client.sid = sid
         self.clients[sid] = client
         return True
@@ -314,17 +323,17 @@ class Bridge:
     def _listen_error(self, lid: int, errno_: int) -> None:
         import os
 
+        def again() -> None:
+            if lid in self.listeners:
+                self.sw.listen_resume(lid)
+
+        # Resume whatever happens below: a listener left paused would accept nothing again.
+        self.loop.call_later(LISTEN_RETRY, again)
         if errno_ == 0:
             self.app.login_cap_reached()  # the switch's login cap, not an error
         else:
             label = self.listeners.get(lid, "?")
             log.warning("accept() failed on %s: %s", label, os.strerror(errno_))
-
-        def again() -> None:
-            if lid in self.listeners:
-                self.sw.listen_resume(lid)
-
-        self.loop.call_later(LISTEN_RETRY, again)
 
     # --- commands on pooled connections ------------------------------------------------------
     def close_client(self, client: Client, final: bytes = b"") -> None:

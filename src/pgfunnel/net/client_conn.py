@@ -8,6 +8,7 @@ import logging
 from enum import Enum
 from typing import TYPE_CHECKING
 
+from pgfunnel._switch import PARAM_VALUE_MAX as TRACKED_VALUE_MAX
 from pgfunnel.pool.objects import Client
 from pgfunnel.proto import messages as m
 from pgfunnel.proto import sqlstate as ss
@@ -203,6 +204,12 @@ class ClientConn:
             name = client.app_name or "app"
             tracked["application_name"] = f"{name} - {client.addr}:{client.port}"
             client.app_name = tracked["application_name"]
+        for key, value in tracked.items():
+            # The switch keeps and re-applies these; no real setting takes a value this long.
+            if len(value.encode()) > TRACKED_VALUE_MAX:
+                msg = Msg.PARAM_TOO_LONG.format(name=key, limit=TRACKED_VALUE_MAX)
+                self.fail(ServerError("FATAL", ss.INVALID_PARAMETER_VALUE, msg), msg)
+                return
         self.startup = tracked
         app.log_client(client, "login attempt: db=%s user=%s tls=no", dbname, user)
         verdict = app.admit(self, dbname, user)

@@ -15,6 +15,7 @@ INVALID_AUTHORIZATION = "28000"
 INVALID_CATALOG_NAME = "3D000"
 FEATURE_NOT_SUPPORTED = "0A000"
 QUERY_CANCELED = "57014"
+INVALID_PARAMETER_VALUE = "22023"
 IDLE_IN_TRANSACTION_TIMEOUT = "25P03"
 
 # Login failures that mean "not now" rather than "never": clients keep waiting for these.

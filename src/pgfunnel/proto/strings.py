@@ -68,6 +68,7 @@ class Msg:
     ADMIN_DENIED = "not allowed"
     SSL_UNSUPPORTED = "server does not support SSL, but SSL was required"
     UNSUPPORTED_STARTUP = "unsupported startup parameter: {name}"
+    PARAM_TOO_LONG = 'invalid value for parameter "{name}": over {limit} bytes'
     BAD_PROTOCOL = "unsupported frontend protocol {major}.{minor}: server supports 3.0"
     NO_USER = "no username supplied"
     ADMIN_EXTENDED = "the admin console supports only the simple query protocol"

@@ -297,6 +297,36 @@ def test_waiting_client_gets_a_notice_with_its_position_and_holders_are_logged(
         waiter.close()
 
 
+def test_each_queued_client_is_told_its_own_place(funnel: Callable[..., Funnel]) -> None:
+    f = funnel(settings={"default_pool_size": 1, "query_wait_notify": 1})
+    holder = f.connect()
+    waiters = [f.connect(application_name=f"w{i}") for i in range(3)]
+    notices: list[list[str | None]] = [[] for _ in waiters]
+    for got, waiter in zip(notices, waiters, strict=True):
+        waiter.add_notice_handler(lambda d, got=got: got.append(d.message_primary))
+    try:
+        holder.execute("BEGIN")
+        holder.execute("SELECT 1")
+        runs = []
+        for waiter in waiters:  # queued in this order
+            runs.append(_run_in_thread(lambda w=waiter: w.execute("SELECT 'served'").fetchone()))
+            time.sleep(0.2)
+        wait_for(lambda: all(notices), timeout=10)
+        for place, got in enumerate(notices, 1):
+            assert got == [
+                "No server connection available in postgres backend, client being queued "
+                f"(position {place} of 3 in the queue of postgres/postgres)"
+            ]
+        holder.execute("COMMIT")
+        for thread, out in runs:
+            thread.join(10)
+            assert out == [("served",)]
+    finally:
+        holder.close()
+        for waiter in waiters:
+            waiter.close()
+
+
 # --- during a shutdown -------------------------------------------------------------------------
 def test_the_console_stays_reachable_on_the_unix_socket_during_a_shutdown(
     funnel: Callable[..., Funnel],

@@ -12,6 +12,7 @@ import socket
 import struct
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -93,6 +94,9 @@ def main() -> None:
         if i % 11 == 7:
             seen: list[Event] = []
             while not any(e.kind is EventKind.DEADLINE and e.conn == cid for e in seen):
+                # Not a spin: polling the switch's lock without pause can starve its thread,
+                # which needs that lock to sweep the deadline this waits for.
+                time.sleep(0.002)
                 batch = sw.events()
                 handle(batch)
                 seen += batch
@@ -123,6 +127,7 @@ def main() -> None:
         ours.close()
         events = []
         while not any(e.kind is EventKind.CLOSED for e in events):
+            time.sleep(0.001)  # as above: leave the switch's thread its lock
             events += sw.events()
         handle(events)
     login_rounds(sw, sockdir, port, rounds // 3)

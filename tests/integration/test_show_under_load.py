@@ -15,6 +15,7 @@ import pytest
 
 from pgfunnel.throwaway import Cluster, pg_tool
 from tests.integration.harness import ADMIN_PASSWORD, ADMIN_USER, Funnel, own_role, pgpass_env
+from tests.integration.test_admin_console import show
 
 ROLE = "showload"
 PASSWORD = "showload-pw"
@@ -34,13 +35,6 @@ def loaded(pg: Cluster) -> Iterator[Funnel]:
             yield f
         finally:
             f.stop()
-
-
-def _rows(conn: psycopg.Connection[Any], command: str) -> list[dict[str, Any]]:
-    cur = conn.execute(command, prepare=False)
-    assert cur.description is not None
-    names = [d.name for d in cur.description]
-    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
 def _backend_pids(pg: Cluster) -> set[int]:
@@ -77,7 +71,7 @@ def test_show_figures_match_pgbench_and_pg_stat_activity(
             out, err = bench.communicate(timeout=60)
         assert bench.returncode == 0, err
         totals = _stats(admin)
-        pools = [r for r in _rows(admin, "SHOW POOLS") if r["user"] == ROLE]
+        pools = [r for r in show(admin, "SHOW POOLS") if r["user"] == ROLE]
     pools_row, clients, servers, pids = matched
     # Every pgbench client is in SHOW POOLS and SHOW CLIENTS, active or waiting its turn.
     assert pools_row["cl_active"] + pools_row["cl_waiting"] == CLIENTS
@@ -113,7 +107,7 @@ def test_show_figures_match_pgbench_and_pg_stat_activity(
 
 
 def _stats(admin: psycopg.Connection[Any]) -> dict[str, Decimal]:
-    for row in _rows(admin, "SHOW STATS"):
+    for row in show(admin, "SHOW STATS"):
         if row["database"] == "postgres":
             return row
     return dict.fromkeys(
@@ -137,9 +131,9 @@ def _sample_until_consistent(
     last: Any = None
     for _ in range(200):
         before = _backend_pids(pg)
-        pools = [r for r in _rows(admin, "SHOW POOLS") if r["user"] == ROLE]
-        clients = [r for r in _rows(admin, "SHOW CLIENTS") if r["user"] == ROLE]
-        servers = [r for r in _rows(admin, "SHOW SERVERS") if r["user"] == ROLE]
+        pools = [r for r in show(admin, "SHOW POOLS") if r["user"] == ROLE]
+        clients = [r for r in show(admin, "SHOW CLIENTS") if r["user"] == ROLE]
+        servers = [r for r in show(admin, "SHOW SERVERS") if r["user"] == ROLE]
         after = _backend_pids(pg)
         last = (pools, len(clients), [s["remote_pid"] for s in servers], before, after)
         if (

@@ -307,9 +307,10 @@ def test_check_delay_parks_a_long_idle_server_and_the_client_takes_the_next(
     assert read_exact(e, len(ANSWER) + 6) == ANSWER + m.ready_for_query()
 
 
-def test_check_delay_parks_every_long_idle_server_and_loses_none(switch: Switch) -> None:
-    """Each idle server past the delay is parked for its check in turn; the ones under it
-    stay on the stack (a parked server's second unlist once emptied the whole stack)."""
+def test_check_delay_parks_one_server_per_pick_and_loses_none(switch: Switch) -> None:
+    """A client that finds the top idle server past the delay waits for that server's check:
+    one check per pick (as PgBouncer), and the servers under it stay on the stack (a parked
+    server's second unlist once emptied the whole stack)."""
     events = Events(switch)
     servers = setup(switch, servers=3)
     ids = server_ids(switch)
@@ -317,26 +318,71 @@ def test_check_delay_parks_every_long_idle_server_and_loses_none(switch: Switch)
     switch.set_pool_checks(POOL, check_delay_us=100_000)
     c, cid = client(switch)
     c.sendall(m.query("select 1"))
-    parked = set()
-    for _ in ids:
-        ev = events.wait(lambda ev: ev.kind is EventKind.ATTENTION and ev.conn not in parked)
-        assert ev.reason == Reason.CHECK_NEEDED
-        parked.add(ev.conn)
-    assert parked == set(ids)
+    ev = events.wait(lambda ev: ev.kind is EventKind.ATTENTION)
+    assert ev.reason == Reason.CHECK_NEEDED
+    first = ev.conn
     wait_for(lambda: state(switch, cid) is State.CL_WAITING)
     (snap,) = [p for p in switch.pools() if p.pool == POOL]
-    assert snap.sv_idle == 0 and snap.cl_waiting == 1
+    assert snap.sv_idle == 2 and snap.cl_waiting == 1
+    assert [state(switch, i) for i in ids].count(State.SV_PARKED) == 1
     for sock in servers:
         assert_silent(sock)
-    # Checked and handed back, each serves again: the first to the waiter.
-    first = ids[0]
+    # A second client parks the next one for its own check.
+    d, did = client(switch)
+    d.sendall(m.query("select 2"))
+    ev = events.wait(lambda ev: ev.kind is EventKind.ATTENTION and ev.conn != first)
+    assert ev.reason == Reason.CHECK_NEEDED
+    second = ev.conn
+    wait_for(lambda: state(switch, did) is State.CL_WAITING)
+    (snap,) = [p for p in switch.pools() if p.pool == POOL]
+    assert snap.sv_idle == 1 and snap.cl_waiting == 2
+    # Checked and handed back, the first serves the first waiter, then (released) the second.
+    first_sock, second_sock = servers[ids.index(first)], servers[ids.index(second)]
     assert switch.talk(first)
     switch.send(first, m.query("select 1"))
-    serve_one(servers[0], m.query("select 1"))
+    serve_one(first_sock, m.query("select 1"))
     events.wait(lambda ev: ev.kind is EventKind.MESSAGE and ev.conn == first)
     assert switch.promote(first, POOL)
-    serve_one(servers[0], m.query("select 1"))
+    serve_one(first_sock, m.query("select 1"))
     assert read_exact(c, len(ANSWER) + 6) == ANSWER + m.ready_for_query()
+    serve_one(first_sock, m.query("select 2"))
+    assert read_exact(d, len(ANSWER) + 6) == ANSWER + m.ready_for_query()
+    # The second, its check done with nobody waiting, goes back on the stack.
+    assert switch.talk(second)
+    switch.send(second, m.query("select 1"))
+    serve_one(second_sock, m.query("select 1"))
+    events.wait(lambda ev: ev.kind is EventKind.MESSAGE and ev.conn == second)
+    assert switch.promote(second, POOL)
+    wait_for(lambda: state(switch, second) is State.SV_IDLE)
+    (snap,) = [p for p in switch.pools() if p.pool == POOL]
+    assert snap.sv_idle == 3 and snap.cl_waiting == 0
+    assert_silent(second_sock)
+
+
+def test_resume_parks_one_check_per_waiter_and_hands_out_the_rest(switch: Switch) -> None:
+    """On RESUME each waiter gets an idle server or one server's check, never more checks
+    than waiters, and no idle server is left while a waiter has nothing coming."""
+    events = Events(switch)
+    servers = setup(switch, servers=3)
+    ids = server_ids(switch)
+    time.sleep(0.2)
+    switch.set_pool_checks(POOL, check_delay_us=100_000)
+    switch.pause(POOL, True)
+    waiters = [client(switch) for _ in range(2)]
+    for i, (sock, cid) in enumerate(waiters):
+        sock.sendall(m.query(f"select {i}"))
+        wait_for(lambda cid=cid: state(switch, cid) is State.CL_WAITING)
+    switch.pause(POOL, False)
+    parked = []
+    for _ in waiters:
+        ev = events.wait(lambda ev: ev.kind is EventKind.ATTENTION and ev.conn not in parked)
+        assert ev.reason == Reason.CHECK_NEEDED
+        parked.append(ev.conn)
+    (snap,) = [p for p in switch.pools() if p.pool == POOL]
+    assert snap.sv_idle == 1 and snap.cl_waiting == 2
+    for sock in servers:
+        assert_silent(sock)
+    assert set(parked) < set(ids)
 
 
 def test_check_needed_server_goes_back_after_talk_and_serves_the_waiter(switch: Switch) -> None:
@@ -496,3 +542,4 @@ def test_a_malformed_header_gets_a_fatal_08p01_naming_it_then_eof(
     assert got[:1] == b"E" and struct.unpack("!i", got[1:5])[0] == len(got) - 1
     assert b"SFATAL\0" in got and b"C08P01\0" in got and text in got
     assert_silent(server, 0.1)
+

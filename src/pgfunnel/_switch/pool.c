@@ -135,18 +135,20 @@ static void link(struct sw *sw, struct conn *c, struct conn *s)
 /* The top idle server, taken off the stack; one idle for the pool's check delay or longer
  * is parked CHECK_NEEDED instead (PgBouncer's server_check_delay: Python runs the check
  * query in talk mode and promotes it back, or closes it) and the next one is tried. */
+/* The top of the idle stack, or NULL. A top idle for server_check_delay or longer is parked
+ * for its check instead and NULL is returned: the client waits for that server (Python
+ * counts it as coming, so no new one is opened for it). One check per pick, as PgBouncer. */
 static struct conn *idle_take(struct sw *sw, struct pool *p)
 {
-    struct conn *s;
-    while ((s = p->idle) != NULL) {
-        if (p->check_delay >= 0 && sw->now_mono - s->idle_since >= p->check_delay) {
-            pool_park(sw, s, R_CHECK_NEEDED); /* off the stack; the next one is tried */
-            continue;
-        }
-        pool_unlist(sw, s);
-        return s;
+    struct conn *s = p->idle;
+    if (s == NULL)
+        return NULL;
+    if (p->check_delay >= 0 && sw->now_mono - s->idle_since >= p->check_delay) {
+        pool_park(sw, s, R_CHECK_NEEDED);
+        return NULL;
     }
-    return NULL;
+    pool_unlist(sw, s);
+    return s;
 }
 
 void pool_wants_server(struct sw *sw, struct conn *c)
@@ -275,9 +277,16 @@ void pool_pause(struct sw *sw, struct pool *p, int on)
     p->paused = on != 0;
     if (on || !was)
         return;
-    struct conn *s;
-    while (p->wq_head != NULL && (s = idle_take(sw, p)) != NULL)
-        link(sw, p->wq_head, s);
+    /* Each server parked for its check is owed to one waiter: stop when every waiter has a
+     * server or a check coming, or the stack is empty. */
+    uint32_t checks = 0;
+    while (p->wq_head != NULL && p->idle != NULL && checks < p->n[CL_WAITING]) {
+        struct conn *s = idle_take(sw, p);
+        if (s != NULL)
+            link(sw, p->wq_head, s);
+        else
+            checks++;
+    }
     if (p->wq_head != NULL) {
         p->waiters_reported = 1;
         sw_post(sw, EV_WAITERS, 0, p->id, p->n[CL_WAITING]);

@@ -314,13 +314,19 @@ def test_backpressure_metrics(make_cluster, funnel) -> None:  # type: ignore[no-
         settings={"default_pool_size": 3, "query_wait_timeout": 30},
     )
     others = [psycopg.connect(cluster.dsn(user="app", password="app-pw")) for _ in range(2)]
+    first = second = None
+    t: threading.Thread | None = None
     try:
         first = f.connect(user="app", password="app-pw")
         first.execute("BEGIN")
         first.execute("SELECT 1")  # holds the one server slot left
         second = f.connect(user="app", password="app-pw")
+        # Nobody has needed a second server yet: none was asked for (a queue count read after
+        # the first client had its server once opened one, and hit the wall for nothing).
+        assert _refused(scrape(base)) is None
         got: list[Any] = []
-        t = threading.Thread(target=lambda: got.append(second.execute("SELECT 7").fetchone()))
+        query = second
+        t = threading.Thread(target=lambda: got.append(query.execute("SELECT 7").fetchone()))
         t.start()
         samples = wait_for(
             lambda: _refused(scrape(base)),
@@ -344,11 +350,14 @@ def test_backpressure_metrics(make_cluster, funnel) -> None:  # type: ignore[no-
         first.execute("COMMIT")
         t.join(10)
         assert got == [(7,)]
-        first.close()
-        second.close()
     finally:
-        for conn in others:
-            conn.close()
+        if first is not None:
+            first.close()  # its server goes back, so a queued SELECT 7 can end
+        if t is not None:
+            t.join(10)
+        for conn in (second, *others):
+            if conn is not None:
+                conn.close()
 
 
 def _refused(samples: Samples) -> Samples | None:

@@ -543,3 +543,20 @@ def test_a_malformed_header_gets_a_fatal_08p01_naming_it_then_eof(
     assert b"SFATAL\0" in got and b"C08P01\0" in got and text in got
     assert_silent(server, 0.1)
 
+
+def test_waiting_is_the_queue_length_now(switch: Switch) -> None:
+    """What Python reads when it handles WAITERS: a client the event counted that has a
+    server since is not counted (Python would open a server nobody needs)."""
+    events = Events(switch)
+    switch.add_pool(POOL, Mode.TRANSACTION)
+    c, _cid = client(switch)
+    c.sendall(m.query("select 1"))
+    ev = events.wait(lambda ev: ev.kind is EventKind.WAITERS)
+    assert ev.reason == 1 and switch.waiting(POOL) == 1
+    server, fd = pair()
+    switch.add_server(fd, POOL)  # given to the waiter
+    serve_one(server, m.query("select 1"))
+    assert read_exact(c, len(ANSWER) + 6) == ANSWER + m.ready_for_query()
+    assert switch.waiting(POOL) == 0
+    with pytest.raises(KeyError):
+        switch.waiting(POOL + 1)

@@ -357,6 +357,11 @@ class SwitchAPI(Protocol):
 
     def pools(self) -> list[PoolSnapshot]: ...
 
+    def waiting(self, pool: int) -> int:
+        """The pool's queue length now (KeyError if unknown): a WAITERS event's count is
+        read after the fact, when some of the clients it counted may have a server."""
+        ...
+
     def peer_of(self, conn: int) -> int:
         """The linked connection's id, 0 if none (KeyError if unknown): where a cancel goes."""
         ...
@@ -529,6 +534,9 @@ class Switch:
             )
             for row in self._sw.pools()
         ]
+
+    def waiting(self, pool: int) -> int:
+        return self._sw.waiting(pool)
 
     def conns(self) -> list[ConnSnapshot]:
         return [

@@ -508,6 +508,25 @@ static PyObject *Switch_pause(SwitchObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* The pool's queue length now: a WAITERS event is read after the fact, and a client it
+ * counted may have got a server since (Python must not open one for it). */
+static PyObject *Switch_waiting(SwitchObject *self, PyObject *args)
+{
+    long long pool_id;
+    if (!PyArg_ParseTuple(args, "L", &pool_id) || check_open(self) < 0)
+        return NULL;
+    struct sw *sw = &self->sw;
+    sw_lock(sw);
+    struct pool *p = pool_find(sw, pool_id);
+    unsigned long n = p != NULL ? p->n[CL_WAITING] : 0;
+    sw_unlock(sw);
+    if (p == NULL) {
+        PyErr_Format(PyExc_KeyError, "no pool %lld", pool_id);
+        return NULL;
+    }
+    return PyLong_FromUnsignedLong(n);
+}
+
 static PyObject *Switch_send(SwitchObject *self, PyObject *args)
 {
     unsigned long long id;
@@ -1361,6 +1380,7 @@ static PyMethodDef Switch_methods[] = {
     {"set_params", (PyCFunction)Switch_set_params, METH_VARARGS, "set_params(conn, params)"},
     {"params", (PyCFunction)Switch_params, METH_VARARGS, "params(conn) -> dict"},
     {"pause", (PyCFunction)Switch_pause, METH_VARARGS, "pause(pool, on)"},
+    {"waiting", (PyCFunction)Switch_waiting, METH_VARARGS, "waiting(pool) -> queued now"},
     {"send", (PyCFunction)Switch_send, METH_VARARGS, "send(conn, data)"},
     {"close", (PyCFunction)Switch_close, METH_VARARGS, "close(conn, final=b'') -> found"},
     {"detach", (PyCFunction)Switch_detach, METH_VARARGS, "detach(conn) -> (fd, held bytes)"},

@@ -272,7 +272,9 @@ class Bridge:
         elif kind is EventKind.WAITERS:
             pool = self.pools.get(ev.pool)
             if pool is not None:
-                self.app.pool_waiters(pool, ev.reason)
+                # The queue as it is now, not as the event counted it: a client it counted may
+                # have got a server since (one Python gave back meanwhile).
+                self.app.pool_waiters(pool, self.sw.waiting(ev.pool))
         elif kind is EventKind.ATTENTION:
             server = self.servers.get(ev.conn)
             if server is not None:

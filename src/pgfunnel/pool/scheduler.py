@@ -461,8 +461,8 @@ class Pooler:
     # --- servers -----------------------------------------------------------------------------
     def pool_waiters(self, pool: Pool, waiting: int, now: float) -> list[Action]:
         """The switch queued clients in a pool that has no idle server: open servers for them,
-        within every limit that applies."""
-        pool.sw_waiting = max(pool.sw_waiting, waiting)
+        within every limit that applies. `waiting` is the switch's queue length now."""
+        pool.sw_waiting = waiting
         if pool.login_failed_until > now and pool.login_error is not None:
             if not pool.server_count:
                 # No server will come for server_login_retry: the queued clients hear why.

@@ -112,6 +112,32 @@ SELECT_ANSWER = (
 )
 
 
+@pytest.mark.parametrize("length", [0, 1, 18, 19, 20, 64, 4096])
+def test_values_either_side_of_the_inline_size_are_kept_and_compared_whole(
+    sw: Switch, length: int
+) -> None:
+    """Short values live in the connection's slot, long ones on the heap: each is SET in full,
+    taken as the server's, and equal to a later client's same value (no second SET)."""
+    value = "é" * (length // 2) + "v" * (length % 2)  # `length` bytes of UTF-8
+    assert len(value.encode()) == length
+    sw.add_pool(POOL, Mode.TRANSACTION)
+    srv, sid = fake_server(sw, {"application_name": "other"})
+    for n in range(2):
+        c = client(sw, {"application_name": value})
+        c.sendall(m.query(f"select {n}"))
+        if n == 0:
+            set_sql = "SET application_name = " + m.quote_literal(value)
+            want = m.query(set_sql) + m.query("select 0")
+            assert recv_exact(srv, len(want)) == want
+            srv.sendall(m.command_complete("SET") + m.ready_for_query())
+        else:  # the server has it now: no SET
+            assert recv_exact(srv, len(m.query("select 1"))) == m.query("select 1")
+        srv.sendall(SELECT_ANSWER)
+        assert recv_exact(c, len(SELECT_ANSWER)) == SELECT_ANSWER
+        assert sw.params(sid)["application_name"] == value
+        c.close()
+
+
 def test_a_set_goes_ahead_of_the_client_and_its_answer_is_swallowed(sw: Switch) -> None:
     sw.add_pool(POOL, Mode.TRANSACTION)
     srv, sid = fake_server(sw, {"application_name": "a", "TimeZone": "UTC"})

@@ -469,7 +469,7 @@ static PyObject *Switch_params(SwitchObject *self, PyObject *args)
     for (uint32_t i = 0; i < t; i++) {
         lens[i] = c->pv != NULL && c->pv[i].known ? (int32_t)c->pv[i].len : -1;
         if (lens[i] > 0) {
-            memcpy(copy + o, c->pv[i].v, c->pv[i].len);
+            memcpy(copy + o, pval_bytes(&c->pv[i]), c->pv[i].len);
             o += c->pv[i].len;
         }
     }

@@ -110,31 +110,42 @@ int params_valid_value(const uint8_t *p, size_t n)
     return n <= PARAM_VALUE_MAX && (n == 0 || memchr(p, 0, n) == NULL) && params_valid_utf8(p, n);
 }
 
-/* The slots: [0, ntracked) the value in use (client: wanted; server: what it has now),
- * [ntracked, 2 ntracked) a server's last reported value. */
+/* The slots: [0, ntracked) the value in use (client: wanted; server: what it has now), and
+ * for a server only [ntracked, 2 ntracked), its last reported value. */
+static size_t pv_count(const struct sw *sw, const struct conn *c)
+{
+    return (c->kind == KIND_SERVER ? 2 : 1) * (size_t)sw->ntracked;
+}
+
 static struct pval *pv_of(struct sw *sw, struct conn *c)
 {
     if (c->pv == NULL && sw->ntracked > 0)
-        c->pv = calloc(2 * (size_t)sw->ntracked, sizeof(*c->pv));
+        c->pv = calloc(pv_count(sw, c), sizeof(*c->pv));
     return c->pv;
 }
 
 static void pval_clear(struct pval *v)
 {
-    free(v->v);
-    v->v = NULL;
+    free(v->heap);
+    v->heap = NULL;
     v->len = 0;
     v->known = 0;
 }
 
 static int pval_set(struct pval *v, const uint8_t *p, size_t n)
 {
-    uint8_t *q = malloc(n ? n : 1);
-    if (q == NULL)
-        return -1;
-    memcpy(q, p, n);
-    free(v->v);
-    v->v = q;
+    if (n <= PVAL_INLINE) {
+        memmove(v->small, p, n);
+        free(v->heap);
+        v->heap = NULL;
+    } else {
+        uint8_t *q = malloc(n);
+        if (q == NULL)
+            return -1;
+        memcpy(q, p, n);
+        free(v->heap);
+        v->heap = q;
+    }
     v->len = (uint32_t)n;
     v->known = 1;
     return 0;
@@ -146,19 +157,20 @@ static int pval_copy(struct pval *dst, const struct pval *src)
         pval_clear(dst);
         return 0;
     }
-    return pval_set(dst, src->v, src->len);
+    return pval_set(dst, pval_bytes(src), src->len);
 }
 
 static int pval_equal(const struct pval *a, const struct pval *b)
 {
-    return a->known && b->known && a->len == b->len && memcmp(a->v, b->v, a->len) == 0;
+    return a->known && b->known && a->len == b->len &&
+           memcmp(pval_bytes(a), pval_bytes(b), a->len) == 0;
 }
 
 void params_free(struct sw *sw, struct conn *c)
 {
     if (c->pv != NULL) {
-        for (uint32_t i = 0; i < 2 * sw->ntracked; i++)
-            free(c->pv[i].v);
+        for (size_t i = 0; i < pv_count(sw, c); i++)
+            free(c->pv[i].heap);
         free(c->pv);
         c->pv = NULL;
     }
@@ -195,7 +207,7 @@ int params_set(struct sw *sw, struct conn *c, const uint8_t *const *names, const
         }
         if (pval_set(&pv[i], v != NULL ? v : (const uint8_t *)"", vn) < 0)
             return -2;
-        if (c->kind == KIND_SERVER && pval_set(&pv[sw->ntracked + i], pv[i].v, pv[i].len) < 0)
+        if (c->kind == KIND_SERVER && pval_set(&pv[sw->ntracked + i], pval_bytes(&pv[i]), pv[i].len) < 0)
             return -2;
     }
     return 0;
@@ -286,7 +298,7 @@ int params_link(struct sw *sw, struct conn *c, struct conn *s)
         o += sw->tracked[i].len;
         memcpy(q + o, " = ", 3);
         o += 3;
-        o += quote_literal(want[i].v, want[i].len, q + o);
+        o += quote_literal(pval_bytes(&want[i]), want[i].len, q + o);
     }
     q[o++] = 0;
     q[0] = 'Q';

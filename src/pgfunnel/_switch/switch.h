@@ -103,11 +103,20 @@ struct ptrack {
 
 /* params.c: one tracked parameter's value on a connection. `known` 0: a client has no wish
  * for it (nothing is SET), a server's value is unknown (any wish differs from it). */
+/* One tracked value. Most (UTF8, ISO, MDY, on, a zone, an application's name) fit inline, so
+ * that an idle client's values cost no allocation of their own and a link's copy no malloc. */
+#define PVAL_INLINE 19
 struct pval {
-    uint8_t *v;
+    uint8_t *heap; /* the value when longer than PVAL_INLINE bytes, else NULL */
     uint32_t len;
     uint8_t known;
+    uint8_t small[PVAL_INLINE];
 };
+
+static inline const uint8_t *pval_bytes(const struct pval *v)
+{
+    return v->heap != NULL ? v->heap : v->small;
+}
 
 /* params.c: a server's stream as params.c walks it after scan.c: the current message, and
  * the body of a ParameterStatus copied out as it passes (bounded). */

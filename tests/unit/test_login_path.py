@@ -16,7 +16,7 @@ import pytest
 from pgfunnel.config.loader import load_config
 from pgfunnel.net.app import App
 from pgfunnel.net.client_conn import ClientConn, Phase
-from pgfunnel.pool.objects import Client, ClientState, ServerState
+from pgfunnel.pool.objects import Client, ClientState, ServerState, cancel_key_of
 from pgfunnel.pool.scheduler import Pool
 from pgfunnel.proto import messages as m
 from pgfunnel.proto import sqlstate as ss
@@ -218,7 +218,7 @@ def test_cancel_keys_are_distinct_31_bit_and_registered(app: App) -> None:
         (payload,) = [p for k, p in split(answer[0]) if k == "K"]
         pid, key = struct.unpack("!ii", payload)
         assert 0 <= pid < 2**31 and 0 <= key < 2**31
-        assert app.pooler.cancel_keys[(pid, key)].cancel_key == (pid, key)
+        assert app.pooler.cancel_keys[cancel_key_of(pid, key)].cancel_key == cancel_key_of(pid, key)
         keys.append((pid, key))
     assert len(set(keys)) == len(keys)
 

@@ -972,10 +972,11 @@ class Console:
             ("client_cache", [_size(c) for c in clients]),
             # A connection's own buffers: what it read and has not passed on yet.
             ("iobuf_cache", [_buffers(c) for c in conns]),
-            # The tracked parameters of each client and server (PgBouncer's VarCache lists).
+            # The tracked parameters of each client and server (PgBouncer's VarCache lists);
+            # clients with the same values share one dict, counted once.
             (
                 "var_list_cache",
-                [sys.getsizeof(c.params) for c in clients]
+                _shared_sizes([c.params for c in clients])
                 + [sys.getsizeof(sv.tracked) for sv in servers],
             ),
             ("server_prepared_statement_cache", []),
@@ -1101,3 +1102,13 @@ def _auth_source(client: Client) -> str:
     if client.auth_info[0]:
         return client.auth_info[2]
     return str(getattr(getattr(client.conn, "auth", None), "source", "") or "")
+
+
+def _shared_sizes(objects: list[Any]) -> list[int]:
+    """Each object's size, an object shared by several counted once (0 for the others)."""
+    seen: set[int] = set()
+    sizes = []
+    for obj in objects:
+        sizes.append(0 if id(obj) in seen else sys.getsizeof(obj))
+        seen.add(id(obj))
+    return sizes

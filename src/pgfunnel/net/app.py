@@ -29,7 +29,7 @@ from pgfunnel.net.client_conn import ClientConn
 from pgfunnel.net.commands import ADMIN_DATABASES, Commands
 from pgfunnel.net.server_conn import ServerConn
 from pgfunnel.net.unixsock import is_unix, sockaddr, tcp_connect, unix_connect, unix_path
-from pgfunnel.pool.objects import Client, ClientState, Server, ServerState
+from pgfunnel.pool.objects import Client, ClientState, Server, ServerState, cancel_key_of
 from pgfunnel.pool.scheduler import (
     Action,
     CloseClient,
@@ -94,6 +94,7 @@ class App(Commands):
         self.admin = Console(self)
         self.admin_clients: dict[Client, None] = {}
         self.logging_in: dict[ClientConn, None] = {}  # connections not yet authenticated
+        self._auth_infos: dict[tuple[str, str, str], tuple[str, str, str]] = {}  # shared
         self._stats_at = time.monotonic()
         self._stats_last: list[float] = [0, 0, 0, 0, 0, 0.0, 0]
         self.client_count = 0
@@ -417,7 +418,7 @@ class App(Commands):
         self.apply(self.pooler.client_closed(client, self.now()))
 
     def cancel(self, pid: int, key: int) -> None:
-        client = self.pooler.cancel_keys.get((pid, key))
+        client = self.pooler.cancel_keys.get(cancel_key_of(pid, key))
         if client is None:
             return
         if client.is_admin:
@@ -537,7 +538,9 @@ class App(Commands):
         self.logging_in.pop(conn, None)
         auth = conn.auth
         if auth is not None and auth.done:
-            client.auth_info = (str(auth.label), str(auth.hba_line), str(auth.source or ""))
+            info = (str(auth.label), str(auth.hba_line), str(auth.source or ""))
+            # One tuple per distinct method/line/source, shared by the clients that have it.
+            client.auth_info = self._auth_infos.setdefault(info, info)
         transport = conn.transport
         assert transport is not None
         ok = self.bridge.promote_client(client, transport, early)

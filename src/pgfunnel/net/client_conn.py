@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from enum import Enum
 from typing import TYPE_CHECKING
 
 from pgfunnel._switch import PARAM_VALUE_MAX as TRACKED_VALUE_MAX
-from pgfunnel.pool.objects import Client
+from pgfunnel.pool.objects import Client, cancel_key_of
 from pgfunnel.proto import messages as m
 from pgfunnel.proto import sqlstate as ss
 from pgfunnel.proto.auth import AuthFailed, ClientAuth, random_bytes
@@ -40,6 +41,24 @@ AUTH_MAX_MESSAGE = 65535 + 4
 TRACKED_PARAMS = m.TRACKED_PARAMS
 _CANONICAL = {p.lower(): p for p in TRACKED_PARAMS}
 _ALWAYS_ACCEPTED = {"user", "database", "replication"}
+
+
+# Clients with the same values share one read-only dict: most of a pool's clients have the
+# same encoding, DateStyle, zone and name. Bounded: emptied when full (values stay correct,
+# only the sharing starts again).
+_PARAMS_SHARED: dict[tuple[str, ...], dict[str, str]] = {}
+_PARAMS_SHARED_MAX = 4096
+_INTERN_MAX = 64  # startup values up to this long are interned (names, zones, encodings)
+
+
+def _shared_params(values: tuple[str, ...]) -> dict[str, str]:
+    """The client's tracked parameters (TRACKED_PARAMS order), as a dict no one mutates."""
+    shared = _PARAMS_SHARED.get(values)
+    if shared is None:
+        if len(_PARAMS_SHARED) >= _PARAMS_SHARED_MAX:
+            _PARAMS_SHARED.clear()
+        shared = _PARAMS_SHARED[values] = dict(zip(TRACKED_PARAMS, values, strict=True))
+    return shared
 
 
 def _cancel_key() -> tuple[int, int]:
@@ -97,13 +116,15 @@ class ClientConn:
         client = self.client
         # No setsockopt(TCP_NODELAY) of our own: asyncio and uvloop both set it on every TCP
         # transport they accept, and asking for the socket object costs a getsockname.
+        # Interned and shared where they repeat (an address, the listener's): an idle client
+        # costs what it must and no more (10,000 of them are a benchmark target).
         if isinstance(peer, tuple):
-            client.addr, client.port = str(peer[0]), int(peer[1])
+            client.addr, client.port = sys.intern(str(peer[0])), int(peer[1])
         else:
             client.addr, client.port = "unix", 0
         local = transport.get_extra_info("sockname")
         if isinstance(local, tuple):
-            client.local_addr = (str(local[0]), int(local[1]))
+            client.local_addr = local  # the bridge's tuple for that listener
         self.app.client_opened(self)
 
     def data_received(self, data: bytes) -> None:
@@ -183,13 +204,13 @@ class ClientConn:
             self.fail(ServerError("FATAL", ss.PROTOCOL_VIOLATION, Msg.NO_USER), Msg.NO_USER)
             return
         dbname = params.get("database") or user
-        client.username, client.dbname = user, dbname
+        client.username, client.dbname = sys.intern(user), sys.intern(dbname)
         ignored = app.ignore_startup_parameters
         tracked: dict[str, str] = {}
         for key, value in params.items():
             canon = _CANONICAL.get(key.lower())
             if canon is not None:
-                tracked[canon] = value
+                tracked[canon] = sys.intern(value) if len(value) <= _INTERN_MAX else value
             elif key not in _ALWAYS_ACCEPTED and key not in ignored:
                 msg = Msg.UNSUPPORTED_STARTUP.format(name=key)
                 self.fail(ServerError("FATAL", ss.PROTOCOL_VIOLATION, msg), msg)
@@ -304,15 +325,15 @@ class ClientConn:
                 dbc = pool.db.config if pool is not None else None
                 own[name] = getattr(dbc, "application_name", None) or ""
         source = welcome.source
-        client.params = {
-            name: own[name] if name in own else source.get(name, "") for name in TRACKED_PARAMS
-        }
+        client.params = _shared_params(
+            tuple(own[name] if name in own else source.get(name, "") for name in TRACKED_PARAMS)
+        )
         cancel_keys = self.app.pooler.cancel_keys
         pid, key = _cancel_key()
-        while (pid, key) in cancel_keys:
+        while cancel_key_of(pid, key) in cancel_keys:
             key = _cancel_key()[1]
-        client.cancel_key = (pid, key)
-        cancel_keys[(pid, key)] = client
+        client.cancel_key = cancel_key_of(pid, key)
+        cancel_keys[client.cancel_key] = client
         out = [self.held]
         self.held = b""
         out += welcome.messages(own)

@@ -311,7 +311,7 @@ class Pooler:
         self.pools: dict[tuple[str, str], Pool] = {}
         self.databases: dict[str, Database] = {}
         self.users: dict[str, User] = {}
-        self.cancel_keys: dict[tuple[int, int], Client] = {}
+        self.cancel_keys: dict[int, Client] = {}  # cancel_key_of(pid, key)
 
     # --- objects -----------------------------------------------------------------------------
     def get_pool(self, db: Database, user: User) -> Pool:

@@ -236,6 +236,45 @@ def test_parameter_status_in_the_clients_answer_is_its_new_wish(sw: Switch) -> N
     assert sw.params(sid)["TimeZone"] == "Europe/Paris"
 
 
+def test_clients_with_the_same_wishes_share_them_until_one_sets_its_own(sw: Switch) -> None:
+    """The switch keeps one copy of wishes several clients have; a client's own SET changes its
+    wishes only, never those of the clients it shared them with."""
+    sw.add_pool(POOL, Mode.TRANSACTION)
+    srv, sid = fake_server(sw, {"TimeZone": "UTC"})
+    a = client(sw, {"TimeZone": "Asia/Tokyo"})
+    b = client(sw, {"TimeZone": "Asia/Tokyo"})
+    aid, bid = (x.conn for x in sw.conns() if x.kind.name == "CLIENT")
+
+    def served(c: socket.socket, sql: str, sets: str | None) -> None:
+        c.sendall(m.query(sql))
+        want = (m.query(sets) if sets else b"") + m.query(sql)
+        assert recv_exact(srv, len(want)) == want
+        if sets:
+            srv.sendall(m.command_complete("SET") + m.ready_for_query())
+        answer = m.command_complete("SET") + m.ready_for_query()
+        if sql.startswith("set"):
+            zone = sql.split("'")[1]
+            answer = m.command_complete("SET") + m.parameter_status("TimeZone", zone)
+            answer += m.ready_for_query()
+        srv.sendall(answer)
+        assert recv_exact(c, len(answer)) == answer
+        wait_for(lambda: sw.pools()[0].sv_idle == 1)
+
+    served(a, "set timezone = 'Europe/Paris'", "SET TimeZone = 'Asia/Tokyo'")
+    assert sw.params(aid) == {"TimeZone": "Europe/Paris"}
+    assert sw.params(bid) == {"TimeZone": "Asia/Tokyo"}  # b's wish is its own still
+    served(b, "select 1", "SET TimeZone = 'Asia/Tokyo'")
+    served(a, "select 2", "SET TimeZone = 'Europe/Paris'")
+    # b sets what a has: they may share again, and each goes on getting its own.
+    served(b, "set timezone = 'Europe/Paris'", "SET TimeZone = 'Asia/Tokyo'")
+    assert sw.params(aid) == sw.params(bid) == {"TimeZone": "Europe/Paris"}
+    served(a, "select 3", None)
+    a.close()
+    served(b, "select 4", None)
+    assert sw.params(bid) == {"TimeZone": "Europe/Paris"}
+    assert sw.params(sid)["TimeZone"] == "Europe/Paris"
+
+
 def test_an_idle_server_reporting_a_parameter_stays(sw: Switch) -> None:
     events = Events(sw)
     sw.add_pool(POOL, Mode.TRANSACTION)

@@ -1,6 +1,7 @@
 /* params.c: the tracked startup parameters: what each client wants and each server has, the
  * SET query that makes a server match its new client at a link, and the walk over server bytes
  * that notes ParameterStatus and swallows the answer to that query. */
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -55,6 +56,9 @@ int params_set_tracked(struct sw *sw, const char *const *names, const size_t *le
 
 void params_fini(struct sw *sw)
 {
+    free(sw->ptab); /* empty: every client released its set */
+    sw->ptab = NULL;
+    sw->ptab_size = sw->ptab_count = 0;
     free(sw->tracked);
     sw->tracked = NULL;
     sw->ntracked = 0;
@@ -110,18 +114,13 @@ int params_valid_value(const uint8_t *p, size_t n)
     return n <= PARAM_VALUE_MAX && (n == 0 || memchr(p, 0, n) == NULL) && params_valid_utf8(p, n);
 }
 
-/* The slots: [0, ntracked) the value in use (client: wanted; server: what it has now), and
- * for a server only [ntracked, 2 ntracked), its last reported value. */
-static size_t pv_count(const struct sw *sw, const struct conn *c)
+/* A server's slots: [0, ntracked) what it has now, [ntracked, 2 ntracked) its last reported
+ * value. A client's are a shared set (below). */
+static struct pval *pv_of(struct sw *sw, struct conn *s)
 {
-    return (c->kind == KIND_SERVER ? 2 : 1) * (size_t)sw->ntracked;
-}
-
-static struct pval *pv_of(struct sw *sw, struct conn *c)
-{
-    if (c->pv == NULL && sw->ntracked > 0)
-        c->pv = calloc(pv_count(sw, c), sizeof(*c->pv));
-    return c->pv;
+    if (s->pv == NULL && sw->ntracked > 0)
+        s->pv = calloc(2 * (size_t)sw->ntracked, sizeof(*s->pv));
+    return s->pv;
 }
 
 static void pval_clear(struct pval *v)
@@ -166,10 +165,156 @@ static int pval_equal(const struct pval *a, const struct pval *b)
            memcmp(pval_bytes(a), pval_bytes(b), a->len) == 0;
 }
 
+/* ---- a client's wishes: one shared set per distinct values ------------------------------ */
+
+/* Most of a pool's clients want the same encoding, DateStyle, zone and name: they share one
+ * refcounted set, interned by its values, so that an idle client costs a pointer rather than
+ * ntracked slots. A set is never written while shared: a changed wish finds or makes another. */
+struct pset {
+    struct pset *next; /* the intern table's chain */
+    uint64_t hash;
+    uint32_t refs;
+    struct pval v[]; /* ntracked */
+};
+
+/* A value being looked up, not owned. */
+struct pview {
+    const uint8_t *p;
+    uint32_t len;
+    uint8_t known;
+};
+
+static struct pset *pset_of(struct pval *pv)
+{
+    return (struct pset *)(void *)((char *)pv - offsetof(struct pset, v));
+}
+
+static uint64_t views_hash(const struct pview *w, uint32_t n)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (uint32_t i = 0; i < n; i++) {
+        h = (h ^ (w[i].known ? w[i].len + 1u : 0u)) * 1099511628211ull;
+        for (uint32_t k = 0; w[i].known && k < w[i].len; k++)
+            h = (h ^ w[i].p[k]) * 1099511628211ull;
+    }
+    return h;
+}
+
+static int pset_matches(const struct pset *s, const struct pview *w, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        if (s->v[i].known != w[i].known)
+            return 0;
+        if (w[i].known && (s->v[i].len != w[i].len ||
+                           memcmp(pval_bytes(&s->v[i]), w[i].p, w[i].len) != 0))
+            return 0;
+    }
+    return 1;
+}
+
+static int ptab_grow(struct sw *sw)
+{
+    uint32_t size = sw->ptab_size ? sw->ptab_size * 2 : 64;
+    if (size < sw->ptab_size)
+        return -1;
+    struct pset **tab = calloc(size, sizeof(*tab));
+    if (tab == NULL)
+        return -1;
+    for (uint32_t b = 0; b < sw->ptab_size; b++) {
+        struct pset *s = sw->ptab[b];
+        while (s != NULL) {
+            struct pset *next = s->next;
+            s->next = tab[s->hash & (size - 1)];
+            tab[s->hash & (size - 1)] = s;
+            s = next;
+        }
+    }
+    free(sw->ptab);
+    sw->ptab = tab;
+    sw->ptab_size = size;
+    return 0;
+}
+
+/* The shared set holding exactly these values, with one more reference; NULL: no memory. */
+static struct pval *pset_intern(struct sw *sw, const struct pview *w)
+{
+    uint32_t n = sw->ntracked;
+    uint64_t h = views_hash(w, n);
+    if (sw->ptab_size > 0)
+        for (struct pset *s = sw->ptab[h & (sw->ptab_size - 1)]; s != NULL; s = s->next)
+            if (s->hash == h && pset_matches(s, w, n)) {
+                s->refs++;
+                return s->v;
+            }
+    if (sw->ptab_count >= sw->ptab_size && ptab_grow(sw) < 0)
+        return NULL;
+    struct pset *s = calloc(1, sizeof(*s) + (size_t)n * sizeof(struct pval));
+    if (s == NULL)
+        return NULL;
+    for (uint32_t i = 0; i < n; i++)
+        if (w[i].known && pval_set(&s->v[i], w[i].p, w[i].len) < 0) {
+            for (uint32_t k = 0; k < i; k++)
+                free(s->v[k].heap);
+            free(s);
+            return NULL;
+        }
+    s->hash = h;
+    s->refs = 1;
+    struct pset **head = &sw->ptab[h & (sw->ptab_size - 1)];
+    s->next = *head;
+    *head = s;
+    sw->ptab_count++;
+    return s->v;
+}
+
+static void pset_release(struct sw *sw, struct pval *pv)
+{
+    if (pv == NULL)
+        return;
+    struct pset *s = pset_of(pv);
+    if (--s->refs > 0)
+        return;
+    struct pset **at = &sw->ptab[s->hash & (sw->ptab_size - 1)];
+    while (*at != s)
+        at = &(*at)->next;
+    *at = s->next;
+    sw->ptab_count--;
+    for (uint32_t i = 0; i < sw->ntracked; i++)
+        free(s->v[i].heap);
+    free(s);
+}
+
+/* The client's wishes become `w` (ntracked views). Returns -1 out of memory: they stay. */
+static int client_wants(struct sw *sw, struct conn *c, const struct pview *w)
+{
+    struct pval *nv = pset_intern(sw, w); /* before the release: w may point into c->pv */
+    if (nv == NULL)
+        return -1;
+    pset_release(sw, c->pv);
+    c->pv = nv;
+    return 0;
+}
+
+/* One wish changes (known 0: none); the others stay. */
+static int client_wants_one(struct sw *sw, struct conn *c, uint32_t i, const uint8_t *p,
+                            size_t n, int known)
+{
+    struct pview w[PARAM_MAX_TRACKED];
+    for (uint32_t k = 0; k < sw->ntracked; k++)
+        w[k] = c->pv != NULL && c->pv[k].known
+                   ? (struct pview){pval_bytes(&c->pv[k]), c->pv[k].len, 1}
+                   : (struct pview){NULL, 0, 0};
+    w[i] = (struct pview){known ? p : NULL, known ? (uint32_t)n : 0, (uint8_t)(known != 0)};
+    return client_wants(sw, c, w);
+}
+
 void params_free(struct sw *sw, struct conn *c)
 {
-    if (c->pv != NULL) {
-        for (size_t i = 0; i < pv_count(sw, c); i++)
+    if (c->pv != NULL && c->kind == KIND_CLIENT) {
+        pset_release(sw, c->pv);
+        c->pv = NULL;
+    } else if (c->pv != NULL) {
+        for (size_t i = 0; i < 2 * (size_t)sw->ntracked; i++)
             free(c->pv[i].heap);
         free(c->pv);
         c->pv = NULL;
@@ -189,6 +334,17 @@ int params_set(struct sw *sw, struct conn *c, const uint8_t *const *names, const
             return -1;
     if (sw->ntracked == 0)
         return 0;
+    if (c->kind == KIND_CLIENT) {
+        struct pview w[PARAM_MAX_TRACKED];
+        for (uint32_t i = 0; i < sw->ntracked; i++) {
+            w[i] = (struct pview){NULL, 0, 0};
+            for (size_t k = 0; k < n; k++)
+                if (nlens[k] == sw->tracked[i].len &&
+                    memcmp(names[k], sw->tracked[i].name, nlens[k]) == 0)
+                    w[i] = (struct pview){values[k], (uint32_t)vlens[k], 1};
+        }
+        return client_wants(sw, c, w) < 0 ? -2 : 0;
+    }
     struct pval *pv = pv_of(sw, c);
     if (pv == NULL)
         return -2;
@@ -201,13 +357,9 @@ int params_set(struct sw *sw, struct conn *c, const uint8_t *const *names, const
                 v = values[k];
                 vn = vlens[k];
             }
-        if (v == NULL && c->kind == KIND_CLIENT) {
-            pval_clear(&pv[i]);
-            continue;
-        }
         if (pval_set(&pv[i], v != NULL ? v : (const uint8_t *)"", vn) < 0)
             return -2;
-        if (c->kind == KIND_SERVER && pval_set(&pv[sw->ntracked + i], pval_bytes(&pv[i]), pv[i].len) < 0)
+        if (pval_set(&pv[sw->ntracked + i], pval_bytes(&pv[i]), pv[i].len) < 0)
             return -2;
     }
     return 0;
@@ -363,11 +515,9 @@ static void param_status(struct sw *sw, struct conn *s, const uint8_t *p, size_t
     if (pval_copy(&have[t + i], &have[i]) < 0)
         pval_clear(&have[t + i]);
     struct conn *c = s->state == SV_ACTIVE && s->swallow == 0 ? s->peer : NULL;
-    if (c != NULL && have[i].known) {
-        struct pval *want = pv_of(sw, c);
-        if (want != NULL && pval_copy(&want[i], &have[i]) < 0)
-            pval_clear(&want[i]);
-    }
+    if (c != NULL && have[i].known &&
+        client_wants_one(sw, c, (uint32_t)i, pval_bytes(&have[i]), have[i].len, 1) < 0)
+        (void)client_wants_one(sw, c, (uint32_t)i, NULL, 0, 0); /* else: no wish, as before */
 }
 
 /* Server bytes scan_server has just consumed (so every header in them is whole and checked),

@@ -90,6 +90,7 @@ struct buf {
 };
 
 struct pool;
+struct pset;
 
 /* params.c: tracked startup parameters (names as PostgreSQL reports them). */
 #define PARAM_MAX_TRACKED 32
@@ -158,8 +159,9 @@ struct conn {
     uint64_t stmt_abs; /* client: out's offset where the current statement's answer starts */
     int64_t connect_wall, request_wall; /* µs, CLOCK_REALTIME */
     int64_t wait_start, query_start, xact_start; /* µs, CLOCK_MONOTONIC */
-    /* params.c: tracked values (clients: wanted; servers: believed, then last reported),
-     * sw->ntracked each, NULL until first needed */
+    /* params.c: tracked values, sw->ntracked each, NULL until first needed. A client's (its
+     * wishes) are a set shared by every client with the same ones, never written in place;
+     * a server's own are what it is believed to have, then what it last reported. */
     struct pval *pv;
     struct pwalk pw;
     uint8_t swallow;  /* server: answers to the switch's own SET query still to swallow */
@@ -229,6 +231,8 @@ struct sw {
     int64_t now_mono, now_wall;
     struct ptrack *tracked; /* params.c: the tracked parameter names, in SET order */
     uint32_t ntracked;
+    struct pset **ptab;          /* params.c: clients' shared wanted values, interned */
+    uint32_t ptab_size, ptab_count;
     uint8_t suspended; /* SUSPEND: no pooled connection is read (logins and listeners go on) */
     uint32_t login_cap; /* login.c: accept while fewer clients are in login (0: no cap) */
 };

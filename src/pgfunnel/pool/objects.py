@@ -73,9 +73,7 @@ class Client:
         "sid",
         "state",
         "username",
-        "wait_notified",
         "wait_start",
-        "xact_start",
     )
 
     def __init__(self, conn: Any, addr: str, port: int, now: float) -> None:
@@ -87,8 +85,6 @@ class Client:
         self.connect_time = now
         self.request_time = now
         self.wait_start = 0.0
-        self.wait_notified = False  # query_wait_notify's NOTICE sent for the current wait
-        self.xact_start = 0.0
         self.state = ClientState.LOGIN
         self.pool: Pool | None = None
         self.link: Server | None = None

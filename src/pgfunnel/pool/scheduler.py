@@ -379,7 +379,6 @@ class Pooler:
             if new is ClientState.WAITING:
                 client.wait_start = now
                 pool.waiting.append(client)
-                client.wait_notified = False
             elif old is ClientState.WAITING:
                 pool.stats.count_wait(now - client.wait_start)
         client.state = new

@@ -282,3 +282,19 @@ def test_reserve_pool_serves_a_second_client_after_reserve_pool_timeout(
         assert backends(pg, user=role, state="idle in transaction") == 2
         first.execute("COMMIT")
         second.execute("COMMIT")
+
+
+def test_a_backend_the_pooler_closes_is_ended_with_terminate(
+    make_cluster: Callable[..., Cluster], funnel: Callable[..., Funnel]
+) -> None:
+    """As PgBouncer, a backend pgfunnel lets go (here: server_idle_timeout) gets Terminate, so
+    PostgreSQL ends the session as asked instead of on an unexpected EOF (which it logs at
+    DEBUG1 when idle, and as an error inside a transaction)."""
+    cluster = make_cluster(settings={"log_min_messages": "debug1"})
+    f = funnel(cluster, settings={"server_idle_timeout": 1})
+    with f.connect() as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    wait_for(lambda: backends(cluster) == 0, 15)
+    assert "closing because: server idle timeout" in f.log()
+    log = cluster.logfile.read_text(errors="replace")
+    assert "unexpected EOF on client connection" not in log

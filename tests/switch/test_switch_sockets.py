@@ -4,7 +4,10 @@ and batch boundary, the hand-off, refusals, flow control and the counters."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+import threading
+import time
 
 import pytest
 
@@ -576,6 +579,41 @@ def test_send_and_close_reach_a_client_without_a_server(switch: Switch) -> None:
     assert switch.close(aid, err)
     assert assert_eof(a) == err
     assert not switch.close(aid)
+
+
+def test_a_server_closed_by_python_gets_its_terminate(switch: Switch) -> None:
+    """As PgBouncer: the pooler ends a server's session with Terminate, not a bare EOF."""
+    (srv,) = setup(switch)
+    (sid,) = [c.conn for c in switch.conns() if c.kind is Kind.SERVER]
+    assert switch.close(sid, m.terminate())
+    assert assert_eof(srv) == m.terminate()
+    assert not switch.close(sid, m.terminate())
+
+
+def test_a_terminate_never_lands_inside_half_a_message(switch: Switch) -> None:
+    """A server closed while client bytes still wait to be written to it gets no Terminate:
+    PostgreSQL would read it as the rest of the message. What it got ends at EOF."""
+    (srv,) = setup(switch)
+    (sid,) = [c.conn for c in switch.conns() if c.kind is Kind.SERVER]
+    a, _aid = client(switch)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    big = m.query("select '" + "x" * 4_000_000 + "'")
+
+    def send() -> None:
+        with contextlib.suppress(OSError):  # the switch closes it: its server is gone
+            a.sendall(big)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    # The server reads nothing: the switch holds what the socket will not take.
+    wait_for(lambda: next(c for c in switch.conns() if c.conn == sid).peer != 0)
+    time.sleep(0.3)
+    assert switch.close(sid, m.terminate())
+    got = assert_eof(srv)
+    assert 0 < len(got) < len(big) and big.startswith(got)
+    sender.join(5)  # its client is closed with it (a reset: it was still sending)
+    assert not sender.is_alive()
+    a.close()
 
 
 async def test_the_event_fd_wakes_an_asyncio_loop(switch: Switch) -> None:

@@ -258,6 +258,18 @@ void conn_close_with(struct sw *sw, struct conn *c, const uint8_t *msg, size_t l
     conn_schedule(sw, c);
 }
 
+/* Python ends a server: `final` (its Terminate) is written once, without waiting, as PgBouncer
+ * does, and only at a message boundary (after half a message it would be read as the rest of
+ * it); then it is closed, quietly. PostgreSQL ends the session as asked, not on an EOF. */
+void conn_end_server(struct sw *sw, struct conn *s, const uint8_t *final, size_t len)
+{
+    if (len > 0 && s->fd >= 0 && !s->connecting && s->out.start == s->out.end) {
+        ssize_t n = send(s->fd, final, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        (void)n; /* it is closed next whatever happened */
+    }
+    conn_destroy(sw, s, R_NONE, 0);
+}
+
 /* A server ends (EOF, error, bad bytes): its client, if any, is told and closed too. */
 void conn_server_gone(struct sw *sw, struct conn *s, uint8_t reason)
 {

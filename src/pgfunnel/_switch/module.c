@@ -560,6 +560,21 @@ static PyObject *Switch_send(SwitchObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* Python closes a server (or a listener), with `final` (the Terminate) if it can go. */
+static void close_server(struct sw *sw, struct conn *c, const uint8_t *final, size_t len)
+{
+    if (c->state == SV_ACTIVE) {
+        /* Its client cannot go on without it: told and closed (and reported). */
+        struct conn *cl = c->peer;
+        c->peer = NULL;
+        cl->peer = NULL;
+        conn_set_state(cl, CL_ACTIVE);
+        conn_close_with(sw, cl, sw->msg_server_gone.data,
+                        sw->msg_server_gone.end - sw->msg_server_gone.start, R_SERVER_GONE);
+    }
+    conn_end_server(sw, c, final, len);
+}
+
 static PyObject *Switch_close(SwitchObject *self, PyObject *args)
 {
     unsigned long long id;
@@ -576,20 +591,11 @@ static PyObject *Switch_close(SwitchObject *self, PyObject *args)
     int found = c != NULL;
     if (c != NULL) {
         c->quiet = 1;
-        if (c->kind == KIND_CLIENT) {
-            conn_close_with(sw, c, final.buf, final.buf ? (size_t)final.len : 0, R_NONE);
-        } else if (c->state == SV_ACTIVE) {
-            /* Its client cannot go on without it: told and closed (and reported). */
-            struct conn *cl = c->peer;
-            c->peer = NULL;
-            cl->peer = NULL;
-            conn_set_state(cl, CL_ACTIVE);
-            conn_close_with(sw, cl, sw->msg_server_gone.data,
-                            sw->msg_server_gone.end - sw->msg_server_gone.start, R_SERVER_GONE);
-            conn_destroy(sw, c, R_NONE, 0);
-        } else {
-            conn_destroy(sw, c, R_NONE, 0);
-        }
+        size_t n = final.buf != NULL ? (size_t)final.len : 0;
+        if (c->kind == KIND_CLIENT)
+            conn_close_with(sw, c, final.buf, n, R_NONE);
+        else
+            close_server(sw, c, final.buf, n);
     }
     sw_unlock(sw);
     PyBuffer_Release(&final);

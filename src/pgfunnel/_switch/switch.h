@@ -265,6 +265,7 @@ size_t fatal_protocol_error(uint8_t *out, size_t cap, const char *text);
 void conn_close_with(struct sw *sw, struct conn *c, const uint8_t *msg, size_t len,
                      uint8_t reason);
 void conn_server_gone(struct sw *sw, struct conn *s, uint8_t reason);
+void conn_end_server(struct sw *sw, struct conn *s, const uint8_t *final, size_t len);
 void conn_free_dead(struct sw *sw);
 int conn_client_pending(struct sw *sw, struct conn *c, const uint8_t *p, size_t n);
 int buf_append(struct buf *b, const uint8_t *p, size_t n);

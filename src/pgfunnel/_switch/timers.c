@@ -183,7 +183,7 @@ int timers_expire(struct sw *sw, struct conn *c, uint8_t reason, const uint8_t *
         conn_destroy(sw, s, R_NONE, 0);
         return 1;
     case R_SERVER_IDLE:
-        conn_destroy(sw, c, R_NONE, 0);
+        conn_end_server(sw, c, msg, len); /* `msg`: its Terminate */
         return 1;
     case R_SERVER_LIFETIME:
         /* In use (or in talk mode): parked when released (promoted); idle: parked now.

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from pgfunnel._switch import Reason as SwReason
 from pgfunnel.config.loader import load_config
 from pgfunnel.net.app import App
 from pgfunnel.net.client_conn import ClientConn, Phase
@@ -22,6 +23,7 @@ from pgfunnel.proto import messages as m
 from pgfunnel.proto import sqlstate as ss
 from pgfunnel.proto.auth import ServerAuth, random_bytes
 from pgfunnel.proto.messages import ServerError
+from pgfunnel.proto.strings import Reason
 
 WELCOME = {
     "server_version": "16.4",
@@ -314,3 +316,29 @@ def test_a_client_of_a_pool_not_yet_logged_in_waits_then_is_handed_over(app: App
     [(client, _, pending)] = promotions(app).calls
     assert client is conn.client and pending == m.query("SELECT 1")
     assert [k for k, _ in split(transport.writes[-1])][-2:] == ["K", "Z"]
+
+
+@pytest.mark.parametrize("acted", [False, True])
+def test_a_query_wait_deadline_counts_only_a_close_the_switch_made(
+    app: App, monkeypatch: pytest.MonkeyPatch, acted: bool
+) -> None:
+    """A DEADLINE is read after the fact: if the client got its server meanwhile, `expire`
+    does nothing and nothing is counted or forgotten (it once counted a timeout anyway)."""
+    pool = ready_pool(app)
+    conn, transport, _ = login(app)
+    client = conn.client
+    app.bridge.clients[transport.sid] = client
+    client.sid = transport.sid
+    asked: list[tuple[int, SwReason]] = []
+
+    def expire(sid: int, why: SwReason, final: bytes = b"") -> bool:
+        asked.append((sid, why))
+        assert m.parse_error_fields(final[5:]).sqlstate == "08P01"  # query_wait_timeout
+        return acted
+
+    monkeypatch.setattr(app.bridge.sw, "expire", expire)
+    app.deadline(transport.sid, pool, SwReason.QUERY_WAIT)
+    assert asked == [(transport.sid, SwReason.QUERY_WAIT)]
+    assert pool.stats.timeouts.get(Reason.QUERY_WAIT_TIMEOUT, 0) == (1 if acted else 0)
+    assert (transport.sid in app.bridge.clients) is not acted
+    assert (client.state is ClientState.CLOSED) is acted

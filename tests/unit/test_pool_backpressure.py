@@ -237,7 +237,7 @@ def test_query_wait_timeout_under_53300_names_the_limit(
     assert err.detail is not None and error.message in err.detail
     assert "the pool holds 1 of pool_size 5" in err.detail
     assert err.hint is not None and hint in err.hint
-    assert w.pool.stats.timeouts == {Reason.QUERY_WAIT_TIMEOUT: 1}
+    assert w.pool.stats.timeouts == {}  # App.deadline counts it once the switch closed it
 
 
 def test_network_failure_keeps_clients_waiting_and_times_out_naming_it() -> None:

@@ -695,9 +695,8 @@ class App(Commands):
             held = self.linked_server(client)
         assert error is not None
         if not sw.expire(sid, why, error.encode(severity="FATAL")):
-            return
-        if why is not SwReason.QUERY_WAIT:
-            self.pooler.count_timeout(pool, reason)
+            return  # it moved on meanwhile (got its server, sent a query): nothing happened
+        self.pooler.count_timeout(pool, reason)
         self.bridge.clients.pop(sid, None)
         self.client_gone(client, reason)
         if held is not None:  # closed with it (only that ends a query or a transaction)

@@ -857,6 +857,7 @@ class Pooler:
         if s.query_wait_timeout > 0:
             for client in list(pool.clients[ClientState.WAITING_LOGIN]):
                 if now - client.wait_start >= s.query_wait_timeout:
+                    self.count_timeout(pool, Reason.QUERY_WAIT_TIMEOUT)
                     actions.append(self.wait_timeout(client, pool, now, now - client.wait_start))
         for server in list(pool.servers[ServerState.LOGIN]):
             if (
@@ -909,8 +910,8 @@ class Pooler:
         pool.stats.timeouts[reason] = pool.stats.timeouts.get(reason, 0) + 1
 
     def wait_timeout(self, client: Client, pool: Pool, now: float, waited: float) -> CloseClient:
-        """query_wait_timeout ran out. Under back-pressure the error names the server's limit."""
-        self.count_timeout(pool, Reason.QUERY_WAIT_TIMEOUT)
+        """query_wait_timeout ran out: the client's close and error (under back-pressure the
+        error names the server's limit). Counted by the caller once the close is certain."""
         bo = pool.backoff
         if bo.active and bo.error is not None:
             err = bo.error

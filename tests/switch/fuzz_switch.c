@@ -10,7 +10,9 @@
  * ParameterStatus. Checked after every turn:
  *   - what the server has received is whole messages of the types a client may send (never a
  *     Terminate, never a refused type) whenever the server is idle in the pool;
- *   - the pool's counts agree with the connections that exist. */
+ *   - the pool's counts agree with the connections that exist;
+ *   - a second client that shares the first one's wishes (params.c keeps one set for both)
+ *     and never speaks keeps them whatever the first one's server reports. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -133,6 +135,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     CHECK(c != NULL && loop_add(&sw, c) == 0);
     conn_set_state(c, CL_ACTIVE);
     CHECK(params_set(&sw, c, pn, lens, pv_client, vl, 2) == 0);
+    int quiet[2];
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, quiet) == 0);
+    nonblock(quiet[1]);
+    struct conn *q = conn_new(&sw, quiet[1], KIND_CLIENT, pool);
+    CHECK(q != NULL && loop_add(&sw, q) == 0);
+    conn_set_state(q, CL_ACTIVE);
+    CHECK(params_set(&sw, q, pn, lens, pv_client, vl, 2) == 0);
+    uint64_t qid = q->id;
 
     struct received got = {0};
     int client_open = 1;
@@ -188,6 +198,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         loop_once(&sw, 0);
         loop_once(&sw, 0);
         check_counts(&sw, pool);
+        struct conn *qc = conn_find(&sw, qid);
+        for (uint32_t k = 0; qc != NULL && k < 2; k++)
+            CHECK(qc->pv[k].known && qc->pv[k].len == vl[k] &&
+                  memcmp(pval_bytes(&qc->pv[k]), pv_client[k], vl[k]) == 0);
         struct conn *srv = conn_find(&sw, sid);
         if (srv != NULL && srv->state == SV_IDLE) {
             /* Nothing more is coming to an idle server: all it got must be whole. */
@@ -206,6 +220,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         sw.todo_head = sw.todo_head->todo_next;
     }
     conn_free_dead(&sw);
+    close(quiet[0]);
+    CHECK(sw.ptab_count == 0); /* every shared set was released with its last client */
     free(sw.slots);
     params_fini(&sw);
     free(pool);

@@ -342,3 +342,34 @@ def test_a_query_wait_deadline_counts_only_a_close_the_switch_made(
     assert pool.stats.timeouts.get(Reason.QUERY_WAIT_TIMEOUT, 0) == (1 if acted else 0)
     assert (transport.sid in app.bridge.clients) is not acted
     assert (client.state is ClientState.CLOSED) is acted
+
+
+@pytest.mark.parametrize(("floor", "acted"), [(1, True), (0, False), (0, True)])
+def test_a_server_idle_deadline_keeps_min_pool_size_and_counts_only_a_close(
+    app: App, monkeypatch: pytest.MonkeyPatch, floor: int, acted: bool
+) -> None:
+    """server_idle_timeout never takes a pool under min_pool_size; above it the server is
+    ended with Terminate, and counted and forgotten only if the switch did close it."""
+    pool = ready_pool(app)
+    pool.settings.min_pool_size = floor
+    server = app.pooler._new_server(pool, 1.0)
+    app.pooler._set_server_state(server, ServerState.IDLE, 1.0)
+    server.sid = 11
+    app.bridge.servers[server.sid] = server
+    asked: list[tuple[int, SwReason, bytes]] = []
+
+    def expire(sid: int, why: SwReason, final: bytes = b"") -> bool:
+        asked.append((sid, why, final))
+        return acted
+
+    monkeypatch.setattr(app.bridge.sw, "expire", expire)
+    app.deadline(server.sid, pool, SwReason.SERVER_IDLE)
+    if floor:
+        assert asked == []  # at min_pool_size: kept, not even asked
+    else:
+        assert asked == [(server.sid, SwReason.SERVER_IDLE, m.terminate())]
+    closed = acted and not floor
+    assert pool.stats.timeouts.get(Reason.IDLE_TIMEOUT, 0) == (1 if closed else 0)
+    assert (server.sid in app.bridge.servers) is not closed
+    assert (server.state is ServerState.CLOSED) is closed
+    assert pool.server_count == (0 if closed else 1)

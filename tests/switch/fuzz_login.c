@@ -326,6 +326,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         sw.todo_head = sw.todo_head->todo_next;
     }
     conn_free_dead(&sw);
+    buf_spares_free(&sw);
     free(sw.slots);
     free(pool);
     sw_drop_events(&sw);

@@ -220,6 +220,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         sw.todo_head = sw.todo_head->todo_next;
     }
     conn_free_dead(&sw);
+    buf_spares_free(&sw);
     close(quiet[0]);
     CHECK(sw.ptab_count == 0); /* every shared set was released with its last client */
     free(sw.slots);

@@ -275,6 +275,37 @@ def test_clients_with_the_same_wishes_share_them_until_one_sets_its_own(sw: Swit
     assert sw.params(sid)["TimeZone"] == "Europe/Paris"
 
 
+def test_a_server_that_matched_a_set_is_compared_again_once_it_reports_a_change(
+    sw: Switch,
+) -> None:
+    """The switch remembers which clients' values a server already has (no comparison at each
+    link); a value the server reports changed makes it compare, and SET, again."""
+    sw.add_pool(POOL, Mode.TRANSACTION)
+    srv, sid = fake_server(sw, {"TimeZone": "UTC"})
+    for n in range(2):  # the same wishes: the second link takes the remembered match
+        c = client(sw, {"TimeZone": "UTC"})
+        c.sendall(m.query(f"select {n}"))
+        assert recv_exact(srv, len(m.query(f"select {n}"))) == m.query(f"select {n}")
+        srv.sendall(SELECT_ANSWER)
+        assert recv_exact(c, len(SELECT_ANSWER)) == SELECT_ANSWER
+        wait_for(lambda: sw.pools()[0].sv_idle == 1)
+    # A reload changed the server's zone: it says so while idle.
+    srv.sendall(m.parameter_status("TimeZone", "Europe/Oslo"))
+    wait_for(lambda: sw.params(sid)["TimeZone"] == "Europe/Oslo")
+    c.sendall(m.query("select 2"))
+    want = m.query("SET TimeZone = 'UTC'") + m.query("select 2")
+    assert recv_exact(srv, len(want)) == want
+    srv.sendall(m.command_complete("SET") + m.parameter_status("TimeZone", "UTC"))
+    srv.sendall(m.ready_for_query() + SELECT_ANSWER)
+    assert recv_exact(c, len(SELECT_ANSWER)) == SELECT_ANSWER
+    # The same value reported again changes nothing: no SET at the next link.
+    wait_for(lambda: sw.pools()[0].sv_idle == 1)
+    srv.sendall(m.parameter_status("TimeZone", "UTC"))
+    time.sleep(0.05)
+    c.sendall(m.query("select 3"))
+    assert recv_exact(srv, len(m.query("select 3"))) == m.query("select 3")
+
+
 def test_an_idle_server_reporting_a_parameter_stays(sw: Switch) -> None:
     events = Events(sw)
     sw.add_pool(POOL, Mode.TRANSACTION)

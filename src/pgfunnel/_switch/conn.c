@@ -19,6 +19,24 @@ void buf_free(struct buf *b)
     b->alloc = b->start = b->scanned = b->end = 0;
 }
 
+/* buf_free, keeping a read buffer's block for the next one that needs it. */
+void buf_drop(struct sw *sw, struct buf *b)
+{
+    if (b->data != NULL && b->alloc == sw->bufsize && sw->nspare < SPARE_MAX) {
+        sw->spare[sw->nspare++] = b->data;
+        b->data = NULL;
+        b->alloc = b->start = b->scanned = b->end = 0;
+        return;
+    }
+    buf_free(b);
+}
+
+void buf_spares_free(struct sw *sw)
+{
+    while (sw->nspare > 0)
+        free(sw->spare[--sw->nspare]);
+}
+
 /* Moves the pending bytes to the front so that the tail has room. */
 static void buf_compact(struct buf *b)
 {
@@ -31,11 +49,16 @@ static void buf_compact(struct buf *b)
 }
 
 /* Room to read into, the pending bytes counted against `limit`; 0 when full (or no memory). */
-static uint32_t buf_read_room(struct buf *b, uint32_t limit)
+static uint32_t buf_read_room(struct sw *sw, struct buf *b)
 {
+    uint32_t limit = sw->bufsize;
     uint32_t pending = b->end - b->start;
     if (pending >= limit)
         return 0;
+    if (b->data == NULL && sw->nspare > 0) {
+        b->data = sw->spare[--sw->nspare];
+        b->alloc = limit;
+    }
     if (b->alloc < limit) {
         uint8_t *p = realloc(b->data, limit);
         if (p == NULL)
@@ -203,8 +226,8 @@ void conn_destroy(struct sw *sw, struct conn *c, uint8_t reason, int report)
         close(c->fd);
         c->fd = -1;
     }
-    buf_free(&c->out);
-    buf_free(&c->hold);
+    buf_drop(sw, &c->out);
+    buf_drop(sw, &c->hold);
     params_free(sw, c);
     conn_set_state(c, ST_DEAD);
     c->close_reason = reason;
@@ -327,7 +350,7 @@ static int conn_write(struct sw *sw, struct conn *c)
     if (b->start == b->end) {
         b->start = b->scanned = b->end = 0;
         if (c->kind == KIND_CLIENT && c->state != CL_LINKED)
-            buf_free(b); /* an idle client keeps no buffer */
+            buf_drop(sw, b); /* an idle client keeps no buffer */
     }
     /* Room was made in the buffer the peer reads into. */
     if (c->peer != NULL && c->peer->stalled) {
@@ -404,7 +427,7 @@ static int client_read(struct sw *sw, struct conn *c)
         dst = &c->hold;
     else
         return 0;
-    uint32_t room = buf_read_room(dst, sw->bufsize);
+    uint32_t room = buf_read_room(sw, dst);
     if (room == 0) {
         c->stalled = 1;
         return 0;
@@ -516,7 +539,7 @@ static int server_read(struct sw *sw, struct conn *s)
         return 0; /* parked: Python decides; its bytes stay in the kernel */
     struct conn *c = s->peer;
     struct buf *dst = &c->out;
-    uint32_t room = buf_read_room(dst, sw->bufsize);
+    uint32_t room = buf_read_room(sw, dst);
     if (room == 0) {
         s->stalled = 1;
         return 0;

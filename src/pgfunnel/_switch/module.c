@@ -254,6 +254,7 @@ static void shutdown_switch(SwitchObject *self)
     }
     sw->todo_tail = NULL;
     conn_free_dead(sw);
+    buf_spares_free(sw);
     free(sw->slots);
     sw->slots = NULL;
     sw->nslots = 0;

@@ -173,6 +173,7 @@ static int pval_equal(const struct pval *a, const struct pval *b)
 struct pset {
     struct pset *next; /* the intern table's chain */
     uint64_t hash;
+    uint64_t id; /* unique for the switch's life: a server's pmatch names it */
     uint32_t refs;
     struct pval v[]; /* ntracked */
 };
@@ -259,6 +260,7 @@ static struct pval *pset_intern(struct sw *sw, const struct pview *w)
             return NULL;
         }
     s->hash = h;
+    s->id = ++sw->pset_seq;
     s->refs = 1;
     struct pset **head = &sw->ptab[h & (sw->ptab_size - 1)];
     s->next = *head;
@@ -345,6 +347,7 @@ int params_set(struct sw *sw, struct conn *c, const uint8_t *const *names, const
         }
         return client_wants(sw, c, w) < 0 ? -2 : 0;
     }
+    c->pmatch = 0; /* the server's values are Python's now */
     struct pval *pv = pv_of(sw, c);
     if (pv == NULL)
         return -2;
@@ -420,6 +423,9 @@ int params_link(struct sw *sw, struct conn *c, struct conn *s)
     if (sw->ntracked == 0 || c->pv == NULL)
         return 0;
     struct pval *want = c->pv;
+    uint64_t set = pset_of(want)->id;
+    if (s->pmatch == set)
+        return 0; /* its values are as this set wants, and have not changed since */
     struct pval *have = pv_of(sw, s);
     if (have == NULL)
         return -1;
@@ -431,8 +437,10 @@ int params_link(struct sw *sw, struct conn *c, struct conn *s)
         differ = 1;
         size += 4 + sw->tracked[i].len + 3 + 3 + 6 * (size_t)want[i].len + 2;
     }
-    if (!differ)
+    if (!differ) {
+        s->pmatch = set;
         return 0;
+    }
     uint8_t *q = malloc(size);
     if (q == NULL)
         return -1;
@@ -463,9 +471,12 @@ int params_link(struct sw *sw, struct conn *c, struct conn *s)
     free(q);
     if (rc < 0)
         return -1;
+    s->pmatch = set; /* taken to have them, as its values below (a failed SET clears it) */
     for (uint32_t i = 0; i < sw->ntracked; i++)
-        if (want[i].known && pval_copy(&have[i], &want[i]) < 0)
+        if (want[i].known && pval_copy(&have[i], &want[i]) < 0) {
             pval_clear(&have[i]); /* unknown: the next link SETs it again */
+            s->pmatch = 0;
+        }
     s->swallow++;
     s->set_err = 0;
     return 0;
@@ -481,6 +492,7 @@ void params_swallowed(struct sw *sw, struct conn *s)
     if (s->swallow > 0 || !s->set_err)
         return;
     s->set_err = 0;
+    s->pmatch = 0;
     if (s->pv != NULL)
         for (uint32_t i = 0; i < sw->ntracked; i++)
             if (pval_copy(&s->pv[i], &s->pv[sw->ntracked + i]) < 0)
@@ -510,7 +522,10 @@ static void param_status(struct sw *sw, struct conn *s, const uint8_t *p, size_t
     if (have == NULL)
         return;
     uint32_t t = sw->ntracked;
-    if (!keep || pval_set(&have[i], v, (size_t)(end - v)) < 0)
+    size_t vn = keep ? (size_t)(end - v) : 0;
+    if (!keep || !have[i].known || have[i].len != vn || memcmp(pval_bytes(&have[i]), v, vn) != 0)
+        s->pmatch = 0; /* a value that changed: compared again at the next link */
+    if (!keep || pval_set(&have[i], v, vn) < 0)
         pval_clear(&have[i]);
     if (pval_copy(&have[t + i], &have[i]) < 0)
         pval_clear(&have[t + i]);
@@ -539,9 +554,11 @@ void params_server_bytes(struct sw *sw, struct conn *s, const uint8_t *p, size_t
             if (w->type == 'S') {
                 w->len = 0;
                 w->over = w->rem > PARAM_MSG_MAX;
-                if (w->buf == NULL && (w->buf = malloc(PARAM_MSG_MAX)) == NULL && s->pv)
+                if (w->buf == NULL && (w->buf = malloc(PARAM_MSG_MAX)) == NULL && s->pv) {
                     for (uint32_t i = 0; i < sw->ntracked; i++)
                         pval_clear(&s->pv[i]); /* no memory: every value unknown */
+                    s->pmatch = 0;
+                }
             }
         } else {
             size_t take = w->rem < n ? w->rem : n;

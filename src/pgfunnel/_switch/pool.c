@@ -127,7 +127,7 @@ static void link(struct sw *sw, struct conn *c, struct conn *s)
         }
         o->scanned = o->end - held + whole;
     }
-    buf_free(h);
+    buf_drop(sw, h);
     conn_schedule(sw, s);
     conn_schedule(sw, c);
 }
@@ -214,7 +214,7 @@ void pool_check_release(struct sw *sw, struct conn *s)
     conn_set_state(c, CL_ACTIVE);
     c->idle_since = sw->now_mono; /* client_idle_timeout counts from here */
     if (c->out.start == c->out.end)
-        buf_free(&c->out);
+        buf_drop(sw, &c->out);
     pool_server_free(sw, s);
 }
 

@@ -92,6 +92,8 @@ struct buf {
 struct pool;
 struct pset;
 
+#define SPARE_MAX 32 /* spare read buffers kept (at 64 KiB each, 2 MiB at most) */
+
 /* params.c: tracked startup parameters (names as PostgreSQL reports them). */
 #define PARAM_MAX_TRACKED 32
 #define PARAM_NAME_MAX 63    /* NAMEDATALEN - 1 */
@@ -164,6 +166,8 @@ struct conn {
      * a server's own are what it is believed to have, then what it last reported. */
     struct pval *pv;
     struct pwalk pw;
+    uint64_t pmatch;  /* server: the id of the client set its values were last found to
+                       * satisfy (0: none); any change to its values clears it */
     uint8_t swallow;  /* server: answers to the switch's own SET query still to swallow */
     uint8_t set_err;  /* server: that answer held an ErrorResponse */
     int64_t connect_mono; /* server: when it connected (Python may say), for server_lifetime */
@@ -218,6 +222,10 @@ struct sw {
     uint8_t timer_on;  /* armed: some pool has a timeout */
     uint64_t ticks;    /* sweeps run (tests: no timeouts, no wake-ups) */
     uint32_t bufsize, max_packet;
+    /* conn.c: read buffers (bufsize bytes) given back, reused before malloc: a client's buffer
+     * is freed at the end of each transaction and wanted again at its next query. */
+    uint8_t *spare[SPARE_MAX];
+    uint32_t nspare;
     uint32_t login_max;       /* login.c: most bytes buffered / one message in login */
     struct pool login_pool;   /* login.c: clients not promoted yet (id -1, not listed) */
     struct conn **slots;
@@ -233,6 +241,7 @@ struct sw {
     uint32_t ntracked;
     struct pset **ptab;          /* params.c: clients' shared wanted values, interned */
     uint32_t ptab_size, ptab_count;
+    uint64_t pset_seq;           /* params.c: the last id given to a set (never reused) */
     uint8_t suspended; /* SUSPEND: no pooled connection is read (logins and listeners go on) */
     uint32_t login_cap; /* login.c: accept while fewer clients are in login (0: no cap) */
 };
@@ -270,6 +279,8 @@ void conn_free_dead(struct sw *sw);
 int conn_client_pending(struct sw *sw, struct conn *c, const uint8_t *p, size_t n);
 int buf_append(struct buf *b, const uint8_t *p, size_t n);
 void buf_free(struct buf *b);
+void buf_drop(struct sw *sw, struct buf *b);
+void buf_spares_free(struct sw *sw);
 void conn_client_held(struct sw *sw, struct conn *c);
 
 /* pool.c */

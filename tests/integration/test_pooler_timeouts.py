@@ -284,17 +284,26 @@ def test_reserve_pool_serves_a_second_client_after_reserve_pool_timeout(
         second.execute("COMMIT")
 
 
+@pytest.mark.parametrize("why", ["server_idle_timeout", "failed server_check_query"])
 def test_a_backend_the_pooler_closes_is_ended_with_terminate(
-    make_cluster: Callable[..., Cluster], funnel: Callable[..., Funnel]
+    make_cluster: Callable[..., Cluster], funnel: Callable[..., Funnel], why: str
 ) -> None:
-    """As PgBouncer, a backend pgfunnel lets go (here: server_idle_timeout) gets Terminate, so
-    PostgreSQL ends the session as asked instead of on an unexpected EOF (which it logs at
-    DEBUG1 when idle, and as an error inside a transaction)."""
+    """As PgBouncer, a backend pgfunnel lets go gets Terminate, so PostgreSQL ends the session
+    as asked instead of on an unexpected EOF (which it logs at DEBUG1 when idle, and as an
+    error inside a transaction). Idle in its pool (server_idle_timeout), or in the pooler's
+    own hands (a check query that failed)."""
     cluster = make_cluster(settings={"log_min_messages": "debug1"})
-    f = funnel(cluster, settings={"server_idle_timeout": 1})
-    with f.connect() as conn:
-        assert conn.execute("SELECT 1").fetchone() == (1,)
-    wait_for(lambda: backends(cluster) == 0, 15)
-    assert "closing because: server idle timeout" in f.log()
+    if why == "server_idle_timeout":
+        f = funnel(cluster, settings={"server_idle_timeout": 1})
+        with f.connect() as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        wait_for(lambda: backends(cluster) == 0, 15)
+        assert "closing because: server idle timeout" in f.log()
+    else:
+        f = funnel(cluster, settings={"server_check_delay": 0, "server_check_query": "SELECT 1/0"})
+        with f.connect() as conn:
+            for _ in range(3):  # each reuse fails its check: that server goes, a new one serves
+                assert conn.execute("SELECT 1").fetchone() == (1,)
+        wait_for(lambda: backends(cluster) <= 1, 15)
     log = cluster.logfile.read_text(errors="replace")
     assert "unexpected EOF on client connection" not in log

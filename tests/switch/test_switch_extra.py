@@ -360,12 +360,15 @@ def test_check_delay_parks_one_server_per_pick_and_loses_none(switch: Switch) ->
 
 
 def test_resume_parks_one_check_per_waiter_and_hands_out_the_rest(switch: Switch) -> None:
-    """On RESUME each waiter gets an idle server or one server's check, never more checks
-    than waiters, and no idle server is left while a waiter has nothing coming."""
+    """On RESUME each waiter gets an idle server or one server's check, in FIFO order, never
+    more checks than waiters: a fresh server goes to the first waiter, the next (due) one is
+    parked for the second, and the last stays idle."""
     events = Events(switch)
-    servers = setup(switch, servers=3)
-    ids = server_ids(switch)
+    servers = setup(switch, servers=2)
+    old_ids = server_ids(switch)
     time.sleep(0.2)
+    fresh, fd = pair()
+    fresh_id = switch.add_server(fd, POOL)  # the top of the stack, not due
     switch.set_pool_checks(POOL, check_delay_us=100_000)
     switch.pause(POOL, True)
     waiters = [client(switch) for _ in range(2)]
@@ -373,16 +376,14 @@ def test_resume_parks_one_check_per_waiter_and_hands_out_the_rest(switch: Switch
         sock.sendall(m.query(f"select {i}"))
         wait_for(lambda cid=cid: state(switch, cid) is State.CL_WAITING)
     switch.pause(POOL, False)
-    parked = []
-    for _ in waiters:
-        ev = events.wait(lambda ev: ev.kind is EventKind.ATTENTION and ev.conn not in parked)
-        assert ev.reason == Reason.CHECK_NEEDED
-        parked.append(ev.conn)
+    assert read_exact(fresh, len(m.query("select 0"))) == m.query("select 0")
+    assert switch.peer_of(waiters[0][1]) == fresh_id
+    ev = events.wait(lambda ev: ev.kind is EventKind.ATTENTION)
+    assert ev.reason == Reason.CHECK_NEEDED and ev.conn in old_ids
     (snap,) = [p for p in switch.pools() if p.pool == POOL]
-    assert snap.sv_idle == 1 and snap.cl_waiting == 2
+    assert snap.sv_idle == 1 and snap.cl_waiting == 1 and snap.sv_parked == 1
     for sock in servers:
         assert_silent(sock)
-    assert set(parked) < set(ids)
 
 
 def test_check_needed_server_goes_back_after_talk_and_serves_the_waiter(switch: Switch) -> None:

@@ -616,6 +616,28 @@ def test_a_terminate_never_lands_inside_half_a_message(switch: Switch) -> None:
     a.close()
 
 
+@pytest.mark.parametrize("how", ["linked", "parked"])
+def test_no_terminate_after_part_of_a_messages_body(switch: Switch, how: str) -> None:
+    """A server that has a message's header and part of its body (the switch forwards bodies
+    as they come) gets no Terminate: PostgreSQL would read it as the rest of that body. Linked:
+    Python closes the server under its client. Parked: the client left mid-message."""
+    events = Events(switch)
+    (srv,) = setup(switch)
+    (sid,) = [c.conn for c in switch.conns() if c.kind is Kind.SERVER]
+    a, _aid = client(switch)
+    head = m.query("select '" + "x" * 1000 + "'")[:40]  # a header and 35 bytes of its body
+    a.sendall(head)
+    assert read_exact(srv, len(head)) == head
+    if how == "parked":
+        a.close()
+        ev = events.wait(lambda ev: ev.kind is EventKind.ATTENTION and ev.conn == sid)
+        assert ev.reason == Reason.DIRTY_PARTIAL
+    assert switch.close(sid, m.terminate())
+    assert assert_eof(srv) == b""  # nothing after the part it had: no Terminate
+    if how == "linked":
+        assert SERVER_GONE in assert_eof(a)
+
+
 async def test_the_event_fd_wakes_an_asyncio_loop(switch: Switch) -> None:
     setup(switch, servers=0)
     loop = asyncio.get_running_loop()

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from pgfunnel._switch import Event, EventKind
 from pgfunnel._switch import Reason as SwReason
 from pgfunnel.config.loader import load_config
 from pgfunnel.net.app import App
@@ -373,3 +374,17 @@ def test_a_server_idle_deadline_keeps_min_pool_size_and_counts_only_a_close(
     assert (server.sid in app.bridge.servers) is not closed
     assert (server.state is ServerState.CLOSED) is closed
     assert pool.server_count == (0 if closed else 1)
+
+
+def test_a_waiters_event_is_acted_on_with_the_queue_as_it_is_now(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """WAITERS is read after the fact: its count may include a client that got a server since
+    (one Python promoted meanwhile). Python asks the switch for the queue as it is now."""
+    pool = ready_pool(app)
+    pid = app.bridge.pool_id(pool)
+    monkeypatch.setattr(app.bridge.sw, "waiting", lambda p: 0 if p == pid else 99)
+    told: list[int] = []
+    monkeypatch.setattr(app, "pool_waiters", lambda pool, waiting: told.append(waiting))
+    app.bridge._event(Event(EventKind.WAITERS, 0, pid, 1, b""))
+    assert told == [0]

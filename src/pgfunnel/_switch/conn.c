@@ -282,11 +282,12 @@ void conn_close_with(struct sw *sw, struct conn *c, const uint8_t *msg, size_t l
 }
 
 /* Python ends a server: `final` (its Terminate) is written once, without waiting, as PgBouncer
- * does, and only at a message boundary (after half a message it would be read as the rest of
- * it); then it is closed, quietly. PostgreSQL ends the session as asked, not on an EOF. */
+ * does, and only at a message boundary: nothing of a client's waits to be written to it, and
+ * it has not been left with part of a message's body (`cut`), after which the Terminate would
+ * be read as the rest. Then it is closed, quietly: PostgreSQL ends the session as asked. */
 void conn_end_server(struct sw *sw, struct conn *s, const uint8_t *final, size_t len)
 {
-    if (len > 0 && s->fd >= 0 && !s->connecting && s->out.start == s->out.end) {
+    if (len > 0 && s->fd >= 0 && !s->connecting && !s->cut && s->out.start == s->out.end) {
         ssize_t n = send(s->fd, final, len, MSG_NOSIGNAL | MSG_DONTWAIT);
         (void)n; /* it is closed next whatever happened */
     }

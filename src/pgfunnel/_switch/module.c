@@ -567,6 +567,7 @@ static void close_server(struct sw *sw, struct conn *c, const uint8_t *final, si
     if (c->state == SV_ACTIVE) {
         /* Its client cannot go on without it: told and closed (and reported). */
         struct conn *cl = c->peer;
+        c->cut = cl->sc.skip != 0; /* mid-body: the rest of that message never comes */
         c->peer = NULL;
         cl->peer = NULL;
         conn_set_state(cl, CL_ACTIVE);

@@ -2,6 +2,7 @@
  * SET query that makes a server match its new client at a link, and the walk over server bytes
  * that notes ParameterStatus and swallows the answer to that query. */
 #include <stddef.h>
+#include <sys/random.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -51,6 +52,8 @@ int params_set_tracked(struct sw *sw, const char *const *names, const size_t *le
     free(sw->tracked);
     sw->tracked = t;
     sw->ntracked = (uint32_t)n;
+    if (getrandom(&sw->pseed, sizeof(sw->pseed), GRND_NONBLOCK) != (ssize_t)sizeof(sw->pseed))
+        sw->pseed = (uint64_t)(uintptr_t)sw ^ (uint64_t)sw->now_mono; /* no entropy yet */
     return 0;
 }
 
@@ -190,14 +193,22 @@ static struct pset *pset_of(struct pval *pv)
     return (struct pset *)(void *)((char *)pv - offsetof(struct pset, v));
 }
 
-static uint64_t views_hash(const struct pview *w, uint32_t n)
+/* FNV-1a from a random seed, then a full avalanche (MurmurHash3's finalizer) so that the low
+ * bits that pick the chain depend on every byte. Values are chosen by clients (an application
+ * name): without the seed, sets could be made to share one chain. */
+static uint64_t views_hash(const struct sw *sw, const struct pview *w, uint32_t n)
 {
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    uint64_t h = 1469598103934665603ull ^ sw->pseed;
     for (uint32_t i = 0; i < n; i++) {
         h = (h ^ (w[i].known ? w[i].len + 1u : 0u)) * 1099511628211ull;
         for (uint32_t k = 0; w[i].known && k < w[i].len; k++)
             h = (h ^ w[i].p[k]) * 1099511628211ull;
     }
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ull;
+    h ^= h >> 33;
     return h;
 }
 
@@ -240,7 +251,7 @@ static int ptab_grow(struct sw *sw)
 static struct pval *pset_intern(struct sw *sw, const struct pview *w)
 {
     uint32_t n = sw->ntracked;
-    uint64_t h = views_hash(w, n);
+    uint64_t h = views_hash(sw, w, n);
     if (sw->ptab_size > 0)
         for (struct pset *s = sw->ptab[h & (sw->ptab_size - 1)]; s != NULL; s = s->next)
             if (s->hash == h && pset_matches(s, w, n)) {

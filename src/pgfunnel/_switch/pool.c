@@ -132,12 +132,10 @@ static void link(struct sw *sw, struct conn *c, struct conn *s)
     conn_schedule(sw, c);
 }
 
-/* The top idle server, taken off the stack; one idle for the pool's check delay or longer
- * is parked CHECK_NEEDED instead (PgBouncer's server_check_delay: Python runs the check
- * query in talk mode and promotes it back, or closes it) and the next one is tried. */
-/* The top of the idle stack, or NULL. A top idle for server_check_delay or longer is parked
- * for its check instead and NULL is returned: the client waits for that server (Python
- * counts it as coming, so no new one is opened for it). One check per pick, as PgBouncer. */
+/* The top of the idle stack, taken off it, or NULL. A top idle for server_check_delay or
+ * longer is parked CHECK_NEEDED instead (Python runs the check query in talk mode and promotes
+ * it back, or closes it) and NULL is returned: the client waits for that server (Python counts
+ * it as coming, so no new one is opened for it). One check per pick, as PgBouncer. */
 static struct conn *idle_take(struct sw *sw, struct pool *p)
 {
     struct conn *s = p->idle;
@@ -249,6 +247,7 @@ void pool_client_left(struct sw *sw, struct conn *c)
     int in_flight = c->sc.skip != 0 || s->sc.skip != 0 || c->out.scanned != c->out.end ||
                     s->out.start != s->out.end || s->swallow;
     uint8_t reason;
+    s->cut = c->sc.skip != 0; /* the body of a message it has the header of never comes */
     if (c->sc.skip != 0 || c->tr.batch)
         reason = R_DIRTY_PARTIAL; /* PgBouncer's "client disconnect while server was not ready" */
     else if (in_flight || c->tr.owed != 0)

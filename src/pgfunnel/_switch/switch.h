@@ -170,6 +170,7 @@ struct conn {
                        * satisfy (0: none); any change to its values clears it */
     uint8_t swallow;  /* server: answers to the switch's own SET query still to swallow */
     uint8_t set_err;  /* server: that answer held an ErrorResponse */
+    uint8_t cut;      /* server: its stream stops inside a client's message (no Terminate) */
     int64_t connect_mono; /* server: when it connected (Python may say), for server_lifetime */
     int64_t idle_since;   /* client: its last read or release; server: pushed idle */
     int64_t dl_at[DL_CONN_COUNT]; /* per deadline: the episode start it was reported for */
@@ -242,6 +243,7 @@ struct sw {
     struct pset **ptab;          /* params.c: clients' shared wanted values, interned */
     uint32_t ptab_size, ptab_count;
     uint64_t pset_seq;           /* params.c: the last id given to a set (never reused) */
+    uint64_t pseed;              /* params.c: random, so that clients cannot aim at a chain */
     uint8_t suspended; /* SUSPEND: no pooled connection is read (logins and listeners go on) */
     uint32_t login_cap; /* login.c: accept while fewer clients are in login (0: no cap) */
 };

@@ -85,13 +85,15 @@ class SwitchTransport:
             with contextlib.suppress(ValueError):
                 self.bridge.sw.send(self.sid, data)
 
-    def close(self) -> None:
-        """Write what was queued, then close; the talker hears connection_lost as from asyncio."""
+    def close(self, final: bytes = b"") -> None:
+        """Close; the talker hears connection_lost as from asyncio. A client's queued bytes and
+        `final` are written first; a server is closed at once, with `final` (its Terminate)
+        when it is at a message boundary (Switch.close)."""
         if self.closing:
             return
         self.closing = True
         self.bridge.forget_talker(self.sid)
-        self.bridge.sw.close(self.sid)
+        self.bridge.sw.close(self.sid, final)
         self.bridge.loop.call_soon(self.talker.connection_lost, None)
 
     abort = close

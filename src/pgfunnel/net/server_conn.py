@@ -146,6 +146,6 @@ class ServerConn:
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            if self.login is None:
-                self.transport.write(m.terminate())
-            self.transport.close()
+            # Logged in: the session ends with Terminate, which the switch writes as it closes
+            # the socket (a write queued first would be dropped with it).
+            self.transport.close(m.terminate() if self.login is None else b"")

@@ -19,10 +19,14 @@ void buf_free(struct buf *b)
     b->alloc = b->start = b->scanned = b->end = 0;
 }
 
-/* buf_free, keeping a read buffer's block for the next one that needs it. */
+/* buf_free, keeping a read buffer's block for the next one that needs it (at most SPARE_MAX,
+ * and at most SPARE_BYTES in all). Under ASan a spare is poisoned until it is taken again, so
+ * that a use after the drop is still caught. */
 void buf_drop(struct sw *sw, struct buf *b)
 {
-    if (b->data != NULL && b->alloc == sw->bufsize && sw->nspare < SPARE_MAX) {
+    if (b->data != NULL && b->alloc == sw->bufsize && sw->nspare < SPARE_MAX &&
+        (uint64_t)(sw->nspare + 1) * sw->bufsize <= SPARE_BYTES) {
+        ASAN_POISON(b->data, b->alloc);
         sw->spare[sw->nspare++] = b->data;
         b->data = NULL;
         b->alloc = b->start = b->scanned = b->end = 0;
@@ -33,8 +37,11 @@ void buf_drop(struct sw *sw, struct buf *b)
 
 void buf_spares_free(struct sw *sw)
 {
-    while (sw->nspare > 0)
-        free(sw->spare[--sw->nspare]);
+    while (sw->nspare > 0) {
+        uint8_t *p = sw->spare[--sw->nspare];
+        ASAN_UNPOISON(p, sw->bufsize);
+        free(p);
+    }
 }
 
 /* Moves the pending bytes to the front so that the tail has room. */
@@ -58,6 +65,7 @@ static uint32_t buf_read_room(struct sw *sw, struct buf *b)
     if (b->data == NULL && sw->nspare > 0) {
         b->data = sw->spare[--sw->nspare];
         b->alloc = limit;
+        ASAN_UNPOISON(b->data, limit);
     }
     if (b->alloc < limit) {
         uint8_t *p = realloc(b->data, limit);

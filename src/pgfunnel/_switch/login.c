@@ -481,6 +481,8 @@ int login_promote(struct sw *sw, struct conn *c, struct pool *p, const uint8_t *
         return 0;
     }
     buf_free(&c->hold);
+    c->pmatch = 0; /* what its values are is what the promote said (talk mode may have changed
+                    * them, and its bytes did not go through params.c) */
     pool_release(sw, c);
     conn_schedule(sw, c); /* an idle server read since its last edge is checked at once */
     return 0;

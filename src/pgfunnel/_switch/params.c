@@ -1,10 +1,13 @@
 /* params.c: the tracked startup parameters: what each client wants and each server has, the
  * SET query that makes a server match its new client at a link, and the walk over server bytes
  * that notes ParameterStatus and swallows the answer to that query. */
+#define _GNU_SOURCE
 #include <stddef.h>
-#include <sys/random.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "switch.h"
 
@@ -52,8 +55,12 @@ int params_set_tracked(struct sw *sw, const char *const *names, const size_t *le
     free(sw->tracked);
     sw->tracked = t;
     sw->ntracked = (uint32_t)n;
-    if (getrandom(&sw->pseed, sizeof(sw->pseed), GRND_NONBLOCK) != (ssize_t)sizeof(sw->pseed))
-        sw->pseed = (uint64_t)(uintptr_t)sw ^ (uint64_t)sw->now_mono; /* no entropy yet */
+    if (getrandom(&sw->pseed, sizeof(sw->pseed), GRND_NONBLOCK) != (ssize_t)sizeof(sw->pseed)) {
+        struct timespec ts; /* no entropy yet (early boot): the time, the pid, an address */
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        sw->pseed = ((uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec) ^
+                    ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)sw;
+    }
     return 0;
 }
 

@@ -92,7 +92,23 @@ struct buf {
 struct pool;
 struct pset;
 
-#define SPARE_MAX 32 /* spare read buffers kept (at 64 KiB each, 2 MiB at most) */
+#define SPARE_MAX 32               /* spare read buffers kept ... */
+#define SPARE_BYTES (2u << 20)     /* ... and 2 MiB of them at most, whatever buffer_size */
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define ASAN_POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
+#define ASAN_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#include <sanitizer/asan_interface.h>
+#define ASAN_POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
+#define ASAN_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
+#endif
+#endif
+#ifndef ASAN_POISON
+#define ASAN_POISON(p, n) ((void)(p), (void)(n))
+#define ASAN_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
 
 /* params.c: tracked startup parameters (names as PostgreSQL reports them). */
 #define PARAM_MAX_TRACKED 32

@@ -169,10 +169,15 @@ static int pval_copy(struct pval *dst, const struct pval *src)
     return pval_set(dst, pval_bytes(src), src->len);
 }
 
+/* `v` is known and holds exactly p[0..n). */
+static int pval_is(const struct pval *v, const uint8_t *p, size_t n)
+{
+    return v->known && v->len == n && memcmp(pval_bytes(v), p, n) == 0;
+}
+
 static int pval_equal(const struct pval *a, const struct pval *b)
 {
-    return a->known && b->known && a->len == b->len &&
-           memcmp(pval_bytes(a), pval_bytes(b), a->len) == 0;
+    return b->known && pval_is(a, pval_bytes(b), b->len);
 }
 
 /* ---- a client's wishes: one shared set per distinct values ------------------------------ */
@@ -222,10 +227,7 @@ static uint64_t views_hash(const struct sw *sw, const struct pview *w, uint32_t 
 static int pset_matches(const struct pset *s, const struct pview *w, uint32_t n)
 {
     for (uint32_t i = 0; i < n; i++) {
-        if (s->v[i].known != w[i].known)
-            return 0;
-        if (w[i].known && (s->v[i].len != w[i].len ||
-                           memcmp(pval_bytes(&s->v[i]), w[i].p, w[i].len) != 0))
+        if (w[i].known ? !pval_is(&s->v[i], w[i].p, w[i].len) : s->v[i].known)
             return 0;
     }
     return 1;
@@ -541,7 +543,7 @@ static void param_status(struct sw *sw, struct conn *s, const uint8_t *p, size_t
         return;
     uint32_t t = sw->ntracked;
     size_t vn = keep ? (size_t)(end - v) : 0;
-    if (!keep || !have[i].known || have[i].len != vn || memcmp(pval_bytes(&have[i]), v, vn) != 0)
+    if (!keep || !pval_is(&have[i], v, vn))
         s->pmatch = 0; /* a value that changed: compared again at the next link */
     if (!keep || pval_set(&have[i], v, vn) < 0)
         pval_clear(&have[i]);

@@ -115,9 +115,8 @@ class App(Commands):
         self._paused_dbs: set[str] = set()  # PAUSE db / KILL db: outlive a global RESUME
         self.suspended = False
         self.shutting_down: str | None = None
-        # query_wait_notify: queue places from the last snapshot (see deadline).
+        # query_wait_notify: queue places from this janitor tick's snapshot (see deadline).
         self._places: dict[Pool, dict[Client, int]] = {}
-        self._places_fresh = False
         self._shutdown_task: asyncio.Task[None] | None = None  # waits for the last one to go
         self.signal_task: asyncio.Task[None] | None = None  # SIGUSR1's wait for the servers
         self.stopping = asyncio.Event()  # set when the process should exit now
@@ -669,9 +668,8 @@ class App(Commands):
         if why is SwReason.QUERY_WAIT_NOTIFY:
             # Waiters that queued together reach their notice together: one snapshot per
             # janitor interval gives them all their places (not one snapshot each).
-            if not self._places_fresh:  # the janitor's tick makes them stale again
+            if not self._places:  # none since the janitor's last tick: snapshot once
                 self.refresh()
-                self._places_fresh = True
             places = self._places.get(pool)
             if places is None:
                 queue = self.pooler.queued(pool)
@@ -814,7 +812,6 @@ class App(Commands):
     # --- the janitor -------------------------------------------------------------------------
     def _tick(self) -> None:
         self._places.clear()  # query_wait_notify's queue places: one snapshot per tick at most
-        self._places_fresh = False
         try:
             if self.suspended:
                 # As PgBouncer's janitor: nothing at all while every socket is held, not even

@@ -25,12 +25,15 @@ setup(
                     "params.c",
                     "timers.c",
                     "login.c",
+                    "fastlogin.c",
                     "module.c",
                 )
             ],
             depends=[SRC + "switch.h", SRC + "scan.h"],
             extra_compile_args=FLAGS,
-            libraries=["pthread"],
+            # OpenSSL's libcrypto: the digests of the logins the switch runs (md5, SCRAM's
+            # SHA-256 and HMAC), and the TLS that will live in the same place.
+            libraries=["pthread", "crypto"],
         )
     ]
 )

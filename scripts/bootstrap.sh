@@ -25,6 +25,8 @@ command -v gcc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
 python3 -c 'import os, sys, sysconfig
 sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
     || need_apt+=(python3-dev)
+# OpenSSL's libcrypto and its headers: the switch checks md5 and SCRAM passwords with it.
+[ -f /usr/include/openssl/evp.h ] || need_apt+=(libssl-dev)
 command -v clang >/dev/null 2>&1 || need_apt+=(clang)
 ls /usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a >/dev/null 2>&1 \
     || need_apt+=(libclang-rt-14-dev)

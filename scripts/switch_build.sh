@@ -15,12 +15,12 @@ INC=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 SUFFIX=$("$PY" -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
 WARN=(-std=c11 -Wall -Wextra -Werror -Wshadow -Wvla)
 CORE=("$SRC/scan.c" "$SRC/conn.c" "$SRC/pool.c" "$SRC/stats.c" "$SRC/loop.c" "$SRC/params.c"
-    "$SRC/timers.c" "$SRC/login.c"
+    "$SRC/timers.c" "$SRC/login.c" "$SRC/fastlogin.c"
     "$SRC/module.c")
 
 case "${1:-dev}" in
 dev)
-    ${CC:-gcc} "${WARN[@]}" -O2 -g -fPIC -shared -I"$INC" "${CORE[@]}" -lpthread \
+    ${CC:-gcc} "${WARN[@]}" -O2 -g -fPIC -shared -I"$INC" "${CORE[@]}" -lpthread -lcrypto \
         -o "$SRC/_switch$SUFFIX"
     echo "$SRC/_switch$SUFFIX"
     ;;
@@ -28,7 +28,7 @@ asan)
     mkdir -p build/switch-asan
     ${CC:-gcc} "${WARN[@]}" -O1 -g -fPIC -shared -fno-omit-frame-pointer \
         -fsanitize=address,undefined -fno-sanitize-recover=undefined \
-        -I"$INC" "${CORE[@]}" -lpthread -o "build/switch-asan/_switch$SUFFIX"
+        -I"$INC" "${CORE[@]}" -lpthread -lcrypto -o "build/switch-asan/_switch$SUFFIX"
     echo "build/switch-asan/_switch$SUFFIX"
     ;;
 fuzz)
@@ -37,12 +37,16 @@ fuzz)
     clang "${WARN[@]}" "${FUZZ[@]}" "$SRC/scan.c" tests/switch/fuzz_scan.c \
         -o build/switch-fuzz/fuzz_scan
     # Everything but the CPython glue: the connection and pool code over real socket pairs.
-    clang "${WARN[@]}" "${FUZZ[@]}" "${CORE[@]:0:8}" tests/switch/fuzz_switch.c -lpthread \
+    clang "${WARN[@]}" "${FUZZ[@]}" "${CORE[@]:0:9}" tests/switch/fuzz_switch.c -lpthread -lcrypto \
         -o build/switch-fuzz/fuzz_switch
     # The login phases: accept, connect completion, framing, flow control (login.c).
-    clang "${WARN[@]}" "${FUZZ[@]}" "${CORE[@]:0:8}" tests/switch/fuzz_login.c -lpthread \
+    clang "${WARN[@]}" "${FUZZ[@]}" "${CORE[@]:0:9}" tests/switch/fuzz_login.c -lpthread -lcrypto \
         -o build/switch-fuzz/fuzz_login
-    echo build/switch-fuzz/fuzz_scan build/switch-fuzz/fuzz_switch build/switch-fuzz/fuzz_login
+    # The logins the switch runs alone on a route (fastlogin.c).
+    clang "${WARN[@]}" "${FUZZ[@]}" "${CORE[@]:0:9}" tests/switch/fuzz_fastlogin.c -lpthread \
+        -lcrypto -o build/switch-fuzz/fuzz_fastlogin
+    echo build/switch-fuzz/fuzz_scan build/switch-fuzz/fuzz_switch build/switch-fuzz/fuzz_login \
+        build/switch-fuzz/fuzz_fastlogin
     ;;
 *)
     echo "usage: $0 [dev|asan|fuzz]" >&2

@@ -3,8 +3,8 @@
 #   1. tests/switch under the ASan+UBSan build of the extension (leaks checked by
 #      tests/switch/test_leaks.py under LeakSanitizer, in the same run);
 #   2. the libFuzzer harnesses from their checked-in corpora: scan.c alone (SCAN_SECONDS), the
-#      connection/pool code over socket pairs (SWITCH_SECONDS) and the login phases
-#      (LOGIN_SECONDS).
+#      connection/pool code over socket pairs (SWITCH_SECONDS), the login phases
+#      (LOGIN_SECONDS) and the logins the switch runs alone (FAST_SECONDS).
 # A sanitizer report or a fuzz crash fails it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +12,7 @@ PY=${PY:-.venv/bin/python}
 SCAN_SECONDS=${SCAN_SECONDS:-12}
 SWITCH_SECONDS=${SWITCH_SECONDS:-20}
 LOGIN_SECONDS=${LOGIN_SECONDS:-8}
+FAST_SECONDS=${FAST_SECONDS:-8}
 
 so=$(bash scripts/switch_build.sh asan | tail -1)
 libasan=$(gcc -print-file-name=libasan.so)
@@ -47,3 +48,4 @@ fuzz() {
 fuzz fuzz_scan "$SCAN_SECONDS" tests/switch/corpus
 fuzz fuzz_switch "$SWITCH_SECONDS" tests/switch/corpus_switch
 fuzz fuzz_login "$LOGIN_SECONDS" tests/switch/corpus_login
+fuzz fuzz_fastlogin "$FAST_SECONDS" tests/switch/corpus_fastlogin

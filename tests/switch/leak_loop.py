@@ -131,6 +131,7 @@ def main() -> None:
             events += sw.events()
         handle(events)
     login_rounds(sw, sockdir, port, rounds // 3)
+    fast_rounds(sw, rounds // 3)
     sw.stop()
 
 
@@ -229,6 +230,88 @@ def login_rounds(sw: Switch, sockdir: Path, port: int, rounds: int) -> None:
             while c.recv(4096):
                 pass
             c.close()
+
+
+def fast_rounds(sw: Switch, rounds: int) -> None:
+    """Logins the switch runs alone on a route: md5 and SCRAM, right and wrong passwords, a
+    client leaving mid-exchange, routes replaced and cleared while a login is in its exchange,
+    a query pipelined after the password; one route is left for stop() to free."""
+    import hashlib
+
+    from pgfunnel._switch import EventKind, RouteMethod
+    from pgfunnel.proto import messages as m
+    from pgfunnel.proto.auth import ServerAuth, scram_keys
+
+    user, db, password = "fast", "d", "pw"
+    key = db.encode() + b"\0" + user.encode()
+    welcome = b"application_name\0\0TimeZone\0UTC\0server_version\x0015\0"
+    salt = b"0123456789abcdef"
+    _, stored, server = scram_keys(password, salt, 4096)
+
+    def route(i: int) -> None:
+        if i % 2:
+            sw.set_route(
+                key,
+                1,
+                RouteMethod.SCRAM,
+                i,
+                iterations=4096,
+                salt=salt,
+                stored=stored,
+                server=server,
+                welcome=welcome,
+                app=b"dflt",
+            )
+        else:
+            md5 = hashlib.md5((password + user).encode()).hexdigest().encode()
+            sw.set_route(key, 1, RouteMethod.MD5, i, md5=md5, welcome=welcome)
+
+    def read(c: socket.socket) -> tuple[bytes, bytes]:
+        head = c.recv(5, socket.MSG_WAITALL)
+        return head[:1], c.recv(int.from_bytes(head[1:5], "big") - 4, socket.MSG_WAITALL)
+
+    def answer(c: socket.socket, auth: ServerAuth, kind: bytes, body: bytes, tail: bytes) -> bytes:
+        """Plays the client's exchange from the message (kind, body) on; `tail` goes with its
+        last password message. The last message's type (Z or E)."""
+        while kind not in (b"Z", b"E"):
+            if kind == b"R" and body[:4] != b"\0\0\0\0":
+                code = int.from_bytes(body[:4], "big")
+                reply = auth.respond(code, body[4:])
+                if reply:
+                    c.sendall(reply + (tail if code != m.AUTH_SASL else b""))
+            kind, body = read(c)
+        return kind
+
+    sw.set_fast_cap(1000)
+    with tempfile.TemporaryDirectory(dir="/tmp") as d:
+        path = os.path.join(d, "f.sock")
+        ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        ls.bind(path)
+        ls.listen(16)
+        ls.setblocking(False)
+        sw.listen(ls.detach())
+        for i in range(rounds):
+            route(i)
+            c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            c.settimeout(10)
+            c.connect(path)
+            c.sendall(m.startup_message({"user": user, "database": db, "TimeZone": "UTC"}))
+            kind, body = read(c)  # the password request: the route is in use from here
+            if i % 5 == 2:
+                c.close()  # leaves in the exchange
+                continue
+            if i % 5 == 3:
+                sw.clear_routes()  # the login in progress keeps its route
+            good = i % 5 != 1
+            auth = ServerAuth(user, password if good else "nope")
+            # A query pipelined after the password waits in the pool's queue (no server here
+            # takes it) until the client leaves.
+            last = answer(c, auth, kind, body, m.query("select 1"))
+            assert last == (b"Z" if good else b"E"), last
+            c.close()
+        route(0)
+        seen = sw.events()
+        assert any(e.kind is EventKind.LOGGED_IN for e in seen) or rounds < 5
 
 
 if __name__ == "__main__":

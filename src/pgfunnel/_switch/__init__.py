@@ -51,6 +51,13 @@ class EventKind(IntEnum):
     # Whole messages of a CL_LOGIN/SV_LOGIN/SV_TALK connection in `data`; `reason` holds
     # MessageFlag bits. Nothing more from it until read_next.
     MESSAGE = _native.EV_MESSAGE
+    # A login the switch ran alone on a route (set_route) is in its pool, welcomed: `pool` is
+    # the route's pool, `data` who it is (see LoggedIn.parse).
+    LOGGED_IN = _native.EV_LOGGED_IN
+    # Such a login ended without a welcome (a wrong password, the client left, a bad message,
+    # client_login_timeout): `reason` the Reason plus LOGIN_ENDED_ASKED once a password was
+    # asked for, `pool` the listener, `data` user, database, host and port. No CLOSED follows.
+    LOGIN_ENDED = _native.EV_LOGIN_ENDED
 
 
 class Reason(IntEnum):
@@ -89,6 +96,10 @@ class Reason(IntEnum):
     CHECK_NEEDED = _native.R_CHECK_NEEDED
     RESET_NEEDED = _native.R_RESET_NEEDED
     DIRTY_PARTIAL = _native.R_DIRTY_PARTIAL  # left mid-message or with a batch open: close it
+    # LOGIN_ENDED reasons of the logins the switch runs (with CLIENT_EOF, IO_ERROR, BAD_PACKET,
+    # TOO_BIG): the password did not match; client_login_timeout passed.
+    AUTH_FAILED = _native.R_AUTH_FAILED
+    LOGIN_TIMEOUT = _native.R_LOGIN_TIMEOUT
 
 
 class MessageFlag(IntFlag):
@@ -99,6 +110,60 @@ class MessageFlag(IntFlag):
     MORE_BUFFERED = _native.MSG_MORE_BUFFERED
     # An untyped packet (StartupMessage, SSLRequest, GSSENCRequest, CancelRequest), alone.
     UNTYPED = _native.MSG_UNTYPED
+
+
+class RouteMethod(IntEnum):
+    """How a route's logins prove their password."""
+
+    MD5 = _native.FAST_MD5
+    SCRAM = _native.FAST_SCRAM
+
+
+# ACCEPTED's reason bit: the switch answered an SSLRequest 'N' before it handed the login over.
+ACCEPTED_SSL_ANSWERED = _native.ACCEPTED_SSL_ANSWERED
+# LOGIN_ENDED's reason bit: a password had been asked for.
+LOGIN_ENDED_ASKED = _native.LOGIN_ENDED_ASKED
+
+
+class LoggedIn(NamedTuple):
+    """A LOGGED_IN event's data."""
+
+    user: str
+    database: str
+    host: str  # "unix" for a unix socket
+    port: int
+    listener: int  # the listener that accepted it
+    cancel_pid: int
+    cancel_key: int
+    method: RouteMethod
+    gen: int  # the generation given to set_route
+    client_key: bytes  # SCRAM's recovered ClientKey, b"" for md5
+    own: tuple[str | None, ...]  # per tracked parameter, the client's startup value or None
+
+    @classmethod
+    def parse(cls, data: bytes) -> LoggedIn:
+        parts = data.split(b"\0")
+        user, db, host, port, listener, pid, key, method, gen, ckey = parts[:10]
+        own = tuple(p[1:].decode() if p.startswith(b"=") else None for p in parts[10:-1])
+        return cls(
+            user.decode(),
+            db.decode(),
+            host.decode(),
+            int(port),
+            int(listener),
+            int(pid),
+            int(key),
+            RouteMethod(int(method)),
+            int(gen),
+            bytes.fromhex(ckey.decode()),
+            own,
+        )
+
+
+def login_ended_who(data: bytes) -> tuple[str, str, str, int]:
+    """A LOGIN_ENDED event's data: (user, database, host, port); names may be empty."""
+    user, db, host, port = data.split(b"\0")[:4]
+    return user.decode(), db.decode(), host.decode(), int(port or b"0")
 
 
 class Kind(IntEnum):
@@ -318,6 +383,50 @@ class SwitchAPI(Protocol):
         listener pauses with a LISTEN_ERROR whose errno is 0, until listen_resume."""
         ...
 
+    def set_route(
+        self,
+        key: bytes,
+        pool: int,
+        method: RouteMethod,
+        gen: int,
+        *,
+        md5: bytes = b"",
+        iterations: int = 0,
+        salt: bytes = b"",
+        stored: bytes = b"",
+        server: bytes = b"",
+        welcome: bytes = b"",
+        app: bytes = b"",
+    ) -> None:
+        """Let the switch run the logins of `key` (database NUL user) alone: the startup packet
+        (protocol 3.0; user, database and the tracked parameters only), the password exchange
+        (MD5: `md5`, the 32 hex digits of PostgreSQL's md5 secret; SCRAM: `iterations`, `salt`,
+        `stored` and `server`, the secret's keys), then AuthenticationOk, `welcome`'s
+        parameters (name NUL value NUL pairs, the pool's, in its order) with the client's own
+        tracked values in their place, `app` as application_name when it names none, a
+        BackendKeyData and ReadyForQuery, and the client into `pool`. A LOGGED_IN event follows
+        (LOGIN_ENDED if it fails); anything else about a login goes to Python as before."""
+        ...
+
+    def clear_routes(self) -> None:
+        """Drop every route (logins already past their startup packet finish on theirs)."""
+        ...
+
+    def routes(self) -> int:
+        """How many routes are set."""
+        ...
+
+    def set_fast_cap(self, n: int) -> None:
+        """The switch tries a login itself only while at most n client sockets are open (over
+        it Python decides: max_client_conn, the fd limit). 0 at start."""
+        ...
+
+    def fast_expire(self, grace_us: int, timeout_us: int, msg: bytes) -> None:
+        """A login the switch holds that has sent nothing it can use for grace_us goes to
+        Python (ACCEPTED and what it sent); one still in its password exchange after
+        timeout_us (> 0) gets `msg` and is closed (LOGIN_ENDED LOGIN_TIMEOUT)."""
+        ...
+
     def connect_server(self, fd: int, pool: int, first: bytes = b"") -> int:
         """Hand in a server socket on which connect() was called (EINPROGRESS is fine): state
         SV_LOGIN; `first` (the StartupMessage) and what `send` queues are written once it is
@@ -506,6 +615,47 @@ class Switch:
 
     def set_login_cap(self, n: int) -> None:
         self._sw.set_login_cap(n)
+
+    def set_route(
+        self,
+        key: bytes,
+        pool: int,
+        method: RouteMethod,
+        gen: int,
+        *,
+        md5: bytes = b"",
+        iterations: int = 0,
+        salt: bytes = b"",
+        stored: bytes = b"",
+        server: bytes = b"",
+        welcome: bytes = b"",
+        app: bytes = b"",
+    ) -> None:
+        self._sw.set_route(
+            key,
+            pool,
+            int(method),
+            gen,
+            md5=md5,
+            iterations=iterations,
+            salt=salt,
+            stored=stored,
+            server=server,
+            welcome=welcome,
+            app=app,
+        )
+
+    def clear_routes(self) -> None:
+        self._sw.clear_routes()
+
+    def routes(self) -> int:
+        return self._sw.routes()
+
+    def set_fast_cap(self, n: int) -> None:
+        self._sw.set_fast_cap(n)
+
+    def fast_expire(self, grace_us: int, timeout_us: int, msg: bytes) -> None:
+        self._sw.fast_expire(grace_us, timeout_us, msg)
 
     def connect_server(self, fd: int, pool: int, first: bytes = b"") -> int:
         return self._sw.connect_server(fd, pool, first)

@@ -13,10 +13,18 @@ EV_DEADLINE: int
 EV_ACCEPTED: int
 EV_LISTEN_ERROR: int
 EV_MESSAGE: int
+EV_LOGGED_IN: int
+EV_LOGIN_ENDED: int
+ACCEPTED_SSL_ANSWERED: int
+LOGIN_ENDED_ASKED: int
+FAST_MD5: int
+FAST_SCRAM: int
 R_CONNECT_FAILED: int
 R_CHECK_NEEDED: int
 R_RESET_NEEDED: int
 R_DIRTY_PARTIAL: int
+R_AUTH_FAILED: int
+R_LOGIN_TIMEOUT: int
 CL_LOGIN: int
 SV_LOGIN: int
 SV_TALK: int
@@ -129,6 +137,25 @@ class Switch:
     def listen(self, fd: int, /) -> int: ...
     def listen_resume(self, listener: int, /) -> None: ...
     def set_login_cap(self, n: int, /) -> None: ...
+    def set_route(
+        self,
+        key: bytes,
+        pool: int,
+        method: int,
+        gen: int,
+        *,
+        md5: bytes = ...,
+        iterations: int = ...,
+        salt: bytes = ...,
+        stored: bytes = ...,
+        server: bytes = ...,
+        welcome: bytes = ...,
+        app: bytes = ...,
+    ) -> None: ...
+    def clear_routes(self) -> None: ...
+    def routes(self) -> int: ...
+    def set_fast_cap(self, n: int, /) -> None: ...
+    def fast_expire(self, grace_us: int, timeout_us: int, msg: bytes, /) -> None: ...
     def connect_server(self, fd: int, pool: int, first: bytes = ..., /) -> int: ...
     def read_next(self, conn: int, /) -> bool: ...
     def promote(

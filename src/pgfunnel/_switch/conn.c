@@ -138,6 +138,8 @@ struct conn *conn_new(struct sw *sw, int fd, uint8_t kind, struct pool *pool)
     c->connect_wall = c->request_wall = sw->now_wall;
     c->connect_mono = c->idle_since = sw->now_mono;
     pool->n[ST_NEW]++;
+    if (kind == KIND_CLIENT)
+        sw->nclients++;
     sw->slots[slot] = c;
     sw->slot_hint = slot + 1;
     return c;
@@ -224,6 +226,16 @@ void conn_destroy(struct sw *sw, struct conn *c, uint8_t reason, int report)
 {
     if (c->state == ST_DEAD)
         return;
+    if (c->fl != NULL) {
+        /* A login the switch ran: Python never saw its ACCEPTED, it hears LOGIN_ENDED. */
+        if (report)
+            fast_closing(sw, c, reason);
+        else
+            fast_drop(sw, c);
+        report = 0;
+    }
+    if (c->kind == KIND_CLIENT)
+        sw->nclients--;
     pool_unlist(sw, c);
     if (c->peer != NULL) {
         c->peer->peer = NULL;

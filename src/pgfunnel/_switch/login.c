@@ -4,6 +4,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <netinet/in.h>
+#include <arpa/inet.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -125,6 +126,8 @@ static void login_failed(struct sw *sw, struct conn *c, uint8_t reason, int err)
 static void login_pass_up(struct sw *sw, struct conn *c)
 {
     struct buf *b = &c->hold;
+    if (c->fl != NULL && fast_pass_up(sw, c))
+        return; /* the switch runs this login itself (fastlogin.c) */
     if (c->login_sent || b->end == b->start)
         return;
     uint32_t cap = sw->login_max;
@@ -251,6 +254,8 @@ int login_connecting(struct sw *sw, struct conn *c)
 /* Undoes conn_new for a connection that never got registered. */
 static void conn_unmake(struct sw *sw, struct conn *c)
 {
+    if (c->kind == KIND_CLIENT)
+        sw->nclients--;
     sw->slots[(c->id & 0xffffffffu) - 1] = NULL;
     c->pool->n[ST_NEW]--;
     free(c);
@@ -296,7 +301,9 @@ void login_accept(struct sw *sw, struct conn *l)
             listen_pause(sw, l, 0);
             return;
         }
-        int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        struct sockaddr_storage ss;
+        socklen_t slen = sizeof(ss);
+        int fd = accept4(l->fd, (struct sockaddr *)&ss, &slen, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             int err = errno;
             if (err == EINTR || accept_skippable(err))
@@ -326,7 +333,22 @@ void login_accept(struct sw *sw, struct conn *l)
         }
         c->login_phase = LP_UNTYPED;
         conn_set_state(c, CL_LOGIN);
-        sw_post(sw, EV_ACCEPTED, c->id, (int64_t)l->id, 0);
+        if (sw->rtab_count > 0) {
+            char host[INET6_ADDRSTRLEN + 1] = "unix";
+            uint32_t port = 0;
+            if (ss.ss_family == AF_INET) {
+                const struct sockaddr_in *a = (const struct sockaddr_in *)&ss;
+                inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+                port = ntohs(a->sin_port);
+            } else if (ss.ss_family == AF_INET6) {
+                const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&ss;
+                inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+                port = ntohs(a->sin6_port);
+            }
+            fast_accept(sw, c, (int64_t)l->id, host, port);
+        }
+        if (c->fl == NULL) /* else Python hears of it when the switch is done with it */
+            sw_post(sw, EV_ACCEPTED, c->id, (int64_t)l->id, 0);
     }
     conn_schedule(sw, l); /* more may wait: after the other connections' turn */
 }

@@ -271,6 +271,7 @@ static void shutdown_switch(SwitchObject *self)
     buf_free(&sw->msg_long_tx);
     buf_free(&sw->msg_server_gone);
     params_fini(sw);
+    fast_fini(sw);
     loop_fini(sw);
     pthread_mutex_destroy(&sw->lock);
 }
@@ -961,6 +962,166 @@ static PyObject *Switch_set_login_cap(SwitchObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* ---- routes: logins the switch runs alone (fastlogin.c) ------------------------------------ */
+
+static int copy_exact(Py_buffer *b, uint8_t *out, size_t n, const char *what)
+{
+    if ((size_t)b->len != n) {
+        PyErr_Format(PyExc_ValueError, "%s must be %zu bytes", what, n);
+        return -1;
+    }
+    memcpy(out, b->buf, n);
+    return 0;
+}
+
+/* The welcome blob: pairs of C strings, each tracked parameter's value one the switch can keep
+ * as a client's wish. */
+static int welcome_ok(struct sw *sw, const uint8_t *p, size_t n)
+{
+    if (n == 0)
+        return 1;
+    if (p[n - 1] != 0)
+        return 0;
+    size_t off = 0;
+    while (off < n) {
+        const uint8_t *name = p + off;
+        const uint8_t *nend = memchr(name, 0, n - off);
+        if (nend == NULL || nend == name || (size_t)(nend - name) > PARAM_NAME_MAX)
+            return 0;
+        off = (size_t)(nend - p) + 1;
+        if (off >= n)
+            return 0;
+        const uint8_t *v = p + off;
+        const uint8_t *vend = memchr(v, 0, n - off);
+        if (vend == NULL)
+            return 0;
+        for (uint32_t i = 0; i < sw->ntracked; i++)
+            if (strcmp(sw->tracked[i].name, (const char *)name) == 0 &&
+                !params_valid_value(v, (size_t)(vend - v)))
+                return 0;
+        off = (size_t)(vend - p) + 1;
+    }
+    return 1;
+}
+
+static PyObject *Switch_set_route(SwitchObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"key",        "pool",   "method", "gen",    "md5",  "iterations",
+                             "salt",       "stored", "server", "welcome", "app", NULL};
+    Py_buffer key = {0}, md5 = {0}, salt = {0}, stored = {0}, server = {0}, welcome = {0},
+              app = {0};
+    long long pool;
+    unsigned char method;
+    unsigned long long gen;
+    unsigned int iterations = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*LbK|$y*Iy*y*y*y*y*", kwlist, &key, &pool,
+                                     &method, &gen, &md5, &iterations, &salt, &stored, &server,
+                                     &welcome, &app))
+        return NULL;
+    PyObject *ret = NULL;
+    struct fast_route spec;
+    memset(&spec, 0, sizeof(spec));
+    if (check_open(self) < 0)
+        goto out;
+    spec.key = key.buf;
+    spec.klen = (uint32_t)key.len;
+    spec.pool = pool;
+    spec.method = method;
+    spec.gen = gen;
+    spec.iterations = iterations;
+    if (method == FAST_MD5) {
+        if (copy_exact(&md5, spec.md5, 32, "md5") < 0)
+            goto out;
+    } else if (method == FAST_SCRAM) {
+        if (salt.len <= 0 || salt.len > FAST_SALT_MAX) {
+            PyErr_SetString(PyExc_ValueError, "salt must be 1 to 64 bytes");
+            goto out;
+        }
+        memcpy(spec.salt, salt.buf, (size_t)salt.len);
+        spec.salt_len = (uint32_t)salt.len;
+        if (copy_exact(&stored, spec.stored, 32, "stored") < 0 ||
+            copy_exact(&server, spec.server, 32, "server") < 0)
+            goto out;
+    }
+    if (key.len <= 0 || memchr(key.buf, 0, (size_t)key.len) == NULL ||
+        !welcome_ok(&self->sw, welcome.buf, (size_t)welcome.len) ||
+        !params_valid_value(app.buf, (size_t)app.len) || welcome.len > (1 << 20)) {
+        PyErr_SetString(PyExc_ValueError, "bad route key, welcome or app");
+        goto out;
+    }
+    spec.welcome = welcome.buf;
+    spec.wlen = (uint32_t)welcome.len;
+    spec.app = app.buf;
+    spec.alen = (uint32_t)app.len;
+    sw_lock(&self->sw);
+    int rc = fast_route_set(&self->sw, &spec);
+    sw_unlock(&self->sw);
+    if (rc == -1)
+        PyErr_NoMemory();
+    else if (rc < 0)
+        PyErr_SetString(PyExc_ValueError, "bad route");
+    else
+        ret = Py_NewRef(Py_None);
+out:
+    explicit_bzero(&spec, sizeof(spec));
+    PyBuffer_Release(&key);
+    PyBuffer_Release(&md5);
+    PyBuffer_Release(&salt);
+    PyBuffer_Release(&stored);
+    PyBuffer_Release(&server);
+    PyBuffer_Release(&welcome);
+    PyBuffer_Release(&app);
+    return ret;
+}
+
+static PyObject *Switch_clear_routes(SwitchObject *self, PyObject *Py_UNUSED(a))
+{
+    if (check_open(self) < 0)
+        return NULL;
+    sw_lock(&self->sw);
+    fast_routes_clear(&self->sw);
+    sw_unlock(&self->sw);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Switch_routes(SwitchObject *self, PyObject *Py_UNUSED(a))
+{
+    if (check_open(self) < 0)
+        return NULL;
+    sw_lock(&self->sw);
+    uint32_t n = self->sw.rtab_count;
+    sw_unlock(&self->sw);
+    return PyLong_FromUnsignedLong(n);
+}
+
+static PyObject *Switch_set_fast_cap(SwitchObject *self, PyObject *args)
+{
+    unsigned int n;
+    if (!PyArg_ParseTuple(args, "I", &n) || check_open(self) < 0)
+        return NULL;
+    sw_lock(&self->sw);
+    self->sw.fast_cap = n;
+    sw_unlock(&self->sw);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Switch_fast_expire(SwitchObject *self, PyObject *args)
+{
+    long long grace, timeout;
+    Py_buffer msg;
+    if (!PyArg_ParseTuple(args, "LLy*", &grace, &timeout, &msg))
+        return NULL;
+    if (check_open(self) < 0) {
+        PyBuffer_Release(&msg);
+        return NULL;
+    }
+    sw_lock(&self->sw);
+    fast_expire(&self->sw, grace, timeout, msg.buf, (size_t)msg.len);
+    sw_unlock(&self->sw);
+    PyBuffer_Release(&msg);
+    Py_RETURN_NONE;
+}
+
 /* The connections whose out buffer still holds bytes (SUSPEND waits for none). */
 static PyObject *Switch_unflushed(SwitchObject *self, PyObject *Py_UNUSED(a))
 {
@@ -1402,6 +1563,13 @@ static PyMethodDef Switch_methods[] = {
     {"listen", (PyCFunction)Switch_listen, METH_VARARGS, "listen(fd) -> listener id"},
     {"listen_resume", (PyCFunction)Switch_listen_resume, METH_VARARGS, "listen_resume(id)"},
     {"set_login_cap", (PyCFunction)Switch_set_login_cap, METH_VARARGS, "set_login_cap(n)"},
+    {"set_route", (PyCFunction)(void (*)(void))Switch_set_route, METH_VARARGS | METH_KEYWORDS,
+     "set_route(key, pool, method, gen, *, md5, iterations, salt, stored, server, welcome, app)"},
+    {"clear_routes", (PyCFunction)Switch_clear_routes, METH_NOARGS, "Drop every route."},
+    {"routes", (PyCFunction)Switch_routes, METH_NOARGS, "How many routes are set."},
+    {"set_fast_cap", (PyCFunction)Switch_set_fast_cap, METH_VARARGS, "set_fast_cap(n)"},
+    {"fast_expire", (PyCFunction)Switch_fast_expire, METH_VARARGS,
+     "fast_expire(grace_us, timeout_us, msg)"},
     {"connect_server", (PyCFunction)Switch_connect_server, METH_VARARGS,
      "connect_server(fd, pool, first=b'') -> id"},
     {"read_next", (PyCFunction)Switch_read_next, METH_VARARGS, "read_next(conn) -> found"},
@@ -1466,10 +1634,18 @@ PyMODINIT_FUNC PyInit__switch(void)
     ADD_INT(m, EV_ACCEPTED);
     ADD_INT(m, EV_LISTEN_ERROR);
     ADD_INT(m, EV_MESSAGE);
+    ADD_INT(m, EV_LOGGED_IN);
+    ADD_INT(m, EV_LOGIN_ENDED);
+    ADD_INT(m, ACCEPTED_SSL_ANSWERED);
+    ADD_INT(m, LOGIN_ENDED_ASKED);
+    ADD_INT(m, FAST_MD5);
+    ADD_INT(m, FAST_SCRAM);
     ADD_INT(m, R_CONNECT_FAILED);
     ADD_INT(m, R_CHECK_NEEDED);
     ADD_INT(m, R_RESET_NEEDED);
     ADD_INT(m, R_DIRTY_PARTIAL);
+    ADD_INT(m, R_AUTH_FAILED);
+    ADD_INT(m, R_LOGIN_TIMEOUT);
     ADD_INT(m, CL_LOGIN);
     ADD_INT(m, SV_LOGIN);
     ADD_INT(m, SV_TALK);

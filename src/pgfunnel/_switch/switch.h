@@ -39,7 +39,14 @@ enum ev_kind {
     EV_ACCEPTED = 6,      /* login.c: a client accepted (pool: the listener's id) */
     EV_LISTEN_ERROR = 7,  /* login.c: a listener paused (conn: its id, reason: errno) */
     EV_MESSAGE = 8,       /* login.c: whole login messages in `data` */
+    EV_LOGGED_IN = 9,     /* fastlogin.c: a login the switch ran on a route is in its pool */
+    EV_LOGIN_ENDED = 10,  /* fastlogin.c: such a login failed or its client left */
 };
+
+/* EV_ACCEPTED's reason: flags. */
+#define ACCEPTED_SSL_ANSWERED 1 /* fastlogin.c answered an SSLRequest 'N' before handing over */
+/* EV_LOGIN_ENDED's reason: the close reason, and this bit once a password was asked for. */
+#define LOGIN_ENDED_ASKED 0x100
 
 /* EV_MESSAGE's reason: flags. */
 #define MSG_UNTYPED 1       /* bit 0: an untyped packet (startup, SSL/GSS request, cancel) */
@@ -74,6 +81,8 @@ enum reason {
     R_CHECK_NEEDED,   /* pool.c: idle longer than the pool's check delay: Python checks it */
     R_RESET_NEEDED,   /* pool.c: released in a reset_always pool: Python resets it */
     R_DIRTY_PARTIAL,  /* pool.c: its client left mid-message or with a batch open (no Sync) */
+    R_AUTH_FAILED,    /* fastlogin.c: the password did not match */
+    R_LOGIN_TIMEOUT,  /* fastlogin.c: client_login_timeout passed in the exchange */
 };
 #define DL_FIRST R_QUERY_WAIT
 #define DL_CONN_COUNT (R_SERVER_LIFETIME - R_QUERY_WAIT + 1)
@@ -91,6 +100,28 @@ struct buf {
 
 struct pool;
 struct pset;
+struct flogin;
+struct route;
+
+/* fastlogin.c: what Python gives for a route (set_route); the switch copies it. */
+#define FAST_MD5 1
+#define FAST_SCRAM 2
+#define FAST_SALT_MAX 64
+struct fast_route {
+    const uint8_t *key; /* database NUL user */
+    uint32_t klen;
+    uint8_t method;
+    int64_t pool;
+    uint64_t gen; /* Python's generation of its routes, echoed in LOGGED_IN */
+    uint8_t md5[32]; /* FAST_MD5: hex of md5(password || user), PostgreSQL's secret */
+    uint32_t iterations, salt_len; /* FAST_SCRAM: the secret's */
+    uint8_t salt[FAST_SALT_MAX];
+    uint8_t stored[32], server[32];
+    const uint8_t *welcome; /* the pool's parameters: name NUL value NUL, in its order */
+    uint32_t wlen;
+    const uint8_t *app; /* application_name of a client that names none */
+    uint32_t alen;
+};
 
 #define SPARE_MAX 32               /* spare read buffers kept ... */
 #define SPARE_BYTES (2u << 20)     /* ... and 2 MiB of them at most, whatever buffer_size */
@@ -190,6 +221,7 @@ struct conn {
     int64_t connect_mono; /* server: when it connected (Python may say), for server_lifetime */
     int64_t idle_since;   /* client: its last read or release; server: pushed idle */
     int64_t dl_at[DL_CONN_COUNT]; /* per deadline: the episode start it was reported for */
+    struct flogin *fl; /* client: the login fastlogin.c runs, or NULL */
 };
 
 struct stats {
@@ -262,6 +294,16 @@ struct sw {
     uint64_t pseed;              /* params.c: random, so that clients cannot aim at a chain */
     uint8_t suspended; /* SUSPEND: no pooled connection is read (logins and listeners go on) */
     uint32_t login_cap; /* login.c: accept while fewer clients are in login (0: no cap) */
+    uint32_t nclients;  /* client sockets open (logged in or not) */
+    /* fastlogin.c: Python's routes (a hash table of chains), the logins in progress, the cap
+     * on clients under which the switch tries a login itself, and random bytes for salts,
+     * nonces and cancel keys drawn a page at a time */
+    struct route **rtab;
+    uint32_t rtab_size, rtab_count;
+    struct flogin *fast_head;
+    uint32_t fast_cap;
+    uint32_t rnd_have; /* unused bytes at the end of rnd */
+    uint8_t rnd[512];
 };
 
 /* loop.c: the only file that calls epoll */
@@ -344,6 +386,19 @@ int login_promote(struct sw *sw, struct conn *c, struct pool *p, const uint8_t *
                   size_t plen);
 void login_read_next(struct sw *sw, struct conn *c);
 const char *login_talk(struct sw *sw, struct conn *s);
+
+/* fastlogin.c */
+int fast_route_set(struct sw *sw, const struct fast_route *spec);
+void fast_routes_clear(struct sw *sw);
+void fast_fini(struct sw *sw);
+void fast_accept(struct sw *sw, struct conn *c, int64_t listener, const char *host, uint32_t port);
+int fast_pass_up(struct sw *sw, struct conn *c);
+int fast_closing(struct sw *sw, struct conn *c, uint8_t reason);
+void fast_drop(struct sw *sw, struct conn *c);
+void fast_expire(struct sw *sw, int64_t grace_us, int64_t timeout_us, const uint8_t *msg,
+                 size_t len);
+size_t fast_b64_encode(const uint8_t *p, size_t n, char *out);
+long fast_b64_decode(const uint8_t *p, size_t n, uint8_t *out, size_t cap);
 
 /* stats.c */
 void stats_wait(struct stats *st, int64_t us);

@@ -136,11 +136,17 @@ def _sample_until_consistent(
         servers = [r for r in show(admin, "SHOW SERVERS") if r["user"] == ROLE]
         after = _backend_pids(pg)
         last = (pools, len(clients), [s["remote_pid"] for s in servers], before, after)
+        # SHOW POOLS and SHOW CLIENTS are two snapshots: a sample counts only when no
+        # client changed state between them (pgbench's clients are all connected, each
+        # either holds a server or waits for one, as many waiting in both).
         if (
             pools
             and before == after
             and pools[0]["cl_active"] + pools[0]["cl_waiting"] == CLIENTS
             and pools[0]["cl_waiting"] > 0
+            and len(clients) == CLIENTS
+            and {c["state"] for c in clients} <= {"active", "waiting"}
+            and sum(c["state"] == "waiting" for c in clients) == pools[0]["cl_waiting"]
         ):
             return pools[0], clients, servers, before
     raise AssertionError(f"no consistent sample under load: {last}")

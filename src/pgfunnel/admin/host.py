@@ -42,6 +42,7 @@ class Host(Protocol):
     suspended: bool
     shutting_down: str | None  # None, "WAIT_FOR_SERVERS" or "WAIT_FOR_CLIENTS"
     refused: dict[str, int]  # clients refused before reaching a pool, by reason
+    logins: dict[str, int]  # logins into a pool, by where they ran: "switch" or "pooler"
 
     def now(self) -> float: ...
 

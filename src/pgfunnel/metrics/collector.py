@@ -296,6 +296,15 @@ class PoolerCollector(Collector):
         for reason, count in bounded(self.host.refused, REFUSAL_REASONS_EXPOSED):
             c.add_metric((reason,), count)
         yield c
+        logins = CounterMetricFamily(
+            _name("client_logins"),
+            "Client logins into a pool, by where they ran: switch (alone, on a route Python "
+            "gave it after an earlier login of the same database and user) or pooler (Python)",
+            labels=("path",),
+        )
+        for path, count in self.host.logins.items():
+            logins.add_metric((path,), count)
+        yield logins
 
     def _holders(self) -> Iterator[Metric]:
         labels = (

@@ -27,6 +27,7 @@ from pgfunnel.net.auth_query import AuthLookups
 from pgfunnel.net.bridge import CLOSE_TEXT, Bridge
 from pgfunnel.net.client_conn import ClientConn
 from pgfunnel.net.commands import ADMIN_DATABASES, Commands
+from pgfunnel.net.fast_login import FastLogins
 from pgfunnel.net.server_conn import ServerConn
 from pgfunnel.net.unixsock import is_unix, sockaddr, tcp_connect, unix_connect, unix_path
 from pgfunnel.pool.objects import Client, ClientState, Server, ServerState, cancel_key_of
@@ -122,16 +123,20 @@ class App(Commands):
         self.stopping = asyncio.Event()  # set when the process should exit now
         self.exit_code = 0  # 1 when it goes down on an error (PgBouncer's die())
         self.refused: dict[str, int] = {}  # clients refused before reaching a pool, by reason
+        # Logins into a pool, by where they ran: in the switch on a route, or in Python.
+        self.logins: dict[str, int] = {"switch": 0, "pooler": 0}
         self.metrics: Any = None  # pgfunnel.metrics.MetricsServer when metrics_addr is set
         self.fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self._limit_bites = [0, 0]  # since the last log line: logins evicted, sockets refused
         self._limit_logged = -LIMIT_LOG_EVERY
+        self.fast = FastLogins(self)  # the routes of the logins the switch runs alone
         self._apply_settings()
 
     def _apply_settings(self) -> None:
         s = self.settings
         self.max_packet_size = int(s.max_packet_size)
         self.ignore_startup_parameters = frozenset(s.ignore_startup_parameters)
+        self.fast.settings_changed()
 
     # --- clocks ------------------------------------------------------------------------------
     def now(self) -> float:
@@ -197,7 +202,7 @@ class App(Commands):
                 *args,
             )
 
-    def _log_close(self, client: Client, reason: str) -> None:
+    def log_close(self, client: Client, reason: str) -> None:
         if client.state is ClientState.LOGIN and self.auth_lookups.quiet_failure(
             client.addr, reason, self.now()
         ):
@@ -253,7 +258,7 @@ class App(Commands):
         servers = sum(pool.server_total for pool in self.pooler.pools.values())
         return self.fd_limit - FD_RESERVE - servers
 
-    def _client_cap(self) -> int:
+    def client_cap(self) -> int:
         """How many client sockets may stay open: max_client_conn, or fewer where the fd
         limit leaves less room (then some is kept free for new logins)."""
         return min(int(self.settings.max_client_conn), self._fd_room() - FD_SPARE)
@@ -390,7 +395,7 @@ class App(Commands):
         user = self.user(server_user)
         if conn.auth is not None and conn.auth.client_key is not None:
             if server_user == client.username:
-                self._scram_keys[server_user] = conn.auth.client_key
+                self.remember_scram_key(server_user, conn.auth.client_key)
         pool = self.pooler.get_pool(db, user)
         log.debug(
             "C-%#x: %s/%s@%s:%s authenticated, pool %s/%s",
@@ -408,7 +413,7 @@ class App(Commands):
         self.client_count -= 1
         self.logging_in.pop(client.conn, None)
         if reason:
-            self._log_close(client, reason)
+            self.log_close(client, reason)
         if client.is_admin:
             self.admin_clients.pop(client, None)
             self.admin.session_closed(client)
@@ -482,6 +487,7 @@ class App(Commands):
         self._log_server_new(server)
         log.debug("S-%#x: login done, backend pid %d", server.id, server.pid)
         self.apply(self.pooler.server_login_ok(server, params, self.now()))
+        self.fast.pool_changed(server.pool)
 
     def server_login_failed(self, server: Server, error: ServerError | None, reason: str) -> None:
         if server.state is ServerState.CLOSED:
@@ -539,13 +545,24 @@ class App(Commands):
         if auth is not None and auth.done:
             info = (str(auth.label), str(auth.hba_line), str(auth.source or ""))
             # One tuple per distinct method/line/source, shared by the clients that have it.
-            client.auth_info = self._auth_infos.setdefault(info, info)
+            client.auth_info = self.shared_auth_info(info)
         transport = conn.transport
         assert transport is not None
         ok = self.bridge.promote_client(client, transport, early)
         client.conn = None
         if not ok:
             self.client_gone(client, Reason.CLIENT_EOF)
+            return
+        self.logins["pooler"] += 1
+        self.fast.offer(conn, client)
+
+    def shared_auth_info(self, info: tuple[str, str, str]) -> tuple[str, str, str]:
+        """One tuple per distinct (method, hba line, source), shared by the clients that have it."""
+        return self._auth_infos.setdefault(info, info)
+
+    def remember_scram_key(self, user: str, client_key: bytes) -> None:
+        """A ClientKey recovered from a client's SCRAM login: servers of `user` log in with it."""
+        self._scram_keys[user] = client_key
 
     def fail_client(self, client: Client, error: ServerError | None, reason: str) -> None:
         """Close a client (with `error` first, if any), wherever it is."""
@@ -829,12 +846,13 @@ class App(Commands):
                         ServerError("FATAL", ss.PROTOCOL_VIOLATION, Reason.CLIENT_LOGIN_TIMEOUT),
                         Reason.CLIENT_LOGIN_TIMEOUT,
                     )
-            excess = self.client_count - self._client_cap()
+            excess = self.client_count - self.client_cap()
             if excess > 0 and self.logging_in:
                 # Silent sockets opened faster than the grace let them be evicted at accept.
                 if self._evict_logins(now, excess):
                     self._log_limit(now)
             self.bridge.sw.set_login_cap(self.login_cap())
+            self.fast.tick()
             self.sync_pools()
             if self.shutting_down == "WAIT_FOR_SERVERS":
                 if any(p.sw_waiting for p in self.pooler.pools.values()):
@@ -940,6 +958,7 @@ class App(Commands):
 
     def retune(self) -> None:
         """RELOAD or SET changed settings: every pool's limits, mode and timeouts afresh."""
+        self.fast.clear()
         self.pooler.retune()
         for pool in self.pooler.pools.values():
             self.bridge.apply_settings(pool)

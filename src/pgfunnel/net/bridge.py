@@ -17,7 +17,7 @@ import logging
 import socket
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pgfunnel._switch import Event, EventKind, Mode, Switch, SwitchAPI
+from pgfunnel._switch import ACCEPTED_SSL_ANSWERED, Event, EventKind, Mode, Switch, SwitchAPI
 from pgfunnel._switch import Reason as SwReason
 from pgfunnel.proto import messages as m
 from pgfunnel.proto import sqlstate as ss
@@ -268,7 +268,11 @@ class Bridge:
                 else:
                     self.sw.read_next(ev.conn)
         elif kind is EventKind.ACCEPTED:
-            self._accepted(ev.conn, ev.pool)
+            self._accepted(ev.conn, ev.pool, ev.reason)
+        elif kind is EventKind.LOGGED_IN:
+            self.app.fast.logged_in(ev.conn, ev.pool, ev.data)
+        elif kind is EventKind.LOGIN_ENDED:
+            self.app.fast.ended(ev.pool, ev.reason, ev.data)
         elif kind is EventKind.CLOSED:
             self._closed(ev)
         elif kind is EventKind.WAITERS:
@@ -288,8 +292,13 @@ class Bridge:
         elif kind is EventKind.LISTEN_ERROR:
             self._listen_error(ev.conn, ev.reason)
 
-    def _accepted(self, sid: int, listener: int) -> None:
+    def listener_address(self, listener: int) -> tuple[str, int]:
+        """The address a listener is bound to ("", 0 for the unix socket)."""
+        return self._local.get(listener, ("", 0))
+
+    def _accepted(self, sid: int, listener: int, flags: int = 0) -> None:
         from pgfunnel.net.client_conn import ClientConn
+        from pgfunnel.proto.framing import SSLRequest
 
         try:
             family, host, port, uid, _pid = self.sw.peer(sid)
@@ -302,6 +311,8 @@ class Bridge:
         else:
             extra["peername"] = (host, port)
         conn = ClientConn(self.app)
+        if flags & ACCEPTED_SSL_ANSWERED:
+            conn.negotiated.add(SSLRequest)  # the switch said 'N' before handing it over
         t = SwitchTransport(self, sid, conn, extra)
         self.talkers[sid] = t
         conn.connection_made(t)

@@ -51,7 +51,7 @@ _PARAMS_SHARED_MAX = 4096
 _INTERN_MAX = 64  # startup values up to this long are interned (names, zones, encodings)
 
 
-def _shared_params(values: tuple[str, ...]) -> dict[str, str]:
+def shared_params(values: tuple[str, ...]) -> dict[str, str]:
     """The client's tracked parameters (TRACKED_PARAMS order), as a dict no one mutates."""
     shared = _PARAMS_SHARED.get(values)
     if shared is None:
@@ -325,7 +325,7 @@ class ClientConn:
                 dbc = pool.db.config if pool is not None else None
                 own[name] = getattr(dbc, "application_name", None) or ""
         source = welcome.source
-        client.params = _shared_params(
+        client.params = shared_params(
             tuple(own[name] if name in own else source.get(name, "") for name in TRACKED_PARAMS)
         )
         cancel_keys = self.app.pooler.cancel_keys

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from pgfunnel.config.loader import Config
     from pgfunnel.config.settings import Settings
     from pgfunnel.net.auth_query import AuthLookups
+    from pgfunnel.net.fast_login import FastLogins
     from pgfunnel.pool.objects import Client, Server
     from pgfunnel.pool.scheduler import Action, Database, Pooler
     from pgfunnel.proto.auth import ScramSecret
@@ -55,6 +56,7 @@ class Commands(Protocol):
     servers_listening: list[int]
     bridge: Bridge
     auth_lookups: AuthLookups
+    fast: FastLogins
     scram_derived: dict[str, ScramSecret]
     paused_all: bool
     _paused_dbs: set[str]
@@ -160,6 +162,7 @@ class Commands(Protocol):
     def disable(self, db: str) -> None:
         log.info("DISABLE '%s' command issued", db)
         self._db_arg(db, "disable").disabled = True
+        self.fast.clear()
 
     def enable(self, db: str) -> None:
         log.info("ENABLE '%s' command issued", db)
@@ -194,6 +197,7 @@ class Commands(Protocol):
         log.info("KILL '%s' command issued", db)
         target = self._db_arg(db, "kill")
         self._paused_dbs.add(target.name)
+        self.fast.clear()
         error = ServerError(
             "FATAL", ss.ADMIN_SHUTDOWN, Reason.DB_REMOVED, Msg.KILLED.format(db=target.name)
         )
@@ -228,6 +232,7 @@ class Commands(Protocol):
             raise AdminError(ss.PROTOCOL_VIOLATION, "cannot suspend with paused databases")
         log.info("SUSPEND command issued")
         self.suspended = True
+        self.fast.clear()
         sw = self.bridge.sw
         sw.suspend(True)  # the switch reads no socket and goes on writing what it holds
 
@@ -296,6 +301,7 @@ class Commands(Protocol):
         client has left. Nothing undoes it (RESUME and SIGUSR2 are refused)."""
         first = self.shutting_down is None
         self.shutting_down = mode
+        self.fast.clear()
         if first:
             # As PgBouncer: the TCP listeners close; the unix socket stays until the process
             # exits, so the admin console can still be reached to watch the drain.

@@ -438,6 +438,14 @@ class Pooler:
         client.wait_start = now
         return self._launch(pool, now)
 
+    def client_welcomed(self, client: Client, pool: Pool, now: float) -> None:
+        """A client the switch logged in alone on a route (net/fast_login.py): it is in its
+        pool already, welcomed with the pool's parameters (a route exists only for a pool that
+        has them), as client_authenticated's FinishLogin would have done."""
+        client.pool = pool
+        pool.clients[ClientState.LOGIN][client] = None
+        self._set_client_state(client, ClientState.ACTIVE, now)
+
     def _refuse_for_failed_login(self, client: Client, pool: Pool, now: float) -> CloseClient:
         assert pool.login_error is not None
         err = pool.login_error

@@ -246,6 +246,24 @@ class ClientAuth:
         self.client_key = client_key
         return True
 
+    def route_secret(self) -> tuple[str, str] | tuple[str, ScramSecret] | None:
+        """After a successful exchange, what the switch needs to check this user's next
+        logins itself (net/fast_login.py): ("md5", the 32 hex digits of PostgreSQL's md5
+        secret) or ("scram", the secret, derived once from a plain password); None for the
+        methods it does not run (trust, plain, peer) or a secret it cannot use."""
+        if not self.done or self._mock or not self.secret:
+            return None
+        if self.method == "md5":
+            kind = secret_kind(self.secret)
+            if kind == "md5":
+                return "md5", self.secret[3:]
+            if kind == "plain":
+                return "md5", md5_secret(self.user, self.secret)[3:]
+            return None
+        if self.method == "scram":
+            return "scram", self._auth_info()
+        return None
+
     def _auth_info(self) -> ScramSecret:
         if not self.secret or secret_kind(self.secret) == "md5":
             # No user, an empty password, or an md5 secret (which cannot answer SCRAM): the

@@ -64,6 +64,9 @@ class Msg:
     """Client-facing error texts."""
 
     NO_SUCH_DATABASE = "no such database: {db}"
+    # A login the switch ran on a route (net/fast_login.py) that a change made meanwhile
+    # (RELOAD of the auth file, say) would have refused or sent elsewhere.
+    LOGIN_RACED = "the pooler's configuration changed during this login; connect again"
     NO_SUCH_USER = 'password authentication failed for user "{user}"'
     ADMIN_DENIED = "not allowed"
     SSL_UNSUPPORTED = "server does not support SSL, but SSL was required"

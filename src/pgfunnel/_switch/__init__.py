@@ -162,7 +162,7 @@ class LoggedIn(NamedTuple):
 
 def login_ended_who(data: bytes) -> tuple[str, str, str, int]:
     """A LOGIN_ENDED event's data: (user, database, host, port); names may be empty."""
-    user, db, host, port = data.split(b"\0")[:4]
+    user, db, host, port = (data.split(b"\0") + [b""] * 4)[:4]  # empty: out of memory
     return user.decode(), db.decode(), host.decode(), int(port or b"0")
 
 

@@ -426,26 +426,17 @@ static void fl_refuse(struct sw *sw, struct conn *c, const char *sqlstate, const
 static void fl_auth_failed(struct sw *sw, struct conn *c)
 {
     struct flogin *f = c->fl;
-    char text[PARAM_NAME_MAX * 4 + 128];
-    int ulen = f->ulen > 1024 ? 1024 : (int)f->ulen;
-    char *big = NULL;
-    const char *msg = text;
-    if ((size_t)ulen + 64 > sizeof(text)) {
-        big = malloc((size_t)ulen + 64);
-        if (big == NULL) {
-            fl_ended(sw, c, R_AUTH_FAILED);
-            conn_destroy(sw, c, R_AUTH_FAILED, 0);
-            return;
-        }
-        snprintf(big, (size_t)ulen + 64, "password authentication failed for user \"%.*s\"", ulen,
-                 (const char *)f->user);
-        msg = big;
-    } else {
-        snprintf(text, sizeof(text), "password authentication failed for user \"%.*s\"", ulen,
-                 (const char *)f->user);
+    size_t cap = (size_t)f->ulen + 64;
+    char *text = malloc(cap);
+    if (text == NULL) {
+        fl_ended(sw, c, R_AUTH_FAILED);
+        conn_destroy(sw, c, R_AUTH_FAILED, 0);
+        return;
     }
-    fl_refuse(sw, c, "28P01", msg, R_AUTH_FAILED);
-    free(big);
+    snprintf(text, cap, "password authentication failed for user \"%.*s\"", (int)f->ulen,
+             (const char *)f->user);
+    fl_refuse(sw, c, "28P01", text, R_AUTH_FAILED);
+    free(text);
 }
 
 static int fl_send(struct conn *c, const uint8_t *p, size_t n)
@@ -906,7 +897,7 @@ static int fl_message(struct sw *sw, struct conn *c, const uint8_t *p, size_t n,
             return 1;
         }
         struct route *r = NULL;
-        if (fl_startup(sw, f, p, n) == 0) {
+        if (fl_startup(sw, f, p, n) == 0 && f->user != NULL) { /* no user: Python's error */
             /* the key: database (default: the user) NUL user */
             const uint8_t *db = f->db != NULL ? f->db : f->user;
             size_t dlen = f->db != NULL ? f->dlen : f->ulen;

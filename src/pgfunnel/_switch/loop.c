@@ -16,6 +16,7 @@
 
 int loop_init(struct sw *sw)
 {
+    pthread_mutex_init(&sw->evlock, NULL);
     sw->epfd = epoll_create1(EPOLL_CLOEXEC);
     sw->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     sw->ev_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -76,6 +77,7 @@ void loop_fini(struct sw *sw)
     if (sw->timer_fd >= 0)
         close(sw->timer_fd);
     sw->epfd = sw->wake_fd = sw->ev_fd = sw->timer_fd = -1;
+    pthread_mutex_destroy(&sw->evlock);
 }
 
 /* Edge-triggered, every interest at once, registered once: no epoll_ctl per transaction. */
@@ -125,10 +127,12 @@ int sw_post_data(struct sw *sw, uint8_t kind, uint64_t conn, int64_t pool, uint3
             return -1;
         memcpy(copy, data, len);
     }
+    pthread_mutex_lock(&sw->evlock);
     if (sw->nev == sw->evcap) {
         size_t cap = sw->evcap ? sw->evcap * 2 : 64;
         struct event *q = realloc(sw->evq, cap * sizeof(*q));
         if (q == NULL) {
+            pthread_mutex_unlock(&sw->evlock);
             free(copy);
             return -1;
         }
@@ -137,11 +141,9 @@ int sw_post_data(struct sw *sw, uint8_t kind, uint64_t conn, int64_t pool, uint3
     }
     sw->evq[sw->nev++] = (struct event){.conn = conn, .pool = pool, .reason = reason,
                                         .kind = kind, .data = copy, .len = (uint32_t)len};
-    if (sw->nev == 1) {
-        uint64_t one = 1;
-        ssize_t n = write(sw->ev_fd, &one, sizeof(one));
-        (void)n;
-    }
+    if (sw->nev == 1)
+        sw->ev_signal = 1;
+    pthread_mutex_unlock(&sw->evlock);
     return 0;
 }
 
@@ -149,6 +151,22 @@ void sw_post(struct sw *sw, uint8_t kind, uint64_t conn, int64_t pool, uint32_t 
 {
     /* Without memory the event is lost: Python still learns of it from the next snapshot. */
     (void)sw_post_data(sw, kind, conn, pool, reason, NULL, 0);
+}
+
+/* Makes the event fd readable if events came since the last call: at the end of each batch
+ * of the loop and of each Python command, not at each event, so that Python is woken once for
+ * a batch (a storm of logins posts two events per login). */
+void sw_flush_events(struct sw *sw)
+{
+    pthread_mutex_lock(&sw->evlock);
+    int signal = sw->ev_signal;
+    sw->ev_signal = 0;
+    pthread_mutex_unlock(&sw->evlock);
+    if (signal) {
+        uint64_t one = 1;
+        ssize_t n = write(sw->ev_fd, &one, sizeof(one));
+        (void)n; /* a full counter already means "readable" */
+    }
 }
 
 /* Forgets the queued events (and their data): at shutdown, and in the fuzz harnesses. */
@@ -218,6 +236,7 @@ void loop_once(struct sw *sw, int timeout_ms)
     if (tick && sw->timer_on && !sw->suspended)
         timers_tick(sw); /* after the batch: it reports, it changes nothing */
     conn_free_dead(sw);
+    sw_flush_events(sw);
 }
 
 static void *loop_main(void *arg)

@@ -37,6 +37,7 @@ static void sw_unlock(struct sw *sw)
 {
     if (sw->todo_head != NULL && sw->running)
         loop_wake(sw);
+    sw_flush_events(sw); /* what the command itself reported (a close, WAITERS) */
     pthread_mutex_unlock(&sw->lock);
 }
 
@@ -739,7 +740,9 @@ static PyObject *Switch_events(SwitchObject *self, PyObject *Py_UNUSED(a))
     if (check_open(self) < 0)
         return NULL;
     struct sw *sw = &self->sw;
-    sw_lock(sw);
+    /* Only the queue's lock: a storm of logins keeps the loop's batches busy, and Python
+     * waiting for one to end to read its events cost a third of its time (perf). */
+    pthread_mutex_lock(&sw->evlock);
     struct event *q = sw->evq;
     size_t n = sw->nev;
     sw->evq = NULL;
@@ -747,7 +750,7 @@ static PyObject *Switch_events(SwitchObject *self, PyObject *Py_UNUSED(a))
     uint64_t v;
     ssize_t r = read(sw->ev_fd, &v, sizeof(v));
     (void)r;
-    sw_unlock(sw);
+    pthread_mutex_unlock(&sw->evlock);
     PyObject *list = PyList_New((Py_ssize_t)n);
     for (size_t i = 0; list != NULL && i < n; i++) {
         /* ACCEPTED carries the listener's id (unsigned, like every id) in the pool field. */

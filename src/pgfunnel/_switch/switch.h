@@ -264,6 +264,11 @@ struct event {
 
 struct sw {
     pthread_mutex_t lock; /* the loop holds it while it handles a batch; commands take it */
+    /* the event queue's own lock (taken inside `lock` by the loop; alone by events()): Python
+     * drains events without waiting for the loop's batch to end */
+    pthread_mutex_t evlock;
+    uint8_t ev_signal; /* the queue stopped being empty: the event fd is written at the end of
+                        * the batch (or command), so Python wakes once per batch */
     pthread_t thread;
     int running, stopping;
     int epfd, wake_fd, ev_fd, timer_fd;
@@ -319,6 +324,7 @@ void sw_post(struct sw *sw, uint8_t kind, uint64_t conn, int64_t pool, uint32_t 
 int sw_post_data(struct sw *sw, uint8_t kind, uint64_t conn, int64_t pool, uint32_t reason,
                  const uint8_t *data, size_t len);
 void sw_drop_events(struct sw *sw);
+void sw_flush_events(struct sw *sw);
 void sw_clock(struct sw *sw);
 int loop_timer(struct sw *sw, int on);
 void loop_suspend(struct sw *sw, int on);

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pgfunnel._switch import ACCEPTED_SSL_ANSWERED, Event, EventKind, Mode, Switch, SwitchAPI
 from pgfunnel._switch import Reason as SwReason
+from pgfunnel.net import logfile
 from pgfunnel.proto import messages as m
 from pgfunnel.proto import sqlstate as ss
 from pgfunnel.proto.strings import Reason
@@ -50,6 +51,10 @@ CLOSE_TEXT: dict[int, str] = {
     SwReason.IDLE_DATA: Reason.SERVER_GONE,
     SwReason.SERVER_GONE: Reason.SERVER_GONE,
 }
+
+
+# Events whose log lines may wait for the end of their run (logfile.held).
+_HELD_KINDS = frozenset({EventKind.LOGGED_IN, EventKind.LOGIN_ENDED, EventKind.CLOSED})
 
 
 class Talker(Protocol):
@@ -249,11 +254,25 @@ class Bridge:
             events = self.sw.events()
         except Exception:  # the switch is stopped
             return
-        for ev in events:
-            try:
-                self._event(ev)
-            except Exception:
-                log.exception("switch event %s failed", ev)
+        i, n = 0, len(events)
+        while i < n:
+            if events[i].kind not in _HELD_KINDS:
+                self._safe_event(events[i])
+                i += 1
+                continue
+            # A run of logins and closes: their log lines in one write per handler at its end.
+            # Anything that answers someone (the console, a login Python talks) logs at once,
+            # before its answer goes out.
+            with logfile.held():
+                while i < n and events[i].kind in _HELD_KINDS:
+                    self._safe_event(events[i])
+                    i += 1
+
+    def _safe_event(self, ev: Event) -> None:
+        try:
+            self._event(ev)
+        except Exception:
+            log.exception("switch event %s failed", ev)
 
     def _event(self, ev: Event) -> None:
         kind = ev.kind

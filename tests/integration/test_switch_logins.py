@@ -77,6 +77,16 @@ def _logins(base: str) -> dict[str, float]:
     }
 
 
+def _warm(f: Funnel, base: str, pooler: int = 1) -> None:
+    """A login through Python, then a wait until Python has counted it: the route for the next
+    ones is given just after the welcome goes out, so a client quicker than that would log in
+    through Python again. A query first: a client gone before Python hands it to its pool is
+    never pooled (nor counted)."""
+    with _connect(f) as conn:
+        conn.execute("SELECT 1")
+    wait_for(lambda: _logins(base)["pooler"] == pooler, timeout=5)
+
+
 def _logins_reach(base: str, pooler: int, switch: int) -> None:
     """Python hears of a switch login just after the client does: wait for its count."""
     want = {"pooler": pooler, "switch": switch}
@@ -151,6 +161,11 @@ def _raw_login(f: Funnel, password: str, **params: str) -> tuple[list[bytes], Se
             if kind == b"E":
                 return kinds, m.parse_error_fields(body)
             if kind == b"Z":
+                # A query first: Python hands the client to its pool (and counts the login)
+                # just after the welcome, and a client gone before that is never pooled.
+                sock.sendall(m.query("SELECT 1"))
+                while _read_message(sock)[0] != b"Z":
+                    pass
                 sock.sendall(m.message(b"X", b""))
                 return kinds, None
             if kind == b"R":
@@ -168,6 +183,7 @@ def test_a_wrong_password_is_refused_by_the_switch_as_by_python(
     _, slow = _raw_login(f, "wrong")  # no route yet: Python refuses
     kinds, ok = _raw_login(f, PASSWORD)
     assert ok is None and kinds[-1] == b"Z" and b"K" in kinds
+    wait_for(lambda: _logins(base)["pooler"] == 1, timeout=5)  # the route is given
     _, fast = _raw_login(f, "wrong")  # the route: the switch refuses
     assert slow is not None and fast is not None
     assert (fast.severity, fast.sqlstate, fast.message) == (
@@ -194,9 +210,9 @@ def test_reload_with_a_new_password_ends_the_old_one_at_once(
     funnel: Callable[..., Funnel], pg: Cluster
 ) -> None:
     f, base = _start(funnel, pg)
-    for _ in range(2):
-        with _connect(f):
-            pass
+    _warm(f, base)
+    with _connect(f):
+        pass
     _logins_reach(base, 1, 1)
     f.userlist_path.write_text(
         f'"{USER}" "new-secret"\n"{ADMIN_USER}" "{ADMIN_PASSWORD}"\n', encoding="utf-8"
@@ -212,26 +228,23 @@ def test_disable_and_kill_reach_the_switch_logins(
     funnel: Callable[..., Funnel], pg: Cluster
 ) -> None:
     f, base = _start(funnel, pg)
-    for _ in range(2):
-        with _connect(f):
-            pass
+    _warm(f, base)
+    with _connect(f):
+        pass
     wait_for(lambda: _logins(base)["switch"] == 1, timeout=5)
     f.admin("DISABLE postgres")
     with pytest.raises(psycopg.OperationalError, match="database does not allow connections"):
         _connect(f)
     f.admin("ENABLE postgres")
-    for _ in range(2):
-        with _connect(f) as conn:
-            conn.execute("SELECT 1")
-    wait_for(
-        lambda: _logins(base)["switch"] == 2, timeout=5
-    )  # the route came back after a Python login
+    _warm(f, base, pooler=2)  # the route comes back after a Python login
+    with _connect(f) as conn:
+        conn.execute("SELECT 1")
+    wait_for(lambda: _logins(base)["switch"] == 2, timeout=5)
 
 
 def test_a_switch_login_can_be_cancelled(funnel: Callable[..., Funnel], pg: Cluster) -> None:
     f, base = _start(funnel, pg)
-    with _connect(f):
-        pass
+    _warm(f, base)
     with _connect(f) as conn:
         wait_for(lambda: _logins(base)["switch"] == 1, timeout=5)
         timer = threading.Timer(0.5, conn.cancel)
@@ -246,8 +259,7 @@ def test_startup_packets_the_switch_does_not_run_go_to_python(
     funnel: Callable[..., Funnel], pg: Cluster
 ) -> None:
     f, base = _start(funnel, pg, ignore_startup_parameters="extra_float_digits")
-    with _connect(f):
-        pass
+    _warm(f, base)
     # A parameter Python refuses, one it ignores, and no SSLRequest at all.
     with pytest.raises(psycopg.OperationalError, match="unsupported startup parameter: options"):
         _connect(f, options="'-c work_mem=1MB'")
@@ -267,8 +279,7 @@ def test_startup_packets_the_switch_does_not_run_go_to_python(
 
 def test_max_client_conn_still_refuses(funnel: Callable[..., Funnel], pg: Cluster) -> None:
     f, base = _start(funnel, pg, max_client_conn=3)
-    with _connect(f):
-        pass
+    _warm(f, base)
     held = [_connect(f) for _ in range(3)]
     try:
         wait_for(lambda: _logins(base)["switch"] >= 1, timeout=5)
@@ -304,8 +315,7 @@ def test_a_query_sent_with_the_password_is_run(funnel: Callable[..., Funnel], pg
     """A client that pipelines its first query after its password message (in one write):
     the switch welcomes it and carries the query on, answered after the ReadyForQuery."""
     f, base = _start(funnel, pg)
-    with _connect(f):
-        pass
+    _warm(f, base)
     sock = _raw(f)
     with sock:
         sock.sendall(m.startup_message({"user": USER, "database": "postgres"}))
@@ -331,8 +341,7 @@ def test_silent_and_stalled_logins_meet_client_login_timeout(
     funnel: Callable[..., Funnel], pg: Cluster
 ) -> None:
     f, base = _start(funnel, pg, client_login_timeout=2)
-    with _connect(f):
-        pass
+    _warm(f, base)
     silent = _raw(f)  # says nothing: the switch hands it to Python after a grace
     stalled = _raw(f)  # asked for its password, never answers: the switch times it out
     with silent, stalled:

@@ -26,6 +26,7 @@ from pgfunnel.proto.messages import ServerError
 from pgfunnel.throwaway import SUPERUSER, SUPERUSER_PASSWORD, Cluster
 from tests.integration.harness import ADMIN_PASSWORD, ADMIN_USER, Funnel, wait_for
 from tests.integration.test_metrics import scrape, start_with_metrics
+from tests.switch.conftest import read_msg
 
 USER = "alice"
 PASSWORD = "alice-secret"
@@ -156,7 +157,7 @@ def _raw_login(f: Funnel, password: str, **params: str) -> tuple[list[bytes], Se
         auth = ServerAuth(USER, password)
         kinds: list[bytes] = []
         while True:
-            kind, body = _read_message(sock)
+            kind, body = read_msg(sock)
             kinds.append(kind)
             if kind == b"E":
                 return kinds, m.parse_error_fields(body)
@@ -164,7 +165,7 @@ def _raw_login(f: Funnel, password: str, **params: str) -> tuple[list[bytes], Se
                 # A query first: Python hands the client to its pool (and counts the login)
                 # just after the welcome, and a client gone before that is never pooled.
                 sock.sendall(m.query("SELECT 1"))
-                while _read_message(sock)[0] != b"Z":
+                while read_msg(sock)[0] != b"Z":
                     pass
                 sock.sendall(m.message(b"X", b""))
                 return kinds, None
@@ -269,7 +270,7 @@ def test_startup_packets_the_switch_does_not_run_go_to_python(
     raw.sendall(
         m.startup_message({"user": USER, "database": "postgres", "extra_float_digits": "2"})
     )
-    kind, body = _read_message(raw)
+    kind, body = read_msg(raw)
     assert kind == b"R" and struct.unpack("!i", body[:4])[0] == m.AUTH_MD5
     raw.close()
     with pytest.raises(psycopg.OperationalError, match="SSL"):
@@ -295,22 +296,6 @@ def _raw(f: Funnel) -> socket.socket:
     return sock
 
 
-def _read_message(sock: socket.socket) -> tuple[bytes, bytes]:
-    head = _read_exact(sock, 5)
-    (length,) = struct.unpack("!i", head[1:])
-    return head[:1], _read_exact(sock, length - 4)
-
-
-def _read_exact(sock: socket.socket, n: int) -> bytes:
-    out = b""
-    while len(out) < n:
-        chunk = sock.recv(n - len(out))
-        if not chunk:
-            raise EOFError(f"EOF after {len(out)} of {n} bytes")
-        out += chunk
-    return out
-
-
 def test_a_query_sent_with_the_password_is_run(funnel: Callable[..., Funnel], pg: Cluster) -> None:
     """A client that pipelines its first query after its password message (in one write):
     the switch welcomes it and carries the query on, answered after the ReadyForQuery."""
@@ -319,7 +304,7 @@ def test_a_query_sent_with_the_password_is_run(funnel: Callable[..., Funnel], pg
     sock = _raw(f)
     with sock:
         sock.sendall(m.startup_message({"user": USER, "database": "postgres"}))
-        kind, body = _read_message(sock)
+        kind, body = read_msg(sock)
         assert kind == b"R" and struct.unpack("!i", body[:4])[0] == m.AUTH_MD5
         salt = body[4:8]
         answer = md5_response(USER, PASSWORD, salt).encode() + b"\0"
@@ -327,7 +312,7 @@ def test_a_query_sent_with_the_password_is_run(funnel: Callable[..., Funnel], pg
         seen: list[bytes] = []
         data_rows: list[bytes] = []
         while seen.count(b"Z") < 2:
-            kind, body = _read_message(sock)
+            kind, body = read_msg(sock)
             seen.append(kind)
             if kind == b"D":
                 data_rows.append(body)
@@ -346,11 +331,11 @@ def test_silent_and_stalled_logins_meet_client_login_timeout(
     stalled = _raw(f)  # asked for its password, never answers: the switch times it out
     with silent, stalled:
         stalled.sendall(m.startup_message({"user": USER, "database": "postgres"}))
-        kind, _ = _read_message(stalled)
+        kind, _ = read_msg(stalled)
         assert kind == b"R"
         started = time.monotonic()
         for sock in (stalled, silent):
-            kind, body = _read_message(sock)
+            kind, body = read_msg(sock)
             assert kind == b"E"
             fields = m.parse_error_fields(body)
             assert (fields.sqlstate, fields.message) == ("08P01", "client_login_timeout")

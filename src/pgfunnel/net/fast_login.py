@@ -146,7 +146,7 @@ class FastLogins:
             log.debug("no switch login for %s/%s: %s", client.dbname, client.username, exc)
             return
         self.routes[key] = Route(pool, secret, welcome, app_name)
-        app.bridge.sw.set_fast_cap(app.client_cap())
+        app.bridge.sw.set_fast_cap(max(0, app.client_cap()))
 
     def pool_changed(self, pool: Pool) -> None:
         """A server login of `pool` ended: if it changed the parameters its routes show,
@@ -159,7 +159,8 @@ class FastLogins:
         holds that are silent or past client_login_timeout."""
         app = self.app
         sw = app.bridge.sw
-        sw.set_fast_cap(app.client_cap() if self.enabled else 0)
+        # client_cap() goes negative when the fd limit leaves no room: no switch logins then.
+        sw.set_fast_cap(max(0, app.client_cap()) if self.enabled else 0)
         timeout = float(app.settings.client_login_timeout)
         msg = ServerError("FATAL", ss.PROTOCOL_VIOLATION, Reason.CLIENT_LOGIN_TIMEOUT).encode()
         sw.fast_expire(int(SILENT_GRACE * 1e6), int(timeout * 1e6) if timeout > 0 else 0, msg)

@@ -26,6 +26,7 @@ setup(
                     "timers.c",
                     "login.c",
                     "fastlogin.c",
+                    "cancelkey.c",
                     "module.c",
                 )
             ],

@@ -475,6 +475,16 @@ class SwitchAPI(Protocol):
         """The linked connection's id, 0 if none (KeyError if unknown): where a cancel goes."""
         ...
 
+    def cancel_key(self, conn: int) -> tuple[int, int]:
+        """The (pid, key) of the BackendKeyData connection `conn` is given: its id under the
+        switch's keyed permutation, so no table maps keys to clients."""
+        ...
+
+    def cancel_target(self, pid: int, key: int) -> int:
+        """The id a cancel request's (pid, key) was made for, 0 if none can have been (whether
+        that connection is still there is the caller's to look up)."""
+        ...
+
     def suspend(self, on: bool) -> None:
         """SUSPEND (on): read no pooled connection (clients and servers in a pool) but go on
         writing what the buffers hold; listeners, logins and talk go on (a console session
@@ -696,6 +706,12 @@ class Switch:
 
     def peer_of(self, conn: int) -> int:
         return self._sw.peer_of(conn)
+
+    def cancel_key(self, conn: int) -> tuple[int, int]:
+        return self._sw.cancel_key(conn)
+
+    def cancel_target(self, pid: int, key: int) -> int:
+        return self._sw.cancel_target(pid, key)
 
     def suspend(self, on: bool) -> None:
         self._sw.suspend(on)

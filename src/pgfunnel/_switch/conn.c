@@ -116,7 +116,12 @@ struct conn *conn_new(struct sw *sw, int fd, uint8_t kind, struct pool *pool)
         }
     }
     if (slot == UINT32_MAX) {
+        /* slot + 1 stays below 2^30: cancelkey.c packs an id into 62 bits */
         uint32_t n = sw->nslots ? sw->nslots * 2 : 64;
+        if (n > CONN_SLOTS_MAX)
+            n = CONN_SLOTS_MAX;
+        if (n <= sw->nslots)
+            return NULL;
         struct conn **s = realloc(sw->slots, (size_t)n * sizeof(*s));
         if (s == NULL)
             return NULL;

@@ -822,10 +822,11 @@ static int fl_welcome(struct sw *sw, struct conn *c, const char *final, const ui
             return -1;
     }
     uint8_t key[8];
-    if (fl_random(sw, key, sizeof key) < 0)
+    uint32_t kpid, kkey;
+    if (cancel_key_make(sw, c->id, &kpid, &kkey) < 0)
         return -1;
-    key[0] &= 0x7f;
-    key[4] &= 0x7f;
+    put32(key, kpid);
+    put32(key + 4, kkey);
     uint8_t tail[5 + 8 + 6] = {'K', 0, 0, 0, 12};
     memcpy(tail + 5, key, 8);
     memcpy(tail + 13, "Z\0\0\0\5I", 6);

@@ -7,6 +7,7 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <stdlib.h>
@@ -200,8 +201,17 @@ static int Switch_init(SwitchObject *self, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_ValueError, "login_max out of range");
         goto out;
     }
+    if (cancel_selftest() < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "SipHash-2-4 gives a wrong answer: not built right");
+        goto out;
+    }
     struct sw *sw = &self->sw;
     memset(sw, 0, sizeof(*sw));
+    if (getrandom(sw->cancel_secret, sizeof(sw->cancel_secret), 0) !=
+        (ssize_t)sizeof(sw->cancel_secret)) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto out;
+    }
     sw->epfd = sw->wake_fd = sw->ev_fd = sw->timer_fd = -1;
     sw->tick_ms = tick_ms;
     sw->max_packet = (uint32_t)max_packet;
@@ -940,6 +950,39 @@ static PyObject *Switch_peer_of(SwitchObject *self, PyObject *args)
     return PyLong_FromUnsignedLongLong(peer);
 }
 
+/* The (pid, key) of the BackendKeyData a connection is given: its id under the switch's
+ * keyed permutation (cancelkey.c), so that a cancel request names it without a table. */
+static PyObject *Switch_cancel_key(SwitchObject *self, PyObject *args)
+{
+    PyObject *arg;
+    if (!PyArg_ParseTuple(args, "O!", &PyLong_Type, &arg) || check_open(self) < 0)
+        return NULL;
+    /* Not "K", which wraps a too big id round into the domain */
+    unsigned long long id = PyLong_AsUnsignedLongLong(arg);
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        id = 0; /* negative or over 64 bits: outside the domain, as 0 is */
+    }
+    uint32_t pid, key;
+    if (cancel_key_make(&self->sw, id, &pid, &key) < 0) {
+        PyErr_Format(PyExc_ValueError, "no cancel key for id %R", arg);
+        return NULL;
+    }
+    return Py_BuildValue("(II)", (unsigned int)pid, (unsigned int)key);
+}
+
+/* The id a cancel request's (pid, key) was made for (0: none can have been). Whether that
+ * connection is still there is the caller's to look up. */
+static PyObject *Switch_cancel_target(SwitchObject *self, PyObject *args)
+{
+    long long pid, key;
+    if (!PyArg_ParseTuple(args, "LL", &pid, &key) || check_open(self) < 0)
+        return NULL;
+    if (pid < 0 || key < 0 || pid > 0x7fffffffLL || key > 0x7fffffffLL)
+        return PyLong_FromLong(0);
+    return PyLong_FromUnsignedLongLong(cancel_key_id(&self->sw, (uint32_t)pid, (uint32_t)key));
+}
+
 /* SUSPEND: reads stop everywhere, writes go on (loop.c); off reads what became readable. */
 static PyObject *Switch_suspend(SwitchObject *self, PyObject *args)
 {
@@ -1585,6 +1628,10 @@ static PyMethodDef Switch_methods[] = {
     {"pools", (PyCFunction)Switch_pools, METH_NOARGS, "Per pool counts and counters."},
     {"conns", (PyCFunction)Switch_conns, METH_NOARGS, "Per connection state."},
     {"peer_of", (PyCFunction)Switch_peer_of, METH_VARARGS, "peer_of(conn) -> linked id or 0"},
+    {"cancel_key", (PyCFunction)Switch_cancel_key, METH_VARARGS,
+     "cancel_key(conn) -> (pid, key) of its BackendKeyData"},
+    {"cancel_target", (PyCFunction)Switch_cancel_target, METH_VARARGS,
+     "cancel_target(pid, key) -> the id that pair was made for, or 0"},
     {"suspend", (PyCFunction)Switch_suspend, METH_VARARGS, "suspend(on)"},
     {"unflushed", (PyCFunction)Switch_unflushed, METH_NOARGS, "Ids with bytes still to write."},
     {"cancel_wait", (PyCFunction)Switch_cancel_wait, METH_VARARGS,

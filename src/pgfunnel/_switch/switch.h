@@ -123,6 +123,7 @@ struct fast_route {
     uint32_t alen;
 };
 
+#define CONN_SLOTS_MAX ((1u << 30) - 1) /* ids keep slot + 1 below 2^30 (cancelkey.c) */
 #define SPARE_MAX 32               /* spare read buffers kept ... */
 #define SPARE_BYTES (2u << 20)     /* ... and 2 MiB of them at most, whatever buffer_size */
 #if defined(__SANITIZE_ADDRESS__)
@@ -297,12 +298,13 @@ struct sw {
     uint32_t ptab_size, ptab_count;
     uint64_t pset_seq;           /* params.c: the last id given to a set (never reused) */
     uint64_t pseed;              /* params.c: random, so that clients cannot aim at a chain */
+    uint64_t cancel_secret[2];   /* cancelkey.c: the permutation's key, from the kernel */
     uint8_t suspended; /* SUSPEND: no pooled connection is read (logins and listeners go on) */
     uint32_t login_cap; /* login.c: accept while fewer clients are in login (0: no cap) */
     uint32_t nclients;  /* client sockets open (logged in or not) */
     /* fastlogin.c: Python's routes (a hash table of chains), the logins in progress, the cap
-     * on clients under which the switch tries a login itself, and random bytes for salts,
-     * nonces and cancel keys drawn a page at a time */
+     * on clients under which the switch tries a login itself, and random bytes for salts
+     * and nonces drawn a page at a time */
     struct route **rtab;
     uint32_t rtab_size, rtab_count;
     struct flogin *fast_head;
@@ -392,6 +394,11 @@ int login_promote(struct sw *sw, struct conn *c, struct pool *p, const uint8_t *
                   size_t plen);
 void login_read_next(struct sw *sw, struct conn *c);
 const char *login_talk(struct sw *sw, struct conn *s);
+
+/* cancelkey.c: a connection id <-> the (pid, key) of the BackendKeyData it is given */
+int cancel_selftest(void);
+int cancel_key_make(const struct sw *sw, uint64_t id, uint32_t *pid, uint32_t *key);
+uint64_t cancel_key_id(const struct sw *sw, uint32_t pid, uint32_t key);
 
 /* fastlogin.c */
 int fast_route_set(struct sw *sw, const struct fast_route *spec);

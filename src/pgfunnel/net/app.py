@@ -104,6 +104,7 @@ class App(Commands):
         self.unix_listening: int | None = None  # and the unix socket's (unix_socket_dir)
         self.unix_path: str | None = None
         self._wall = time.time() - time.monotonic()
+        self._stamp = 0.0  # stamp(): the float it hands out this millisecond
         self._janitor: asyncio.TimerHandle | None = None
         # ClientKeys recovered from clients' SCRAM logins, to log into servers as them.
         self._scram_keys: dict[str, bytes] = {}
@@ -143,6 +144,15 @@ class App(Commands):
         # Not loop.time(): uvloop's clock ticks in whole milliseconds, too coarse for the
         # per-query times SHOW STATS reports.
         return time.monotonic()
+
+    def stamp(self) -> float:
+        """now() to the millisecond, as one float object per millisecond: what a client keeps
+        from its login (connect_time) is shared by the logins of a burst instead of costing
+        each idle client a float of its own (PgBouncer, too, stamps from a cached clock)."""
+        t = self.now()
+        if t - self._stamp >= 0.001:
+            self._stamp = t
+        return self._stamp
 
     def wall(self, t: float) -> float:
         return t + self._wall
@@ -451,8 +461,8 @@ class App(Commands):
 
     def linked_server(self, client: Client) -> Server | None:
         """The server the switch has linked to `client` right now, if any."""
-        if not client.sid:
-            return None
+        if self.bridge.clients.get(client.sid) is not client:
+            return None  # not in a pool (logging in, a console session, gone)
         try:
             peer = self.bridge.sw.peer_of(client.sid)
         except KeyError:

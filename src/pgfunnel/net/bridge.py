@@ -235,7 +235,6 @@ class Bridge:
             gone = m.error_response(ss.PROTOCOL_VIOLATION, str(exc), severity="FATAL")
             self.sw.close(sid, gone)  # quiet: the caller counts it gone
             return False
-        client.sid = sid
         self.clients[sid] = client
         return True
 

@@ -107,13 +107,14 @@ class ClientConn:
         self.startup: dict[str, str] = {}
         self.paused = False
         self.admin_task: asyncio.Future[bytes] | None = None  # a console command in progress
-        self.client: Client = Client(self, "", 0, app.now())
+        self.client: Client = Client(self, "", 0, app.stamp())
 
     # --- asyncio callbacks -------------------------------------------------------------------
     def connection_made(self, transport: SwitchTransport) -> None:
         self.transport = transport
         peer = transport.get_extra_info("peername")
         client = self.client
+        client.sid = transport.sid
         # No setsockopt(TCP_NODELAY) of our own: asyncio and uvloop both set it on every TCP
         # transport they accept, and asking for the socket object costs a getsockname.
         # Interned and shared where they repeat (an address, the listener's): an idle client

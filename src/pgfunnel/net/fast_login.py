@@ -191,9 +191,12 @@ class FastLogins:
             return ServerError("FATAL", ss.INVALID_PASSWORD, Msg.LOGIN_RACED)
         return None
 
-    def _client(self, user: str, db: str, host: str, port: int, listener: int) -> Client:
+    def _client(
+        self, user: str, db: str, host: str, port: int, listener: int, sid: int = 0
+    ) -> Client:
+        """The Client for a switch login (`sid` 0: one that ended with no connection kept)."""
         app = self.app
-        client = Client(None, sys.intern(host), port, app.now())
+        client = Client(None, sys.intern(host), port, app.stamp(), sid)
         client.username, client.dbname = sys.intern(user), sys.intern(db)
         client.local_addr = app.bridge.listener_address(listener)
         return client
@@ -203,7 +206,7 @@ class FastLogins:
         app = self.app
         bridge = app.bridge
         info = LoggedIn.parse(data)
-        client = self._client(info.user, info.database, info.host, info.port, info.listener)
+        client = self._client(info.user, info.database, info.host, info.port, info.listener, sid)
         app.log_client(client, "login attempt: db=%s user=%s tls=no", info.database, info.user)
         route = self._route_of((info.database, info.user), info.gen)
         pool = bridge.pools.get(pid)
@@ -237,7 +240,6 @@ class FastLogins:
         app.client_count += 1
         app.logins["switch"] += 1
         app.pooler.client_welcomed(client, pool, app.now())
-        client.sid = sid
         bridge.clients[sid] = client
 
     def ended(self, listener: int, why: int, data: bytes) -> None:

@@ -57,12 +57,10 @@ class Client:
         "app_name",
         "auth_info",
         "cancel_key",
-        "close_reason",
         "conn",
         "connect_time",
         "dbname",
         "expect_rfq",
-        "id",
         "is_admin",
         "link",
         "local_addr",
@@ -76,8 +74,7 @@ class Client:
         "wait_start",
     )
 
-    def __init__(self, conn: Any, addr: str, port: int, now: float) -> None:
-        self.id = next(_ids)
+    def __init__(self, conn: Any, addr: str, port: int, now: float, sid: int = 0) -> None:
         self.conn = conn
         self.addr = addr
         self.port = port
@@ -95,11 +92,16 @@ class Client:
         self.cancel_key = 0  # BackendKeyData as one int: cancel_key_of(pid, key)
         self.expect_rfq = 0  # ReadyForQuery messages still owed for what the client sent
         self.is_admin = False
-        self.close_reason = ""
-        self.sid = 0  # the switch's id for this connection, once it carries it
+        self.sid = sid  # the switch's id for this connection: its id everywhere
         # How it logged in (method, hba file:line, secret source), kept when its login
         # object goes (SHOW CLIENTS, SHOW USERS).
         self.auth_info = ("", "", "")
+
+    @property
+    def id(self) -> int:
+        """What logs (C-0x...), SHOW CLIENTS' ptr and KILL_CLIENT call it: the switch's id, so
+        an idle client holds no second number."""
+        return self.sid
 
     def __repr__(self) -> str:
         return f"C-{self.id:#x}"

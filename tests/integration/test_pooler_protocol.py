@@ -20,7 +20,9 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from pgfunnel.throwaway import Cluster, pg_tool
+from pgfunnel.proto import messages as m
+from pgfunnel.proto.auth import ServerAuth
+from pgfunnel.throwaway import SUPERUSER, SUPERUSER_PASSWORD, Cluster, pg_tool
 from tests.integration.harness import Funnel, backends, own_role, pgpass_env, wait_for
 
 TAG = secrets.token_hex(3)
@@ -281,6 +283,130 @@ def test_cancel_from_another_thread(f: Funnel, pg: Cluster) -> None:
         assert info.value.diag.message_primary == "canceling statement due to user request"
         assert conn.execute("SELECT 'still usable'").fetchone() == ("still usable",)
     assert _sleepers(pg) == 0
+
+
+def _read_msg(sock: socket.socket) -> tuple[str, bytes]:
+    def exactly(n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            chunk = sock.recv(n - len(out))
+            assert chunk, "the pooler closed the connection"
+            out += chunk
+        return out
+
+    head = exactly(5)
+    return chr(head[0]), exactly(int.from_bytes(head[1:], "big") - 4)
+
+
+def _raw_login(f: Funnel) -> tuple[socket.socket, int, int]:
+    """A client that logs in byte by byte and keeps its BackendKeyData (pid, key), which no
+    driver shows."""
+    sock = socket.create_connection(("127.0.0.1", f.port), timeout=30)
+    sock.sendall(m.startup_message({"user": SUPERUSER, "database": "main"}))
+    auth = ServerAuth(SUPERUSER, SUPERUSER_PASSWORD)
+    keys = None
+    while True:
+        kind, payload = _read_msg(sock)
+        assert kind != "E", m.parse_error_fields(payload).message
+        if kind == "R":
+            reply = auth.respond(m.read_i32(payload), payload[4:])
+            if reply:
+                sock.sendall(reply)
+        elif kind == "K":
+            keys = (m.read_i32(payload), m.read_i32(payload, 4))
+        elif kind == "Z":
+            assert keys is not None
+            return sock, *keys
+
+
+def _send_cancel(f: Funnel, pid: int, key: int) -> None:
+    """A CancelRequest, and the wait until the pooler has dealt with it (it closes the socket)."""
+    with socket.create_connection(("127.0.0.1", f.port), timeout=30) as sock:
+        sock.sendall(m.cancel_request(pid, key))
+        assert sock.recv(1) == b""
+
+
+def _ptr_of(f: Funnel, port: int) -> int:
+    """SHOW CLIENTS' ptr of the client on local port `port`: the switch's id for it."""
+    [row] = [r for r in f.admin("SHOW CLIENTS") if r["port"] == port]
+    return int(row["ptr"], 16)
+
+
+def test_a_cancel_key_names_its_own_client_and_no_other_after_it_left(
+    f: Funnel, pg: Cluster
+) -> None:
+    """The key is the connection's id under the pooler's secret permutation: it cancels that
+    client's query, and once that client has gone it cancels nothing, not even the query of the
+    client that took its place (its slot) in the switch."""
+    sock, pid, key = _raw_login(f)
+    with sock:
+        gone_ptr = _ptr_of(f, sock.getsockname()[1])
+        sock.sendall(m.query("SELECT pg_sleep(30)"))
+        wait_for(lambda: _sleepers(pg) == 1, timeout=20)
+        _send_cancel(f, pid, key)
+        kind, payload = _read_msg(sock)
+        if kind == "T":  # the row description goes before the query's end
+            kind, payload = _read_msg(sock)
+        assert kind == "E"
+        error = m.parse_error_fields(payload)
+        assert (error.sqlstate, error.message) == (
+            "57014",
+            "canceling statement due to user request",
+        )
+        assert _read_msg(sock)[0] == "Z"
+        sock.sendall(m.terminate())
+    wait_for(lambda: all(r["ptr"] != f"{gone_ptr:#x}" for r in f.admin("SHOW CLIENTS")))
+    # Open clients until one lands in the slot the gone one had (the switch hands slots out
+    # round robin, so within a turn of its table); the others go.
+    heir: psycopg.Connection[Any] | None = None
+    others: list[psycopg.Connection[Any]] = []
+    try:
+        for _ in range(64):
+            batch = [connect(f) for _ in range(16)]
+            ports = {local_port(c): c for c in batch}
+            for row in f.admin("SHOW CLIENTS"):
+                if (
+                    row["port"] in ports
+                    and int(row["ptr"], 16) & 0xFFFFFFFF == gone_ptr & 0xFFFFFFFF
+                ):
+                    heir = ports[row["port"]]
+            others += [c for c in batch if c is not heir]
+            if heir is not None:
+                break
+        assert heir is not None, "no client took the gone one's slot"
+        assert _ptr_of(f, local_port(heir)) != gone_ptr  # another generation: another id
+        for c in others:
+            c.close()
+
+        def sleeping() -> int:
+            return int(
+                pg.psql(
+                    "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                    f"AND usename = '{ROLE}' AND query LIKE 'SELECT pg_sleep(2), %'"
+                )
+            )
+
+        failure: list[BaseException] = []
+
+        def stale_cancels() -> None:
+            try:
+                wait_for(lambda: sleeping() == 1, timeout=20)
+                for _ in range(3):
+                    _send_cancel(f, pid, key)
+            except BaseException as exc:  # reported by the main thread
+                failure.append(exc)
+
+        thread = threading.Thread(target=stale_cancels)
+        thread.start()
+        try:
+            slept = heir.execute("SELECT pg_sleep(2), 'slept'").fetchone()
+        finally:
+            thread.join()
+        assert not failure, failure
+        assert slept is not None and slept[1] == "slept"
+    finally:
+        for c in [*others, *([heir] if heir is not None else [])]:
+            c.close()
 
 
 @pytest.mark.parametrize("protocol", ["simple", "extended"])

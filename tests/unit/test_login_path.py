@@ -6,6 +6,7 @@ to the switch (App.promote_client) with what the client sent early."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from pgfunnel._switch import Reason as SwReason
 from pgfunnel.config.loader import load_config
 from pgfunnel.net.app import App
 from pgfunnel.net.client_conn import ClientConn, Phase
-from pgfunnel.pool.objects import Client, ClientState, ServerState, cancel_key_of
+from pgfunnel.pool.objects import Client, ClientState, ServerState
 from pgfunnel.pool.scheduler import Pool
 from pgfunnel.proto import messages as m
 from pgfunnel.proto import sqlstate as ss
@@ -39,13 +40,18 @@ WELCOME = {
 }
 
 
+_SIDS = itertools.count(7)
+
+
 class Transport:
     """Records each write; enough of the bridge's SwitchTransport for a login."""
 
     def __init__(self) -> None:
         self.writes: list[bytes] = []
         self.closed = False
-        self.sid = 7  # the switch's id for the connection
+        # The switch's id for the connection, as conn.c makes them: generation, slot + 1.
+        n = next(_SIDS)
+        self.sid = (n << 32) | (n % 1000 + 1)
 
     def write(self, data: bytes) -> None:
         self.writes.append(bytes(data))
@@ -173,7 +179,7 @@ def test_auth_ok_and_welcome_go_in_one_write(app: App) -> None:
 
 def test_welcome_shows_the_pool_parameters_and_the_clients_own(app: App) -> None:
     ready_pool(app)
-    _, _, answer = login(app, client_encoding="LATIN1", application_name="psql")
+    conn, _, answer = login(app, client_encoding="LATIN1", application_name="psql")
     messages = split(answer[0])
     params = shown(messages)
     assert params == {**WELCOME, "client_encoding": "LATIN1", "application_name": "psql"}
@@ -181,7 +187,7 @@ def test_welcome_shows_the_pool_parameters_and_the_clients_own(app: App) -> None
     names = [m.parse_parameter_status(p)[0] for k, p in messages if k == "S"]
     assert names == [*WELCOME, "application_name"]
     # The client's parameters are tracked as shown.
-    client = next(iter(app.pooler.cancel_keys.values()))
+    client = conn.client
     assert client.params["client_encoding"] == "LATIN1"
     assert client.params["TimeZone"] == "UTC"
     assert client.params["application_name"] == "psql"
@@ -213,17 +219,23 @@ def test_cached_welcome_is_rebuilt_when_the_pool_parameters_change(app: App) -> 
     assert shown(split(third[0]))["TimeZone"] == "Europe/Paris"
 
 
-def test_cancel_keys_are_distinct_31_bit_and_registered(app: App) -> None:
+def test_cancel_keys_are_distinct_31_bit_and_name_their_connection(app: App) -> None:
     ready_pool(app)
-    keys = []
+    keys, sids = [], []
     for _ in range(20):
-        _, _, answer = login(app)
+        _, transport, answer = login(app)
+        sids.append(transport.sid)
         (payload,) = [p for k, p in split(answer[0]) if k == "K"]
         pid, key = struct.unpack("!ii", payload)
         assert 0 <= pid < 2**31 and 0 <= key < 2**31
-        assert app.pooler.cancel_keys[cancel_key_of(pid, key)].cancel_key == cancel_key_of(pid, key)
+        # No table: the switch turns the pair back into the connection it was made for.
+        assert app.bridge.sw.cancel_target(pid, key) == transport.sid
         keys.append((pid, key))
     assert len(set(keys)) == len(keys)
+    # Pairs it never gave out name no connection, or one with an id no live connection has.
+    assert app.bridge.sw.cancel_target(-1, 0) == 0
+    assert app.bridge.sw.cancel_target(0, 2**31) == 0
+    assert app.bridge.sw.cancel_target(keys[0][0], keys[0][1] ^ 1) not in sids
 
 
 def test_wrong_password_gets_no_auth_ok(app: App) -> None:
@@ -235,7 +247,6 @@ def test_wrong_password_gets_no_auth_ok(app: App) -> None:
     assert error.sqlstate == ss.INVALID_PASSWORD
     assert error.message == 'password authentication failed for user "app"'
     assert transport.closed and conn.phase is Phase.CLOSED
-    assert not app.pooler.cancel_keys
 
 
 def test_refused_after_authentication_gets_auth_ok_then_the_error(app: App) -> None:
@@ -291,7 +302,6 @@ def test_a_client_gone_before_the_hand_over_is_counted_out(app: App) -> None:
     assert app.client_count == before
     assert conn.client.state is ClientState.CLOSED
     assert all(conn.client not in members for members in pool.clients.values())
-    assert conn.client.cancel_key not in app.pooler.cancel_keys
 
 
 def test_a_client_of_a_pool_not_yet_logged_in_waits_then_is_handed_over(app: App) -> None:

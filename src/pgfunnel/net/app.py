@@ -30,7 +30,7 @@ from pgfunnel.net.commands import ADMIN_DATABASES, Commands
 from pgfunnel.net.fast_login import FastLogins
 from pgfunnel.net.server_conn import ServerConn
 from pgfunnel.net.unixsock import is_unix, sockaddr, tcp_connect, unix_connect, unix_path
-from pgfunnel.pool.objects import Client, ClientState, Server, ServerState, cancel_key_of
+from pgfunnel.pool.objects import Client, ClientState, Server, ServerState
 from pgfunnel.pool.scheduler import (
     Action,
     CloseClient,
@@ -427,21 +427,25 @@ class App(Commands):
         if client.is_admin:
             self.admin_clients.pop(client, None)
             self.admin.session_closed(client)
-            self.pooler.cancel_keys.pop(client.cancel_key, None)
             return
         self.apply(self.pooler.client_closed(client, self.now()))
 
     def cancel(self, pid: int, key: int) -> None:
-        client = self.pooler.cancel_keys.get(cancel_key_of(pid, key))
-        if client is None:
-            return
-        if client.is_admin:
-            if client.conn is not None:
-                client.conn.cancel_admin()
-            return
-        if client.conn is not None or not client.sid:
-            return  # still logging in: nothing runs to cancel
+        # The key is the connection's switch id under a keyed permutation (cancelkey.c): no
+        # table maps keys to clients, and a key names no one once its client has gone.
         sw = self.bridge.sw
+        sid = sw.cancel_target(pid, key)
+        if not sid:
+            return
+        client = self.bridge.clients.get(sid)
+        if client is None:
+            # A console session (a talker), or a client still logging in: nothing runs to cancel.
+            for admin in self.admin_clients:
+                conn = admin.conn
+                if conn is not None and conn.transport is not None and conn.transport.sid == sid:
+                    conn.cancel_admin()
+                    return
+            return
         try:
             peer = sw.peer_of(client.sid)
         except KeyError:

@@ -10,10 +10,10 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 from pgfunnel._switch import PARAM_VALUE_MAX as TRACKED_VALUE_MAX
-from pgfunnel.pool.objects import Client, cancel_key_of
+from pgfunnel.pool.objects import Client
 from pgfunnel.proto import messages as m
 from pgfunnel.proto import sqlstate as ss
-from pgfunnel.proto.auth import AuthFailed, ClientAuth, random_bytes
+from pgfunnel.proto.auth import AuthFailed, ClientAuth
 from pgfunnel.proto.framing import (
     CancelRequest,
     GSSENCRequest,
@@ -59,12 +59,6 @@ def shared_params(values: tuple[str, ...]) -> dict[str, str]:
             _PARAMS_SHARED.clear()
         shared = _PARAMS_SHARED[values] = dict(zip(TRACKED_PARAMS, values, strict=True))
     return shared
-
-
-def _cancel_key() -> tuple[int, int]:
-    """A BackendKeyData (pid, key) pair: 31 random bits each, as before, from one draw."""
-    bits = int.from_bytes(random_bytes(8))
-    return (bits >> 32) & 0x7FFFFFFF, bits & 0x7FFFFFFF
 
 
 class Phase(Enum):
@@ -329,18 +323,14 @@ class ClientConn:
         client.params = shared_params(
             tuple(own[name] if name in own else source.get(name, "") for name in TRACKED_PARAMS)
         )
-        cancel_keys = self.app.pooler.cancel_keys
-        pid, key = _cancel_key()
-        while cancel_key_of(pid, key) in cancel_keys:
-            key = _cancel_key()[1]
-        client.cancel_key = cancel_key_of(pid, key)
-        cancel_keys[client.cancel_key] = client
+        assert self.transport is not None
+        # The switch's id under its keyed permutation: App.cancel turns a request back into it.
+        pid, key = self.app.bridge.sw.cancel_key(self.transport.sid)
         out = [self.held]
         self.held = b""
         out += welcome.messages(own)
         out.append(m.backend_key_data(pid, key))
         out.append(m.ready_for_query())
-        assert self.transport is not None
         self.transport.write(b"".join(out))
         early = bytes(self.buf)
         self.buf.clear()

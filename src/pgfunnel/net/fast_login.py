@@ -33,7 +33,7 @@ from pgfunnel._switch import (
 from pgfunnel._switch import Reason as SwReason
 from pgfunnel.net.bridge import CLOSE_TEXT
 from pgfunnel.net.client_conn import TRACKED_PARAMS, shared_params
-from pgfunnel.pool.objects import Client, cancel_key_of
+from pgfunnel.pool.objects import Client
 from pgfunnel.proto import sqlstate as ss
 from pgfunnel.proto.auth import ScramSecret
 from pgfunnel.proto.messages import ServerError
@@ -211,10 +211,6 @@ class FastLogins:
         route = self._route_of((info.database, info.user), info.gen)
         pool = bridge.pools.get(pid)
         error = self._recheck(route, info, pool)
-        key = cancel_key_of(info.cancel_pid, info.cancel_key)
-        if error is None and key in app.pooler.cancel_keys:
-            # 62 random bits clashing: this client's cancels could reach another's query.
-            error = ServerError("FATAL", ss.CONNECTION_FAILURE, Msg.LOGIN_RACED)
         if error is not None or route is None or pool is None:
             assert error is not None
             bridge.sw.close(sid, error.encode(severity="FATAL"))  # quiet: no CLOSED follows
@@ -230,8 +226,6 @@ class FastLogins:
         client.params = shared_params(
             tuple(own[name] if name in own else source.get(name, "") for name in TRACKED_PARAMS)
         )
-        client.cancel_key = key
-        app.pooler.cancel_keys[key] = client
         label = _LABELS[info.method]
         auth_info = (label, "", "auth_file")
         client.auth_info = app.shared_auth_info(auth_info)

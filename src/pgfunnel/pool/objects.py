@@ -43,12 +43,6 @@ class ServerState(IntEnum):
         return self.name.lower()
 
 
-def cancel_key_of(pid: int, key: int) -> int:
-    """A BackendKeyData pair (31 bits each) as one int: an idle client keeps it, and the
-    pooler's map is keyed by it."""
-    return (pid << 32) | key
-
-
 class Client:
     """One client connection as the scheduler sees it; `conn` is the net layer's object."""
 
@@ -56,7 +50,6 @@ class Client:
         "addr",
         "app_name",
         "auth_info",
-        "cancel_key",
         "conn",
         "connect_time",
         "dbname",
@@ -89,7 +82,6 @@ class Client:
         self.username = ""
         self.app_name = ""
         self.params: dict[str, str] = {}
-        self.cancel_key = 0  # BackendKeyData as one int: cancel_key_of(pid, key)
         self.expect_rfq = 0  # ReadyForQuery messages still owed for what the client sent
         self.is_admin = False
         self.sid = sid  # the switch's id for this connection: its id everywhere

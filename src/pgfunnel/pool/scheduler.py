@@ -311,7 +311,6 @@ class Pooler:
         self.pools: dict[tuple[str, str], Pool] = {}
         self.databases: dict[str, Database] = {}
         self.users: dict[str, User] = {}
-        self.cancel_keys: dict[int, Client] = {}  # cancel_key_of(pid, key)
 
     # --- objects -----------------------------------------------------------------------------
     def get_pool(self, db: Database, user: User) -> Pool:
@@ -460,7 +459,6 @@ class Pooler:
         judges (back to the pool at a boundary, else an ATTENTION event)."""
         if client.state is ClientState.CLOSED:
             return []
-        self.cancel_keys.pop(client.cancel_key, None)
         self._set_client_state(client, ClientState.CLOSED, now)
         client.link = None
         return []

@@ -182,6 +182,8 @@ struct pwalk {
 struct conn {
     uint64_t id;
     int fd;
+    int err; /* the errno of an IO_ERROR/CONNECT_FAILED close */
+    /* the byte-sized fields together, so that no padding sits between them */
     uint8_t kind, state;
     uint8_t readable, writable; /* edge-triggered: set by epoll, cleared on EAGAIN/short I/O */
     uint8_t stalled;            /* its last read found no room: resume when room is made */
@@ -194,9 +196,11 @@ struct conn {
     uint8_t login_sent;   /* login.c: passed up, not read_next'ed yet */
     uint8_t connecting;   /* login.c: a server's connect() not yet confirmed */
     uint8_t inet;         /* listener: TCP (accepted clients get TCP_NODELAY) */
-    int err;              /* the errno of an IO_ERROR/CONNECT_FAILED close */
     uint8_t park_reason;  /* server: why it was last parked (R_DIRTY_BUSY: no talk) */
     uint8_t bad_type;     /* client: the refused type byte (UNKNOWN_TYPE's event data) */
+    uint8_t swallow;      /* server: answers to the switch's own SET query still to swallow */
+    uint8_t set_err;      /* server: that answer held an ErrorResponse */
+    uint8_t cut;          /* server: its stream stops inside a client's message (no Terminate) */
     int64_t link_wall;    /* server: CLOCK_REALTIME µs of its link to its current client */
     struct pool *pool;
     struct conn *peer;
@@ -216,9 +220,6 @@ struct conn {
     struct pwalk pw;
     uint64_t pmatch;  /* server: the id of the client set its values were last found to
                        * satisfy (0: none); any change to its values clears it */
-    uint8_t swallow;  /* server: answers to the switch's own SET query still to swallow */
-    uint8_t set_err;  /* server: that answer held an ErrorResponse */
-    uint8_t cut;      /* server: its stream stops inside a client's message (no Terminate) */
     int64_t connect_mono; /* server: when it connected (Python may say), for server_lifetime */
     int64_t idle_since;   /* client: its last read or release; server: pushed idle */
     int64_t dl_at[DL_CONN_COUNT]; /* per deadline: the episode start it was reported for */

@@ -23,6 +23,7 @@ from pgfunnel.admin.console import Console
 from pgfunnel.config.ini import ConfigError
 from pgfunnel.config.loader import Config, DatabaseConfig
 from pgfunnel.config.pools import PoolSettings, resolve_pool_settings
+from pgfunnel.net import logfile
 from pgfunnel.net.auth_query import AuthLookups
 from pgfunnel.net.bridge import CLOSE_TEXT, Bridge
 from pgfunnel.net.client_conn import ClientConn
@@ -202,8 +203,7 @@ class App(Commands):
     # --- logging -----------------------------------------------------------------------------
     def log_client(self, client: Client, fmt: str, *args: Any) -> None:
         if self.settings.log_connections and log.isEnabledFor(logging.INFO):
-            log.info(
-                "C-%#x: %s/%s@%s:%s " + fmt,
+            text = ("C-%#x: %s/%s@%s:%s " + fmt) % (
                 client.id,
                 client.dbname,
                 client.username,
@@ -211,6 +211,8 @@ class App(Commands):
                 client.port,
                 *args,
             )
+            if not logfile.held_info(text):
+                log.info("%s", text)
 
     def log_close(self, client: Client, reason: str) -> None:
         if client.state is ClientState.LOGIN and self.auth_lookups.quiet_failure(
@@ -218,16 +220,13 @@ class App(Commands):
         ):
             return  # repeated login failures from one address: one line per period
         if self.settings.log_disconnections and log.isEnabledFor(logging.INFO):
-            log.info(
-                "C-%#x: %s/%s@%s:%s closing because: %s (age=%ds)",
-                client.id,
-                client.dbname or "(nodb)",
-                client.username or "(nouser)",
-                client.addr,
-                client.port,
-                reason,
-                self.now() - client.connect_time,
+            age = int(self.now() - client.connect_time)
+            text = (
+                f"C-{client.id:#x}: {client.dbname or '(nodb)'}/{client.username or '(nouser)'}"
+                f"@{client.addr}:{client.port} closing because: {reason} (age={age}s)"
             )
+            if not logfile.held_info(text):
+                log.info("%s", text)
 
     def _log_server_new(self, server: Server) -> None:
         if self.settings.log_connections and log.isEnabledFor(logging.INFO):

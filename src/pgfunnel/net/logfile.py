@@ -44,15 +44,18 @@ class LineFormat(logging.Formatter):
         self._stamp = ""
 
     def format(self, record: logging.LogRecord) -> str:
-        second = int(record.created)
-        if second != self._second:  # the date and time change once a second, not per line
-            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
-            self._second = second
         level = self.LEVELS.get(record.levelname, record.levelname)
-        text = f"{self._stamp}.{int(record.msecs):03d} UTC [{_pid}] {level} {record.getMessage()}"
+        text = self.line(record.created, int(record.msecs), level, record.getMessage())
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
         return text
+
+    def line(self, created: float, msecs: int, level: str, message: str) -> str:
+        second = int(created)
+        if second != self._second:  # the date and time change once a second, not per line
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
+            self._second = second
+        return f"{self._stamp}.{msecs:03d} UTC [{_pid}] {level} {message}"
 
 
 # Lines held while the bridge handles a run of the switch's LOGGED_IN, LOGIN_ENDED and CLOSED
@@ -87,6 +90,37 @@ class _LogFile(_Held, logging.FileHandler):
 
 class _Stderr(_Held, logging.StreamHandler):  # type: ignore[type-arg]
     pass
+
+
+def held_info(message: str) -> bool:
+    """Hold an INFO line (`message` formatted already) for the batch in progress without a
+    LogRecord, when the log is serve's own (its handlers, PgBouncer's format, no filters):
+    the login and close lines of a connection storm, two per login, cost Python's logging
+    machinery more than the rest of the login's bookkeeping. False: the caller logs it the
+    usual way (outside a batch, or handlers that are not serve's). Whether INFO is on is the
+    caller's to check."""
+    if _held is None or not _configured:
+        return False
+    ours: list[logging.StreamHandler[Any]] = []
+    for handler in log.handlers:
+        if (
+            not isinstance(handler, (_LogFile, _Stderr))
+            or not isinstance(handler.formatter, LineFormat)
+            or handler.filters
+            or handler.level > logging.INFO
+        ):
+            return False
+        ours.append(handler)
+    if log.filters:
+        return False
+    now = time.time()
+    msecs = int((now - int(now)) * 1000)
+    for handler in ours:
+        fmt = handler.formatter
+        assert isinstance(fmt, LineFormat)
+        line = fmt.line(now, msecs, "LOG", message) + handler.terminator
+        _held.setdefault(handler, []).append(line)
+    return True
 
 
 @contextlib.contextmanager

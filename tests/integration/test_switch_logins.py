@@ -10,6 +10,7 @@ where each login ran, so each test here proves it exercised the switch's path.
 from __future__ import annotations
 
 import hashlib
+import re
 import socket
 import struct
 import threading
@@ -202,6 +203,12 @@ def test_a_wrong_password_is_refused_by_the_switch_as_by_python(
     assert refused == 2
     closing = f'closing because: password authentication failed for user "{USER}"'
     wait_for(lambda: f.log().count(closing) == 2)
+    # Each refusal's lines name its own connection (the switch's id), as Python's do.
+    log_text = f.log()
+    ids = re.findall(r"C-(0x[0-9a-f]+): \S+ " + re.escape(closing), log_text)
+    assert len(set(ids)) == 2 and "0x0" not in ids, ids
+    for cid in ids:
+        assert re.search(rf"C-{cid}: \S+ login attempt: ", log_text), cid
     with _connect(f):  # and the route still serves the right password
         pass
     wait_for(lambda: _logins(base)["switch"] == 1, timeout=5)

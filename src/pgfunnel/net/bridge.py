@@ -290,7 +290,7 @@ class Bridge:
         elif kind is EventKind.LOGGED_IN:
             self.app.fast.logged_in(ev.conn, ev.pool, ev.data)
         elif kind is EventKind.LOGIN_ENDED:
-            self.app.fast.ended(ev.pool, ev.reason, ev.data)
+            self.app.fast.ended(ev.conn, ev.pool, ev.reason, ev.data)
         elif kind is EventKind.CLOSED:
             self._closed(ev)
         elif kind is EventKind.WAITERS:

@@ -191,10 +191,9 @@ class FastLogins:
             return ServerError("FATAL", ss.INVALID_PASSWORD, Msg.LOGIN_RACED)
         return None
 
-    def _client(
-        self, user: str, db: str, host: str, port: int, listener: int, sid: int = 0
-    ) -> Client:
-        """The Client for a switch login (`sid` 0: one that ended with no connection kept)."""
+    def _client(self, user: str, db: str, host: str, port: int, listener: int, sid: int) -> Client:
+        """The Client for a switch login: `sid` is the switch's id for its connection (the
+        C-0x.. of its log lines), gone already when the login ended."""
         app = self.app
         client = Client(None, sys.intern(host), port, app.stamp(), sid)
         client.username, client.dbname = sys.intern(user), sys.intern(db)
@@ -236,12 +235,12 @@ class FastLogins:
         app.pooler.client_welcomed(client, pool, app.now())
         bridge.clients[sid] = client
 
-    def ended(self, listener: int, why: int, data: bytes) -> None:
+    def ended(self, sid: int, listener: int, why: int, data: bytes) -> None:
         """LOGIN_ENDED: a login the switch ran failed or was left; no client exists for it.
         Logged and counted as Python's own login would have been."""
         app = self.app
         user, db, host, port = login_ended_who(data)
-        client = self._client(user, db, host, port, listener)
+        client = self._client(user, db, host, port, listener, sid)
         reason = SwReason(why & ~LOGIN_ENDED_ASKED)
         if user:
             app.log_client(client, "login attempt: db=%s user=%s tls=no", db, user)

@@ -221,6 +221,10 @@ def test_kill_client_drops_one_client(funnel) -> None:  # type: ignore[no-untype
         with console(f) as conn:
             clients = by(show(conn, "SHOW CLIENTS"), "application_name")
         victim_id = clients["victim"]["id"]
+        # An int4, as PgBouncer's id (strict drivers read the column by its type), one per
+        # client; ptr shows the switch's whole id for it.
+        assert 0 < victim_id < 2**31 and victim_id != clients["bystander"]["id"]
+        assert int(clients["victim"]["ptr"], 16) >> 32 == victim_id
         assert command(f, f"KILL_CLIENT {victim_id}") == "KILL_CLIENT"
         with pytest.raises(psycopg.OperationalError, match="admin forced disconnect"):
             victim.execute("SELECT 1")

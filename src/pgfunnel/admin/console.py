@@ -1040,7 +1040,8 @@ def holder_row(h: Holder) -> list[Any]:
 
 
 def _ptr(obj: Client | Server) -> str:
-    return f"{obj.id:#x}"
+    # A client's ptr is its whole switch id (its id is the generation half of it).
+    return f"{obj.sid:#x}" if isinstance(obj, Client) else f"{obj.id:#x}"
 
 
 def _pick(value: int | None, default: int) -> int:

@@ -91,9 +91,10 @@ class Client:
 
     @property
     def id(self) -> int:
-        """What logs (C-0x...), SHOW CLIENTS' ptr and KILL_CLIENT call it: the switch's id, so
-        an idle client holds no second number."""
-        return self.sid
+        """What logs (C-0x...), SHOW CLIENTS' id and KILL_CLIENT call it: the generation half of
+        its switch id, the switch's count of connections made (an int4, as PgBouncer's id), so
+        an idle client holds no second number. SHOW CLIENTS' ptr shows the whole switch id."""
+        return (self.sid >> 32) & 0x7FFFFFFF
 
     def __repr__(self) -> str:
         return f"C-{self.id:#x}"

@@ -44,7 +44,16 @@ def test_ids_outside_the_domain_get_no_key(sw: Switch) -> None:
 
 
 def test_pairs_never_given_out_name_no_id(sw: Switch) -> None:
-    for pid, key in [(-1, 0), (0, -1), (2**31, 0), (0, 2**31), (2**40, 5), (-(2**40), 5)]:
+    for pid, key in [
+        (-1, 0),
+        (0, -1),
+        (2**31, 0),
+        (0, 2**31),
+        (2**40, 5),
+        (-(2**40), 5),
+        (2**64, 5),
+        (5, -(2**70)),
+    ]:
         assert sw.cancel_target(pid, key) == 0
 
 

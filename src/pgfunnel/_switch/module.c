@@ -207,8 +207,13 @@ static int Switch_init(SwitchObject *self, PyObject *args, PyObject *kw)
     }
     struct sw *sw = &self->sw;
     memset(sw, 0, sizeof(*sw));
-    if (getrandom(sw->cancel_secret, sizeof(sw->cancel_secret), 0) !=
-        (ssize_t)sizeof(sw->cancel_secret)) {
+    ssize_t got;
+    do /* early in boot the pool may not be ready: getrandom blocks, a signal may cut it */
+        got = getrandom(sw->cancel_secret, sizeof(sw->cancel_secret), 0);
+    while (got < 0 && errno == EINTR);
+    if (got != (ssize_t)sizeof(sw->cancel_secret)) {
+        if (got >= 0)
+            errno = EIO;
         PyErr_SetFromErrno(PyExc_OSError);
         goto out;
     }
@@ -975,10 +980,16 @@ static PyObject *Switch_cancel_key(SwitchObject *self, PyObject *args)
  * connection is still there is the caller's to look up. */
 static PyObject *Switch_cancel_target(SwitchObject *self, PyObject *args)
 {
-    long long pid, key;
-    if (!PyArg_ParseTuple(args, "LL", &pid, &key) || check_open(self) < 0)
+    PyObject *opid, *okey;
+    if (!PyArg_ParseTuple(args, "O!O!", &PyLong_Type, &opid, &PyLong_Type, &okey) ||
+        check_open(self) < 0)
         return NULL;
-    if (pid < 0 || key < 0 || pid > 0x7fffffffLL || key > 0x7fffffffLL)
+    int over_pid = 0, over_key = 0; /* any int may come: out of range names no one */
+    long long pid = PyLong_AsLongLongAndOverflow(opid, &over_pid);
+    long long key = PyLong_AsLongLongAndOverflow(okey, &over_key);
+    if (PyErr_Occurred())
+        return NULL;
+    if (over_pid || over_key || pid < 0 || key < 0 || pid > 0x7fffffffLL || key > 0x7fffffffLL)
         return PyLong_FromLong(0);
     return PyLong_FromUnsignedLongLong(cancel_key_id(&self->sw, (uint32_t)pid, (uint32_t)key));
 }

@@ -111,7 +111,7 @@ def held_info(message: str) -> bool:
         ):
             return False
         ours.append(handler)
-    if log.filters:
+    if log.filters or log.propagate:
         return False
     now = time.time()
     msecs = int((now - int(now)) * 1000)

@@ -24,6 +24,7 @@ from pgfunnel.proto import messages as m
 from pgfunnel.proto.auth import ServerAuth
 from pgfunnel.throwaway import SUPERUSER, SUPERUSER_PASSWORD, Cluster, pg_tool
 from tests.integration.harness import Funnel, backends, own_role, pgpass_env, wait_for
+from tests.switch.conftest import read_msg
 
 TAG = secrets.token_hex(3)
 ROLE, ROLE_PW = f"pgf_proto_{TAG}", "proto-pw"
@@ -286,16 +287,8 @@ def test_cancel_from_another_thread(f: Funnel, pg: Cluster) -> None:
 
 
 def _read_msg(sock: socket.socket) -> tuple[str, bytes]:
-    def exactly(n: int) -> bytes:
-        out = b""
-        while len(out) < n:
-            chunk = sock.recv(n - len(out))
-            assert chunk, "the pooler closed the connection"
-            out += chunk
-        return out
-
-    head = exactly(5)
-    return chr(head[0]), exactly(int.from_bytes(head[1:], "big") - 4)
+    kind, payload = read_msg(sock)
+    return kind.decode(), payload
 
 
 def _raw_login(f: Funnel) -> tuple[socket.socket, int, int]:

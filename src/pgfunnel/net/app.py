@@ -211,8 +211,7 @@ class App(Commands):
                 client.port,
                 *args,
             )
-            if not logfile.held_info(text):
-                log.info("%s", text)
+            logfile.info(text)
 
     def log_close(self, client: Client, reason: str) -> None:
         if client.state is ClientState.LOGIN and self.auth_lookups.quiet_failure(
@@ -225,8 +224,7 @@ class App(Commands):
                 f"C-{client.id:#x}: {client.dbname or '(nodb)'}/{client.username or '(nouser)'}"
                 f"@{client.addr}:{client.port} closing because: {reason} (age={age}s)"
             )
-            if not logfile.held_info(text):
-                log.info("%s", text)
+            logfile.info(text)
 
     def _log_server_new(self, server: Server) -> None:
         if self.settings.log_connections and log.isEnabledFor(logging.INFO):
@@ -440,9 +438,8 @@ class App(Commands):
         if client is None:
             # A console session (a talker), or a client still logging in: nothing runs to cancel.
             for admin in self.admin_clients:
-                conn = admin.conn
-                if conn is not None and conn.transport is not None and conn.transport.sid == sid:
-                    conn.cancel_admin()
+                if admin.sid == sid and admin.conn is not None:
+                    admin.conn.cancel_admin()
                     return
             return
         try:

@@ -123,6 +123,12 @@ def held_info(message: str) -> bool:
     return True
 
 
+def info(message: str) -> None:
+    """An INFO line already formatted: held without a LogRecord when it can be, else logged."""
+    if not held_info(message):
+        log.info("%s", message)
+
+
 @contextlib.contextmanager
 def held() -> Iterator[None]:
     """Hold the lines logged inside, then write each handler's with one write (nested: the

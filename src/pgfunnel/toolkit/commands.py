@@ -57,14 +57,16 @@ def diagnose_main(args: argparse.Namespace) -> int:
         report = diagnose_once(args, opts)
         _print_diagnose(report, args)
         return int(report["exit_code"])
-    # --watch runs until interrupted: Ctrl-C (SIGINT) or SIGTERM end it quietly with 0.
-    with _sigterm_as_interrupt():
-        try:
-            while True:
-                _print_diagnose(diagnose_once(args, opts), args)
-                time.sleep(args.watch)
-        except KeyboardInterrupt:
-            return 0
+    # --watch runs until interrupted: Ctrl-C (SIGINT) or SIGTERM end it quietly with 0, once
+    # the round in progress is printed. Not a KeyboardInterrupt inside the round: raised in a
+    # query, it makes psycopg cancel and wait for the query, and a watch under load once hung
+    # there past 30 s.
+    stop = _Stop()
+    with stop.installed():
+        while not stop.requested:
+            _print_diagnose(diagnose_once(args, opts), args)
+            stop.sleep(args.watch)
+    return 0
 
 
 def _print_diagnose(report: dict[str, Any], args: argparse.Namespace) -> None:
@@ -79,23 +81,6 @@ def _print_diagnose(report: dict[str, Any], args: argparse.Namespace) -> None:
             print("\033[2J\033[H", end="")
         render.diagnose(report, _console())
     sys.stdout.flush()
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """While a loop runs, SIGTERM raises KeyboardInterrupt as SIGINT does (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def diagnose_once(args: argparse.Namespace, opts: dg.Options) -> dict[str, Any]:
@@ -218,8 +203,9 @@ RECONNECT_ATTEMPTS = 6
 
 
 class _Stop:
-    """SIGINT/SIGTERM ask reap to stop: the round in progress finishes (its statements are
-    bounded by statement_timeout) and its audit lines are written; sleeps end at once."""
+    """SIGINT/SIGTERM ask a loop (reap, diagnose --watch) to stop: the round in progress
+    finishes (its statements are bounded by statement_timeout) and its output (reap's audit
+    lines) is written; sleeps end at once."""
 
     def __init__(self) -> None:
         self.signal: int | None = None

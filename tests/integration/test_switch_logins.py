@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import signal
 import socket
 import struct
 import threading
@@ -230,6 +231,29 @@ def test_reload_with_a_new_password_ends_the_old_one_at_once(
         _connect(f)
     with _connect(f, password="new-secret") as conn:
         assert conn.execute("SELECT 2").fetchone() == (2,)
+
+
+def test_a_login_the_switch_ran_before_a_sighup_is_judged_by_the_old_config(
+    funnel: Callable[..., Funnel], pg: Cluster
+) -> None:
+    """The switch lets a pooled client's login event wait some milliseconds before Python hears
+    of it. A SIGHUP that changes the password in that time must not make Python judge the
+    login by the new file, and close a client that logged in rightly."""
+    f, base = _start(funnel, pg)
+    _warm(f, base)
+    with _connect(f) as conn:
+        f.userlist_path.write_text(
+            f'"{USER}" "new-secret"\n"{ADMIN_USER}" "{ADMIN_PASSWORD}"\n', encoding="utf-8"
+        )
+        f.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "got SIGHUP, re-reading config" in f.log(), timeout=10)
+        with _connect(f, password="new-secret") as other:  # the reload is done
+            assert other.execute("SELECT 1").fetchone() == (1,)
+        assert conn.execute("SELECT 2").fetchone() == (2,)
+    assert "configuration changed during this login" not in f.log()
+    _logins_reach(base, 2, 1)  # after the reload the pair logs in through Python again
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        _connect(f)
 
 
 def test_disable_and_kill_reach_the_switch_logins(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import select
 import socket
 import struct
 import tempfile
@@ -267,6 +268,26 @@ def test_the_janitor_hands_over_silent_logins_and_times_out_stalled_ones(
         assert stalled.recv(1) == b""
         silent.sendall(m.startup_message({"user": USER, "database": DB}))
         inbox.take(lambda e: e.kind is EventKind.MESSAGE and e.conn == ev.conn)
+
+
+def test_a_login_ended_by_a_command_wakes_python_at_once(
+    sw: Switch, listener: tuple[str, int]
+) -> None:
+    """A LOGIN_ENDED the loop posts may wait some milliseconds for Python (EV_LAZY); one a
+    command posts (the janitor's fast_expire) makes the event fd readable before the command
+    returns, since the loop may sleep with no timeout and nothing else would wake Python."""
+    path, _ = listener
+    _route(sw, RouteMethod.MD5)
+    with _connect(path) as stalled:
+        stalled.sendall(m.startup_message({"user": USER, "database": DB}))
+        assert _read(stalled)[0] == ord("R")
+        sw.events()  # nothing waits now, and the fd is read
+        sw.fast_expire(10_000_000, 1, TIMEOUT_MSG)
+        assert select.select([sw.fileno()], [], [], 0)[0]
+        ended = [e for e in sw.events() if e.kind is not EventKind.LISTEN_ERROR]
+        assert [(e.kind, e.reason) for e in ended] == [
+            (EventKind.LOGIN_ENDED, Reason.LOGIN_TIMEOUT | LOGIN_ENDED_ASKED)
+        ]
 
 
 def test_a_login_in_its_exchange_finishes_on_a_cleared_route(

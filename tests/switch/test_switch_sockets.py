@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import select
 import socket
 import threading
 import time
@@ -653,3 +654,44 @@ async def test_the_event_fd_wakes_an_asyncio_loop(switch: Switch) -> None:
         ]
     finally:
         loop.remove_reader(switch.fileno())
+
+
+def _readable_at(fd: int, timeout: float = 5.0) -> float:
+    """time.monotonic() once `fd` is readable, polled without calling the switch (a command
+    hands Python whatever events wait)."""
+    deadline = time.monotonic() + timeout
+    while not select.select([fd], [], [], 0.001)[0]:
+        assert time.monotonic() < deadline, "the event fd never became readable"
+    return time.monotonic()
+
+
+def test_a_pooled_clients_close_wakes_python_only_when_due(switch: Switch) -> None:
+    """A pooled client's CLOSED (and a switch login's LOGGED_IN) needs only logging and
+    counting: the switch lets it wait LAZY_US (50 ms) for a wake-up it does not cause, and
+    the event keeps the time it happened."""
+    setup(switch, servers=0)
+    a, aid = client(switch)
+    switch.events()  # nothing waits now, and the fd is read
+    a.close()
+    woke = _readable_at(switch.fileno())
+    (ev,) = switch.events()
+    assert (ev.kind, ev.conn, ev.reason) == (EventKind.CLOSED, aid, Reason.CLIENT_EOF)
+    assert ev.at + 0.05 - 1e-6 <= woke
+
+
+def test_an_event_python_must_hear_brings_the_waiting_ones_in_order(switch: Switch) -> None:
+    """A server's CLOSED wakes Python at once; the client's CLOSED that waited comes first."""
+    switch.add_pool(POOL, Mode.TRANSACTION)
+    srv, fd = pair()
+    sid = switch.add_server(fd, POOL)
+    a, aid = client(switch)
+    switch.events()
+    a.close()
+    time.sleep(0.02)  # the loop handles a's EOF (not due for 50 ms) before the server's
+    srv.close()
+    seen = Events(switch)
+    seen.wait(lambda e: e.conn == sid)
+    assert [(e.kind, e.conn) for e in seen.seen] == [
+        (EventKind.CLOSED, aid),
+        (EventKind.CLOSED, sid),
+    ]

@@ -305,7 +305,7 @@ def test_a_promoted_server_in_a_paused_pool_goes_idle_and_a_promoted_client_wait
     assert recv_exact(c, len(WELCOME) + len(ANSWER)) == WELCOME + ANSWER
 
 
-# --- the events' 5-tuple form ------------------------------------------------------------------
+# --- the events' 6-tuple form ------------------------------------------------------------------
 def test_deadline_and_params_failed_events_carry_no_data(sw: Switch) -> None:
     inbox = Inbox(sw)
     srv, fd = pair()
@@ -322,5 +322,5 @@ def test_deadline_and_params_failed_events_carry_no_data(sw: Switch) -> None:
     sw.set_timeouts(POOL, client_idle=20 * MS)
     idle = inbox.take(lambda e: e.kind is EventKind.DEADLINE and e.conn == cid)
     assert (idle.reason, idle.pool, idle.data) == (Reason.CLIENT_IDLE, POOL, b"")
-    raw = [t for t in sw._sw.events()]  # the native form: 5-tuples throughout
-    assert all(len(t) == 5 for t in raw)
+    raw = [t for t in sw._sw.events()]  # the native form: 6-tuples throughout
+    assert all(len(t) == 6 for t in raw)

@@ -195,6 +195,9 @@ class Event(NamedTuple):
     # MESSAGE: the whole messages; CLOSED IO_ERROR/CONNECT_FAILED: errno text; CLOSED
     # UNKNOWN_TYPE: the refused type byte; else b""
     data: bytes = b""
+    # When the switch posted it (time.monotonic()'s clock): a pooled client's login or close
+    # may reach Python some milliseconds later (EV_LAZY in switch.h), and is logged as of then.
+    at: float = 0.0
 
     @property
     def errno(self) -> int:
@@ -685,7 +688,7 @@ class Switch:
         return self._sw.peer(conn)
 
     def events(self) -> list[Event]:
-        return [Event(EventKind(k), c, p, r, d) for k, c, p, r, d in self._sw.events()]
+        return [Event(EventKind(k), c, p, r, d, a / 1e6) for k, c, p, r, d, a in self._sw.events()]
 
     def pools(self) -> list[PoolSnapshot]:
         return [

@@ -231,6 +231,11 @@ void conn_destroy(struct sw *sw, struct conn *c, uint8_t reason, int report)
 {
     if (c->state == ST_DEAD)
         return;
+    /* A pooled client's close only needs logging and counting in Python: no wake-up of its
+     * own (EV_LAZY). A server's, or a login's that Python talks, needs Python at once. */
+    uint8_t lazy = c->kind == KIND_CLIENT && c->state >= CL_ACTIVE && c->state <= CL_CLOSING
+                       ? EV_LAZY
+                       : 0;
     if (c->fl != NULL) {
         /* A login the switch ran: Python never saw its ACCEPTED, it hears LOGIN_ENDED. */
         if (report)
@@ -266,7 +271,7 @@ void conn_destroy(struct sw *sw, struct conn *c, uint8_t reason, int report)
             len = snprintf(num, sizeof(num), "%d", c->err);
         else if (reason == R_UNKNOWN_TYPE) /* Python logs "unknown pkt from client" with it */
             num[len++] = (char)c->bad_type;
-        sw_post_data(sw, EV_CLOSED, c->id, c->pool->id, reason, (const uint8_t *)num,
+        sw_post_data(sw, EV_CLOSED | lazy, c->id, c->pool->id, reason, (const uint8_t *)num,
                      len > 0 ? (size_t)len : 0);
     }
     c->dead_next = sw->dead;

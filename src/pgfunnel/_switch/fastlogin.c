@@ -391,7 +391,7 @@ static void fl_ended(struct sw *sw, struct conn *c, uint8_t reason)
     uint8_t *data = malloc(who_len(f));
     size_t n = data != NULL ? who(f, data) : 0;
     uint32_t why = (uint32_t)reason | (f->step != FL_START ? LOGIN_ENDED_ASKED : 0);
-    sw_post_data(sw, EV_LOGIN_ENDED, c->id, f->listener, why, data, n);
+    sw_post_data(sw, EV_LOGIN_ENDED | EV_LAZY, c->id, f->listener, why, data, n);
     free(data);
     fl_free(sw, c);
     c->quiet = 1;
@@ -862,7 +862,7 @@ static int fl_welcome(struct sw *sw, struct conn *c, const char *final, const ui
         }
         data[o++] = 0;
     }
-    int rc = sw_post_data(sw, EV_LOGGED_IN, c->id, s->pool, 0, data, o);
+    int rc = sw_post_data(sw, EV_LOGGED_IN | EV_LAZY, c->id, s->pool, 0, data, o);
     explicit_bzero(data, o);
     free(data);
     if (rc < 0)

@@ -115,13 +115,19 @@ void sw_clock(struct sw *sw)
     sw->now_wall = clock_us(CLOCK_REALTIME);
 }
 
-/* Queues an event for Python; the event fd becomes readable when the queue stops being
- * empty (Python's drain resets it). `data` is copied (a login message, an errno's text).
- * -1: no memory (the event is lost; a MESSAGE's caller closes the connection). */
+/* Queues an event for Python. The event fd becomes readable at the end of the batch, unless
+ * Python was woken already and has not drained the queue yet. A kind or'ed with EV_LAZY wakes
+ * nobody: sw_flush_events writes the fd LAZY_US later, or once LAZY_MAX events wait. A storm
+ * of logins and closes thus costs Python one wake-up per few milliseconds, not two per login,
+ * and Python still hears every event in the order it came. `data` is copied (a login message,
+ * an errno's text). -1: no memory (the event is lost; a MESSAGE's caller closes the
+ * connection). */
 int sw_post_data(struct sw *sw, uint8_t kind, uint64_t conn, int64_t pool, uint32_t reason,
                  const uint8_t *data, size_t len)
 {
     uint8_t *copy = NULL;
+    int lazy = (kind & EV_LAZY) != 0;
+    kind &= (uint8_t)~EV_LAZY;
     if (len > 0) {
         if (len > UINT32_MAX || (copy = malloc(len)) == NULL)
             return -1;
@@ -140,9 +146,12 @@ int sw_post_data(struct sw *sw, uint8_t kind, uint64_t conn, int64_t pool, uint3
         sw->evcap = cap;
     }
     sw->evq[sw->nev++] = (struct event){.conn = conn, .pool = pool, .reason = reason,
-                                        .kind = kind, .data = copy, .len = (uint32_t)len};
-    if (sw->nev == 1)
-        sw->ev_signal = 1;
+                                        .kind = kind, .data = copy, .len = (uint32_t)len,
+                                        .at = sw->now_mono};
+    if (!lazy || sw->nev >= LAZY_MAX)
+        sw->ev_signal = !sw->ev_awake;
+    else if (sw->lazy_due == 0)
+        sw->lazy_due = sw->now_mono + LAZY_US;
     pthread_mutex_unlock(&sw->evlock);
     return 0;
 }
@@ -153,14 +162,18 @@ void sw_post(struct sw *sw, uint8_t kind, uint64_t conn, int64_t pool, uint32_t 
     (void)sw_post_data(sw, kind, conn, pool, reason, NULL, 0);
 }
 
-/* Makes the event fd readable if events came since the last call: at the end of each batch
- * of the loop and of each Python command, not at each event, so that Python is woken once for
- * a batch (a storm of logins posts two events per login). */
-void sw_flush_events(struct sw *sw)
+/* Makes the event fd readable if an event Python must hear came since the last call, or a lazy
+ * one is due: at the end of each batch of the loop and of each Python command, not at each
+ * event, so that Python is woken once for a batch. `now`: lazy events count as due (a command
+ * runs in Python's thread, which is awake anyway, and the loop may sleep with no timeout). */
+void sw_flush_events(struct sw *sw, int now)
 {
     pthread_mutex_lock(&sw->evlock);
-    int signal = sw->ev_signal;
+    int signal = sw->ev_signal || (!sw->ev_awake && sw->lazy_due != 0 &&
+                                   (now || sw->now_mono >= sw->lazy_due));
     sw->ev_signal = 0;
+    if (signal)
+        sw->ev_awake = 1;
     pthread_mutex_unlock(&sw->evlock);
     if (signal) {
         uint64_t one = 1;
@@ -195,6 +208,19 @@ static void run_todo(struct sw *sw)
     }
 }
 
+/* Milliseconds (rounded up) until a waiting lazy event is due, or -1: none waits, or Python
+ * has been woken for the queue already. */
+static int64_t lazy_wait_ms(struct sw *sw)
+{
+    pthread_mutex_lock(&sw->evlock);
+    int64_t due = sw->ev_awake ? 0 : sw->lazy_due;
+    pthread_mutex_unlock(&sw->evlock);
+    if (due == 0)
+        return -1;
+    int64_t left = due - sw->now_mono;
+    return left <= 0 ? 0 : (left + 999) / 1000;
+}
+
 /* One turn of the loop: wait (without the lock) for ready sockets, handle them, run the
  * to-do list, free what was closed. Called with the lock held; timeout_ms < 0: no limit (0
  * anyway while work is queued). */
@@ -202,6 +228,9 @@ void loop_once(struct sw *sw, int timeout_ms)
 {
     struct epoll_event evs[MAX_EVENTS];
     int timeout = sw->todo_head != NULL ? 0 : timeout_ms;
+    int64_t lazy = lazy_wait_ms(sw);
+    if (lazy >= 0 && (timeout < 0 || lazy < timeout))
+        timeout = (int)lazy;
     pthread_mutex_unlock(&sw->lock);
     int n = epoll_wait(sw->epfd, evs, MAX_EVENTS, timeout);
     pthread_mutex_lock(&sw->lock);
@@ -236,7 +265,7 @@ void loop_once(struct sw *sw, int timeout_ms)
     if (tick && sw->timer_on && !sw->suspended)
         timers_tick(sw); /* after the batch: it reports, it changes nothing */
     conn_free_dead(sw);
-    sw_flush_events(sw);
+    sw_flush_events(sw, 0);
 }
 
 static void *loop_main(void *arg)

@@ -38,7 +38,7 @@ static void sw_unlock(struct sw *sw)
 {
     if (sw->todo_head != NULL && sw->running)
         loop_wake(sw);
-    sw_flush_events(sw); /* what the command itself reported (a close, WAITERS) */
+    sw_flush_events(sw, 1); /* what the command itself reported (a close, WAITERS) */
     pthread_mutex_unlock(&sw->lock);
 }
 
@@ -762,6 +762,8 @@ static PyObject *Switch_events(SwitchObject *self, PyObject *Py_UNUSED(a))
     size_t n = sw->nev;
     sw->evq = NULL;
     sw->nev = sw->evcap = 0;
+    sw->ev_signal = sw->ev_awake = 0; /* the queue is empty: the next event wakes again */
+    sw->lazy_due = 0;
     uint64_t v;
     ssize_t r = read(sw->ev_fd, &v, sizeof(v));
     (void)r;
@@ -769,14 +771,15 @@ static PyObject *Switch_events(SwitchObject *self, PyObject *Py_UNUSED(a))
     PyObject *list = PyList_New((Py_ssize_t)n);
     for (size_t i = 0; list != NULL && i < n; i++) {
         /* ACCEPTED carries the listener's id (unsigned, like every id) in the pool field. */
-        PyObject *t = q[i].kind == EV_ACCEPTED
-                          ? Py_BuildValue("(iKKIy#)", q[i].kind, (unsigned long long)q[i].conn,
-                                          (unsigned long long)q[i].pool, q[i].reason, "",
-                                          (Py_ssize_t)0)
-                          : Py_BuildValue("(iKLIy#)", q[i].kind, (unsigned long long)q[i].conn,
-                                          (long long)q[i].pool, q[i].reason,
-                                          q[i].data != NULL ? (const char *)q[i].data : "",
-                                          (Py_ssize_t)q[i].len);
+        const struct event *e = &q[i];
+        PyObject *t = e->kind == EV_ACCEPTED
+                          ? Py_BuildValue("(iKKIy#L)", e->kind, (unsigned long long)e->conn,
+                                          (unsigned long long)e->pool, e->reason, "",
+                                          (Py_ssize_t)0, (long long)e->at)
+                          : Py_BuildValue("(iKLIy#L)", e->kind, (unsigned long long)e->conn,
+                                          (long long)e->pool, e->reason,
+                                          e->data != NULL ? (const char *)e->data : "",
+                                          (Py_ssize_t)e->len, (long long)e->at);
         if (t == NULL)
             Py_CLEAR(list);
         else

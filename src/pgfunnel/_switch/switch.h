@@ -43,6 +43,13 @@ enum ev_kind {
     EV_LOGIN_ENDED = 10,  /* fastlogin.c: such a login failed or its client left */
 };
 
+/* Or'ed into a posted kind: Python need not wake for this event alone (a login or close of a
+ * pooled client: it logs and counts them). It hears it with the next event that wakes it, when
+ * LAZY_MAX events wait, or LAZY_US after it came, whichever is first (loop.c). */
+#define EV_LAZY 0x80
+#define LAZY_US 50000
+#define LAZY_MAX 256
+
 /* EV_ACCEPTED's reason: flags. */
 #define ACCEPTED_SSL_ANSWERED 1 /* fastlogin.c answered an SSLRequest 'N' before handing over */
 /* EV_LOGIN_ENDED's reason: the close reason, and this bit once a password was asked for. */
@@ -262,6 +269,7 @@ struct event {
     uint8_t kind;
     uint8_t *data; /* malloc'ed (EV_MESSAGE; errno text of a failed close), or NULL */
     uint32_t len;
+    int64_t at; /* when it was posted (CLOCK_MONOTONIC µs): Python may hear it LAZY_US later */
 };
 
 struct sw {
@@ -269,8 +277,11 @@ struct sw {
     /* the event queue's own lock (taken inside `lock` by the loop; alone by events()): Python
      * drains events without waiting for the loop's batch to end */
     pthread_mutex_t evlock;
-    uint8_t ev_signal; /* the queue stopped being empty: the event fd is written at the end of
-                        * the batch (or command), so Python wakes once per batch */
+    uint8_t ev_signal; /* an event Python must hear soon came: the event fd is written at the
+                        * end of the batch (or command), so Python wakes once per batch */
+    uint8_t ev_awake;  /* the fd was written and Python has not drained the queue since */
+    int64_t lazy_due;  /* a lazy event waits (EV_LAZY): the fd is written by then at the
+                        * latest (monotonic µs; 0: none waits) */
     pthread_t thread;
     int running, stopping;
     int epfd, wake_fd, ev_fd, timer_fd;
@@ -327,7 +338,7 @@ void sw_post(struct sw *sw, uint8_t kind, uint64_t conn, int64_t pool, uint32_t 
 int sw_post_data(struct sw *sw, uint8_t kind, uint64_t conn, int64_t pool, uint32_t reason,
                  const uint8_t *data, size_t len);
 void sw_drop_events(struct sw *sw);
-void sw_flush_events(struct sw *sw);
+void sw_flush_events(struct sw *sw, int now);
 void sw_clock(struct sw *sw);
 int loop_timer(struct sw *sw, int on);
 void loop_suspend(struct sw *sw, int on);

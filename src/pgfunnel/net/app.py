@@ -146,12 +146,14 @@ class App(Commands):
         # per-query times SHOW STATS reports.
         return time.monotonic()
 
-    def stamp(self) -> float:
-        """now() to the millisecond, as one float object per millisecond: what a client keeps
-        from its login (connect_time) is shared by the logins of a burst instead of costing
-        each idle client a float of its own (PgBouncer, too, stamps from a cached clock)."""
-        t = self.now()
-        if t - self._stamp >= 0.001:
+    def stamp(self, t: float = 0.0) -> float:
+        """now() (or `t`, on its clock) to the millisecond, as one float object per
+        millisecond: what a client keeps from its login (connect_time) is shared by the logins
+        of a burst instead of costing each idle client a float of its own (PgBouncer, too,
+        stamps from a cached clock)."""
+        if not t:
+            t = self.now()
+        if abs(t - self._stamp) >= 0.001:
             self._stamp = t
         return self._stamp
 
@@ -840,6 +842,7 @@ class App(Commands):
     def _tick(self) -> None:
         self._places.clear()  # query_wait_notify's queue places: one snapshot per tick at most
         try:
+            self.bridge.drain()  # counts as of now: the logins and closes the switch let wait
             if self.suspended:
                 # As PgBouncer's janitor: nothing at all while every socket is held, not even
                 # client_login_timeout (a login cannot progress while its socket is not read).
@@ -909,7 +912,9 @@ class App(Commands):
     def refresh(self) -> None:
         """Read the switch's connection snapshot into the pool objects (states, links, what
         each client is owed, waits): what SHOW, /metrics, the status page and the holders
-        report, read just before they report it. O(connections): not per transaction."""
+        report, read just before they report it. O(connections): not per transaction.
+        The logins and closes the switch has not woken Python for yet are handled first."""
+        self.bridge.drain()
         self.sync_pools()
         bridge = self.bridge
         now = self.now()

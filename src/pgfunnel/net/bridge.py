@@ -149,6 +149,7 @@ class Bridge:
         self.pools: dict[int, Pool] = {}
         self._next_pool = 1
         self._local: dict[int, tuple[str, int]] = {}  # listener id -> its bound address
+        self._draining = False
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -249,10 +250,24 @@ class Bridge:
 
     # --- events ------------------------------------------------------------------------------
     def drain(self) -> None:
+        """Handle every event the switch has queued, in order. The switch wakes Python for
+        them, except for pooled clients' logins and closes, which it lets wait a few ms
+        (EV_LAZY in switch.h): whatever reads the switch's state for itself (the janitor,
+        `App.refresh`) drains first. A drain started by a handler of this one does nothing,
+        so that no event is handled before one that came earlier."""
+        if self._draining:
+            return
         try:
             events = self.sw.events()
         except Exception:  # the switch is stopped
             return
+        self._draining = True
+        try:
+            self._handle(events)
+        finally:
+            self._draining = False
+
+    def _handle(self, events: list[Event]) -> None:
         i, n = 0, len(events)
         while i < n:
             if events[i].kind not in _HELD_KINDS:
@@ -262,8 +277,12 @@ class Bridge:
             # A run of logins and closes: their log lines in one write per handler at its end.
             # Anything that answers someone (the console, a login Python talks) logs at once,
             # before its answer goes out.
+            # Stamped with the time the switch saw each one: it may have let them wait.
+            wall = self.app.wall
             with logfile.held():
                 while i < n and events[i].kind in _HELD_KINDS:
+                    at = events[i].at
+                    logfile.held_at(wall(at) if at else None)
                     self._safe_event(events[i])
                     i += 1
 
@@ -288,9 +307,9 @@ class Bridge:
         elif kind is EventKind.ACCEPTED:
             self._accepted(ev.conn, ev.pool, ev.reason)
         elif kind is EventKind.LOGGED_IN:
-            self.app.fast.logged_in(ev.conn, ev.pool, ev.data)
+            self.app.fast.logged_in(ev.conn, ev.pool, ev.data, ev.at)
         elif kind is EventKind.LOGIN_ENDED:
-            self.app.fast.ended(ev.conn, ev.pool, ev.reason, ev.data)
+            self.app.fast.ended(ev.conn, ev.pool, ev.reason, ev.data, ev.at)
         elif kind is EventKind.CLOSED:
             self._closed(ev)
         elif kind is EventKind.WAITERS:

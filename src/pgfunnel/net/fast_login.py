@@ -191,21 +191,25 @@ class FastLogins:
             return ServerError("FATAL", ss.INVALID_PASSWORD, Msg.LOGIN_RACED)
         return None
 
-    def _client(self, user: str, db: str, host: str, port: int, listener: int, sid: int) -> Client:
+    def _client(
+        self, user: str, db: str, host: str, port: int, listener: int, sid: int, at: float
+    ) -> Client:
         """The Client for a switch login: `sid` is the switch's id for its connection (the
         C-0x.. of its log lines), gone already when the login ended."""
         app = self.app
-        client = Client(None, sys.intern(host), port, app.stamp(), sid)
+        client = Client(None, sys.intern(host), port, app.stamp(at), sid)
         client.username, client.dbname = sys.intern(user), sys.intern(db)
         client.local_addr = app.bridge.listener_address(listener)
         return client
 
-    def logged_in(self, sid: int, pid: int, data: bytes) -> None:
+    def logged_in(self, sid: int, pid: int, data: bytes, at: float = 0.0) -> None:
         """LOGGED_IN: the switch welcomed a client on a route and put it in its pool."""
         app = self.app
         bridge = app.bridge
         info = LoggedIn.parse(data)
-        client = self._client(info.user, info.database, info.host, info.port, info.listener, sid)
+        client = self._client(
+            info.user, info.database, info.host, info.port, info.listener, sid, at
+        )
         app.log_client(client, "login attempt: db=%s user=%s tls=no", info.database, info.user)
         route = self._route_of((info.database, info.user), info.gen)
         pool = bridge.pools.get(pid)
@@ -235,12 +239,12 @@ class FastLogins:
         app.pooler.client_welcomed(client, pool, app.now())
         bridge.clients[sid] = client
 
-    def ended(self, sid: int, listener: int, why: int, data: bytes) -> None:
+    def ended(self, sid: int, listener: int, why: int, data: bytes, at: float = 0.0) -> None:
         """LOGIN_ENDED: a login the switch ran failed or was left; no client exists for it.
         Logged and counted as Python's own login would have been."""
         app = self.app
         user, db, host, port = login_ended_who(data)
-        client = self._client(user, db, host, port, listener, sid)
+        client = self._client(user, db, host, port, listener, sid, at)
         reason = SwReason(why & ~LOGIN_ENDED_ASKED)
         if user:
             app.log_client(client, "login attempt: db=%s user=%s tls=no", db, user)

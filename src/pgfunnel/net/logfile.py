@@ -64,6 +64,9 @@ class LineFormat(logging.Formatter):
 # writes were a third of Python's time. A run is part of one wake-up's events: the lines are
 # late by microseconds, in order; nothing in a run answers a client or swaps the logfile.
 _held: dict[logging.StreamHandler[Any], list[str]] | None = None
+# The wall time a held line is stamped with (`held_at`): the time the switch saw what it logs,
+# which may be some milliseconds before Python hears of it. None: now.
+_at: float | None = None
 
 
 class _Held:
@@ -113,7 +116,7 @@ def held_info(message: str) -> bool:
         ours.append(handler)
     if log.filters or log.propagate:
         return False
-    now = time.time()
+    now = time.time() if _at is None else _at
     msecs = int((now - int(now)) * 1000)
     for handler in ours:
         fmt = handler.formatter
@@ -121,6 +124,13 @@ def held_info(message: str) -> bool:
         line = fmt.line(now, msecs, "LOG", message) + handler.terminator
         _held.setdefault(handler, []).append(line)
     return True
+
+
+def held_at(wall: float | None) -> None:
+    """Stamp the lines held from now on with `wall` (time.time()'s clock), None: with the time
+    they are held. Set by the bridge for each login or close it hands to the logs."""
+    global _at
+    _at = wall
 
 
 def info(message: str) -> None:
@@ -142,6 +152,7 @@ def held() -> Iterator[None]:
         yield
     finally:
         lines, _held = _held, None
+        held_at(None)
         for handler, parts in lines.items():
             handler.acquire()
             try:

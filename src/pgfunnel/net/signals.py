@@ -84,6 +84,7 @@ def install_signals(app: App, loop: asyncio.AbstractEventLoop) -> None:
 
     _SignalQueue(
         loop,
+        app.bridge.drain,
         {
             signal.SIGHUP: reload,
             signal.SIGINT: lambda: shutdown(
@@ -106,8 +107,14 @@ class _SignalQueue:
     handlers run from the flags those handlers set, lowest signal number first; each only
     queues its signal, the queue is drained by a callback on the loop."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, actions: dict[int, Callable[[], None]]):
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        first: Callable[[], None],
+        actions: dict[int, Callable[[], None]],
+    ):
         self.loop = loop
+        self.first = first  # the switch's events so far: a reload judges them by the old config
         self.actions = actions
         self.queue: collections.deque[int] = collections.deque()
         for sig in actions:
@@ -119,4 +126,5 @@ class _SignalQueue:
 
     def _drain(self) -> None:
         while self.queue:
+            self.first()
             self.actions[self.queue.popleft()]()

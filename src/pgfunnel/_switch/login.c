@@ -314,10 +314,8 @@ void login_accept(struct sw *sw, struct conn *l)
                 listen_pause(sw, l, err);
             return;
         }
-        if (l->inet) {
-            int one = 1;
-            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        }
+        /* TCP_NODELAY comes from the listener (login_listen): Linux copies it to the
+         * accepted socket, which saves a system call per login. */
         struct conn *c = conn_new(sw, fd, KIND_CLIENT, &sw->login_pool);
         if (c == NULL) {
             close(fd);
@@ -372,7 +370,17 @@ struct conn *login_listen(struct sw *sw, int fd)
         errno = ENOMEM;
         return NULL;
     }
-    l->inet = ss.ss_family == AF_INET || ss.ss_family == AF_INET6;
+    if (ss.ss_family == AF_INET || ss.ss_family == AF_INET6) {
+        /* Set once here: every socket it accepts inherits it (Linux clones the listener's
+         * TCP options into the new socket), so no per-login setsockopt. */
+        int one = 1;
+        if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0) {
+            int err = errno;
+            conn_unmake(sw, l);
+            errno = err;
+            return NULL;
+        }
+    }
     if (loop_add(sw, l) < 0) {
         int err = errno;
         conn_unmake(sw, l);

@@ -202,7 +202,6 @@ struct conn {
     uint8_t login_phase;  /* login.c: LP_* (what the next message looks like) */
     uint8_t login_sent;   /* login.c: passed up, not read_next'ed yet */
     uint8_t connecting;   /* login.c: a server's connect() not yet confirmed */
-    uint8_t inet;         /* listener: TCP (accepted clients get TCP_NODELAY) */
     uint8_t park_reason;  /* server: why it was last parked (R_DIRTY_BUSY: no talk) */
     uint8_t bad_type;     /* client: the refused type byte (UNKNOWN_TYPE's event data) */
     uint8_t swallow;      /* server: answers to the switch's own SET query still to swallow */

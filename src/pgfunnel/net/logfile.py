@@ -95,6 +95,29 @@ class _Stderr(_Held, logging.StreamHandler):  # type: ignore[type-arg]
     pass
 
 
+def _own_handlers() -> list[tuple[logging.StreamHandler[Any], LineFormat]] | None:
+    """serve's handlers with their formatter when the log is serve's own (its handlers,
+    PgBouncer's format, no filters, INFO shown), else None."""
+    if not _configured or log.filters or log.propagate:
+        return None
+    ours: list[tuple[logging.StreamHandler[Any], LineFormat]] = []
+    for handler in log.handlers:
+        fmt = handler.formatter
+        if (
+            not isinstance(handler, (_LogFile, _Stderr))
+            or not isinstance(fmt, LineFormat)
+            or handler.filters
+            or handler.level > logging.INFO
+        ):
+            return None
+        ours.append((handler, fmt))
+    return ours
+
+
+# serve's handlers, looked up once per run of held lines (None: not serve's own log).
+_ours: list[tuple[logging.StreamHandler[Any], LineFormat]] | None = None
+
+
 def held_info(message: str) -> bool:
     """Hold an INFO line (`message` formatted already) for the batch in progress without a
     LogRecord, when the log is serve's own (its handlers, PgBouncer's format, no filters):
@@ -102,27 +125,15 @@ def held_info(message: str) -> bool:
     machinery more than the rest of the login's bookkeeping. False: the caller logs it the
     usual way (outside a batch, or handlers that are not serve's). Whether INFO is on is the
     caller's to check."""
-    if _held is None or not _configured:
-        return False
-    ours: list[logging.StreamHandler[Any]] = []
-    for handler in log.handlers:
-        if (
-            not isinstance(handler, (_LogFile, _Stderr))
-            or not isinstance(handler.formatter, LineFormat)
-            or handler.filters
-            or handler.level > logging.INFO
-        ):
-            return False
-        ours.append(handler)
-    if log.filters or log.propagate:
+    if _held is None or _ours is None:
         return False
     now = time.time() if _at is None else _at
     msecs = int((now - int(now)) * 1000)
-    for handler in ours:
-        fmt = handler.formatter
-        assert isinstance(fmt, LineFormat)
-        line = fmt.line(now, msecs, "LOG", message) + handler.terminator
-        _held.setdefault(handler, []).append(line)
+    line, made_by = "", None
+    for handler, fmt in _ours:
+        if fmt is not made_by:  # the file and stderr share one formatter: one line for both
+            line, made_by = fmt.line(now, msecs, "LOG", message), fmt
+        _held.setdefault(handler, []).append(line + handler.terminator)
     return True
 
 
@@ -143,15 +154,16 @@ def info(message: str) -> None:
 def held() -> Iterator[None]:
     """Hold the lines logged inside, then write each handler's with one write (nested: the
     outermost writes)."""
-    global _held
+    global _held, _ours
     if _held is not None:
         yield
         return
     _held = {}
+    _ours = _own_handlers()  # nothing in a run swaps the logfile
     try:
         yield
     finally:
-        lines, _held = _held, None
+        lines, _held, _ours = _held, None, None
         held_at(None)
         for handler, parts in lines.items():
             handler.acquire()

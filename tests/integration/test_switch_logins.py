@@ -150,6 +150,34 @@ def test_repeat_logins_run_in_the_switch_and_look_the_same(
     wait_for(lambda: f.log().count(attempt) == 12)
 
 
+def test_a_burst_of_short_switch_logins_is_logged_and_counted_out(
+    funnel: Callable[..., Funnel], pg: Cluster
+) -> None:
+    """Logins that come and go within one of Python's drains (a connection storm's) get both
+    log lines with their reasons, and leave no client counted or listed behind."""
+    f, base = _start(funnel, pg)
+    _warm(f, base)
+
+    def one(i: int) -> None:
+        with _connect(f, application_name=f"burst{i}") as conn:
+            assert conn.execute("SELECT %s::int", (i,)).fetchone() == (i,)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    _logins_reach(base, 1, 40)
+    log = f.log()
+    assert log.count(f"login attempt: db=postgres user={USER} tls=no") == 41
+    wait_for(lambda: f.log().count("closing because: client close request") >= 41, timeout=5)
+    samples = scrape(base)
+    assert samples[("pgfunnel_client_connections", ())] == 0
+    assert [r for r in f.admin("SHOW CLIENTS") if r["user"] == USER] == []
+    pool = f.pool(user=SUPERUSER)
+    assert (pool["cl_active"], pool["cl_waiting"]) == (0, 0)
+
+
 def _raw_login(f: Funnel, password: str, **params: str) -> tuple[list[bytes], ServerError | None]:
     """A login by hand (ServerAuth plays the client): the message types received up to the
     first ReadyForQuery or ErrorResponse, and the error's fields if one came."""

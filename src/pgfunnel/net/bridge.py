@@ -150,6 +150,10 @@ class Bridge:
         self._next_pool = 1
         self._local: dict[int, tuple[str, int]] = {}  # listener id -> its bound address
         self._draining = False
+        # Switch logins whose CLOSED is in the same drain (`_handle`): logged and counted, and
+        # nothing else, until that CLOSED (a connection storm's logins, mostly).
+        self._closing: set[int] = set()
+        self.fleeting: dict[int, Client] = {}
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -268,6 +272,15 @@ class Bridge:
             self._draining = False
 
     def _handle(self, events: list[Event]) -> None:
+        closed = EventKind.CLOSED
+        self._closing = {ev.conn for ev in events if ev.kind is closed}
+        try:
+            self._handle_all(events)
+        finally:
+            self._closing = set()
+            self.fleeting.clear()  # their CLOSED was in this drain
+
+    def _handle_all(self, events: list[Event]) -> None:
         i, n = 0, len(events)
         while i < n:
             if events[i].kind not in _HELD_KINDS:
@@ -307,7 +320,8 @@ class Bridge:
         elif kind is EventKind.ACCEPTED:
             self._accepted(ev.conn, ev.pool, ev.reason)
         elif kind is EventKind.LOGGED_IN:
-            self.app.fast.logged_in(ev.conn, ev.pool, ev.data, ev.at)
+            fleeting = ev.conn in self._closing  # it left already: no pool entry for it
+            self.app.fast.logged_in(ev.conn, ev.pool, ev.data, ev.at, fleeting)
         elif kind is EventKind.LOGIN_ENDED:
             self.app.fast.ended(ev.conn, ev.pool, ev.reason, ev.data, ev.at)
         elif kind is EventKind.CLOSED:
@@ -364,7 +378,7 @@ class Bridge:
                 exc = ConnectionError(CLOSE_TEXT.get(ev.reason, "connection closed"))
             t.talker.connection_lost(exc)
             return
-        client = self.clients.pop(sid, None)
+        client = self.clients.pop(sid, None) or self.fleeting.pop(sid, None)
         if client is not None:
             self.app.switch_client_closed(client, SwReason(ev.reason), ev.data)
             return

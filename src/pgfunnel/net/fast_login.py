@@ -202,8 +202,12 @@ class FastLogins:
         client.local_addr = app.bridge.listener_address(listener)
         return client
 
-    def logged_in(self, sid: int, pid: int, data: bytes, at: float = 0.0) -> None:
-        """LOGGED_IN: the switch welcomed a client on a route and put it in its pool."""
+    def logged_in(
+        self, sid: int, pid: int, data: bytes, at: float = 0.0, fleeting: bool = False
+    ) -> None:
+        """LOGGED_IN: the switch welcomed a client on a route and put it in its pool.
+        `fleeting`: its CLOSED is in the same drain, so it is logged and counted and given no
+        place in the pool's lists (nothing can look it up before it is gone)."""
         app = self.app
         bridge = app.bridge
         info = LoggedIn.parse(data)
@@ -219,6 +223,13 @@ class FastLogins:
             bridge.sw.close(sid, error.encode(severity="FATAL"))  # quiet: no CLOSED follows
             app.log_close(client, error.message)
             return
+        if info.client_key and pool.user.name == client.username:
+            app.remember_scram_key(client.username, info.client_key)
+        app.client_count += 1
+        app.logins["switch"] += 1
+        if fleeting:
+            bridge.fleeting[sid] = client
+            return
         own: dict[str, str] = {}
         for name, value in zip(TRACKED_PARAMS, info.own, strict=True):
             if value is not None:
@@ -232,11 +243,7 @@ class FastLogins:
         label = _LABELS[info.method]
         auth_info = (label, "", "auth_file")
         client.auth_info = app.shared_auth_info(auth_info)
-        if info.client_key and pool.user.name == client.username:
-            app.remember_scram_key(client.username, info.client_key)
-        app.client_count += 1
-        app.logins["switch"] += 1
-        app.pooler.client_welcomed(client, pool, app.now())
+        app.pooler.client_welcomed(client, pool, at or app.now())
         bridge.clients[sid] = client
 
     def ended(self, sid: int, listener: int, why: int, data: bytes, at: float = 0.0) -> None:

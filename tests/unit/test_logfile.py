@@ -92,3 +92,23 @@ def test_handlers_that_are_not_serves_own_get_a_record(logpath: Path) -> None:
 def test_not_configured_means_no_shortcut() -> None:
     with logfile.held():
         assert not logfile.held_info("a test's logging, not serve's")
+
+
+def test_lines_logged_for_a_switch_event_carry_its_time(logpath: Path) -> None:
+    """The switch may hand Python a login or a close some milliseconds late: every line logged
+    while the bridge handles it, held or not, carries the time the switch posted it."""
+    only_serves_handlers()
+    log = logging.getLogger("pgfunnel.net.app")
+    then = 1_700_000_000.25  # 2023-11-14 22:13:20.250 UTC
+    logfile.event_time(then)
+    try:
+        with logfile.held():
+            assert logfile.held_info("C-0x1: a held line")
+            log.warning("a warning held with it")
+        log.info("a line logged at once")
+    finally:
+        logfile.event_time(None)
+    log.info("a line of no event")
+    stamps = [text[:23] for text in logpath.read_text().splitlines()]
+    assert stamps[:3] == ["2023-11-14 22:13:20.250"] * 3
+    assert stamps[3] > "2026"

@@ -1009,7 +1009,8 @@ class App(Commands):
     def _log_holders(self, now: float) -> None:
         """Once per queue: when a pool's clients have waited HOLDERS_LOG_AFTER seconds, one
         line names the clients holding its servers longest (who to look at, and why)."""
-        for pool in self.pooler.pools.values():
+        # A copy: refresh() below drains the switch's events, and one may add a pool.
+        for pool in list(self.pooler.pools.values()):
             wait = pool.oldest_wait(now)
             if wait < HOLDERS_LOG_AFTER:
                 if wait == 0:
@@ -1165,6 +1166,10 @@ class App(Commands):
                     os.unlink(self.unix_path)
         if self.metrics is not None:
             await self.metrics.stop()
+        # Every client the switch has logged in, also those whose LOGGED_IN waits (lazy):
+        # each gets the shutdown error and its line, none is dropped silently.
+        self.fast.clear()
+        self.bridge.drain()
         error = ServerError("FATAL", ss.ADMIN_SHUTDOWN, Reason.SHUTDOWN)
         for client in list(self.pooler.all_clients()) + list(self.admin_clients):
             self.fail_client(client, error, Reason.SHUTDOWN)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pgfunnel._switch import ACCEPTED_SSL_ANSWERED, Event, EventKind, Mode, Switch, SwitchAPI
@@ -154,6 +155,7 @@ class Bridge:
         # nothing else, until that CLOSED (a connection storm's logins, mostly).
         self._closing: set[int] = set()
         self.fleeting: dict[int, Client] = {}
+        self._wall_offset = 0.0
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -274,9 +276,13 @@ class Bridge:
     def _handle(self, events: list[Event]) -> None:
         closed = EventKind.CLOSED
         self._closing = {ev.conn for ev in events if ev.kind is closed}
+        # Lines logged for an event carry the time the switch posted it, which may be up to
+        # LAZY_US before now: so the log's times follow its order. The clocks' offset as of now.
+        self._wall_offset = time.time() - time.monotonic()
         try:
             self._handle_all(events)
         finally:
+            logfile.event_time(None)
             self._closing = set()
             self.fleeting.clear()  # their CLOSED was in this drain
 
@@ -290,16 +296,13 @@ class Bridge:
             # A run of logins and closes: their log lines in one write per handler at its end.
             # Anything that answers someone (the console, a login Python talks) logs at once,
             # before its answer goes out.
-            # Stamped with the time the switch saw each one: it may have let them wait.
-            wall = self.app.wall
             with logfile.held():
                 while i < n and events[i].kind in _HELD_KINDS:
-                    at = events[i].at
-                    logfile.held_at(wall(at) if at else None)
                     self._safe_event(events[i])
                     i += 1
 
     def _safe_event(self, ev: Event) -> None:
+        logfile.event_time(ev.at + self._wall_offset if ev.at else None)
         try:
             self._event(ev)
         except Exception:

@@ -225,9 +225,9 @@ class FastLogins:
             return
         if info.client_key and pool.user.name == client.username:
             app.remember_scram_key(client.username, info.client_key)
-        app.client_count += 1
-        app.logins["switch"] += 1
         if fleeting:
+            app.client_count += 1
+            app.logins["switch"] += 1
             bridge.fleeting[sid] = client
             return
         own: dict[str, str] = {}
@@ -243,6 +243,8 @@ class FastLogins:
         label = _LABELS[info.method]
         auth_info = (label, "", "auth_file")
         client.auth_info = app.shared_auth_info(auth_info)
+        app.client_count += 1
+        app.logins["switch"] += 1
         app.pooler.client_welcomed(client, pool, at or app.now())
         bridge.clients[sid] = client
 

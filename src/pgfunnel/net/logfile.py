@@ -64,8 +64,9 @@ class LineFormat(logging.Formatter):
 # writes were a third of Python's time. A run is part of one wake-up's events: the lines are
 # late by microseconds, in order; nothing in a run answers a client or swaps the logfile.
 _held: dict[logging.StreamHandler[Any], list[str]] | None = None
-# The wall time a held line is stamped with (`held_at`): the time the switch saw what it logs,
-# which may be some milliseconds before Python hears of it. None: now.
+# The wall time lines are stamped with while the bridge handles a switch event (`event_time`):
+# when the switch posted it, which may be some milliseconds before Python hears of it. None:
+# the time a line is logged.
 _at: float | None = None
 
 
@@ -74,6 +75,9 @@ class _Held:
 
     def emit(self, record: logging.LogRecord) -> None:
         handler: Any = self
+        if _at is not None:  # a line about a switch event: the event's time
+            record.created = _at
+            record.msecs = (_at - int(_at)) * 1000
         if _held is None:
             super().emit(record)  # type: ignore[misc]
             return
@@ -137,9 +141,9 @@ def held_info(message: str) -> bool:
     return True
 
 
-def held_at(wall: float | None) -> None:
-    """Stamp the lines held from now on with `wall` (time.time()'s clock), None: with the time
-    they are held. Set by the bridge for each login or close it hands to the logs."""
+def event_time(wall: float | None) -> None:
+    """Stamp the lines logged from now on with `wall` (time.time()'s clock), None: with the
+    time they are logged. Set by the bridge for each switch event it handles."""
     global _at
     _at = wall
 
@@ -164,7 +168,6 @@ def held() -> Iterator[None]:
         yield
     finally:
         lines, _held, _ours = _held, None, None
-        held_at(None)
         for handler, parts in lines.items():
             handler.acquire()
             try:

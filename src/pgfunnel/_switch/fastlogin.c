@@ -19,7 +19,7 @@
 #include <errno.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -113,16 +113,62 @@ static void hex(const uint8_t *p, size_t n, char *out)
     }
 }
 
-static int digest(const EVP_MD *md, const uint8_t *p, size_t n, uint8_t *out)
+/* The digests, fetched from OpenSSL's default provider once per process. EVP_md5() and
+ * EVP_sha256() make OpenSSL 3 look the algorithm up again at every use, and its one-shot HMAC()
+ * a MAC as well; a SCRAM login makes three such calls. */
+static pthread_once_t md_once = PTHREAD_ONCE_INIT;
+static EVP_MD *md_md5, *md_sha256;
+
+static void md_fetch(void)
 {
-    unsigned int len = 0;
-    return EVP_Digest(p, n, out, &len, md, NULL) == 1 ? 0 : -1;
+    md_md5 = EVP_MD_fetch(NULL, "MD5", NULL);
+    md_sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
 }
 
+enum { MD_MD5, MD_SHA256 };
+
+static const EVP_MD *md_get(int which)
+{
+    pthread_once(&md_once, md_fetch);
+    return which == MD_MD5 ? md_md5 : md_sha256;
+}
+
+static int digest(int which, const uint8_t *p, size_t n, uint8_t *out)
+{
+    const EVP_MD *md = md_get(which);
+    unsigned int len = 0;
+    return md != NULL && EVP_Digest(p, n, out, &len, md, NULL) == 1 ? 0 : -1;
+}
+
+/* HMAC-SHA-256 (RFC 2104) over the fetched digest; keys here are SCRAM's 32-byte keys. */
 static int hmac256(const uint8_t *key, size_t klen, const uint8_t *p, size_t n, uint8_t *out)
 {
+    const EVP_MD *md = md_get(MD_SHA256);
+    uint8_t pad[64], inner[32];
     unsigned int len = 0;
-    return HMAC(EVP_sha256(), key, (int)klen, p, n, out, &len) != NULL && len == 32 ? 0 : -1;
+    if (md == NULL || klen > sizeof(pad))
+        return -1;
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    if (ctx == NULL)
+        return -1;
+    int ok = 1;
+    memset(pad, 0x36, sizeof(pad));
+    for (size_t i = 0; i < klen; i++)
+        pad[i] ^= key[i];
+    ok = ok && EVP_DigestInit_ex(ctx, md, NULL) == 1 &&
+         EVP_DigestUpdate(ctx, pad, sizeof(pad)) == 1 && EVP_DigestUpdate(ctx, p, n) == 1 &&
+         EVP_DigestFinal_ex(ctx, inner, &len) == 1 && len == sizeof(inner);
+    memset(pad, 0x5c, sizeof(pad));
+    for (size_t i = 0; i < klen; i++)
+        pad[i] ^= key[i];
+    ok = ok && EVP_DigestInit_ex(ctx, md, NULL) == 1 &&
+         EVP_DigestUpdate(ctx, pad, sizeof(pad)) == 1 &&
+         EVP_DigestUpdate(ctx, inner, sizeof(inner)) == 1 &&
+         EVP_DigestFinal_ex(ctx, out, &len) == 1 && len == 32;
+    EVP_MD_CTX_free(ctx);
+    OPENSSL_cleanse(pad, sizeof(pad));
+    OPENSSL_cleanse(inner, sizeof(inner));
+    return ok ? 0 : -1;
 }
 
 static const char b64chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -558,7 +604,7 @@ static int fl_md5_check(struct flogin *f, const uint8_t *p, size_t n)
     char want[35];
     memcpy(in, f->r->spec.md5, 32);
     memcpy(in + 32, f->salt, 4);
-    if (digest(EVP_md5(), in, sizeof in, d) < 0)
+    if (digest(MD_MD5, in, sizeof in, d) < 0)
         return -1;
     memcpy(want, "md5", 3);
     hex(d, sizeof d, want + 3);
@@ -706,7 +752,7 @@ static int fl_sasl_final(struct flogin *f, const uint8_t *p, size_t n, char *fin
     free(am);
     for (int i = 0; i < 32; i++)
         client_key[i] = proof[i] ^ sig[i];
-    if (digest(EVP_sha256(), client_key, 32, stored) < 0) {
+    if (digest(MD_SHA256, client_key, 32, stored) < 0) {
         ok = -1;
         goto out;
     }

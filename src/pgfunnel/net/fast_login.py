@@ -207,7 +207,8 @@ class FastLogins:
     ) -> None:
         """LOGGED_IN: the switch welcomed a client on a route and put it in its pool.
         `fleeting`: its CLOSED is in the same drain, so it is logged and counted and given no
-        place in the pool's lists (nothing can look it up before it is gone)."""
+        place in the pool's lists (an event handled between the two, a SHOW or a cancel, finds
+        it gone, as it is in the switch already)."""
         app = self.app
         bridge = app.bridge
         info = LoggedIn.parse(data)

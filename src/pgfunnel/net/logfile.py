@@ -61,8 +61,9 @@ class LineFormat(logging.Formatter):
 # Lines held while the bridge handles a run of the switch's LOGGED_IN, LOGIN_ENDED and CLOSED
 # events (`held`): written with one write per handler at its end instead of one per line. A
 # connection storm logs two lines per login (log_connections, log_disconnections), and their
-# writes were a third of Python's time. A run is part of one wake-up's events: the lines are
-# late by microseconds, in order; nothing in a run answers a client or swaps the logfile.
+# writes were a third of Python's time. A run is part of one wake-up's events: the lines come
+# in order, written at most the switch's LAZY_US (50 ms) after what they tell and stamped with
+# its time (`event_time`); nothing in a run answers a client or swaps the logfile.
 _held: dict[logging.StreamHandler[Any], list[str]] | None = None
 # The wall time lines are stamped with while the bridge handles a switch event (`event_time`):
 # when the switch posted it, which may be some milliseconds before Python hears of it. None:

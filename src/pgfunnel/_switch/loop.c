@@ -17,6 +17,7 @@
 int loop_init(struct sw *sw)
 {
     pthread_mutex_init(&sw->evlock, NULL);
+    sw->lazy_ms = -1;
     sw->epfd = epoll_create1(EPOLL_CLOEXEC);
     sw->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     sw->ev_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -174,7 +175,12 @@ void sw_flush_events(struct sw *sw, int now)
     sw->ev_signal = 0;
     if (signal)
         sw->ev_awake = 1;
+    int64_t due = sw->ev_awake ? 0 : sw->lazy_due;
     pthread_mutex_unlock(&sw->evlock);
+    /* The loop's next epoll_wait lasts until then at most (rounded up to a millisecond). A
+     * drain meanwhile can only make that wake-up a spurious one. */
+    int64_t left = due - sw->now_mono;
+    sw->lazy_ms = due == 0 ? -1 : left <= 0 ? 0 : (int)((left + 999) / 1000);
     if (signal) {
         uint64_t one = 1;
         ssize_t n = write(sw->ev_fd, &one, sizeof(one));
@@ -208,19 +214,6 @@ static void run_todo(struct sw *sw)
     }
 }
 
-/* Milliseconds (rounded up) until a waiting lazy event is due, or -1: none waits, or Python
- * has been woken for the queue already. */
-static int64_t lazy_wait_ms(struct sw *sw)
-{
-    pthread_mutex_lock(&sw->evlock);
-    int64_t due = sw->ev_awake ? 0 : sw->lazy_due;
-    pthread_mutex_unlock(&sw->evlock);
-    if (due == 0)
-        return -1;
-    int64_t left = due - sw->now_mono;
-    return left <= 0 ? 0 : (left + 999) / 1000;
-}
-
 /* One turn of the loop: wait (without the lock) for ready sockets, handle them, run the
  * to-do list, free what was closed. Called with the lock held; timeout_ms < 0: no limit (0
  * anyway while work is queued). */
@@ -228,9 +221,8 @@ void loop_once(struct sw *sw, int timeout_ms)
 {
     struct epoll_event evs[MAX_EVENTS];
     int timeout = sw->todo_head != NULL ? 0 : timeout_ms;
-    int64_t lazy = lazy_wait_ms(sw);
-    if (lazy >= 0 && (timeout < 0 || lazy < timeout))
-        timeout = (int)lazy;
+    if (sw->lazy_ms >= 0 && (timeout < 0 || sw->lazy_ms < timeout))
+        timeout = sw->lazy_ms; /* a lazy event falls due (set by sw_flush_events) */
     pthread_mutex_unlock(&sw->lock);
     int n = epoll_wait(sw->epfd, evs, MAX_EVENTS, timeout);
     pthread_mutex_lock(&sw->lock);

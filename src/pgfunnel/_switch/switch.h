@@ -281,6 +281,8 @@ struct sw {
     uint8_t ev_awake;  /* the fd was written and Python has not drained the queue since */
     int64_t lazy_due;  /* a lazy event waits (EV_LAZY): the fd is written by then at the
                         * latest (monotonic µs; 0: none waits) */
+    int lazy_ms;       /* under `lock`: the loop's epoll_wait limit for lazy_due, computed by
+                        * sw_flush_events in the lock it already takes (-1: none) */
     pthread_t thread;
     int running, stopping;
     int epfd, wake_fd, ev_fd, timer_fd;

@@ -48,7 +48,7 @@ def server(data: bytes, state: tuple[int, bytes, int, bool] = FRESH, max_len: in
         (DESCRIBE, 0, True),
         (EXECUTE, 0, True),
         (CLOSE, 0, True),
-        (FLUSH, 0, True),
+        (FLUSH, 0, False),  # asks for what is owed, starts nothing
         (COPY_DATA, 0, False),
         (COPY_DONE, 0, False),
         (COPY_FAIL, 0, False),

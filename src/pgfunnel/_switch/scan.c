@@ -10,7 +10,7 @@ static uint32_t be32(const uint8_t *p)
 /* Frontend messages of a logged-in session. Anything else (password messages included: the
  * login is over) is refused in the pooler, as PgBouncer does, so that no client can make a
  * backend die of a protocol violation and be forked again. */
-enum { K_UNKNOWN = 0, K_OWES, K_BATCH, K_COPY, K_TERMINATE };
+enum { K_UNKNOWN = 0, K_OWES, K_BATCH, K_COPY, K_TERMINATE, K_FLUSH };
 
 static int client_kind(uint8_t type)
 {
@@ -19,8 +19,12 @@ static int client_kind(uint8_t type)
     case 'S': /* Sync */
     case 'F': /* FunctionCall: answered by a ReadyForQuery of its own, like a Query */
         return K_OWES;
-    case 'P': case 'B': case 'D': case 'E': case 'C': case 'H':
+    case 'P': case 'B': case 'D': case 'E': case 'C':
         return K_BATCH;
+    case 'H':
+        /* Flush asks for what is owed so far and starts nothing: after a Sync (libpq's
+         * pipeline mode sends one after each), the server is as free as before it. */
+        return K_FLUSH;
     case 'd': case 'c': case 'f':
         /* Copy data belongs to the Query (or synced Execute) that started the COPY and owes
          * its ReadyForQuery already; outside a COPY the server ignores it. */

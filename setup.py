@@ -27,6 +27,7 @@ setup(
                     "login.c",
                     "fastlogin.c",
                     "cancelkey.c",
+                    "ps.c",
                     "module.c",
                 )
             ],

@@ -12,7 +12,10 @@
  *     Terminate, never a refused type) whenever the server is idle in the pool;
  *   - the pool's counts agree with the connections that exist;
  *   - a second client that shares the first one's wishes (params.c keeps one set for both)
- *     and never speaks keeps them whatever the first one's server reports. */
+ *     and never speaks keeps them whatever the first one's server reports.
+ * For half the inputs the pool tracks named prepared statements (ps.c): the client's
+ * Parse/Bind/Describe/Close are rewritten, and the server's ParseComplete/CloseComplete are
+ * matched to what was sent. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -108,6 +111,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     buf_append(&sw.msg_server_gone, ERR, 5);
     struct pool *pool = pool_add(&sw, 1, data[0] % 3);
     CHECK(pool != NULL);
+    /* named prepared statements (ps.c) for half the inputs, with room for two per server so
+     * that the LRU closes some */
+    pool->ps_max = (data[0] / 6) % 2 ? 2 : 0;
     static const char *const names[] = {"application_name", "TimeZone"};
     static const size_t lens[] = {16, 8};
     CHECK(params_set_tracked(&sw, names, lens, 2) == 0);
@@ -226,6 +232,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     CHECK(sw.ptab_count == 0); /* every shared set was released with its last client */
     free(sw.slots);
     params_fini(&sw);
+    ps_fini(&sw);
     free(pool);
     sw_drop_events(&sw);
     free(sw.evq);

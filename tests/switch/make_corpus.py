@@ -45,6 +45,23 @@ CLIENT, SERVER, CLIENT_READS, SERVER_READS, CLIENT_LEAVES = 0, 2, 4, 5, 6
 TICK, ACT_CLIENTS, ACT_SERVERS, TICK_ACT = 7, (1 << 3) | 7, (2 << 3) | 7, (3 << 3) | 7
 SESSION, TRANSACTION, STATEMENT = 0, 1, 2
 WANTS_SET = 3
+PREPARED = 6  # the pool tracks named prepared statements (ps.c), two per server at most
+
+
+def named_parse(name: str, sql: str) -> bytes:
+    return m.message(b"P", name.encode() + b"\0" + sql.encode() + b"\0\0\0")
+
+
+def named_bind(name: str) -> bytes:
+    return m.message(b"B", b"\0" + name.encode() + b"\0\0\0\0\0\0\0")
+
+
+def close_statement(name: str) -> bytes:
+    return m.message(b"C", b"S" + name.encode() + b"\0")
+
+
+PARSED = m.message(b"1")
+CLOSED = m.message(b"3")
 
 
 def ops(mode: int, *steps: tuple[int, bytes]) -> bytes:
@@ -143,6 +160,28 @@ SCENARIOS = [
         (TICK_ACT, b""),
         (CLIENT, m.query("select 2")),
         (CLIENT_LEAVES, b""),
+    ),
+    # Named prepared statements: Parse, Bind, Close rewritten; answers swallowed, passed, or
+    # passed as a ParseComplete; a third statement closes the least recently used.
+    ops(
+        TRANSACTION + PREPARED,
+        (CLIENT, named_parse("a", "select 1") + named_bind("a") + EXECUTE + m.message(b"S")),
+        (SERVER_READS, b""),
+        (SERVER, PARSED + m.message(b"2") + m.data_row(["1"]) + ANSWER),
+        (CLIENT_READS, b""),
+        (CLIENT, named_parse("b", "select 2") + named_parse("c", "select 3") + m.message(b"S")),
+        (SERVER_READS, b""),
+        (SERVER, PARSED + CLOSED + PARSED + m.ready_for_query()),
+        (CLIENT, close_statement("a") + named_bind("b") + EXECUTE + m.message(b"S")),
+        (SERVER, CLOSED + m.error_response("26000", "gone") + m.ready_for_query()),
+        (CLIENT_READS, b""),
+    ),
+    ops(
+        TRANSACTION + PREPARED,
+        (CLIENT, named_parse("x", "select 1") + m.message(b"H")),
+        (SERVER, m.error_response("42601", "syntax") + m.ready_for_query()),
+        (CLIENT_LEAVES, b""),
+        (ACT_SERVERS, b""),
     ),
 ]
 

@@ -94,6 +94,7 @@ IMPLEMENTED_DEFAULTS: list[tuple[str, object, str]] = [
     ("idle_transaction_timeout", 0.0, "0"),
     ("ignore_startup_parameters", (), ""),
     ("max_packet_size", 2147483647, "2147483647"),
+    ("max_prepared_statements", 200, "200"),
     ("logfile", "", ""),
     ("pidfile", "", ""),
     ("log_connections", True, "1"),
@@ -149,7 +150,6 @@ def test_reloadable_flags_match_pgbouncer() -> None:
 @pytest.mark.parametrize(
     ("name", "default"),
     [
-        ("max_prepared_statements", 200),
         ("query_wait_notify", 5),
         ("track_extra_parameters", ("IntervalStyle",)),
         ("server_tls_sslmode", "prefer"),

@@ -103,6 +103,9 @@ class Reason(IntEnum):
     # TOO_BIG): the password did not match; client_login_timeout passed.
     AUTH_FAILED = _native.R_AUTH_FAILED
     LOGIN_TIMEOUT = _native.R_LOGIN_TIMEOUT
+    # Attention: a server said "cached plan must not change result type" (a DDL changed a
+    # prepared statement's result): closed at its release, its statements with it.
+    PLAN_CHANGED = _native.R_PLAN_CHANGED
 
 
 class MessageFlag(IntFlag):
@@ -251,6 +254,18 @@ class PoolSnapshot(NamedTuple):
     sv_login: int = 0  # connecting or logging in (SHOW POOLS' sv_login)
     sv_talk: int = 0  # running the pooler's own queries (talk: reset, ROLLBACK, check)
     assign_count: int = 0  # servers given to clients (SHOW STATS' server_assignment_count)
+    # max_prepared_statements (ps.c): clients' named Parses, the Parses the switch sent to
+    # servers, clients' Binds of named statements (SHOW STATS' *_parse_count, bind_count)
+    client_parse_count: int = 0
+    server_parse_count: int = 0
+    bind_count: int = 0
+
+
+class PreparedMem(NamedTuple):
+    statements: int  # distinct statements (query text and parameter types), shared
+    bytes: int  # their memory
+    client_names: int  # clients' names for them
+    server_statements: int  # statements prepared on servers
 
 
 class ConnSnapshot(NamedTuple):
@@ -268,6 +283,8 @@ class ConnSnapshot(NamedTuple):
     # SHOW HOLDERS, on both rows of a linked pair (0 otherwise), wall clock (CLOCK_REALTIME):
     link_us: int = 0  # when the server was given to its current client
     xact_us: int = 0  # the start of the transaction running on it (a request in flight or T/E)
+    # named prepared statements (ps.c): a client's under its own names; those on a server
+    prepared: int = 0
 
 
 # Upper bounds (µs) of the wait histogram; the same buckets as pool.scheduler.WAIT_BUCKETS.
@@ -522,6 +539,17 @@ class SwitchAPI(Protocol):
 
     def conns(self) -> list[ConnSnapshot]: ...
 
+    def set_pool_prepared(self, pool: int, max_prepared_statements: int) -> None:
+        """max_prepared_statements for a transaction/statement pool: clients' named
+        Parse/Bind/Describe/Close are rewritten so that each statement is prepared on whichever
+        server the client lands on, at most that many per server (least recently used closed
+        first). 0: named statements pass as sent. Applies from each client's next message."""
+        ...
+
+    def ps_mem(self) -> PreparedMem:
+        """What the prepared statements hold (SHOW MEM)."""
+        ...
+
 
 class Switch:
     """The native switch with typed answers; see SwitchAPI for each command."""
@@ -696,9 +724,7 @@ class Switch:
 
     def pools(self) -> list[PoolSnapshot]:
         return [
-            PoolSnapshot(
-                row[0], Mode(row[1]), *row[2:15], tuple(row[15]), row[16], row[17], row[18], row[19]
-            )
+            PoolSnapshot(row[0], Mode(row[1]), *row[2:15], tuple(row[15]), *row[16:23])
             for row in self._sw.pools()
         ]
 
@@ -707,8 +733,8 @@ class Switch:
 
     def conns(self) -> list[ConnSnapshot]:
         return [
-            ConnSnapshot(c, Kind(k), p, State(s), fd, peer, ct, rt, w, tx, owed, lk, xa)
-            for c, k, p, s, fd, peer, ct, rt, w, tx, owed, lk, xa in self._sw.conns()
+            ConnSnapshot(c, Kind(k), p, State(s), fd, peer, ct, rt, w, tx, owed, lk, xa, ps)
+            for c, k, p, s, fd, peer, ct, rt, w, tx, owed, lk, xa, ps in self._sw.conns()
         ]
 
     def peer_of(self, conn: int) -> int:
@@ -733,3 +759,9 @@ class Switch:
         self, pool: int, *, check_delay_us: int = -1, reset_always: bool = False
     ) -> None:
         self._sw.set_pool_checks(pool, check_delay_us=check_delay_us, reset_always=reset_always)
+
+    def set_pool_prepared(self, pool: int, max_prepared_statements: int) -> None:
+        self._sw.set_pool_prepared(pool, max_prepared_statements)
+
+    def ps_mem(self) -> PreparedMem:
+        return PreparedMem(*self._sw.ps_mem())

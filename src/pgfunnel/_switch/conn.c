@@ -55,10 +55,11 @@ static void buf_compact(struct buf *b)
     b->start = 0;
 }
 
-/* Room to read into, the pending bytes counted against `limit`; 0 when full (or no memory). */
-static uint32_t buf_read_room(struct sw *sw, struct buf *b)
+/* Room to read into, the pending bytes counted against the buffer size (or `want`, when a
+ * whole message larger than that must be held); 0 when full (or no memory). */
+static uint32_t buf_read_room(struct sw *sw, struct buf *b, uint32_t want)
 {
-    uint32_t limit = sw->bufsize;
+    uint32_t limit = want > sw->bufsize ? want : sw->bufsize;
     uint32_t pending = b->end - b->start;
     if (pending >= limit)
         return 0;
@@ -259,6 +260,7 @@ void conn_destroy(struct sw *sw, struct conn *c, uint8_t reason, int report)
     buf_drop(sw, &c->out);
     buf_drop(sw, &c->hold);
     params_free(sw, c);
+    ps_free(sw, c);
     conn_set_state(c, ST_DEAD);
     c->close_reason = reason;
     uint32_t slot = (uint32_t)(c->id & 0xffffffffu);
@@ -446,6 +448,20 @@ static void client_scan_failed(struct sw *sw, struct conn *c, int stop, const ui
 
 static int client_scan(struct sw *sw, struct conn *c, struct buf *dst, struct conn *s);
 
+/* The bytes dst must hold for the statement message (ps.c) whose header its scan stopped at
+ * to be whole; 0 when none waits. */
+static uint32_t stmt_want(const struct conn *c, const struct buf *dst)
+{
+    if (!c->sc.ps || c->sc.skip != 0 || dst->end - dst->scanned < 5)
+        return 0;
+    const uint8_t *h = dst->data + dst->scanned;
+    if (h[0] != 'P' && h[0] != 'B' && h[0] != 'D' && h[0] != 'C')
+        return 0;
+    uint32_t len = ((uint32_t)h[1] << 24) | ((uint32_t)h[2] << 16) | ((uint32_t)h[3] << 8) | h[4];
+    uint64_t want = (uint64_t)(dst->scanned - dst->start) + 1 + len;
+    return want > UINT32_MAX ? UINT32_MAX : (uint32_t)want;
+}
+
 /* Reads a client into its server's out buffer (or its own hold buffer while it has no
  * server); returns 1 if it read anything. */
 static int client_read(struct sw *sw, struct conn *c)
@@ -458,7 +474,7 @@ static int client_read(struct sw *sw, struct conn *c)
         dst = &c->hold;
     else
         return 0;
-    uint32_t room = buf_read_room(sw, dst);
+    uint32_t room = buf_read_room(sw, dst, stmt_want(c, dst));
     if (room == 0) {
         c->stalled = 1;
         return 0;
@@ -493,14 +509,36 @@ static int client_read(struct sw *sw, struct conn *c)
 }
 
 /* Scans what a client sent into dst (its server's out buffer, or its hold buffer) and moves
- * it on: to the server, or into the queue for one. */
+ * it on: to the server, or into the queue for one. With prepared statements tracked, a whole
+ * Parse/Bind/Describe/Close is rewritten for its server (ps.c) before it is consumed; those
+ * held while the client has no server are rewritten when it gets one (conn_client_linked). */
 static int client_scan(struct sw *sw, struct conn *c, struct buf *dst, struct conn *s)
 {
     int fresh = c->tr.owed == 0 && !c->tr.batch && c->sc.skip == 0 && dst->scanned == dst->start;
     int stop;
-    size_t used = scan_client(&c->sc, &c->tr, dst->data + dst->scanned, dst->end - dst->scanned,
-                              sw->max_packet, &stop);
-    dst->scanned += (uint32_t)used;
+    size_t total = 0;
+    /* Tracking is switched on or off while the client holds no server, never within a link
+     * (the server's answers must match what was sent) */
+    if (s == NULL)
+        c->sc.ps = c->pool->ps_max > 0 && c->pool->mode != MODE_SESSION ? 2 : 0;
+    else
+        c->sc.ps = c->sc.ps != 0 ? 1 : 0;
+    for (;;) {
+        size_t used = scan_client(&c->sc, &c->tr, dst->data + dst->scanned,
+                                  dst->end - dst->scanned, sw->max_packet, &stop);
+        dst->scanned += (uint32_t)used;
+        total += used;
+        if (stop != SCAN_STMT)
+            break;
+        long adv = ps_client_msg(sw, c, s, dst, dst->scanned, c->tr.owed);
+        if (adv < 0) {
+            conn_server_gone(sw, s, R_IO_ERROR); /* out of memory: this link alone ends */
+            return 0;
+        }
+        dst->scanned += (uint32_t)adv;
+        total += (size_t)adv;
+        c->tr.batch = 1;
+    }
     if (stop != SCAN_MORE) {
         uint8_t hdr[5]; /* the offender's header is whole */
         memcpy(hdr, dst->data + dst->scanned, sizeof hdr);
@@ -509,7 +547,7 @@ static int client_scan(struct sw *sw, struct conn *c, struct buf *dst, struct co
         return 0;
     }
     if (s != NULL) {
-        if (fresh && used > 0)
+        if (fresh && total > 0)
             stats_request(sw, s);
         conn_write(sw, s);
         pool_check_release(sw, s);
@@ -523,6 +561,41 @@ static int client_scan(struct sw *sw, struct conn *c, struct buf *dst, struct co
 void conn_client_held(struct sw *sw, struct conn *c)
 {
     client_scan(sw, c, &c->hold, NULL);
+}
+
+static uint32_t be32(const uint8_t *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+/* A client just linked to s (pool.c), with what it sent while it had no server now at the
+ * front of s's out buffer: its Parse/Bind/Describe/Close (whole: scan.c held them so) are
+ * rewritten for s (ps.c), each knowing the ReadyForQuery answers owed before it. */
+void conn_client_linked(struct sw *sw, struct conn *c, struct conn *s)
+{
+    struct buf *o = &s->out;
+    uint32_t at = o->start, zs = 0;
+    while (o->scanned - at >= 5) {
+        uint8_t type = o->data[at];
+        uint32_t len = be32(o->data + at + 1);
+        if ((uint64_t)len + 1 > o->scanned - at)
+            break; /* a message still coming in (never one of these four) */
+        if (type == 'P' || type == 'B' || type == 'D' || type == 'C') {
+            long n = ps_client_msg(sw, c, s, o, at, zs);
+            if (n < 0) {
+                conn_server_gone(sw, s, R_IO_ERROR); /* out of memory: this link alone ends */
+                return;
+            }
+            o->scanned = (uint32_t)((int64_t)o->scanned + n - ((int64_t)len + 1));
+            at += (uint32_t)n;
+            continue;
+        }
+        if (type == 'Q' || type == 'S' || type == 'F')
+            zs++;
+        at += len + 1;
+    }
+    if (o->scanned < o->end)
+        client_scan(sw, c, o, s); /* the rest, as if read now */
 }
 
 /* Statement mode and the server opened a transaction: the client gets the reason in place of
@@ -570,7 +643,7 @@ static int server_read(struct sw *sw, struct conn *s)
         return 0; /* parked: Python decides; its bytes stay in the kernel */
     struct conn *c = s->peer;
     struct buf *dst = &c->out;
-    uint32_t room = buf_read_room(sw, dst);
+    uint32_t room = buf_read_room(sw, dst, 0);
     if (room == 0) {
         s->stalled = 1;
         return 0;
@@ -598,10 +671,11 @@ static int server_read(struct sw *sw, struct conn *s)
         int stop;
         uint32_t from = dst->scanned;
         struct track own = {0}; /* the switch's own SET owes the client nothing */
+        s->sc.ps = s->ps != 0 && !s->swallow && ps_server_waiting(sw, s);
         size_t used = scan_server(&s->sc, s->swallow ? &own : &c->tr, dst->data + dst->scanned,
                                   dst->end - dst->scanned, sw->max_packet, &stop);
         dst->scanned += (uint32_t)used;
-        if (sw->ntracked > 0)
+        if (sw->ntracked > 0 || s->ps != 0)
             params_server_bytes(sw, s, dst->data + from, used);
         if (s->swallow) {
             /* The answer to the switch's SET: out of the client's buffer before anything of
@@ -615,12 +689,23 @@ static int server_read(struct sw *sw, struct conn *s)
                 continue;
             }
         }
+        if (stop == SCAN_PS) {
+            int adv = ps_server_msg(sw, s, dst); /* a ParseComplete/CloseComplete: ps.c's */
+            if (adv < 0) {
+                conn_server_gone(sw, s, R_BAD_PACKET);
+                return 0;
+            }
+            dst->scanned += (uint32_t)adv;
+            continue;
+        }
         if (stop == SCAN_MORE)
             break;
         if (stop != SCAN_RFQ) {
             conn_server_gone(sw, s, stop == SCAN_TOO_BIG ? R_TOO_BIG : R_BAD_PACKET);
             return 0;
         }
+        if (s->ps != 0)
+            ps_server_rfq(sw, s);
         stats_rfq(sw, s, s->sc.status);
         if (s->pool->mode == MODE_STATEMENT && s->sc.status != 'I') {
             long_transaction(sw, s, c);
@@ -645,18 +730,7 @@ int conn_client_pending(struct sw *sw, struct conn *c, const uint8_t *p, size_t 
     dst->scanned = dst->end - (uint32_t)n; /* appended as whole: to be scanned like a read */
     c->pool->st.bytes_recv += (uint64_t)n;
     c->request_wall = sw->now_wall;
-    int stop;
-    size_t used = scan_client(&c->sc, &c->tr, dst->data + dst->scanned, dst->end - dst->scanned,
-                              sw->max_packet, &stop);
-    dst->scanned += (uint32_t)used;
-    if (stop != SCAN_MORE) {
-        uint8_t hdr[5];
-        memcpy(hdr, dst->data + dst->scanned, sizeof hdr);
-        dst->end = dst->scanned;
-        client_scan_failed(sw, c, stop, hdr);
-    } else if (c->state == CL_ACTIVE && dst->scanned > dst->start) {
-        pool_wants_server(sw, c);
-    }
+    client_scan(sw, c, dst, NULL);
     return 0;
 }
 

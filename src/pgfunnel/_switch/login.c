@@ -171,6 +171,16 @@ static void login_pass_up(struct sw *sw, struct conn *c)
         return;
     }
     c->login_sent = 1;
+    if (c->state == SV_TALK && c->ps != 0) {
+        /* the pooler's own reset (DISCARD ALL) drops the server's prepared statements too */
+        const uint8_t *m = b->data + b->start;
+        for (size_t off = 0; off + 5 <= used;) {
+            uint32_t len = be32(m + off + 1);
+            if (m[off] == 'C' && len >= 4 && off + 1 + len <= used)
+                ps_server_tag(sw, c, m + off + 5, len - 4);
+            off += 1 + (size_t)len;
+        }
+    }
     if (status != 0)
         c->sc.status = status; /* promote hands on only a server that said idle */
     b->start += (uint32_t)used;

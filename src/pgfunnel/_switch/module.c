@@ -288,6 +288,7 @@ static void shutdown_switch(SwitchObject *self)
     buf_free(&sw->msg_server_gone);
     params_fini(sw);
     fast_fini(sw);
+    ps_fini(sw);
     loop_fini(sw);
     pthread_mutex_destroy(&sw->lock);
 }
@@ -844,7 +845,7 @@ static PyObject *Switch_pools(SwitchObject *self, PyObject *Py_UNUSED(a))
                 PyTuple_SET_ITEM(hist, b, v);
         }
         PyObject *t = hist == NULL ? NULL
-                                   : Py_BuildValue("(LiIIIIILKKKKKKKNNIIK)", (long long)r->id,
+                                   : Py_BuildValue("(LiIIIIILKKKKKKKNNIIKKKK)", (long long)r->id,
                                                    r->mode, r->cl_active, r->cl_waiting,
                                                    r->sv_active, r->sv_idle, r->sv_parked,
                                                    (long long)r->maxwait,
@@ -857,7 +858,10 @@ static PyObject *Switch_pools(SwitchObject *self, PyObject *Py_UNUSED(a))
                                                    (unsigned long long)r->st.wait_us, hist,
                                                    PyBool_FromLong(r->paused), r->sv_login,
                                                    r->sv_talk,
-                                                   (unsigned long long)r->st.assign_count);
+                                                   (unsigned long long)r->st.assign_count,
+                                                   (unsigned long long)r->st.client_parse_count,
+                                                   (unsigned long long)r->st.server_parse_count,
+                                                   (unsigned long long)r->st.bind_count);
         if (t == NULL)
             Py_CLEAR(list);
         else
@@ -872,7 +876,7 @@ struct conn_row {
     int64_t pool, connect_wall, request_wall, wait_us;
     int64_t link_wall, xact_wall; /* SHOW HOLDERS: held for, transaction for */
     int fd;
-    uint32_t owed;
+    uint32_t owed, prepared;
     uint8_t kind, state, status;
 };
 
@@ -915,6 +919,7 @@ static PyObject *Switch_conns(SwitchObject *self, PyObject *Py_UNUSED(a))
             .wait_us = c->state == CL_WAITING ? sw->now_mono - c->wait_start : 0,
             .fd = c->fd,
             .owed = c->tr.owed,
+            .prepared = ps_count(sw, c),
             .kind = c->kind,
             .state = c->state,
             .status = c->kind == KIND_SERVER ? c->sc.status : 0,
@@ -926,10 +931,10 @@ static PyObject *Switch_conns(SwitchObject *self, PyObject *Py_UNUSED(a))
         struct conn_row *r = &rows[i];
         char status[2] = {(char)r->status, 0};
         PyObject *t = Py_BuildValue(
-            "(KiLiiKLLLsILL)", (unsigned long long)r->id, r->kind, (long long)r->pool, r->state,
+            "(KiLiiKLLLsILLI)", (unsigned long long)r->id, r->kind, (long long)r->pool, r->state,
             r->fd, (unsigned long long)r->peer, (long long)r->connect_wall,
             (long long)r->request_wall, (long long)r->wait_us, status, r->owed,
-            (long long)r->link_wall, (long long)r->xact_wall);
+            (long long)r->link_wall, (long long)r->xact_wall, r->prepared);
         if (t == NULL)
             Py_CLEAR(list);
         else
@@ -1279,6 +1284,39 @@ static PyObject *Switch_set_pool_checks(SwitchObject *self, PyObject *args, PyOb
     Py_RETURN_NONE;
 }
 
+/* max_prepared_statements for a pool (ps.c): 0 passes named statements as sent. */
+static PyObject *Switch_set_pool_prepared(SwitchObject *self, PyObject *args)
+{
+    long long pool_id;
+    unsigned int max;
+    if (!PyArg_ParseTuple(args, "LI", &pool_id, &max) || check_open(self) < 0)
+        return NULL;
+    struct sw *sw = &self->sw;
+    sw_lock(sw);
+    struct pool *p = pool_find(sw, pool_id);
+    if (p != NULL)
+        p->ps_max = max;
+    sw_unlock(sw);
+    if (p == NULL) {
+        PyErr_Format(PyExc_KeyError, "no pool %lld", pool_id);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* SHOW MEM: (distinct statements, their bytes, client names, server statements). */
+static PyObject *Switch_ps_mem(SwitchObject *self, PyObject *Py_UNUSED(a))
+{
+    if (check_open(self) < 0)
+        return NULL;
+    struct sw *sw = &self->sw;
+    sw_lock(sw);
+    unsigned long long n = sw->stab_count, bytes = sw->stab_bytes;
+    unsigned long long nc = sw->ps_client_count, ns = sw->ps_server_count;
+    sw_unlock(sw);
+    return Py_BuildValue("(KKKK)", n, bytes, nc, ns);
+}
+
 /* ---- login phases (login.c) ----------------------------------------------------------- */
 
 static PyObject *Switch_listen(SwitchObject *self, PyObject *args)
@@ -1623,6 +1661,10 @@ static PyMethodDef Switch_methods[] = {
     {"listen", (PyCFunction)Switch_listen, METH_VARARGS, "listen(fd) -> listener id"},
     {"listen_resume", (PyCFunction)Switch_listen_resume, METH_VARARGS, "listen_resume(id)"},
     {"set_login_cap", (PyCFunction)Switch_set_login_cap, METH_VARARGS, "set_login_cap(n)"},
+    {"set_pool_prepared", (PyCFunction)Switch_set_pool_prepared, METH_VARARGS,
+     "set_pool_prepared(pool, max_prepared_statements)"},
+    {"ps_mem", (PyCFunction)Switch_ps_mem, METH_NOARGS,
+     "ps_mem() -> (statements, bytes, client names, server statements)"},
     {"set_route", (PyCFunction)(void (*)(void))Switch_set_route, METH_VARARGS | METH_KEYWORDS,
      "set_route(key, pool, method, gen, *, md5, iterations, salt, stored, server, welcome, app)"},
     {"clear_routes", (PyCFunction)Switch_clear_routes, METH_NOARGS, "Drop every route."},
@@ -1710,6 +1752,7 @@ PyMODINIT_FUNC PyInit__switch(void)
     ADD_INT(m, R_DIRTY_PARTIAL);
     ADD_INT(m, R_AUTH_FAILED);
     ADD_INT(m, R_LOGIN_TIMEOUT);
+    ADD_INT(m, R_PLAN_CHANGED);
     ADD_INT(m, CL_LOGIN);
     ADD_INT(m, SV_LOGIN);
     ADD_INT(m, SV_TALK);

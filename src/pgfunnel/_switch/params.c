@@ -571,7 +571,9 @@ void params_server_bytes(struct sw *sw, struct conn *s, const uint8_t *p, size_t
             n -= 5;
             if (w->type == 'E' && s->swallow > 0)
                 s->set_err = 1;
-            if (w->type == 'S') {
+            if (s->ps != 0 && !s->swallow && (w->type == 'E' || w->type == 'C'))
+                w->type |= 0x80; /* kept for ps.c: an error, a command's tag */
+            if (w->type == 'S' || (w->type & 0x80)) {
                 w->len = 0;
                 w->over = w->rem > PARAM_MSG_MAX;
                 if (w->buf == NULL && (w->buf = malloc(PARAM_MSG_MAX)) == NULL && s->pv) {
@@ -582,7 +584,7 @@ void params_server_bytes(struct sw *sw, struct conn *s, const uint8_t *p, size_t
             }
         } else {
             size_t take = w->rem < n ? w->rem : n;
-            if (w->type == 'S' && w->buf != NULL && w->len < PARAM_MSG_MAX) {
+            if ((w->type == 'S' || (w->type & 0x80)) && w->buf != NULL && w->len < PARAM_MSG_MAX) {
                 size_t room = PARAM_MSG_MAX - w->len;
                 size_t copy = take < room ? take : room;
                 memcpy(w->buf + w->len, p, copy);
@@ -594,8 +596,14 @@ void params_server_bytes(struct sw *sw, struct conn *s, const uint8_t *p, size_t
         }
         if (w->rem == 0 && w->type == 'S') {
             w->type = 0;
-            if (w->buf != NULL)
+            if (w->buf != NULL && sw->ntracked > 0)
                 param_status(sw, s, w->buf, w->len, w->over);
+        } else if (w->rem == 0 && (w->type & 0x80)) {
+            if (w->buf != NULL && !w->over && w->type == ('E' | 0x80))
+                ps_server_error(sw, s, w->buf, w->len);
+            else if (w->buf != NULL && !w->over)
+                ps_server_tag(sw, s, w->buf, w->len);
+            w->type = 0;
         }
     }
 }

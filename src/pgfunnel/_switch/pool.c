@@ -130,6 +130,8 @@ static void link(struct sw *sw, struct conn *c, struct conn *s)
     buf_drop(sw, h);
     conn_schedule(sw, s);
     conn_schedule(sw, c);
+    if (c->sc.ps)
+        conn_client_linked(sw, c, s); /* a statement message held for a server (ps.c) */
 }
 
 /* The top of the idle stack, taken off it, or NULL. A top idle for server_check_delay or
@@ -168,6 +170,8 @@ void pool_wants_server(struct sw *sw, struct conn *c)
 
 void pool_park(struct sw *sw, struct conn *s, uint8_t reason)
 {
+    if (s->ps != 0 && ps_server_waiting(sw, s))
+        ps_server_unsure(sw, s); /* answers in flight: whether those Parses ran is unknown */
     pool_unlist(sw, s);
     s->peer = NULL;
     s->park_reason = reason;
@@ -181,7 +185,7 @@ void pool_release(struct sw *sw, struct conn *s)
     struct pool *p = s->pool;
     s->peer = NULL;
     if (s->close_needed) {
-        pool_park(sw, s, R_CLOSE_NEEDED);
+        pool_park(sw, s, s->ps != 0 && ps_plan_changed(sw, s) ? R_PLAN_CHANGED : R_CLOSE_NEEDED);
         return;
     }
     struct conn *w = p->wq_head;

@@ -69,6 +69,16 @@ size_t scan_client(struct scan *s, struct track *t, const uint8_t *p, size_t n,
             *stop = len == 4 ? SCAN_TERMINATE : SCAN_BAD_LENGTH;
             return off;
         }
+        if (s->ps && (type == 'P' || type == 'B' || type == 'D' || type == 'C')) {
+            /* held until whole; then, on a link, handed to ps.c before a byte of it is
+             * consumed (1), or consumed whole while the client holds no server (2) */
+            if (n - off - 1 < len)
+                return off;
+            if (s->ps == 1) {
+                *stop = SCAN_STMT;
+                return off;
+            }
+        }
         if (kind == K_OWES) {
             if (t->owed < UINT32_MAX)
                 t->owed++;
@@ -117,6 +127,10 @@ size_t scan_server(struct scan *s, struct track *t, const uint8_t *p, size_t n,
                 t->owed--;
             *stop = SCAN_RFQ;
             return off + 6;
+        }
+        if (s->ps && (type == '1' || type == '3') && len == 4) {
+            *stop = SCAN_PS;
+            return off;
         }
         off += 5;
         s->skip = len - 4;

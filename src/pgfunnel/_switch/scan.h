@@ -14,12 +14,19 @@ enum scan_stop {
     SCAN_BAD_LENGTH,   /* a length below 4, or a fixed-size message of the wrong size */
     SCAN_TOO_BIG,      /* a length over max_packet_size */
     SCAN_UNKNOWN_TYPE, /* client: a message type the pooler refuses */
+    SCAN_STMT,         /* client, scan.ps: a whole Parse/Bind/Describe/Close starts at the
+                        * returned offset (not consumed: ps.c rewrites it) */
+    SCAN_PS,           /* server, scan.ps: a ParseComplete/CloseComplete starts there */
 };
 
 /* One direction of one connection: where it is inside the stream of messages. */
 struct scan {
     uint32_t skip;  /* body bytes of the current message still to come */
     uint8_t status; /* server direction: the last ReadyForQuery status ('I', 'T', 'E') */
+    /* client: named prepared statements are tracked: Parse/Bind/Describe/Close are held until
+     * whole, then stopped at (SCAN_STMT: 1, linked) or consumed (2, no server yet: ps.c
+     * rewrites them at the link); server: ParseComplete/CloseComplete answers are awaited */
+    uint8_t ps;
 };
 
 /* What a client is owed by its server: the transaction boundary. */

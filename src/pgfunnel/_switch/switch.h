@@ -90,6 +90,7 @@ enum reason {
     R_DIRTY_PARTIAL,  /* pool.c: its client left mid-message or with a batch open (no Sync) */
     R_AUTH_FAILED,    /* fastlogin.c: the password did not match */
     R_LOGIN_TIMEOUT,  /* fastlogin.c: client_login_timeout passed in the exchange */
+    R_PLAN_CHANGED,   /* ps.c: "cached plan must not change result type": closed at release */
 };
 #define DL_FIRST R_QUERY_WAIT
 #define DL_CONN_COUNT (R_SERVER_LIFETIME - R_QUERY_WAIT + 1)
@@ -207,6 +208,7 @@ struct conn {
     uint8_t swallow;      /* server: answers to the switch's own SET query still to swallow */
     uint8_t set_err;      /* server: that answer held an ErrorResponse */
     uint8_t cut;          /* server: its stream stops inside a client's message (no Terminate) */
+    uint32_t ps;          /* ps.c: its prepared statements (an index: 0 none; in padding) */
     int64_t link_wall;    /* server: CLOCK_REALTIME µs of its link to its current client */
     struct pool *pool;
     struct conn *peer;
@@ -237,6 +239,8 @@ struct stats {
     uint64_t xact_us, query_us, wait_us;
     uint64_t wait_hist[WAIT_BUCKETS];
     uint64_t assign_count; /* servers given to clients (SHOW STATS' server_assignment_count) */
+    /* ps.c: named Parse messages of clients, Parses the switch sent to servers, named Binds */
+    uint64_t client_parse_count, server_parse_count, bind_count;
 };
 
 /* A pool's timeouts in µs (0: off), indexed as the deadline reasons from R_QUERY_WAIT. */
@@ -252,6 +256,7 @@ struct pool {
     uint8_t reserve_reported; /* R_RESERVE sent; again only once the queue has emptied */
     uint8_t reset_always;     /* a released server is parked RESET_NEEDED, never idle */
     int64_t check_delay;      /* µs idle before a server is parked CHECK_NEEDED; -1: never */
+    uint32_t ps_max;          /* max_prepared_statements (0: named statements pass as sent) */
     struct conn *idle;        /* LIFO stack, through qnext */
     struct conn *idle_tail;   /* its bottom: the longest idle */
     struct conn *wq_head, *wq_tail;
@@ -324,6 +329,17 @@ struct sw {
     uint32_t fast_cap;
     uint32_t rnd_have; /* unused bytes at the end of rnd */
     uint8_t rnd[512];
+    /* ps.c: connections' statement state by index, the distinct statements (interned), the
+     * scratch buffer a rewritten message is built in, and totals for SHOW MEM */
+    void **ps_slots;
+    uint32_t ps_nslots, ps_hint;
+    struct pstmt **stab;
+    uint32_t stab_size, stab_count;
+    uint64_t stab_bytes;
+    uint64_t ps_client_count, ps_server_count;
+    uint64_t ps_seq; /* the last number in a server statement's name (PGFUNNEL_<n>) */
+    uint8_t *ps_out;
+    size_t ps_outcap, ps_outlen;
 };
 
 /* loop.c: the only file that calls epoll */
@@ -363,6 +379,7 @@ void buf_free(struct buf *b);
 void buf_drop(struct sw *sw, struct buf *b);
 void buf_spares_free(struct sw *sw);
 void conn_client_held(struct sw *sw, struct conn *c);
+void conn_client_linked(struct sw *sw, struct conn *c, struct conn *s);
 
 /* pool.c */
 struct pool *pool_find(struct sw *sw, int64_t id);
@@ -425,6 +442,20 @@ void fast_expire(struct sw *sw, int64_t grace_us, int64_t timeout_us, const uint
                  size_t len);
 size_t fast_b64_encode(const uint8_t *p, size_t n, char *out);
 long fast_b64_decode(const uint8_t *p, size_t n, uint8_t *out, size_t cap);
+
+/* ps.c */
+long ps_client_msg(struct sw *sw, struct conn *c, struct conn *s, struct buf *dst, uint32_t at,
+                   uint32_t zs);
+int ps_server_waiting(struct sw *sw, const struct conn *s);
+int ps_server_msg(struct sw *sw, struct conn *s, struct buf *dst);
+void ps_server_rfq(struct sw *sw, struct conn *s);
+void ps_server_unsure(struct sw *sw, struct conn *s);
+void ps_server_tag(struct sw *sw, struct conn *s, const uint8_t *body, size_t n);
+void ps_server_error(struct sw *sw, struct conn *s, const uint8_t *body, size_t n);
+int ps_plan_changed(struct sw *sw, const struct conn *s);
+uint32_t ps_count(struct sw *sw, const struct conn *c);
+void ps_free(struct sw *sw, struct conn *c);
+void ps_fini(struct sw *sw);
 
 /* stats.c */
 void stats_wait(struct stats *st, int64_t us);

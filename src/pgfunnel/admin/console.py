@@ -332,9 +332,9 @@ def stat_totals(st: PoolStats) -> list[int]:
         _us(st.xact_time),
         _us(st.query_time),
         _us(st.wait_time),
-        0,  # prepared statements are not tracked yet
-        0,
-        0,
+        st.client_parse_count,
+        st.server_parse_count,
+        st.bind_count,
     ]
 
 
@@ -359,9 +359,9 @@ def stat_averages(period: PoolStats, seconds: float) -> list[int]:
         per(period.xact_time, period.xact_count),
         per(period.query_time, period.query_count),
         per(period.wait_time, period.server_assignment_count),
-        0,
-        0,
-        0,
+        per_second(period.client_parse_count),
+        per_second(period.server_parse_count),
+        per_second(period.bind_count),
     ]
 
 
@@ -812,7 +812,7 @@ class Console:
             0,
             "",
             client.params.get("application_name", client.app_name),
-            0,
+            self.host.prepared.get(client.sid, 0),
             client.id,
             *_auth_of(client),
         ]
@@ -847,7 +847,7 @@ class Console:
             server.pid,
             "",
             app_name,
-            0,
+            self.host.prepared.get(server.sid, 0),
             server.id,
         ]
 
@@ -949,8 +949,9 @@ class Console:
         """PgBouncer 1.25's slab caches, in its order, with what pgfunnel holds for each: the
         objects there are now (`used`), their mean and summed sizes in bytes. There are no
         free lists (a closed connection's memory goes back to Python), so `free` is 0; caches
-        of things pgfunnel does not keep (peer pools, outstanding requests, server prepared
-        statements) are listed empty, so that scripts reading SHOW MEM find every row."""
+        of things pgfunnel does not keep (peer pools, outstanding requests) are listed empty,
+        so that scripts reading SHOW MEM find every row. server_prepared_statement_cache is
+        the switch's distinct prepared statements (max_prepared_statements)."""
         host = self.host
         pooler = host.pooler
         clients = [*pooler.all_clients(), *host.admin_clients]
@@ -979,12 +980,17 @@ class Console:
                 _shared_sizes([c.params for c in clients])
                 + [sys.getsizeof(sv.tracked) for sv in servers],
             ),
-            ("server_prepared_statement_cache", []),
         ]
         rows = [
             [name, sum(sizes) // len(sizes) if sizes else 0, len(sizes), 0, sum(sizes)]
             for name, sizes in caches
         ]
+        # The switch's distinct statements (query text and parameter types, each held once
+        # however many clients and servers have it), with their bytes.
+        count, size, _, _ = host.prepared_mem()
+        rows.append(
+            ["server_prepared_statement_cache", size // count if count else 0, count, 0, size]
+        )
         return MEM_COLUMNS, rows
 
     def show_state(self, stmt: Statement) -> Table:

@@ -43,6 +43,9 @@ class Host(Protocol):
     shutting_down: str | None  # None, "WAIT_FOR_SERVERS" or "WAIT_FOR_CLIENTS"
     refused: dict[str, int]  # clients refused before reaching a pool, by reason
     logins: dict[str, int]  # logins into a pool, by where they ran: "switch" or "pooler"
+    # Named prepared statements per connection id (clients' and servers'; 0s left out), as of
+    # the last refresh (SHOW CLIENTS / SERVERS' prepared_statements)
+    prepared: dict[int, int]
 
     def now(self) -> float: ...
 
@@ -80,3 +83,8 @@ class Host(Protocol):
     async def wait_close(self, db: str | None) -> None: ...
 
     def set_setting(self, name: str, value: str) -> None: ...
+
+    def prepared_mem(self) -> tuple[int, int, int, int]:
+        """What named prepared statements hold: (distinct statements, their bytes, clients'
+        names for them, statements prepared on servers)."""
+        ...

@@ -53,6 +53,7 @@ class PoolSettings:
     query_wait_notify: float = 5.0
     client_idle_timeout: float = 0.0
     idle_transaction_timeout: float = 0.0
+    max_prepared_statements: int = 200
 
 
 def _first(*values: Any) -> Any:
@@ -114,4 +115,5 @@ def resolve_pool_settings(
         idle_transaction_timeout=_first(
             of_user("idle_transaction_timeout"), s.idle_transaction_timeout
         ),
+        max_prepared_statements=s.max_prepared_statements,
     )

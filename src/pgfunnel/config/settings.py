@@ -276,10 +276,11 @@ class Settings:
     )
     max_prepared_statements: int = setting(
         default=200,
-        supported=False,
-        doc="Protocol-level named prepared statements tracked per server connection in "
-        "transaction and statement pooling, so each is prepared wherever the client lands. "
-        "0 disables the tracking.",
+        minimum=0,
+        doc="Protocol-level named prepared statements tracked in transaction and statement "
+        "pooling: each client's statements are prepared on whichever server it lands on, at "
+        "most this many per server connection (the least recently used is closed first). "
+        "0 turns the tracking off: named statements then reach the server as sent.",
     )
     scram_iterations: int = setting(
         default=4096,

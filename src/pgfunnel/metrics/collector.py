@@ -64,6 +64,17 @@ POOL_COUNTERS = (
     ("bytes_in", "stats_received_bytes", "Bytes received from clients"),
     ("bytes_out", "stats_sent_bytes", "Bytes sent to clients"),
     ("server_assignment_count", "stats_server_assignments", "Times a server was given a client"),
+    (
+        "client_parse_count",
+        "stats_client_parses",
+        "Named prepared statements clients created (max_prepared_statements)",
+    ),
+    (
+        "server_parse_count",
+        "stats_server_parses",
+        "Prepared statements the pooler created on servers (max_prepared_statements)",
+    ),
+    ("bind_count", "stats_binds", "Named prepared statements clients executed (Bind)"),
     ("login_failures", "pools_server_login_failures", "Server logins that failed, for any reason"),
     (
         "refused_53300",

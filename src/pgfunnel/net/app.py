@@ -127,6 +127,7 @@ class App(Commands):
         self.refused: dict[str, int] = {}  # clients refused before reaching a pool, by reason
         # Logins into a pool, by where they ran: in the switch on a route, or in Python.
         self.logins: dict[str, int] = {"switch": 0, "pooler": 0}
+        self.prepared: dict[int, int] = {}
         self.metrics: Any = None  # pgfunnel.metrics.MetricsServer when metrics_addr is set
         self.fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self._limit_bites = [0, 0]  # since the last log line: logins evicted, sockets refused
@@ -632,6 +633,7 @@ class App(Commands):
             SwReason.CHECK_NEEDED: "check_needed",
             SwReason.RESET_NEEDED: "reset_needed",
             SwReason.DIRTY_PARTIAL: "dirty_partial",
+            SwReason.PLAN_CHANGED: "plan_changed",
         }
         now = self.now()
         if why not in (SwReason.DIRTY_BUSY, SwReason.DIRTY_PARTIAL) and (
@@ -908,6 +910,9 @@ class App(Commands):
             st.wait_buckets = list(snap.wait_hist)
             st.wait_count = sum(snap.wait_hist)
             st.server_assignment_count = snap.assign_count
+            st.client_parse_count = snap.client_parse_count
+            st.server_parse_count = snap.server_parse_count
+            st.bind_count = snap.bind_count
 
     def refresh(self) -> None:
         """Read the switch's connection snapshot into the pool objects (states, links, what
@@ -921,7 +926,10 @@ class App(Commands):
         wall_now = time.time()
         pooler = self.pooler
         queues: dict[Pool, list[tuple[int, Client]]] = {}
+        prepared: dict[int, int] = {}
         for row in bridge.sw.conns():
+            if row.prepared:
+                prepared[row.conn] = row.prepared
             if row.kind == SwKind.CLIENT:
                 client = bridge.clients.get(row.conn)
                 if client is None:
@@ -961,6 +969,10 @@ class App(Commands):
         for client in bridge.clients.values():
             if client.link is not None and client.link.link is not client:
                 client.link = None
+        self.prepared = prepared
+
+    def prepared_mem(self) -> tuple[int, int, int, int]:
+        return tuple(self.bridge.sw.ps_mem())  # type: ignore[return-value]
 
     def pause_pools(self, db: Database, on: bool) -> None:
         """PAUSE / RESUME in the switch: a paused pool links no client to a server."""

@@ -217,6 +217,7 @@ class Bridge:
         # server_check_delay 0 checks before every use; no server_check_query, never.
         check = -1 if s.server_check_query is None else int(s.server_check_delay * 1_000_000)
         self.sw.set_pool_checks(pid, check_delay_us=check, reset_always=s.server_reset_query_always)
+        self.sw.set_pool_prepared(pid, s.max_prepared_statements)
 
     # --- talking -----------------------------------------------------------------------------
     def forget_talker(self, sid: int) -> None:

@@ -214,6 +214,10 @@ class PoolStats:
     wait_time: float = 0.0  # summed waits of clients that got a server or gave up waiting
     wait_count: int = 0
     server_assignment_count: int = 0  # times a server was given to a client
+    # max_prepared_statements: clients' named Parses, Parses sent to servers, named Binds
+    client_parse_count: int = 0
+    server_parse_count: int = 0
+    bind_count: int = 0
     refused_53300: int = 0
     login_failures: int = 0
     login_refusals: dict[str, int] = field(default_factory=dict)  # SQLSTATE -> server logins
@@ -242,6 +246,9 @@ class PoolStats:
             wait_time=self.wait_time - before.wait_time,
             wait_count=self.wait_count - before.wait_count,
             server_assignment_count=self.server_assignment_count - before.server_assignment_count,
+            client_parse_count=self.client_parse_count - before.client_parse_count,
+            server_parse_count=self.server_parse_count - before.server_parse_count,
+            bind_count=self.bind_count - before.bind_count,
             refused_53300=self.refused_53300 - before.refused_53300,
             login_failures=self.login_failures - before.login_failures,
         )
@@ -668,8 +675,8 @@ class Pooler:
     def server_attention(self, server: Server, why: str, now: float) -> list[Action]:
         """The switch parked a server its client left in a state only the pooler can judge
         (`why`: "session_end", "dirty_txn", "dirty_busy", "dirty_partial", "close_needed",
-        "check_needed", "reset_needed"); it is in no list until it is cleaned and promoted
-        again, or closed."""
+        "check_needed", "reset_needed", "plan_changed"); it is in no list until it is cleaned
+        and promoted again, or closed."""
         pool = server.pool
         s = pool.settings
         if server.state is ServerState.CLOSED:
@@ -685,6 +692,10 @@ class Pooler:
             # message boundary.
             reason = server.close_reason or Reason.CLIENT_GONE_BUSY
             return [self._close_server(server, reason, now), *self._launch(pool, now)]
+        if why == "plan_changed":
+            # A prepared statement's result type changed under it (DDL): its cached plans
+            # would fail the same way again; a new server prepares afresh.
+            return [self._close_server(server, Reason.PLAN_CHANGED, now), *self._launch(pool, now)]
         if why == "close_needed" or server.lifetime_over or server.close_needed:
             reason = Reason.OBSOLETE if server.close_needed else Reason.LIFETIME
             return [self._close_server(server, reason, now), *self._launch(pool, now)]

@@ -40,6 +40,9 @@ class Reason:
     DB_REMOVED = "database removed"
     OBSOLETE = "obsolete connection"  # RECONNECT, or a RELOAD that changed the database
     PAUSE_MODE = "pause mode"
+    # pgfunnel's own: a prepared statement's result type changed (DDL) on this server; a new
+    # server prepares it afresh (max_prepared_statements).
+    PLAN_CHANGED = "cached plan must not change result type"
     ADMIN_KILL_CLIENT = "admin forced disconnect"  # KILL_CLIENT: also the client's error text
     SUSPEND_TIMEOUT = "suspend_timeout"  # SUSPEND: not flushed within suspend_timeout
     UNSUPPORTED_PKT = "unsupported pkt type"

@@ -278,9 +278,8 @@ async def run_clients(
             user=SUPERUSER,
             password=SUPERUSER_PASSWORD,
             database=dbname,
-            # Through a transaction pooler a named prepared statement can land on another
-            # backend; no cache means asyncpg uses unnamed statements only.
-            statement_cache_size=0,
+            # asyncpg's defaults, statement cache included: through pgfunnel's transaction
+            # pooling its named prepared statements follow each client (max_prepared_statements).
             timeout=30,
         )
         return connection

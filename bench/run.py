@@ -62,6 +62,16 @@ TPCB_TARGET_CELLS = tuple((p, c) for p in PROTOCOLS for c in (200, 1000))
 TPCB_TPS_FLOOR, TPCB_CPU_MAX = 1.0, 0.9
 STORM_TARGET_CELLS = tuple((a, c) for a in STORM_AUTHS for c in (50, 200))
 STORM_TPS_FLOOR = 1.0
+# Issue 14: select-only with named prepared statements (pgbench -M prepared) through
+# transaction pooling. PgBouncer does that from 1.21; Debian's is 1.18, so pgfunnel's cells are
+# held against its own -M extended cells of the same run (CPU per transaction at most 10 %
+# more) instead of against PgBouncer 1.25's TPS.
+PREPARED = "prepared"
+PREPARED_TARGET_CLIENTS = (200, 1000)
+PREPARED_CPU_MAX = 1.10
+PGBOUNCER_NO_PREPARED = (
+    "PgBouncer 1.18 cannot pool named prepared statements (max_prepared_statements is 1.21+)"
+)
 IDLE_TARGET_CLIENTS = 10_000
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # Wide when piped (to a file, to tee), where rich would otherwise wrap the tables at 80 columns.
@@ -325,6 +335,8 @@ def one_run(
 ) -> Run:
     run = Run(rnd, target.name, mode, protocol, clients, status="ok")
     reason = target.ready()
+    if reason is None and protocol == PREPARED and target.name == "pgbouncer":
+        reason = PGBOUNCER_NO_PREPARED
     if reason is not None:
         run.status, run.note = "unavailable", reason.splitlines()[0]
         return run
@@ -543,6 +555,8 @@ def target_verdicts(
             + _verdict(worst[2] >= STORM_TPS_FLOOR, len(storms), len(STORM_TARGET_CELLS))
         )
 
+    lines += prepared_verdicts(summary)
+
     ours, theirs = (idle or {}).get("pgfunnel"), (idle or {}).get("pgbouncer")
     count = max(ours.clients if ours else 0, theirs.clients if theirs else 0)
     where = f"{count or IDLE_TARGET_CLIENTS:,} idle logged-in clients, pooler RSS per client"
@@ -567,13 +581,44 @@ def target_verdicts(
     return lines
 
 
+def prepared_verdicts(summary: dict[tuple[str, str, int], dict[str, Cell]]) -> list[str]:
+    """Issue 14's bench line: pgfunnel's -M prepared select-only cells against its own
+    -M extended ones (PgBouncer 1.25, the issue's other yardstick, is not on this machine)."""
+    where = "select-only -M prepared, 200/1000 clients, pgfunnel against its own -M extended"
+    found = []
+    for clients in PREPARED_TARGET_CLIENTS:
+        mine = summary.get(("select", PREPARED, clients), {}).get("pgfunnel")
+        base = summary.get(("select", "extended", clients), {}).get("pgfunnel")
+        if (
+            mine
+            and base
+            and mine.tps
+            and base.tps
+            and mine.cpu_us_per_xact
+            and base.cpu_us_per_xact
+        ):
+            found.append(
+                (clients, mine.tps / base.tps, mine.cpu_us_per_xact / base.cpu_us_per_xact)
+            )
+    if not found:
+        return [f"{where}: NOT MET (no cell has both figures)"]
+    worst_cpu = max(found, key=lambda c: c[2])
+    tps = ", ".join(f"{c[1]:.2f}x at {c[0]}" for c in found)
+    met = worst_cpu[2] <= PREPARED_CPU_MAX
+    return [
+        f"{where}: TPS {tps}, highest CPU/xact {worst_cpu[2]:.2f}x ({worst_cpu[0]} clients; "
+        f"goal <= {PREPARED_CPU_MAX:.2f}; PgBouncer 1.25 not measured: Debian has 1.18): "
+        + _verdict(met, len(found), len(PREPARED_TARGET_CLIENTS))
+    ]
+
+
 def print_tables(
     summary: dict[tuple[str, str, int], dict[str, Cell]], targets: Sequence[str]
 ) -> None:
     # Reasons are long (a pooler's log tail); the table shows a number, the text follows once.
     notes: dict[str, int] = {}
     for mode in (*MODES, STORM):
-        for protocol in STORM_AUTHS if mode == STORM else PROTOCOLS:
+        for protocol in STORM_AUTHS if mode == STORM else (*PROTOCOLS, PREPARED):
             keys = sorted(k for k in summary if k[0] == mode and k[1] == protocol)
             if not keys:
                 continue
@@ -695,6 +740,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--storm-clients", type=_csv(int), default=[50, 200], help="pgbench -c of the storms"
     )
     parser.add_argument(
+        "--prepared-clients",
+        type=_csv(int),
+        default=list(PREPARED_TARGET_CLIENTS),
+        help="pgbench -c of the select-only -M prepared runs (issue 14); 0: none",
+    )
+    parser.add_argument(
         "--idle-clients",
         type=int,
         default=IDLE_TARGET_CLIENTS,
@@ -719,6 +770,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         if not any(a.startswith("--rounds") for a in given):
             args.rounds = 1
     args.storms = [] if "none" in args.storms else args.storms
+    args.prepared_clients = [c for c in args.prepared_clients if c > 0]
     if args.storms and args.auth_type != "md5":
         # The storm roles need auth_type md5, under which a SCRAM secret means SCRAM.
         parser.error("connection storms need --auth-type md5 (or --storms none)")
@@ -857,6 +909,7 @@ def run_rounds(
         for protocol in args.protocols
         for clients in args.clients
     ]
+    configs += [("select", PREPARED, clients) for clients in args.prepared_clients]
     configs += [(STORM, auth, clients) for auth in args.storms for clients in args.storm_clients]
     total = len(configs) * len(args.targets) * args.rounds
     seconds = args.rounds * sum(

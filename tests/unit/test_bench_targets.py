@@ -52,6 +52,7 @@ def full_summary(
     select: tuple[float, float] = (1.2, 0.8),
     tpcb: tuple[float, float] = (1.0, 0.9),
     storm: tuple[float, float] = (1.0, 2.0),
+    prepared_cpu: float = 1.05,
 ) -> dict[tuple[str, str, int], dict[str, object]]:
     summary: dict[tuple[str, str, int], dict[str, object]] = {}
     for protocol, clients in run.SELECT_TARGET_CELLS:
@@ -60,6 +61,12 @@ def full_summary(
         summary[("tpcb", protocol, clients)] = pair(*tpcb)
     for auth, clients in run.STORM_TARGET_CELLS:
         summary[("storm", auth, clients)] = pair(*storm)
+    for clients in run.PREPARED_TARGET_CLIENTS:
+        # -M prepared: pgfunnel alone (PgBouncer 1.18 cannot), against its -M extended cell
+        base = summary[("select", "extended", clients)]["pgfunnel"]
+        summary[("select", "prepared", clients)] = {
+            "pgfunnel": cell(base.tps * 1.05, base.cpu_us_per_xact * prepared_cpu)  # type: ignore[attr-defined]
+        }
     return summary
 
 
@@ -72,8 +79,8 @@ def idle(ours_kib: int, theirs_kib: int, held: int = 10_000) -> dict[str, object
 
 def verdicts(summary: object, idle_results: object = None) -> dict[str, str]:
     lines = run.target_verdicts(summary, idle_results)
-    assert len(lines) == 4
-    return dict(zip(("select", "tpcb", "storm", "idle"), lines, strict=True))
+    assert len(lines) == 5
+    return dict(zip(("select", "tpcb", "storm", "prepared", "idle"), lines, strict=True))
 
 
 def test_every_target_met_when_every_cell_is() -> None:
@@ -181,3 +188,14 @@ def test_args_refuse_storms_without_md5() -> None:
         run.parse_args(["--auth-type", "scram-sha-256"])
     args = run.parse_args(["--auth-type", "scram-sha-256", "--storms", "none"])
     assert args.storms == []
+
+
+def test_prepared_is_held_against_pgfunnels_own_extended_cells() -> None:
+    line = verdicts(full_summary())["prepared"]
+    assert line.endswith(": MET")
+    assert "TPS 1.05x at 200, 1.05x at 1000, highest CPU/xact 1.05x" in line
+    assert "PgBouncer 1.25 not measured" in line
+    assert verdicts(full_summary(prepared_cpu=1.11))["prepared"].endswith(": NOT MET")
+    summary = full_summary()
+    del summary[("select", "prepared", 1000)]
+    assert verdicts(summary)["prepared"].endswith("NOT MET (1 of 2 cells measured)")

@@ -28,6 +28,7 @@ setup(
                     "fastlogin.c",
                     "cancelkey.c",
                     "ps.c",
+                    "sets.c",
                     "module.c",
                 )
             ],

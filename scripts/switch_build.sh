@@ -15,7 +15,7 @@ INC=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 SUFFIX=$("$PY" -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
 WARN=(-std=c11 -Wall -Wextra -Werror -Wshadow -Wvla)
 CORE=("$SRC/scan.c" "$SRC/conn.c" "$SRC/pool.c" "$SRC/stats.c" "$SRC/loop.c" "$SRC/params.c"
-    "$SRC/timers.c" "$SRC/login.c" "$SRC/fastlogin.c" "$SRC/cancelkey.c" "$SRC/ps.c"
+    "$SRC/timers.c" "$SRC/login.c" "$SRC/fastlogin.c" "$SRC/cancelkey.c" "$SRC/ps.c" "$SRC/sets.c"
     "$SRC/module.c")
 
 case "${1:-dev}" in
@@ -37,13 +37,13 @@ fuzz)
     clang "${WARN[@]}" "${FUZZ[@]}" "$SRC/scan.c" tests/switch/fuzz_scan.c \
         -o build/switch-fuzz/fuzz_scan
     # Everything but the CPython glue: the connection and pool code over real socket pairs.
-    clang "${WARN[@]}" "${FUZZ[@]}" "${CORE[@]:0:11}" tests/switch/fuzz_switch.c -lpthread -lcrypto \
+    clang "${WARN[@]}" "${FUZZ[@]}" "${CORE[@]:0:12}" tests/switch/fuzz_switch.c -lpthread -lcrypto \
         -o build/switch-fuzz/fuzz_switch
     # The login phases: accept, connect completion, framing, flow control (login.c).
-    clang "${WARN[@]}" "${FUZZ[@]}" "${CORE[@]:0:11}" tests/switch/fuzz_login.c -lpthread -lcrypto \
+    clang "${WARN[@]}" "${FUZZ[@]}" "${CORE[@]:0:12}" tests/switch/fuzz_login.c -lpthread -lcrypto \
         -o build/switch-fuzz/fuzz_login
     # The logins the switch runs alone on a route (fastlogin.c).
-    clang "${WARN[@]}" "${FUZZ[@]}" "${CORE[@]:0:11}" tests/switch/fuzz_fastlogin.c -lpthread \
+    clang "${WARN[@]}" "${FUZZ[@]}" "${CORE[@]:0:12}" tests/switch/fuzz_fastlogin.c -lpthread \
         -lcrypto -o build/switch-fuzz/fuzz_fastlogin
     echo build/switch-fuzz/fuzz_scan build/switch-fuzz/fuzz_switch build/switch-fuzz/fuzz_login \
         build/switch-fuzz/fuzz_fastlogin

@@ -327,9 +327,10 @@ async def test_max_user_connections_caps_servers_and_queues_clients(
 async def test_server_reset_query_always_in_transaction_mode(
     funnel: Callable[..., Funnel], pg: Cluster, role: str, always: int
 ) -> None:
-    """pool_size=1, transaction mode: a session SET left on the server by one client is gone
-    for the next when server_reset_query_always=1 (DISCARD ALL after every transaction), and
-    leaks to it when 0. The startup parameters of each client survive the reset."""
+    """pool_size=1, transaction mode: a session SET one client left on the server is gone for
+    the next, by DISCARD ALL after every transaction when server_reset_query_always=1, and when
+    0 because the switch RESETs it at the next client's link (issue 14: settings follow their
+    client). The startup parameters of each client survive the reset."""
     f = funnel(
         settings={"server_reset_query_always": always, "pool_mode": "transaction"},
         databases={"postgres": _entry(pg, "pool_size=1")},
@@ -347,7 +348,9 @@ async def test_server_reset_query_always_in_transaction_mode(
         await a.execute("SET work_mem = '7MB'")
         row = await b.fetchrow("SELECT current_setting('work_mem'), pg_backend_pid()")
         assert row[1] == pid  # the same server
-        assert row[0] == (default if always else "7MB")
+        assert row[0] == default
+        if not always:  # a's SET follows a (with the reset query, DISCARD ALL ends it)
+            assert await a.fetchval("SHOW work_mem") == "7MB"
         for conn, tz in ((a, "Asia/Tokyo"), (b, "America/Lima"), (a, "Asia/Tokyo")):
             assert await conn.fetchval("SHOW TimeZone") == tz
     finally:

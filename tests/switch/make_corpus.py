@@ -176,6 +176,19 @@ SCENARIOS = [
         (SERVER, CLOSED + m.error_response("26000", "gone") + m.ready_for_query()),
         (CLIENT_READS, b""),
     ),
+    # Session settings (sets.c): a SET that succeeds, one that fails, RESET ALL.
+    ops(
+        TRANSACTION,
+        (CLIENT, m.query("SET search_path TO a")),
+        (SERVER_READS, b""),
+        (SERVER, m.command_complete("SET") + m.ready_for_query()),
+        (CLIENT, m.query(" set work_mem = '1MB';") + m.query("RESET ALL")),
+        (SERVER, m.error_response("22023", "bad") + m.ready_for_query()),
+        (SERVER, m.command_complete("RESET") + m.ready_for_query()),
+        (CLIENT_READS, b""),
+        (CLIENT, named_parse("", "SET x.y TO 1") + named_bind("") + EXECUTE + m.message(b"S")),
+        (SERVER, PARSED + m.message(b"2") + m.command_complete("SET") + m.ready_for_query()),
+    ),
     ops(
         TRANSACTION + PREPARED,
         (CLIENT, named_parse("x", "select 1") + m.message(b"H")),

@@ -204,3 +204,53 @@ def test_parse_then_flush_answers_without_a_sync(switch: Switch, pg: Cluster) ->
     assert read_msg(a)[0] == b"1"
     a.sendall(SYNC)
     assert read_until_z(a) == [(b"Z", b"I")]
+
+
+def test_held_statements_after_the_switchs_own_set(pg: Cluster) -> None:
+    """A client queued with a failing Parse and a good one, linked to a server whose
+    application_name the switch SETs first: the switch's SET answer is not counted against the
+    client's batches, so the failed statement is not believed prepared."""
+    from pgfunnel.proto.messages import TRACKED_PARAMS
+    from tests.switch.conftest import LONG_TX, SERVER_GONE, UNSUPPORTED
+
+    sw = Switch(
+        unsupported_pkt=UNSUPPORTED,
+        long_tx=LONG_TX,
+        server_gone=SERVER_GONE,
+        tracked=TRACKED_PARAMS,
+    )
+    sw.start()
+    try:
+        sw.add_pool(POOL, Mode.TRANSACTION)
+        sw.set_pool_prepared(POOL, 200)
+        sock = pg_login(pg)
+        sw.add_server(sock.detach(), POOL, params={"application_name": ""})
+        holder_ours, fd = pair()
+        sw.add_client(fd, POOL, params={"application_name": "holder"})
+        holder_ours.sendall(m.query("begin"))  # holds the only server
+        assert read_until_z(holder_ours)[-1] == (b"Z", b"T")
+        ours, fd = pair()
+        sw.add_client(fd, POOL, params={"application_name": "queued"})
+        # one write, so that both batches are read while the client has no server
+        ours.sendall(
+            parse("bad", "selec 1")
+            + SYNC
+            + parse("ok", "select 'ok'")
+            + bind("ok")
+            + EXECUTE
+            + SYNC
+        )
+        wait_for(lambda: sw.pools()[0].cl_waiting == 1)
+        holder_ours.sendall(m.query("commit"))
+        read_until_z(holder_ours)
+        assert kinds(read_until_z(ours)) == [b"E", b"Z"]
+        msgs = read_until_z(ours)
+        assert kinds(msgs) == [b"1", b"2", b"D", b"C", b"Z"] and rows(msgs) == [b"ok"]
+        # "bad" was never prepared: the server says why again, not that it does not exist
+        ours.sendall(bind("bad") + EXECUTE + SYNC)
+        msgs = read_until_z(ours)
+        assert msgs[0][0] == b"E" and b"C42601\0" in msgs[0][1]
+        ours.sendall(m.query("show application_name"))
+        assert rows(read_until_z(ours)) == [b"queued"]
+    finally:
+        sw.stop()

@@ -448,16 +448,22 @@ static void client_scan_failed(struct sw *sw, struct conn *c, int stop, const ui
 
 static int client_scan(struct sw *sw, struct conn *c, struct buf *dst, struct conn *s);
 
-/* The bytes dst must hold for the statement message (ps.c) whose header its scan stopped at
- * to be whole; 0 when none waits. */
+/* The bytes dst must hold for the message ps.c or sets.c must see whole, whose header its
+ * scan stopped at; 0 when none waits. */
 static uint32_t stmt_want(const struct conn *c, const struct buf *dst)
 {
     if (!c->sc.ps || c->sc.skip != 0 || dst->end - dst->scanned < 5)
         return 0;
     const uint8_t *h = dst->data + dst->scanned;
-    if (h[0] != 'P' && h[0] != 'B' && h[0] != 'D' && h[0] != 'C')
-        return 0;
     uint32_t len = ((uint32_t)h[1] << 24) | ((uint32_t)h[2] << 16) | ((uint32_t)h[3] << 8) | h[4];
+    int held = h[0] == 'P' || ((c->sc.ps & SCAN_PS_STMTS) &&
+                               (h[0] == 'B' || h[0] == 'D' || h[0] == 'C'));
+    if (h[0] == 'Q' && len >= 4) {
+        uint32_t peek = len - 4 < SCAN_PEEK ? len - 4 : SCAN_PEEK;
+        held = dst->end - dst->scanned - 5 >= peek && scan_session_cmd(h + 5, peek);
+    }
+    if (!held)
+        return 0;
     uint64_t want = (uint64_t)(dst->scanned - dst->start) + 1 + len;
     return want > UINT32_MAX ? UINT32_MAX : (uint32_t)want;
 }
@@ -520,9 +526,11 @@ static int client_scan(struct sw *sw, struct conn *c, struct buf *dst, struct co
     /* Tracking is switched on or off while the client holds no server, never within a link
      * (the server's answers must match what was sent) */
     if (s == NULL)
-        c->sc.ps = c->pool->ps_max > 0 && c->pool->mode != MODE_SESSION ? 2 : 0;
-    else
-        c->sc.ps = c->sc.ps != 0 ? 1 : 0;
+        c->sc.ps = c->pool->mode == MODE_SESSION ? 0
+                   : c->pool->ps_max > 0         ? SCAN_PS_HOLD | SCAN_PS_STMTS
+                                                 : SCAN_PS_HOLD;
+    else if (c->sc.ps != 0)
+        c->sc.ps = (uint8_t)((c->sc.ps & SCAN_PS_STMTS) | SCAN_PS_LINKED);
     for (;;) {
         size_t used = scan_client(&c->sc, &c->tr, dst->data + dst->scanned,
                                   dst->end - dst->scanned, sw->max_packet, &stop);
@@ -568,19 +576,25 @@ static uint32_t be32(const uint8_t *p)
     return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
 }
 
-/* A client just linked to s (pool.c), with what it sent while it had no server now at the
- * front of s's out buffer: its Parse/Bind/Describe/Close (whole: scan.c held them so) are
- * rewritten for s (ps.c), each knowing the ReadyForQuery answers owed before it. */
-void conn_client_linked(struct sw *sw, struct conn *c, struct conn *s)
+/* A client just linked to s (pool.c), with what it sent while it had no server now in s's
+ * out buffer, after the switch's own `injected` bytes: its Parse/Bind/Describe/Close and session commands (whole: scan.c
+ * held them so) go through ps.c for s, each knowing the ReadyForQuery answers owed before it. */
+void conn_client_linked(struct sw *sw, struct conn *c, struct conn *s, uint32_t injected)
 {
     struct buf *o = &s->out;
-    uint32_t at = o->start, zs = 0;
+    /* from the client's first byte: the switch's own queries before it are answered, and
+     * swallowed, before anything the client sent */
+    uint32_t at = o->start + injected, zs = 0;
     while (o->scanned - at >= 5) {
         uint8_t type = o->data[at];
         uint32_t len = be32(o->data + at + 1);
         if ((uint64_t)len + 1 > o->scanned - at)
             break; /* a message still coming in (never one of these four) */
-        if (type == 'P' || type == 'B' || type == 'D' || type == 'C') {
+        int held = type == 'P' || ((c->sc.ps & SCAN_PS_STMTS) &&
+                                   (type == 'B' || type == 'D' || type == 'C'));
+        if (type == 'Q')
+            held = scan_session_cmd(o->data + at + 5, len - 4 < SCAN_PEEK ? len - 4 : SCAN_PEEK);
+        if (held) {
             long n = ps_client_msg(sw, c, s, o, at, zs);
             if (n < 0) {
                 conn_server_gone(sw, s, R_IO_ERROR); /* out of memory: this link alone ends */
@@ -588,6 +602,8 @@ void conn_client_linked(struct sw *sw, struct conn *c, struct conn *s)
             }
             o->scanned = (uint32_t)((int64_t)o->scanned + n - ((int64_t)len + 1));
             at += (uint32_t)n;
+            if (type == 'Q')
+                zs++;
             continue;
         }
         if (type == 'Q' || type == 'S' || type == 'F')

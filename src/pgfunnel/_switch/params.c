@@ -520,6 +520,16 @@ void params_swallowed(struct sw *sw, struct conn *s)
     sw_post(sw, EV_PARAMS_FAILED, s->id, s->pool->id, 0);
 }
 
+/* The server's tracked values are unknown (a RESET ALL went before params_link): the link
+ * SETs every value its client wants. */
+void params_forget(struct sw *sw, struct conn *s)
+{
+    s->pmatch = 0;
+    if (s->pv != NULL)
+        for (uint32_t i = 0; i < sw->ntracked; i++)
+            pval_clear(&s->pv[i]);
+}
+
 /* ---- ParameterStatus -------------------------------------------------------------------- */
 
 /* A whole ParameterStatus body (name\0value\0), or its first PARAM_MSG_MAX bytes (`over`).

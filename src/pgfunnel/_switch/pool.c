@@ -110,6 +110,12 @@ static void link(struct sw *sw, struct conn *c, struct conn *s)
     c->stmt_abs = c->out.done + (c->out.end - c->out.start);
     s->query_start = s->xact_start = sw->now_mono;
     s->request_wall = s->link_wall = sw->now_wall;
+    /* the client's session settings first (sets.c: a RESET ALL there makes params.c SET
+     * every tracked value), then its tracked parameters */
+    if ((c->ps != 0 || s->ps != 0) && sets_link(sw, c, s) < 0) {
+        conn_server_gone(sw, s, R_IO_ERROR);
+        return;
+    }
     if (params_link(sw, c, s) < 0) {
         conn_server_gone(sw, s, R_IO_ERROR);
         return;
@@ -117,6 +123,7 @@ static void link(struct sw *sw, struct conn *c, struct conn *s)
     struct buf *h = &c->hold;
     struct buf *o = &s->out;
     uint32_t held = h->end - h->start;
+    uint32_t injected = o->end - o->start; /* the switch's own SETs, before the client's bytes */
     if (held > 0) {
         /* The server's buffer is empty here (a release needs it so); the hold buffer is
          * bounded by the same size. */
@@ -131,7 +138,7 @@ static void link(struct sw *sw, struct conn *c, struct conn *s)
     conn_schedule(sw, s);
     conn_schedule(sw, c);
     if (c->sc.ps)
-        conn_client_linked(sw, c, s); /* a statement message held for a server (ps.c) */
+        conn_client_linked(sw, c, s, injected); /* held messages ps.c rewrites for s */
 }
 
 /* The top of the idle stack, taken off it, or NULL. A top idle for server_check_delay or
@@ -170,8 +177,8 @@ void pool_wants_server(struct sw *sw, struct conn *c)
 
 void pool_park(struct sw *sw, struct conn *s, uint8_t reason)
 {
-    if (s->ps != 0 && ps_server_waiting(sw, s))
-        ps_server_unsure(sw, s); /* answers in flight: whether those Parses ran is unknown */
+    if (s->ps != 0)
+        ps_server_unsure(sw, s); /* answers in flight: whether what they answer ran is unknown */
     pool_unlist(sw, s);
     s->peer = NULL;
     s->park_reason = reason;

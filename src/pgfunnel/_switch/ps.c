@@ -43,6 +43,7 @@ struct pcent {
 struct pcli {
     struct pcent **tab; /* open addressing, linear probing, NULL: empty */
     uint32_t size, count;
+    void *sets; /* sets.c: its session settings */
 };
 
 /* A statement prepared on a server. */
@@ -69,6 +70,7 @@ struct psrv {
     uint32_t qhead, qlen, qcap;
     uint8_t plan_changed;
     uint64_t clock;
+    void *sets; /* sets.c: the session settings it carries, and those in flight */
 };
 
 /* Never the name of a statement the switch prepares (sw->ps_seq starts them at 1). */
@@ -166,6 +168,17 @@ static struct psrv *srv_of(struct sw *sw, struct conn *s, int make)
     return ps;
 }
 
+/* sets.c keeps its state beside this file's, under the same index. */
+void **ps_sets_slot(struct sw *sw, struct conn *c, int make)
+{
+    if (c->kind == KIND_CLIENT) {
+        struct pcli *pc = cli_of(sw, c, make);
+        return pc != NULL ? &pc->sets : NULL;
+    }
+    struct psrv *ps = srv_of(sw, c, make);
+    return ps != NULL ? &ps->sets : NULL;
+}
+
 /* ---- statements ------------------------------------------------------------------------- */
 
 static void stmt_unref(struct sw *sw, struct pstmt *st)
@@ -251,7 +264,7 @@ static int cli_grow(struct pcli *pc)
     struct pcent **tab = calloc(size, sizeof(*tab));
     if (tab == NULL)
         return -1;
-    struct pcli next = {tab, size, 0};
+    struct pcli next = {tab, size, 0, pc->sets};
     for (uint32_t i = 0; i < pc->size; i++) {
         struct pcent *e = pc->tab[i];
         if (e != NULL) {
@@ -546,9 +559,20 @@ static int rewrite(struct sw *sw, struct conn *c, struct conn *s, uint8_t type,
     struct psrv *ps = srv_of(sw, s, 1);
     if (ps == NULL)
         return -1;
+    if (type == 'Q') { /* a session command (scan.c peeked): sets.c notes it */
+        long ql = cstr(body, blen);
+        return ql >= 0 && sets_query(sw, c, s, body, (size_t)ql, zs) < 0 ? -1 : 1;
+    }
+    int stmts = (c->sc.ps & SCAN_PS_STMTS) != 0;
     if (type == 'P') {
         long nlen = cstr(body, blen);
         if (nlen < 0)
+            return 1;
+        long ql = nlen == 0 ? cstr(body + 1, blen - 1) : -1;
+        if (ql >= 0 && scan_session_cmd(body + 1, (size_t)ql) &&
+            sets_query(sw, c, s, body + 1, (size_t)ql, zs) < 0)
+            return -1;
+        if (!stmts) /* only session commands are followed here */
             return 1;
         if (nlen == 0) /* the unnamed statement: the client's own business, on this server */
             return q_push(ps, '1', QA_PASS, NULL, zs) < 0 ? -1 : 1;
@@ -578,6 +602,8 @@ static int rewrite(struct sw *sw, struct conn *c, struct conn *s, uint8_t type,
         }
         return srv_ensure(sw, s, ps, st, QA_PASS, zs) == NULL ? -1 : 0;
     }
+    if (!stmts)
+        return 1;
     if (type == 'B') {
         long plen = cstr(body, blen);
         if (plen < 0)
@@ -726,6 +752,8 @@ void ps_server_rfq(struct sw *sw, struct conn *s)
         q_drop_head(sw, ps);
     for (uint32_t i = 0; i < ps->qlen; i++)
         ps->q[(ps->qhead + i) % ps->qcap].zs--;
+    if (ps->sets != NULL)
+        sets_server_rfq(sw, s);
 }
 
 void ps_server_unsure(struct sw *sw, struct conn *s)
@@ -733,6 +761,8 @@ void ps_server_unsure(struct sw *sw, struct conn *s)
     struct psrv *ps = slot_get(sw, s->ps);
     if (ps == NULL)
         return;
+    if (ps->sets != NULL)
+        sets_server_unsure(sw, s);
     while (ps->qlen > 0)
         q_drop_head(sw, ps);
     /* a Parse whose answer was not awaited (out of memory on the way) */
@@ -765,6 +795,8 @@ void ps_server_tag(struct sw *sw, struct conn *s, const uint8_t *body, size_t n)
     struct psrv *ps = slot_get(sw, s->ps);
     if (ps != NULL)
         srv_clear(sw, ps);
+    if (n == sizeof discard)
+        sets_server_cleared(sw, s); /* its settings went too */
     /* The client asked for it: its statements are gone with the server's. */
     if (s->state == SV_ACTIVE && s->peer != NULL) {
         struct pcli *pc = slot_get(sw, s->peer->ps);
@@ -778,6 +810,7 @@ void ps_server_error(struct sw *sw, struct conn *s, const uint8_t *body, size_t 
 {
     static const char plan[] = "cached plan must not change result type";
     int code = 0, text = 0;
+    sets_server_error(sw, s); /* the session commands of this batch did not all run */
     size_t i = 0;
     while (i < n && body[i] != 0) {
         uint8_t f = body[i++];
@@ -825,11 +858,13 @@ void ps_free(struct sw *sw, struct conn *c)
         struct pcli *pc = p;
         cli_clear(sw, pc);
         free(pc->tab);
+        sets_free(pc->sets);
     } else {
         struct psrv *ps = p;
         while (ps->qlen > 0)
             q_pop(sw, ps);
         srv_clear(sw, ps);
+        sets_free(ps->sets);
         free(ps->tab);
         free(ps->q);
     }

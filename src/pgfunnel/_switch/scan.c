@@ -36,6 +36,37 @@ static int client_kind(uint8_t type)
     }
 }
 
+static int is_blank(uint8_t ch)
+{
+    return ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r' || ch == '\f' || ch == '\v';
+}
+
+/* `word` (lower case) at p[0..n), in any case, not followed by a letter, digit or '_'. */
+static int starts_word(const uint8_t *p, size_t n, const char *word, size_t k)
+{
+    if (n < k)
+        return 0;
+    for (size_t i = 0; i < k; i++) {
+        uint8_t ch = p[i] >= 'A' && p[i] <= 'Z' ? (uint8_t)(p[i] + 32) : p[i];
+        if (ch != (uint8_t)word[i])
+            return 0;
+    }
+    if (n == k)
+        return 1;
+    uint8_t next = p[k];
+    return !((next >= 'a' && next <= 'z') || (next >= 'A' && next <= 'Z') ||
+             (next >= '0' && next <= '9') || next == '_' || next >= 0x80);
+}
+
+int scan_session_cmd(const uint8_t *p, size_t n)
+{
+    size_t i = 0;
+    while (i < n && is_blank(p[i]))
+        i++;
+    return starts_word(p + i, n - i, "set", 3) || starts_word(p + i, n - i, "reset", 5) ||
+           starts_word(p + i, n - i, "discard", 7);
+}
+
 /* Skip what is left of the current message body. */
 static size_t skip_body(struct scan *s, size_t n)
 {
@@ -69,12 +100,20 @@ size_t scan_client(struct scan *s, struct track *t, const uint8_t *p, size_t n,
             *stop = len == 4 ? SCAN_TERMINATE : SCAN_BAD_LENGTH;
             return off;
         }
-        if (s->ps && (type == 'P' || type == 'B' || type == 'D' || type == 'C')) {
-            /* held until whole; then, on a link, handed to ps.c before a byte of it is
-             * consumed (1), or consumed whole while the client holds no server (2) */
-            if (n - off - 1 < len)
+        if (s->ps) {
+            /* what ps.c/sets.c must see is held until whole; then, on a link, handed to them
+             * before a byte of it is consumed, or consumed whole while there is no server */
+            int held = type == 'P' || ((s->ps & SCAN_PS_STMTS) &&
+                                       (type == 'B' || type == 'D' || type == 'C'));
+            if (type == 'Q') {
+                uint32_t peek = len - 4 < SCAN_PEEK ? len - 4 : SCAN_PEEK;
+                if (n - off - 5 < peek)
+                    return off;
+                held = scan_session_cmd(p + off + 5, peek);
+            }
+            if (held && n - off - 1 < len)
                 return off;
-            if (s->ps == 1) {
+            if (held && (s->ps & SCAN_PS_LINKED)) {
                 *stop = SCAN_STMT;
                 return off;
             }

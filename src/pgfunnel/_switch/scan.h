@@ -19,13 +19,19 @@ enum scan_stop {
     SCAN_PS,           /* server, scan.ps: a ParseComplete/CloseComplete starts there */
 };
 
+#define SCAN_PS_LINKED 1 /* stop at what ps.c must see (SCAN_STMT) */
+#define SCAN_PS_HOLD 2   /* no server yet: hold it whole, and consume it */
+#define SCAN_PS_STMTS 4  /* named prepared statements are tracked */
+#define SCAN_PEEK 24     /* body bytes of a Query looked at for a session command */
+
 /* One direction of one connection: where it is inside the stream of messages. */
 struct scan {
     uint32_t skip;  /* body bytes of the current message still to come */
     uint8_t status; /* server direction: the last ReadyForQuery status ('I', 'T', 'E') */
-    /* client: named prepared statements are tracked: Parse/Bind/Describe/Close are held until
-     * whole, then stopped at (SCAN_STMT: 1, linked) or consumed (2, no server yet: ps.c
-     * rewrites them at the link); server: ParseComplete/CloseComplete answers are awaited */
+    /* client (SCAN_PS_*): what ps.c/sets.c follow: a session command (a Query or Parse
+     * starting with SET, RESET or DISCARD), and with SCAN_PS_STMTS every Parse/Bind/Describe/
+     * Close, is held until whole, then stopped at (SCAN_STMT, SCAN_PS_LINKED) or consumed (no
+     * server yet: rewritten at the link); server: ParseComplete/CloseComplete are awaited */
     uint8_t ps;
 };
 
@@ -43,6 +49,9 @@ size_t scan_client(struct scan *s, struct track *t, const uint8_t *p, size_t n,
                    uint32_t max_len, int *stop);
 size_t scan_server(struct scan *s, struct track *t, const uint8_t *p, size_t n,
                    uint32_t max_len, int *stop);
+
+/* Does this SQL start (after blanks) with SET, RESET or DISCARD? */
+int scan_session_cmd(const uint8_t *p, size_t n);
 
 /* May the server be given to another client? Only when nothing is owed, the last
  * ReadyForQuery said idle, no batch is open and no message is half-way in either direction

@@ -379,7 +379,7 @@ void buf_free(struct buf *b);
 void buf_drop(struct sw *sw, struct buf *b);
 void buf_spares_free(struct sw *sw);
 void conn_client_held(struct sw *sw, struct conn *c);
-void conn_client_linked(struct sw *sw, struct conn *c, struct conn *s);
+void conn_client_linked(struct sw *sw, struct conn *c, struct conn *s, uint32_t injected);
 
 /* pool.c */
 struct pool *pool_find(struct sw *sw, int64_t id);
@@ -405,6 +405,7 @@ void params_server_bytes(struct sw *sw, struct conn *s, const uint8_t *p, size_t
 int params_idle_bytes(struct sw *sw, struct conn *s, const uint8_t *p, size_t n);
 void params_swallowed(struct sw *sw, struct conn *s);
 int params_valid_utf8(const uint8_t *p, size_t n);
+void params_forget(struct sw *sw, struct conn *s);
 int params_valid_value(const uint8_t *p, size_t n);
 size_t quote_literal(const uint8_t *p, size_t n, uint8_t *out);
 
@@ -456,6 +457,19 @@ int ps_plan_changed(struct sw *sw, const struct conn *s);
 uint32_t ps_count(struct sw *sw, const struct conn *c);
 void ps_free(struct sw *sw, struct conn *c);
 void ps_fini(struct sw *sw);
+void **ps_sets_slot(struct sw *sw, struct conn *c, int make);
+
+/* sets.c */
+struct sstate;
+int sets_query(struct sw *sw, struct conn *c, struct conn *s, const uint8_t *sql, size_t n,
+               uint32_t zs);
+void sets_server_error(struct sw *sw, struct conn *s);
+void sets_server_rfq(struct sw *sw, struct conn *s);
+void sets_server_unsure(struct sw *sw, struct conn *s);
+void sets_server_cleared(struct sw *sw, struct conn *s);
+int sets_link(struct sw *sw, struct conn *c, struct conn *s);
+uint32_t sets_count(struct sw *sw, struct conn *c);
+void sets_free(void *st);
 
 /* stats.c */
 void stats_wait(struct stats *st, int64_t us);

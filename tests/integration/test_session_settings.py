@@ -1,0 +1,154 @@
+"""Session settings follow their client through transaction pooling (issue 14, point 3): a SET
+or RESET run outside a transaction, in either protocol, is replayed on whichever server the
+client lands on, and never stays behind for the next client of that server."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from pgfunnel.throwaway import Cluster
+from tests.integration.harness import Funnel, backends, own_role
+
+TAG = secrets.token_hex(3)
+ROLE, ROLE_PW = f"pgf_set_{TAG}", "set-pw"
+SCHEMA_A, SCHEMA_B = f"pgf_set_a_{TAG}", f"pgf_set_b_{TAG}"
+
+
+@pytest.fixture(scope="module")
+def f(pg: Cluster) -> Iterator[Funnel]:
+    setup = []
+    for schema, value in ((SCHEMA_A, "a"), (SCHEMA_B, "b"), ("public", "public")):
+        if schema != "public":
+            setup.append(f"CREATE SCHEMA {schema}")
+        table = f"{schema}.where_{TAG}"
+        setup.append(f"CREATE TABLE {table} AS SELECT '{value}'::text AS v")
+    drops = [f"DROP SCHEMA IF EXISTS {SCHEMA_A}, {SCHEMA_B} CASCADE"]
+    drops.append(f"DROP TABLE IF EXISTS public.where_{TAG}")
+    with own_role(pg, ROLE, ROLE_PW, *setup, *drops):
+        dsn = f"host=127.0.0.1 port={pg.port} dbname=postgres user={ROLE} password={ROLE_PW}"
+        funnel = Funnel(
+            pg,
+            settings={"auth_type": "trust"},
+            databases={"two": f"{dsn} pool_size=2", "one": f"{dsn} pool_size=1"},
+            userlist={ROLE: ROLE_PW},
+        )
+        try:
+            yield funnel.start()
+        finally:
+            funnel.stop()
+        assert backends(pg, user=ROLE, state="idle in transaction") == 0
+
+
+def _connect(f: Funnel, db: str = "two", **kw: Any) -> psycopg.Connection[Any]:
+    kw.setdefault("prepare_threshold", None)
+    return psycopg.connect(f.dsn(user=ROLE, dbname=db, password=None), autocommit=True, **kw)
+
+
+def _where(conn: psycopg.Connection[Any]) -> str:
+    row = conn.execute(f"SELECT v FROM where_{TAG}").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def _simple(conn: psycopg.Connection[Any], sql: str) -> None:
+    """A simple-protocol Query (psycopg's ClientCursor sends the text as is)."""
+    with psycopg.ClientCursor(conn) as cur:
+        cur.execute(sql)
+
+
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_search_path_follows_its_client_and_stays_with_it(f: Funnel, protocol: str) -> None:
+    with _connect(f) as a, _connect(f) as b:
+        if protocol == "simple":
+            _simple(a, f"SET search_path TO {SCHEMA_A}")
+        else:
+            a.execute(f"SET search_path TO {SCHEMA_A}")  # Parse/Bind/Execute
+        assert _where(a) == "a"
+        # b takes the server a just used: it must not see a's search_path.
+        b.execute("BEGIN")
+        assert _where(b) == "public"
+        # a lands on the other server: its search_path goes with it.
+        assert _where(a) == "a"
+        assert a.execute("SHOW search_path").fetchone() == (SCHEMA_A,)
+        b.execute("COMMIT")
+        # Both servers have served a; b, on either of them, sees the default.
+        for _ in range(3):
+            assert _where(b) == "public"
+            assert _where(a) == "a"
+
+
+def test_a_later_set_replaces_and_reset_forgets(f: Funnel) -> None:
+    with _connect(f) as a, _connect(f) as b:
+        _simple(a, f"SET search_path TO {SCHEMA_A}")
+        _simple(a, f"SET search_path = {SCHEMA_B};")
+        b.execute("BEGIN")
+        b.execute("SELECT 1")
+        assert _where(a) == "b"
+        b.execute("COMMIT")
+        _simple(a, "RESET search_path")
+        b.execute("BEGIN")
+        b.execute("SELECT 1")
+        assert _where(a) == "public"
+        b.execute("COMMIT")
+
+
+@pytest.mark.parametrize("command", ["RESET ALL", "DISCARD ALL"])
+def test_reset_all_and_discard_all_forget_every_setting(f: Funnel, command: str) -> None:
+    with _connect(f) as a, _connect(f) as b:
+        _simple(a, f"SET search_path TO {SCHEMA_A}")
+        _simple(a, "SET statement_timeout = '123s'")
+        _simple(a, command)
+        b.execute("BEGIN")
+        b.execute("SELECT 1")
+        assert _where(a) == "public"
+        assert a.execute("SHOW statement_timeout").fetchone() == ("0",)
+        b.execute("COMMIT")
+
+
+def test_transaction_scoped_sets_are_not_replayed(f: Funnel) -> None:
+    with _connect(f, "one") as a, _connect(f, "one") as b:
+        a.execute("BEGIN")
+        a.execute(f"SET LOCAL search_path TO {SCHEMA_A}")
+        assert _where(a) == "a"
+        a.execute("COMMIT")
+        a.execute("BEGIN")
+        a.execute(f"SET search_path TO {SCHEMA_B}")
+        a.execute("ROLLBACK")
+        assert _where(a) == "public"
+        assert _where(b) == "public"
+
+
+def test_settings_of_two_clients_on_one_server(f: Funnel) -> None:
+    """pool_size=1: every query of either client runs on the same server, which is switched
+    from one client's settings to the other's at each link."""
+    with _connect(f, "one") as a, _connect(f, "one") as b:
+        _simple(a, f"SET search_path TO {SCHEMA_A}")
+        _simple(b, f"SET search_path TO {SCHEMA_B}")
+        _simple(b, "SET work_mem = '7MB'")
+        for _ in range(5):
+            assert _where(a) == "a"
+            assert a.execute("SHOW work_mem").fetchone() == ("4MB",)
+            assert _where(b) == "b"
+            assert b.execute("SHOW work_mem").fetchone() == ("7MB",)
+    with _connect(f, "one") as c:
+        assert _where(c) == "public"
+        assert c.execute("SHOW work_mem").fetchone() == ("4MB",)
+
+
+def test_custom_and_quoted_settings(f: Funnel) -> None:
+    with _connect(f, "one") as a, _connect(f, "one") as b:
+        _simple(a, "SET myapp.tenant = 'acme'")
+        _simple(a, "SET \"myapp.region\" TO 'eu'")
+        assert b.execute("SELECT current_setting('myapp.tenant', true)").fetchone() in (
+            (None,),
+            ("",),
+        )
+        row = a.execute(
+            "SELECT current_setting('myapp.tenant'), current_setting('myapp.region')"
+        ).fetchone()
+        assert row == ("acme", "eu")

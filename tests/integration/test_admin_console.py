@@ -93,7 +93,7 @@ EXPECTED_COLUMNS: dict[str, list[tuple[str, int]]] = {
         ("load_balance_hosts", TEXT),
     ],
     # PgBouncer's columns, then pgfunnel's own: how the client authenticated.
-    "CLIENTS": [*SOCKET_COLUMNS, ("auth_method", TEXT), ("hba_line", TEXT)],
+    "CLIENTS": [*SOCKET_COLUMNS, ("auth_method", TEXT), ("hba_line", TEXT), ("carries", TEXT)],
     "SERVERS": SOCKET_COLUMNS,
     "DATABASES": [
         ("name", TEXT),

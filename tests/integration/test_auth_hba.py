@@ -205,7 +205,7 @@ def test_pgbouncer_user_on_the_unix_socket_enters_the_console(hba_funnel: Funnel
     with psycopg.connect(unix_dsn(f, "pgbouncer", "pgbouncer"), autocommit=True) as conn:
         rows = conn.execute("SHOW CLIENTS", prepare=False).fetchall()
         me = [r for r in rows if r[1] == "pgbouncer"]
-        assert me and me[0][-2:] == ("peer", "")
+        assert me and me[0][-3:-1] == ("peer", "")
         conn.execute("RELOAD", prepare=False)  # an admin command, not only SHOW
     # Over TCP the name is nothing special: not in the auth file, so no password matches.
     err = tcp_login(f, "pgbouncer", "any", db="pgbouncer")
@@ -225,8 +225,8 @@ def test_show_clients_and_users_say_how_clients_authenticated(hba_funnel: Funnel
     ):
         cur = admin.execute("SHOW CLIENTS", prepare=False)
         names = [d.name for d in cur.description or ()]
-        assert names[-2:] == ["auth_method", "hba_line"]
-        got = {(r[1], r[-2], r[-1]) for r in cur.fetchall()}
+        assert names[-3:] == ["auth_method", "hba_line", "carries"]
+        got = {(r[1], r[-3], r[-2]) for r in cur.fetchall()}
         peer_line = line_of(f"local   all          {ME} ")
         md5_line = line_of("host    all          md5u")
         assert (ME, "peer", f"{hba}:{peer_line}") in got

@@ -231,7 +231,7 @@ def _close_lines(f: Funnel, prefix: str) -> int:
 
 
 @pytest.mark.parametrize("in_transaction", [False, True], ids=["outside", "inside-transaction"])
-def test_client_vanishing_mid_message_gets_its_backend_closed_not_reused(
+def test_client_vanishing_mid_message_leaves_nothing_behind(
     f: Funnel, pg: Cluster, in_transaction: bool
 ) -> None:
     marker = f"half-{secrets.token_hex(3)}"
@@ -244,9 +244,10 @@ def test_client_vanishing_mid_message_gets_its_backend_closed_not_reused(
             )
         half = m.query(f"INSERT INTO {TABLE} VALUES ('{marker}-half')")
         sock.sendall(half[: len(half) // 2])
-        # The pooler has linked a server and passed the half on once it holds this client's
-        # bytes: SHOW CLIENTS lists the client as active with a link.
-        wait_for(lambda: any(c["database"] == "one" and c["link"] for c in f.admin("SHOW CLIENTS")))
+        # A transaction pool holds a Query of up to 8 KiB until it is whole (it looks at it):
+        # the half reaches no server. (tests/switch/test_switch_sockets.py covers the half of a
+        # longer one, forwarded as it comes, and its server closed.)
+        wait_for(lambda: f.pool("one", ROLE)["cl_active"] == 1)
     # Another client on the same single slot gets right answers (a raw socket, whose timeout
     # turns a hang behind a stuck server into a failure).
     with raw_login(f.port, "one") as other:
@@ -255,7 +256,6 @@ def test_client_vanishing_mid_message_gets_its_backend_closed_not_reused(
     assert messages[1][1] == struct.pack("!hi", 1, 12) + b"whole answer"
     assert messages[-1] == (b"Z", b"I")
     assert committed(pg, f"{marker}-half") == committed(pg, f"{marker}-whole") == 0
-    wait_for(lambda: "closing because: client disconnect while server was not ready" in f.log())
     assert backends(pg, user=ROLE, state="idle in transaction") == 0
     pool = f.pool("one", ROLE)
     assert pool["sv_tested"] == 0 and pool["sv_active"] == 0 and pool["cl_waiting"] == 0

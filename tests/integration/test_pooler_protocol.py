@@ -676,7 +676,7 @@ def test_show_clients_and_servers_have_pgbouncer_columns_and_live_values(
             clients = f.admin("SHOW CLIENTS")
             servers = f.admin("SHOW SERVERS")
         # PgBouncer's columns, then pgfunnel's own on how the client authenticated.
-        assert list(clients[0]) == [*SOCKET_COLUMNS, "auth_method", "hba_line"]
+        assert list(clients[0]) == [*SOCKET_COLUMNS, "auth_method", "hba_line", "carries"]
         assert list(servers[0]) == SOCKET_COLUMNS
         [client] = [c for c in clients if c["port"] == port]
         assert client["type"] == "C"

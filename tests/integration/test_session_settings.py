@@ -1,6 +1,7 @@
-"""Session settings follow their client through transaction pooling (issue 14, point 3): a SET
-or RESET run outside a transaction, in either protocol, is replayed on whichever server the
-client lands on, and never stays behind for the next client of that server."""
+"""Session state follows its client through transaction pooling (issue 14, points 2 and 3): a
+SET or RESET, and a SQL PREPARE or DEALLOCATE, run outside a transaction in either protocol, is
+replayed on whichever server the client lands on, and never stays behind for the next client
+of that server."""
 
 from __future__ import annotations
 
@@ -152,3 +153,61 @@ def test_custom_and_quoted_settings(f: Funnel) -> None:
             "SELECT current_setting('myapp.tenant'), current_setting('myapp.region')"
         ).fetchone()
         assert row == ("acme", "eu")
+
+
+# --- SQL-level PREPARE / EXECUTE / DEALLOCATE (issue 14, point 2) -----------------------------
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_sql_prepare_follows_its_client(f: Funnel, protocol: str) -> None:
+    with _connect(f) as a, _connect(f) as b:
+        sql = "PREPARE twice (int) AS SELECT $1 * 2"
+        _simple(a, sql) if protocol == "simple" else a.execute(sql)
+        assert a.execute("EXECUTE twice (21)").fetchone() == (42,)
+        b.execute("BEGIN")  # b holds the server a prepared it on
+        with pytest.raises(psycopg.errors.InvalidSqlStatementName):
+            b.execute("EXECUTE twice (1)")  # b never prepared it
+        b.execute("ROLLBACK")
+        b.execute("BEGIN")
+        b.execute("SELECT 1")
+        assert a.execute("EXECUTE twice (5)").fetchone() == (10,)  # on the other server
+        b.execute("COMMIT")
+        _simple(a, "DEALLOCATE twice")
+        for _ in range(2):
+            with pytest.raises(psycopg.errors.InvalidSqlStatementName):
+                a.execute("EXECUTE twice (1)")
+
+
+def test_same_name_two_clients_one_server(f: Funnel) -> None:
+    with _connect(f, "one") as a, _connect(f, "one") as b:
+        _simple(a, "PREPARE q AS SELECT 'from a'")
+        _simple(b, "PREPARE q AS SELECT 'from b'")  # no 42P05: a's q is put away first
+        for _ in range(3):
+            assert a.execute("EXECUTE q").fetchone() == ("from a",)
+            assert b.execute("EXECUTE q").fetchone() == ("from b",)
+
+
+def test_deallocate_all_and_reset_all_each_forget_their_own(f: Funnel) -> None:
+    with _connect(f, "one") as a, _connect(f, "one") as b:
+        _simple(a, "PREPARE p1 AS SELECT 1")
+        _simple(a, f"SET search_path TO {SCHEMA_A}")
+        _simple(a, "RESET ALL")  # settings only
+        assert b.execute("SELECT 1").fetchone() == (1,)
+        assert a.execute("EXECUTE p1").fetchone() == (1,)
+        assert _where(a) == "public"
+        _simple(a, f"SET search_path TO {SCHEMA_A}")
+        _simple(a, "DEALLOCATE ALL")  # statements only
+        assert b.execute("SELECT 1").fetchone() == (1,)
+        assert _where(a) == "a"
+        with pytest.raises(psycopg.errors.InvalidSqlStatementName):
+            a.execute("EXECUTE p1")
+
+
+def test_show_clients_says_what_a_client_carries(f: Funnel) -> None:
+    with _connect(f, "one", application_name="carrier") as a:
+        _simple(a, f"SET search_path TO {SCHEMA_A}")
+        _simple(a, "SET work_mem = '6MB'")
+        _simple(a, "PREPARE carried AS SELECT 1")
+        row = next(r for r in f.admin("SHOW CLIENTS") if r["application_name"] == "carrier")
+        assert row["carries"] == "search_path, work_mem, PREPARE carried"
+        _simple(a, "RESET ALL")
+        row = next(r for r in f.admin("SHOW CLIENTS") if r["application_name"] == "carrier")
+        assert row["carries"] == "PREPARE carried"

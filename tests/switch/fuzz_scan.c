@@ -3,7 +3,9 @@
  * The input is a byte stream plus a seed for how it is split into reads. The stream is scanned
  * twice per direction: in one piece, and in pieces through a buffer that keeps what a call did
  * not consume, as conn.c does. Both must agree on every ReadyForQuery, the stop and its offset
- * and the final boundary state; the unconsumed rest is never more than a header. */
+ * and the final boundary state; the unconsumed rest is never more than a header. The same
+ * bytes go through the SQL looks of a transaction pool (scan_hazard, scan_session_cmd,
+ * scan_wants_whole), which must stay inside them. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -114,6 +116,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint32_t max = data[1] & 1 ? 0x7fffffffu : 16u + data[1];
     const uint8_t *p = data + 2;
     size_t n = size - 2;
+    /* The SQL looks (ps.c, sets.c): pure, read only within p[0..n), any bytes */
+    int hz = scan_hazard(p, n);
+    CHECK(hz >= HZ_NONE && hz <= HZ_HOLD_CURSOR);
+    CHECK(scan_session_cmd(p, n) <= 1);
+    if (n >= 5) {
+        uint32_t len = ((uint32_t)p[1] << 24) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 8) | p[4];
+        int w = scan_wants_whole(data[1], p[0], len, p + 5, n - 5);
+        CHECK(w >= -1 && w <= 1);
+    }
     for (int server = 0; server < 2; server++) {
         struct outcome a, b;
         whole(server, &a, p, n, max);

@@ -15,7 +15,8 @@
  *     and never speaks keeps them whatever the first one's server reports.
  * For half the inputs the pool tracks named prepared statements (ps.c): the client's
  * Parse/Bind/Describe/Close are rewritten, and the server's ParseComplete/CloseComplete are
- * matched to what was sent. */
+ * matched to what was sent. The pool's pooling_hazards (warn, refuse, pin) comes from the
+ * input too: a refused statement is replaced, a pinned client keeps its server. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -114,6 +115,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* named prepared statements (ps.c) for half the inputs, with room for two per server so
      * that the LRU closes some */
     pool->ps_max = (data[0] / 6) % 2 ? 2 : 0;
+    pool->hazards = (uint8_t)((data[0] / 12) % 3); /* pooling_hazards: warn, refuse, pin */
     static const char *const names[] = {"application_name", "TimeZone"};
     static const size_t lens[] = {16, 8};
     CHECK(params_set_tracked(&sw, names, lens, 2) == 0);

@@ -46,6 +46,7 @@ TICK, ACT_CLIENTS, ACT_SERVERS, TICK_ACT = 7, (1 << 3) | 7, (2 << 3) | 7, (3 << 
 SESSION, TRANSACTION, STATEMENT = 0, 1, 2
 WANTS_SET = 3
 PREPARED = 6  # the pool tracks named prepared statements (ps.c), two per server at most
+REFUSE, PIN = 12, 24  # pooling_hazards (warn is 0)
 
 
 def named_parse(name: str, sql: str) -> bytes:
@@ -188,6 +189,25 @@ SCENARIOS = [
         (CLIENT_READS, b""),
         (CLIENT, named_parse("", "SET x.y TO 1") + named_bind("") + EXECUTE + m.message(b"S")),
         (SERVER, PARSED + m.message(b"2") + m.command_complete("SET") + m.ready_for_query()),
+    ),
+    # Hazards: refused (the statement replaced, answered in its place), pinned (kept).
+    ops(
+        TRANSACTION + PREPARED + REFUSE,
+        (CLIENT, m.query("LISTEN x") + named_parse("l", "select pg_advisory_lock(1)")),
+        (SERVER_READS, b""),
+        (SERVER, m.error_response("0A000", "refused") + m.ready_for_query()),
+        (CLIENT, named_bind("l") + EXECUTE + m.message(b"S")),
+        (SERVER, PARSED + m.error_response("0A000", "refused") + m.ready_for_query()),
+        (CLIENT_READS, b""),
+    ),
+    ops(
+        TRANSACTION + PIN,
+        (CLIENT, m.query("create temp table t (a int)")),
+        (SERVER, m.command_complete("CREATE TABLE") + m.ready_for_query()),
+        (CLIENT, m.query("select 1")),
+        (SERVER, ANSWER),
+        (CLIENT_LEAVES, b""),
+        (ACT_SERVERS, b""),
     ),
     ops(
         TRANSACTION + PREPARED,

@@ -336,12 +336,36 @@ def test_a_client_leaving_mid_message_gets_its_server_reported(switch: Switch) -
     events = Events(switch)
     (server,) = setup(switch)
     a, _ = client(switch)
-    big = m.query("select '" + "x" * 5000 + "'")
+    # longer than the 8 KiB a transaction pool holds whole to look at: forwarded as it comes
+    big = m.query("select '" + "x" * 9000 + "'")
     a.sendall(big[:100])
     assert read_exact(server, 100) == big[:100]
     a.close()
     att = events.wait(lambda e: e.kind is EventKind.ATTENTION)
     assert att.reason == Reason.DIRTY_PARTIAL
+
+
+def test_a_query_of_up_to_8_kib_is_held_until_whole(switch: Switch) -> None:
+    """A transaction pool looks at each Query of up to 8 KiB whole (hazards, session
+    commands): its first half reaches no server, and a client that leaves there leaves no
+    server behind it dirty."""
+    events = Events(switch)
+    (server,) = setup(switch)
+    a, _ = client(switch)
+    q = m.query("select '" + "x" * 5000 + "'")
+    a.sendall(q[:100])
+    assert_silent(server)
+    a.sendall(q[100:])
+    assert read_exact(server, len(q)) == q
+    serve_one(server, b"", status=b"I")
+    read_exact(a, len(ANSWER) + 6)
+    b, _ = client(switch)
+    b.sendall(q[:100])
+    assert_silent(server)
+    b.close()
+    events.wait(lambda e: e.kind is EventKind.CLOSED)
+    assert not [e for e in events.seen if e.kind is EventKind.ATTENTION]
+    assert switch.pools()[0].sv_idle == 1
 
 
 def test_a_client_leaving_inside_a_transaction(switch: Switch) -> None:
@@ -626,7 +650,7 @@ def test_no_terminate_after_part_of_a_messages_body(switch: Switch, how: str) ->
     (srv,) = setup(switch)
     (sid,) = [c.conn for c in switch.conns() if c.kind is Kind.SERVER]
     a, _aid = client(switch)
-    head = m.query("select '" + "x" * 1000 + "'")[:40]  # a header and 35 bytes of its body
+    head = m.query("select '" + "x" * 9000 + "'")[:40]  # a header and 35 bytes of its body
     a.sendall(head)
     assert read_exact(srv, len(head)) == head
     if how == "parked":

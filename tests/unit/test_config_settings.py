@@ -46,7 +46,7 @@ PGBOUNCER_125_SETTINGS = {
     "unix_socket_mode", "user", "verbose",
 }  # fmt: skip
 
-PGFUNNEL_SETTINGS = {"metrics_addr", "metrics_port"}
+PGFUNNEL_SETTINGS = {"metrics_addr", "metrics_port", "pooling_hazards"}
 
 # The settings pgfunnel implements: (name, typed default, SHOW CONFIG default text), the
 # defaults as PgBouncer 1.25 documents them (doc/config.md) and spells them (src/main.c).
@@ -109,6 +109,7 @@ IMPLEMENTED_DEFAULTS: list[tuple[str, object, str]] = [
     ("suspend_timeout", 10.0, "10"),
     ("metrics_addr", "", ""),
     ("metrics_port", 9127, "9127"),
+    ("pooling_hazards", "warn", "warn"),
 ]
 IMPLEMENTED = {name for name, _, _ in IMPLEMENTED_DEFAULTS}
 
@@ -144,7 +145,7 @@ def test_only_implemented_settings_are_marked_supported() -> None:
 
 def test_reloadable_flags_match_pgbouncer() -> None:
     not_reloadable = {name for name, spec in SETTINGS.items() if not spec.reloadable}
-    assert not_reloadable == NOT_RELOADABLE | PGFUNNEL_SETTINGS
+    assert not_reloadable == NOT_RELOADABLE | {"metrics_addr", "metrics_port"}
 
 
 @pytest.mark.parametrize(

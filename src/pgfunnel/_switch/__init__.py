@@ -58,6 +58,8 @@ class EventKind(IntEnum):
     # client_login_timeout): `reason` the Reason plus LOGIN_ENDED_ASKED once a password was
     # asked for, `pool` the listener, `data` user, database, host and port. No CLOSED follows.
     LOGIN_ENDED = _native.EV_LOGIN_ENDED
+    # A client did what transaction pooling cannot keep: reason = Hazard | HazardsMode << 8.
+    HAZARD = _native.EV_HAZARD
 
 
 _EVENT_KINDS: dict[int, EventKind] = {int(kind): kind for kind in EventKind}
@@ -106,6 +108,30 @@ class Reason(IntEnum):
     # Attention: a server said "cached plan must not change result type" (a DDL changed a
     # prepared statement's result): closed at its release, its statements with it.
     PLAN_CHANGED = _native.R_PLAN_CHANGED
+    # Attention: a client pinned to its server by a hazard (pooling_hazards=pin) left it: its
+    # session's state (a lock, a LISTEN, a temporary table) is there until a reset.
+    PINNED_END = _native.R_PINNED_END
+
+
+class Hazard(IntEnum):
+    """What cannot survive transaction pooling (the switch's scan_hazard)."""
+
+    ADVISORY_LOCK = _native.HZ_ADVISORY_LOCK
+    LISTEN = _native.HZ_LISTEN
+    TEMP_TABLE = _native.HZ_TEMP
+    HOLD_CURSOR = _native.HZ_HOLD_CURSOR
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+class HazardsMode(IntEnum):
+    """pooling_hazards, as the switch acts on it."""
+
+    WARN = _native.HAZARDS_WARN
+    REFUSE = _native.HAZARDS_REFUSE
+    PIN = _native.HAZARDS_PIN
 
 
 class MessageFlag(IntFlag):
@@ -285,6 +311,8 @@ class ConnSnapshot(NamedTuple):
     xact_us: int = 0  # the start of the transaction running on it (a request in flight or T/E)
     # named prepared statements (ps.c): a client's under its own names; those on a server
     prepared: int = 0
+    # clients: the session settings and SQL statements it carries (sets.c)
+    carried: int = 0
 
 
 # Upper bounds (µs) of the wait histogram; the same buckets as pool.scheduler.WAIT_BUCKETS.
@@ -550,6 +578,16 @@ class SwitchAPI(Protocol):
         """What the prepared statements hold (SHOW MEM)."""
         ...
 
+    def carries(self, conn: int) -> str:
+        """What a client carries (SHOW CLIENTS): its session settings' names and "PREPARE name"
+        for its SQL statements, comma-separated ("" for an unknown id)."""
+        ...
+
+    def set_pool_hazards(self, pool: int, mode: HazardsMode) -> None:
+        """pooling_hazards for a pool: what the switch does, besides a HAZARD event, when one
+        of its clients does what transaction pooling cannot keep (it applies to the next)."""
+        ...
+
 
 class Switch:
     """The native switch with typed answers; see SwitchAPI for each command."""
@@ -733,8 +771,8 @@ class Switch:
 
     def conns(self) -> list[ConnSnapshot]:
         return [
-            ConnSnapshot(c, Kind(k), p, State(s), fd, peer, ct, rt, w, tx, owed, lk, xa, ps)
-            for c, k, p, s, fd, peer, ct, rt, w, tx, owed, lk, xa, ps in self._sw.conns()
+            ConnSnapshot(c, Kind(k), p, State(s), fd, peer, ct, rt, w, tx, owed, lk, xa, ps, cr)
+            for c, k, p, s, fd, peer, ct, rt, w, tx, owed, lk, xa, ps, cr in self._sw.conns()
         ]
 
     def peer_of(self, conn: int) -> int:
@@ -765,3 +803,9 @@ class Switch:
 
     def ps_mem(self) -> PreparedMem:
         return PreparedMem(*self._sw.ps_mem())
+
+    def set_pool_hazards(self, pool: int, mode: HazardsMode) -> None:
+        self._sw.set_pool_hazards(pool, int(mode))
+
+    def carries(self, conn: int) -> str:
+        return self._sw.carries(conn)

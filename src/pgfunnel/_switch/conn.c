@@ -456,13 +456,10 @@ static uint32_t stmt_want(const struct conn *c, const struct buf *dst)
         return 0;
     const uint8_t *h = dst->data + dst->scanned;
     uint32_t len = ((uint32_t)h[1] << 24) | ((uint32_t)h[2] << 16) | ((uint32_t)h[3] << 8) | h[4];
-    int held = h[0] == 'P' || ((c->sc.ps & SCAN_PS_STMTS) &&
-                               (h[0] == 'B' || h[0] == 'D' || h[0] == 'C'));
-    if (h[0] == 'Q' && len >= 4) {
-        uint32_t peek = len - 4 < SCAN_PEEK ? len - 4 : SCAN_PEEK;
-        held = dst->end - dst->scanned - 5 >= peek && scan_session_cmd(h + 5, peek);
-    }
-    if (!held)
+    /* -1: a Query not all there yet, wanted whole to be looked at (only its first bytes when
+     * it is longer than SCAN_HOLD_MAX: the usual room brings them) */
+    int held = scan_wants_whole(c->sc.ps, h[0], len, h + 5, dst->end - dst->scanned - 5);
+    if (held == 0 || (held < 0 && len - 4 > SCAN_HOLD_MAX))
         return 0;
     uint64_t want = (uint64_t)(dst->scanned - dst->start) + 1 + len;
     return want > UINT32_MAX ? UINT32_MAX : (uint32_t)want;
@@ -590,11 +587,7 @@ void conn_client_linked(struct sw *sw, struct conn *c, struct conn *s, uint32_t 
         uint32_t len = be32(o->data + at + 1);
         if ((uint64_t)len + 1 > o->scanned - at)
             break; /* a message still coming in (never one of these four) */
-        int held = type == 'P' || ((c->sc.ps & SCAN_PS_STMTS) &&
-                                   (type == 'B' || type == 'D' || type == 'C'));
-        if (type == 'Q')
-            held = scan_session_cmd(o->data + at + 5, len - 4 < SCAN_PEEK ? len - 4 : SCAN_PEEK);
-        if (held) {
+        if (scan_wants_whole(c->sc.ps, type, len, o->data + at + 5, len - 4) > 0) {
             long n = ps_client_msg(sw, c, s, o, at, zs);
             if (n < 0) {
                 conn_server_gone(sw, s, R_IO_ERROR); /* out of memory: this link alone ends */

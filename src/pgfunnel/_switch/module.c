@@ -876,7 +876,7 @@ struct conn_row {
     int64_t pool, connect_wall, request_wall, wait_us;
     int64_t link_wall, xact_wall; /* SHOW HOLDERS: held for, transaction for */
     int fd;
-    uint32_t owed, prepared;
+    uint32_t owed, prepared, carried;
     uint8_t kind, state, status;
 };
 
@@ -920,6 +920,7 @@ static PyObject *Switch_conns(SwitchObject *self, PyObject *Py_UNUSED(a))
             .fd = c->fd,
             .owed = c->tr.owed,
             .prepared = ps_count(sw, c),
+            .carried = c->kind == KIND_CLIENT ? sets_count(sw, c) : 0,
             .kind = c->kind,
             .state = c->state,
             .status = c->kind == KIND_SERVER ? c->sc.status : 0,
@@ -931,10 +932,10 @@ static PyObject *Switch_conns(SwitchObject *self, PyObject *Py_UNUSED(a))
         struct conn_row *r = &rows[i];
         char status[2] = {(char)r->status, 0};
         PyObject *t = Py_BuildValue(
-            "(KiLiiKLLLsILLI)", (unsigned long long)r->id, r->kind, (long long)r->pool, r->state,
-            r->fd, (unsigned long long)r->peer, (long long)r->connect_wall,
+            "(KiLiiKLLLsILLII)", (unsigned long long)r->id, r->kind, (long long)r->pool,
+            r->state, r->fd, (unsigned long long)r->peer, (long long)r->connect_wall,
             (long long)r->request_wall, (long long)r->wait_us, status, r->owed,
-            (long long)r->link_wall, (long long)r->xact_wall, r->prepared);
+            (long long)r->link_wall, (long long)r->xact_wall, r->prepared, r->carried);
         if (t == NULL)
             Py_CLEAR(list);
         else
@@ -1304,6 +1305,45 @@ static PyObject *Switch_set_pool_prepared(SwitchObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* pooling_hazards for a pool (ps.c): HAZARDS_WARN, HAZARDS_REFUSE or HAZARDS_PIN. */
+static PyObject *Switch_set_pool_hazards(SwitchObject *self, PyObject *args)
+{
+    long long pool_id;
+    int mode;
+    if (!PyArg_ParseTuple(args, "Li", &pool_id, &mode) || check_open(self) < 0)
+        return NULL;
+    if (mode != HAZARDS_WARN && mode != HAZARDS_REFUSE && mode != HAZARDS_PIN) {
+        PyErr_SetString(PyExc_ValueError, "unknown pooling_hazards mode");
+        return NULL;
+    }
+    struct sw *sw = &self->sw;
+    sw_lock(sw);
+    struct pool *p = pool_find(sw, pool_id);
+    if (p != NULL)
+        p->hazards = (uint8_t)mode;
+    sw_unlock(sw);
+    if (p == NULL) {
+        PyErr_Format(PyExc_KeyError, "no pool %lld", pool_id);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* SHOW CLIENTS: what a client carries (sets.c), as text; "" for an unknown id. */
+static PyObject *Switch_carries(SwitchObject *self, PyObject *args)
+{
+    unsigned long long id;
+    if (!PyArg_ParseTuple(args, "K", &id) || check_open(self) < 0)
+        return NULL;
+    char text[1024];
+    struct sw *sw = &self->sw;
+    sw_lock(sw);
+    struct conn *c = conn_find(sw, id);
+    size_t n = c != NULL && c->kind == KIND_CLIENT ? sets_describe(sw, c, text, sizeof text) : 0;
+    sw_unlock(sw);
+    return PyUnicode_DecodeUTF8(text, (Py_ssize_t)n, "replace");
+}
+
 /* SHOW MEM: (distinct statements, their bytes, client names, server statements). */
 static PyObject *Switch_ps_mem(SwitchObject *self, PyObject *Py_UNUSED(a))
 {
@@ -1663,6 +1703,10 @@ static PyMethodDef Switch_methods[] = {
     {"set_login_cap", (PyCFunction)Switch_set_login_cap, METH_VARARGS, "set_login_cap(n)"},
     {"set_pool_prepared", (PyCFunction)Switch_set_pool_prepared, METH_VARARGS,
      "set_pool_prepared(pool, max_prepared_statements)"},
+    {"set_pool_hazards", (PyCFunction)Switch_set_pool_hazards, METH_VARARGS,
+     "set_pool_hazards(pool, mode)"},
+    {"carries", (PyCFunction)Switch_carries, METH_VARARGS,
+     "carries(conn) -> its session settings and SQL statements (text)"},
     {"ps_mem", (PyCFunction)Switch_ps_mem, METH_NOARGS,
      "ps_mem() -> (statements, bytes, client names, server statements)"},
     {"set_route", (PyCFunction)(void (*)(void))Switch_set_route, METH_VARARGS | METH_KEYWORDS,
@@ -1753,6 +1797,15 @@ PyMODINIT_FUNC PyInit__switch(void)
     ADD_INT(m, R_AUTH_FAILED);
     ADD_INT(m, R_LOGIN_TIMEOUT);
     ADD_INT(m, R_PLAN_CHANGED);
+    ADD_INT(m, R_PINNED_END);
+    ADD_INT(m, EV_HAZARD);
+    ADD_INT(m, HAZARDS_WARN);
+    ADD_INT(m, HAZARDS_REFUSE);
+    ADD_INT(m, HAZARDS_PIN);
+    ADD_INT(m, HZ_ADVISORY_LOCK);
+    ADD_INT(m, HZ_LISTEN);
+    ADD_INT(m, HZ_TEMP);
+    ADD_INT(m, HZ_HOLD_CURSOR);
     ADD_INT(m, CL_LOGIN);
     ADD_INT(m, SV_LOGIN);
     ADD_INT(m, SV_TALK);

@@ -212,6 +212,8 @@ void pool_check_release(struct sw *sw, struct conn *s)
     if (s->state != SV_ACTIVE || s->pool->mode == MODE_SESSION)
         return;
     struct conn *c = s->peer;
+    if (c->pinned)
+        return; /* HAZARDS_PIN: its session lives on this server until it leaves */
     if (s->out.start != s->out.end || s->swallow)
         return; /* client bytes not yet written to the server, or a partial header held, or
                  * the answer to the switch's SET still to come */
@@ -267,6 +269,8 @@ void pool_client_left(struct sw *sw, struct conn *c)
         reason = R_DIRTY_TXN;
     else if (s->pool->mode == MODE_SESSION)
         reason = R_SESSION_END;
+    else if (c->pinned)
+        reason = R_PINNED_END; /* its session's state (a lock, a LISTEN...) is on the server */
     else
         reason = R_NONE;
     if (reason == R_NONE)

@@ -548,6 +548,38 @@ static long cstr(const uint8_t *p, size_t n)
     return z == NULL ? -1 : (long)(z - p);
 }
 
+#define REFUSAL_MAX 512
+static const char *const HAZARD_TEXT[] = {
+    "", "a session-level advisory lock", "LISTEN", "a temporary table", "a cursor WITH HOLD",
+};
+
+/* Something that cannot survive transaction pooling (scan_hazard): Python hears of it (it
+ * counts it per application and logs it once per client); the pool's pooling_hazards says
+ * what else happens: warn (nothing), pin (the client keeps its server until it leaves), or
+ * refuse (the statement is replaced by one that fails with 0A000 and says why, so that the
+ * error comes back in its place). Returns 1 to refuse. */
+static int hazard_seen(struct sw *sw, struct conn *c, int hz)
+{
+    uint8_t mode = c->pool->hazards;
+    sw_post(sw, EV_HAZARD, c->id, c->pool->id, (uint32_t)hz | ((uint32_t)mode << 8));
+    if (mode == HAZARDS_PIN)
+        c->pinned = 1;
+    return mode == HAZARDS_REFUSE;
+}
+
+/* The statement that stands in for a refused one: its text and NUL into out; its length
+ * with the NUL. */
+static size_t refusal(int hz, char *out, size_t cap)
+{
+    int n = snprintf(out, cap,
+                     "DO $pgfunnel$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = "
+                     "'pgfunnel: %s cannot survive transaction pooling', HINT = 'pooling_hazards"
+                     " = refuse in the pooler''s configuration refused it; a session pool keeps "
+                     "it'; END$pgfunnel$",
+                     HAZARD_TEXT[hz]);
+    return n > 0 && (size_t)n < cap ? (size_t)n + 1 : 0;
+}
+
 /* Builds in sw->ps_out what goes to server s in place of client message m (type, whole body
  * of blen bytes). 0: built; 1: pass it unchanged; -1: out of memory. A malformed message
  * passes unchanged: the server answers it with an error (not a '1' or '3'), as it would
@@ -559,9 +591,18 @@ static int rewrite(struct sw *sw, struct conn *c, struct conn *s, uint8_t type,
     struct psrv *ps = srv_of(sw, s, 1);
     if (ps == NULL)
         return -1;
-    if (type == 'Q') { /* a session command (scan.c peeked): sets.c notes it */
+    if (type == 'Q') { /* a session command or a hazard (scan.c looked) */
         long ql = cstr(body, blen);
-        return ql >= 0 && sets_query(sw, c, s, body, (size_t)ql, zs) < 0 ? -1 : 1;
+        if (ql < 0)
+            return 1;
+        if (sets_query(sw, c, s, body, (size_t)ql, zs) < 0)
+            return -1;
+        int hz = scan_hazard(body, (size_t)ql);
+        char sql[REFUSAL_MAX];
+        size_t n = hz != HZ_NONE && hazard_seen(sw, c, hz) ? refusal(hz, sql, sizeof sql) : 0;
+        if (n == 0)
+            return 1;
+        return emit(sw, 'Q', (const uint8_t *)sql, n, NULL, 0, NULL, 0) < 0 ? -1 : 0;
     }
     int stmts = (c->sc.ps & SCAN_PS_STMTS) != 0;
     if (type == 'P') {
@@ -572,16 +613,38 @@ static int rewrite(struct sw *sw, struct conn *c, struct conn *s, uint8_t type,
         if (ql >= 0 && scan_session_cmd(body + 1, (size_t)ql) &&
             sets_query(sw, c, s, body + 1, (size_t)ql, zs) < 0)
             return -1;
-        if (!stmts) /* only session commands are followed here */
-            return 1;
-        if (nlen == 0) /* the unnamed statement: the client's own business, on this server */
-            return q_push(ps, '1', QA_PASS, NULL, zs) < 0 ? -1 : 1;
+        /* a hazard: noted; refused, the statement stands in for the client's text (its
+         * parameter types kept), tracked like any other */
+        const uint8_t *rest = body + nlen + 1;
+        uint32_t rlen = blen - (uint32_t)nlen - 1;
+        long tl = cstr(rest, rlen);
+        int hz = tl >= 0 ? scan_hazard(rest, (size_t)tl) : HZ_NONE;
+        uint8_t alt[REFUSAL_MAX + 512];
+        if (hz != HZ_NONE && hazard_seen(sw, c, hz)) {
+            size_t n = refusal(hz, (char *)alt, REFUSAL_MAX);
+            size_t types = rlen - (size_t)tl - 1;
+            if (types > sizeof alt - n)
+                types = 0; /* more than 128 parameter types: none declared (still refused) */
+            if (n > 0) {
+                memcpy(alt + n, rest + tl + 1, types);
+                rest = alt;
+                rlen = (uint32_t)(n + types);
+            }
+        }
+        int replaced = rest == alt;
+        if (!stmts || nlen == 0) {
+            /* the unnamed statement (the client's own business, on this server), or a name
+             * the switch does not follow */
+            if (stmts && q_push(ps, '1', QA_PASS, NULL, zs) < 0)
+                return -1;
+            if (!replaced)
+                return 1;
+            return emit(sw, 'P', body, (size_t)nlen + 1, rest, rlen, NULL, 0) < 0 ? -1 : 0;
+        }
         p->st.client_parse_count++;
         struct pcli *pc = cli_of(sw, c, 1);
         if (pc == NULL)
             return -1;
-        const uint8_t *rest = body + nlen + 1;
-        uint32_t rlen = blen - (uint32_t)nlen - 1;
         struct pstmt *st = stmt_intern(sw, rest, rlen);
         if (st == NULL)
             return -1;
@@ -782,6 +845,14 @@ static void srv_clear(struct sw *sw, struct psrv *ps)
             sw->ps_server_count--;
         }
     ps->count = 0;
+}
+
+/* The server's statements are gone (sets.c sent DEALLOCATE ALL). */
+void ps_server_dropped(struct sw *sw, struct conn *s)
+{
+    struct psrv *ps = slot_get(sw, s->ps);
+    if (ps != NULL)
+        srv_clear(sw, ps);
 }
 
 /* A CommandComplete body (tag NUL) from server s, linked or in talk. */

@@ -1,5 +1,7 @@
 /* scan.c: walks message headers of a byte stream read in arbitrary pieces and keeps the
  * transaction boundary: which client messages owe a ReadyForQuery, which open a batch. */
+#include <string.h>
+
 #include "scan.h"
 
 static uint32_t be32(const uint8_t *p)
@@ -64,7 +66,92 @@ int scan_session_cmd(const uint8_t *p, size_t n)
     while (i < n && is_blank(p[i]))
         i++;
     return starts_word(p + i, n - i, "set", 3) || starts_word(p + i, n - i, "reset", 5) ||
-           starts_word(p + i, n - i, "discard", 7);
+           starts_word(p + i, n - i, "discard", 7) || starts_word(p + i, n - i, "prepare", 7) ||
+           starts_word(p + i, n - i, "deallocate", 10);
+}
+
+/* p[0..n) contains "advisory_lock", in any case? Every Query of a transaction pool is looked
+ * at: memchr finds the underscores (most queries have few), and only around them are bytes
+ * compared. */
+static int has_advisory_lock(const uint8_t *p, size_t n)
+{
+    static const char word[] = "advisory_lock";
+    const size_t before = 8, k = sizeof word - 1; /* "advisory" comes before the '_' */
+    if (n < k)
+        return 0;
+    const uint8_t *end = p + n - (k - before - 1); /* one past the last place for the '_' */
+    const uint8_t *u = p + before;
+    while (u < end && (u = memchr(u, '_', (size_t)(end - u))) != NULL) {
+        const uint8_t *w = u - before;
+        size_t j = 0;
+        while (j < k && (w[j] >= 'A' && w[j] <= 'Z' ? w[j] + 32 : w[j]) == (uint8_t)word[j])
+            j++;
+        if (j == k)
+            return 1;
+        u++;
+    }
+    return 0;
+}
+
+static size_t next_word(const uint8_t *p, size_t n, size_t i)
+{
+    while (i < n && !is_blank(p[i]))
+        i++;
+    while (i < n && is_blank(p[i]))
+        i++;
+    return i;
+}
+
+int scan_hazard(const uint8_t *p, size_t n)
+{
+    size_t i = 0;
+    while (i < n && is_blank(p[i]))
+        i++;
+    const uint8_t *q = p + i;
+    size_t m = n - i;
+    if (starts_word(q, m, "listen", 6))
+        return HZ_LISTEN;
+    if (starts_word(q, m, "create", 6)) {
+        size_t j = next_word(p, n, i);
+        if (starts_word(p + j, n - j, "global", 6) || starts_word(p + j, n - j, "local", 5))
+            j = next_word(p, n, j);
+        if (starts_word(p + j, n - j, "temp", 4) || starts_word(p + j, n - j, "temporary", 9))
+            return HZ_TEMP;
+    }
+    if (starts_word(q, m, "declare", 7)) {
+        for (size_t j = 0; j + 4 <= m; j++)
+            if (starts_word(q + j, m - j, "with", 4) && (j == 0 || !((q[j - 1] | 32) >= 'a' &&
+                                                                     (q[j - 1] | 32) <= 'z'))) {
+                size_t k = next_word(q, m, j);
+                if (k > j + 4 && starts_word(q + k, m - k, "hold", 4))
+                    return HZ_HOLD_CURSOR;
+            }
+    }
+    /* pg_advisory_lock, pg_advisory_lock_shared, pg_try_advisory_lock(_shared); the
+     * transaction-level ones are pg_advisory_xact_lock... and end with the transaction */
+    if (has_advisory_lock(p, n))
+        return HZ_ADVISORY_LOCK;
+    return HZ_NONE;
+}
+
+int scan_wants_whole(uint8_t ps, uint8_t type, uint32_t len, const uint8_t *body, size_t avail)
+{
+    if (type == 'P')
+        return 1;
+    if (type == 'B' || type == 'D' || type == 'C')
+        return (ps & SCAN_PS_STMTS) != 0;
+    if (type != 'Q' || len < 4)
+        return 0;
+    uint32_t size = len - 4;
+    if (size <= SCAN_HOLD_MAX) { /* looked at whole: a session command or a hazard */
+        if (avail < size)
+            return -1;
+        return scan_session_cmd(body, size) || scan_hazard(body, size) != HZ_NONE;
+    }
+    uint32_t peek = SCAN_PEEK;
+    if (avail < peek)
+        return -1;
+    return scan_session_cmd(body, peek);
 }
 
 /* Skip what is left of the current message body. */
@@ -103,15 +190,8 @@ size_t scan_client(struct scan *s, struct track *t, const uint8_t *p, size_t n,
         if (s->ps) {
             /* what ps.c/sets.c must see is held until whole; then, on a link, handed to them
              * before a byte of it is consumed, or consumed whole while there is no server */
-            int held = type == 'P' || ((s->ps & SCAN_PS_STMTS) &&
-                                       (type == 'B' || type == 'D' || type == 'C'));
-            if (type == 'Q') {
-                uint32_t peek = len - 4 < SCAN_PEEK ? len - 4 : SCAN_PEEK;
-                if (n - off - 5 < peek)
-                    return off;
-                held = scan_session_cmd(p + off + 5, peek);
-            }
-            if (held && n - off - 1 < len)
+            int held = scan_wants_whole(s->ps, type, len, p + off + 5, n - off - 5);
+            if (held < 0 || (held && n - off - 1 < len))
                 return off;
             if (held && (s->ps & SCAN_PS_LINKED)) {
                 *stop = SCAN_STMT;

@@ -23,6 +23,16 @@ enum scan_stop {
 #define SCAN_PS_HOLD 2   /* no server yet: hold it whole, and consume it */
 #define SCAN_PS_STMTS 4  /* named prepared statements are tracked */
 #define SCAN_PEEK 24     /* body bytes of a Query looked at for a session command */
+#define SCAN_HOLD_MAX 8192 /* a Query up to this long is held whole and looked at for hazards */
+
+/* What cannot survive transaction pooling (scan_hazard), as EV_HAZARD reports it. */
+enum hazard {
+    HZ_NONE = 0,
+    HZ_ADVISORY_LOCK, /* a session-level advisory lock (pg_advisory_lock, pg_try_...) */
+    HZ_LISTEN,        /* LISTEN */
+    HZ_TEMP,          /* CREATE TEMP(ORARY) ... */
+    HZ_HOLD_CURSOR,   /* DECLARE ... WITH HOLD */
+};
 
 /* One direction of one connection: where it is inside the stream of messages. */
 struct scan {
@@ -50,8 +60,14 @@ size_t scan_client(struct scan *s, struct track *t, const uint8_t *p, size_t n,
 size_t scan_server(struct scan *s, struct track *t, const uint8_t *p, size_t n,
                    uint32_t max_len, int *stop);
 
-/* Does this SQL start (after blanks) with SET, RESET or DISCARD? */
+/* Does this SQL start (after blanks) with SET, RESET, DISCARD, PREPARE or DEALLOCATE? */
 int scan_session_cmd(const uint8_t *p, size_t n);
+/* The first thing in this SQL that cannot survive transaction pooling, or HZ_NONE. */
+int scan_hazard(const uint8_t *p, size_t n);
+/* Must this client message (type, length word, the first `avail` bytes of its body) be held
+ * whole and handed to ps.c/sets.c under scan flags `ps`? 1 yes, 0 no, -1 not known until
+ * more of its body is there. */
+int scan_wants_whole(uint8_t ps, uint8_t type, uint32_t len, const uint8_t *body, size_t avail);
 
 /* May the server be given to another client? Only when nothing is owed, the last
  * ReadyForQuery said idle, no batch is open and no message is half-way in either direction

@@ -13,15 +13,18 @@
 
 #include "switch.h"
 
-#define SETS_MAX 64       /* settings one client may carry; beyond, new ones are not followed */
-#define SET_TEXT_MAX 4096 /* the longest statement kept */
+#define SETS_MAX 128 /* settings and SQL statements one client may carry; beyond, not followed */
+#define SET_TEXT_MAX 16384 /* the longest statement kept */
 #define SET_KEY_MAX 63
 
-enum { SK_SET = 1, SK_RESET = 2, SK_CLEAR = 3 };
+/* SK_SET/SK_RESET: a setting, or (isprep) a SQL prepared statement: PREPARE / DEALLOCATE;
+ * SK_CLEAR: DISCARD ALL (both); SK_CLEAR_SETS: RESET ALL; SK_CLEAR_PREP: DEALLOCATE ALL */
+enum { SK_SET = 1, SK_RESET = 2, SK_CLEAR = 3, SK_CLEAR_SETS = 4, SK_CLEAR_PREP = 5 };
 
 struct sentry {
     uint64_t h; /* of key and text: a set's hash is the sum of its entries' */
     uint32_t klen, tlen;
+    uint8_t isprep; /* a SQL prepared statement (key: its name), not a setting */
     char key[SET_KEY_MAX + 1];
     uint8_t *text; /* SK_SET: the statement, without its trailing ';' */
 };
@@ -90,7 +93,7 @@ static uint64_t hash_of(const struct sw *sw, const struct sentry *e)
     uint64_t h = 1469598103934665603ull ^ sw->pseed;
     for (uint32_t i = 0; i < e->klen; i++)
         h = (h ^ (uint8_t)e->key[i]) * 1099511628211ull;
-    h = (h ^ 0xff) * 1099511628211ull;
+    h = (h ^ (0xfe + e->isprep)) * 1099511628211ull;
     for (uint32_t i = 0; i < e->tlen; i++)
         h = (h ^ e->text[i]) * 1099511628211ull;
     return h ^ (h >> 31);
@@ -107,6 +110,44 @@ static int parse_cmd(const uint8_t *p, size_t n, struct sentry *e)
         return 0;
     size_t i = skip_space(p, n, 0), k;
     int kind;
+    if ((k = keyword(p + i, n - i, "prepare")) != 0 || (k = keyword(p + i, n - i, "deallocate"))) {
+        int prep = lower(p[i]) == 'p';
+        i = skip_space(p, n, i + k);
+        if (prep && keyword(p + i, n - i, "transaction"))
+            return 0; /* two-phase commit, not a statement */
+        if (!prep && (k = keyword(p + i, n - i, "prepare")) != 0)
+            i = skip_space(p, n, i + k);
+        if (!prep && keyword(p + i, n - i, "all") && skip_space(p, n, i + 3) == n)
+            return SK_CLEAR_PREP;
+        size_t j = i;
+        if (i < n && p[i] == '"') {
+            j = i + 1;
+            while (j < n && p[j] != '"')
+                j++;
+            if (j >= n || j - i - 1 == 0 || j - i - 1 > SET_KEY_MAX)
+                return 0;
+            e->klen = (uint32_t)(j - i - 1);
+            memcpy(e->key, p + i + 1, e->klen);
+            j++;
+        } else {
+            while (j < n && is_ident(p[j]))
+                j++;
+            if (j == i || j - i > SET_KEY_MAX)
+                return 0;
+            e->klen = (uint32_t)(j - i);
+            for (size_t x = 0; x < e->klen; x++)
+                e->key[x] = (char)lower(p[i + x]);
+        }
+        e->key[e->klen] = 0;
+        e->isprep = 1;
+        if (!prep)
+            return skip_space(p, n, j) == n ? SK_RESET : 0;
+        if (n > SET_TEXT_MAX)
+            return 0;
+        e->text = (uint8_t *)p;
+        e->tlen = (uint32_t)n;
+        return SK_SET;
+    }
     if ((k = keyword(p + i, n - i, "discard")) != 0) {
         i = skip_space(p, n, i + k);
         return keyword(p + i, n - i, "all") && skip_space(p, n, i + 3) == n ? SK_CLEAR : 0;
@@ -130,7 +171,7 @@ static int parse_cmd(const uint8_t *p, size_t n, struct sentry *e)
                 i = j; /* SET SESSION name: the same as SET name */
         }
     } else if (keyword(p + i, n - i, "all") && skip_space(p, n, i + 3) == n) {
-        return SK_CLEAR;
+        return SK_CLEAR_SETS;
     }
     /* the setting's name: a word (SESSION AUTHORIZATION, TIME ZONE: two), or "quoted" */
     const char *alias = NULL;
@@ -188,17 +229,18 @@ static void entry_free(struct sentry *e)
     e->text = NULL;
 }
 
-static struct sentry *set_find(struct sset *s, const char *key, uint32_t klen)
+static struct sentry *set_find(struct sset *s, const struct sentry *k)
 {
     for (uint32_t i = 0; i < s->n; i++)
-        if (s->e[i].klen == klen && memcmp(s->e[i].key, key, klen) == 0)
+        if (s->e[i].isprep == k->isprep && s->e[i].klen == k->klen &&
+            memcmp(s->e[i].key, k->key, k->klen) == 0)
             return &s->e[i];
     return NULL;
 }
 
-static void set_remove(struct sset *s, const char *key, uint32_t klen)
+static void set_remove(struct sset *s, const struct sentry *k)
 {
-    struct sentry *e = set_find(s, key, klen);
+    struct sentry *e = set_find(s, k);
     if (e == NULL)
         return;
     s->hash -= e->h;
@@ -214,11 +256,25 @@ static void set_clear(struct sset *s)
     s->hash = 0;
 }
 
+/* Only the settings (RESET ALL) or only the prepared statements (DEALLOCATE ALL). */
+static void set_clear_kind(struct sset *s, uint8_t isprep)
+{
+    for (uint32_t i = 0; i < s->n;) {
+        if (s->e[i].isprep != isprep) {
+            i++;
+            continue;
+        }
+        s->hash -= s->e[i].h;
+        entry_free(&s->e[i]);
+        s->e[i] = s->e[--s->n];
+    }
+}
+
 /* Puts a copy of e (an SK_SET) in s, in place of what its key had. -1: out of memory (s as
  * it was but without that key); 1: full (not kept). */
 static int set_put(struct sset *s, const struct sentry *e)
 {
-    set_remove(s, e->key, e->klen);
+    set_remove(s, e);
     if (s->n >= SETS_MAX)
         return 1;
     if (s->n == s->cap) {
@@ -273,7 +329,8 @@ int sets_query(struct sw *sw, struct conn *c, struct conn *s, const uint8_t *sql
     (void)c;
     struct sentry e = {0};
     int kind = parse_cmd(sql, n, &e);
-    if (kind == 0 || (kind != SK_CLEAR && tracked_elsewhere(sw, &e)))
+    if (kind == 0 || ((kind == SK_SET || kind == SK_RESET) && !e.isprep &&
+                      tracked_elsewhere(sw, &e)))
         return 0;
     struct sstate *st = state_of(sw, s, 1);
     if (st == NULL)
@@ -333,9 +390,12 @@ void sets_server_rfq(struct sw *sw, struct conn *s)
             if (pd->kind == SK_CLEAR) {
                 set_clear(&cs->mine);
                 set_clear(&st->mine);
+            } else if (pd->kind == SK_CLEAR_SETS || pd->kind == SK_CLEAR_PREP) {
+                set_clear_kind(&cs->mine, pd->kind == SK_CLEAR_PREP);
+                set_clear_kind(&st->mine, pd->kind == SK_CLEAR_PREP);
             } else if (pd->kind == SK_RESET) {
-                set_remove(&cs->mine, pd->ent.key, pd->ent.klen);
-                set_remove(&st->mine, pd->ent.key, pd->ent.klen);
+                set_remove(&cs->mine, &pd->ent);
+                set_remove(&st->mine, &pd->ent);
             } else {
                 r = set_put(&cs->mine, &pd->ent);
                 if (r == 0)
@@ -397,6 +457,16 @@ static int append(uint8_t **q, size_t *len, size_t *cap, const void *p, size_t n
  * Query whose answer is swallowed (RESET of what only the server has, then the client's
  * statements that differ; RESET ALL first when the server's are unknown, after which
  * params.c SETs every tracked value the client wants). */
+/* RESET "name"; or DEALLOCATE "name"; */
+static int append_undo(uint8_t **q, size_t *len, size_t *cap, const struct sentry *e)
+{
+    int rc = e->isprep ? append(q, len, cap, "DEALLOCATE \"", 12)
+                       : append(q, len, cap, "RESET \"", 7);
+    for (uint32_t x = 0; rc == 0 && x < e->klen; x++)
+        rc = e->key[x] == '"' ? append(q, len, cap, "\"\"", 2) : append(q, len, cap, &e->key[x], 1);
+    return rc == 0 ? append(q, len, cap, "\"; ", 3) : rc;
+}
+
 int sets_link(struct sw *sw, struct conn *c, struct conn *s)
 {
     struct sstate *cs = state_of(sw, c, 0), *ss = state_of(sw, s, 0);
@@ -415,22 +485,20 @@ int sets_link(struct sw *sw, struct conn *c, struct conn *s)
     uint8_t *q = NULL;
     size_t len = 0, cap = 0;
     int rc = append(&q, &len, &cap, "Q\0\0\0\0", 5);
-    if (rc == 0 && unknown)
-        rc = append(&q, &len, &cap, "RESET ALL; ", 11);
+    if (rc == 0 && unknown) /* and ps.c forgets the server's statements */
+        rc = append(&q, &len, &cap, "RESET ALL; DEALLOCATE ALL; ", 27);
+    /* what the server has and the client has not, or has otherwise (a statement's name must
+     * be free before the client's PREPARE of it) */
     for (uint32_t i = 0; rc == 0 && !unknown && i < ss->mine.n; i++) {
         const struct sentry *e = &ss->mine.e[i];
-        if (cs != NULL && set_find(&cs->mine, e->key, e->klen) != NULL)
+        const struct sentry *m = cs != NULL ? set_find(&cs->mine, e) : NULL;
+        if (m != NULL && (!e->isprep || m->h == e->h))
             continue;
-        rc = append(&q, &len, &cap, "RESET \"", 7);
-        for (uint32_t x = 0; rc == 0 && x < e->klen; x++)
-            rc = e->key[x] == '"' ? append(&q, &len, &cap, "\"\"", 2)
-                                  : append(&q, &len, &cap, &e->key[x], 1);
-        if (rc == 0)
-            rc = append(&q, &len, &cap, "\"; ", 3);
+        rc = append_undo(&q, &len, &cap, e);
     }
     for (uint32_t i = 0; rc == 0 && cs != NULL && i < cs->mine.n; i++) {
         const struct sentry *e = &cs->mine.e[i];
-        const struct sentry *m = unknown ? NULL : set_find(&ss->mine, e->key, e->klen);
+        const struct sentry *m = unknown ? NULL : set_find(&ss->mine, e);
         if (m != NULL && m->h == e->h)
             continue;
         rc = append(&q, &len, &cap, e->text, e->tlen);
@@ -463,11 +531,39 @@ int sets_link(struct sw *sw, struct conn *c, struct conn *s)
         ss->unknown = 1;
         return -1;
     }
-    if (unknown)
+    if (unknown) {
         params_forget(sw, s); /* RESET ALL: params.c SETs every value the client wants */
+        ps_server_dropped(sw, s); /* DEALLOCATE ALL: ps.c prepares afresh */
+    }
     s->swallow++;
     s->set_err = 0;
     return 0;
+}
+
+/* What a client carries (SHOW CLIENTS): its settings' names and "PREPARE name" for its SQL
+ * statements, ", "-separated, as far as they fit in out[0..cap) (cap > 0); the bytes written. */
+size_t sets_describe(struct sw *sw, struct conn *c, char *out, size_t cap)
+{
+    struct sstate *st = state_of(sw, c, 0);
+    size_t o = 0;
+    for (uint32_t i = 0; st != NULL && i < st->mine.n; i++) {
+        const struct sentry *e = &st->mine.e[i];
+        size_t need = (o ? 2 : 0) + (e->isprep ? 8 : 0) + e->klen;
+        if (o + need >= cap)
+            break;
+        if (o) {
+            memcpy(out + o, ", ", 2);
+            o += 2;
+        }
+        if (e->isprep) {
+            memcpy(out + o, "PREPARE ", 8);
+            o += 8;
+        }
+        memcpy(out + o, e->key, e->klen);
+        o += e->klen;
+    }
+    out[o] = 0;
+    return o;
 }
 
 uint32_t sets_count(struct sw *sw, struct conn *c)

@@ -41,7 +41,13 @@ enum ev_kind {
     EV_MESSAGE = 8,       /* login.c: whole login messages in `data` */
     EV_LOGGED_IN = 9,     /* fastlogin.c: a login the switch ran on a route is in its pool */
     EV_LOGIN_ENDED = 10,  /* fastlogin.c: such a login failed or its client left */
+    EV_HAZARD = 11,       /* ps.c: a client did what transaction pooling cannot keep (reason:
+                           * enum hazard | the pool's pooling_hazards << 8) */
 };
+
+/* pooling_hazards: what the switch does when a client does what transaction pooling cannot
+ * keep (ps.c), besides telling Python */
+enum { HAZARDS_WARN = 0, HAZARDS_REFUSE = 1, HAZARDS_PIN = 2 };
 
 /* Or'ed into a posted kind: Python need not wake for this event alone (a login or close of a
  * pooled client: it logs and counts them). It hears it with the next event that wakes it, when
@@ -91,6 +97,7 @@ enum reason {
     R_AUTH_FAILED,    /* fastlogin.c: the password did not match */
     R_LOGIN_TIMEOUT,  /* fastlogin.c: client_login_timeout passed in the exchange */
     R_PLAN_CHANGED,   /* ps.c: "cached plan must not change result type": closed at release */
+    R_PINNED_END,     /* pool.c: a client pinned by a hazard (HAZARDS_PIN) left its server */
 };
 #define DL_FIRST R_QUERY_WAIT
 #define DL_CONN_COUNT (R_SERVER_LIFETIME - R_QUERY_WAIT + 1)
@@ -208,6 +215,7 @@ struct conn {
     uint8_t swallow;      /* server: answers to the switch's own SET query still to swallow */
     uint8_t set_err;      /* server: that answer held an ErrorResponse */
     uint8_t cut;          /* server: its stream stops inside a client's message (no Terminate) */
+    uint8_t pinned;       /* client: keeps its server until it leaves (HAZARDS_PIN) */
     uint32_t ps;          /* ps.c: its prepared statements (an index: 0 none; in padding) */
     int64_t link_wall;    /* server: CLOCK_REALTIME µs of its link to its current client */
     struct pool *pool;
@@ -257,6 +265,7 @@ struct pool {
     uint8_t reset_always;     /* a released server is parked RESET_NEEDED, never idle */
     int64_t check_delay;      /* µs idle before a server is parked CHECK_NEEDED; -1: never */
     uint32_t ps_max;          /* max_prepared_statements (0: named statements pass as sent) */
+    uint8_t hazards;          /* pooling_hazards: HAZARDS_WARN, _REFUSE or _PIN */
     struct conn *idle;        /* LIFO stack, through qnext */
     struct conn *idle_tail;   /* its bottom: the longest idle */
     struct conn *wq_head, *wq_tail;
@@ -458,6 +467,7 @@ uint32_t ps_count(struct sw *sw, const struct conn *c);
 void ps_free(struct sw *sw, struct conn *c);
 void ps_fini(struct sw *sw);
 void **ps_sets_slot(struct sw *sw, struct conn *c, int make);
+void ps_server_dropped(struct sw *sw, struct conn *s);
 
 /* sets.c */
 struct sstate;
@@ -469,6 +479,7 @@ void sets_server_unsure(struct sw *sw, struct conn *s);
 void sets_server_cleared(struct sw *sw, struct conn *s);
 int sets_link(struct sw *sw, struct conn *c, struct conn *s);
 uint32_t sets_count(struct sw *sw, struct conn *c);
+size_t sets_describe(struct sw *sw, struct conn *c, char *out, size_t cap);
 void sets_free(void *st);
 
 /* stats.c */

@@ -80,9 +80,15 @@ SOCKET_COLUMNS: Columns = (
     ("prepared_statements", INT4),
     ("id", INT4),
 )
-# SHOW CLIENTS: PgBouncer's columns, then how the client authenticated (pgfunnel's own, last
-# so that tools reading PgBouncer's columns by position still find theirs).
-CLIENT_COLUMNS: Columns = (*SOCKET_COLUMNS, ("auth_method", TEXT), ("hba_line", TEXT))
+# SHOW CLIENTS: PgBouncer's columns, then how the client authenticated and what session state
+# follows it (pgfunnel's own, last so that tools reading PgBouncer's columns by position still
+# find theirs).
+CLIENT_COLUMNS: Columns = (
+    *SOCKET_COLUMNS,
+    ("auth_method", TEXT),
+    ("hba_line", TEXT),
+    ("carries", TEXT),  # the session settings and SQL statements that follow it (issue 14)
+)
 DATABASES_COLUMNS: Columns = (
     ("name", TEXT),
     ("host", TEXT),
@@ -170,6 +176,16 @@ PEER_POOLS_COLUMNS: Columns = (
 )
 DNS_HOSTS_COLUMNS: Columns = (("hostname", TEXT), ("ttl", INT8), ("addrs", TEXT))
 DNS_ZONES_COLUMNS: Columns = (("zonename", TEXT), ("serial", INT8), ("count", INT4))
+# pgfunnel's own: what transaction pooling cannot keep, per application (pooling_hazards).
+HAZARDS_COLUMNS: Columns = (
+    ("database", TEXT),
+    ("user", TEXT),
+    ("application_name", TEXT),
+    ("hazard", TEXT),
+    ("count", INT8),
+    ("action", TEXT),
+    ("last", TEXT),
+)
 # pgfunnel's own: who holds the servers, longest first (what to look at when cl_waiting grows).
 HOLDERS_COLUMNS: Columns = (
     ("database", TEXT),
@@ -195,6 +211,7 @@ HELP_TEXT = (
     "\n\tSHOW DNS_HOSTS|DNS_ZONES"
     "\n\tSHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS"
     "\n\tSHOW HOLDERS [<db>]"
+    "\n\tSHOW HAZARDS"
     "\n\tSET key = arg"
     "\n\tRELOAD"
     "\n\tPAUSE [<db>]"
@@ -436,6 +453,7 @@ class Console:
             "DNS_HOSTS": self.show_dns_hosts,
             "DNS_ZONES": self.show_dns_zones,
             "HOLDERS": self.show_holders,
+            "HAZARDS": self.show_hazards,
         }
         self.commands: dict[str, Handler] = {
             "SHOW": self.cmd_show,
@@ -815,6 +833,7 @@ class Console:
             self.host.prepared.get(client.sid, 0),
             client.id,
             *_auth_of(client),
+            self.host.carries(client.sid),
         ]
 
     def show_servers(self, stmt: Statement) -> Table:
@@ -1018,6 +1037,24 @@ class Console:
 
     def show_dns_zones(self, stmt: Statement) -> Table:
         return DNS_ZONES_COLUMNS, []
+
+    def show_hazards(self, stmt: Statement) -> Table:
+        """pgfunnel's own: per database, user and application, what it did that transaction
+        pooling cannot keep (session advisory locks, LISTEN, temporary tables, cursors WITH
+        HOLD), how often, and what pooling_hazards did the last time."""
+        rows = [
+            [
+                db,
+                user,
+                app,
+                hazard,
+                seen.count,
+                seen.action,
+                datetime.fromtimestamp(seen.last, UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+            ]
+            for (db, user, app, hazard), seen in sorted(self.host.hazards.items())
+        ]
+        return HAZARDS_COLUMNS, rows
 
     def show_holders(self, stmt: Statement) -> Table:
         return HOLDERS_COLUMNS, [holder_row(h) for h in self.host.holders(None, stmt.extra)]

@@ -8,7 +8,7 @@ if TYPE_CHECKING:
     from pgfunnel.config.loader import Config
     from pgfunnel.config.settings import Settings
     from pgfunnel.pool.objects import Client
-    from pgfunnel.pool.scheduler import Holder, Pooler
+    from pgfunnel.pool.scheduler import HazardCount, Holder, Pooler
 
 
 class AdminError(Exception):
@@ -46,6 +46,8 @@ class Host(Protocol):
     # Named prepared statements per connection id (clients' and servers'; 0s left out), as of
     # the last refresh (SHOW CLIENTS / SERVERS' prepared_statements)
     prepared: dict[int, int]
+    # pooling_hazards: (database, user, application_name, hazard) -> how often, what was done
+    hazards: dict[tuple[str, str, str, str], HazardCount]
 
     def now(self) -> float: ...
 
@@ -83,6 +85,11 @@ class Host(Protocol):
     async def wait_close(self, db: str | None) -> None: ...
 
     def set_setting(self, name: str, value: str) -> None: ...
+
+    def carries(self, sid: int) -> str:
+        """What a client carries: its session settings and SQL prepared statements, as SET and
+        PREPARE made them outside a transaction (the switch replays them on every server)."""
+        ...
 
     def prepared_mem(self) -> tuple[int, int, int, int]:
         """What named prepared statements hold: (distinct statements, their bytes, clients'

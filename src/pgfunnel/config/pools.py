@@ -54,6 +54,7 @@ class PoolSettings:
     client_idle_timeout: float = 0.0
     idle_transaction_timeout: float = 0.0
     max_prepared_statements: int = 200
+    pooling_hazards: str = "warn"
 
 
 def _first(*values: Any) -> Any:
@@ -116,4 +117,5 @@ def resolve_pool_settings(
             of_user("idle_transaction_timeout"), s.idle_transaction_timeout
         ),
         max_prepared_statements=s.max_prepared_statements,
+        pooling_hazards=s.pooling_hazards,
     )

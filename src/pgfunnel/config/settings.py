@@ -622,6 +622,16 @@ class Settings:
         doc="pgfunnel only: port of the metrics endpoint (9127, as pgbouncer_exporter uses); "
         "only used when `metrics_addr` is set.",
     )
+    pooling_hazards: str = setting(
+        default="warn",
+        choices=("warn", "refuse", "pin"),
+        doc="pgfunnel only: what a transaction or statement pool does when a client does what "
+        "cannot survive transaction pooling (a session advisory lock, LISTEN, a temporary "
+        "table, a cursor WITH HOLD): `warn` counts it per application (SHOW "
+        "HAZARDS, /metrics) and logs it once per client; `refuse` also fails that statement "
+        "with SQLSTATE 0A000 and the reason; `pin` also keeps the client on its server until it "
+        "leaves (then the server is reset with server_reset_query, or closed).",
+    )
 
     def with_values(self, values: Mapping[str, object]) -> Settings:
         """A copy with some settings replaced by already parsed values."""

@@ -257,13 +257,22 @@ class PoolerCollector(Collector):
             "Clients and servers closed by a timeout, by reason (query_wait_timeout, ...)",
             labels=(*POOL_LABELS, "reason"),
         )
+        hazards = CounterMetricFamily(
+            _name("pools_hazards"),
+            "Statements transaction pooling cannot keep (session advisory locks, LISTEN, "
+            "temporary tables, cursors WITH HOLD), by kind (pooling_hazards)",
+            labels=(*POOL_LABELS, "hazard"),
+        )
         for key, pool in zip(keys, pools, strict=True):
             for code, count in sorted(pool.stats.login_refusals.items()):
                 refusals.add_metric((*key, code), count)
             for reason, count in sorted(pool.stats.timeouts.items()):
                 timeouts.add_metric((*key, reason), count)
+            for kind, count in sorted(pool.stats.hazards.items()):
+                hazards.add_metric((*key, kind), count)
         yield refusals
         yield timeouts
+        yield hazards
 
     # --- per database ------------------------------------------------------------------------
     def _databases(self) -> Iterator[Metric]:

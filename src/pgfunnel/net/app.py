@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from pgfunnel import __version__
+from pgfunnel._switch import Hazard, HazardsMode
 from pgfunnel._switch import Kind as SwKind
 from pgfunnel._switch import Reason as SwReason
 from pgfunnel._switch import State as SwState
@@ -40,6 +41,7 @@ from pgfunnel.pool.scheduler import (
     Database,
     EvictIdle,
     FinishLogin,
+    HazardCount,
     Holder,
     MarkCloseNeeded,
     Pool,
@@ -54,7 +56,7 @@ from pgfunnel.proto import sqlstate as ss
 from pgfunnel.proto.auth import ScramSecret
 from pgfunnel.proto.login import ServerLogin
 from pgfunnel.proto.messages import ServerError
-from pgfunnel.proto.strings import Msg, Reason, Refusal
+from pgfunnel.proto.strings import HAZARD_TEXT, Msg, Reason, Refusal
 
 log = logging.getLogger("pgfunnel")
 
@@ -128,6 +130,11 @@ class App(Commands):
         # Logins into a pool, by where they ran: in the switch on a route, or in Python.
         self.logins: dict[str, int] = {"switch": 0, "pooler": 0}
         self.prepared: dict[int, int] = {}
+        self.carried: set[int] = set()  # clients carrying session settings (last refresh)
+        # pooling_hazards: per (database, user, application_name, hazard) the count, the
+        # action in force at the last one, and when (SHOW HAZARDS); (client, hazard) logged
+        self.hazards: dict[tuple[str, str, str, str], HazardCount] = {}
+        self._hazards_logged: set[tuple[int, int]] = set()
         self.metrics: Any = None  # pgfunnel.metrics.MetricsServer when metrics_addr is set
         self.fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self._limit_bites = [0, 0]  # since the last log line: logins evicted, sockets refused
@@ -199,6 +206,50 @@ class App(Commands):
     def holders(self, limit: int | None = None, db: str | None = None) -> list[Holder]:
         self.refresh()
         return self.pooler.holders(self.now(), limit, db)
+
+    def client_hazard(self, client: Client, hazard: int, mode: int) -> None:
+        """A client did what transaction pooling cannot keep (the switch's HAZARD event):
+        counted per application, logged once per client and kind."""
+        try:
+            kind, action = Hazard(hazard), HazardsMode(mode)
+        except ValueError:
+            return
+        pool = client.pool
+        if pool is None:
+            return
+        app = client.params.get("application_name", client.app_name)
+        key = (pool.db.name, pool.user.name, app, kind.label)
+        seen = self.hazards.get(key)
+        if seen is None:
+            seen = self.hazards[key] = HazardCount()
+        seen.count += 1
+        seen.action = action.name.lower()
+        seen.last = time.time()
+        pool.stats.hazards[kind.label] = pool.stats.hazards.get(kind.label, 0) + 1
+        if (client.sid, hazard) in self._hazards_logged:
+            return
+        if len(self._hazards_logged) > 100_000:
+            self._hazards_logged.clear()  # bounded: a client may be told twice, never leak
+        self._hazards_logged.add((client.sid, hazard))
+        what = HAZARD_TEXT[kind.label]
+        then = {
+            HazardsMode.WARN: "its server keeps it for the next client",
+            HazardsMode.REFUSE: "refused with SQLSTATE 0A000",
+            HazardsMode.PIN: "the client keeps its server until it leaves",
+        }[action]
+        log.warning(
+            "C-%#x: %s/%s@%s:%s %s cannot survive transaction pooling "
+            "(application_name=%r): pooling_hazards=%s: %s",
+            client.id,
+            client.dbname,
+            client.username,
+            client.addr,
+            client.port,
+            what,
+            app,
+            action.name.lower(),
+            then,
+        )
 
     def count_refusal(self, reason: str) -> None:
         self.refused[reason] = self.refused.get(reason, 0) + 1
@@ -634,6 +685,7 @@ class App(Commands):
             SwReason.RESET_NEEDED: "reset_needed",
             SwReason.DIRTY_PARTIAL: "dirty_partial",
             SwReason.PLAN_CHANGED: "plan_changed",
+            SwReason.PINNED_END: "pinned_end",
         }
         now = self.now()
         if why not in (SwReason.DIRTY_BUSY, SwReason.DIRTY_PARTIAL) and (
@@ -927,9 +979,12 @@ class App(Commands):
         pooler = self.pooler
         queues: dict[Pool, list[tuple[int, Client]]] = {}
         prepared: dict[int, int] = {}
+        carried: set[int] = set()
         for row in bridge.sw.conns():
             if row.prepared:
                 prepared[row.conn] = row.prepared
+            if row.carried:
+                carried.add(row.conn)
             if row.kind == SwKind.CLIENT:
                 client = bridge.clients.get(row.conn)
                 if client is None:
@@ -970,6 +1025,10 @@ class App(Commands):
             if client.link is not None and client.link.link is not client:
                 client.link = None
         self.prepared = prepared
+        self.carried = carried
+
+    def carries(self, sid: int) -> str:
+        return self.bridge.sw.carries(sid) if sid in self.carried else ""
 
     def prepared_mem(self) -> tuple[int, int, int, int]:
         return tuple(self.bridge.sw.ps_mem())  # type: ignore[return-value]

@@ -18,7 +18,15 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pgfunnel._switch import ACCEPTED_SSL_ANSWERED, Event, EventKind, Mode, Switch, SwitchAPI
+from pgfunnel._switch import (
+    ACCEPTED_SSL_ANSWERED,
+    Event,
+    EventKind,
+    HazardsMode,
+    Mode,
+    Switch,
+    SwitchAPI,
+)
 from pgfunnel._switch import Reason as SwReason
 from pgfunnel.net import logfile
 from pgfunnel.proto import messages as m
@@ -38,6 +46,7 @@ LOGIN_MAX = 65535 + 5
 LISTEN_RETRY = 0.2  # seconds before accepting again after EMFILE/ENFILE
 
 MODES = {"session": Mode.SESSION, "transaction": Mode.TRANSACTION, "statement": Mode.STATEMENT}
+HAZARDS_MODES = {"warn": HazardsMode.WARN, "refuse": HazardsMode.REFUSE, "pin": HazardsMode.PIN}
 
 # Why the switch closed a connection, in PgBouncer's words (`closing because: ...`).
 CLOSE_TEXT: dict[int, str] = {
@@ -218,6 +227,7 @@ class Bridge:
         check = -1 if s.server_check_query is None else int(s.server_check_delay * 1_000_000)
         self.sw.set_pool_checks(pid, check_delay_us=check, reset_always=s.server_reset_query_always)
         self.sw.set_pool_prepared(pid, s.max_prepared_statements)
+        self.sw.set_pool_hazards(pid, HAZARDS_MODES[s.pooling_hazards])
 
     # --- talking -----------------------------------------------------------------------------
     def forget_talker(self, sid: int) -> None:
@@ -342,6 +352,10 @@ class Bridge:
                 self.app.server_attention(server, SwReason(ev.reason))
         elif kind is EventKind.DEADLINE:
             self.app.deadline(ev.conn, self.pools.get(ev.pool), SwReason(ev.reason))
+        elif kind is EventKind.HAZARD:
+            client = self.clients.get(ev.conn)
+            if client is not None:
+                self.app.client_hazard(client, ev.reason & 0xFF, ev.reason >> 8)
         elif kind is EventKind.PARAMS_FAILED:
             log.warning("S-%#x: could not apply the client's parameters", ev.conn)
         elif kind is EventKind.LISTEN_ERROR:

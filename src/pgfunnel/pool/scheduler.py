@@ -222,6 +222,7 @@ class PoolStats:
     login_failures: int = 0
     login_refusals: dict[str, int] = field(default_factory=dict)  # SQLSTATE -> server logins
     timeouts: dict[str, int] = field(default_factory=dict)  # reason -> clients/servers closed
+    hazards: dict[str, int] = field(default_factory=dict)  # hazard -> statements (pooling_hazards)
     wait_buckets: list[int] = field(default_factory=lambda: [0] * (len(WAIT_BUCKETS) + 1))
 
     def count_wait(self, waited: float) -> None:
@@ -255,6 +256,16 @@ class PoolStats:
 
     def copy(self) -> PoolStats:
         return self.delta(PoolStats())
+
+
+@dataclass
+class HazardCount:
+    """SHOW HAZARDS: how often one application of one pool did one thing transaction pooling
+    cannot keep, what pooling_hazards did the last time, and when (wall clock)."""
+
+    count: int = 0
+    action: str = ""
+    last: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -675,8 +686,8 @@ class Pooler:
     def server_attention(self, server: Server, why: str, now: float) -> list[Action]:
         """The switch parked a server its client left in a state only the pooler can judge
         (`why`: "session_end", "dirty_txn", "dirty_busy", "dirty_partial", "close_needed",
-        "check_needed", "reset_needed", "plan_changed"); it is in no list until it is cleaned
-        and promoted again, or closed."""
+        "check_needed", "reset_needed", "plan_changed", "pinned_end"); it is in no list until
+        it is cleaned and promoted again, or closed."""
         pool = server.pool
         s = pool.settings
         if server.state is ServerState.CLOSED:
@@ -692,6 +703,15 @@ class Pooler:
             # message boundary.
             reason = server.close_reason or Reason.CLIENT_GONE_BUSY
             return [self._close_server(server, reason, now), *self._launch(pool, now)]
+        if why == "pinned_end":
+            # A client pinned by pooling_hazards=pin left: its session's state (a lock, a
+            # LISTEN, a temporary table) is on the server; the reset query ends it, or the
+            # server goes.
+            if not s.server_reset_query:
+                reason = Reason.PINNED_END
+                return [self._close_server(server, reason, now), *self._launch(pool, now)]
+            self._set_server_state(server, ServerState.TESTED, now)
+            return [RunQueries(server, (s.server_reset_query,))]
         if why == "plan_changed":
             # A prepared statement's result type changed under it (DDL): its cached plans
             # would fail the same way again; a new server prepares afresh.

@@ -43,11 +43,23 @@ class Reason:
     # pgfunnel's own: a prepared statement's result type changed (DDL) on this server; a new
     # server prepares it afresh (max_prepared_statements).
     PLAN_CHANGED = "cached plan must not change result type"
+    # pgfunnel's own: a client pinned to its server by pooling_hazards=pin left, and there is no
+    # server_reset_query to end what its session left there.
+    PINNED_END = "pinned session ended without server_reset_query"
     ADMIN_KILL_CLIENT = "admin forced disconnect"  # KILL_CLIENT: also the client's error text
     SUSPEND_TIMEOUT = "suspend_timeout"  # SUSPEND: not flushed within suspend_timeout
     UNSUPPORTED_PKT = "unsupported pkt type"
     UNKNOWN_PKT = "unknown pkt"  # a message type a client may not send (PgBouncer's text)
     PROTOCOL = "protocol error"
+
+
+# What cannot survive transaction pooling (pooling_hazards), by the switch's Hazard label.
+HAZARD_TEXT = {
+    "advisory_lock": "a session-level advisory lock",
+    "listen": "LISTEN",
+    "temp_table": "a temporary table",
+    "hold_cursor": "a cursor WITH HOLD",
+}
 
 
 class Refusal:

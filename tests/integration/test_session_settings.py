@@ -211,3 +211,19 @@ def test_show_clients_says_what_a_client_carries(f: Funnel) -> None:
         _simple(a, "RESET ALL")
         row = next(r for r in f.admin("SHOW CLIENTS") if r["application_name"] == "carrier")
         assert row["carries"] == "PREPARE carried"
+
+
+def test_a_failing_replay_fails_alone(f: Funnel) -> None:
+    """a's PREPARE needs a temporary table only its first server has: replayed elsewhere it
+    fails, and fails alone, so the RESET of what the previous client left there still holds."""
+    with _connect(f) as a, _connect(f) as b:
+        a.execute("CREATE TEMP TABLE only_here (v int)")  # (a hazard: warned)
+        _simple(a, "PREPARE needs_temp AS SELECT count(*) FROM only_here")
+        a.execute("BEGIN")  # a holds that server
+        _simple(b, f"SET search_path TO {SCHEMA_B}")  # on the other one
+        assert _where(b) == "b"
+        a.execute("COMMIT")
+        b.execute("BEGIN")  # b keeps a's first server busy: a lands on b's
+        b.execute("SELECT 1")
+        assert _where(a) == "public"  # b's search_path was RESET for a
+        b.execute("COMMIT")

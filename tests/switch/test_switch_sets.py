@@ -1,6 +1,7 @@
 """Session settings in the switch (sets.c) in front of a real PostgreSQL: a client's SET follows
 it to another server and never stays behind for the next client; more settings than the
-switch keeps make the server's state unknown, and the next link starts from RESET ALL. Runs
+switch keeps make the server's state unknown, and the next link starts from RESET ALL; a
+failed replay does the same. Runs
 under ASan+UBSan in scripts/switch_check.sh."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import socket
 from pgfunnel._switch import Mode, Switch
 from pgfunnel.proto import messages as m
 from pgfunnel.throwaway import Cluster
-from tests.switch.conftest import pair, pg_login, read_until_z
+from tests.switch.conftest import pair, pg_login, read_until_z, wait_for
 
 POOL = 11
 
@@ -65,10 +66,30 @@ def test_more_settings_than_kept_reset_the_server_for_the_next_client(
 ) -> None:
     setup(switch, pg, servers=1)
     a, b = client(switch), client(switch)
-    for i in range(70):  # sets.c keeps 64 per client
+    for i in range(110):  # sets.c keeps 100 per client
         ask(a, f"SET pgf.s{i} = '{i}'")
-    # The server carries a's 70; the switch knows 64 of them: b's link resets them all.
-    for name in ("pgf.s1", "pgf.s69"):
+    # The server carries a's 110; the switch knows 100 of them: b's link resets them all.
+    for name in ("pgf.s1", "pgf.s109"):
         assert ask(b, f"SELECT coalesce(current_setting('{name}', true), '')") == [b""]
     # a, back on the server, gets the 64 it kept again.
     assert ask(a, "SELECT current_setting('pgf.s1')") == [b"1"]
+
+
+def test_a_pipelined_set_and_query_keep_their_server_until_both_are_answered(
+    switch: Switch, pg: Cluster
+) -> None:
+    """A SET the switch holds to look at still owes its ReadyForQuery: with a query pipelined
+    behind it while the client holds its server, the server is not given to a waiting client
+    between the two answers (which would hand it the first client's rows)."""
+    setup(switch, pg, servers=1)
+    a, b = client(switch), client(switch)
+    a.sendall(m.query("select pg_sleep(0.3)"))  # a holds the only server meanwhile
+    wait_for(lambda: switch.pools()[0].sv_active == 1)
+    b.sendall(m.query("select 'for b'"))
+    wait_for(lambda: switch.pools()[0].cl_waiting == 1)
+    a.sendall(m.query("SET work_mem = '5MB'") + m.query("select 'for a'"))
+    read_until_z(a)  # the sleep
+    assert [k for k, _ in read_until_z(a)] == [b"C", b"Z"]  # the SET
+    second = read_until_z(a)
+    assert [p[6:] for k, p in second if k == b"D"] == [b"for a"]
+    assert [p[6:] for k, p in read_until_z(b) if k == b"D"] == [b"for b"]

@@ -535,6 +535,7 @@ static int client_scan(struct sw *sw, struct conn *c, struct buf *dst, struct co
         total += used;
         if (stop != SCAN_STMT)
             break;
+        uint8_t type = dst->data[dst->scanned]; /* what replaces it is of the same kind */
         long adv = ps_client_msg(sw, c, s, dst, dst->scanned, c->tr.owed);
         if (adv < 0) {
             conn_server_gone(sw, s, R_IO_ERROR); /* out of memory: this link alone ends */
@@ -542,7 +543,14 @@ static int client_scan(struct sw *sw, struct conn *c, struct buf *dst, struct co
         }
         dst->scanned += (uint32_t)adv;
         total += (size_t)adv;
-        c->tr.batch = 1;
+        /* consumed here, not in scan_client: the boundary kept as it would have */
+        if (type == 'Q') {
+            if (c->tr.owed < UINT32_MAX)
+                c->tr.owed++;
+            c->tr.batch = 0;
+        } else {
+            c->tr.batch = 1;
+        }
     }
     if (stop != SCAN_MORE) {
         uint8_t hdr[5]; /* the offender's header is whole */
@@ -684,7 +692,7 @@ static int server_read(struct sw *sw, struct conn *s)
         size_t used = scan_server(&s->sc, s->swallow ? &own : &c->tr, dst->data + dst->scanned,
                                   dst->end - dst->scanned, sw->max_packet, &stop);
         dst->scanned += (uint32_t)used;
-        if (sw->ntracked > 0 || s->ps != 0)
+        if (sw->ntracked > 0 || s->pool->mode != MODE_SESSION)
             params_server_bytes(sw, s, dst->data + from, used);
         if (s->swallow) {
             /* The answer to the switch's SET: out of the client's buffer before anything of

@@ -513,6 +513,7 @@ void params_swallowed(struct sw *sw, struct conn *s)
         return;
     s->set_err = 0;
     s->pmatch = 0;
+    sets_replay_failed(sw, s); /* sets.c's own queries may be the ones that failed */
     if (s->pv != NULL)
         for (uint32_t i = 0; i < sw->ntracked; i++)
             if (pval_copy(&s->pv[i], &s->pv[sw->ntracked + i]) < 0)
@@ -609,6 +610,8 @@ void params_server_bytes(struct sw *sw, struct conn *s, const uint8_t *p, size_t
             if (w->buf != NULL && sw->ntracked > 0)
                 param_status(sw, s, w->buf, w->len, w->over);
         } else if (w->rem == 0 && (w->type & 0x80)) {
+            if (w->type == ('E' | 0x80))
+                sets_server_error(sw, s); /* however long: this batch's commands failed */
             if (w->buf != NULL && !w->over && w->type == ('E' | 0x80))
                 ps_server_error(sw, s, w->buf, w->len);
             else if (w->buf != NULL && !w->over)

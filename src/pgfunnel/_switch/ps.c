@@ -623,10 +623,13 @@ static int rewrite(struct sw *sw, struct conn *c, struct conn *s, uint8_t type,
         if (hz != HZ_NONE && hazard_seen(sw, c, hz)) {
             size_t n = refusal(hz, (char *)alt, REFUSAL_MAX);
             size_t types = rlen - (size_t)tl - 1;
-            if (types > sizeof alt - n)
-                types = 0; /* more than 128 parameter types: none declared (still refused) */
-            if (n > 0) {
+            if (n > 0 && types <= sizeof alt - n) {
                 memcpy(alt + n, rest + tl + 1, types);
+            } else if (n > 0) { /* more than 127 parameter types: none declared (refused) */
+                alt[n] = alt[n + 1] = 0;
+                types = 2;
+            }
+            if (n > 0) {
                 rest = alt;
                 rlen = (uint32_t)(n + types);
             }
@@ -732,21 +735,13 @@ static int buf_splice(struct buf *b, uint32_t at, uint32_t cut, const uint8_t *p
         if (grow > UINT32_MAX - b->end)
             return -1;
         if (b->alloc - b->end < grow) {
-            /* room at the front first, else more memory */
-            uint32_t used = b->end - b->start;
-            if (b->alloc - used >= grow && b->start > 0) {
-                memmove(b->data, b->data + b->start, used);
-                at -= b->start;
-                b->scanned -= b->start;
-                b->end -= b->start;
-                b->start = 0;
-            } else {
-                uint8_t *q = realloc(b->data, (size_t)b->end + grow);
-                if (q == NULL)
-                    return -1;
-                b->data = q;
-                b->alloc = b->end + (uint32_t)grow;
-            }
+            /* more memory; never a compaction, which would move the offsets a caller keeps
+             * (conn_client_linked walks with its own) */
+            uint8_t *q = realloc(b->data, (size_t)b->end + grow);
+            if (q == NULL)
+                return -1;
+            b->data = q;
+            b->alloc = b->end + (uint32_t)grow;
         }
     }
     memmove(b->data + at + n, b->data + at + cut, tail);
@@ -881,7 +876,6 @@ void ps_server_error(struct sw *sw, struct conn *s, const uint8_t *body, size_t 
 {
     static const char plan[] = "cached plan must not change result type";
     int code = 0, text = 0;
-    sets_server_error(sw, s); /* the session commands of this batch did not all run */
     size_t i = 0;
     while (i < n && body[i] != 0) {
         uint8_t f = body[i++];

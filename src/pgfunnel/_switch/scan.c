@@ -70,9 +70,22 @@ int scan_session_cmd(const uint8_t *p, size_t n)
            starts_word(p + i, n - i, "deallocate", 10);
 }
 
-/* p[0..n) contains "advisory_lock", in any case? Every Query of a transaction pool is looked
- * at: memchr finds the underscores (most queries have few), and only around them are bytes
- * compared. */
+/* `word` (lower case) at p[0..n), in any case? */
+static int at_word(const uint8_t *p, size_t n, const char *word, size_t k)
+{
+    if (n < k)
+        return 0;
+    for (size_t i = 0; i < k; i++)
+        if ((p[i] >= 'A' && p[i] <= 'Z' ? p[i] + 32 : p[i]) != (uint8_t)word[i])
+            return 0;
+    return 1;
+}
+
+/* Does p[0..n) call a session-level advisory lock function: pg_advisory_lock,
+ * pg_try_advisory_lock, or their _shared forms, followed by '('? (An identifier such as
+ * `advisory_locks`, or pg_advisory_xact_lock, is not one.) Every Query of a transaction pool
+ * is looked at: memchr finds the underscores (most queries have few), and only around them are
+ * bytes compared. */
 static int has_advisory_lock(const uint8_t *p, size_t n)
 {
     static const char word[] = "advisory_lock";
@@ -86,9 +99,22 @@ static int has_advisory_lock(const uint8_t *p, size_t n)
         size_t j = 0;
         while (j < k && (w[j] >= 'A' && w[j] <= 'Z' ? w[j] + 32 : w[j]) == (uint8_t)word[j])
             j++;
-        if (j == k)
-            return 1;
         u++;
+        if (j != k)
+            continue;
+        /* what comes before: "pg_" or "pg_try_"; after: "_shared"?, blanks, '(' */
+        size_t at = (size_t)(w - p);
+        int pg = (at >= 3 && at_word(w - 3, 3, "pg_", 3)) ||
+                 (at >= 7 && at_word(w - 7, 7, "pg_try_", 7));
+        if (!pg)
+            continue;
+        size_t e = at + k;
+        if (at_word(p + e, n - e, "_shared", 7))
+            e += 7;
+        while (e < n && is_blank(p[e]))
+            e++;
+        if (e < n && p[e] == '(')
+            return 1;
     }
     return 0;
 }

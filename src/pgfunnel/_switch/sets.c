@@ -13,7 +13,10 @@
 
 #include "switch.h"
 
-#define SETS_MAX 128 /* settings and SQL statements one client may carry; beyond, not followed */
+/* Settings and SQL statements one client may carry; beyond, not followed. A link replays at
+ * most 3 + 2 * SETS_MAX queries, whose answers s->swallow (8 bits, with params.c's SET)
+ * counts. */
+#define SETS_MAX 100
 #define SET_TEXT_MAX 16384 /* the longest statement kept */
 #define SET_KEY_MAX 63
 
@@ -245,7 +248,9 @@ static void set_remove(struct sset *s, const struct sentry *k)
         return;
     s->hash -= e->h;
     entry_free(e);
-    *e = s->e[--s->n];
+    size_t i = (size_t)(e - s->e);
+    memmove(e, e + 1, (s->n - i - 1) * sizeof(*e)); /* the client's order is the replay's */
+    s->n--;
 }
 
 static void set_clear(struct sset *s)
@@ -266,7 +271,8 @@ static void set_clear_kind(struct sset *s, uint8_t isprep)
         }
         s->hash -= s->e[i].h;
         entry_free(&s->e[i]);
-        s->e[i] = s->e[--s->n];
+        memmove(&s->e[i], &s->e[i + 1], (s->n - i - 1) * sizeof(s->e[i]));
+        s->n--;
     }
 }
 
@@ -435,12 +441,12 @@ void sets_server_cleared(struct sw *sw, struct conn *s)
     }
 }
 
-/* Appends p[0..n) to q, growing it; room for two more bytes is always left. */
+/* Appends p[0..n) to q, growing it. */
 static int append(uint8_t **q, size_t *len, size_t *cap, const void *p, size_t n)
 {
-    if (*len + n + 2 > *cap) {
+    if (*len + n > *cap) {
         size_t c = *cap ? *cap : 256;
-        while (c < *len + n + 2)
+        while (c < *len + n)
             c *= 2;
         uint8_t *m = realloc(*q, c);
         if (m == NULL)
@@ -453,20 +459,44 @@ static int append(uint8_t **q, size_t *len, size_t *cap, const void *p, size_t n
     return 0;
 }
 
-/* At a link, before params.c's SET: the server is brought to the client's settings by one
- * Query whose answer is swallowed (RESET of what only the server has, then the client's
- * statements that differ; RESET ALL first when the server's are unknown, after which
- * params.c SETs every tracked value the client wants). */
-/* RESET "name"; or DEALLOCATE "name"; */
-static int append_undo(uint8_t **q, size_t *len, size_t *cap, const struct sentry *e)
+/* One Query message of its own: a statement that fails fails alone (a multi-statement Query
+ * would roll the others back, the RESETs of what the last client left included). `a` then
+ * `b` (quoted when `quote`: an identifier, its '"' doubled) make its text. */
+static int add_query(uint8_t **q, size_t *len, size_t *cap, uint32_t *count, const char *a,
+                     const void *b, size_t blen, int quote)
 {
-    int rc = e->isprep ? append(q, len, cap, "DEALLOCATE \"", 12)
-                       : append(q, len, cap, "RESET \"", 7);
-    for (uint32_t x = 0; rc == 0 && x < e->klen; x++)
-        rc = e->key[x] == '"' ? append(q, len, cap, "\"\"", 2) : append(q, len, cap, &e->key[x], 1);
-    return rc == 0 ? append(q, len, cap, "\"; ", 3) : rc;
+    size_t at = *len;
+    uint8_t hdr[5] = {'Q', 0, 0, 0, 0};
+    int rc = append(q, len, cap, hdr, 5);
+    if (rc == 0)
+        rc = append(q, len, cap, a, strlen(a));
+    if (rc == 0 && quote)
+        rc = append(q, len, cap, "\"", 1);
+    const uint8_t *p = b;
+    for (size_t x = 0; rc == 0 && x < blen; x++)
+        rc = quote && p[x] == '"' ? append(q, len, cap, "\"\"", 2) : append(q, len, cap, &p[x], 1);
+    if (rc == 0 && quote)
+        rc = append(q, len, cap, "\"", 1);
+    if (rc == 0)
+        rc = append(q, len, cap, "", 1); /* its NUL */
+    if (rc < 0)
+        return -1;
+    uint32_t mlen = (uint32_t)(*len - at - 1);
+    (*q)[at + 1] = (uint8_t)(mlen >> 24);
+    (*q)[at + 2] = (uint8_t)(mlen >> 16);
+    (*q)[at + 3] = (uint8_t)(mlen >> 8);
+    (*q)[at + 4] = (uint8_t)mlen;
+    (*count)++;
+    return 0;
 }
 
+/* At a link, before params.c's SET: the server is brought to the client's state by Queries
+ * whose answers are swallowed. RESET (DEALLOCATE) of what only the server has, and DEALLOCATE
+ * of a statement it has under the client's name with another text; then the client's
+ * settings, then its statements, each as the client sent it and in its order. When the
+ * server's state is unknown: SET SESSION AUTHORIZATION DEFAULT, RESET ALL and DEALLOCATE ALL
+ * first (params.c then SETs every tracked value, ps.c prepares afresh). A failed one marks
+ * the server's state unknown again (sets_replay_failed). */
 int sets_link(struct sw *sw, struct conn *c, struct conn *s)
 {
     struct sstate *cs = state_of(sw, c, 0), *ss = state_of(sw, s, 0);
@@ -484,27 +514,33 @@ int sets_link(struct sw *sw, struct conn *c, struct conn *s)
         return -1;
     uint8_t *q = NULL;
     size_t len = 0, cap = 0;
-    int rc = append(&q, &len, &cap, "Q\0\0\0\0", 5);
-    if (rc == 0 && unknown) /* and ps.c forgets the server's statements */
-        rc = append(&q, &len, &cap, "RESET ALL; DEALLOCATE ALL; ", 27);
-    /* what the server has and the client has not, or has otherwise (a statement's name must
-     * be free before the client's PREPARE of it) */
+    uint32_t count = 0;
+    int rc = 0;
+    if (unknown) {
+        rc = add_query(&q, &len, &cap, &count, "SET SESSION AUTHORIZATION DEFAULT", NULL, 0, 0);
+        if (rc == 0)
+            rc = add_query(&q, &len, &cap, &count, "RESET ALL", NULL, 0, 0);
+        if (rc == 0)
+            rc = add_query(&q, &len, &cap, &count, "DEALLOCATE ALL", NULL, 0, 0);
+    }
     for (uint32_t i = 0; rc == 0 && !unknown && i < ss->mine.n; i++) {
         const struct sentry *e = &ss->mine.e[i];
         const struct sentry *m = cs != NULL ? set_find(&cs->mine, e) : NULL;
         if (m != NULL && (!e->isprep || m->h == e->h))
             continue;
-        rc = append_undo(&q, &len, &cap, e);
+        rc = add_query(&q, &len, &cap, &count, e->isprep ? "DEALLOCATE " : "RESET ", e->key,
+                       e->klen, 1);
     }
-    for (uint32_t i = 0; rc == 0 && cs != NULL && i < cs->mine.n; i++) {
-        const struct sentry *e = &cs->mine.e[i];
-        const struct sentry *m = unknown ? NULL : set_find(&ss->mine, e);
-        if (m != NULL && m->h == e->h)
-            continue;
-        rc = append(&q, &len, &cap, e->text, e->tlen);
-        if (rc == 0)
-            rc = append(&q, &len, &cap, "; ", 2);
-    }
+    for (int prep = 0; prep < 2; prep++) /* settings first: a PREPARE may need search_path */
+        for (uint32_t i = 0; rc == 0 && cs != NULL && i < cs->mine.n; i++) {
+            const struct sentry *e = &cs->mine.e[i];
+            if (e->isprep != prep)
+                continue;
+            const struct sentry *m = unknown ? NULL : set_find(&ss->mine, e);
+            if (m != NULL && m->h == e->h)
+                continue;
+            rc = add_query(&q, &len, &cap, &count, "", e->text, e->tlen, 0);
+        }
     if (rc == 0 && cs != NULL)
         rc = set_copy(&ss->mine, &cs->mine);
     else if (rc == 0)
@@ -515,16 +551,10 @@ int sets_link(struct sw *sw, struct conn *c, struct conn *s)
         return -1;
     }
     ss->unknown = 0;
-    if (len == 5) { /* the same settings after all */
+    if (count == 0) { /* the same state after all */
         free(q);
         return 0;
     }
-    q[len++] = 0; /* append left room for it */
-    uint32_t mlen = (uint32_t)(len - 1);
-    q[1] = (uint8_t)(mlen >> 24);
-    q[2] = (uint8_t)(mlen >> 16);
-    q[3] = (uint8_t)(mlen >> 8);
-    q[4] = (uint8_t)mlen;
     rc = buf_append(&s->out, q, len);
     free(q);
     if (rc < 0) {
@@ -535,9 +565,18 @@ int sets_link(struct sw *sw, struct conn *c, struct conn *s)
         params_forget(sw, s); /* RESET ALL: params.c SETs every value the client wants */
         ps_server_dropped(sw, s); /* DEALLOCATE ALL: ps.c prepares afresh */
     }
-    s->swallow++;
+    s->swallow = (uint8_t)(s->swallow + count); /* <= 3 + 2 * SETS_MAX: fits */
     s->set_err = 0;
     return 0;
+}
+
+/* One of the switch's own swallowed queries failed (params_swallowed): what the server now
+ * carries is not known, and its next link starts from RESET ALL. */
+void sets_replay_failed(struct sw *sw, struct conn *s)
+{
+    struct sstate *st = state_of(sw, s, 0);
+    if (st != NULL)
+        st->unknown = 1;
 }
 
 /* What a client carries (SHOW CLIENTS): its settings' names and "PREPARE name" for its SQL

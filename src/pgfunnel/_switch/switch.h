@@ -478,6 +478,7 @@ void sets_server_rfq(struct sw *sw, struct conn *s);
 void sets_server_unsure(struct sw *sw, struct conn *s);
 void sets_server_cleared(struct sw *sw, struct conn *s);
 int sets_link(struct sw *sw, struct conn *c, struct conn *s);
+void sets_replay_failed(struct sw *sw, struct conn *s);
 uint32_t sets_count(struct sw *sw, struct conn *c);
 size_t sets_describe(struct sw *sw, struct conn *c, char *out, size_t cap);
 void sets_free(void *st);

@@ -227,3 +227,49 @@ def test_a_failing_replay_fails_alone(f: Funnel) -> None:
         b.execute("SELECT 1")
         assert _where(a) == "public"  # b's search_path was RESET for a
         b.execute("COMMIT")
+
+
+# --- track_extra_parameters (PgBouncer 1.20+) -----------------------------------------------
+def test_track_extra_parameters(f: Funnel, pg: Cluster) -> None:
+    """A reported parameter named in track_extra_parameters may come in the startup packet and
+    follows its client (default_transaction_read_only is reported from PostgreSQL 14); without
+    it, the pooler refuses it as PgBouncer does."""
+    import asyncio
+
+    import asyncpg
+
+    async def run(port: int) -> list[str]:
+        ro = await asyncpg.connect(
+            f"postgresql://{ROLE}@127.0.0.1:{port}/one",
+            server_settings={"default_transaction_read_only": "on"},
+        )
+        rw = await asyncpg.connect(f"postgresql://{ROLE}@127.0.0.1:{port}/one")
+        try:
+            got = []
+            for _ in range(3):  # pool_size=1: both on the one server, in turn
+                got.append(await ro.fetchval("SHOW default_transaction_read_only"))
+                got.append(await rw.fetchval("SHOW default_transaction_read_only"))
+            return got
+        finally:
+            await ro.close()
+            await rw.close()
+
+    dsn = f"host=127.0.0.1 port={pg.port} dbname=postgres user={ROLE} password={ROLE_PW}"
+    for extra, expect in (("IntervalStyle, default_transaction_read_only", True), ("", False)):
+        settings = {"auth_type": "trust"}
+        if extra:
+            settings["track_extra_parameters"] = extra
+        with Funnel(
+            pg,
+            settings=settings,
+            databases={"one": f"{dsn} pool_size=1"},
+            userlist={ROLE: ROLE_PW},
+        ) as funnel:
+            if expect:
+                assert asyncio.run(run(funnel.port)) == ["on", "off"] * 3
+            else:
+                with pytest.raises(asyncpg.exceptions.ProtocolViolationError) as info:
+                    asyncio.run(run(funnel.port))
+                assert "unsupported startup parameter: default_transaction_read_only" in str(
+                    info.value
+                )

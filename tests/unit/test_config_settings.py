@@ -109,6 +109,7 @@ IMPLEMENTED_DEFAULTS: list[tuple[str, object, str]] = [
     ("suspend_timeout", 10.0, "10"),
     ("metrics_addr", "", ""),
     ("metrics_port", 9127, "9127"),
+    ("track_extra_parameters", ("IntervalStyle",), "IntervalStyle"),
     ("pooling_hazards", "warn", "warn"),
 ]
 IMPLEMENTED = {name for name, _, _ in IMPLEMENTED_DEFAULTS}
@@ -152,7 +153,6 @@ def test_reloadable_flags_match_pgbouncer() -> None:
     ("name", "default"),
     [
         ("query_wait_notify", 5),
-        ("track_extra_parameters", ("IntervalStyle",)),
         ("server_tls_sslmode", "prefer"),
         ("client_tls_sslmode", "disable"),
         ("tcp_keepalive", True),

@@ -227,10 +227,10 @@ class Settings:
     track_extra_parameters: tuple[str, ...] = setting(
         default=("IntervalStyle",),
         reloadable=False,
-        supported=False,
         doc="Parameters tracked per client and restored on each server, beyond client_encoding, "
-        "datestyle, timezone, standard_conforming_strings and application_name. Only "
-        "parameters the server reports can be tracked.",
+        "datestyle, timezone, standard_conforming_strings and application_name: a client may "
+        "send them at startup, and a SET of one follows the client. Only parameters the server "
+        "reports can be tracked (32 in all at most).",
     )
     ignore_startup_parameters: tuple[str, ...] = setting(
         default=(),

@@ -102,6 +102,9 @@ class App(Commands):
         self._stats_at = time.monotonic()
         self._stats_last: list[float] = [0, 0, 0, 0, 0, 0.0, 0]
         self.client_count = 0
+        # track_extra_parameters: fixed for the process (PgBouncer reads it at start only)
+        for name in m.track_parameters(self.settings.track_extra_parameters):
+            log.warning("track_extra_parameters: %s left out: 32 tracked parameters at most", name)
         self.bridge = Bridge(self)  # the switch, which owns every socket
         self.servers_listening: list[int] = []  # the switch's TCP listeners (listen_addr)
         self.unix_listening: int | None = None  # and the unix socket's (unix_socket_dir)

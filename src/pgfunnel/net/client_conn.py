@@ -38,8 +38,8 @@ _PENDING_PAUSE = 1 << 20  # stop reading a client that sent this much before its
 # length word itself: a login-phase message may not make an unauthenticated peer cost more.
 AUTH_MAX_MESSAGE = 65535 + 4
 
-TRACKED_PARAMS = m.TRACKED_PARAMS
-_CANONICAL = {p.lower(): p for p in TRACKED_PARAMS}
+TRACKED_PARAMS = m.TRACKED_PARAMS  # the same list, filled at startup (track_extra_parameters)
+_CANONICAL = m.TRACKED_CANON
 _ALWAYS_ACCEPTED = {"user", "database", "replication"}
 
 

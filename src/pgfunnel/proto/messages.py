@@ -43,15 +43,41 @@ COPY_DONE = ord("c")
 COPY_FAIL = ord("f")
 
 # Startup parameters that belong to the client and follow it from server to server; the server
-# reports each with ParameterStatus when it changes (GUC_REPORT).
-TRACKED_PARAMS = (
+# reports each with ParameterStatus when it changes (GUC_REPORT). PgBouncer's five, then
+# track_extra_parameters (default IntervalStyle): a list that `track_parameters` fills in place
+# once, when the pooler starts (every module reads this same list).
+BASE_TRACKED_PARAMS = (
     "client_encoding",
     "DateStyle",
     "TimeZone",
     "standard_conforming_strings",
     "application_name",
-    "IntervalStyle",
 )
+TRACKED_PARAMS: list[str] = [*BASE_TRACKED_PARAMS, "IntervalStyle"]
+# Their names in lower case -> as tracked (startup parameters match in any case).
+TRACKED_CANON: dict[str, str] = {p.lower(): p for p in TRACKED_PARAMS}
+TRACKED_MAX = 32  # the switch's PARAM_MAX_TRACKED
+
+
+def track_parameters(extra: Sequence[str]) -> list[str]:
+    """Set the tracked parameters: the base five, then `extra` (track_extra_parameters) as
+    given, without duplicates, up to TRACKED_MAX in all. Returns the names left out."""
+    names = list(BASE_TRACKED_PARAMS)
+    seen = {n.lower() for n in names}
+    left_out = []
+    for name in extra:
+        if name.lower() in seen:
+            continue
+        if len(names) >= TRACKED_MAX:
+            left_out.append(name)
+            continue
+        seen.add(name.lower())
+        names.append(name)
+    TRACKED_PARAMS[:] = names
+    TRACKED_CANON.clear()
+    TRACKED_CANON.update({p.lower(): p for p in names})
+    return left_out
+
 
 AUTH_OK = 0
 AUTH_CLEARTEXT = 3

@@ -224,6 +224,19 @@ static int parse_cmd(const uint8_t *p, size_t n, struct sentry *e)
 
 /* ---- a connection's state --------------------------------------------------------------- */
 
+/* arr (n elements of `size` bytes used of *cap) with room for one more, doubling from 4: the
+ * array, perhaps moved, or NULL when out of memory (arr is then as it was). */
+static void *grow(void *arr, uint32_t n, uint32_t *cap, size_t size)
+{
+    if (n < *cap)
+        return arr;
+    uint32_t c = *cap ? *cap * 2 : 4;
+    void *m = realloc(arr, (size_t)c * size);
+    if (m != NULL)
+        *cap = c;
+    return m;
+}
+
 static struct sstate *state_of(struct sw *sw, struct conn *c, int make);
 
 static void entry_free(struct sentry *e)
@@ -283,14 +296,10 @@ static int set_put(struct sset *s, const struct sentry *e)
     set_remove(s, e);
     if (s->n >= SETS_MAX)
         return 1;
-    if (s->n == s->cap) {
-        uint32_t cap = s->cap ? s->cap * 2 : 4;
-        struct sentry *m = realloc(s->e, cap * sizeof(*m));
-        if (m == NULL)
-            return -1;
-        s->e = m;
-        s->cap = cap;
-    }
+    struct sentry *all = grow(s->e, s->n, &s->cap, sizeof(*all));
+    if (all == NULL)
+        return -1;
+    s->e = all;
     struct sentry *d = &s->e[s->n];
     *d = *e;
     d->text = malloc(e->tlen ? e->tlen : 1);
@@ -341,14 +350,10 @@ int sets_query(struct sw *sw, struct conn *c, struct conn *s, const uint8_t *sql
     struct sstate *st = state_of(sw, s, 1);
     if (st == NULL)
         return -1;
-    if (st->npend == st->cappend) {
-        uint32_t cap = st->cappend ? st->cappend * 2 : 4;
-        struct spend *m = realloc(st->pend, cap * sizeof(*m));
-        if (m == NULL)
-            return -1;
-        st->pend = m;
-        st->cappend = cap;
-    }
+    struct spend *pend = grow(st->pend, st->npend, &st->cappend, sizeof(*pend));
+    if (pend == NULL)
+        return -1;
+    st->pend = pend;
     struct spend *pd = &st->pend[st->npend];
     pd->zs = zs;
     pd->kind = (uint8_t)kind;

@@ -132,3 +132,28 @@ def test_simple_protocol_is_looked_at_too(f: Funnel) -> None:
         cur.execute(f"CREATE TABLE IF NOT EXISTS pgf_not_temp_{TAG} (a int)")
         cur.execute(f"DROP TABLE pgf_not_temp_{TAG}")
     assert hazards(f, app) == {"listen": (1, how)}
+
+
+def test_a_pinned_client_leaving_inside_a_transaction(pg: Cluster, role: str) -> None:
+    """pin: a client that leaves inside a transaction has it rolled back, and its session's
+    state reset, before its server serves anyone else."""
+    dsn = f"host=127.0.0.1 port={pg.port} dbname=postgres user={ROLE} password={ROLE_PW}"
+    with Funnel(
+        pg,
+        settings={"auth_type": "trust", "pooling_hazards": "pin"},
+        databases={"two": f"{dsn} pool_size=2"},
+        userlist={ROLE: ROLE_PW},
+    ) as f:
+        with connect(f, "pinned-tx") as a:
+            a.execute(HAZARDS["listen"](9))
+            a.execute("BEGIN")
+            a.execute(HAZARDS["advisory_lock"](9))
+            a.close()  # inside the transaction (leaving the block would COMMIT first)
+        with connect(f, "after-tx") as c, connect(f, "after-tx2") as d:
+            c.execute("BEGIN")
+            d.execute("BEGIN")
+            for conn in (c, d):
+                assert conn.execute(LEFT["listen"]).fetchone() == (0,)
+                assert conn.execute(LEFT["advisory_lock"]).fetchone() == (0,)
+            c.execute("COMMIT")
+            d.execute("COMMIT")

@@ -266,7 +266,7 @@ void pool_client_left(struct sw *sw, struct conn *c)
     else if (in_flight || c->tr.owed != 0)
         reason = R_DIRTY_BUSY;
     else if (s->sc.status != 'I')
-        reason = R_DIRTY_TXN;
+        reason = c->pinned ? R_PINNED_END : R_DIRTY_TXN; /* pinned: ROLLBACK, then the reset */
     else if (s->pool->mode == MODE_SESSION)
         reason = R_SESSION_END;
     else if (c->pinned)

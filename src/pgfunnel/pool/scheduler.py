@@ -705,13 +705,14 @@ class Pooler:
             return [self._close_server(server, reason, now), *self._launch(pool, now)]
         if why == "pinned_end":
             # A client pinned by pooling_hazards=pin left: its session's state (a lock, a
-            # LISTEN, a temporary table) is on the server; the reset query ends it, or the
+            # LISTEN, a temporary table) is on the server, perhaps inside a transaction; a
+            # ROLLBACK (a warning when there is none) and the reset query end it, or the
             # server goes.
             if not s.server_reset_query:
                 reason = Reason.PINNED_END
                 return [self._close_server(server, reason, now), *self._launch(pool, now)]
             self._set_server_state(server, ServerState.TESTED, now)
-            return [RunQueries(server, (s.server_reset_query,))]
+            return [RunQueries(server, ("ROLLBACK", s.server_reset_query))]
         if why == "plan_changed":
             # A prepared statement's result type changed under it (DDL): its cached plans
             # would fail the same way again; a new server prepares afresh.

@@ -59,6 +59,7 @@ from pgfunnel.proto.messages import ServerError
 from pgfunnel.proto.strings import HAZARD_TEXT, Msg, Reason, Refusal
 
 log = logging.getLogger("pgfunnel")
+HAZARD_ROWS_MAX = 10_000  # SHOW HAZARDS rows (database, user, application_name, hazard)
 
 JANITOR_INTERVAL = 0.1  # seconds between janitor runs: the resolution of every timeout
 HOLDERS_LOG_AFTER = 5.0  # a queue this old gets one log line naming the top holders
@@ -223,6 +224,10 @@ class App(Commands):
         app = client.params.get("application_name", client.app_name)
         key = (pool.db.name, pool.user.name, app, kind.label)
         seen = self.hazards.get(key)
+        if seen is None and len(self.hazards) >= HAZARD_ROWS_MAX:
+            # application names are the clients' choice: a bounded table, the rest together
+            key = (pool.db.name, pool.user.name, "(others)", kind.label)
+            seen = self.hazards.get(key)
         if seen is None:
             seen = self.hazards[key] = HazardCount()
         seen.count += 1

@@ -102,6 +102,34 @@ static uint64_t hash_of(const struct sw *sw, const struct sentry *e)
     return h ^ (h >> 31);
 }
 
+/* The name at p[i..n) into e->key: "quoted" as it is, else a word in lower case (with `dots`,
+ * a custom setting's "a.b"). Returns the offset after it, or 0 when there is none, or it is
+ * longer than SET_KEY_MAX. */
+static size_t name_at(const uint8_t *p, size_t n, size_t i, int dots, struct sentry *e)
+{
+    size_t j = i;
+    if (i < n && p[i] == '"') {
+        j = i + 1;
+        while (j < n && p[j] != '"')
+            j++;
+        if (j >= n || j - i - 1 == 0 || j - i - 1 > SET_KEY_MAX)
+            return 0;
+        e->klen = (uint32_t)(j - i - 1);
+        memcpy(e->key, p + i + 1, e->klen);
+        j++;
+    } else {
+        while (j < n && (is_ident(p[j]) || (dots && p[j] == '.')))
+            j++;
+        if (j == i || j - i > SET_KEY_MAX)
+            return 0;
+        e->klen = (uint32_t)(j - i);
+        for (size_t x = 0; x < e->klen; x++)
+            e->key[x] = (char)lower(p[i + x]);
+    }
+    e->key[e->klen] = 0;
+    return j;
+}
+
 /* Parses one statement: its kind, the setting's key (lower case unless quoted) and, for a
  * SET, the text to replay. 0: not a session command this file follows. */
 static int parse_cmd(const uint8_t *p, size_t n, struct sentry *e)
@@ -122,26 +150,9 @@ static int parse_cmd(const uint8_t *p, size_t n, struct sentry *e)
             i = skip_space(p, n, i + k);
         if (!prep && keyword(p + i, n - i, "all") && skip_space(p, n, i + 3) == n)
             return SK_CLEAR_PREP;
-        size_t j = i;
-        if (i < n && p[i] == '"') {
-            j = i + 1;
-            while (j < n && p[j] != '"')
-                j++;
-            if (j >= n || j - i - 1 == 0 || j - i - 1 > SET_KEY_MAX)
-                return 0;
-            e->klen = (uint32_t)(j - i - 1);
-            memcpy(e->key, p + i + 1, e->klen);
-            j++;
-        } else {
-            while (j < n && is_ident(p[j]))
-                j++;
-            if (j == i || j - i > SET_KEY_MAX)
-                return 0;
-            e->klen = (uint32_t)(j - i);
-            for (size_t x = 0; x < e->klen; x++)
-                e->key[x] = (char)lower(p[i + x]);
-        }
-        e->key[e->klen] = 0;
+        size_t j = name_at(p, n, i, 0, e);
+        if (j == 0)
+            return 0;
         e->isprep = 1;
         if (!prep)
             return skip_space(p, n, j) == n ? SK_RESET : 0;
@@ -190,25 +201,8 @@ static int parse_cmd(const uint8_t *p, size_t n, struct sentry *e)
     if (alias != NULL) {
         e->klen = (uint32_t)strlen(alias);
         memcpy(e->key, alias, e->klen + 1);
-    } else if (i < n && p[i] == '"') {
-        size_t j = i + 1;
-        while (j < n && p[j] != '"')
-            j++;
-        if (j >= n || j - i - 1 == 0 || j - i - 1 > SET_KEY_MAX)
-            return 0;
-        e->klen = (uint32_t)(j - i - 1);
-        memcpy(e->key, p + i + 1, e->klen);
-        e->key[e->klen] = 0;
-    } else {
-        size_t j = i;
-        while (j < n && (is_ident(p[j]) || p[j] == '.'))
-            j++;
-        if (j == i || j - i > SET_KEY_MAX)
-            return 0;
-        e->klen = (uint32_t)(j - i);
-        for (size_t x = 0; x < e->klen; x++)
-            e->key[x] = (char)lower(p[i + x]);
-        e->key[e->klen] = 0;
+    } else if (name_at(p, n, i, 1, e) == 0) {
+        return 0;
     }
     if (kind == SK_SET) {
         if (n > SET_TEXT_MAX)

@@ -29,14 +29,15 @@ setup(
                     "cancelkey.c",
                     "ps.c",
                     "sets.c",
+                    "tls.c",
                     "module.c",
                 )
             ],
             depends=[SRC + "switch.h", SRC + "scan.h"],
             extra_compile_args=FLAGS,
-            # OpenSSL's libcrypto: the digests of the logins the switch runs (md5, SCRAM's
-            # SHA-256 and HMAC), and the TLS that will live in the same place.
-            libraries=["pthread", "crypto"],
+            # OpenSSL: libcrypto for the digests of the logins the switch runs (md5, SCRAM's
+            # SHA-256 and HMAC); libssl for TLS on both sides (tls.c).
+            libraries=["pthread", "ssl", "crypto"],
         )
     ]
 )

@@ -72,6 +72,16 @@ PREPARED_CPU_MAX = 1.10
 PGBOUNCER_NO_PREPARED = (
     "PgBouncer 1.18 cannot pool named prepared statements (max_prepared_statements is 1.21+)"
 )
+# Issue 15: TLS at both ends (clients to the pooler, the pooler to PostgreSQL, both poolers
+# with sslmode require), select-only and connection storms; pgfunnel against PgBouncer in the
+# same run: at least its TPS at no more CPU per transaction. Direct runs use TLS to PostgreSQL.
+TLS = "tls"
+TLS_STORM = "tls-storm"
+TLS_PROTOCOL = "simple"
+TLS_STORM_AUTH = "scram-sha-256"
+TLS_TARGET_CELLS = ((TLS, TLS_PROTOCOL, 200), (TLS, TLS_PROTOCOL, 1000))
+TLS_STORM_TARGET_CELLS = ((TLS_STORM, TLS_STORM_AUTH, 50), (TLS_STORM, TLS_STORM_AUTH, 200))
+TLS_TPS_FLOOR, TLS_CPU_MAX = 1.0, 1.0
 IDLE_TARGET_CLIENTS = 10_000
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # Wide when piped (to a file, to tee), where rich would otherwise wrap the tables at 80 columns.
@@ -266,7 +276,9 @@ def start_pooler(
     *,
     max_client_conn: int,
     users: dict[str, str],
+    tls: tuple[bytes, bytes] | None = None,
 ) -> Target:
+    """`tls`: the pooler's certificate and key (PEM): clients and servers both in TLS."""
     port = free_port()
     pooler = PoolerProcess(LABELS[name], argv, port=port, workdir=workdir, run_as=run_as)
     target = Target(name, port, pooler)
@@ -274,6 +286,18 @@ def start_pooler(
         f"host={cluster.host} port={cluster.port} dbname={BENCH_DB} "
         f"user={SUPERUSER} password={SUPERUSER_PASSWORD}"
     )
+    extra: dict[str, str | int] = {}
+    if tls is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "tls.crt").write_bytes(tls[0])
+        (workdir / "tls.key").write_bytes(tls[1])
+        (workdir / "tls.key").chmod(0o600)  # write_config gives both to the pooler's user
+        extra = {
+            "client_tls_sslmode": "require",
+            "client_tls_cert_file": str(workdir / "tls.crt"),
+            "client_tls_key_file": str(workdir / "tls.key"),
+            "server_tls_sslmode": "require",
+        }
     # Both poolers read the very same ini: only the binary differs between the two columns.
     ini = pooler_ini(
         databases={BENCH_DB: server},
@@ -282,6 +306,7 @@ def start_pooler(
         auth_type=args.auth_type,
         pool_size=args.pool_size,
         max_client_conn=max_client_conn,
+        extra=extra,
     )
     pooler.write_config(ini, users)
     try:
@@ -316,7 +341,7 @@ def pgbench_argv(
     target: Target, mode: str, protocol: str, clients: int, args: argparse.Namespace
 ) -> list[str]:
     # A storm's "protocol" is its auth method, and its role makes every target ask for that.
-    storm = mode == STORM
+    storm = mode in (STORM, TLS_STORM)
     user = STORM_USERS[protocol] if storm else SUPERUSER
     argv = [pg_tool("pgbench"), "-h", "127.0.0.1", "-p", str(target.port), "-U", user]
     argv += ["-n", "-c", str(clients), "-j", str(min(args.jobs, clients))]
@@ -325,7 +350,7 @@ def pgbench_argv(
     argv += ["-T", str(seconds), "-M", "simple" if storm else protocol]
     if storm:
         argv += ["-C", "-S"]
-    elif mode == "select":
+    elif mode in ("select", TLS):
         argv.append("-S")
     return [*argv, BENCH_DB]
 
@@ -350,7 +375,12 @@ def one_run(
             text=True,
             # pgbench stops itself after -T; the slack covers 1000 logins and a stuck target.
             timeout=args.duration + login_allowance(target, clients) + 60 + clients / 10,
-            env={**os.environ, "PGPASSWORD": SUPERUSER_PASSWORD},
+            # TLS cells ask for it; the others must not get it from PostgreSQL's ssl=on
+            env={
+                **os.environ,
+                "PGPASSWORD": SUPERUSER_PASSWORD,
+                "PGSSLMODE": "require" if mode in (TLS, TLS_STORM) else "disable",
+            },
         )
         output, code = proc.stdout + proc.stderr, proc.returncode
     except subprocess.TimeoutExpired as exc:
@@ -556,6 +586,7 @@ def target_verdicts(
         )
 
     lines += prepared_verdicts(summary)
+    lines += tls_verdicts(summary)
 
     ours, theirs = (idle or {}).get("pgfunnel"), (idle or {}).get("pgbouncer")
     count = max(ours.clients if ours else 0, theirs.clients if theirs else 0)
@@ -579,6 +610,36 @@ def target_verdicts(
             text += "MET" if mine <= base else "NOT MET"
         lines.append(text)
     return lines
+
+
+def tls_verdicts(summary: dict[tuple[str, str, int], dict[str, Cell]]) -> list[str]:
+    """Issue 15's bench line: TLS at both ends, select-only and storms, against PgBouncer."""
+    where = (
+        "TLS (clients and servers), select-only 200/1000 clients and scram-sha-256 storms "
+        "50/200 clients"
+    )
+    found = []
+    for mode, protocol, clients in (*TLS_TARGET_CELLS, *TLS_STORM_TARGET_CELLS):
+        tps, cpu = ratios(summary.get((mode, protocol, clients), {}))
+        if tps is not None:
+            found.append((mode, clients, tps, cpu))
+    wanted = len(TLS_TARGET_CELLS) + len(TLS_STORM_TARGET_CELLS)
+    if not found:
+        return [f"{where}: NOT MET (no cell has PgBouncer and pgfunnel figures)"]
+    worst = min(found, key=lambda c: c[2])
+    cpus = [c[3] for c in found if c[3] is not None]
+    cpu_max = max(cpus) if cpus else None
+    met = (
+        worst[2] >= TLS_TPS_FLOOR
+        and cpu_max is not None
+        and len(cpus) == len(found)
+        and cpu_max <= TLS_CPU_MAX
+    )
+    return [
+        f"{where}: lowest TPS {worst[2]:.2f}x PgBouncer ({worst[0]}, {worst[1]} clients; goal "
+        f">= {TLS_TPS_FLOOR:.2f} in every cell), highest CPU/xact {_fmt(cpu_max, '.2f')}x (goal "
+        f"<= {TLS_CPU_MAX:.2f} in every cell): " + _verdict(met, len(found), wanted)
+    ]
 
 
 def prepared_verdicts(summary: dict[tuple[str, str, int], dict[str, Cell]]) -> list[str]:
@@ -617,8 +678,9 @@ def print_tables(
 ) -> None:
     # Reasons are long (a pooler's log tail); the table shows a number, the text follows once.
     notes: dict[str, int] = {}
-    for mode in (*MODES, STORM):
-        for protocol in STORM_AUTHS if mode == STORM else (*PROTOCOLS, PREPARED):
+    for mode in (*MODES, STORM, TLS, TLS_STORM):
+        storm = mode in (STORM, TLS_STORM)
+        for protocol in STORM_AUTHS if storm else (*PROTOCOLS, PREPARED):
             keys = sorted(k for k in summary if k[0] == mode and k[1] == protocol)
             if not keys:
                 continue
@@ -626,6 +688,8 @@ def print_tables(
                 "select": f"select-only (-S), -M {protocol}",
                 "tpcb": f"tpcb-like, -M {protocol}",
                 STORM: f"connection storm (-C -S, a login per transaction), auth {protocol}",
+                TLS: f"TLS at both ends, select-only (-S), -M {protocol}",
+                TLS_STORM: f"TLS at both ends, connection storm (-C -S), auth {protocol}",
             }
             table = Table(title=titles[mode], title_justify="left")
             for column in ("clients", "target", "TPS", "TPS min-max", "latency ms", "failed xacts"):
@@ -746,6 +810,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="pgbench -c of the select-only -M prepared runs (issue 14); 0: none",
     )
     parser.add_argument(
+        "--tls-clients",
+        type=_csv(int),
+        default=[c for _, _, c in TLS_TARGET_CELLS],
+        help="pgbench -c of the select-only runs with TLS at both ends (issue 15); 0: none",
+    )
+    parser.add_argument(
+        "--tls-storm-clients",
+        type=_csv(int),
+        default=[c for _, _, c in TLS_STORM_TARGET_CELLS],
+        help="pgbench -c of the scram-sha-256 storms with TLS at both ends; 0: none",
+    )
+    parser.add_argument(
         "--idle-clients",
         type=int,
         default=IDLE_TARGET_CLIENTS,
@@ -771,7 +847,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             args.rounds = 1
     args.storms = [] if "none" in args.storms else args.storms
     args.prepared_clients = [c for c in args.prepared_clients if c > 0]
-    if args.storms and args.auth_type != "md5":
+    args.tls_clients = [c for c in args.tls_clients if c > 0]
+    args.tls_storm_clients = [c for c in args.tls_storm_clients if c > 0]
+    if (args.storms or args.tls_storm_clients) and args.auth_type != "md5":
         # The storm roles need auth_type md5, under which a SCRAM secret means SCRAM.
         parser.error("connection storms need --auth-type md5 (or --storms none)")
     return args
@@ -803,9 +881,13 @@ def environment(
 
 
 def start_cluster(
-    args: argparse.Namespace, max_connections: int, secrets: dict[str, str]
+    args: argparse.Namespace,
+    max_connections: int,
+    secrets: dict[str, str],
+    tls: tuple[bytes, bytes] | None = None,
 ) -> tuple[Cluster, int]:
-    """The one PostgreSQL of the run, its client auth matching the poolers', pgbench -i done."""
+    """The one PostgreSQL of the run, its client auth matching the poolers', pgbench -i done.
+    `tls`: its certificate and key, ssl=on (only the TLS cells ask for it)."""
     # pgbench logs in the same way whichever target it meets: the method the poolers ask of
     # clients is also what PostgreSQL asks of direct clients (md5 needs an md5 verifier).
     settings: dict[str, str | int] = {"shared_buffers": "256MB"}
@@ -815,7 +897,20 @@ def start_cluster(
         *(f"host all {STORM_USERS[a]} 127.0.0.1/32 {a}" for a in STORM_AUTHS),
         f"host all all 127.0.0.1/32 {args.auth_type}",
     ]
-    cluster = Cluster(max_connections=max_connections, settings=settings, hba=hba)
+    if tls is not None:
+        settings.update(ssl="on", ssl_cert_file="'server.crt'", ssl_key_file="'server.key'")
+
+    def make(max_connections: int) -> Cluster:
+        made = Cluster(max_connections=max_connections, settings=settings, hba=hba)
+        if tls is not None:
+            made.init()
+            for data, name in zip(tls, ("server.crt", "server.key"), strict=True):
+                (made.data / name).write_bytes(data)
+                (made.data / name).chmod(0o600)
+                made._chown(made.data / name)
+        return made
+
+    cluster = make(max_connections)
     try:
         cluster.start()
     except RuntimeError as exc:
@@ -832,7 +927,7 @@ def start_cluster(
             style="yellow",
         )
         max_connections = fallback
-        cluster = Cluster(max_connections=max_connections, settings=settings, hba=hba)
+        cluster = make(max_connections)
         cluster.start()
     if args.auth_type == "md5":
         cluster.psql(f"ALTER ROLE {SUPERUSER} PASSWORD '{SUPERUSER_PASSWORD}'")
@@ -854,6 +949,15 @@ def start_cluster(
     return cluster, max_connections
 
 
+def tls_material() -> tuple[bytes, bytes]:
+    """One certificate and key (PEM) for PostgreSQL and both poolers: the clients (pgbench,
+    the poolers to PostgreSQL) use sslmode require, which does not check it."""
+    import trustme
+
+    cert = trustme.CA().issue_cert("localhost", "127.0.0.1")
+    return b"".join(p.bytes() for p in cert.cert_chain_pems), cert.private_key_pem.bytes()
+
+
 def pooler_argv(name: str, pgbouncer: str | None) -> tuple[list[str], str | None] | None:
     """(argv, user to run as) of a pooler, or None when it is PgBouncer and none is installed."""
     if name == "pgbouncer":
@@ -867,9 +971,11 @@ def start_targets(
     pgbouncer: str | None,
     workdir: Path,
     users: dict[str, str],
+    tls: tuple[bytes, bytes] | None = None,
 ) -> dict[str, Target]:
+    """The targets; with `tls`, poolers in TLS at both ends (their own processes)."""
     targets: dict[str, Target] = {}
-    max_client_conn = max([*args.clients, *args.storm_clients]) + 100
+    max_client_conn = max([*args.clients, *args.storm_clients, *args.tls_clients]) + 100
     for name in args.targets:
         how = pooler_argv(name, pgbouncer)
         if name == "direct":
@@ -883,10 +989,11 @@ def start_targets(
                 how[0],
                 how[1],
                 cluster,
-                workdir / name,
+                workdir / (f"{name}-tls" if tls else name),
                 args,
                 max_client_conn=max_client_conn,
                 users=users,
+                tls=tls,
             )
         targets[name] = target
         if target.unavailable is not None:
@@ -896,21 +1003,31 @@ def start_targets(
         else:
             # The pid is there to attach a profiler (py-spy) to the pooler during the run.
             pid = f" (pid {target.pooler.pid})" if target.pooler is not None else ""
-            console.print(f"{target.label}: 127.0.0.1:{target.port}{pid}")
+            how_tls = " (TLS at both ends)" if tls else ""
+            console.print(f"{target.label}{how_tls}: 127.0.0.1:{target.port}{pid}")
     return targets
 
 
 def run_rounds(
-    args: argparse.Namespace, cluster: Cluster, targets: dict[str, Target], runs: list[Run]
+    args: argparse.Namespace,
+    cluster: Cluster,
+    targets: dict[str, Target],
+    runs: list[Run],
+    configs: list[tuple[str, str, int]] | None = None,
 ) -> None:
-    configs = [
-        (mode, protocol, clients)
-        for mode in args.modes
-        for protocol in args.protocols
-        for clients in args.clients
-    ]
-    configs += [("select", PREPARED, clients) for clients in args.prepared_clients]
-    configs += [(STORM, auth, clients) for auth in args.storms for clients in args.storm_clients]
+    if configs is None:
+        configs = [
+            (mode, protocol, clients)
+            for mode in args.modes
+            for protocol in args.protocols
+            for clients in args.clients
+        ]
+        configs += [("select", PREPARED, clients) for clients in args.prepared_clients]
+        configs += [
+            (STORM, auth, clients) for auth in args.storms for clients in args.storm_clients
+        ]
+    if not configs:
+        return
     total = len(configs) * len(args.targets) * args.rounds
     seconds = args.rounds * sum(
         args.duration + 2 + login_allowance(target, clients)
@@ -1028,16 +1145,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Direct runs need a backend per client, pgbench's first connection, both pools' servers
     # and a little room; without direct runs the pools are all PostgreSQL sees.
     pooled = args.pool_size * len([t for t in args.targets if t != "direct"])
-    most = max([*args.clients, *(args.storm_clients if args.storms else [])])
+    most = max(
+        [
+            *args.clients,
+            *(args.storm_clients if args.storms else []),
+            *args.tls_clients,
+            *args.tls_storm_clients,
+        ]
+    )
     wanted = (most + 1 if "direct" in args.targets else 0) + pooled + 10
     max_connections = wanted
     interrupted = False
     try:
         with signals_as_interrupt():
             console.print(f"PostgreSQL: max_connections={wanted}, pgbench -i -s {args.scale}")
-            cluster, max_connections = start_cluster(args, wanted, secrets)
+            tls = tls_material() if args.tls_clients or args.tls_storm_clients else None
+            cluster, max_connections = start_cluster(args, wanted, secrets, tls)
             targets = start_targets(args, cluster, pgbouncer, workdir, users)
             run_rounds(args, cluster, targets, runs)
+            if tls is not None:
+                # Poolers with TLS at both ends, each its own process; the others stop first
+                # so as not to share the CPU (they are idle, but hold a pool each).
+                for target in targets.values():
+                    if target.pooler is not None:
+                        target.pooler.stop()
+                targets = start_targets(args, cluster, pgbouncer, workdir, users, tls)
+                configs = [(TLS, TLS_PROTOCOL, c) for c in args.tls_clients]
+                configs += [(TLS_STORM, TLS_STORM_AUTH, c) for c in args.tls_storm_clients]
+                run_rounds(args, cluster, targets, runs, configs)
             if args.idle_clients > 0:
                 # The pgbench poolers go first: the idle test's own must not share the CPU.
                 for target in targets.values():

@@ -5,7 +5,7 @@
 #   asan  the extension with ASan+UBSan, into build/switch-asan/ (tests load it through
 #         PGFUNNEL_SWITCH_SO, see tests/switch/conftest.py)
 #   fuzz  the libFuzzer harnesses (scan.c alone; conn/pool/loop over socket pairs; the login
-#         phases), into
+#         phases; TLS), into
 #         build/switch-fuzz/ (needs clang)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,11 +16,11 @@ SUFFIX=$("$PY" -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"
 WARN=(-std=c11 -Wall -Wextra -Werror -Wshadow -Wvla)
 CORE=("$SRC/scan.c" "$SRC/conn.c" "$SRC/pool.c" "$SRC/stats.c" "$SRC/loop.c" "$SRC/params.c"
     "$SRC/timers.c" "$SRC/login.c" "$SRC/fastlogin.c" "$SRC/cancelkey.c" "$SRC/ps.c" "$SRC/sets.c"
-    "$SRC/module.c")
+    "$SRC/tls.c" "$SRC/module.c")
 
 case "${1:-dev}" in
 dev)
-    ${CC:-gcc} "${WARN[@]}" -O2 -g -fPIC -shared -I"$INC" "${CORE[@]}" -lpthread -lcrypto \
+    ${CC:-gcc} "${WARN[@]}" -O2 -g -fPIC -shared -I"$INC" "${CORE[@]}" -lpthread -lssl -lcrypto \
         -o "$SRC/_switch$SUFFIX"
     echo "$SRC/_switch$SUFFIX"
     ;;
@@ -28,7 +28,7 @@ asan)
     mkdir -p build/switch-asan
     ${CC:-gcc} "${WARN[@]}" -O1 -g -fPIC -shared -fno-omit-frame-pointer \
         -fsanitize=address,undefined -fno-sanitize-recover=undefined \
-        -I"$INC" "${CORE[@]}" -lpthread -lcrypto -o "build/switch-asan/_switch$SUFFIX"
+        -I"$INC" "${CORE[@]}" -lpthread -lssl -lcrypto -o "build/switch-asan/_switch$SUFFIX"
     echo "build/switch-asan/_switch$SUFFIX"
     ;;
 fuzz)
@@ -37,16 +37,19 @@ fuzz)
     clang "${WARN[@]}" "${FUZZ[@]}" "$SRC/scan.c" tests/switch/fuzz_scan.c \
         -o build/switch-fuzz/fuzz_scan
     # Everything but the CPython glue: the connection and pool code over real socket pairs.
-    clang "${WARN[@]}" "${FUZZ[@]}" "${CORE[@]:0:12}" tests/switch/fuzz_switch.c -lpthread -lcrypto \
+    clang "${WARN[@]}" "${FUZZ[@]}" "${CORE[@]:0:13}" tests/switch/fuzz_switch.c -lpthread -lssl -lcrypto \
         -o build/switch-fuzz/fuzz_switch
     # The login phases: accept, connect completion, framing, flow control (login.c).
-    clang "${WARN[@]}" "${FUZZ[@]}" "${CORE[@]:0:12}" tests/switch/fuzz_login.c -lpthread -lcrypto \
+    clang "${WARN[@]}" "${FUZZ[@]}" "${CORE[@]:0:13}" tests/switch/fuzz_login.c -lpthread -lssl -lcrypto \
         -o build/switch-fuzz/fuzz_login
     # The logins the switch runs alone on a route (fastlogin.c).
-    clang "${WARN[@]}" "${FUZZ[@]}" "${CORE[@]:0:12}" tests/switch/fuzz_fastlogin.c -lpthread \
-        -lcrypto -o build/switch-fuzz/fuzz_fastlogin
+    clang "${WARN[@]}" "${FUZZ[@]}" "${CORE[@]:0:13}" tests/switch/fuzz_fastlogin.c -lpthread \
+        -lssl -lcrypto -o build/switch-fuzz/fuzz_fastlogin
+    # TLS (tls.c): the handshake's and the SSLRequest answer's peer, the ALPN parser.
+    clang "${WARN[@]}" "${FUZZ[@]}" "${CORE[@]:0:13}" tests/switch/fuzz_tls.c -lpthread \
+        -lssl -lcrypto -o build/switch-fuzz/fuzz_tls
     echo build/switch-fuzz/fuzz_scan build/switch-fuzz/fuzz_switch build/switch-fuzz/fuzz_login \
-        build/switch-fuzz/fuzz_fastlogin
+        build/switch-fuzz/fuzz_fastlogin build/switch-fuzz/fuzz_tls
     ;;
 *)
     echo "usage: $0 [dev|asan|fuzz]" >&2

@@ -4,7 +4,7 @@
 #      tests/switch/test_leaks.py under LeakSanitizer, in the same run);
 #   2. the libFuzzer harnesses from their checked-in corpora: scan.c alone (SCAN_SECONDS), the
 #      connection/pool code over socket pairs (SWITCH_SECONDS), the login phases
-#      (LOGIN_SECONDS) and the logins the switch runs alone (FAST_SECONDS).
+#      (LOGIN_SECONDS), the logins the switch runs alone (FAST_SECONDS) and TLS (TLS_SECONDS).
 # A sanitizer report or a fuzz crash fails it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +13,7 @@ SCAN_SECONDS=${SCAN_SECONDS:-12}
 SWITCH_SECONDS=${SWITCH_SECONDS:-20}
 LOGIN_SECONDS=${LOGIN_SECONDS:-8}
 FAST_SECONDS=${FAST_SECONDS:-8}
+TLS_SECONDS=${TLS_SECONDS:-10}
 
 so=$(bash scripts/switch_build.sh asan | tail -1)
 libasan=$(gcc -print-file-name=libasan.so)
@@ -49,3 +50,4 @@ fuzz fuzz_scan "$SCAN_SECONDS" tests/switch/corpus
 fuzz fuzz_switch "$SWITCH_SECONDS" tests/switch/corpus_switch
 fuzz fuzz_login "$LOGIN_SECONDS" tests/switch/corpus_login
 fuzz fuzz_fastlogin "$FAST_SECONDS" tests/switch/corpus_fastlogin
+fuzz fuzz_tls "$TLS_SECONDS" tests/switch/corpus_tls

@@ -15,7 +15,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pgfunnel._switch import Switch
@@ -132,6 +132,7 @@ def main() -> None:
         handle(events)
     login_rounds(sw, sockdir, port, rounds // 3)
     fast_rounds(sw, rounds // 3)
+    tls_rounds(sw, rounds // 10, login)
     sw.stop()
 
 
@@ -312,6 +313,129 @@ def fast_rounds(sw: Switch, rounds: int) -> None:
         route(0)
         seen = sw.events()
         assert any(e.kind is EventKind.LOGGED_IN for e in seen) or rounds < 5
+
+
+def tls_rounds(sw: Switch, rounds: int, login: Callable[[], int]) -> None:
+    """TLS: logins through SSLRequest and a handshake, a query through pool 1's servers and
+    back, a client leaving in the handshake or sending garbage, a context replaced while
+    clients hold the old one; a server connection whose TLS is refused."""
+    import ssl
+
+    import trustme
+
+    from pgfunnel._switch import TLS_CLIENTS, TLS_MODES, TLS_PROTOCOLS, TLS_SERVERS, EventKind
+    from pgfunnel.proto import messages as m
+
+    protocols = TLS_PROTOCOLS["tlsv1.2"] | TLS_PROTOCOLS["tlsv1.3"]
+    from pgfunnel._switch import Reason, State
+
+    sw.clear_routes()  # every login goes up to this loop (no route logins here)
+    # The rounds before heard pool 1's servers parked (their lifetime) without replacing them
+    for row in sw.conns():
+        if row.state == State.SV_PARKED:
+            sw.close(row.conn)
+    login()
+    login()
+    with tempfile.TemporaryDirectory(dir="/tmp") as d:
+        ca = trustme.CA()
+        ca_file = os.path.join(d, "ca.pem")
+        ca.cert_pem.write_to_path(ca_file)
+
+        def configure(n: int) -> None:
+            cert = ca.issue_cert("localhost")
+            crt, key = os.path.join(d, f"c{n}.pem"), os.path.join(d, f"k{n}.pem")
+            cert.cert_chain_pems[0].write_to_path(crt)
+            cert.private_key_pem.write_to_path(key)
+            sw.tls_configure(
+                TLS_CLIENTS, TLS_MODES.index("prefer"), protocols, 1, key, crt, None, None,
+                None, None,
+            )  # fmt: skip
+
+        configure(0)
+        sw.tls_configure(TLS_SERVERS, 2, protocols, 1, None, None, None, None, None, None)
+        ls = socket.socket()
+        ls.bind(("127.0.0.1", 0))
+        ls.listen(16)
+        ls.setblocking(False)
+        port = ls.getsockname()[1]
+        lid = sw.listen(ls.detach())
+        ctx = ssl.create_default_context(cafile=ca_file)
+
+        def handle(batch: list[Any]) -> None:
+            """Pool 1's servers expire and are replaced meanwhile (main's handler would take
+            the events that follow an expire, and this loop's with them)."""
+            for e in batch:
+                if e.kind is EventKind.ATTENTION:
+                    sw.close(e.conn)
+                    login()
+                elif e.kind is EventKind.DEADLINE and e.reason == Reason.SERVER_LIFETIME:
+                    sw.expire(e.conn, Reason.SERVER_LIFETIME)  # its ATTENTION comes next
+
+        def take(pred: Callable[[Any], bool]) -> Any:
+            while True:
+                batch = sw.events()
+                handle(batch)
+                for e in batch:
+                    if pred(e):
+                        return e
+                time.sleep(0.001)
+
+        def answered(tls: ssl.SSLSocket) -> None:
+            """Up to a ReadyForQuery, handling events meanwhile (servers are replaced)."""
+            got = b""
+            tls.settimeout(0.01)
+            while not (len(got) >= 6 and got[-6:-1] == b"Z\0\0\0\x05"):
+                try:
+                    chunk = tls.recv(65536)
+                except TimeoutError:
+                    handle(sw.events())
+                    continue
+                assert chunk
+                got += chunk
+
+        for i in range(rounds):
+            raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+            cid = take(lambda e: e.kind is EventKind.ACCEPTED and e.pool == lid).conn
+            raw.sendall(struct.pack("!ii", 8, m.SSL_REQUEST_CODE))
+            take(lambda e, c=cid: e.kind is EventKind.MESSAGE and e.conn == c)
+            assert sw.tls_accept(cid)
+            assert raw.recv(1) == b"S"
+            if i % 4 == 1:
+                raw.sendall(os.urandom(200))  # garbage in the handshake
+                take(lambda e, c=cid: e.kind is EventKind.CLOSED and e.conn == c)
+                raw.close()
+                continue
+            if i % 4 == 2:
+                raw.close()  # gone in the handshake
+                take(lambda e, c=cid: e.kind is EventKind.CLOSED and e.conn == c)
+                continue
+            tls = ctx.wrap_socket(raw, server_hostname="localhost")
+            tls.sendall(m.startup_message({"user": "u", "database": "d"}))
+            take(lambda e, c=cid: e.kind is EventKind.MESSAGE and e.conn == c)
+            sw.send(cid, m.auth_ok() + m.ready_for_query())
+            sw.promote(cid, 1, params={"application_name": "", "TimeZone": "UTC"})
+            answered(tls)
+            tls.sendall(m.query("select repeat('y', 30000)"))
+            answered(tls)
+            if i % 3 == 0:
+                configure(i + 1)  # a reload: this client keeps the old context
+            tls.sendall(m.terminate())
+            tls.close()
+            take(lambda e, c=cid: e.kind is EventKind.CLOSED and e.conn == c)
+        # A server that refuses TLS under require: the SSLRequest, its 'N', the close.
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+        conn = socket.socket()
+        conn.setblocking(False)
+        conn.connect_ex(srv.getsockname())
+        sid = sw.connect_server(conn.detach(), 1, b"", TLS_MODES.index("require"), "localhost")
+        peer, _ = srv.accept()
+        assert peer.recv(8) == struct.pack("!ii", 8, m.SSL_REQUEST_CODE)
+        peer.sendall(b"N")
+        take(lambda e: e.kind is EventKind.CLOSED and e.conn == sid)
+        peer.close()
+        srv.close()
 
 
 if __name__ == "__main__":

@@ -3,10 +3,12 @@ server streams, each prefixed by the harness's two control bytes: split seed, ma
 tests/switch/corpus_switch/ for fuzz_switch.c (a pool mode byte, then operations; the mode
 byte plus WANTS_SET: the client wants an application_name its server does not have; op 7: a
 deadline sweep) and tests/switch/corpus_login/ for fuzz_login.c (client or server, then
-operations)."""
+operations) and tests/switch/corpus_tls/ for fuzz_tls.c (a side byte, then pieces of the
+peer's bytes: a real ClientHello among them)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import struct
 from pathlib import Path
@@ -266,6 +268,47 @@ LOGIN_SCENARIOS = [
 ]
 
 
+def client_hello(alpn: list[str] | None = None) -> bytes:
+    """A real ClientHello, as a client's first TLS bytes (Python's ssl, in memory)."""
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with contextlib.suppress(ssl.SSLWantReadError):
+        obj.do_handshake()  # the ClientHello is written, the answer is awaited
+    return outgoing.read()
+
+
+def pieces(data: bytes, size: int = 200) -> bytes:
+    """fuzz_tls.c's input after its side byte: length-prefixed pieces (0: the peer closes)."""
+    out = b""
+    for i in range(0, len(data), size):
+        chunk = data[i : i + size]
+        out += bytes([len(chunk)]) + chunk
+    return out
+
+
+def tls_scenarios() -> list[bytes]:
+    hello = client_hello(["postgresql"])
+    return [
+        b"\0" + pieces(hello),
+        b"\0" + pieces(client_hello(), 37) + b"\0",
+        b"\0" + pieces(b"\x16\x03\x01\x00\x05hello" + bytes(range(64))),
+        b"\1" + pieces(b"N" + m.auth_ok() + m.ready_for_query()),
+        b"\1" + pieces(b"E" + m.error_response("0A000", "no ssl", severity="FATAL")),
+        b"\2" + pieces(b"N"),
+        b"\2" + pieces(b"S\x16\x03\x03\x00\x7a\x02\x00\x00\x76\x03\x03" + bytes(118)),
+        b"\3\x02h2\x0apostgresql",
+        b"\3\x0apostgresql",
+        b"\3\x08http/1.1\x00",
+    ]
+
+
 def write(out: Path, items: list[bytes]) -> None:
     out.mkdir(exist_ok=True)
     for data in items:
@@ -284,6 +327,7 @@ def main() -> None:
     )
     write(here / "corpus_switch", SCENARIOS)
     write(here / "corpus_login", LOGIN_SCENARIOS)
+    write(here / "corpus_tls", tls_scenarios())
 
 
 if __name__ == "__main__":

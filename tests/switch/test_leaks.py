@@ -13,7 +13,9 @@ from pathlib import Path
 from pgfunnel.throwaway import Cluster
 
 ROOT = Path(__file__).resolve().parents[2]
-OURS = re.compile(r"_switch/(scan|conn|pool|stats|loop|params|timers|login|module)\.c")
+OURS = re.compile(
+    r"_switch/(scan|conn|pool|stats|loop|params|timers|login|module|fastlogin|ps|sets|tls)\.c"
+)
 
 
 def asan_build() -> Path:

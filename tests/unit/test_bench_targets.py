@@ -53,6 +53,7 @@ def full_summary(
     tpcb: tuple[float, float] = (1.0, 0.9),
     storm: tuple[float, float] = (1.0, 2.0),
     prepared_cpu: float = 1.05,
+    tls: tuple[float, float] = (1.0, 1.0),
 ) -> dict[tuple[str, str, int], dict[str, object]]:
     summary: dict[tuple[str, str, int], dict[str, object]] = {}
     for protocol, clients in run.SELECT_TARGET_CELLS:
@@ -61,6 +62,8 @@ def full_summary(
         summary[("tpcb", protocol, clients)] = pair(*tpcb)
     for auth, clients in run.STORM_TARGET_CELLS:
         summary[("storm", auth, clients)] = pair(*storm)
+    for key in (*run.TLS_TARGET_CELLS, *run.TLS_STORM_TARGET_CELLS):
+        summary[key] = pair(*tls)
     for clients in run.PREPARED_TARGET_CLIENTS:
         # -M prepared: pgfunnel alone (PgBouncer 1.18 cannot), against its -M extended cell
         base = summary[("select", "extended", clients)]["pgfunnel"]
@@ -79,8 +82,9 @@ def idle(ours_kib: int, theirs_kib: int, held: int = 10_000) -> dict[str, object
 
 def verdicts(summary: object, idle_results: object = None) -> dict[str, str]:
     lines = run.target_verdicts(summary, idle_results)
-    assert len(lines) == 5
-    return dict(zip(("select", "tpcb", "storm", "prepared", "idle"), lines, strict=True))
+    assert len(lines) == 6
+    names = ("select", "tpcb", "storm", "prepared", "tls", "idle")
+    return dict(zip(names, lines, strict=True))
 
 
 def test_every_target_met_when_every_cell_is() -> None:
@@ -186,8 +190,12 @@ def test_idle_clients_md5_answer_matches_the_poolers_check() -> None:
 def test_args_refuse_storms_without_md5() -> None:
     with pytest.raises(SystemExit):
         run.parse_args(["--auth-type", "scram-sha-256"])
-    args = run.parse_args(["--auth-type", "scram-sha-256", "--storms", "none"])
-    assert args.storms == []
+    with pytest.raises(SystemExit):  # the TLS storms are storms too
+        run.parse_args(["--auth-type", "scram-sha-256", "--storms", "none"])
+    args = run.parse_args(
+        ["--auth-type", "scram-sha-256", "--storms", "none", "--tls-storm-clients", "0"]
+    )
+    assert args.storms == [] and args.tls_storm_clients == []
 
 
 def test_prepared_is_held_against_pgfunnels_own_extended_cells() -> None:
@@ -199,3 +207,31 @@ def test_prepared_is_held_against_pgfunnels_own_extended_cells() -> None:
     summary = full_summary()
     del summary[("select", "prepared", 1000)]
     assert verdicts(summary)["prepared"].endswith("NOT MET (1 of 2 cells measured)")
+
+
+def test_tls_needs_pgbouncers_tps_at_no_more_cpu_in_every_cell() -> None:
+    line = verdicts(full_summary())["tls"]
+    assert line.endswith(": MET")
+    assert "lowest TPS 1.00x PgBouncer" in line
+    assert verdicts(full_summary(tls=(1.2, 1.01)))["tls"].endswith(": NOT MET")
+    summary = full_summary(tls=(1.2, 0.9))
+    summary[(run.TLS_STORM, run.TLS_STORM_AUTH, 200)] = pair(0.98, 0.9)
+    line = verdicts(summary)["tls"]
+    assert line.endswith(": NOT MET") and "(tls-storm, 200 clients" in line
+    del summary[(run.TLS, run.TLS_PROTOCOL, 1000)]
+    summary[(run.TLS_STORM, run.TLS_STORM_AUTH, 200)] = pair(1.1, 0.9)
+    assert verdicts(summary)["tls"].endswith("NOT MET (3 of 4 cells measured)")
+
+
+def test_tls_pgbench_cells() -> None:
+    args = argparse.Namespace(jobs=2, duration=5)
+    target = run.Target("pgfunnel", 6432, None)
+    argv = run.pgbench_argv(target, run.TLS, run.TLS_PROTOCOL, 200, args)
+    assert "-S" in argv and "-C" not in argv
+    argv = run.pgbench_argv(target, run.TLS_STORM, run.TLS_STORM_AUTH, 50, args)
+    assert {"-C", "-S"} <= set(argv)
+    assert argv[argv.index("-U") + 1] == run.STORM_USERS[run.TLS_STORM_AUTH]
+    defaults = run.parse_args([])
+    assert (defaults.tls_clients, defaults.tls_storm_clients) == ([200, 1000], [50, 200])
+    none = run.parse_args(["--tls-clients", "0", "--tls-storm-clients", "0"])
+    assert (none.tls_clients, none.tls_storm_clients) == ([], [])

@@ -191,17 +191,7 @@ def test_host_lists_and_load_balance_hosts_are_listed_as_unsupported(tmp_path: P
     ]  # connect_query and application_name are PgBouncer keys pgfunnel acts on
 
 
-@pytest.mark.parametrize(
-    "line",
-    [
-        "auth_type = cert",
-        "auth_type = pam",
-        "auth_type = ldap",
-        "client_tls_sslmode = require",
-        "client_tls_sslmode = verify-full",
-        "server_tls_sslmode = verify-ca",
-    ],
-)
+@pytest.mark.parametrize("line", ["auth_type = pam", "auth_type = ldap"])
 def test_security_settings_that_cannot_be_honoured_stop_the_load(tmp_path: Path, line: str) -> None:
     err = failure(tmp_path, f"[pgbouncer]\n{line}\n")
     assert err.line == 2
@@ -209,7 +199,41 @@ def test_security_settings_that_cannot_be_honoured_stop_the_load(tmp_path: Path,
 
 
 @pytest.mark.parametrize(
-    "line", ["auth_type = trust", "auth_type = any", "client_tls_sslmode = prefer"]
+    ("lines", "line", "why"),
+    [
+        ("client_tls_sslmode = require", 2, "needs client_tls_key_file and client_tls_cert_file"),
+        ("client_tls_sslmode = prefer", 2, "needs client_tls_key_file"),
+        (
+            "client_tls_sslmode = verify-full\nclient_tls_key_file = k\nclient_tls_cert_file = c",
+            2,
+            "client_tls_sslmode = verify-full needs client_tls_ca_file",
+        ),
+        ("auth_type = cert", 2, "auth_type = cert needs client TLS"),
+        ("client_tls_protocols = tlsv1.4", 2, "unknown TLS protocol 'tlsv1.4'"),
+        ("server_tls_protocols = ,", 2, "no TLS protocol given"),
+        ("server_tls_key_file = k", 2, "server_tls_key_file and server_tls_cert_file go together"),
+    ],
+)
+def test_tls_that_cannot_run_stops_the_load(
+    tmp_path: Path, lines: str, line: int, why: str
+) -> None:
+    """Rather than serve in clear what was meant to be encrypted."""
+    err = failure(tmp_path, f"[pgbouncer]\n{lines}\n")
+    assert err.line == line
+    assert why in err.message
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "auth_type = trust",
+        "auth_type = any",
+        "server_tls_sslmode = verify-full",
+        "client_tls_protocols = tlsv1.1 TLSv1.3",
+        "client_tls_sslmode = require\nclient_tls_key_file = k\nclient_tls_cert_file = c",
+        "auth_type = cert\nclient_tls_sslmode = verify-ca\nclient_tls_key_file = k\n"
+        "client_tls_cert_file = c\nclient_tls_ca_file = ca",
+    ],
 )
 def test_security_settings_that_are_safe_load(tmp_path: Path, line: str) -> None:
     config(tmp_path, f"[pgbouncer]\n{line}\n")

@@ -111,6 +111,23 @@ IMPLEMENTED_DEFAULTS: list[tuple[str, object, str]] = [
     ("metrics_port", 9127, "9127"),
     ("track_extra_parameters", ("IntervalStyle",), "IntervalStyle"),
     ("pooling_hazards", "warn", "warn"),
+    # issue 15: TLS in the switch, with PgBouncer's defaults
+    ("client_tls_sslmode", "disable", "disable"),
+    ("client_tls_key_file", "", ""),
+    ("client_tls_cert_file", "", ""),
+    ("client_tls_ca_file", "", ""),
+    ("client_tls_protocols", "secure", "secure"),
+    ("client_tls_ciphers", "default", "default"),
+    ("client_tls13_ciphers", "", ""),
+    ("client_tls_ecdhcurve", "auto", "auto"),
+    ("client_tls_dheparams", "auto", "auto"),
+    ("server_tls_sslmode", "prefer", "prefer"),
+    ("server_tls_ca_file", "", ""),
+    ("server_tls_key_file", "", ""),
+    ("server_tls_cert_file", "", ""),
+    ("server_tls_protocols", "secure", "secure"),
+    ("server_tls_ciphers", "default", "default"),
+    ("server_tls13_ciphers", "", ""),
 ]
 IMPLEMENTED = {name for name, _, _ in IMPLEMENTED_DEFAULTS}
 

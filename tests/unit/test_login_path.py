@@ -49,6 +49,7 @@ class Transport:
     def __init__(self) -> None:
         self.writes: list[bytes] = []
         self.closed = False
+        self.tls = False  # no TLS up (the switch's MessageFlag.TLS sets it)
         # The switch's id for the connection, as conn.c makes them: generation, slot + 1.
         n = next(_SIDS)
         self.sid = (n << 32) | (n % 1000 + 1)

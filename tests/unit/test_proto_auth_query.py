@@ -8,7 +8,7 @@ import pytest
 
 from pgfunnel.config.hba import parse_hba, parse_ident
 from pgfunnel.proto import messages as m
-from pgfunnel.proto.auth import FailureLimiter, choose_method, peer_allowed
+from pgfunnel.proto.auth import FailureLimiter, cert_refusal, choose_method, peer_allowed
 from pgfunnel.proto.auth_query import AuthQueryAnswer, AuthQueryFailed, Found, request
 from pgfunnel.proto.framing import MessageReader
 
@@ -124,9 +124,22 @@ def test_hba_rules_and_refusals() -> None:
     assert none.refusal == (
         'no pg_hba.conf entry for host "192.168.0.1", user "u", database "app", no encryption'
     )
-    assert choose_method("hba", HBA, "1.1.1.1", "x", "certu").refusal == (
-        "connection requires a valid client certificate"
+    # a cert rule chooses the method; the certificate decides (cert_refusal)
+    cert = choose_method("hba", HBA, "1.1.1.1", "x", "certu")
+    assert (cert.method, cert.refusal) == ("cert", None)
+    assert cert_refusal(None, False, "certu") == "TLS connection required"
+    assert cert_refusal(None, True, "certu") == "TLS client certificate required"
+    assert cert_refusal(("certu", False), True, "certu") == "TLS client certificate required"
+    assert cert_refusal(("other", True), True, "certu") == "TLS certificate name mismatch"
+    assert cert_refusal(("certu", True), True, "certu") is None
+    ident = parse_ident("m other certu\n", "ident.conf")
+    assert cert_refusal(("other", True), True, "certu", "m", ident) is None
+    assert cert_refusal(("certu", True), True, "certu", "m", ident) == (
+        "TLS certificate name mismatch"
     )
+    # with TLS, PostgreSQL's texts say so
+    none = choose_method("hba", HBA, "192.168.0.1", "app", "u", tls=True)
+    assert none.refusal is not None and none.refusal.endswith(", SSL encryption")
 
 
 def test_peer_allowed_by_name_or_map() -> None:

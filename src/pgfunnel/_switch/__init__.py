@@ -111,6 +111,9 @@ class Reason(IntEnum):
     # Attention: a client pinned to its server by a hazard (pooling_hazards=pin) left it: its
     # session's state (a lock, a LISTEN, a temporary table) is there until a reset.
     PINNED_END = _native.R_PINNED_END
+    # Closed: a TLS handshake failed, or a server refused the TLS its sslmode requires; the
+    # event's data says why (`Event.text`).
+    TLS_FAILED = _native.R_TLS_FAILED
 
 
 class Hazard(IntEnum):
@@ -142,6 +145,8 @@ class MessageFlag(IntFlag):
     MORE_BUFFERED = _native.MSG_MORE_BUFFERED
     # An untyped packet (StartupMessage, SSLRequest, GSSENCRequest, CancelRequest), alone.
     UNTYPED = _native.MSG_UNTYPED
+    # The connection is encrypted: TLS is up (after tls_accept, or a client's direct TLS).
+    TLS = _native.MSG_TLS
 
 
 class RouteMethod(IntEnum):
@@ -153,6 +158,21 @@ class RouteMethod(IntEnum):
 
 # ACCEPTED's reason bit: the switch answered an SSLRequest 'N' before it handed the login over.
 ACCEPTED_SSL_ANSWERED = _native.ACCEPTED_SSL_ANSWERED
+# ACCEPTED's reason bit: TLS is up on the login it hands over (SSLRequest answered 'S', or a
+# client's direct TLS).
+ACCEPTED_TLS = _native.ACCEPTED_TLS
+
+# tls_configure's sides and protocol bits (an sslmode is its index in TLS_MODES).
+TLS_CLIENTS = 0
+TLS_SERVERS = 1
+TLS_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+TLS_PROTOCOLS = {
+    "tlsv1.0": _native.TLS_PROTO_1_0,
+    "tlsv1.1": _native.TLS_PROTO_1_1,
+    "tlsv1.2": _native.TLS_PROTO_1_2,
+    "tlsv1.3": _native.TLS_PROTO_1_3,
+}
+TLS_DHE = ("none", "auto", "legacy")
 # LOGIN_ENDED's reason bit: a password had been asked for.
 LOGIN_ENDED_ASKED = _native.LOGIN_ENDED_ASKED
 
@@ -170,13 +190,14 @@ class LoggedIn(NamedTuple):
     method: RouteMethod
     gen: int  # the generation given to set_route
     client_key: bytes  # SCRAM's recovered ClientKey, b"" for md5
+    tls: str  # the TLS description (SHOW's `tls` column), "" in clear
     own: tuple[str | None, ...]  # per tracked parameter, the client's startup value or None
 
     @classmethod
     def parse(cls, data: bytes) -> LoggedIn:
         parts = data.split(b"\0")
-        user, db, host, port, listener, pid, key, method, gen, ckey = parts[:10]
-        own = tuple(p[1:].decode() if p.startswith(b"=") else None for p in parts[10:-1])
+        user, db, host, port, listener, pid, key, method, gen, ckey, tls = parts[:11]
+        own = tuple(p[1:].decode() if p.startswith(b"=") else None for p in parts[11:-1])
         return cls(
             user.decode(),
             db.decode(),
@@ -188,6 +209,7 @@ class LoggedIn(NamedTuple):
             RouteMethod(int(method)),
             int(gen),
             bytes.fromhex(ckey.decode()),
+            tls.decode(),
             own,
         )
 
@@ -196,6 +218,12 @@ def login_ended_who(data: bytes) -> tuple[str, str, str, int]:
     """A LOGIN_ENDED event's data: (user, database, host, port); names may be empty."""
     user, db, host, port = (data.split(b"\0") + [b""] * 4)[:4]  # empty: out of memory
     return user.decode(), db.decode(), host.decode(), int(port or b"0")
+
+
+def login_ended_why(data: bytes) -> str:
+    """A LOGIN_ENDED event's fifth field: why TLS failed ("" for any other end)."""
+    parts = data.split(b"\0")
+    return parts[4].decode(errors="replace") if len(parts) > 5 else ""
 
 
 class Kind(IntEnum):
@@ -384,7 +412,49 @@ class SwitchAPI(Protocol):
 
     def detach(self, conn: int) -> tuple[int, bytes]:
         """Take an idle or parked server, or a client holding no server, back: its fd and
-        (clients) the bytes read from it but not delivered."""
+        (clients) the bytes read from it but not delivered. Not a TLS connection (its
+        session lives in the switch): ValueError."""
+        ...
+
+    def end_idle(self, conn: int, final: bytes = b"") -> bool:
+        """Close a server only if it is idle now, writing `final` (its Terminate) first, as
+        the TLS session it may have allows. False: it is not idle (or gone)."""
+        ...
+
+    def tls_configure(
+        self,
+        side: int,
+        mode: int,
+        protocols: int,
+        dhe: int,
+        key_file: str | None,
+        cert_file: str | None,
+        ca_file: str | None,
+        ciphers: str | None,
+        ciphers13: str | None,
+        ecdhcurve: str | None,
+    ) -> None:
+        """A new TLS context for clients (TLS_CLIENTS) or servers (TLS_SERVERS), built from
+        the files now: new connections use it, those up keep theirs. ValueError (the reason
+        and the path) if a file or setting is bad: the old context stays. mode 0: none."""
+        ...
+
+    def tls_accept(self, conn: int) -> bool:
+        """Answer a login's SSLRequest 'S' and start its handshake; what it sends next comes
+        up decrypted (MessageFlag.TLS). False: bytes came after its SSLRequest (refuse it)."""
+        ...
+
+    def tls_info(self, conn: int) -> str:
+        """PgBouncer's `tls` column: protocol/cipher/ECDH=group, "" without TLS."""
+        ...
+
+    def tls_infos(self) -> dict[int, str]:
+        """The `tls` column of every connection with TLS up."""
+        ...
+
+    def tls_peer(self, conn: int) -> tuple[str, bool] | None:
+        """A TLS peer's certificate: its CommonName ("" if none) and whether it verified
+        against the CA file; None: no certificate, or no TLS."""
         ...
 
     def set_close_needed(self, conn: int) -> bool:
@@ -478,11 +548,22 @@ class SwitchAPI(Protocol):
         timeout_us (> 0) gets `msg` and is closed (LOGIN_ENDED LOGIN_TIMEOUT)."""
         ...
 
-    def connect_server(self, fd: int, pool: int, first: bytes = b"") -> int:
+    def connect_server(
+        self,
+        fd: int,
+        pool: int,
+        first: bytes = b"",
+        tls_mode: int = 0,
+        host: str | None = None,
+    ) -> int:
         """Hand in a server socket on which connect() was called (EINPROGRESS is fine): state
         SV_LOGIN; `first` (the StartupMessage) and what `send` queues are written once it is
         connected; its messages come up. A failed connect is a CLOSED CONNECT_FAILED event
-        (it may come before any send: `first` cannot miss)."""
+        (it may come before any send: `first` cannot miss). `tls_mode` (an index of
+        TLS_MODES, > 0): the switch sends an SSLRequest first and, on 'S', runs the handshake
+        (SNI and verify-full's check against `host`) before anything queued is written; on
+        'N' a mode below require goes on in clear; a refusal or a failed handshake is a
+        CLOSED TLS_FAILED event whose data says why."""
         ...
 
     def read_next(self, conn: int) -> bool:
@@ -655,6 +736,38 @@ class Switch:
     def detach(self, conn: int) -> tuple[int, bytes]:
         return self._sw.detach(conn)
 
+    def end_idle(self, conn: int, final: bytes = b"") -> bool:
+        return self._sw.end_idle(conn, final)
+
+    def tls_configure(
+        self,
+        side: int,
+        mode: int,
+        protocols: int,
+        dhe: int,
+        key_file: str | None,
+        cert_file: str | None,
+        ca_file: str | None,
+        ciphers: str | None,
+        ciphers13: str | None,
+        ecdhcurve: str | None,
+    ) -> None:
+        self._sw.tls_configure(
+            side, mode, protocols, dhe, key_file, cert_file, ca_file, ciphers, ciphers13, ecdhcurve
+        )
+
+    def tls_accept(self, conn: int) -> bool:
+        return self._sw.tls_accept(conn)
+
+    def tls_info(self, conn: int) -> str:
+        return self._sw.tls_info(conn)
+
+    def tls_infos(self) -> dict[int, str]:
+        return self._sw.tls_infos()
+
+    def tls_peer(self, conn: int) -> tuple[str, bool] | None:
+        return self._sw.tls_peer(conn)
+
     def set_close_needed(self, conn: int) -> bool:
         return self._sw.set_close_needed(conn)
 
@@ -739,8 +852,15 @@ class Switch:
     def fast_expire(self, grace_us: int, timeout_us: int, msg: bytes) -> None:
         self._sw.fast_expire(grace_us, timeout_us, msg)
 
-    def connect_server(self, fd: int, pool: int, first: bytes = b"") -> int:
-        return self._sw.connect_server(fd, pool, first)
+    def connect_server(
+        self,
+        fd: int,
+        pool: int,
+        first: bytes = b"",
+        tls_mode: int = 0,
+        host: str | None = None,
+    ) -> int:
+        return self._sw.connect_server(fd, pool, first, tls_mode, host)
 
     def read_next(self, conn: int) -> bool:
         return self._sw.read_next(conn)

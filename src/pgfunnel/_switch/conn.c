@@ -237,10 +237,14 @@ void conn_destroy(struct sw *sw, struct conn *c, uint8_t reason, int report)
     uint8_t lazy = c->kind == KIND_CLIENT && c->state >= CL_ACTIVE && c->state <= CL_CLOSING
                        ? EV_LAZY
                        : 0;
+    char why[TLS_WHY_MAX];
+    why[0] = 0;
+    if (c->tls)
+        tls_end(sw, c, reason, why); /* before the socket closes: its close_notify */
     if (c->fl != NULL) {
         /* A login the switch ran: Python never saw its ACCEPTED, it hears LOGIN_ENDED. */
         if (report)
-            fast_closing(sw, c, reason);
+            fast_closing(sw, c, reason, why);
         else
             fast_drop(sw, c);
         report = 0;
@@ -269,11 +273,15 @@ void conn_destroy(struct sw *sw, struct conn *c, uint8_t reason, int report)
         /* Python logs the errno of a failed connect or I/O error (as text: data is bytes). */
         char num[16];
         int len = 0;
-        if (c->err != 0 && (reason == R_IO_ERROR || reason == R_CONNECT_FAILED))
+        const char *data = num;
+        if (reason == R_TLS_FAILED) { /* why, in words (tls.c) */
+            data = why;
+            len = (int)strlen(why);
+        } else if (c->err != 0 && (reason == R_IO_ERROR || reason == R_CONNECT_FAILED))
             len = snprintf(num, sizeof(num), "%d", c->err);
         else if (reason == R_UNKNOWN_TYPE) /* Python logs "unknown pkt from client" with it */
             num[len++] = (char)c->bad_type;
-        sw_post_data(sw, EV_CLOSED | lazy, c->id, c->pool->id, reason, (const uint8_t *)num,
+        sw_post_data(sw, EV_CLOSED | lazy, c->id, c->pool->id, reason, (const uint8_t *)data,
                      len > 0 ? (size_t)len : 0);
     }
     c->dead_next = sw->dead;
@@ -319,8 +327,9 @@ void conn_close_with(struct sw *sw, struct conn *c, const uint8_t *msg, size_t l
  * be read as the rest. Then it is closed, quietly: PostgreSQL ends the session as asked. */
 void conn_end_server(struct sw *sw, struct conn *s, const uint8_t *final, size_t len)
 {
-    if (len > 0 && s->fd >= 0 && !s->connecting && !s->cut && s->out.start == s->out.end) {
-        ssize_t n = send(s->fd, final, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (len > 0 && s->fd >= 0 && !s->connecting && !s->cut && s->out.start == s->out.end &&
+        (s->tls == 0 || (s->tls & TLS_UP))) {
+        ssize_t n = io_write(sw, s, final, len); /* the socket is non-blocking */
         (void)n; /* it is closed next whatever happened */
     }
     conn_destroy(sw, s, R_NONE, 0);
@@ -354,10 +363,7 @@ static int conn_write(struct sw *sw, struct conn *c)
     uint32_t len = b->scanned - b->start;
     if (len == 0 || !c->writable)
         return 0;
-    ssize_t n;
-    do
-        n = send(c->fd, b->data + b->start, len, MSG_NOSIGNAL);
-    while (n < 0 && errno == EINTR);
+    ssize_t n = io_write(sw, c, b->data + b->start, len);
     if (n < 0) {
         if (would_block()) {
             c->writable = 0;
@@ -482,10 +488,7 @@ static int client_read(struct sw *sw, struct conn *c)
         c->stalled = 1;
         return 0;
     }
-    ssize_t n;
-    do
-        n = read(c->fd, dst->data + dst->end, room);
-    while (n < 0 && errno == EINTR);
+    ssize_t n = io_read(sw, c, dst->data + dst->end, room);
     if (n < 0) {
         if (would_block()) {
             c->readable = 0;
@@ -639,10 +642,7 @@ static int server_read(struct sw *sw, struct conn *s)
          * reported setting); anything else (a FATAL before it goes, say), and it is not
          * reused. */
         uint8_t scratch[PARAM_MSG_MAX + 5];
-        ssize_t n;
-        do
-            n = read(s->fd, scratch, sizeof(scratch));
-        while (n < 0 && errno == EINTR);
+        ssize_t n = io_read(sw, s, scratch, sizeof(scratch));
         if (n < 0 && would_block()) {
             s->readable = 0;
             return 0;
@@ -665,10 +665,7 @@ static int server_read(struct sw *sw, struct conn *s)
         s->stalled = 1;
         return 0;
     }
-    ssize_t n;
-    do
-        n = read(s->fd, dst->data + dst->end, room);
-    while (n < 0 && errno == EINTR);
+    ssize_t n = io_read(sw, s, dst->data + dst->end, room);
     if (n < 0 && would_block()) {
         s->readable = 0;
         return 0;
@@ -762,6 +759,8 @@ void conn_service(struct sw *sw, struct conn *c)
     }
     if (login_connecting(sw, c))
         return;
+    if ((c->tls & (TLS_ON | TLS_UP)) == TLS_ON && tls_busy(sw, c))
+        return; /* its TLS preamble or handshake (tls.c) */
     for (int round = 0; round < 16; round++) {
         if (c->state == ST_DEAD)
             return;

@@ -400,6 +400,8 @@ void fast_accept(struct sw *sw, struct conn *c, int64_t listener, const char *ho
 static void fl_fallback(struct sw *sw, struct conn *c)
 {
     uint32_t flags = c->fl->ssl_done ? ACCEPTED_SSL_ANSWERED : 0;
+    if (c->tls & TLS_UP)
+        flags |= ACCEPTED_TLS;
     int64_t listener = c->fl->listener;
     fl_free(sw, c);
     sw_post(sw, EV_ACCEPTED, c->id, listener, flags);
@@ -431,16 +433,26 @@ static size_t who_len(const struct flogin *f)
 
 /* The login ends here without a welcome: Python hears who it was and why (it logs the lines
  * and counts the refusal a login of its own would have), and no CLOSED follows. */
-static void fl_ended(struct sw *sw, struct conn *c, uint8_t reason)
+static void fl_ended_why(struct sw *sw, struct conn *c, uint8_t reason, const char *text)
 {
     struct flogin *f = c->fl;
-    uint8_t *data = malloc(who_len(f));
+    size_t tlen = text != NULL ? strlen(text) : 0;
+    uint8_t *data = malloc(who_len(f) + tlen + 1);
     size_t n = data != NULL ? who(f, data) : 0;
+    if (data != NULL && tlen > 0) { /* a fifth field: why TLS failed */
+        memcpy(data + n, text, tlen + 1);
+        n += tlen + 1;
+    }
     uint32_t why = (uint32_t)reason | (f->step != FL_START ? LOGIN_ENDED_ASKED : 0);
     sw_post_data(sw, EV_LOGIN_ENDED | EV_LAZY, c->id, f->listener, why, data, n);
     free(data);
     fl_free(sw, c);
     c->quiet = 1;
+}
+
+static void fl_ended(struct sw *sw, struct conn *c, uint8_t reason)
+{
+    fl_ended_why(sw, c, reason, NULL);
 }
 
 /* A FATAL ErrorResponse with PostgreSQL's fields, then the close. */
@@ -882,8 +894,11 @@ static int fl_welcome(struct sw *sw, struct conn *c, const char *final, const ui
         return -1;
     /* LOGGED_IN's data: who, the listener, the cancel key (two ints), the method, the route's
      * generation,
-     * the ClientKey (hex, SCRAM), then per tracked parameter "=value" if the client set it. */
-    size_t cap = who_len(f) + 96 + 2 * 32;
+     * the ClientKey (hex, SCRAM), the TLS description ("" in clear), then per tracked
+     * parameter "=value" if the client set it. */
+    char tls[160];
+    size_t tlen = tls_describe(sw, c, tls, sizeof tls);
+    size_t cap = who_len(f) + 96 + 2 * 32 + tlen + 1;
     for (uint32_t i = 0; i < sw->ntracked; i++)
         cap += 2 + (f->own[i] != NULL ? f->ownlen[i] : 0);
     uint8_t *data = malloc(cap);
@@ -899,6 +914,9 @@ static int fl_welcome(struct sw *sw, struct conn *c, const char *final, const ui
         hex(ckey, 32, (char *)data + o);
         o += 64;
     }
+    data[o++] = 0;
+    memcpy(data + o, tls, tlen);
+    o += tlen;
     data[o++] = 0;
     for (uint32_t i = 0; i < sw->ntracked; i++) {
         if (f->own[i] != NULL) {
@@ -934,14 +952,27 @@ static int fl_message(struct sw *sw, struct conn *c, const uint8_t *p, size_t n,
             return 0;
         }
         uint32_t code = be32(p + 4);
+        int tcp = strcmp(f->host, "unix") != 0;
         if (code == CODE_SSL && !f->ssl_done && !(flags & MSG_MORE_BUFFERED)) {
             f->ssl_done = 1;
+            if (tcp && sw->tls_cl.mode != TLS_MODE_DISABLE && sw->tls_cl.ctx != NULL) {
+                /* 'S', then the handshake (tls.c); the startup packet comes through it */
+                if (tls_accept_start(sw, c) < 0) {
+                    fl_fallback(sw, c);
+                    return 0;
+                }
+                return 1;
+            }
             if (fl_send(c, (const uint8_t *)"N", 1) < 0) {
                 fl_fallback(sw, c);
                 return 0;
             }
             conn_schedule(sw, c);
             return 1;
+        }
+        if (tcp && sw->tls_cl.mode >= TLS_MODE_REQUIRE && !(c->tls & TLS_UP)) {
+            fl_fallback(sw, c); /* Python refuses it: "SSL required" */
+            return 0;
         }
         struct route *r = NULL;
         if (fl_startup(sw, f, p, n) == 0 && f->user != NULL) { /* no user: Python's error */
@@ -1074,11 +1105,11 @@ void fast_drop(struct sw *sw, struct conn *c)
 
 /* The connection closes while the switch runs its login (EOF, an error): Python hears of it
  * as LOGIN_ENDED (it never saw an ACCEPTED), so no CLOSED. 1: the caller reports nothing. */
-int fast_closing(struct sw *sw, struct conn *c, uint8_t reason)
+int fast_closing(struct sw *sw, struct conn *c, uint8_t reason, const char *why)
 {
     if (c->fl == NULL)
         return 0;
-    fl_ended(sw, c, reason);
+    fl_ended_why(sw, c, reason, why != NULL && why[0] != 0 ? why : NULL);
     return 1;
 }
 

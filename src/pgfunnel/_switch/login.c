@@ -166,6 +166,8 @@ static void login_pass_up(struct sw *sw, struct conn *c)
     }
     if (used == 0)
         return;
+    if (c->tls & TLS_UP)
+        flags |= MSG_TLS;
     if (sw_post_data(sw, EV_MESSAGE, c->id, c->pool->id, flags, b->data + b->start, used) < 0) {
         login_failed(sw, c, R_IO_ERROR, ENOMEM);
         return;
@@ -201,10 +203,20 @@ static int login_read(struct sw *sw, struct conn *c)
         c->stalled = 1; /* flow control: read again after read_next */
         return 0;
     }
-    ssize_t n;
-    do
-        n = read(c->fd, b->data + b->end, (size_t)room);
-    while (n < 0 && errno == EINTR);
+    if (c->kind == KIND_CLIENT && c->login_phase == LP_UNTYPED && b->end == b->start &&
+        c->tls == 0 && sw->tls_cl.ctx != NULL && sw->tls_cl.mode != TLS_MODE_DISABLE) {
+        /* A first byte 0x16: a TLS handshake without an SSLRequest (direct TLS) */
+        int direct = tls_direct_start(sw, c);
+        if (direct < 0) {
+            login_failed(sw, c, R_IO_ERROR, ENOMEM);
+            return 0;
+        }
+        if (direct > 0) {
+            conn_schedule(sw, c);
+            return 0;
+        }
+    }
+    ssize_t n = io_read(sw, c, b->data + b->end, (size_t)room);
     if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK) {
             c->readable = 0;
@@ -233,6 +245,10 @@ int login_service(struct sw *sw, struct conn *c)
     login_pass_up(sw, c);
     if (c->state == ST_DEAD || !c->readable)
         return 0;
+    if ((c->tls & (TLS_ON | TLS_UP)) == TLS_ON) {
+        conn_schedule(sw, c); /* an SSLRequest just answered 'S': the handshake reads next */
+        return 0;
+    }
     int got = login_read(sw, c);
     if (got)
         login_pass_up(sw, c);

@@ -251,6 +251,18 @@ void loop_once(struct sw *sw, int timeout_ms)
             c->hup = 1;
         if (e & (EPOLLOUT | EPOLLHUP | EPOLLERR))
             c->writable = 1;
+        if (c->tls & (TLS_READ_WANTS_OUT | TLS_WRITE_WANTS_IN)) {
+            /* TLS: a read that had to write waits for EPOLLOUT, a write that had to read
+             * for EPOLLIN (tls.c) */
+            if ((e & EPOLLOUT) && (c->tls & TLS_READ_WANTS_OUT)) {
+                c->readable = 1;
+                c->tls &= (uint8_t)~TLS_READ_WANTS_OUT;
+            }
+            if ((e & EPOLLIN) && (c->tls & TLS_WRITE_WANTS_IN)) {
+                c->writable = 1;
+                c->tls &= (uint8_t)~TLS_WRITE_WANTS_IN;
+            }
+        }
         conn_service(sw, c);
     }
     run_todo(sw);

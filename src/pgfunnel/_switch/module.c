@@ -289,6 +289,7 @@ static void shutdown_switch(SwitchObject *self)
     params_fini(sw);
     fast_fini(sw);
     ps_fini(sw);
+    tls_fini(sw);
     loop_fini(sw);
     pthread_mutex_destroy(&sw->lock);
 }
@@ -641,6 +642,11 @@ static PyObject *Switch_detach(SwitchObject *self, PyObject *args)
         sw_unlock(sw);
         PyErr_SetString(PyExc_ValueError, "only an idle or parked server, a client that "
                                           "holds no server, or a login, can be detached");
+        return NULL;
+    }
+    if (c->tls) {
+        sw_unlock(sw);
+        PyErr_SetString(PyExc_ValueError, "a TLS connection cannot leave the switch");
         return NULL;
     }
     if ((c->kind == KIND_CLIENT || c->state == SV_LOGIN || c->state == SV_TALK) &&
@@ -1409,8 +1415,15 @@ static PyObject *Switch_connect_server(SwitchObject *self, PyObject *args)
     int fd;
     long long pool_id;
     Py_buffer first = {0};
-    if (!PyArg_ParseTuple(args, "iL|y*", &fd, &pool_id, &first))
+    int tls_mode = TLS_MODE_DISABLE;
+    const char *host = NULL;
+    if (!PyArg_ParseTuple(args, "iL|y*iz", &fd, &pool_id, &first, &tls_mode, &host))
         return NULL;
+    if (tls_mode < TLS_MODE_DISABLE || tls_mode > TLS_MODE_VERIFY_FULL) {
+        PyBuffer_Release(&first);
+        PyErr_SetString(PyExc_ValueError, "tls_mode must be 0..5");
+        return NULL;
+    }
     PyObject *result = NULL;
     int fl;
     if (check_open(self) < 0)
@@ -1431,6 +1444,14 @@ static PyObject *Switch_connect_server(SwitchObject *self, PyObject *args)
     struct conn *c = login_connect(sw, fd, p);
     int err = errno;
     uint64_t id = c != NULL ? c->id : 0;
+    if (c != NULL && tls_mode != TLS_MODE_DISABLE &&
+        tls_connect_start(sw, c, (uint8_t)tls_mode, host) < 0) {
+        err = ENOMEM;
+        loop_del(sw, c);
+        c->fd = -1;
+        conn_destroy(sw, c, R_NONE, 0);
+        c = NULL;
+    }
     if (c != NULL && first.buf != NULL && first.len > 0 &&
         buf_append(&c->out, first.buf, (size_t)first.len) < 0) {
         err = ENOMEM; /* the fd stays Python's: undo the registration */
@@ -1449,6 +1470,181 @@ static PyObject *Switch_connect_server(SwitchObject *self, PyObject *args)
 out:
     PyBuffer_Release(&first);
     return result;
+}
+
+/* tls_configure(side, mode, protocols, dhe, key_file, cert_file, ca_file, ciphers, ciphers13,
+ * ecdhcurve): a new context for clients (side 0) or servers (1), built from the files now;
+ * new connections use it, those up keep theirs. A broken file or setting: ValueError with
+ * the reason and the path, and the old context stays. mode 0 (disable): none. */
+static PyObject *Switch_tls_configure(SwitchObject *self, PyObject *args)
+{
+    struct tls_conf cf = {0};
+    int side, mode, dhe;
+    unsigned int protocols;
+    if (!PyArg_ParseTuple(args, "iiIizzzzzz", &side, &mode, &protocols, &dhe, &cf.key_file,
+                          &cf.cert_file, &cf.ca_file, &cf.ciphers, &cf.ciphers13, &cf.ecdhcurve))
+        return NULL;
+    if (check_open(self) < 0)
+        return NULL;
+    if ((side != TLS_SIDE_CLIENTS && side != TLS_SIDE_SERVERS) || mode < TLS_MODE_DISABLE ||
+        mode > TLS_MODE_VERIFY_FULL || dhe < TLS_DHE_NONE || dhe > TLS_DHE_LEGACY) {
+        PyErr_SetString(PyExc_ValueError, "bad side, mode or dhe");
+        return NULL;
+    }
+    cf.side = side;
+    cf.mode = (uint8_t)mode;
+    cf.protocols = protocols;
+    cf.dhe = (uint8_t)dhe;
+    struct ssl_ctx_st *ctx = NULL;
+    if (mode != TLS_MODE_DISABLE) {
+        char err[512];
+        Py_BEGIN_ALLOW_THREADS
+        ctx = tls_make_ctx(&cf, err, sizeof err);
+        Py_END_ALLOW_THREADS
+        if (ctx == NULL) {
+            PyErr_SetString(PyExc_ValueError, err);
+            return NULL;
+        }
+    }
+    struct sw *sw = &self->sw;
+    sw_lock(sw);
+    tls_set_ctx(sw, side, ctx, (uint8_t)mode);
+    sw_unlock(sw);
+    Py_RETURN_NONE;
+}
+
+/* tls_accept(conn) -> bool: a client in login whose SSLRequest Python read is answered 'S'
+ * and its handshake begins; what it sends next comes up decrypted (MSG_TLS). False: bytes
+ * came after its SSLRequest, before the answer (the CVE-2021-23214 class): nothing done. */
+static PyObject *Switch_tls_accept(SwitchObject *self, PyObject *args)
+{
+    unsigned long long id;
+    if (!PyArg_ParseTuple(args, "K", &id) || check_open(self) < 0)
+        return NULL;
+    struct sw *sw = &self->sw;
+    sw_lock(sw);
+    struct conn *c = conn_find(sw, id);
+    const char *bad = NULL;
+    int ok = 0;
+    if (c == NULL)
+        bad = "no such connection";
+    else if (c->kind != KIND_CLIENT || c->state != CL_LOGIN || c->tls)
+        bad = "only a client in login without TLS can start it";
+    else if (sw->tls_cl.ctx == NULL)
+        bad = "no TLS context for clients";
+    else if (c->hold.end == c->hold.start && c->out.end == c->out.start) {
+        if (tls_accept_start(sw, c) < 0)
+            bad = "out of memory";
+        else {
+            login_read_next(sw, c);
+            ok = 1;
+        }
+    }
+    sw_unlock(sw);
+    if (bad != NULL) {
+        PyErr_SetString(c == NULL ? PyExc_KeyError : PyExc_ValueError, bad);
+        return NULL;
+    }
+    return PyBool_FromLong(ok);
+}
+
+/* tls_info(conn) -> str: PgBouncer's `tls` column ("" without TLS). */
+static PyObject *Switch_tls_info(SwitchObject *self, PyObject *args)
+{
+    unsigned long long id;
+    if (!PyArg_ParseTuple(args, "K", &id) || check_open(self) < 0)
+        return NULL;
+    struct sw *sw = &self->sw;
+    char out[160];
+    sw_lock(sw);
+    struct conn *c = conn_find(sw, id);
+    if (c != NULL)
+        tls_describe(sw, c, out, sizeof out);
+    sw_unlock(sw);
+    if (c == NULL) {
+        PyErr_Format(PyExc_KeyError, "no connection %llu", id);
+        return NULL;
+    }
+    return PyUnicode_DecodeUTF8(out, (Py_ssize_t)strlen(out), "replace");
+}
+
+/* tls_infos() -> {conn: str}: the `tls` column of every connection with TLS up. */
+static PyObject *Switch_tls_infos(SwitchObject *self, PyObject *Py_UNUSED(a))
+{
+    if (check_open(self) < 0)
+        return NULL;
+    PyObject *d = PyDict_New();
+    if (d == NULL)
+        return NULL;
+    struct sw *sw = &self->sw;
+    sw_lock(sw);
+    for (uint32_t i = 0; i < sw->nslots; i++) {
+        struct conn *c = sw->slots[i];
+        char out[160];
+        if (c == NULL || !(c->tls & TLS_UP) || tls_describe(sw, c, out, sizeof out) == 0)
+            continue;
+        PyObject *k = PyLong_FromUnsignedLongLong(c->id);
+        PyObject *v = PyUnicode_DecodeUTF8(out, (Py_ssize_t)strlen(out), "replace");
+        int rc = k != NULL && v != NULL ? PyDict_SetItem(d, k, v) : -1;
+        Py_XDECREF(k);
+        Py_XDECREF(v);
+        if (rc < 0) {
+            sw_unlock(sw);
+            Py_DECREF(d);
+            return NULL;
+        }
+    }
+    sw_unlock(sw);
+    return d;
+}
+
+/* tls_peer(conn) -> (cn, verified) | None: the client certificate's CommonName ("" if it has
+ * none) and whether it was verified against the CA file; None: no certificate (or no TLS). */
+static PyObject *Switch_tls_peer(SwitchObject *self, PyObject *args)
+{
+    unsigned long long id;
+    if (!PyArg_ParseTuple(args, "K", &id) || check_open(self) < 0)
+        return NULL;
+    struct sw *sw = &self->sw;
+    char cn[256];
+    int verified = 0, r = -1;
+    sw_lock(sw);
+    struct conn *c = conn_find(sw, id);
+    if (c != NULL)
+        r = tls_peer(sw, c, cn, sizeof cn, &verified);
+    sw_unlock(sw);
+    if (c == NULL) {
+        PyErr_Format(PyExc_KeyError, "no connection %llu", id);
+        return NULL;
+    }
+    if (r <= 0)
+        Py_RETURN_NONE;
+    return Py_BuildValue("(sO)", cn, verified ? Py_True : Py_False);
+}
+
+/* end_idle(conn, final=b"") -> bool: close a server only if it is idle now (PAUSE closing
+ * idle servers, a reload's close_needed), writing `final` (its Terminate) first. */
+static PyObject *Switch_end_idle(SwitchObject *self, PyObject *args)
+{
+    unsigned long long id;
+    Py_buffer final = {0};
+    if (!PyArg_ParseTuple(args, "K|y*", &id, &final))
+        return NULL;
+    if (check_open(self) < 0) {
+        PyBuffer_Release(&final);
+        return NULL;
+    }
+    struct sw *sw = &self->sw;
+    sw_lock(sw);
+    struct conn *c = conn_find(sw, id);
+    int done = c != NULL && c->kind == KIND_SERVER && c->state == SV_IDLE;
+    if (done) {
+        c->quiet = 1;
+        close_server(sw, c, final.buf, final.buf != NULL ? (size_t)final.len : 0);
+    }
+    sw_unlock(sw);
+    PyBuffer_Release(&final);
+    return PyBool_FromLong(done);
 }
 
 static PyObject *Switch_read_next(SwitchObject *self, PyObject *args)
@@ -1691,6 +1887,14 @@ static PyMethodDef Switch_methods[] = {
     {"send", (PyCFunction)Switch_send, METH_VARARGS, "send(conn, data)"},
     {"close", (PyCFunction)Switch_close, METH_VARARGS, "close(conn, final=b'') -> found"},
     {"detach", (PyCFunction)Switch_detach, METH_VARARGS, "detach(conn) -> (fd, held bytes)"},
+    {"tls_configure", (PyCFunction)Switch_tls_configure, METH_VARARGS,
+     "tls_configure(side, mode, protocols, dhe, key, cert, ca, ciphers, ciphers13, ecdhcurve)"},
+    {"tls_accept", (PyCFunction)Switch_tls_accept, METH_VARARGS, "tls_accept(conn) -> bool"},
+    {"tls_info", (PyCFunction)Switch_tls_info, METH_VARARGS, "tls_info(conn) -> str"},
+    {"tls_infos", (PyCFunction)Switch_tls_infos, METH_NOARGS, "tls_infos() -> {conn: str}"},
+    {"tls_peer", (PyCFunction)Switch_tls_peer, METH_VARARGS,
+     "tls_peer(conn) -> (cn, verified) | None"},
+    {"end_idle", (PyCFunction)Switch_end_idle, METH_VARARGS, "end_idle(conn, final=b'') -> bool"},
     {"set_close_needed", (PyCFunction)Switch_set_close_needed, METH_VARARGS,
      "set_close_needed(conn) -> found"},
     {"set_timeouts", (PyCFunction)(void (*)(void))Switch_set_timeouts,
@@ -1717,7 +1921,7 @@ static PyMethodDef Switch_methods[] = {
     {"fast_expire", (PyCFunction)Switch_fast_expire, METH_VARARGS,
      "fast_expire(grace_us, timeout_us, msg)"},
     {"connect_server", (PyCFunction)Switch_connect_server, METH_VARARGS,
-     "connect_server(fd, pool, first=b'') -> id"},
+     "connect_server(fd, pool, first=b'', tls_mode=0, host=None) -> id"},
     {"read_next", (PyCFunction)Switch_read_next, METH_VARARGS, "read_next(conn) -> found"},
     {"promote", (PyCFunction)(void (*)(void))Switch_promote, METH_VARARGS | METH_KEYWORDS,
      "promote(conn, pool, params=None, pending=b'') -> found"},
@@ -1787,6 +1991,13 @@ PyMODINIT_FUNC PyInit__switch(void)
     ADD_INT(m, EV_LOGGED_IN);
     ADD_INT(m, EV_LOGIN_ENDED);
     ADD_INT(m, ACCEPTED_SSL_ANSWERED);
+    ADD_INT(m, ACCEPTED_TLS);
+    ADD_INT(m, MSG_TLS);
+    ADD_INT(m, R_TLS_FAILED);
+    ADD_INT(m, TLS_PROTO_1_0);
+    ADD_INT(m, TLS_PROTO_1_1);
+    ADD_INT(m, TLS_PROTO_1_2);
+    ADD_INT(m, TLS_PROTO_1_3);
     ADD_INT(m, LOGIN_ENDED_ASKED);
     ADD_INT(m, FAST_MD5);
     ADD_INT(m, FAST_SCRAM);

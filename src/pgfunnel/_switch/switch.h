@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "scan.h"
 
@@ -58,12 +59,14 @@ enum { HAZARDS_WARN = 0, HAZARDS_REFUSE = 1, HAZARDS_PIN = 2 };
 
 /* EV_ACCEPTED's reason: flags. */
 #define ACCEPTED_SSL_ANSWERED 1 /* fastlogin.c answered an SSLRequest 'N' before handing over */
+#define ACCEPTED_TLS 2          /* ... or TLS is up on it (an SSLRequest answered 'S', or direct) */
 /* EV_LOGIN_ENDED's reason: the close reason, and this bit once a password was asked for. */
 #define LOGIN_ENDED_ASKED 0x100
 
 /* EV_MESSAGE's reason: flags. */
 #define MSG_UNTYPED 1       /* bit 0: an untyped packet (startup, SSL/GSS request, cancel) */
 #define MSG_MORE_BUFFERED 2 /* bit 1: bytes already followed an SSLRequest/GSSENCRequest */
+#define MSG_TLS 4           /* bit 2: the connection is encrypted (tls.c) */
 
 enum reason {
     R_NONE = 0,
@@ -98,6 +101,8 @@ enum reason {
     R_LOGIN_TIMEOUT,  /* fastlogin.c: client_login_timeout passed in the exchange */
     R_PLAN_CHANGED,   /* ps.c: "cached plan must not change result type": closed at release */
     R_PINNED_END,     /* pool.c: a client pinned by a hazard (HAZARDS_PIN) left its server */
+    R_TLS_FAILED,     /* tls.c: the handshake failed, or a server refused TLS it had to use
+                       * (the event's data says why) */
 };
 #define DL_FIRST R_QUERY_WAIT
 #define DL_CONN_COUNT (R_SERVER_LIFETIME - R_QUERY_WAIT + 1)
@@ -112,6 +117,36 @@ struct buf {
     uint32_t alloc, start, scanned, end;
     uint64_t done;
 };
+
+/* tls.c: conn.tls bits */
+#define TLS_ON 1               /* it has a struct tlsc (preamble, handshake or up) */
+#define TLS_UP 2               /* reads and writes go through its SSL */
+#define TLS_READ_WANTS_OUT 4   /* its SSL_read wants the socket writable */
+#define TLS_WRITE_WANTS_IN 8   /* its SSL_write wants the socket readable */
+#define TLS_WHY_MAX 200        /* a failure's text */
+/* sslmodes, in PgBouncer's order (a mode >= REQUIRE insists on TLS) */
+enum { TLS_MODE_DISABLE = 0, TLS_MODE_ALLOW, TLS_MODE_PREFER, TLS_MODE_REQUIRE,
+       TLS_MODE_VERIFY_CA, TLS_MODE_VERIFY_FULL };
+enum { TLS_SIDE_CLIENTS = 0, TLS_SIDE_SERVERS = 1 };
+enum { TLS_DHE_NONE = 0, TLS_DHE_AUTO = 1, TLS_DHE_LEGACY = 2 };
+#define TLS_PROTO_1_0 1
+#define TLS_PROTO_1_1 2
+#define TLS_PROTO_1_2 4
+#define TLS_PROTO_1_3 8
+/* What Python gives for a side's context (tls_configure); strings may be NULL or "". */
+struct tls_conf {
+    int side;
+    uint8_t mode;
+    uint32_t protocols; /* TLS_PROTO_* bits */
+    uint8_t dhe;
+    const char *key_file, *cert_file, *ca_file, *ciphers, *ciphers13, *ecdhcurve;
+};
+struct ssl_ctx_st;
+struct tls_side {
+    struct ssl_ctx_st *ctx; /* NULL: none configured */
+    uint8_t mode;
+};
+struct tlsc;
 
 struct pool;
 struct pset;
@@ -216,6 +251,7 @@ struct conn {
     uint8_t set_err;      /* server: that answer held an ErrorResponse */
     uint8_t cut;          /* server: its stream stops inside a client's message (no Terminate) */
     uint8_t pinned;       /* client: keeps its server until it leaves (HAZARDS_PIN) */
+    uint8_t tls;          /* tls.c: TLS_* bits (0: none; its state is in sw->tls_of) */
     uint32_t ps;          /* ps.c: its prepared statements (an index: 0 none; in padding) */
     int64_t link_wall;    /* server: CLOCK_REALTIME µs of its link to its current client */
     struct pool *pool;
@@ -349,6 +385,11 @@ struct sw {
     uint64_t ps_seq; /* the last number in a server statement's name (PGFUNNEL_<n>) */
     uint8_t *ps_out;
     size_t ps_outcap, ps_outlen;
+    /* tls.c: the contexts for clients and for servers, and each connection's TLS by slot
+     * (allocated at the first TLS connection) */
+    struct tls_side tls_cl, tls_sv;
+    struct tlsc **tls_of;
+    uint32_t tls_nslots;
 };
 
 /* loop.c: the only file that calls epoll */
@@ -446,7 +487,7 @@ void fast_routes_clear(struct sw *sw);
 void fast_fini(struct sw *sw);
 void fast_accept(struct sw *sw, struct conn *c, int64_t listener, const char *host, uint32_t port);
 int fast_pass_up(struct sw *sw, struct conn *c);
-int fast_closing(struct sw *sw, struct conn *c, uint8_t reason);
+int fast_closing(struct sw *sw, struct conn *c, uint8_t reason, const char *why);
 void fast_drop(struct sw *sw, struct conn *c);
 void fast_expire(struct sw *sw, int64_t grace_us, int64_t timeout_us, const uint8_t *msg,
                  size_t len);
@@ -482,6 +523,21 @@ void sets_replay_failed(struct sw *sw, struct conn *s);
 uint32_t sets_count(struct sw *sw, struct conn *c);
 size_t sets_describe(struct sw *sw, struct conn *c, char *out, size_t cap);
 void sets_free(void *st);
+
+/* tls.c */
+int tls_accept_start(struct sw *sw, struct conn *c);
+int tls_direct_start(struct sw *sw, struct conn *c);
+int tls_connect_start(struct sw *sw, struct conn *c, uint8_t mode, const char *host);
+int tls_busy(struct sw *sw, struct conn *c);
+void tls_end(struct sw *sw, struct conn *c, uint8_t reason, char *why);
+void tls_fini(struct sw *sw);
+ssize_t io_read(struct sw *sw, struct conn *c, uint8_t *p, size_t n);
+ssize_t io_write(struct sw *sw, struct conn *c, const uint8_t *p, size_t n);
+int tls_alpn_pick(const uint8_t *in, unsigned int inlen, const uint8_t **out, uint8_t *outlen);
+struct ssl_ctx_st *tls_make_ctx(const struct tls_conf *cf, char *err, size_t cap);
+void tls_set_ctx(struct sw *sw, int side, struct ssl_ctx_st *ctx, uint8_t mode);
+size_t tls_describe(struct sw *sw, const struct conn *c, char *out, size_t cap);
+int tls_peer(struct sw *sw, const struct conn *c, char *cn, size_t cap, int *verified);
 
 /* stats.c */
 void stats_wait(struct stats *st, int64_t us);

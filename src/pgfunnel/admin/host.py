@@ -46,6 +46,9 @@ class Host(Protocol):
     # Named prepared statements per connection id (clients' and servers'; 0s left out), as of
     # the last refresh (SHOW CLIENTS / SERVERS' prepared_statements)
     prepared: dict[int, int]
+    # The `tls` column (protocol/cipher/ECDH=group) of the connections with TLS up, as of the
+    # last refresh
+    tls: dict[int, str]
     # pooling_hazards: (database, user, application_name, hazard) -> how often, what was done
     hazards: dict[tuple[str, str, str, str], HazardCount]
 

@@ -12,6 +12,7 @@ from pgfunnel.config.connstr import parse_connstr
 from pgfunnel.config.hba import HbaRules, IdentMap, load_hba, load_ident
 from pgfunnel.config.ini import ConfigError, IniEntry, IniSection, parse_ini
 from pgfunnel.config.settings import SETTINGS, Settings, parse_seconds, parse_value
+from pgfunnel.config.tls import problems as tls_problems
 from pgfunnel.config.userlist import load_userlist
 
 __all__ = [
@@ -36,9 +37,7 @@ _INT_RE = re.compile(r"[+-]?[0-9]+")
 # Values PgBouncer accepts but pgfunnel cannot honour without silently weakening security:
 # these stop the load instead of being listed as ignored.
 _FAIL_CLOSED: Final[dict[str, tuple[str, ...]]] = {
-    "auth_type": ("cert", "pam", "ldap"),
-    "client_tls_sslmode": ("require", "verify-ca", "verify-full"),
-    "server_tls_sslmode": ("require", "verify-ca", "verify-full"),
+    "auth_type": ("pam", "ldap"),
 }
 # Per-database and per-user keys that are parsed but have no effect in pgfunnel yet.
 # load_balance_hosts only chooses among the hosts of a host list, which is not supported yet.
@@ -404,6 +403,10 @@ class _Loader:
                     f"{name} = {values[name]} is not supported by pgfunnel yet, and ignoring it "
                     "would weaken security; change it or keep PgBouncer for this setup",
                 )
+        for name, why in tls_problems(settings):
+            # TLS that cannot run as configured stops the load, rather than serve in clear
+            where = self.sources.get(name)
+            raise ConfigError(where.file if where else self.path, where.line if where else 0, why)
         unsupported = [
             f"{_where(entry)}: setting {name} is not supported by pgfunnel yet; ignored"
             for name, entry in self.sources.items()

@@ -296,8 +296,9 @@ class Settings:
         "`scram-sha-256`, `plain` (clear text), `trust` (no password; the user must be in "
         "`auth_file` or found by `auth_query`), `any` (no password; the user name is ignored "
         "and each database needs a forced `user=`), `hba` (rules from `auth_hba_file`, "
-        "including `peer` on the Unix socket), `cert`, `pam`, `ldap`. pgfunnel implements "
-        "trust, md5, scram-sha-256, plain, any and hba. Whatever the type, the user `pgbouncer` "
+        "including `peer` on the Unix socket), `cert` (TLS with a client certificate that "
+        "`client_tls_ca_file` validates; its CommonName is the user), `pam`, `ldap`. pgfunnel "
+        "implements all but pam and ldap. Whatever the type, the user `pgbouncer` "
         "connecting over the Unix socket as the pooler's own OS user enters the admin console "
         "without a password.",
     )
@@ -453,73 +454,77 @@ class Settings:
         "(pgfunnel adds its position in the queue and why it waits). 0 disables.",
     )
 
-    # --- TLS -----------------------------------------------------------------------------------
+    # --- TLS (the switch: src/pgfunnel/_switch/tls.c) -----------------------------------------
     client_tls_sslmode: str = setting(
         default="disable",
         choices=_SSLMODES,
-        supported=False,
-        doc="TLS for client connections: disable, allow, prefer, require, verify-ca, verify-full.",
+        doc="TLS for client connections. disable: an SSLRequest is answered 'N'; allow and "
+        "prefer: TLS if the client asks (a client certificate is not validated); require: TCP "
+        "clients must use TLS (`SSL required`); verify-ca and verify-full: they must also "
+        "present a certificate that `client_tls_ca_file` validates. PostgreSQL 17's direct TLS "
+        "(ALPN `postgresql`) is accepted too. Unix-socket clients never use TLS.",
     )
     client_tls_key_file: str = setting(
-        default="", supported=False, doc="Private key presented to clients."
+        default="", doc="Private key presented to clients (PEM); needed unless disable."
     )
     client_tls_cert_file: str = setting(
-        default="", supported=False, doc="Certificate presented to clients."
+        default="", doc="Certificate (chain) presented to clients (PEM); needed unless disable."
     )
     client_tls_ca_file: str = setting(
-        default="", supported=False, doc="CA file used to validate client certificates."
+        default="",
+        doc="CA certificates that validate client certificates (verify-ca, verify-full, "
+        "auth_type cert). Below verify-ca a certificate is asked for when this is set, "
+        "not required.",
     )
     client_tls_protocols: str = setting(
         default="secure",
-        supported=False,
-        doc="TLS versions allowed for clients: tlsv1.0 to tlsv1.3, `all` or `secure` "
-        "(tlsv1.2 and tlsv1.3).",
+        doc="TLS versions allowed for clients: tlsv1.0, tlsv1.1, tlsv1.2, tlsv1.3 (comma or "
+        "space separated), `all`/`legacy` (1.0 to 1.3) or `secure`/`default` (1.2 and 1.3).",
     )
     client_tls_ciphers: str = setting(
         default="default",
-        supported=False,
-        doc="OpenSSL cipher list for client TLS up to 1.2.",
+        doc="Ciphers for client TLS up to 1.2, in OpenSSL's syntax; `default`, `secure`, "
+        "`normal` and `fast` leave OpenSSL's defaults, `compat`/`legacy` and `insecure`/`all` "
+        "allow more.",
     )
     client_tls13_ciphers: str = setting(
-        default="",
-        supported=False,
-        doc="Cipher suites for client TLS 1.3; empty uses `client_tls_ciphers`.",
+        default="", doc="TLS 1.3 cipher suites for clients; empty: OpenSSL's defaults."
     )
     client_tls_ecdhcurve: str = setting(
-        default="auto", supported=False, doc="Elliptic curve for ECDH with clients, or none."
+        default="auto",
+        doc="Groups for ECDH key exchange with clients (OpenSSL's list, e.g. X25519:P-256); "
+        "auto: OpenSSL's.",
     )
     client_tls_dheparams: str = setting(
         default="auto",
-        supported=False,
-        doc="DHE parameters with clients: none, auto (2048-bit) or legacy (1024-bit).",
+        doc="DHE key exchange with clients (TLS 1.2): none, auto or legacy (both: parameters "
+        "matched to the key, as OpenSSL chooses).",
     )
     server_tls_sslmode: str = setting(
         default="prefer",
         choices=_SSLMODES,
-        supported=False,
-        doc="TLS for server connections: disable, allow, prefer, require, verify-ca, verify-full.",
+        doc="TLS to servers (TCP only). disable: no SSLRequest; allow and prefer: TLS if the "
+        "server offers it, else in clear; require: TLS or no connection (`server refused "
+        "SSL`), certificate not checked; verify-ca: the certificate must chain to "
+        "`server_tls_ca_file` (or the system's CAs); verify-full: and name the host.",
     )
     server_tls_ca_file: str = setting(
-        default="", supported=False, doc="CA file used to validate server certificates."
+        default="", doc="CA certificates that validate servers (verify-ca, verify-full)."
     )
     server_tls_key_file: str = setting(
-        default="", supported=False, doc="Private key presented to servers."
+        default="", doc="Private key presented to servers as a client certificate."
     )
     server_tls_cert_file: str = setting(
-        default="", supported=False, doc="Certificate presented to servers."
+        default="", doc="Client certificate presented to servers (cert authentication)."
     )
     server_tls_protocols: str = setting(
-        default="secure", supported=False, doc="TLS versions allowed for servers."
+        default="secure", doc="TLS versions allowed for servers, as client_tls_protocols."
     )
     server_tls_ciphers: str = setting(
-        default="default",
-        supported=False,
-        doc="OpenSSL cipher list for server TLS up to 1.2.",
+        default="default", doc="Ciphers for server TLS up to 1.2, as client_tls_ciphers."
     )
     server_tls13_ciphers: str = setting(
-        default="",
-        supported=False,
-        doc="Cipher suites for server TLS 1.3; empty uses `server_tls_ciphers`.",
+        default="", doc="TLS 1.3 cipher suites for servers; empty: OpenSSL's defaults."
     )
 
     # --- dangerous timeouts --------------------------------------------------------------------

@@ -24,6 +24,9 @@ from pgfunnel.admin.console import Console
 from pgfunnel.config.ini import ConfigError
 from pgfunnel.config.loader import Config, DatabaseConfig
 from pgfunnel.config.pools import PoolSettings, resolve_pool_settings
+from pgfunnel.config.settings import Settings
+from pgfunnel.config.tls import TlsSide
+from pgfunnel.config.tls import side as tls_side
 from pgfunnel.net import logfile
 from pgfunnel.net.auth_query import AuthLookups
 from pgfunnel.net.bridge import CLOSE_TEXT, Bridge
@@ -134,6 +137,7 @@ class App(Commands):
         # Logins into a pool, by where they ran: in the switch on a route, or in Python.
         self.logins: dict[str, int] = {"switch": 0, "pooler": 0}
         self.prepared: dict[int, int] = {}
+        self.tls: dict[int, str] = {}  # SHOW's `tls` column by connection id (last refresh)
         self.carried: set[int] = set()  # clients carrying session settings (last refresh)
         # pooling_hazards: per (database, user, application_name, hazard) the count, the
         # action in force at the last one, and when (SHOW HAZARDS); (client, hazard) logged
@@ -144,6 +148,8 @@ class App(Commands):
         self._limit_bites = [0, 0]  # since the last log line: logins evicted, sockets refused
         self._limit_logged = -LIMIT_LOG_EVERY
         self.fast = FastLogins(self)  # the routes of the logins the switch runs alone
+        # The TLS contexts in the switch, as configured (None: not yet): apply_tls
+        self.tls_sides: dict[bool, TlsSide | None] = {True: None, False: None}
         self._apply_settings()
 
     def _apply_settings(self) -> None:
@@ -881,8 +887,17 @@ class App(Commands):
         if server.state is ServerState.CLOSED:  # connect timeout, KILL, ... meanwhile
             sock.close()
             return
-        # The switch owns the socket from here; Python talks the login through it.
-        sid = self.bridge.sw.connect_server(sock.detach(), self.bridge.pool_id(pool))
+        # The switch owns the socket from here; Python talks the login through it. Over TCP
+        # it asks for TLS first as server_tls_sslmode says (never on a unix socket, as libpq).
+        side = self.tls_sides[False]
+        tls_mode = side.mode if side is not None and not is_unix(dbc.host) else 0
+        sid = self.bridge.sw.connect_server(
+            sock.detach(),
+            self.bridge.pool_id(pool),
+            b"",
+            tls_mode,
+            None if is_unix(dbc.host) else str(dbc.host),
+        )
         server.sid = sid
         conn = ServerConn(self, server, login, peer, local)
         conn.connection_made(self.bridge.talk_to_server(sid, conn, peer))
@@ -1034,6 +1049,9 @@ class App(Commands):
                 client.link = None
         self.prepared = prepared
         self.carried = carried
+        # TLS descriptions (SHOW's `tls` column), asked only when some side may use TLS
+        sides = self.tls_sides.values()
+        self.tls = bridge.sw.tls_infos() if any(t is not None and t.mode for t in sides) else {}
 
     def carries(self, sid: int) -> str:
         return self.bridge.sw.carries(sid) if sid in self.carried else ""
@@ -1073,14 +1091,10 @@ class App(Commands):
 
     def take_idle(self, server: Server, reason: str) -> bool:
         """Close an idle server the switch holds; False if it is not idle any more."""
-        try:
-            fd, _ = self.bridge.sw.detach(server.sid)
-        except (KeyError, ValueError):
+        # In the switch, atomically: only if idle now, and its Terminate through its TLS
+        if not self.bridge.sw.end_idle(server.sid, m.terminate()):
             return False
         self.bridge.servers.pop(server.sid, None)
-        with contextlib.suppress(OSError):
-            os.write(fd, m.terminate())
-        os.close(fd)
         self._log_server_close(server, reason)
         self.apply(self.pooler.server_closed(server, reason, self.now()))
         return True
@@ -1158,6 +1172,50 @@ class App(Commands):
             d[6],
         )
 
+    # --- TLS -------------------------------------------------------------------------------
+    def apply_tls(self, settings: Settings) -> dict[bool, str]:
+        """Build the switch's TLS contexts from `settings`, reading the key, certificate and
+        CA files again (RELOAD loads renewed certificates): new connections use them, those up
+        keep theirs. Per side (True: clients) that could not be built, why (its path
+        included): that side keeps its old context. A server side whose settings changed
+        replaces the servers as they are released (PgBouncer's reconnect on a TLS change)."""
+        failed: dict[bool, str] = {}
+        for clients in (True, False):
+            want = tls_side(settings, clients)
+            try:
+                self.bridge.sw.tls_configure(
+                    want.side,
+                    want.mode,
+                    want.protocols,
+                    want.dhe,
+                    want.key_file or None,
+                    want.cert_file or None,
+                    want.ca_file or None,
+                    want.ciphers or None,
+                    want.ciphers13 or None,
+                    want.ecdhcurve or None,
+                )
+            except ValueError as exc:
+                failed[clients] = str(exc)
+                continue
+            old = self.tls_sides[clients]
+            self.tls_sides[clients] = want
+            if not clients and old is not None and old != want:
+                log.info("server TLS settings changed: servers are replaced as they are released")
+                now = self.now()
+                for db in self.pooler.databases.values():
+                    self.apply(self.pooler.reconnect(db, now))
+        return failed
+
+    def tls_text(self, sid: int) -> str:
+        """The login line's and SHOW's TLS description of a connection ("" without TLS)."""
+        if not sid:
+            return ""
+        try:
+            return self.bridge.sw.tls_info(sid)
+        except KeyError:
+            return ""
+
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         s = self.settings
@@ -1167,6 +1225,9 @@ class App(Commands):
             self.metrics = MetricsServer(self)
             await self.metrics.start()
         self.bridge.start()
+        for clients, why in self.apply_tls(s).items():
+            side = "client" if clients else "server"
+            raise ConfigError(self.config.path, 0, f"{side} TLS configuration failed: {why}")
         self.bridge.sw.set_login_cap(self.login_cap())
         addrs = await self._listen()
         self._warm_forced_pools()

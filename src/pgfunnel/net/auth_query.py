@@ -19,7 +19,7 @@ from pgfunnel.proto import messages as m
 from pgfunnel.proto import sqlstate as ss
 from pgfunnel.proto.auth import (
     ANY_NEEDS_FORCED_USER,
-    CERT_REQUIRED,
+    CERT_FAILED,
     HBA_REJECT,
     NO_HBA_ENTRY,
     PEER_FAILED,
@@ -27,6 +27,7 @@ from pgfunnel.proto.auth import (
     ClientAuth,
     FailureLimiter,
     ServerAuthError,
+    cert_refusal,
     choose_method,
     peer_allowed,
 )
@@ -52,7 +53,7 @@ FAILURE_LOG_PERIOD: Final = 60.0
 FAILURE_LOG_BURST: Final = 5
 _FAILURE_TEXTS: Final = tuple(
     text.split("{", 1)[0]
-    for text in (FAILED_PREFIX, PEER_FAILED, NO_HBA_ENTRY, HBA_REJECT, CERT_REQUIRED, "not allowed")
+    for text in (FAILED_PREFIX, PEER_FAILED, NO_HBA_ENTRY, HBA_REJECT, CERT_FAILED, "not allowed")
 )
 LOOKUP_FAILED: Final = "authentication lookup failed (auth_query): {why}"
 LOOKUP_HINT: Final = "The pooler's log says why; the server named by auth_dbname must answer."
@@ -233,7 +234,12 @@ class AuthLookups:
             conn.begin_auth(auth)
             return
         access = choose_method(
-            app.settings.auth_type, app.config.hba, None if unix else client.addr, dbname, user
+            app.settings.auth_type,
+            app.config.hba,
+            None if unix else client.addr,
+            dbname,
+            user,
+            conn.tls,
         )
         if access.refusal is not None:
             self.refuse(conn, ss.INVALID_AUTHORIZATION, access.refusal)
@@ -358,6 +364,15 @@ class AuthLookups:
                 self.refuse(conn, ss.INVALID_AUTHORIZATION, PEER_FAILED.format(user=user))
                 return
             auth = ClientAuth("any", user, secret, label="peer", hba_line=hba_line)
+        elif method == "cert":
+            # The certificate the TLS handshake verified (the switch's) names the user.
+            peer = app.bridge.sw.tls_peer(conn.client.sid) if conn.tls else None
+            why = cert_refusal(peer, conn.tls, user, access.map_name, app.config.ident)
+            if why is not None:
+                app.log_client(conn.client, "%s", why)
+                self.refuse(conn, ss.INVALID_AUTHORIZATION, CERT_FAILED)
+                return
+            auth = ClientAuth("any", user, secret, label="cert", hba_line=hba_line)
         else:
             try:
                 auth = ClientAuth(method, user, secret, app.scram_derived, hba_line=hba_line)

@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pgfunnel._switch import (
     ACCEPTED_SSL_ANSWERED,
+    ACCEPTED_TLS,
     Event,
     EventKind,
     HazardsMode,
+    MessageFlag,
     Mode,
     Switch,
     SwitchAPI,
@@ -67,6 +69,11 @@ CLOSE_TEXT: dict[int, str] = {
 _HELD_KINDS = frozenset({EventKind.LOGGED_IN, EventKind.LOGIN_ENDED, EventKind.CLOSED})
 
 
+class TlsFailed(ConnectionError):
+    """A TLS handshake failed, or a server refused the TLS its sslmode requires: why, from
+    the switch (OpenSSL's reason, the certificate check's)."""
+
+
 class Talker(Protocol):
     """ClientConn or ServerConn: what the bridge calls on the object talking on a connection."""
 
@@ -83,7 +90,7 @@ class SwitchTransport:
     for once the last was handled, unless reading is paused (a client's bytes waiting for its
     pool's first server are bounded that way, as before)."""
 
-    __slots__ = ("bridge", "closing", "extra", "paused", "read_owed", "sid", "talker")
+    __slots__ = ("bridge", "closing", "extra", "paused", "read_owed", "sid", "talker", "tls")
 
     def __init__(self, bridge: Bridge, sid: int, talker: Talker, extra: dict[str, Any]) -> None:
         self.bridge = bridge
@@ -93,6 +100,7 @@ class SwitchTransport:
         self.closing = False
         self.paused = False
         self.read_owed = False
+        self.tls = False  # TLS is up on it (the switch said so with the message's flag)
 
     def write(self, data: bytes) -> None:
         if not self.closing and data:
@@ -325,6 +333,8 @@ class Bridge:
             t = self.talkers.get(ev.conn)
             if t is None:
                 return
+            if ev.reason & MessageFlag.TLS:
+                t.tls = True
             t.talker.data_received(ev.data)
             if not t.closing and self.talkers.get(ev.conn) is t:
                 if t.paused:
@@ -380,9 +390,10 @@ class Bridge:
         else:
             extra["peername"] = (host, port)
         conn = ClientConn(self.app)
-        if flags & ACCEPTED_SSL_ANSWERED:
-            conn.negotiated.add(SSLRequest)  # the switch said 'N' before handing it over
+        if flags & (ACCEPTED_SSL_ANSWERED | ACCEPTED_TLS):
+            conn.negotiated.add(SSLRequest)  # the switch answered it before handing it over
         t = SwitchTransport(self, sid, conn, extra)
+        t.tls = bool(flags & ACCEPTED_TLS)
         self.talkers[sid] = t
         conn.connection_made(t)
 
@@ -391,8 +402,10 @@ class Bridge:
         t = self.talkers.pop(sid, None)
         if t is not None:
             t.closing = True
-            exc = None
-            if ev.reason not in (SwReason.CLIENT_EOF, SwReason.CLIENT_TERMINATE):
+            exc: ConnectionError | None = None
+            if ev.reason == SwReason.TLS_FAILED:
+                exc = TlsFailed(ev.data.decode(errors="replace") or "TLS failed")
+            elif ev.reason not in (SwReason.CLIENT_EOF, SwReason.CLIENT_TERMINATE):
                 exc = ConnectionError(CLOSE_TEXT.get(ev.reason, "connection closed"))
             t.talker.connection_lost(exc)
             return

@@ -10,6 +10,7 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 from pgfunnel._switch import PARAM_VALUE_MAX as TRACKED_VALUE_MAX
+from pgfunnel.net.bridge import TlsFailed
 from pgfunnel.pool.objects import Client
 from pgfunnel.proto import messages as m
 from pgfunnel.proto import sqlstate as ss
@@ -83,6 +84,7 @@ class ClientConn:
         "phase",
         "reader",
         "startup",
+        "tls",
         "transport",
     )
 
@@ -93,6 +95,7 @@ class ClientConn:
         self.buf = bytearray()
         self.reader = MessageReader(AUTH_MAX_MESSAGE)
         self.negotiated: set[type] = set()  # SSLRequest / GSSENCRequest, each answered once
+        self.tls = False  # TLS is up (the switch runs it: src/pgfunnel/_switch/tls.c)
         self.auth: ClientAuth | None = None
         # The exchange's last message (AuthenticationOk, after SASLFinal for SCRAM), kept to go
         # out in one write with what follows it: the welcome when the pool is ready, else an
@@ -142,7 +145,8 @@ class ClientConn:
             self.admin_task.cancel()
         if self.phase is not Phase.CLOSED:
             self.phase = Phase.CLOSED
-            self._leave(Reason.CLIENT_EOF)
+            # A failed TLS handshake says why (the switch's text: OpenSSL's reason)
+            self._leave(str(exc) if isinstance(exc, TlsFailed) else Reason.CLIENT_EOF)
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self.paused:
@@ -157,6 +161,8 @@ class ClientConn:
     # --- startup and authentication ----------------------------------------------------------
     def _startup_data(self, data: bytes) -> None:
         self.buf += data
+        if self.transport is not None and self.transport.tls:
+            self.tls = True
         while self.phase is Phase.STARTUP:
             try:
                 parsed = read_startup_packet(self.buf)
@@ -176,7 +182,14 @@ class ClientConn:
                     return
                 self.negotiated.add(type(packet))
                 assert self.transport is not None
-                self.transport.write(b"N")  # TLS comes in a later issue: the client goes on
+                if isinstance(packet, SSLRequest) and self._tls_offered():
+                    # 'S' and the handshake, in the switch; bytes sent before the answer
+                    # would be taken as sent over TLS (CVE-2021-23214): refused.
+                    if self.buf or not self.app.bridge.sw.tls_accept(self.transport.sid):
+                        msg = Msg.DATA_AFTER_SSL_REQUEST
+                        self.fail(ServerError("FATAL", ss.PROTOCOL_VIOLATION, msg), msg)
+                    return
+                self.transport.write(b"N")  # the client goes on in clear
                 continue
             if isinstance(packet, CancelRequest):
                 self.app.cancel(packet.pid, packet.key)
@@ -191,9 +204,23 @@ class ClientConn:
             self._startup(packet.params)
             return
 
+    def _tls_offered(self) -> bool:
+        """client_tls_sslmode offers TLS, and the client is not on the unix socket."""
+        side = self.app.tls_sides[True]
+        return side is not None and side.mode > 0 and self.client.addr != "unix"
+
     def _startup(self, params: dict[str, str]) -> None:
         app = self.app
         client = self.client
+        if (
+            not self.tls
+            and client.addr != "unix"
+            and app.settings.client_tls_sslmode in ("require", "verify-ca", "verify-full")
+        ):
+            self.fail(
+                ServerError("FATAL", ss.PROTOCOL_VIOLATION, Msg.SSL_REQUIRED), Msg.SSL_REQUIRED
+            )
+            return
         user = params.get("user", "")
         if not user:
             self.fail(ServerError("FATAL", ss.PROTOCOL_VIOLATION, Msg.NO_USER), Msg.NO_USER)
@@ -227,7 +254,8 @@ class ClientConn:
                 self.fail(ServerError("FATAL", ss.INVALID_PARAMETER_VALUE, msg), msg)
                 return
         self.startup = tracked
-        app.log_client(client, "login attempt: db=%s user=%s tls=no", dbname, user)
+        tls = (app.tls_text(client.sid) or "no") if self.tls else "no"
+        app.log_client(client, "login attempt: db=%s user=%s tls=%s", dbname, user, tls)
         verdict = app.admit(self, dbname, user)
         if verdict is not None:
             self.fail(verdict, verdict.message)

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from pgfunnel.admin.host import AdminError
 from pgfunnel.config.ini import ConfigError
-from pgfunnel.config.settings import SETTINGS, parse_value
+from pgfunnel.config.settings import SETTINGS, Settings, parse_value
+from pgfunnel.config.tls import problems as tls_problems
 from pgfunnel.net import logfile
 from pgfunnel.net.bridge import Bridge
 from pgfunnel.net.client_conn import ClientConn
@@ -85,6 +86,8 @@ class Commands(Protocol):
     async def wait_until(self, done: Callable[[], bool]) -> None: ...
 
     def _apply_settings(self) -> None: ...
+
+    def apply_tls(self, settings: Settings) -> dict[bool, str]: ...
 
     # --- the commands ------------------------------------------------------------------------
     def _db_arg(self, name: str, verb: str, register: bool = True) -> Database:
@@ -377,6 +380,15 @@ class Commands(Protocol):
             if not spec.reloadable and old_value != new_value:
                 log.warning("%s cannot be changed on reload; restart pgfunnel to apply it", name)
                 keep[name] = old_value
+        # New certificates and keys are read now; a side that cannot be built keeps its old
+        # context and its old settings, so that what is shown is what serves.
+        tls_failed = self.apply_tls(new.settings)
+        for clients, why in tls_failed.items():
+            log.error("TLS configuration could not be reloaded, keeping old configuration: %s", why)
+            prefix = "client_tls" if clients else "server_tls"
+            for name in SETTINGS:
+                if name.startswith(prefix):
+                    keep[name] = self.settings.get(name)
         settings = new.settings.with_values(keep) if keep else new.settings
         self.config = dataclasses.replace(new, settings=settings)
         self.settings = settings
@@ -407,6 +419,14 @@ class Commands(Protocol):
         logfile.reopen(self.settings.logfile)
         for warning in self.config.unsupported:
             log.warning("%s", warning)
+        if tls_failed:
+            if command:
+                log.error("RELOAD Failed, see logs for more details")
+            raise AdminError(
+                CONFIG_FILE_ERROR,
+                "RELOAD failed, see logs for additional details",
+                detail="; ".join(tls_failed.values()) + "; the old TLS configuration stays in use",
+            )
 
     def set_setting(self, name: str, value: str) -> None:
         """SET key = value: a reloadable [pgbouncer] setting, checked as the ini reader does."""
@@ -423,6 +443,15 @@ class Commands(Protocol):
             parsed = parse_value(name, value)
         except ValueError as exc:
             raise AdminError(ss.PROTOCOL_VIOLATION, f"SET failed: {exc}") from None
+        if "_tls" in name or name == "auth_type":
+            # TLS takes effect with the setting, or the setting is refused
+            want = self.settings.with_values({name: parsed})
+            for _, why in tls_problems(want):
+                raise AdminError(ss.PROTOCOL_VIOLATION, f"SET failed: {why}")
+            failed = self.apply_tls(want)
+            if failed:
+                self.apply_tls(self.settings)  # the side that was built goes back too
+                raise AdminError(ss.PROTOCOL_VIOLATION, f"SET failed: {'; '.join(failed.values())}")
         log.info("SET %s=%s", name, value)
         self.settings = self.settings.with_values({name: parsed})
         self.config = dataclasses.replace(self.config, settings=self.settings)

@@ -29,6 +29,7 @@ from pgfunnel._switch import (
     LoggedIn,
     RouteMethod,
     login_ended_who,
+    login_ended_why,
 )
 from pgfunnel._switch import Reason as SwReason
 from pgfunnel.net.bridge import CLOSE_TEXT
@@ -215,7 +216,13 @@ class FastLogins:
         client = self._client(
             info.user, info.database, info.host, info.port, info.listener, sid, at
         )
-        app.log_client(client, "login attempt: db=%s user=%s tls=no", info.database, info.user)
+        app.log_client(
+            client,
+            "login attempt: db=%s user=%s tls=%s",
+            info.database,
+            info.user,
+            info.tls or "no",
+        )
         route = self._route_of((info.database, info.user), info.gen)
         pool = bridge.pools.get(pid)
         error = self._recheck(route, info, pool)
@@ -258,7 +265,10 @@ class FastLogins:
         reason = SwReason(why & ~LOGIN_ENDED_ASKED)
         if user:
             app.log_client(client, "login attempt: db=%s user=%s tls=no", db, user)
-        if reason is SwReason.AUTH_FAILED:
+        if reason is SwReason.TLS_FAILED:
+            text = login_ended_why(data) or "TLS handshake error"
+            app.log_client(client, "%s", text)
+        elif reason is SwReason.AUTH_FAILED:
             app.count_refusal(Refusal.AUTH_FAILED)
             text = f'password authentication failed for user "{user}"'
         elif reason is SwReason.LOGIN_TIMEOUT:

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from pgfunnel.net.bridge import TlsFailed
 from pgfunnel.pool.objects import Server, ServerState
 from pgfunnel.proto import messages as m
+from pgfunnel.proto import sqlstate as ss
 from pgfunnel.proto.auth import ServerAuthError
 from pgfunnel.proto.framing import MessageReader, ProtocolViolation
 from pgfunnel.proto.login import LoginFailed, ServerLogin
+from pgfunnel.proto.messages import ServerError
 from pgfunnel.proto.strings import Reason
 
 if TYPE_CHECKING:
@@ -76,6 +79,12 @@ class ServerConn:
         self.transport = None
         if self.login is not None:
             self.login = None
+            if isinstance(exc, TlsFailed):
+                # A certificate that does not verify, a server without TLS for a mode that
+                # requires it: waiting will not cure it, the clients hear why (08001).
+                error = ServerError("FATAL", ss.SQLCLIENT_UNABLE_TO_CONNECT, str(exc))
+                self.app.server_login_failed(server, error, str(exc))
+                return
             reason = f"connection lost during login: {exc}" if exc else Reason.SERVER_CLOSED
             self.app.server_login_failed(server, None, reason)
             return

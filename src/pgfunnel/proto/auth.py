@@ -464,15 +464,16 @@ class _ScramClient:
 
 # --- which method applies to a client -------------------------------------------------------
 # PostgreSQL's texts for the refusals that come before any password exchange (SQLSTATE 28000).
-NO_HBA_ENTRY = (
-    'no pg_hba.conf entry for host "{host}", user "{user}", database "{db}", no encryption'
-)
+NO_HBA_ENTRY = 'no pg_hba.conf entry for host "{host}", user "{user}", database "{db}", {enc}'
 HBA_REJECT = (
-    'pg_hba.conf rejects connection for host "{host}", user "{user}", database "{db}", '
-    "no encryption"
+    'pg_hba.conf rejects connection for host "{host}", user "{user}", database "{db}", {enc}'
 )
 PEER_FAILED = 'Peer authentication failed for user "{user}"'
-CERT_REQUIRED = "connection requires a valid client certificate"
+# auth_type cert: PgBouncer's text to the client; its log lines say which check failed.
+CERT_FAILED = "certificate authentication failed"
+CERT_NO_TLS = "TLS connection required"
+CERT_NO_CERT = "TLS client certificate required"
+CERT_MISMATCH = "TLS certificate name mismatch"
 ANY_NEEDS_FORCED_USER = "bouncer config error"  # PgBouncer's text: auth_type=any, no user=
 
 
@@ -488,23 +489,51 @@ class Access:
 
 
 def choose_method(
-    auth_type: str, hba: HbaRules | None, addr: str | None, database: str, user: str
+    auth_type: str,
+    hba: HbaRules | None,
+    addr: str | None,
+    database: str,
+    user: str,
+    tls: bool = False,
 ) -> Access:
-    """`addr` is the client's IP address, None on the unix socket."""
+    """`addr` is the client's IP address, None on the unix socket; `tls`: the client uses
+    TLS (hostssl rules match it, hostnossl ones do not)."""
     if auth_type != "hba":
         return Access(auth_type)
     host = "[local]" if addr is None else addr
-    rule = hba.match(addr, False, database, user) if hba is not None else None
+    enc = "SSL encryption" if tls else "no encryption"
+    rule = hba.match(addr, tls, database, user) if hba is not None else None
     if rule is None:
-        return Access("reject", refusal=NO_HBA_ENTRY.format(host=host, user=user, db=database))
+        return Access(
+            "reject", refusal=NO_HBA_ENTRY.format(host=host, user=user, db=database, enc=enc)
+        )
     if rule.method == "reject":
         return Access(
-            "reject", rule.where, refusal=HBA_REJECT.format(host=host, user=user, db=database)
+            "reject",
+            rule.where,
+            refusal=HBA_REJECT.format(host=host, user=user, db=database, enc=enc),
         )
-    if rule.method == "cert":
-        # A certificate needs TLS, which pgfunnel does not offer yet: such a rule never admits.
-        return Access("cert", rule.where, rule.map_name, refusal=CERT_REQUIRED)
     return Access(rule.method, rule.where, rule.map_name)
+
+
+def cert_refusal(
+    peer: tuple[str, bool] | None,
+    tls: bool,
+    user: str,
+    map_name: str | None = None,
+    ident: IdentMap | None = None,
+) -> str | None:
+    """auth_type cert: why the client's certificate does not make it `user` (PgBouncer's log
+    texts), or None. `peer`: the certificate's CommonName and whether the CA file verified
+    it (the switch's tls_peer). An hba rule's map may let the name be another user's."""
+    if not tls:
+        return CERT_NO_TLS
+    if peer is None or not peer[1]:
+        return CERT_NO_CERT
+    cn = peer[0]
+    if map_name is not None:
+        return None if ident is not None and ident.allows(map_name, cn, user) else CERT_MISMATCH
+    return None if cn == user else CERT_MISMATCH
 
 
 def peer_allowed(

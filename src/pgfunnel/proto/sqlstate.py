@@ -6,6 +6,7 @@ import re
 
 PROTOCOL_VIOLATION = "08P01"  # PgBouncer's code for nearly every pooler error
 CONNECTION_FAILURE = "08006"
+SQLCLIENT_UNABLE_TO_CONNECT = "08001"  # TLS to the server failed (a certificate, a refusal)
 CANNOT_CONNECT_NOW = "57P03"
 ADMIN_SHUTDOWN = "57P01"
 CRASH_SHUTDOWN = "57P02"

@@ -85,6 +85,10 @@ class Msg:
     NO_SUCH_USER = 'password authentication failed for user "{user}"'
     ADMIN_DENIED = "not allowed"
     SSL_UNSUPPORTED = "server does not support SSL, but SSL was required"
+    # TLS (PgBouncer's texts): client_tls_sslmode require and up, to a TCP client in clear;
+    # bytes a client sent after its SSLRequest before the answer (CVE-2021-23214)
+    SSL_REQUIRED = "SSL required"
+    DATA_AFTER_SSL_REQUEST = "received unencrypted data after SSL request"
     UNSUPPORTED_STARTUP = "unsupported startup parameter: {name}"
     PARAM_TOO_LONG = 'invalid value for parameter "{name}": over {limit} bytes'
     BAD_PROTOCOL = "unsupported frontend protocol {major}.{minor}: server supports 3.0"

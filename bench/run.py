@@ -787,7 +787,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--duration", type=int, default=15, help="seconds per pgbench run")
     parser.add_argument("--clients", type=_csv(int), default=[10, 200, 1000])
-    parser.add_argument("--modes", type=_csv(str, MODES), default=list(MODES))
+    parser.add_argument(
+        "--modes",
+        type=_csv(str, (*MODES, "none")),
+        default=list(MODES),
+        help="pgbench workloads without TLS; none: skip them (the TLS cells have their own)",
+    )
     parser.add_argument("--protocols", type=_csv(str, PROTOCOLS), default=list(PROTOCOLS))
     parser.add_argument("--targets", type=_csv(str, TARGETS), default=list(TARGETS))
     parser.add_argument("--rounds", type=int, default=3, help="rounds; figures are medians")
@@ -846,6 +851,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         if not any(a.startswith("--rounds") for a in given):
             args.rounds = 1
     args.storms = [] if "none" in args.storms else args.storms
+    args.modes = [] if "none" in args.modes else args.modes
     args.prepared_clients = [c for c in args.prepared_clients if c > 0]
     args.tls_clients = [c for c in args.tls_clients if c > 0]
     args.tls_storm_clients = [c for c in args.tls_storm_clients if c > 0]

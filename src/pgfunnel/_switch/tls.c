@@ -587,6 +587,9 @@ SSL_CTX *tls_make_ctx(const struct tls_conf *cf, char *err, size_t cap)
                                  SSL_OP_IGNORE_UNEXPECTED_EOF | SSL_OP_CIPHER_SERVER_PREFERENCE);
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                               SSL_MODE_RELEASE_BUFFERS);
+    /* One read(2) takes what the socket has, records after records, rather than a record's
+     * header and body in two reads each: io_read's loop then ends at the first EAGAIN. */
+    SSL_CTX_set_read_ahead(ctx, 1);
     if (set_versions(ctx, cf->protocols, err, cap) < 0)
         goto fail;
     if (cf->ciphers != NULL && cf->ciphers[0] != 0 &&

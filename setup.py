@@ -33,7 +33,7 @@ setup(
                     "module.c",
                 )
             ],
-            depends=[SRC + "switch.h", SRC + "scan.h"],
+            depends=[SRC + "switch.h", SRC + "scan.h", SRC + "io.h"],
             extra_compile_args=FLAGS,
             # OpenSSL: libcrypto for the digests of the logins the switch runs (md5, SCRAM's
             # SHA-256 and HMAC); libssl for TLS on both sides (tls.c).

@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "io.h"
 #include "switch.h"
 
 /* ---- buffers ---------------------------------------------------------------------------- */

@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "io.h"
 #include "switch.h"
 
 /* The protocol codes of PostgreSQL's untyped first packets. */

@@ -531,8 +531,9 @@ int tls_connect_start(struct sw *sw, struct conn *c, uint8_t mode, const char *h
 int tls_busy(struct sw *sw, struct conn *c);
 void tls_end(struct sw *sw, struct conn *c, uint8_t reason, char *why);
 void tls_fini(struct sw *sw);
-ssize_t io_read(struct sw *sw, struct conn *c, uint8_t *p, size_t n);
-ssize_t io_write(struct sw *sw, struct conn *c, const uint8_t *p, size_t n);
+ssize_t tls_read(struct sw *sw, struct conn *c, uint8_t *p, size_t n);
+ssize_t tls_write(struct sw *sw, struct conn *c, const uint8_t *p, size_t n);
+
 int tls_alpn_pick(const uint8_t *in, unsigned int inlen, const uint8_t **out, uint8_t *outlen);
 struct ssl_ctx_st *tls_make_ctx(const struct tls_conf *cf, char *err, size_t cap);
 void tls_set_ctx(struct sw *sw, int side, struct ssl_ctx_st *ctx, uint8_t mode);

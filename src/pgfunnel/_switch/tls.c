@@ -281,6 +281,10 @@ static int handshake(struct sw *sw, struct conn *c, struct tlsc *t)
         }
         t->step = TS_UP;
         c->tls |= TLS_UP;
+        /* What followed the handshake (a startup packet sent with the client's Finished) may
+         * be in OpenSSL's buffer already (read-ahead), where no epoll edge will announce it:
+         * read as if the socket said readable (an empty read just says EAGAIN). */
+        c->readable = 1;
         return 0;
     }
     int err = SSL_get_error(t->ssl, r);
@@ -404,19 +408,12 @@ int tls_busy(struct sw *sw, struct conn *c)
 
 /* ---- reads and writes ------------------------------------------------------------------------ */
 
-/* As read(2): > 0 bytes, 0 at the end, -1 with errno (EAGAIN: nothing more now). With TLS it
- * reads records until `n` bytes are there or the socket has nothing more, so that a short
+/* io_read (switch.h) on a connection whose TLS is up, as read(2): > 0 bytes, 0 at the end,
+ * -1 with errno (EAGAIN: nothing more now). It reads records until `n` bytes are there or the socket has nothing more, so that a short
  * read still means drained (edge-triggered epoll); a record read but not yet returned is
  * returned by the next call, never waited for. */
-ssize_t io_read(struct sw *sw, struct conn *c, uint8_t *p, size_t n)
+ssize_t tls_read(struct sw *sw, struct conn *c, uint8_t *p, size_t n)
 {
-    if (!(c->tls & TLS_UP)) {
-        ssize_t r;
-        do
-            r = read(c->fd, p, n);
-        while (r < 0 && errno == EINTR);
-        return r;
-    }
     struct tlsc *t = tls_get(sw, c);
     size_t got = 0;
     while (got < n) {
@@ -447,19 +444,12 @@ ssize_t io_read(struct sw *sw, struct conn *c, uint8_t *p, size_t n)
     return (ssize_t)got;
 }
 
-/* As send(2) with MSG_NOSIGNAL. With TLS (partial writes on, the buffer may move between
- * tries) it writes records until all `n` bytes are taken or the socket is full, so that a
+/* io_write (switch.h) on a connection whose TLS is up, as send(2) with MSG_NOSIGNAL (partial
+ * writes on, the buffer may move between tries): it writes records until all `n` bytes are taken or the socket is full, so that a
  * short write still means full (edge-triggered epoll: the next EPOLLOUT says when to go on);
  * -1 with errno EAGAIN when the socket took nothing. */
-ssize_t io_write(struct sw *sw, struct conn *c, const uint8_t *p, size_t n)
+ssize_t tls_write(struct sw *sw, struct conn *c, const uint8_t *p, size_t n)
 {
-    if (!(c->tls & TLS_UP)) {
-        ssize_t r;
-        do
-            r = send(c->fd, p, n, MSG_NOSIGNAL);
-        while (r < 0 && errno == EINTR);
-        return r;
-    }
     struct tlsc *t = tls_get(sw, c);
     size_t done = 0;
     int err = SSL_ERROR_NONE;

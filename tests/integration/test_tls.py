@@ -774,3 +774,28 @@ def test_psql_and_asyncpg_against_each_pooler_mode(
             asyncio.run(fetch("disable"))
     else:
         assert asyncio.run(fetch("disable")) == (42, False)
+
+
+def test_a_switch_login_that_fails_after_its_handshake_logs_its_tls(
+    funnel: Callable[..., Funnel], pg: Cluster, pki: Pki, pooler_cert: tuple[Path, Path]
+) -> None:
+    """A login the switch ran on a route, refused for its password: its lines say TLS."""
+    from tests.integration.test_switch_logins import _connect, _start, _warm
+
+    f, base = _start(
+        funnel,
+        pg,
+        client_tls_sslmode="require",
+        client_tls_cert_file=str(pooler_cert[0]),
+        client_tls_key_file=str(pooler_cert[1]),
+    )
+    _warm(f, base)
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        _connect(f, password="wrong", sslmode="require")
+    assert wait_for(
+        lambda: re.search(
+            r"login attempt: db=postgres user=alice tls=TLSv1\.3/\S+\n.*"
+            r"closing because: password authentication failed",
+            f.log(),
+        )
+    )

@@ -220,10 +220,11 @@ def login_ended_who(data: bytes) -> tuple[str, str, str, int]:
     return user.decode(), db.decode(), host.decode(), int(port or b"0")
 
 
-def login_ended_why(data: bytes) -> str:
-    """A LOGIN_ENDED event's fifth field: why TLS failed ("" for any other end)."""
-    parts = data.split(b"\0")
-    return parts[4].decode(errors="replace") if len(parts) > 5 else ""
+def login_ended_tls(data: bytes) -> tuple[str, str]:
+    """A LOGIN_ENDED event's last fields: why TLS failed ("" for any other end), and the TLS
+    description of the connection ("" in clear)."""
+    parts = [*data.split(b"\0"), b"", b""]  # empty: out of memory
+    return parts[4].decode(errors="replace"), parts[5].decode(errors="replace")
 
 
 class Kind(IntEnum):

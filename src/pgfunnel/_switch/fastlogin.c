@@ -437,11 +437,18 @@ static void fl_ended_why(struct sw *sw, struct conn *c, uint8_t reason, const ch
 {
     struct flogin *f = c->fl;
     size_t tlen = text != NULL ? strlen(text) : 0;
-    uint8_t *data = malloc(who_len(f) + tlen + 1);
+    char tls[160];
+    size_t dlen = tls_describe(sw, c, tls, sizeof tls);
+    uint8_t *data = malloc(who_len(f) + tlen + 1 + dlen + 1);
     size_t n = data != NULL ? who(f, data) : 0;
-    if (data != NULL && tlen > 0) { /* a fifth field: why TLS failed */
-        memcpy(data + n, text, tlen + 1);
+    if (data != NULL) {
+        /* two more fields: why TLS failed ("" for any other end), the TLS description ("" in
+         * clear) */
+        memcpy(data + n, text != NULL ? text : "", tlen + 1);
         n += tlen + 1;
+        memcpy(data + n, tls, dlen);
+        n += dlen;
+        data[n++] = 0;
     }
     uint32_t why = (uint32_t)reason | (f->step != FL_START ? LOGIN_ENDED_ASKED : 0);
     sw_post_data(sw, EV_LOGIN_ENDED | EV_LAZY, c->id, f->listener, why, data, n);

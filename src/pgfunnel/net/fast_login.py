@@ -28,8 +28,8 @@ from pgfunnel._switch import (
     LOGIN_ENDED_ASKED,
     LoggedIn,
     RouteMethod,
+    login_ended_tls,
     login_ended_who,
-    login_ended_why,
 )
 from pgfunnel._switch import Reason as SwReason
 from pgfunnel.net.bridge import CLOSE_TEXT
@@ -263,11 +263,11 @@ class FastLogins:
         user, db, host, port = login_ended_who(data)
         client = self._client(user, db, host, port, listener, sid, at)
         reason = SwReason(why & ~LOGIN_ENDED_ASKED)
+        tls_why, tls = login_ended_tls(data)
         if user:
-            app.log_client(client, "login attempt: db=%s user=%s tls=no", db, user)
+            app.log_client(client, "login attempt: db=%s user=%s tls=%s", db, user, tls or "no")
         if reason is SwReason.TLS_FAILED:
-            text = login_ended_why(data) or "TLS handshake error"
-            app.log_client(client, "%s", text)
+            text = tls_why or "TLS handshake error"
         elif reason is SwReason.AUTH_FAILED:
             app.count_refusal(Refusal.AUTH_FAILED)
             text = f'password authentication failed for user "{user}"'

@@ -13,7 +13,7 @@ SCAN_SECONDS=${SCAN_SECONDS:-12}
 SWITCH_SECONDS=${SWITCH_SECONDS:-20}
 LOGIN_SECONDS=${LOGIN_SECONDS:-8}
 FAST_SECONDS=${FAST_SECONDS:-8}
-TLS_SECONDS=${TLS_SECONDS:-10}
+TLS_SECONDS=${TLS_SECONDS:-6}
 
 so=$(bash scripts/switch_build.sh asan | tail -1)
 libasan=$(gcc -print-file-name=libasan.so)

@@ -799,3 +799,32 @@ def test_a_switch_login_that_fails_after_its_handshake_logs_its_tls(
             f.log(),
         )
     )
+
+
+@pytest.mark.parametrize("mode", ["verify-full", "disable"])
+def test_auth_query_lookups_use_server_tls(
+    funnel: Callable[..., Funnel], tls_pg: Cluster, pki: Pki, mode: str
+) -> None:
+    """auth_query's own connections follow server_tls_sslmode, as the pool's servers do."""
+    role = f"aq_tls_{mode.replace('-', '_')}"
+    tls_pg.psql(f"CREATE ROLE {role} LOGIN PASSWORD 'lookup-pw'")
+    f = funnel(
+        tls_pg,
+        settings={
+            "auth_type": "scram-sha-256",
+            "auth_user": SUPERUSER,
+            "server_tls_sslmode": mode,
+            "server_tls_ca_file": str(pki.ca_file),
+        },
+    )
+    if mode == "disable":  # the hostssl-only server refuses the lookup in clear
+        with pytest.raises(psycopg.OperationalError, match="authentication lookup failed"):
+            f.connect(user=role, password="lookup-pw")
+        return
+    with f.connect(user=role, password="lookup-pw", application_name="aq-tls") as conn:
+        assert conn.execute("SELECT current_user").fetchone() == (role,)
+    out = tls_pg.psql(
+        "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) "
+        "WHERE a.application_name = 'pgfunnel auth_query'"
+    )
+    assert [line.strip() for line in out.splitlines() if line.strip()] == ["t"]

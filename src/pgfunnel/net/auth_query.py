@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import pwd
+import ssl
 import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
+from pgfunnel._switch import TLS_MODES, TLS_PROTOCOLS
 from pgfunnel.config.loader import DatabaseConfig
+from pgfunnel.config.tls import TlsSide
 from pgfunnel.net.client_conn import Phase
 from pgfunnel.net.unixsock import is_unix, unix_connect, unix_path
 from pgfunnel.proto import messages as m
@@ -76,6 +80,44 @@ class _Target:
     password: str | None
 
 
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def lookup_ssl_context(tls: TlsSide) -> ssl.SSLContext:
+    """The server side's TLS settings for Python's own server connections (auth_query)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    verify = tls.mode >= TLS_MODES.index("verify-ca")
+    ctx.check_hostname = tls.mode == TLS_MODES.index("verify-full")
+    ctx.verify_mode = ssl.CERT_REQUIRED if verify else ssl.CERT_NONE
+    if verify:
+        if tls.ca_file:
+            ctx.load_verify_locations(tls.ca_file)
+        else:
+            ctx.load_default_certs()
+    if tls.cert_file:
+        ctx.load_cert_chain(tls.cert_file, tls.key_file or None)
+    versions = [v for name, v in _VERSIONS if tls.protocols & TLS_PROTOCOLS[name]]
+    if versions:
+        ctx.minimum_version, ctx.maximum_version = versions[0], versions[-1]
+    if tls.ciphers:
+        ctx.set_ciphers(tls.ciphers)
+    ctx.set_alpn_protocols(["postgresql"])
+    return ctx
+
+
+_VERSIONS = (
+    ("tlsv1.0", ssl.TLSVersion.TLSv1),
+    ("tlsv1.1", ssl.TLSVersion.TLSv1_1),
+    ("tlsv1.2", ssl.TLSVersion.TLSv1_2),
+    ("tlsv1.3", ssl.TLSVersion.TLSv1_3),
+)
+
+
 class _LookupConn:
     """One connection to the server as auth_user, logged in with ServerLogin."""
 
@@ -90,7 +132,7 @@ class _LookupConn:
         return kind[0], await self.reader.readexactly(length - 4)
 
     @classmethod
-    async def open(cls, target: _Target, unix_dir: str) -> _LookupConn:
+    async def open(cls, target: _Target, unix_dir: str, tls: TlsSide | None) -> _LookupConn:
         if is_unix(target.host):
             path = unix_path(target.host, target.port, unix_dir)
             if not path:
@@ -101,6 +143,8 @@ class _LookupConn:
             reader, writer = await asyncio.open_connection(target.host, target.port)
         conn = cls(reader, writer)
         try:
+            if tls is not None and tls.mode > 0 and not is_unix(target.host):
+                await conn._start_tls(str(target.host), tls)
             login = ServerLogin(
                 target.user,
                 target.dbname,
@@ -117,6 +161,24 @@ class _LookupConn:
             conn.close()
             raise
         return conn
+
+    async def _start_tls(self, host: str, tls: TlsSide) -> None:
+        """server_tls_sslmode for this lookup connection, as the switch runs it for the pool's
+        servers: an SSLRequest; on 'S' the handshake (verify-ca: the chain, verify-full: the
+        name too), on 'N' clear text below require."""
+        self.writer.write(struct.pack("!ii", 8, m.SSL_REQUEST_CODE))
+        answer = await self.reader.readexactly(1)
+        if answer == b"N" and tls.mode < TLS_MODES.index("require"):
+            return
+        if answer != b"S":
+            raise ConnectionError(
+                "server refused SSL" if answer == b"N" else "bad answer to the SSLRequest"
+            )
+        if self.reader._buffer:  # type: ignore[attr-defined]
+            raise ConnectionError("received unencrypted data after SSL response")
+        await self.writer.start_tls(
+            lookup_ssl_context(tls), server_hostname=host if not _is_ip(host) else None
+        )
 
     async def query(self, sql: str, user: str) -> Found | None:
         self.writer.write(request(sql, user))
@@ -143,14 +205,18 @@ class _LookupPool:
         self.slots = asyncio.Semaphore(max(1, size))
         self.closed = False
 
-    async def lookup(self, sql: str, user: str, timeout: float, unix_dir: str) -> Found | None:
+    async def lookup(
+        self, sql: str, user: str, timeout: float, unix_dir: str, tls: TlsSide | None = None
+    ) -> Found | None:
         async with asyncio.timeout(timeout):
             await self.slots.acquire()
         conn: _LookupConn | None = None
         try:
             async with asyncio.timeout(timeout):
                 conn = (
-                    self.idle.pop() if self.idle else await _LookupConn.open(self.target, unix_dir)
+                    self.idle.pop()
+                    if self.idle
+                    else await _LookupConn.open(self.target, unix_dir, tls)
                 )
                 found = await conn.query(sql, user)
         except BaseException:
@@ -325,7 +391,9 @@ class AuthLookups:
             pool = self.pools[target] = _LookupPool(target, int(s.default_pool_size))
         where = f"{target.user}@{target.host or 'unix'}:{target.port}/{target.dbname}"
         try:
-            return await pool.lookup(sql, user, timeout, str(s.unix_socket_dir))
+            return await pool.lookup(
+                sql, user, timeout, str(s.unix_socket_dir), self.app.tls_sides[False]
+            )
         except TimeoutError:
             log.warning("auth_query as %s: no answer within %gs", where, timeout)
             raise LookupError_("timed out", "timeout") from None

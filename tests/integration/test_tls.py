@@ -142,6 +142,27 @@ def client_tls_rows(f: Funnel) -> list[str]:
     return [r["tls"] for r in f.admin("SHOW CLIENTS") if r["user"] == SUPERUSER]
 
 
+async def asyncpg_session(
+    f: Funnel, ssl_arg: Any, queries: list[str], **kw: Any
+) -> tuple[list[Any], bool]:
+    """One asyncpg connection through the pooler: each query's value, and whether TLS ran."""
+    conn = await asyncpg.connect(
+        host="127.0.0.1",
+        port=f.port,
+        user=SUPERUSER,
+        password=SUPERUSER_PASSWORD,
+        database="postgres",
+        ssl=ssl_arg,
+        statement_cache_size=0,
+        **kw,
+    )
+    try:
+        ssl_obj = conn._transport.get_extra_info("ssl_object")
+        return [await conn.fetchval(q) for q in queries], ssl_obj is not None
+    finally:
+        await conn.close()
+
+
 # --- client side -------------------------------------------------------------------------------
 
 
@@ -246,33 +267,19 @@ def test_asyncpg_every_way(
     f = tls_funnel(funnel, pg, pooler_cert, "prefer")
     ctx = ssl.create_default_context(cafile=str(pki.ca_file))  # verify-full
 
-    async def run(ssl_arg: Any, **kw: Any) -> list[Any]:
-        conn = await asyncpg.connect(
-            host="127.0.0.1",
-            port=f.port,
-            user=SUPERUSER,
-            password=SUPERUSER_PASSWORD,
-            database="postgres",
-            ssl=ssl_arg,
-            statement_cache_size=0,
-            **kw,
-        )
-        try:
-            ssl_obj = conn._transport.get_extra_info("ssl_object")
-            got = await conn.fetchval("SELECT $1::int * 2", 21)
-            rows = [await conn.fetchval("SELECT 1") for _ in range(3)]
-            return [got, ssl_obj is not None, rows]
-        finally:
-            await conn.close()
+    queries = ["SELECT 21 * 2", "SELECT 1", "SELECT 1", "SELECT 1"]
 
-    assert asyncio.run(run(ctx)) == [42, True, [1, 1, 1]]
-    assert asyncio.run(run("require")) == [42, True, [1, 1, 1]]
-    assert asyncio.run(run("disable")) == [42, False, [1, 1, 1]]
+    def run(ssl_arg: Any, **kw: Any) -> tuple[list[Any], bool]:
+        return asyncio.run(asyncpg_session(f, ssl_arg, queries, **kw))
+
+    assert run(ctx) == ([42, 1, 1, 1], True)
+    assert run("require") == ([42, 1, 1, 1], True)
+    assert run("disable") == ([42, 1, 1, 1], False)
     # asyncpg's direct TLS (PostgreSQL 17's sslnegotiation=direct): with its own context
     # asyncpg leaves ALPN to the caller, and without "postgresql" the pooler refuses, as
     # PostgreSQL 17 does
     ctx.set_alpn_protocols(["postgresql"])
-    assert asyncio.run(run(ctx, direct_tls=True)) == [42, True, [1, 1, 1]]
+    assert run(ctx, direct_tls=True) == ([42, 1, 1, 1], True)
 
 
 def test_direct_tls_needs_alpn(
@@ -653,19 +660,29 @@ def test_many_tls_clients_through_one_pool(
     assert stats and stats[0]["total_xact_count"] >= 4200
 
 
+def route_funnel(
+    funnel: Callable[..., Funnel], pg: Cluster, cert: tuple[Path, Path]
+) -> tuple[Funnel, str]:
+    """test_switch_logins' pooler (alice from the auth file: routes for the switch's own
+    logins) with client TLS required."""
+    from tests.integration.test_switch_logins import _start
+
+    return _start(
+        funnel,
+        pg,
+        client_tls_sslmode="require",
+        client_tls_cert_file=str(cert[0]),
+        client_tls_key_file=str(cert[1]),
+    )
+
+
 def test_repeat_tls_logins_run_in_the_switch(
     funnel: Callable[..., Funnel], pg: Cluster, pki: Pki, pooler_cert: tuple[Path, Path]
 ) -> None:
     """The logins the switch runs alone on a route (fastlogin.c) do the handshake too."""
-    from tests.integration.test_switch_logins import _connect, _logins_reach, _start, _warm
+    from tests.integration.test_switch_logins import _connect, _logins_reach, _warm
 
-    f, base = _start(
-        funnel,
-        pg,
-        client_tls_sslmode="require",
-        client_tls_cert_file=str(pooler_cert[0]),
-        client_tls_key_file=str(pooler_cert[1]),
-    )
+    f, base = route_funnel(funnel, pg, pooler_cert)
     ca = str(pki.ca_file)
     _warm(f, base)  # through Python (libpq's sslmode prefer: TLS)
     for _ in range(5):
@@ -748,47 +765,28 @@ def test_psql_and_asyncpg_against_each_pooler_mode(
     if wants_cert:
         ctx.load_cert_chain(str(crt), str(key))
 
-    async def fetch(ssl_arg: Any) -> tuple[int, bool]:
-        conn = await asyncpg.connect(
-            host="127.0.0.1",
-            port=f.port,
-            user=SUPERUSER,
-            password=SUPERUSER_PASSWORD,
-            database="postgres",
-            ssl=ssl_arg,
-            statement_cache_size=0,
-        )
-        try:
-            ssl_obj = conn._transport.get_extra_info("ssl_object")
-            return await conn.fetchval("SELECT 6 * 7"), ssl_obj is not None
-        finally:
-            await conn.close()
+    def fetch(ssl_arg: Any) -> tuple[list[Any], bool]:
+        return asyncio.run(asyncpg_session(f, ssl_arg, ["SELECT 6 * 7"]))
 
     if mode == "disable":
         with pytest.raises((ConnectionError, OSError, asyncpg.PostgresError)):
-            asyncio.run(fetch(ctx))
+            fetch(ctx)
     else:
-        assert asyncio.run(fetch(ctx)) == (42, True)
+        assert fetch(ctx) == ([42], True)
     if mode in ("require", "verify-ca", "verify-full"):
         with pytest.raises(asyncpg.PostgresError, match="SSL required"):
-            asyncio.run(fetch("disable"))
+            fetch("disable")
     else:
-        assert asyncio.run(fetch("disable")) == (42, False)
+        assert fetch("disable") == ([42], False)
 
 
 def test_a_switch_login_that_fails_after_its_handshake_logs_its_tls(
     funnel: Callable[..., Funnel], pg: Cluster, pki: Pki, pooler_cert: tuple[Path, Path]
 ) -> None:
     """A login the switch ran on a route, refused for its password: its lines say TLS."""
-    from tests.integration.test_switch_logins import _connect, _start, _warm
+    from tests.integration.test_switch_logins import _connect, _warm
 
-    f, base = _start(
-        funnel,
-        pg,
-        client_tls_sslmode="require",
-        client_tls_cert_file=str(pooler_cert[0]),
-        client_tls_key_file=str(pooler_cert[1]),
-    )
+    f, base = route_funnel(funnel, pg, pooler_cert)
     _warm(f, base)
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         _connect(f, password="wrong", sslmode="require")
@@ -828,3 +826,22 @@ def test_auth_query_lookups_use_server_tls(
         "WHERE a.application_name = 'pgfunnel auth_query'"
     )
     assert [line.strip() for line in out.splitlines() if line.strip()] == ["t"]
+
+
+def test_an_ssl_request_inside_direct_tls_is_refused(
+    funnel: Callable[..., Funnel], pg: Cluster, pki: Pki, pooler_cert: tuple[Path, Path]
+) -> None:
+    """As PostgreSQL: TLS is negotiated once; the login is refused, not left hanging."""
+    f = tls_funnel(funnel, pg, pooler_cert, "require")
+    ctx = ssl.create_default_context(cafile=str(pki.ca_file))
+    ctx.set_alpn_protocols(["postgresql"])
+    for _ in range(2):  # the second may meet a route (the switch runs the login)
+        raw = socket.create_connection(("127.0.0.1", f.port), timeout=10)
+        tls = ctx.wrap_socket(raw, server_hostname="localhost")
+        tls.sendall(struct.pack("!ii", 8, 80877103))
+        msg = read_message(tls)  # type: ignore[arg-type]
+        assert msg is not None and msg[0] == b"E"
+        fields = error_fields(msg[1])
+        assert fields["C"] == "0A000" and "unsupported frontend protocol" in fields["M"]
+        tls.close()
+        assert psycopg_try(f, sslmode="require") == (True, "")

@@ -13,7 +13,7 @@ import socket
 import ssl
 import struct
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +24,6 @@ from pgfunnel._switch import (
     TLS_MODES,
     TLS_PROTOCOLS,
     TLS_SERVERS,
-    Event,
     EventKind,
     MessageFlag,
     Mode,
@@ -33,7 +32,8 @@ from pgfunnel._switch import (
     Switch,
 )
 from pgfunnel.proto import messages as m
-from tests.switch.conftest import make_switch, read_until_z, wait_for
+from tests.switch.conftest import make_switch, read_until_z
+from tests.switch.test_switch_login import Inbox
 
 POOL = 5
 SSL_REQUEST = struct.pack("!ii", 8, m.SSL_REQUEST_CODE)
@@ -99,33 +99,6 @@ def tls_switch(files: Files) -> Iterator[Switch]:
     sw.start()
     yield sw
     sw.stop()
-
-
-class Inbox:
-    def __init__(self, sw: Switch) -> None:
-        self.sw = sw
-        self.pending: list[Event] = []
-
-    def take(self, pred: Callable[[Event], bool], timeout: float = 10.0) -> Event:
-        found: list[Event] = []
-
-        def check() -> bool:
-            self.pending += self.sw.events()
-            for e in self.pending:
-                if pred(e):
-                    self.pending.remove(e)
-                    found.append(e)
-                    return True
-            return False
-
-        wait_for(check, timeout)
-        return found[0]
-
-    def message(self, conn: int) -> Event:
-        return self.take(lambda e: e.kind is EventKind.MESSAGE and e.conn == conn)
-
-    def closed(self, conn: int) -> Event:
-        return self.take(lambda e: e.kind is EventKind.CLOSED and e.conn == conn)
 
 
 def listener(sw: Switch) -> tuple[int, int]:

@@ -239,17 +239,18 @@ void conn_destroy(struct sw *sw, struct conn *c, uint8_t reason, int report)
                        ? EV_LAZY
                        : 0;
     char why[TLS_WHY_MAX];
-    why[0] = 0;
-    if (c->tls)
-        tls_end(sw, c, reason, why); /* before the socket closes: its close_notify */
+    snprintf(why, sizeof why, "%s", c->tls ? tls_failure(sw, c) : "");
     if (c->fl != NULL) {
-        /* A login the switch ran: Python never saw its ACCEPTED, it hears LOGIN_ENDED. */
+        /* A login the switch ran: Python never saw its ACCEPTED, it hears LOGIN_ENDED (with
+         * its TLS, still up here) */
         if (report)
             fast_closing(sw, c, reason, why);
         else
             fast_drop(sw, c);
         report = 0;
     }
+    if (c->tls)
+        tls_end(sw, c, reason); /* before the socket closes: its close_notify */
     if (c->kind == KIND_CLIENT)
         sw->nclients--;
     pool_unlist(sw, c);
@@ -626,7 +627,9 @@ static void long_transaction(struct sw *sw, struct conn *s, struct conn *c)
     struct buf *b = &c->out;
     uint64_t cut = c->stmt_abs > b->done ? c->stmt_abs : b->done;
     uint64_t keep = cut - b->done;
-    if (keep < (uint64_t)(b->end - b->start))
+    /* With TLS, bytes a write that waits has encrypted already are not counted in `done`:
+     * the answer is kept whole (the client reads it, then the error) */
+    if (keep < (uint64_t)(b->end - b->start) && !(c->tls & TLS_UP))
         b->end = b->scanned = b->start + (uint32_t)keep;
     s->peer = NULL;
     c->peer = NULL;

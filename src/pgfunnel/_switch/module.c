@@ -1444,9 +1444,9 @@ static PyObject *Switch_connect_server(SwitchObject *self, PyObject *args)
     struct conn *c = login_connect(sw, fd, p);
     int err = errno;
     uint64_t id = c != NULL ? c->id : 0;
-    if (c != NULL && tls_mode != TLS_MODE_DISABLE &&
-        tls_connect_start(sw, c, (uint8_t)tls_mode, host) < 0) {
-        err = ENOMEM;
+    int tls_rc = c != NULL ? tls_connect_start(sw, c, (uint8_t)tls_mode, host) : 0;
+    if (tls_rc < 0) {
+        err = tls_rc == -2 ? EPROTO : ENOMEM; /* -2: require without a context for servers */
         loop_del(sw, c);
         c->fd = -1;
         conn_destroy(sw, c, R_NONE, 0);

@@ -78,16 +78,20 @@ static struct tlsc *tls_attach(struct sw *sw, struct conn *c)
     return t;
 }
 
-/* At the connection's close (`reason`), before its socket is: a close_notify if TLS is up and
- * the connection ends cleanly (one try, no waiting), then the state goes. Why it failed is
- * copied to why[TLS_WHY_MAX] ("" if nothing failed). */
-void tls_end(struct sw *sw, struct conn *c, uint8_t reason, char *why)
+/* Why a connection's TLS failed ("" if nothing failed), for its CLOSED or LOGIN_ENDED. */
+const char *tls_failure(struct sw *sw, const struct conn *c)
 {
     struct tlsc *t = tls_get(sw, c);
-    why[0] = 0;
+    return t != NULL ? t->why : "";
+}
+
+/* At the connection's close (`reason`), before its socket is: a close_notify if TLS is up and
+ * the connection ends cleanly (one try, no waiting), then the state goes. */
+void tls_end(struct sw *sw, struct conn *c, uint8_t reason)
+{
+    struct tlsc *t = tls_get(sw, c);
     if (t == NULL)
         return;
-    memcpy(why, t->why, TLS_WHY_MAX);
     if (t->ssl != NULL) {
         if (t->step == TS_UP && c->err == 0 && c->fd >= 0 && reason != R_TLS_FAILED &&
             reason != R_IO_ERROR && reason != R_CLIENT_EOF && reason != R_SERVER_EOF)
@@ -209,16 +213,17 @@ int tls_direct_start(struct sw *sw, struct conn *c)
  * decides. `host`: the name for SNI and verify-full (NULL: an address, checked as one). */
 int tls_connect_start(struct sw *sw, struct conn *c, uint8_t mode, const char *host)
 {
-    if (sw->tls_sv.ctx == NULL || mode == TLS_MODE_DISABLE)
+    if (mode == TLS_MODE_DISABLE)
         return 0;
+    if (sw->tls_sv.ctx == NULL) /* TLS off for servers: allow/prefer go on in clear */
+        return mode >= TLS_MODE_REQUIRE ? -2 : 0;
     struct tlsc *t = tls_attach(sw, c);
     if (t == NULL)
         return -1;
     t->step = TS_REQUEST;
     t->mode = mode;
     if (host != NULL && host[0] != 0 && (t->host = strdup(host)) == NULL) {
-        char why[TLS_WHY_MAX];
-        tls_end(sw, c, R_NONE, why);
+        tls_end(sw, c, R_NONE);
         return -1;
     }
     return 1;
@@ -334,11 +339,11 @@ int tls_busy(struct sw *sw, struct conn *c)
             t->sent = 1;
         }
         if (tls_new(sw, c, t, 1) == NULL) {
-            tls_fail(sw, c, NULL, 0, "TLS: no memory for a connection");
+            tls_fail(sw, c, NULL, 0,
+                     sw->tls_cl.ctx == NULL ? "TLS handshake error: TLS for clients was turned off"
+                                            : "TLS handshake error: out of memory");
             return 1;
         }
-        if (t->direct)
-            SSL_set_app_data(t->ssl, (void *)1); /* the ALPN callback: required */
         t->step = TS_ACCEPT;
         return handshake(sw, c, t);
     case TS_ACCEPT:
@@ -384,8 +389,7 @@ int tls_busy(struct sw *sw, struct conn *c)
             return 1;
         }
         if (b == 'N' && t->mode < TLS_MODE_REQUIRE) {
-            char why[TLS_WHY_MAX];
-            tls_end(sw, c, R_NONE, why); /* prefer/allow: on in clear */
+            tls_end(sw, c, R_NONE); /* prefer/allow: on in clear */
             return 0;
         }
         if (b != 'S') {
@@ -395,7 +399,9 @@ int tls_busy(struct sw *sw, struct conn *c)
             return 1;
         }
         if (tls_new(sw, c, t, 0) == NULL) {
-            tls_fail(sw, c, NULL, 0, "TLS: cannot make a connection");
+            tls_fail(sw, c, NULL, 0,
+                     sw->tls_sv.ctx == NULL ? "TLS handshake error: TLS for servers was turned off"
+                                            : "TLS handshake error: out of memory");
             return 1;
         }
         t->step = TS_CONNECT;
@@ -462,11 +468,11 @@ ssize_t tls_write(struct sw *sw, struct conn *c, const uint8_t *p, size_t n)
         }
         done += k;
     }
+    if (err == SSL_ERROR_WANT_READ)
+        c->tls |= TLS_WRITE_WANTS_IN; /* written on at the next EPOLLIN, not EPOLLOUT */
     if (done > 0 || n == 0)
         return (ssize_t)done; /* an error, if any, comes again at the next call */
     if (err == SSL_ERROR_WANT_WRITE || err == SSL_ERROR_WANT_READ) {
-        if (err == SSL_ERROR_WANT_READ)
-            c->tls |= TLS_WRITE_WANTS_IN;
         errno = EAGAIN;
         return -1;
     }

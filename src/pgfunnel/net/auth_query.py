@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import pwd
@@ -78,14 +77,6 @@ class _Target:
     dbname: str
     user: str
     password: str | None
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def lookup_ssl_context(tls: TlsSide) -> ssl.SSLContext:
@@ -176,9 +167,9 @@ class _LookupConn:
             )
         if self.reader._buffer:  # type: ignore[attr-defined]
             raise ConnectionError("received unencrypted data after SSL response")
-        await self.writer.start_tls(
-            lookup_ssl_context(tls), server_hostname=host if not _is_ip(host) else None
-        )
+        # Always the host: Python sends SNI only for a name and checks an address against the
+        # certificate's IP entries (None would skip verify-full's check altogether)
+        await self.writer.start_tls(lookup_ssl_context(tls), server_hostname=host)
 
     async def query(self, sql: str, user: str) -> Found | None:
         self.writer.write(request(sql, user))

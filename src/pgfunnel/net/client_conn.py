@@ -161,8 +161,9 @@ class ClientConn:
     # --- startup and authentication ----------------------------------------------------------
     def _startup_data(self, data: bytes) -> None:
         self.buf += data
-        if self.transport is not None and self.transport.tls:
+        if self.transport is not None and self.transport.tls and not self.tls:
             self.tls = True
+            self.negotiated.add(SSLRequest)  # direct TLS: an SSLRequest now is a repeat
         while self.phase is Phase.STARTUP:
             try:
                 parsed = read_startup_packet(self.buf)
@@ -185,7 +186,11 @@ class ClientConn:
                 if isinstance(packet, SSLRequest) and self._tls_offered():
                     # 'S' and the handshake, in the switch; bytes sent before the answer
                     # would be taken as sent over TLS (CVE-2021-23214): refused.
-                    if self.buf or not self.app.bridge.sw.tls_accept(self.transport.sid):
+                    try:
+                        started = not self.buf and self.app.bridge.sw.tls_accept(self.transport.sid)
+                    except (KeyError, ValueError):  # gone, or TLS turned off meanwhile
+                        started = False
+                    if not started:
                         msg = Msg.DATA_AFTER_SSL_REQUEST
                         self.fail(ServerError("FATAL", ss.PROTOCOL_VIOLATION, msg), msg)
                     return

@@ -450,8 +450,11 @@ class Commands(Protocol):
                 raise AdminError(ss.PROTOCOL_VIOLATION, f"SET failed: {why}")
             failed = self.apply_tls(want)
             if failed:
-                self.apply_tls(self.settings)  # the side that was built goes back too
+                for why in self.apply_tls(self.settings).values():  # the other side goes back
+                    log.error("TLS configuration could not be restored: %s", why)
                 raise AdminError(ss.PROTOCOL_VIOLATION, f"SET failed: {'; '.join(failed.values())}")
+            if name.startswith("server_tls"):
+                self.auth_lookups.clear()  # lookup connections opened under the old settings
         log.info("SET %s=%s", name, value)
         self.settings = self.settings.with_values({name: parsed})
         self.config = dataclasses.replace(self.config, settings=self.settings)

@@ -845,3 +845,25 @@ def test_an_ssl_request_inside_direct_tls_is_refused(
         assert fields["C"] == "0A000" and "unsupported frontend protocol" in fields["M"]
         tls.close()
         assert psycopg_try(f, sslmode="require") == (True, "")
+
+
+def test_set_of_a_tls_setting_applies_or_is_refused(
+    funnel: Callable[..., Funnel], pg: Cluster, pki: Pki, pooler_cert: tuple[Path, Path]
+) -> None:
+    """SET through the console: a working value takes effect at once, one that cannot run is
+    refused with the reason, and what serves stays."""
+    from tests.integration.test_admin_commands import command, refused
+
+    f = tls_funnel(funnel, pg, pooler_cert, "prefer")
+    assert psycopg_try(f, sslmode="require") == (True, "")
+    err = refused(f, "SET client_tls_cert_file = '/nonexistent/cert.pem'")
+    assert "/nonexistent/cert.pem" in str(err), err
+    err = refused(f, "SET client_tls_protocols = 'tlsv1.4'")
+    assert "unknown TLS protocol" in str(err), err
+    assert psycopg_try(f, sslmode="require") == (True, "")  # the old context serves
+    assert command(f, "SET client_tls_protocols = 'tlsv1.2'") == "SET client_tls_protocols=tlsv1.2"
+    with psycopg.connect(f.dsn(sslmode="require"), autocommit=True):
+        assert any(t.startswith("TLSv1.2/") for t in client_tls_rows(f)), client_tls_rows(f)
+    assert command(f, "SET client_tls_sslmode = 'disable'") == "SET client_tls_sslmode=disable"
+    used, err_text = psycopg_try(f, sslmode="require")
+    assert not used and "does not support SSL" in err_text

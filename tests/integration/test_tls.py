@@ -21,6 +21,7 @@ import psycopg
 import pytest
 import trustme
 
+from pgfunnel._switch import TLS_MODES
 from pgfunnel.throwaway import SUPERUSER, SUPERUSER_PASSWORD, Cluster, pg_tool
 from tests.integration.harness import Funnel, pgpass_env, wait_for
 from tests.integration.rawproto import error_fields, read_message, startup
@@ -716,10 +717,7 @@ def test_a_protocol_version_refused_says_so(
     assert row["value"] == "tlsv1.3"
 
 
-MODES = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
-
-
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", TLS_MODES)
 def test_psql_and_asyncpg_against_each_pooler_mode(
     funnel: Callable[..., Funnel],
     pg: Cluster,

@@ -239,7 +239,9 @@ void conn_destroy(struct sw *sw, struct conn *c, uint8_t reason, int report)
                        ? EV_LAZY
                        : 0;
     char why[TLS_WHY_MAX];
-    snprintf(why, sizeof why, "%s", c->tls ? tls_failure(sw, c) : "");
+    why[0] = 0;
+    if (c->tls) /* (a close without TLS copies nothing: a storm closes a client per login) */
+        snprintf(why, sizeof why, "%s", tls_failure(sw, c));
     if (c->fl != NULL) {
         /* A login the switch ran: Python never saw its ACCEPTED, it hears LOGIN_ENDED (with
          * its TLS, still up here) */

@@ -10,6 +10,7 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 from pgfunnel._switch import PARAM_VALUE_MAX as TRACKED_VALUE_MAX
+from pgfunnel._switch import TLS_MODES
 from pgfunnel.net.bridge import TlsFailed
 from pgfunnel.pool.objects import Client
 from pgfunnel.proto import messages as m
@@ -60,6 +61,9 @@ def shared_params(values: tuple[str, ...]) -> dict[str, str]:
             _PARAMS_SHARED.clear()
         shared = _PARAMS_SHARED[values] = dict(zip(TRACKED_PARAMS, values, strict=True))
     return shared
+
+
+_TLS_REQUIRE = TLS_MODES.index("require")  # and stronger: a TCP client in clear is refused
 
 
 class Phase(Enum):
@@ -209,19 +213,19 @@ class ClientConn:
             self._startup(packet.params)
             return
 
-    def _tls_offered(self) -> bool:
-        """client_tls_sslmode offers TLS, and the client is not on the unix socket."""
+    def _tls_mode(self) -> int:
+        """The client_tls_sslmode in force (an index of TLS_MODES; the switch's context, which
+        a failed reload leaves as it was), 0 on the unix socket: no TLS there."""
         side = self.app.tls_sides[True]
-        return side is not None and side.mode > 0 and self.client.addr != "unix"
+        return side.mode if side is not None and self.client.addr != "unix" else 0
+
+    def _tls_offered(self) -> bool:
+        return self._tls_mode() > 0
 
     def _startup(self, params: dict[str, str]) -> None:
         app = self.app
         client = self.client
-        if (
-            not self.tls
-            and client.addr != "unix"
-            and app.settings.client_tls_sslmode in ("require", "verify-ca", "verify-full")
-        ):
+        if not self.tls and self._tls_mode() >= _TLS_REQUIRE:
             self.fail(
                 ServerError("FATAL", ss.PROTOCOL_VIOLATION, Msg.SSL_REQUIRED), Msg.SSL_REQUIRED
             )

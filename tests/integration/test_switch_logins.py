@@ -178,6 +178,42 @@ def test_a_burst_of_short_switch_logins_is_logged_and_counted_out(
     assert (pool["cl_active"], pool["cl_waiting"]) == (0, 0)
 
 
+def test_a_switch_login_that_sends_an_unknown_message_at_once_is_logged_as_such(
+    funnel: Callable[..., Funnel], pg: Cluster
+) -> None:
+    """A client logged in by the switch whose next message has an unknown type: it gets
+    PgBouncer's FATAL, and its lines say so even when its login and its close reach Python in
+    one drain (no Client is made for such a login, net/fast_login.py's Fleeting)."""
+    f, base = _start(funnel, pg)
+    _warm(f, base)
+    sock = socket.create_connection(("127.0.0.1", f.port), timeout=10)
+    port = sock.getsockname()[1]
+    with sock:
+        sock.sendall(m.startup_message({"user": USER, "database": "postgres"}))
+        auth = ServerAuth(USER, PASSWORD)
+        while (kind := read_msg(sock))[0] != b"Z":
+            if kind[0] == b"R":
+                (code,) = struct.unpack("!i", kind[1][:4])
+                reply = auth.respond(code, kind[1][4:])
+                if reply:
+                    sock.sendall(reply)
+        sock.sendall(b"?" + struct.pack("!i", 8) + b"abcd")
+        kind, body = read_msg(sock)
+    assert kind == b"E"
+    error = m.parse_error_fields(body)
+    assert (error.severity, error.sqlstate, error.message) == ("FATAL", "08P01", "unknown pkt")
+    _logins_reach(base, 1, 1)
+    wait_for(lambda: "unknown pkt from client: 63/0x3f" in f.log(), timeout=5)
+    lines = [line for line in f.log().splitlines() if f"@127.0.0.1:{port} " in line]
+    assert [re.sub(r".* C-0x[0-9a-f]+: \S+ ", "", line) for line in lines] == [
+        f"login attempt: db=postgres user={USER} tls=no",
+        "unknown pkt from client: 63/0x3f",
+        "closing because: unknown pkt (age=0s)",
+    ]
+    assert len({re.search(r"C-0x[0-9a-f]+", line)[0] for line in lines}) == 1  # type: ignore[index]
+    assert scrape(base)[("pgfunnel_client_connections", ())] == 0
+
+
 def _raw_login(f: Funnel, password: str, **params: str) -> tuple[list[bytes], ServerError | None]:
     """A login by hand (ServerAuth plays the client): the message types received up to the
     first ReadyForQuery or ErrorResponse, and the error's fields if one came."""

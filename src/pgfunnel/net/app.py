@@ -32,7 +32,7 @@ from pgfunnel.net.auth_query import AuthLookups
 from pgfunnel.net.bridge import CLOSE_TEXT, Bridge
 from pgfunnel.net.client_conn import ClientConn
 from pgfunnel.net.commands import ADMIN_DATABASES, Commands
-from pgfunnel.net.fast_login import FastLogins
+from pgfunnel.net.fast_login import FastLogins, Fleeting
 from pgfunnel.net.server_conn import ServerConn
 from pgfunnel.net.unixsock import is_unix, sockaddr, tcp_connect, unix_connect, unix_path
 from pgfunnel.pool.objects import Client, ClientState, Server, ServerState
@@ -281,7 +281,15 @@ class App(Commands):
             )
             logfile.info(text)
 
-    def log_close(self, client: Client, reason: str) -> None:
+    def log_login(self, ident: int, db: str, user: str, addr: str, port: int, tls: str) -> None:
+        """The login line of a login the switch ran (log_client's, without a Client)."""
+        if self.settings.log_connections and log.isEnabledFor(logging.INFO):
+            logfile.info(
+                f"C-{ident:#x}: {db}/{user}@{addr}:{port} "
+                f"login attempt: db={db} user={user} tls={tls or 'no'}"
+            )
+
+    def log_close(self, client: Client | Fleeting, reason: str) -> None:
         if client.state is ClientState.LOGIN and self.auth_lookups.quiet_failure(
             client.addr, reason, self.now()
         ):
@@ -657,20 +665,31 @@ class App(Commands):
         self.bridge.close_client(client, final)
         self.client_gone(client, reason)
 
+    def fleeting_closed(self, client: Fleeting, why: SwReason, data: bytes) -> None:
+        """A client the switch logged in, closed in the same drain (FastLogins.logged_in):
+        counted and logged as client_gone would, with no pool or scheduler to tell."""
+        if why is SwReason.UNKNOWN_TYPE:
+            self._log_unknown_type(client, data)
+        self.client_count -= 1
+        self.log_close(client, CLOSE_TEXT.get(why, Reason.CLIENT_EOF))
+
     def switch_client_closed(self, client: Client, why: SwReason, data: bytes) -> None:
         if why is SwReason.UNKNOWN_TYPE:
-            kind = data[0] if data else 0
-            log.error(
-                "C-%#x: %s/%s@%s:%s unknown pkt from client: %d/%#x",
-                client.id,
-                client.dbname,
-                client.username,
-                client.addr,
-                client.port,
-                kind,
-                kind,
-            )
+            self._log_unknown_type(client, data)
         self.client_gone(client, CLOSE_TEXT.get(why, Reason.CLIENT_EOF))
+
+    def _log_unknown_type(self, client: Client | Fleeting, data: bytes) -> None:
+        kind = data[0] if data else 0
+        log.error(
+            "C-%#x: %s/%s@%s:%s unknown pkt from client: %d/%#x",
+            client.id,
+            client.dbname,
+            client.username,
+            client.addr,
+            client.port,
+            kind,
+            kind,
+        )
 
     def switch_server_closed(self, server: Server, why: SwReason) -> None:
         if server.state is ServerState.CLOSED:

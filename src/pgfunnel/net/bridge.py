@@ -37,6 +37,7 @@ from pgfunnel.proto.strings import Reason
 
 if TYPE_CHECKING:
     from pgfunnel.net.app import App
+    from pgfunnel.net.fast_login import Fleeting
     from pgfunnel.pool.objects import Client, Server
     from pgfunnel.pool.scheduler import Pool
 
@@ -171,7 +172,7 @@ class Bridge:
         # Switch logins whose CLOSED is in the same drain (`_handle`): logged and counted, and
         # nothing else, until that CLOSED (a connection storm's logins, mostly).
         self._closing: set[int] = set()
-        self.fleeting: dict[int, Client] = {}
+        self.fleeting: dict[int, Fleeting] = {}
         self._wall_offset = 0.0
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -409,9 +410,13 @@ class Bridge:
                 exc = ConnectionError(CLOSE_TEXT.get(ev.reason, "connection closed"))
             t.talker.connection_lost(exc)
             return
-        client = self.clients.pop(sid, None) or self.fleeting.pop(sid, None)
+        client = self.clients.pop(sid, None)
         if client is not None:
             self.app.switch_client_closed(client, SwReason(ev.reason), ev.data)
+            return
+        gone = self.fleeting.pop(sid, None)
+        if gone is not None:
+            self.app.fleeting_closed(gone, SwReason(ev.reason), ev.data)
             return
         server = self.servers.pop(sid, None)
         if server is not None:

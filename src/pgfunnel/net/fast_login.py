@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from pgfunnel._switch import (
     LOGIN_ENDED_ASKED,
@@ -34,7 +34,7 @@ from pgfunnel._switch import (
 from pgfunnel._switch import Reason as SwReason
 from pgfunnel.net.bridge import CLOSE_TEXT
 from pgfunnel.net.client_conn import TRACKED_PARAMS, shared_params
-from pgfunnel.pool.objects import Client
+from pgfunnel.pool.objects import Client, ClientState
 from pgfunnel.proto import sqlstate as ss
 from pgfunnel.proto.auth import ScramSecret
 from pgfunnel.proto.messages import ServerError
@@ -53,6 +53,19 @@ FAST_AUTH_TYPES = ("md5", "scram-sha-256")
 # client_login_timeout to them.
 SILENT_GRACE = 1.0
 _LABELS = {RouteMethod.MD5: "md5", RouteMethod.SCRAM: "scram-sha-256"}
+
+
+class Fleeting(NamedTuple):
+    """A client the switch logged in that left in the same drain of events (LOGGED_IN, then
+    CLOSED): what its close line needs, in place of a Client."""
+
+    id: int  # the C-0x.. of its lines (Client.id)
+    dbname: str
+    username: str
+    addr: str
+    port: int
+    connect_time: float
+    state: ClientState = ClientState.LOGIN  # never in a pool's lists
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +188,7 @@ class FastLogins:
         return None
 
     def _recheck(
-        self, route: Route | None, info: LoggedIn, pool: Pool | None
+        self, route: Route | None, database: str, user: str, pool: Pool | None
     ) -> ServerError | None:
         """None if Python would let this login in now, as it is; else the client's error."""
         app = self.app
@@ -183,22 +196,23 @@ class FastLogins:
             return ServerError("FATAL", ss.INVALID_PASSWORD, Msg.LOGIN_RACED)
         db = app.pooler.databases.get(pool.db.name)
         if db is not pool.db or app.config.database(pool.db.name) is None:
-            msg = Msg.NO_SUCH_DATABASE.format(db=info.database)
+            msg = Msg.NO_SUCH_DATABASE.format(db=database)
             return ServerError("FATAL", ss.INVALID_CATALOG_NAME, msg)
         if db.disabled:
-            msg = f"database does not allow connections: {info.database}"
+            msg = f"database does not allow connections: {database}"
             return ServerError("FATAL", ss.PROTOCOL_VIOLATION, msg)
-        if app.userlist().get(info.user) != route.secret:
+        if app.userlist().get(user) != route.secret:
             return ServerError("FATAL", ss.INVALID_PASSWORD, Msg.LOGIN_RACED)
         return None
 
     def _client(
-        self, user: str, db: str, host: str, port: int, listener: int, sid: int, at: float
+        self, user: str, db: str, host: str, port: int, listener: int, sid: int, since: float
     ) -> Client:
         """The Client for a switch login: `sid` is the switch's id for its connection (the
-        C-0x.. of its log lines), gone already when the login ended."""
+        C-0x.. of its log lines), gone already when the login ended; `since`: its
+        connect_time (App.stamp)."""
         app = self.app
-        client = Client(None, sys.intern(host), port, app.stamp(at), sid)
+        client = Client(None, sys.intern(host), port, since, sid)
         client.username, client.dbname = sys.intern(user), sys.intern(db)
         client.local_addr = app.bridge.listener_address(listener)
         return client
@@ -209,35 +223,38 @@ class FastLogins:
         """LOGGED_IN: the switch welcomed a client on a route and put it in its pool.
         `fleeting`: its CLOSED is in the same drain, so it is logged and counted and given no
         place in the pool's lists (an event handled between the two, a SHOW or a cancel, finds
-        it gone, as it is in the switch already)."""
+        it gone, as it is in the switch already), and no Client: a Fleeting holds what its
+        close line needs. A storm's logins (pgbench -C) are nearly all fleeting, so only the
+        fields the login line and the recheck need are decoded for them."""
         app = self.app
         bridge = app.bridge
-        info = LoggedIn.parse(data)
-        client = self._client(
-            info.user, info.database, info.host, info.port, info.listener, sid, at
-        )
-        app.log_client(
-            client,
-            "login attempt: db=%s user=%s tls=%s",
-            info.database,
-            info.user,
-            info.tls or "no",
-        )
-        route = self._route_of((info.database, info.user), info.gen)
+        # user, database, host, port, listener, pid, key, method, gen, client key, tls, own...
+        parts = data.split(b"\0", 11)
+        user, db, host = parts[0].decode(), parts[1].decode(), parts[2].decode()
+        port, tls = int(parts[3]), parts[10].decode()
+        ident = (sid >> 32) & 0x7FFFFFFF
+        since = app.stamp(at)
+        app.log_login(ident, db, user, host, port, tls)
+        route = self._route_of((db, user), int(parts[8]))
         pool = bridge.pools.get(pid)
-        error = self._recheck(route, info, pool)
+        error = self._recheck(route, db, user, pool)
         if error is not None or route is None or pool is None:
             assert error is not None
             bridge.sw.close(sid, error.encode(severity="FATAL"))  # quiet: no CLOSED follows
-            app.log_close(client, error.message)
+            app.log_close(Fleeting(ident, db, user, host, port, since), error.message)
             return
-        if info.client_key and pool.user.name == client.username:
-            app.remember_scram_key(client.username, info.client_key)
+        if parts[9] and pool.user.name == user:
+            app.remember_scram_key(user, bytes.fromhex(parts[9].decode()))
+        app.client_count += 1
+        app.logins["switch"] += 1
         if fleeting:
-            app.client_count += 1
-            app.logins["switch"] += 1
-            bridge.fleeting[sid] = client
+            intern = sys.intern
+            bridge.fleeting[sid] = Fleeting(
+                ident, intern(db), intern(user), intern(host), port, since
+            )
             return
+        info = LoggedIn.parse(data)
+        client = self._client(user, db, host, port, info.listener, sid, since)
         own: dict[str, str] = {}
         for name, value in zip(TRACKED_PARAMS, info.own, strict=True):
             if value is not None:
@@ -251,8 +268,6 @@ class FastLogins:
         label = _LABELS[info.method]
         auth_info = (label, "", "auth_file")
         client.auth_info = app.shared_auth_info(auth_info)
-        app.client_count += 1
-        app.logins["switch"] += 1
         app.pooler.client_welcomed(client, pool, at or app.now())
         bridge.clients[sid] = client
 
@@ -261,7 +276,7 @@ class FastLogins:
         Logged and counted as Python's own login would have been."""
         app = self.app
         user, db, host, port = login_ended_who(data)
-        client = self._client(user, db, host, port, listener, sid, at)
+        client = self._client(user, db, host, port, listener, sid, app.stamp(at))
         reason = SwReason(why & ~LOGIN_ENDED_ASKED)
         tls_why, tls = login_ended_tls(data)
         if user:

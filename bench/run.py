@@ -266,6 +266,26 @@ def storm_secrets() -> dict[str, str]:
     }
 
 
+def tls_settings(workdir: Path, tls: tuple[bytes, bytes] | None) -> dict[str, str | int]:
+    """The TLS lines of both poolers' ini. `tls`: their certificate and key (PEM), written to
+    `workdir`: clients and servers both in TLS (require). None: no TLS at either end for
+    either pooler. The run's PostgreSQL has ssl=on whenever TLS cells are in the run, and the
+    default server_tls_sslmode differs (disable in PgBouncer 1.18, prefer in pgfunnel as in
+    PgBouncer 1.20 and later), which would encrypt pgfunnel's server connections alone."""
+    if tls is None:
+        return {"server_tls_sslmode": "disable"}
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "tls.crt").write_bytes(tls[0])
+    (workdir / "tls.key").write_bytes(tls[1])
+    (workdir / "tls.key").chmod(0o600)  # write_config gives both to the pooler's user
+    return {
+        "client_tls_sslmode": "require",
+        "client_tls_cert_file": str(workdir / "tls.crt"),
+        "client_tls_key_file": str(workdir / "tls.key"),
+        "server_tls_sslmode": "require",
+    }
+
+
 def start_pooler(
     name: str,
     argv: Sequence[str],
@@ -286,18 +306,7 @@ def start_pooler(
         f"host={cluster.host} port={cluster.port} dbname={BENCH_DB} "
         f"user={SUPERUSER} password={SUPERUSER_PASSWORD}"
     )
-    extra: dict[str, str | int] = {}
-    if tls is not None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "tls.crt").write_bytes(tls[0])
-        (workdir / "tls.key").write_bytes(tls[1])
-        (workdir / "tls.key").chmod(0o600)  # write_config gives both to the pooler's user
-        extra = {
-            "client_tls_sslmode": "require",
-            "client_tls_cert_file": str(workdir / "tls.crt"),
-            "client_tls_key_file": str(workdir / "tls.key"),
-            "server_tls_sslmode": "require",
-        }
+    extra = tls_settings(workdir, tls)
     # Both poolers read the very same ini: only the binary differs between the two columns.
     ini = pooler_ini(
         databases={BENCH_DB: server},

@@ -235,3 +235,15 @@ def test_tls_pgbench_cells() -> None:
     assert (defaults.tls_clients, defaults.tls_storm_clients) == ([200, 1000], [50, 200])
     none = run.parse_args(["--tls-clients", "0", "--tls-storm-clients", "0"])
     assert (none.tls_clients, none.tls_storm_clients) == ([], [])
+
+
+def test_cells_without_tls_have_none_at_either_end_for_either_pooler(tmp_path: Path) -> None:
+    """PgBouncer 1.18's server_tls_sslmode defaults to disable, pgfunnel's to prefer: against
+    the run's ssl=on PostgreSQL, only pgfunnel would pay for TLS unless the ini says."""
+    plain = run.tls_settings(tmp_path / "plain", None)
+    assert plain == {"server_tls_sslmode": "disable"}
+    assert not (tmp_path / "plain").exists()
+    both = run.tls_settings(tmp_path / "tls", (b"CERT", b"KEY"))
+    assert (both["client_tls_sslmode"], both["server_tls_sslmode"]) == ("require", "require")
+    assert Path(str(both["client_tls_key_file"])).read_bytes() == b"KEY"
+    assert Path(str(both["client_tls_key_file"])).stat().st_mode & 0o777 == 0o600

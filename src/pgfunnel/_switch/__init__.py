@@ -214,6 +214,22 @@ class LoggedIn(NamedTuple):
         )
 
 
+def logged_in_head(data: bytes) -> tuple[str, str, str, int, int, bytes, str]:
+    """What a LOGGED_IN's login line and route check need, without its parameters (a
+    connection storm's logins, which leave at once): (user, database, host, port, gen,
+    client_key, tls), as LoggedIn.parse reads them."""
+    user, db, host, port, _, _, _, _, gen, ckey, tls = data.split(b"\0", 11)[:11]
+    return (
+        user.decode(),
+        db.decode(),
+        host.decode(),
+        int(port),
+        int(gen),
+        bytes.fromhex(ckey.decode()),
+        tls.decode(),
+    )
+
+
 def login_ended_who(data: bytes) -> tuple[str, str, str, int]:
     """A LOGIN_ENDED event's data: (user, database, host, port); names may be empty."""
     user, db, host, port = (data.split(b"\0") + [b""] * 4)[:4]  # empty: out of memory

@@ -28,6 +28,7 @@ from pgfunnel._switch import (
     LOGIN_ENDED_ASKED,
     LoggedIn,
     RouteMethod,
+    logged_in_head,
     login_ended_tls,
     login_ended_who,
 )
@@ -228,14 +229,11 @@ class FastLogins:
         fields the login line and the recheck need are decoded for them."""
         app = self.app
         bridge = app.bridge
-        # user, database, host, port, listener, pid, key, method, gen, client key, tls, own...
-        parts = data.split(b"\0", 11)
-        user, db, host = parts[0].decode(), parts[1].decode(), parts[2].decode()
-        port, tls = int(parts[3]), parts[10].decode()
+        user, db, host, port, gen, client_key, tls = logged_in_head(data)
         ident = (sid >> 32) & 0x7FFFFFFF
         since = app.stamp(at)
         app.log_login(ident, db, user, host, port, tls)
-        route = self._route_of((db, user), int(parts[8]))
+        route = self._route_of((db, user), gen)
         pool = bridge.pools.get(pid)
         error = self._recheck(route, db, user, pool)
         if error is not None or route is None or pool is None:
@@ -243,8 +241,8 @@ class FastLogins:
             bridge.sw.close(sid, error.encode(severity="FATAL"))  # quiet: no CLOSED follows
             app.log_close(Fleeting(ident, db, user, host, port, since), error.message)
             return
-        if parts[9] and pool.user.name == user:
-            app.remember_scram_key(user, bytes.fromhex(parts[9].decode()))
+        if client_key and pool.user.name == user:
+            app.remember_scram_key(user, client_key)
         if fleeting:
             intern = sys.intern
             bridge.fleeting[sid] = Fleeting(

@@ -243,13 +243,13 @@ class FastLogins:
             return
         if client_key and pool.user.name == user:
             app.remember_scram_key(user, client_key)
+        app.client_count += 1
+        app.logins["switch"] += 1
         if fleeting:
             intern = sys.intern
             bridge.fleeting[sid] = Fleeting(
                 ident, intern(db), intern(user), intern(host), port, since
             )
-            app.client_count += 1
-            app.logins["switch"] += 1
             return
         info = LoggedIn.parse(data)
         client = self._client(user, db, host, port, info.listener, sid, since)
@@ -266,8 +266,6 @@ class FastLogins:
         label = _LABELS[info.method]
         auth_info = (label, "", "auth_file")
         client.auth_info = app.shared_auth_info(auth_info)
-        app.client_count += 1
-        app.logins["switch"] += 1
         app.pooler.client_welcomed(client, pool, at or app.now())
         bridge.clients[sid] = client
 
